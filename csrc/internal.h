@@ -1,0 +1,99 @@
+/*
+ * internal.h - helpers shared by the C sources (not installed, not public): the error channel, argument checks,
+ * and scalar conversions for f16/bf16/fp8 on the CPU. CUDA launchers are declared here with C linkage; they are
+ * defined in csrc/cuda/ (one .cu file per op) and only exist when SSMTP_WITH_CUDA is defined.
+ */
+#ifndef SSMTP_INTERNAL_H
+#define SSMTP_INTERNAL_H
+
+#include "ssmtp.h"
+#include <math.h>
+#include <string.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Record a formatted message for ssmtp_last_error() and return st. */
+ssmtp_status_t ssmtp_fail(ssmtp_status_t st, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+void ssmtp_clear_error(void);
+
+#define SSMTP_TRY(expr)                                                                                              \
+    do {                                                                                                             \
+        ssmtp_status_t st_ = (expr);                                                                                 \
+        if (st_ != SSMTP_OK) return st_;                                                                             \
+    } while (0)
+
+static inline int ssmtp_present(const ssmtp_tensor_t *t) { return t->data != NULL; }
+size_t ssmtp_dtype_size(int32_t dtype);
+const char *ssmtp_dtype_name(int32_t dtype);
+
+/*
+ * Argument checks. Each returns SSMTP_OK or records "<op>: <name> ..." and returns SSMTP_ERR_INVALID.
+ * ssmtp_check_tensor: present (unless optional), ndim, dtype (-1 = any), and each dim against shape[] (-1 = any).
+ */
+ssmtp_status_t ssmtp_check_tensor(const char *op, const char *name, const ssmtp_tensor_t *t, int optional, int ndim,
+                                  int32_t dtype, const int64_t *shape);
+/* All present tensors in list must share one device; *device receives it. */
+ssmtp_status_t ssmtp_check_devices(const char *op, const ssmtp_tensor_t *const *ts, const char *const *names, int n,
+                                   int32_t *device);
+/* Last dimension contiguous (stride 1) unless size 1. */
+ssmtp_status_t ssmtp_check_inner_contiguous(const char *op, const char *name, const ssmtp_tensor_t *t);
+ssmtp_status_t ssmtp_check_float_dtype(const char *op, const char *name, const ssmtp_tensor_t *t);
+
+/* Scalar conversions (CPU side; round-to-nearest-even on the way down, as torch does). */
+static inline float ssmtp_bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static inline uint16_t ssmtp_f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x007fffffu)) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+float ssmtp_f16_to_f32(uint16_t h);
+uint16_t ssmtp_f32_to_f16(float f);
+float ssmtp_e4m3_to_f32(uint8_t v);
+uint8_t ssmtp_f32_to_e4m3(float f); /* saturating at +-448, NaN -> 0x7f */
+
+/* Load/store element i (in elements, already strided) of a float tensor of the given dtype. */
+static inline float ssmtp_load(const void *base, int32_t dtype, int64_t i) {
+    switch (dtype) {
+    case SSMTP_DTYPE_F32: return ((const float *)base)[i];
+    case SSMTP_DTYPE_BF16: return ssmtp_bf16_to_f32(((const uint16_t *)base)[i]);
+    case SSMTP_DTYPE_F16: return ssmtp_f16_to_f32(((const uint16_t *)base)[i]);
+    default: return NAN; /* dtypes are validated before any load */
+    }
+}
+static inline void ssmtp_store(void *base, int32_t dtype, int64_t i, float v) {
+    switch (dtype) {
+    case SSMTP_DTYPE_F32: ((float *)base)[i] = v; break;
+    case SSMTP_DTYPE_BF16: ((uint16_t *)base)[i] = ssmtp_f32_to_bf16(v); break;
+    case SSMTP_DTYPE_F16: ((uint16_t *)base)[i] = ssmtp_f32_to_f16(v); break;
+    default: break;
+    }
+}
+static inline float ssmtp_silu(float v) { return v / (1.0f + expf(-v)); }
+static inline float ssmtp_softplus(float v) { return v > 20.0f ? v : log1pf(expf(v)); }
+
+/* CUDA launchers (csrc/cuda/ (one .cu file per op)). Arguments are validated by the C entry point before these are called. */
+#ifdef SSMTP_WITH_CUDA
+ssmtp_status_t ssmtp_cuda_conv1d_fwd(const ssmtp_conv1d_params_t *p, void *stream);
+ssmtp_status_t ssmtp_cuda_scan_fwd(const ssmtp_scan_params_t *p, void *stream);
+ssmtp_status_t ssmtp_cuda_step_fwd(const ssmtp_step_params_t *p, void *stream);
+ssmtp_status_t ssmtp_cuda_quantize(const ssmtp_quant_params_t *p, void *stream);
+ssmtp_status_t ssmtp_cuda_dequantize(const ssmtp_quant_params_t *p, void *stream);
+#endif
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SSMTP_INTERNAL_H */

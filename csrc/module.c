@@ -1,0 +1,184 @@
+/*
+ * module.c - the CPython binding `ssmtp._C`, the only file that includes Python.h.
+ *
+ * It knows nothing of torch: a tensor arrives as a tuple (data_ptr, dtype_code, device, shape, strides) built by
+ * ssmtp/ops.py, or None for an absent optional argument; a stream arrives as an integer (0 = default/none). A non-OK
+ * status becomes a Python exception carrying ssmtp_last_error(). The GIL is released around every call into C.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "internal.h"
+
+static int parse_tensor(PyObject *obj, ssmtp_tensor_t *t, const char *name) {
+    memset(t, 0, sizeof *t);
+    if (obj == Py_None) return 1;
+    PyObject *shape = NULL, *strides = NULL;
+    unsigned long long ptr = 0;
+    int dtype = 0, device = 0;
+    if (!PyArg_ParseTuple(obj, "KiiOO", &ptr, &dtype, &device, &shape, &strides)) {
+        PyErr_Format(PyExc_TypeError, "%s: expected (ptr, dtype, device, shape, strides) or None", name);
+        return 0;
+    }
+    Py_ssize_t nd = PySequence_Size(shape);
+    if (nd < 0 || nd > SSMTP_MAX_DIMS || PySequence_Size(strides) != nd) {
+        PyErr_Format(PyExc_ValueError, "%s: rank must be 0..%d with one stride per dim", name, SSMTP_MAX_DIMS);
+        return 0;
+    }
+    t->data = (void *)(uintptr_t)ptr;
+    t->dtype = dtype;
+    t->device = device;
+    t->ndim = (int32_t)nd;
+    for (Py_ssize_t i = 0; i < nd; i++) {
+        PyObject *a = PySequence_GetItem(shape, i), *b = PySequence_GetItem(strides, i);
+        t->shape[i] = a ? PyLong_AsLongLong(a) : -1;
+        t->stride[i] = b ? PyLong_AsLongLong(b) : -1;
+        Py_XDECREF(a);
+        Py_XDECREF(b);
+        if (PyErr_Occurred()) return 0;
+    }
+    if (t->data == NULL) { /* an empty tensor may have a null pointer: mark it present with a dummy address */
+        static char empty_sentinel;
+        t->data = &empty_sentinel;
+    }
+    return 1;
+}
+
+static PyObject *raise_status(ssmtp_status_t st) {
+    PyObject *exc;
+    switch (st) {
+    case SSMTP_ERR_INVALID: exc = PyExc_ValueError; break;
+    case SSMTP_ERR_UNSUPPORTED: exc = PyExc_NotImplementedError; break;
+    case SSMTP_ERR_TIMEOUT: exc = PyExc_TimeoutError; break;
+    case SSMTP_ERR_NOMEM: exc = PyExc_MemoryError; break;
+    default: exc = PyExc_RuntimeError; break;
+    }
+    const char *msg = ssmtp_last_error();
+    PyErr_Format(exc, "%s (%s)", msg[0] ? msg : "ssmtp error", ssmtp_status_name(st));
+    return NULL;
+}
+
+#define CALL_C(expr)                                                                                                 \
+    do {                                                                                                             \
+        ssmtp_status_t st_;                                                                                          \
+        ssmtp_clear_error();                                                                                         \
+        Py_BEGIN_ALLOW_THREADS st_ = (expr);                                                                         \
+        Py_END_ALLOW_THREADS if (st_ != SSMTP_OK) return raise_status(st_);                                          \
+    } while (0)
+
+static PyObject *py_conv1d_fwd(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *o[7];
+    int silu = 0, load_state = 0;
+    unsigned long long stream = 0;
+    if (!PyArg_ParseTuple(args, "OOOOOOOiiK", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &silu, &load_state,
+                          &stream))
+        return NULL;
+    ssmtp_conv1d_params_t p;
+    if (!parse_tensor(o[0], &p.x, "x") || !parse_tensor(o[1], &p.weight, "weight") ||
+        !parse_tensor(o[2], &p.bias, "bias") || !parse_tensor(o[3], &p.state, "state") ||
+        !parse_tensor(o[4], &p.state_idx, "state_idx") || !parse_tensor(o[5], &p.seq_lens, "seq_lens") ||
+        !parse_tensor(o[6], &p.out, "out"))
+        return NULL;
+    p.silu = silu;
+    p.load_state = load_state;
+    CALL_C(ssmtp_conv1d_fwd(&p, (void *)(uintptr_t)stream));
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_scan_fwd(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *o[12];
+    int softplus = 0, load_state = 0;
+    unsigned long long stream = 0;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOiiK", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8],
+                          &o[9], &o[10], &o[11], &softplus, &load_state, &stream))
+        return NULL;
+    ssmtp_scan_params_t p;
+    if (!parse_tensor(o[0], &p.x, "x") || !parse_tensor(o[1], &p.dt, "dt") || !parse_tensor(o[2], &p.A, "A") ||
+        !parse_tensor(o[3], &p.B, "B") || !parse_tensor(o[4], &p.C, "C") || !parse_tensor(o[5], &p.D, "D") ||
+        !parse_tensor(o[6], &p.z, "z") || !parse_tensor(o[7], &p.dt_bias, "dt_bias") ||
+        !parse_tensor(o[8], &p.state, "state") || !parse_tensor(o[9], &p.state_idx, "state_idx") ||
+        !parse_tensor(o[10], &p.seq_lens, "seq_lens") || !parse_tensor(o[11], &p.out, "out"))
+        return NULL;
+    p.dt_softplus = softplus;
+    p.load_state = load_state;
+    CALL_C(ssmtp_scan_fwd(&p, (void *)(uintptr_t)stream));
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_step_fwd(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *o[11];
+    int softplus = 0;
+    unsigned long long stream = 0;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOiK", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8],
+                          &o[9], &o[10], &softplus, &stream))
+        return NULL;
+    ssmtp_step_params_t p;
+    if (!parse_tensor(o[0], &p.x, "x") || !parse_tensor(o[1], &p.dt, "dt") || !parse_tensor(o[2], &p.A, "A") ||
+        !parse_tensor(o[3], &p.B, "B") || !parse_tensor(o[4], &p.C, "C") || !parse_tensor(o[5], &p.D, "D") ||
+        !parse_tensor(o[6], &p.z, "z") || !parse_tensor(o[7], &p.dt_bias, "dt_bias") ||
+        !parse_tensor(o[8], &p.state, "state") || !parse_tensor(o[9], &p.state_idx, "state_idx") ||
+        !parse_tensor(o[10], &p.out, "out"))
+        return NULL;
+    p.dt_softplus = softplus;
+    CALL_C(ssmtp_step_fwd(&p, (void *)(uintptr_t)stream));
+    Py_RETURN_NONE;
+}
+
+static PyObject *quant_common(PyObject *args, int dequant) {
+    PyObject *o[3];
+    int block = 0;
+    unsigned long long stream = 0;
+    if (!PyArg_ParseTuple(args, "OOOiK", &o[0], &o[1], &o[2], &block, &stream)) return NULL;
+    ssmtp_quant_params_t p;
+    if (!parse_tensor(o[0], &p.x, "x") || !parse_tensor(o[1], &p.q, "q") || !parse_tensor(o[2], &p.scales, "scales"))
+        return NULL;
+    p.block = block;
+    if (dequant)
+        CALL_C(ssmtp_dequantize(&p, (void *)(uintptr_t)stream));
+    else
+        CALL_C(ssmtp_quantize(&p, (void *)(uintptr_t)stream));
+    Py_RETURN_NONE;
+}
+static PyObject *py_quantize(PyObject *self, PyObject *args) {
+    (void)self;
+    return quant_common(args, 0);
+}
+static PyObject *py_dequantize(PyObject *self, PyObject *args) {
+    (void)self;
+    return quant_common(args, 1);
+}
+
+static PyObject *py_cuda_built(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    return PyBool_FromLong(ssmtp_cuda_built());
+}
+static PyObject *py_build_info(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    return PyUnicode_FromString(ssmtp_build_info());
+}
+
+/* @@COMM-BINDINGS@@ (communication functions are defined below this line) */
+
+static PyMethodDef methods[] = {
+    {"conv1d_fwd", py_conv1d_fwd, METH_VARARGS,
+     "conv1d_fwd(x, weight, bias, state, state_idx, seq_lens, out, silu, load_state, stream)"},
+    {"scan_fwd", py_scan_fwd, METH_VARARGS,
+     "scan_fwd(x, dt, A, B, C, D, z, dt_bias, state, state_idx, seq_lens, out, dt_softplus, load_state, stream)"},
+    {"step_fwd", py_step_fwd, METH_VARARGS,
+     "step_fwd(x, dt, A, B, C, D, z, dt_bias, state, state_idx, out, dt_softplus, stream)"},
+    {"quantize", py_quantize, METH_VARARGS, "quantize(x, q, scales, block, stream)"},
+    {"dequantize", py_dequantize, METH_VARARGS, "dequantize(x, q, scales, block, stream)"},
+    {"cuda_built", py_cuda_built, METH_NOARGS, "True when the CUDA kernels were compiled in"},
+    {"build_info", py_build_info, METH_NOARGS, "what was built"},
+    /* @@COMM-METHODS@@ */
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_C", "ssmtp C core (CPU ops, CUDA kernels, comm)", -1,
+                                       methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&moduledef); }

@@ -1,0 +1,212 @@
+/*
+ * scan.c - selective scan (prefill) and the one-token selective state update (decode): argument checks, device
+ * dispatch and the CPU reference kernels (fp32 state and accumulation). Semantics: see ssmtp.h.
+ */
+#include "internal.h"
+
+/* Shared shape checks of the scan and the step. seq = 1 for the step (its tensors have no time axis). */
+static ssmtp_status_t check_common(const char *op, const ssmtp_tensor_t *x, const ssmtp_tensor_t *dt,
+                                   const ssmtp_tensor_t *A, const ssmtp_tensor_t *B, const ssmtp_tensor_t *C,
+                                   const ssmtp_tensor_t *D, const ssmtp_tensor_t *z, const ssmtp_tensor_t *dt_bias,
+                                   const ssmtp_tensor_t *state, const ssmtp_tensor_t *state_idx,
+                                   const ssmtp_tensor_t *out, int has_time) {
+    const int nd = has_time ? 3 : 2;
+    SSMTP_TRY(ssmtp_check_tensor(op, "x", x, 0, nd, -1, NULL));
+    SSMTP_TRY(ssmtp_check_float_dtype(op, "x", x));
+    const int64_t batch = x->shape[0], dim = x->shape[1], len = has_time ? x->shape[2] : 1;
+    const int32_t ty = x->dtype;
+    const int64_t xs[3] = {batch, dim, len};
+    SSMTP_TRY(ssmtp_check_tensor(op, "dt", dt, 0, nd, ty, xs));
+    SSMTP_TRY(ssmtp_check_tensor(op, "A", A, 0, 2, SSMTP_DTYPE_F32, (int64_t[]){dim, -1}));
+    const int64_t dstate = A->shape[1];
+    if (dstate < 1 || dstate > SSMTP_MAX_DSTATE)
+        return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, "%s: d_state=%lld outside 1..%d", op, (long long)dstate,
+                          SSMTP_MAX_DSTATE);
+    SSMTP_TRY(ssmtp_check_tensor(op, "B", B, 0, nd + 1, ty, (int64_t[]){batch, -1, dstate, len}));
+    const int64_t groups = B->shape[1];
+    if (groups < 1 || dim % groups != 0)
+        return ssmtp_fail(SSMTP_ERR_INVALID, "%s: ngroups=%lld does not divide dim=%lld", op, (long long)groups,
+                          (long long)dim);
+    SSMTP_TRY(ssmtp_check_tensor(op, "C", C, 0, nd + 1, ty, (int64_t[]){batch, groups, dstate, len}));
+    SSMTP_TRY(ssmtp_check_tensor(op, "D", D, 1, 1, -1, (int64_t[]){dim}));
+    SSMTP_TRY(ssmtp_check_float_dtype(op, "D", D));
+    SSMTP_TRY(ssmtp_check_tensor(op, "z", z, 1, nd, ty, xs));
+    SSMTP_TRY(ssmtp_check_tensor(op, "dt_bias", dt_bias, 1, 1, -1, (int64_t[]){dim}));
+    SSMTP_TRY(ssmtp_check_float_dtype(op, "dt_bias", dt_bias));
+    SSMTP_TRY(ssmtp_check_tensor(op, "state", state, !has_time ? 0 : 1, 3, SSMTP_DTYPE_F32,
+                                 (int64_t[]){-1, dim, dstate}));
+    SSMTP_TRY(ssmtp_check_tensor(op, "state_idx", state_idx, 1, 1, SSMTP_DTYPE_I32, (int64_t[]){batch}));
+    if (ssmtp_present(state_idx) && !ssmtp_present(state))
+        return ssmtp_fail(SSMTP_ERR_INVALID, "%s: state_idx given without state", op);
+    if (ssmtp_present(state) && !ssmtp_present(state_idx) && state->shape[0] < batch)
+        return ssmtp_fail(SSMTP_ERR_INVALID, "%s: state has %lld slots < batch=%lld and no state_idx", op,
+                          (long long)state->shape[0], (long long)batch);
+    SSMTP_TRY(ssmtp_check_tensor(op, "out", out, 0, nd, ty, xs));
+    return SSMTP_OK;
+}
+
+static ssmtp_status_t device_of(const char *op, const ssmtp_tensor_t *const *ts, const char *const *names, int n,
+                                int32_t *device) {
+    SSMTP_TRY(ssmtp_check_devices(op, ts, names, n, device));
+    if (*device >= 0) { /* CUDA kernels assume a contiguous state row and contiguous index vectors */
+        for (int i = 0; i < n; i++)
+            if (!strcmp(names[i], "state") || !strcmp(names[i], "state_idx") || !strcmp(names[i], "seq_lens") ||
+                !strcmp(names[i], "A"))
+                SSMTP_TRY(ssmtp_check_inner_contiguous(op, names[i], ts[i]));
+    }
+    return SSMTP_OK;
+}
+
+static inline int64_t slot_of(const ssmtp_tensor_t *state_idx, int64_t b) {
+    return ssmtp_present(state_idx) ? ((const int32_t *)state_idx->data)[b * state_idx->stride[0]] : b;
+}
+
+/* ---------------------------------------------------------------- prefill scan */
+
+#define SCAN "scan_fwd"
+
+static ssmtp_status_t scan_cpu(const ssmtp_scan_params_t *p) {
+    const int64_t batch = p->x.shape[0], dim = p->x.shape[1], len = p->x.shape[2], N = p->A.shape[1];
+    const int64_t per_group = dim / p->B.shape[1];
+    const int32_t ty = p->x.dtype;
+    float h[SSMTP_MAX_DSTATE];
+    for (int64_t b = 0; b < batch; b++) {
+        const int64_t slot = ssmtp_present(&p->state) ? slot_of(&p->state_idx, b) : b;
+        int64_t n = len;
+        if (ssmtp_present(&p->seq_lens)) n = ((const int32_t *)p->seq_lens.data)[b * p->seq_lens.stride[0]];
+        if (n < 0 || n > len)
+            return ssmtp_fail(SSMTP_ERR_INVALID, SCAN ": seq_lens[%lld]=%lld outside 0..%lld", (long long)b,
+                              (long long)n, (long long)len);
+        if (ssmtp_present(&p->state) && slot >= p->state.shape[0])
+            return ssmtp_fail(SSMTP_ERR_INVALID, SCAN ": state_idx[%lld]=%lld >= nslots=%lld", (long long)b,
+                              (long long)slot, (long long)p->state.shape[0]);
+        for (int64_t c = 0; c < dim; c++) {
+            const int64_t g = c / per_group;
+            const int64_t xo = b * p->x.stride[0] + c * p->x.stride[1];
+            const int64_t oo = b * p->out.stride[0] + c * p->out.stride[1];
+            if (slot < 0) {
+                for (int64_t t = 0; t < len; t++) ssmtp_store(p->out.data, ty, oo + t * p->out.stride[2], 0.0f);
+                continue;
+            }
+            float *st = ssmtp_present(&p->state)
+                            ? (float *)p->state.data + slot * p->state.stride[0] + c * p->state.stride[1]
+                            : NULL;
+            for (int64_t s = 0; s < N; s++) h[s] = (p->load_state && st) ? st[s * p->state.stride[2]] : 0.0f;
+            float a[SSMTP_MAX_DSTATE];
+            for (int64_t s = 0; s < N; s++)
+                a[s] = ((const float *)p->A.data)[c * p->A.stride[0] + s * p->A.stride[1]];
+            const float Dc = ssmtp_present(&p->D) ? ssmtp_load(p->D.data, p->D.dtype, c * p->D.stride[0]) : 0.0f;
+            const float bias =
+                ssmtp_present(&p->dt_bias) ? ssmtp_load(p->dt_bias.data, p->dt_bias.dtype, c * p->dt_bias.stride[0]) : 0.0f;
+            const int64_t bo = b * p->B.stride[0] + g * p->B.stride[1], co = b * p->C.stride[0] + g * p->C.stride[1];
+            for (int64_t t = 0; t < len; t++) {
+                if (t >= n) {
+                    ssmtp_store(p->out.data, ty, oo + t * p->out.stride[2], 0.0f);
+                    continue;
+                }
+                const float xt = ssmtp_load(p->x.data, ty, xo + t * p->x.stride[2]);
+                float delta = ssmtp_load(p->dt.data, ty, b * p->dt.stride[0] + c * p->dt.stride[1] + t * p->dt.stride[2]) + bias;
+                if (p->dt_softplus) delta = ssmtp_softplus(delta);
+                float y = 0.0f;
+                for (int64_t s = 0; s < N; s++) {
+                    const float Bs = ssmtp_load(p->B.data, ty, bo + s * p->B.stride[2] + t * p->B.stride[3]);
+                    const float Cs = ssmtp_load(p->C.data, ty, co + s * p->C.stride[2] + t * p->C.stride[3]);
+                    h[s] = expf(delta * a[s]) * h[s] + delta * Bs * xt;
+                    y += h[s] * Cs;
+                }
+                y += Dc * xt;
+                if (ssmtp_present(&p->z)) {
+                    const float zt =
+                        ssmtp_load(p->z.data, ty, b * p->z.stride[0] + c * p->z.stride[1] + t * p->z.stride[2]);
+                    y *= ssmtp_silu(zt);
+                }
+                ssmtp_store(p->out.data, ty, oo + t * p->out.stride[2], y);
+            }
+            if (st)
+                for (int64_t s = 0; s < N; s++) st[s * p->state.stride[2]] = h[s];
+        }
+    }
+    return SSMTP_OK;
+}
+
+ssmtp_status_t ssmtp_scan_fwd(const ssmtp_scan_params_t *p, void *stream) {
+    if (!p) return ssmtp_fail(SSMTP_ERR_INVALID, SCAN ": params is NULL");
+    SSMTP_TRY(check_common(SCAN, &p->x, &p->dt, &p->A, &p->B, &p->C, &p->D, &p->z, &p->dt_bias, &p->state,
+                           &p->state_idx, &p->out, 1));
+    SSMTP_TRY(ssmtp_check_tensor(SCAN, "seq_lens", &p->seq_lens, 1, 1, SSMTP_DTYPE_I32, (int64_t[]){p->x.shape[0]}));
+    if (p->load_state && !ssmtp_present(&p->state))
+        return ssmtp_fail(SSMTP_ERR_INVALID, SCAN ": load_state=1 needs a state tensor");
+    const ssmtp_tensor_t *ts[] = {&p->x, &p->dt, &p->A, &p->B, &p->C, &p->D, &p->z,
+                                  &p->dt_bias, &p->state, &p->state_idx, &p->seq_lens, &p->out};
+    const char *names[] = {"x", "dt", "A", "B", "C", "D", "z", "dt_bias", "state", "state_idx", "seq_lens", "out"};
+    int32_t device;
+    SSMTP_TRY(device_of(SCAN, ts, names, 12, &device));
+    if (device == SSMTP_DEVICE_CPU) return scan_cpu(p);
+#ifdef SSMTP_WITH_CUDA
+    return ssmtp_cuda_scan_fwd(p, stream);
+#else
+    (void)stream;
+    return ssmtp_fail(SSMTP_ERR_NOT_BUILT, SCAN ": tensors are on cuda:%d but this build has no CUDA", (int)device);
+#endif
+}
+
+/* ---------------------------------------------------------------- decode step */
+
+#define STEP "step_fwd"
+
+static ssmtp_status_t step_cpu(const ssmtp_step_params_t *p) {
+    const int64_t batch = p->x.shape[0], dim = p->x.shape[1], N = p->A.shape[1];
+    const int64_t per_group = dim / p->B.shape[1];
+    const int32_t ty = p->x.dtype;
+    for (int64_t b = 0; b < batch; b++) {
+        const int64_t slot = slot_of(&p->state_idx, b);
+        if (slot >= p->state.shape[0])
+            return ssmtp_fail(SSMTP_ERR_INVALID, STEP ": state_idx[%lld]=%lld >= nslots=%lld", (long long)b,
+                              (long long)slot, (long long)p->state.shape[0]);
+        for (int64_t c = 0; c < dim; c++) {
+            const int64_t oo = b * p->out.stride[0] + c * p->out.stride[1];
+            if (slot < 0) {
+                ssmtp_store(p->out.data, ty, oo, 0.0f);
+                continue;
+            }
+            const int64_t g = c / per_group;
+            float *st = (float *)p->state.data + slot * p->state.stride[0] + c * p->state.stride[1];
+            const float xt = ssmtp_load(p->x.data, ty, b * p->x.stride[0] + c * p->x.stride[1]);
+            float delta = ssmtp_load(p->dt.data, ty, b * p->dt.stride[0] + c * p->dt.stride[1]);
+            if (ssmtp_present(&p->dt_bias)) delta += ssmtp_load(p->dt_bias.data, p->dt_bias.dtype, c * p->dt_bias.stride[0]);
+            if (p->dt_softplus) delta = ssmtp_softplus(delta);
+            float y = 0.0f;
+            for (int64_t s = 0; s < N; s++) {
+                const float a = ((const float *)p->A.data)[c * p->A.stride[0] + s * p->A.stride[1]];
+                const float Bs = ssmtp_load(p->B.data, ty, b * p->B.stride[0] + g * p->B.stride[1] + s * p->B.stride[2]);
+                const float Cs = ssmtp_load(p->C.data, ty, b * p->C.stride[0] + g * p->C.stride[1] + s * p->C.stride[2]);
+                float *hs = st + s * p->state.stride[2];
+                *hs = expf(delta * a) * *hs + delta * Bs * xt;
+                y += *hs * Cs;
+            }
+            if (ssmtp_present(&p->D)) y += ssmtp_load(p->D.data, p->D.dtype, c * p->D.stride[0]) * xt;
+            if (ssmtp_present(&p->z))
+                y *= ssmtp_silu(ssmtp_load(p->z.data, ty, b * p->z.stride[0] + c * p->z.stride[1]));
+            ssmtp_store(p->out.data, ty, oo, y);
+        }
+    }
+    return SSMTP_OK;
+}
+
+ssmtp_status_t ssmtp_step_fwd(const ssmtp_step_params_t *p, void *stream) {
+    if (!p) return ssmtp_fail(SSMTP_ERR_INVALID, STEP ": params is NULL");
+    SSMTP_TRY(check_common(STEP, &p->x, &p->dt, &p->A, &p->B, &p->C, &p->D, &p->z, &p->dt_bias, &p->state,
+                           &p->state_idx, &p->out, 0));
+    const ssmtp_tensor_t *ts[] = {&p->x, &p->dt, &p->A, &p->B, &p->C, &p->D,
+                                  &p->z, &p->dt_bias, &p->state, &p->state_idx, &p->out};
+    const char *names[] = {"x", "dt", "A", "B", "C", "D", "z", "dt_bias", "state", "state_idx", "out"};
+    int32_t device;
+    SSMTP_TRY(device_of(STEP, ts, names, 11, &device));
+    if (device == SSMTP_DEVICE_CPU) return step_cpu(p);
+#ifdef SSMTP_WITH_CUDA
+    return ssmtp_cuda_step_fwd(p, stream);
+#else
+    (void)stream;
+    return ssmtp_fail(SSMTP_ERR_NOT_BUILT, STEP ": tensors are on cuda:%d but this build has no CUDA", (int)device);
+#endif
+}

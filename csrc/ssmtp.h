@@ -1,0 +1,147 @@
+/*
+ * ssmtp.h - the public C99 interface of the ssmtp core.
+ *
+ * Every op takes one params struct of tensor descriptors (data pointer, dtype, device, shape, element strides) and a
+ * CUDA stream as an opaque pointer (NULL = default stream; ignored on the CPU). Nothing here allocates on a hot path:
+ * the caller owns every buffer. Every function returns a status; on failure ssmtp_last_error() holds a one-line
+ * message naming the op and the offending argument ("scan_fwd: d_state=300 > 256").
+ *
+ * Device dispatch: an op runs on the CPU when all its tensors are CPU tensors (device -1), on CUDA device k when all
+ * are on device k; anything else is SSMTP_ERR_INVALID. A CUDA call in a build without CUDA is SSMTP_ERR_NOT_BUILT.
+ */
+#ifndef SSMTP_H
+#define SSMTP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+    SSMTP_OK = 0,
+    SSMTP_ERR_INVALID = 1,     /* bad argument: shape, dtype, device, stride, pointer */
+    SSMTP_ERR_UNSUPPORTED = 2, /* a valid request this build does not implement (dtype, size) */
+    SSMTP_ERR_NOT_BUILT = 3,   /* CUDA requested, extension built without CUDA */
+    SSMTP_ERR_CUDA = 4,        /* a CUDA runtime call or launch failed */
+    SSMTP_ERR_NCCL = 5,        /* NCCL missing or an NCCL call failed */
+    SSMTP_ERR_TIMEOUT = 6,     /* a peer did not arrive in time */
+    SSMTP_ERR_NOMEM = 7
+} ssmtp_status_t;
+
+typedef enum {
+    SSMTP_DTYPE_F32 = 0,
+    SSMTP_DTYPE_F16 = 1,
+    SSMTP_DTYPE_BF16 = 2,
+    SSMTP_DTYPE_I8 = 3,
+    SSMTP_DTYPE_F8E4M3 = 4, /* stored as bytes */
+    SSMTP_DTYPE_I32 = 5,
+    SSMTP_DTYPE_I64 = 6,
+    SSMTP_DTYPE_U8 = 7
+} ssmtp_dtype_t;
+
+#define SSMTP_MAX_DIMS 5
+#define SSMTP_DEVICE_CPU (-1)
+#define SSMTP_MAX_DSTATE 256
+
+/* A strided view. data == NULL marks an absent optional argument (its other fields are then ignored). */
+typedef struct {
+    void *data;
+    int32_t dtype;  /* ssmtp_dtype_t */
+    int32_t device; /* SSMTP_DEVICE_CPU or a CUDA device index */
+    int32_t ndim;
+    int64_t shape[SSMTP_MAX_DIMS];
+    int64_t stride[SSMTP_MAX_DIMS]; /* in elements, may be 0 (broadcast) */
+} ssmtp_tensor_t;
+
+/* Thread-local detail of the last failure on this thread ("" when none). */
+const char *ssmtp_last_error(void);
+const char *ssmtp_status_name(ssmtp_status_t s);
+/* 1 when the CUDA sources were compiled in. */
+int ssmtp_cuda_built(void);
+/* Build description: which parts were compiled, CUDA arch list. Static string. */
+const char *ssmtp_build_info(void);
+
+/*
+ * Causal depthwise conv1d over a sequence (prefill), continuing from and writing a conv state.
+ *   x        (batch, dim, seqlen)        f32/f16/bf16
+ *   weight   (dim, width)                same dtype as x, 2 <= width <= 4
+ *   bias     (dim,)                      optional, same dtype as x
+ *   state    (nslots, dim, state_len)    optional, same dtype as x, state_len >= width - 1
+ *   state_idx (batch,) int32             optional: slot of each sequence (else slot b), -1 = padding row:
+ *                                        its state is untouched and its out rows are written as zero
+ *   seq_lens (batch,) int32              optional: valid length of each (right-padded) sequence, 1..seqlen
+ *   out      (batch, dim, seqlen)        same dtype as x; may alias x only if identical
+ * Math (per channel c, sequence b, n = seq_lens[b] or seqlen): the input is extended on the left with a history
+ * h[-width+1 .. -1]: the last width-1 columns of state[slot] when load_state, zeros otherwise.
+ *   out[t] = act(bias + sum_k weight[k] * xin[t - (width-1) + k]),   act = SiLU when silu, identity otherwise
+ * Positions t >= n are written as zero. When state is given, state[slot][:, j] (j < state_len) is then set to the
+ * last state_len columns of [history ; x[0:n]] (the history holds state_len columns: the old state, or zeros).
+ * Decode is the same op with seqlen = 1 and load_state = 1.
+ */
+typedef struct {
+    ssmtp_tensor_t x, weight, bias, state, state_idx, seq_lens, out;
+    int32_t silu;
+    int32_t load_state;
+} ssmtp_conv1d_params_t;
+ssmtp_status_t ssmtp_conv1d_fwd(const ssmtp_conv1d_params_t *p, void *stream);
+
+/*
+ * Selective scan over a sequence (prefill), fp32 state, fp32 accumulation.
+ *   x        (batch, dim, seqlen)          f32/f16/bf16
+ *   dt       (batch, dim, seqlen)          same dtype as x; raw time step before bias and softplus
+ *   A        (dim, dstate)                 f32 (= -exp(A_log)), dstate <= SSMTP_MAX_DSTATE
+ *   B, C     (batch, ngroups, dstate, seqlen)  same dtype as x; channel c uses group c / (dim / ngroups)
+ *                                          (Mamba: ngroups = 1; Zamba: ngroups = mamba heads)
+ *   D        (dim,)                        optional, f32 or the dtype of x
+ *   z        (batch, dim, seqlen)          optional gate, same dtype as x: y *= silu(z)
+ *   dt_bias  (dim,)                        optional, f32 or the dtype of x
+ *   state    (nslots, dim, dstate) f32     optional: initial state read when load_state, final state written
+ *   state_idx, seq_lens                    as for conv1d (the final state is the one after position n-1)
+ *   out      (batch, dim, seqlen)          same dtype as x
+ * Math per (b, c): delta = dt + dt_bias, softplus when dt_softplus (log1p(exp(v)), v > 20 passes through);
+ *   h = exp(delta * A[c]) * h + delta * B[t] * x[t];   y[t] = <h, C[t]> + D[c] x[t];   y *= silu(z[t]).
+ * Positions t >= n are written as zero.
+ */
+typedef struct {
+    ssmtp_tensor_t x, dt, A, B, C, D, z, dt_bias, state, state_idx, seq_lens, out;
+    int32_t dt_softplus;
+    int32_t load_state;
+} ssmtp_scan_params_t;
+ssmtp_status_t ssmtp_scan_fwd(const ssmtp_scan_params_t *p, void *stream);
+
+/*
+ * Selective state update for one token per sequence (decode), in place on a slot-indexed fp32 state.
+ *   x, dt, z (batch, dim); B, C (batch, ngroups, dstate); A (dim, dstate) f32; D, dt_bias (dim,);
+ *   state (nslots, dim, dstate) f32; state_idx (batch,) int32 optional (-1 = padding: state untouched, out zero);
+ *   out (batch, dim). Same math as one step of ssmtp_scan_fwd with load_state = 1.
+ */
+typedef struct {
+    ssmtp_tensor_t x, dt, A, B, C, D, z, dt_bias, state, state_idx, out;
+    int32_t dt_softplus;
+} ssmtp_step_params_t;
+ssmtp_status_t ssmtp_step_fwd(const ssmtp_step_params_t *p, void *stream);
+
+/*
+ * Block-scaled quantization of a contiguous 1-D tensor (the payload of a quantized all-reduce).
+ *   x      (n,) f32/f16/bf16 contiguous
+ *   q      (n,) I8 or F8E4M3 contiguous
+ *   scales (ceil(n / block),) f32
+ *   block  32..256, a multiple of 32
+ * Each block: amax = max |x|; scale = amax / qmax (qmax 127 for int8, 448 for e4m3); q = round-to-nearest-even(x /
+ * scale), saturated. An all-zero block gets scale 0 and q 0 (dequantizes to exact zeros). A block holding Inf or
+ * NaN gets scale NaN, and dequantizes to NaN everywhere (a non-finite sum stays visible instead of being clipped).
+ * Dequantize: x = q * scale, written in the dtype of x.
+ */
+typedef struct {
+    ssmtp_tensor_t x, q, scales;
+    int32_t block;
+} ssmtp_quant_params_t;
+ssmtp_status_t ssmtp_quantize(const ssmtp_quant_params_t *p, void *stream);
+ssmtp_status_t ssmtp_dequantize(const ssmtp_quant_params_t *p, void *stream);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SSMTP_H */

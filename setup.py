@@ -1,0 +1,110 @@
+"""Build of ssmtp: a pure-Python package plus the CPython extension ``ssmtp._C``.
+
+The extension is C99 (csrc/*.c) and, when nvcc is found, CUDA C (csrc/cuda/*.cu) linked against the static CUDA
+runtime. It links neither libtorch nor NCCL (NCCL is resolved at run time from the copy torch loaded).
+
+Build knobs (environment variables), echoed at build time:
+  SSMTP_SKIP_CUDA=1        build the CPU-only extension even when nvcc is present
+  SSMTP_CUDA_ARCHS="80;90" SM list for machine code; PTX is embedded for the last one (default "80;90")
+  SSMTP_DEBUG=1            -O0 -g, host asserts, and nvcc -lineinfo
+  CUDA_HOME / nvcc on PATH where the CUDA toolkit is
+"""
+import glob
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+C_SOURCES = sorted(glob.glob("csrc/*.c"))
+CU_SOURCES = sorted(glob.glob("csrc/cuda/*.cu"))
+
+
+def _log(msg):
+    print(f"[ssmtp build] {msg}", flush=True)
+
+
+def _truthy(name):
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _find_cuda():
+    """Return (cuda_home, nvcc) or (None, reason)."""
+    if _truthy("SSMTP_SKIP_CUDA"):
+        return None, "SSMTP_SKIP_CUDA is set"
+    if not CU_SOURCES:
+        return None, "no csrc/cuda/*.cu sources"
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    nvcc = os.path.join(home, "bin", "nvcc") if home else shutil.which("nvcc")
+    if not nvcc or not os.path.exists(nvcc):
+        return None, "nvcc not found (set CUDA_HOME or put nvcc on PATH)"
+    nvcc = os.path.realpath(nvcc)
+    if not home:
+        # /usr/local/bin/nvcc may be a wrapper script; ask nvcc where it lives.
+        home = os.path.dirname(os.path.dirname(nvcc))
+        try:
+            out = subprocess.run([nvcc, "--dryrun", "--version"], capture_output=True, text=True).stderr
+            for line in out.splitlines():
+                if "TOP=" in line:
+                    home = os.path.realpath(line.split("TOP=", 1)[1].strip())
+        except OSError:
+            pass
+    libdir = next((d for d in ("lib64", "lib", "targets/x86_64-linux/lib", "targets/sbsa-linux/lib")
+                   if os.path.exists(os.path.join(home, d, "libcudart_static.a"))), None)
+    if libdir is None:
+        return None, f"libcudart_static.a not found under {home}"
+    return (home, nvcc, os.path.join(home, libdir)), None
+
+
+class BuildExt(build_ext):
+    def build_extensions(self):
+        ext = self.extensions[0]
+        debug = _truthy("SSMTP_DEBUG")
+        cflags = ["-std=c99", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden"]
+        cflags += ["-O0", "-g", "-DSSMTP_DEBUG=1"] if debug else ["-O3"]
+        cuda, why_not = _find_cuda()
+        if cuda is None:
+            _log(f"CUDA: skipped ({why_not}); building the CPU-only extension")
+        else:
+            home, nvcc, libdir = cuda
+            archs = [a.strip() for a in os.environ.get("SSMTP_CUDA_ARCHS", "80;90").replace(",", ";").split(";")
+                     if a.strip()]
+            _log(f"CUDA: nvcc={nvcc} archs={archs} (+PTX for {archs[-1]}) debug={debug}")
+            gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
+            gencode.append(f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}")
+            build_tmp = os.path.join(self.build_temp, "cuda")
+            os.makedirs(build_tmp, exist_ok=True)
+            nvflags = ["-std=c++17", "-Xcompiler", "-fPIC", "-Xcompiler", "-fvisibility=hidden", "-Icsrc",
+                       "-DSSMTP_WITH_CUDA=1", "--expt-relaxed-constexpr", "-lineinfo"]
+            nvflags += ["-O0", "-g", "-DSSMTP_DEBUG=1"] if debug else ["-O3"]
+
+            def compile_one(src):
+                obj = os.path.join(build_tmp, os.path.basename(src) + ".o")
+                cmd = [nvcc, "-c", src, "-o", obj] + nvflags + gencode
+                _log("nvcc " + src)
+                res = subprocess.run(cmd, capture_output=True, text=True)
+                if res.returncode != 0:
+                    sys.stderr.write(res.stdout + res.stderr)
+                    raise RuntimeError(f"nvcc failed on {src}")
+                return obj
+
+            with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
+                objs = list(pool.map(compile_one, CU_SOURCES))
+            ext.extra_objects = objs + [os.path.join(libdir, "libcudart_static.a")]
+            ext.libraries = ["stdc++", "rt", "pthread", "dl"]
+            cflags += ["-DSSMTP_WITH_CUDA=1", f'-DSSMTP_CUDA_ARCHS_STR="{";".join(archs)}"']
+            ext.include_dirs.append(os.path.join(home, "include"))
+        ext.extra_compile_args = cflags
+        ext.libraries = list(dict.fromkeys((ext.libraries or []) + ["dl", "m"]))
+        _log(f"C: {len(C_SOURCES)} sources, flags {' '.join(cflags)}")
+        super().build_extensions()
+
+
+setup(
+    ext_modules=[Extension("ssmtp._C", sources=C_SOURCES, include_dirs=["csrc"])],
+    cmdclass={"build_ext": BuildExt},
+)

@@ -1,0 +1,8 @@
+"""ssmtp: tensor-parallel inference for selective state-space language models.
+
+    import ssmtp
+    model = ssmtp.parallelize(hf_model)      # in place; HF forward/generate keep working
+"""
+from . import ops  # noqa: F401  (registers the ssmtp:: torch.library ops)
+
+__version__ = "0.1.0"

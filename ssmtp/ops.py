@@ -1,0 +1,157 @@
+"""The ``ssmtp::`` torch.library ops: the only public op surface. Each forwards to the C core (``ssmtp._C``) with
+tensors described as (data_ptr, dtype code, device, shape, strides); outputs are allocated here, in Python.
+
+Ops (semantics in csrc/ssmtp.h; pure-torch twins in ssmtp/ref.py):
+  causal_conv1d(x, weight, bias, state, state_idx, seq_lens, silu, load_state) -> out          (mutates state)
+  selective_scan(x, dt, A, B, C, D, z, dt_bias, state, state_idx, seq_lens, dt_softplus, load_state) -> out
+                                                                                               (mutates state)
+  selective_state_update(x, dt, A, B, C, D, z, dt_bias, state, state_idx, dt_softplus) -> out  (mutates state)
+  quantize_blocks(x, block, qdtype) -> (q, scales);  dequantize_blocks(q, scales, block, dtype) -> x
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import _C
+
+_DTYPE_CODES = {
+    torch.float32: 0,
+    torch.float16: 1,
+    torch.bfloat16: 2,
+    torch.int8: 3,
+    torch.float8_e4m3fn: 4,
+    torch.int32: 5,
+    torch.int64: 6,
+    torch.uint8: 7,
+}
+
+
+def desc(t: Optional[torch.Tensor], name: str = "tensor"):
+    """Describe a tensor for the C core, or None for an absent optional argument."""
+    if t is None:
+        return None
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
+    code = _DTYPE_CODES.get(t.dtype)
+    if code is None:
+        raise TypeError(f"{name} has unsupported dtype {t.dtype}")
+    if t.device.type == "cpu":
+        dev = -1
+    elif t.device.type == "cuda":
+        dev = t.device.index if t.device.index is not None else torch.cuda.current_device()
+    else:
+        raise ValueError(f"{name} is on device {t.device}; ssmtp ops run on cpu and cuda")
+    return (t.data_ptr(), code, dev, tuple(t.shape), tuple(t.stride()))
+
+
+def stream_of(*tensors: Optional[torch.Tensor]) -> int:
+    """The current CUDA stream (as an integer) of the first CUDA tensor, 0 on the CPU."""
+    for t in tensors:
+        if t is not None and t.device.type == "cuda":
+            return torch.cuda.current_stream(t.device).cuda_stream
+    return 0
+
+
+def cuda_built() -> bool:
+    return bool(_C.cuda_built())
+
+
+def build_info() -> str:
+    return _C.build_info()
+
+
+# ------------------------------------------------------------------------------------------------ causal conv1d
+
+@torch.library.custom_op("ssmtp::causal_conv1d", mutates_args=("state",))
+def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], state: Optional[torch.Tensor],
+                  state_idx: Optional[torch.Tensor], seq_lens: Optional[torch.Tensor], silu: bool,
+                  load_state: bool) -> torch.Tensor:
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    _C.conv1d_fwd(desc(x, "x"), desc(weight, "weight"), desc(bias, "bias"), desc(state, "state"),
+                  desc(state_idx, "state_idx"), desc(seq_lens, "seq_lens"), desc(out, "out"), int(silu),
+                  int(load_state), stream_of(x))
+    return out
+
+
+@causal_conv1d.register_fake
+def _(x, weight, bias, state, state_idx, seq_lens, silu, load_state):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+# ------------------------------------------------------------------------------------------------ selective scan
+
+@torch.library.custom_op("ssmtp::selective_scan", mutates_args=("state",))
+def selective_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                   D: Optional[torch.Tensor], z: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor],
+                   state: Optional[torch.Tensor], state_idx: Optional[torch.Tensor],
+                   seq_lens: Optional[torch.Tensor], dt_softplus: bool, load_state: bool) -> torch.Tensor:
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    _C.scan_fwd(desc(x, "x"), desc(dt, "dt"), desc(A, "A"), desc(B, "B"), desc(C, "C"), desc(D, "D"), desc(z, "z"),
+                desc(dt_bias, "dt_bias"), desc(state, "state"), desc(state_idx, "state_idx"),
+                desc(seq_lens, "seq_lens"), desc(out, "out"), int(dt_softplus), int(load_state), stream_of(x))
+    return out
+
+
+@selective_scan.register_fake
+def _(x, dt, A, B, C, D, z, dt_bias, state, state_idx, seq_lens, dt_softplus, load_state):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("ssmtp::selective_state_update", mutates_args=("state",))
+def selective_state_update(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                           D: Optional[torch.Tensor], z: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor],
+                           state: torch.Tensor, state_idx: Optional[torch.Tensor],
+                           dt_softplus: bool) -> torch.Tensor:
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    _C.step_fwd(desc(x, "x"), desc(dt, "dt"), desc(A, "A"), desc(B, "B"), desc(C, "C"), desc(D, "D"), desc(z, "z"),
+                desc(dt_bias, "dt_bias"), desc(state, "state"), desc(state_idx, "state_idx"), desc(out, "out"),
+                int(dt_softplus), stream_of(x))
+    return out
+
+
+@selective_state_update.register_fake
+def _(x, dt, A, B, C, D, z, dt_bias, state, state_idx, dt_softplus):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+# ------------------------------------------------------------------------------------------------ quantization
+
+_QDTYPES = {"int8": torch.int8, "fp8": torch.float8_e4m3fn, "float8_e4m3fn": torch.float8_e4m3fn}
+
+
+def _qdtype(name: str) -> torch.dtype:
+    try:
+        return _QDTYPES[name]
+    except KeyError:
+        raise ValueError(f"qdtype must be one of {sorted(_QDTYPES)}, got {name!r}") from None
+
+
+@torch.library.custom_op("ssmtp::quantize_blocks", mutates_args=())
+def quantize_blocks(x: torch.Tensor, block: int, qdtype: str) -> tuple[torch.Tensor, torch.Tensor]:
+    qd = _qdtype(qdtype)
+    n = x.numel()
+    q = torch.empty(n, dtype=qd, device=x.device)
+    scales = torch.empty((n + block - 1) // block if block > 0 else 0, dtype=torch.float32, device=x.device)
+    _C.quantize(desc(x.reshape(-1), "x"), desc(q, "q"), desc(scales, "scales"), int(block), stream_of(x))
+    return q, scales
+
+
+@quantize_blocks.register_fake
+def _(x, block, qdtype):
+    n = x.numel()
+    return (torch.empty(n, dtype=_qdtype(qdtype), device=x.device),
+            torch.empty((n + block - 1) // block, dtype=torch.float32, device=x.device))
+
+
+@torch.library.custom_op("ssmtp::dequantize_blocks", mutates_args=())
+def dequantize_blocks(q: torch.Tensor, scales: torch.Tensor, block: int, dtype: torch.dtype) -> torch.Tensor:
+    out = torch.empty(q.shape, dtype=dtype, device=q.device)
+    _C.dequantize(desc(out, "out"), desc(q, "q"), desc(scales, "scales"), int(block), stream_of(q))
+    return out
+
+
+@dequantize_blocks.register_fake
+def _(q, scales, block, dtype):
+    return torch.empty(q.shape, dtype=dtype, device=q.device)

@@ -1,0 +1,124 @@
+"""Pure-torch twins of the ssmtp:: ops: slow, obvious, fp32 - the oracles the C CPU kernels are tested against.
+
+Each function takes the same arguments as its op in ssmtp/ops.py, mutates ``state`` the same way and returns the
+output in the dtype of x. Semantics are documented in csrc/ssmtp.h.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+
+def _slots(batch: int, state_idx: Optional[torch.Tensor]) -> list[int]:
+    return list(range(batch)) if state_idx is None else [int(i) for i in state_idx.tolist()]
+
+
+def _lens(batch: int, seqlen: int, seq_lens: Optional[torch.Tensor]) -> list[int]:
+    return [seqlen] * batch if seq_lens is None else [int(n) for n in seq_lens.tolist()]
+
+
+def causal_conv1d(x, weight, bias, state, state_idx, seq_lens, silu, load_state):
+    batch, dim, seqlen = x.shape
+    width = weight.shape[1]
+    out = torch.zeros(batch, dim, seqlen, dtype=torch.float32)
+    w = weight.float()
+    for b, (slot, n) in enumerate(zip(_slots(batch, state_idx), _lens(batch, seqlen, seq_lens))):
+        if slot < 0:
+            continue
+        slen = state.shape[2] if state is not None else width - 1
+        hist = state[slot].float() if load_state else torch.zeros(dim, slen)
+        xin = torch.cat([hist, x[b, :, :n].float()], dim=1)  # (dim, slen + n)
+        y = F.conv1d(xin[None], w[:, None, :], bias.float() if bias is not None else None, groups=dim)[0]
+        y = y[:, -n:] if n > 0 else y[:, :0]
+        out[b, :, :n] = F.silu(y) if silu else y
+        if state is not None:
+            state[slot].copy_(xin[:, -slen:].to(state.dtype))
+    return out.to(x.dtype)
+
+
+def _scan_one(x, delta, A, B, C, D, z, h):
+    """x, delta, z: (dim, L); B, C: (dim, N, L) already expanded to channels; h: (dim, N). Returns y (dim, L), h."""
+    ys = []
+    for t in range(x.shape[1]):
+        h = torch.exp(delta[:, t, None] * A) * h + delta[:, t, None] * B[:, :, t] * x[:, t, None]
+        y = (h * C[:, :, t]).sum(-1)
+        if D is not None:
+            y = y + D * x[:, t]
+        if z is not None:
+            y = y * F.silu(z[:, t])
+        ys.append(y)
+    return (torch.stack(ys, 1) if ys else x.new_zeros(x.shape[0], 0)), h
+
+
+def _delta(dt, dt_bias, dt_softplus):
+    d = dt.float()
+    if dt_bias is not None:
+        d = d + dt_bias.float()[:, None] if d.dim() == 2 else d + dt_bias.float()
+    return F.softplus(d) if dt_softplus else d
+
+
+def selective_scan(x, dt, A, B, C, D, z, dt_bias, state, state_idx, seq_lens, dt_softplus, load_state):
+    batch, dim, seqlen = x.shape
+    groups, N = B.shape[1], A.shape[1]
+    out = torch.zeros(batch, dim, seqlen, dtype=torch.float32)
+    for b, (slot, n) in enumerate(zip(_slots(batch, state_idx), _lens(batch, seqlen, seq_lens))):
+        if state is not None and slot < 0:
+            continue
+        h = state[slot].float() if load_state else torch.zeros(dim, N)
+        Bx = B[b, :, :, :n].float().repeat_interleave(dim // groups, 0)
+        Cx = C[b, :, :, :n].float().repeat_interleave(dim // groups, 0)
+        delta = _delta(dt[b, :, :n], dt_bias, dt_softplus)
+        y, h = _scan_one(x[b, :, :n].float(), delta, A.float(), Bx, Cx, None if D is None else D.float(),
+                         None if z is None else z[b, :, :n].float(), h)
+        out[b, :, :n] = y
+        if state is not None:
+            state[slot].copy_(h)
+    return out.to(x.dtype)
+
+
+def selective_state_update(x, dt, A, B, C, D, z, dt_bias, state, state_idx, dt_softplus):
+    batch, dim = x.shape
+    groups = B.shape[1]
+    out = torch.zeros(batch, dim, dtype=torch.float32)
+    for b, slot in enumerate(_slots(batch, state_idx)):
+        if slot < 0:
+            continue
+        Bx = B[b].float().repeat_interleave(dim // groups, 0)[:, :, None]
+        Cx = C[b].float().repeat_interleave(dim // groups, 0)[:, :, None]
+        delta = _delta(dt[b][:, None], dt_bias, dt_softplus)
+        y, h = _scan_one(x[b].float()[:, None], delta, A.float(), Bx, Cx, None if D is None else D.float(),
+                         None if z is None else z[b].float()[:, None], state[slot].float())
+        out[b] = y[:, 0]
+        state[slot].copy_(h)
+    return out.to(x.dtype)
+
+
+_QMAX = {"int8": 127.0, "fp8": 448.0, "float8_e4m3fn": 448.0}
+
+
+def quantize_blocks(x, block, qdtype):
+    flat = x.reshape(-1).float()
+    n = flat.numel()
+    nb = (n + block - 1) // block
+    pad = torch.zeros(nb * block)
+    pad[:n] = flat
+    blocks = pad.view(nb, block)
+    finite = torch.isfinite(blocks).all(1)
+    amax = blocks.abs().where(torch.isfinite(blocks), torch.zeros(())).amax(1)
+    qmax = _QMAX[qdtype]
+    scales = torch.where(finite, amax / qmax, torch.full_like(amax, float("nan")))
+    inv = torch.where(finite & (amax > 0), qmax / amax, torch.zeros_like(amax))
+    v = torch.where(finite[:, None], blocks * inv[:, None], torch.zeros_like(blocks))
+    if qdtype == "int8":
+        q = torch.round(v).clamp(-127, 127).to(torch.int8)
+    else:
+        q = v.clamp(-448, 448).to(torch.float8_e4m3fn)
+    return q.reshape(-1)[:n], scales
+
+
+def dequantize_blocks(q, scales, block, dtype):
+    n = q.numel()
+    s = scales.repeat_interleave(block)[:n]
+    return (q.float() * s).to(dtype)
