@@ -54,6 +54,14 @@ def stream_of(*tensors: Optional[torch.Tensor]) -> int:
     return 0
 
 
+def _out_like(x: torch.Tensor) -> torch.Tensor:
+    """Output for a (batch, dim, seqlen) input: channel-contiguous (token-major, what the next GEMM wants) when x is,
+    time-contiguous otherwise."""
+    if x.dim() == 3 and x.stride(1) == 1 and x.shape[1] > 1:
+        return torch.empty(x.shape[0], x.shape[2], x.shape[1], dtype=x.dtype, device=x.device).transpose(1, 2)
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
 def cuda_built() -> bool:
     return bool(_C.cuda_built())
 
@@ -68,7 +76,7 @@ def build_info() -> str:
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], state: Optional[torch.Tensor],
                   state_idx: Optional[torch.Tensor], seq_lens: Optional[torch.Tensor], silu: bool,
                   load_state: bool) -> torch.Tensor:
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    out = _out_like(x)
     _C.conv1d_fwd(desc(x, "x"), desc(weight, "weight"), desc(bias, "bias"), desc(state, "state"),
                   desc(state_idx, "state_idx"), desc(seq_lens, "seq_lens"), desc(out, "out"), int(silu),
                   int(load_state), stream_of(x))
@@ -77,7 +85,7 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
 
 @causal_conv1d.register_fake
 def _(x, weight, bias, state, state_idx, seq_lens, silu, load_state):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+    return _out_like(x)
 
 
 # ------------------------------------------------------------------------------------------------ selective scan
@@ -87,7 +95,7 @@ def selective_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.
                    D: Optional[torch.Tensor], z: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor],
                    state: Optional[torch.Tensor], state_idx: Optional[torch.Tensor],
                    seq_lens: Optional[torch.Tensor], dt_softplus: bool, load_state: bool) -> torch.Tensor:
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    out = _out_like(x)
     _C.scan_fwd(desc(x, "x"), desc(dt, "dt"), desc(A, "A"), desc(B, "B"), desc(C, "C"), desc(D, "D"), desc(z, "z"),
                 desc(dt_bias, "dt_bias"), desc(state, "state"), desc(state_idx, "state_idx"),
                 desc(seq_lens, "seq_lens"), desc(out, "out"), int(dt_softplus), int(load_state), stream_of(x))
@@ -96,7 +104,7 @@ def selective_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.
 
 @selective_scan.register_fake
 def _(x, dt, A, B, C, D, z, dt_bias, state, state_idx, seq_lens, dt_softplus, load_state):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+    return _out_like(x)
 
 
 @torch.library.custom_op("ssmtp::selective_state_update", mutates_args=("state",))

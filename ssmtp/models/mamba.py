@@ -1,0 +1,150 @@
+"""Tensor-parallel Mamba-1 mixer, for HF MambaMixer and FalconMambaMixer.
+
+Sharding (design decision 7): every rank owns d_inner/tp channels.
+  in_proj   (2d, H)      x rows and z rows sliced separately -> (2*dl, H) = [x_r ; z_r]
+  conv1d    (d, 1, K)    channels sliced -> (dl, K)
+  x_proj    (R+2N, d)    row-parallel: columns sliced -> (R+2N, dl); partial [dt, B, C] summed by an all-reduce
+  dt_proj   (d, R)       column-parallel on the replicated dt -> (dl, R); bias (dl) passed to the scan
+  A_log, D  (d, N), (d)  sliced -> A = -exp(A_log) kept in fp32
+  out_proj  (H, d)       row-parallel: columns sliced, all-reduce, bias added once after the reduction
+Falcon-Mamba's weightless RMS norms on dt, B and C run after the x_proj all-reduce, on full vectors, on every rank.
+Conv and SSM states hold this rank's channels only and never cross GPUs.
+
+The module keeps HF's forward signature and cache object; ``mix`` / ``mix_step`` are the cache-agnostic entry points
+the engine calls with its own slot-pool states.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import ops
+from ..parallel import shard
+from ..parallel.comm import Communicator
+
+
+def _rms(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Falcon-Mamba's weightless RMS norm (in fp32, back to the input dtype), as HF computes it."""
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).type_as(x)
+
+
+def _mask(h: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    if attention_mask is None:
+        return h
+    return (h * attention_mask[:, :, None]).to(h.dtype)
+
+
+class TPMambaMixer(nn.Module):
+    """One rank's shard of a Mamba-1 mixer (Mamba or Falcon-Mamba)."""
+
+    def __init__(self, hf_mixer: nn.Module, comm: Communicator, falcon: bool = False):
+        super().__init__()
+        tp, r = comm.world_size, comm.rank
+        self.comm = comm
+        self.layer_idx = hf_mixer.layer_idx
+        self.hidden_size = hf_mixer.hidden_size
+        self.intermediate_size = d = hf_mixer.intermediate_size
+        self.d_local = dl = shard.split_size(d, tp, "intermediate_size (d_inner)")
+        self.ssm_state_size = hf_mixer.ssm_state_size
+        self.time_step_rank = hf_mixer.time_step_rank
+        self.conv_kernel_size = hf_mixer.conv_kernel_size
+        self.falcon = falcon
+        self.rms_eps = float(getattr(hf_mixer, "rms_eps", 1e-6))
+        if hf_mixer.activation not in ("silu", "swish"):
+            raise ValueError(f"hidden_act={hf_mixer.activation!r} is not supported; ssmtp fuses SiLU into the conv")
+
+        w_in = hf_mixer.in_proj.weight
+        self.in_proj_weight = shard.param(torch.cat([w_in[r * dl:(r + 1) * dl], w_in[d + r * dl:d + (r + 1) * dl]]))
+        b_in = hf_mixer.in_proj.bias
+        self.in_proj_bias = (shard.param(torch.cat([b_in[r * dl:(r + 1) * dl], b_in[d + r * dl:d + (r + 1) * dl]]))
+                             if b_in is not None else None)
+        self.conv_weight = shard.param(shard.rows(hf_mixer.conv1d.weight[:, 0, :], r, tp, "d_inner"))
+        cb = hf_mixer.conv1d.bias
+        self.conv_bias = shard.param(shard.rows(cb, r, tp, "d_inner")) if cb is not None else None
+        self.x_proj_weight = shard.param(shard.cols(hf_mixer.x_proj.weight, r, tp, "d_inner"))
+        self.dt_proj_weight = shard.param(shard.rows(hf_mixer.dt_proj.weight, r, tp, "d_inner"))
+        self.dt_bias = shard.param(shard.rows(hf_mixer.dt_proj.bias, r, tp, "d_inner").float())
+        self.register_buffer("A", -torch.exp(shard.rows(hf_mixer.A_log, r, tp, "d_inner").detach().float()).contiguous())
+        self.D = shard.param(shard.rows(hf_mixer.D, r, tp, "d_inner").float())
+        self.out_proj_weight = shard.param(shard.cols(hf_mixer.out_proj.weight, r, tp, "d_inner"))
+        ob = hf_mixer.out_proj.bias
+        self.out_proj_bias = shard.param(ob) if ob is not None else None
+
+    # ------------------------------------------------------------------ shared pieces
+
+    def _dt_B_C(self, xc_tok: torch.Tensor):
+        """xc_tok (B, L, dl) conv output -> dt (B, L, dl) before bias, B and C (B, L, N), after the all-reduce."""
+        R, N = self.time_step_rank, self.ssm_state_size
+        proj = F.linear(xc_tok, self.x_proj_weight)  # partial sums over this rank's channels
+        proj = self.comm.all_reduce(proj)
+        dt, B, C = torch.split(proj, [R, N, N], dim=-1)
+        if self.falcon:
+            dt, B, C = _rms(dt, self.rms_eps), _rms(B, self.rms_eps), _rms(C, self.rms_eps)
+        return F.linear(dt, self.dt_proj_weight), B, C
+
+    def _out(self, y_tok: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        out = self.comm.all_reduce(F.linear(y_tok.to(dtype), self.out_proj_weight))
+        return out + self.out_proj_bias if self.out_proj_bias is not None else out
+
+    # ------------------------------------------------------------------ cache-agnostic entry points
+
+    def mix(self, h: torch.Tensor, conv_state: Optional[torch.Tensor] = None, ssm_state: Optional[torch.Tensor] = None,
+            state_idx: Optional[torch.Tensor] = None, seq_lens: Optional[torch.Tensor] = None,
+            load_state: bool = False, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Prefill (any length). h (B, L, H). States (slots, dl, W) and (slots, dl, N) fp32 are read when load_state and
+        written with the final states; state_idx (B,) int32 picks slots; seq_lens (B,) int32 for right padding."""
+        dl = self.d_local
+        h = _mask(h, attention_mask)
+        xz = F.linear(h, self.in_proj_weight, self.in_proj_bias)  # (B, L, 2dl)
+        x = xz[..., :dl].transpose(1, 2)  # (B, dl, L) channel-contiguous views
+        z = xz[..., dl:].transpose(1, 2)
+        xc = ops.causal_conv1d(x, self.conv_weight, self.conv_bias, conv_state, state_idx, seq_lens, True, load_state)
+        xc_tok = _mask(xc.transpose(1, 2), attention_mask)
+        dt, B, C = self._dt_B_C(xc_tok)
+        y = ops.selective_scan(xc_tok.transpose(1, 2), dt.transpose(1, 2), self.A, B.transpose(1, 2)[:, None],
+                               C.transpose(1, 2)[:, None], self.D, z, self.dt_bias, ssm_state, state_idx, seq_lens,
+                               True, load_state)
+        return self._out(y.transpose(1, 2), h.dtype)
+
+    def mix_step(self, h: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor,
+                 state_idx: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """One decode token per sequence. h (B, 1, H); states updated in place."""
+        dl = self.d_local
+        xz = F.linear(h, self.in_proj_weight, self.in_proj_bias)  # (B, 1, 2dl)
+        x = xz[..., :dl].transpose(1, 2)
+        xc = ops.causal_conv1d(x, self.conv_weight, self.conv_bias, conv_state, state_idx, None, True, True)
+        xc_tok = xc.transpose(1, 2)  # (B, 1, dl)
+        dt, B, C = self._dt_B_C(xc_tok)
+        y = ops.selective_state_update(xc_tok[:, 0], dt[:, 0], self.A, B[:, 0, None], C[:, 0, None], self.D,
+                                       xz[:, 0, dl:], self.dt_bias, ssm_state, state_idx, True)
+        return self._out(y[:, None], h.dtype)
+
+    # ------------------------------------------------------------------ HF-compatible forward
+
+    def forward(self, hidden_states: torch.Tensor, cache_params=None, attention_mask=None, **kwargs):
+        if cache_params is None:
+            return self.mix(hidden_states, attention_mask=attention_mask)
+        layer = cache_params.layers[self.layer_idx]
+        has_prev = bool(layer.has_previous_state[0])
+        if has_prev:
+            conv, rec = layer.conv_states[0], layer.recurrent_states[0]
+            if hidden_states.shape[1] == 1:
+                return self.mix_step(hidden_states, conv, rec)
+            # A continuation chunk: resume from the cached states (HF's torch path restarts the scan at zero here).
+            return self.mix(hidden_states, conv, rec, load_state=True, attention_mask=attention_mask)
+        B = hidden_states.shape[0]
+        dev, dt = hidden_states.device, hidden_states.dtype
+        conv = torch.zeros(B, self.d_local, self.conv_kernel_size, device=dev, dtype=dt)
+        rec = torch.zeros(B, self.d_local, self.ssm_state_size, device=dev, dtype=torch.float32)
+        out = self.mix(hidden_states, conv, rec, attention_mask=attention_mask)
+        cache_params.update_conv_state(conv, self.layer_idx, conv_kernel_size=self.conv_kernel_size)
+        cache_params.update_recurrent_state(rec, self.layer_idx)
+        return out
+
+    def extra_repr(self) -> str:
+        return (f"d_inner={self.intermediate_size}, d_local={self.d_local}, tp={self.comm.world_size}, "
+                f"rank={self.comm.rank}, falcon={self.falcon}")
