@@ -123,7 +123,7 @@ def test_tp_not_dividing_d_inner_is_a_value_error():
 
     model = build("mamba", "odd")  # d_inner = 96
     with pytest.raises(ValueError, match=r"tensor parallel size 5 does not divide intermediate_size \(d_inner\)=96"):
-        TPMambaMixer(model.backbone.layers[0].mixer, _FakeComm(5))
+        TPMambaMixer.from_hf(model.backbone.layers[0].mixer, _FakeComm(5))
 
 
 def test_unsupported_model_lists_supported():

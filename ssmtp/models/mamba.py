@@ -15,7 +15,7 @@ the engine calls with its own slot-pool states.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -41,38 +41,57 @@ def _mask(h: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tens
 class TPMambaMixer(nn.Module):
     """One rank's shard of a Mamba-1 mixer (Mamba or Falcon-Mamba)."""
 
-    def __init__(self, hf_mixer: nn.Module, comm: Communicator, falcon: bool = False):
+    def __init__(self, config, layer_idx: int, comm: Communicator, get: Callable[[str], object],
+                 falcon: bool = False):
+        """Build this rank's shard. ``get(name)`` returns the full tensor named as in the HF mixer ("in_proj.weight",
+        "conv1d.weight", ...) or anything sliceable like one (a safetensors slice): only this rank's rows/columns are
+        read, so loading from a checkpoint never materialises the full weights."""
         super().__init__()
         tp, r = comm.world_size, comm.rank
         self.comm = comm
-        self.layer_idx = hf_mixer.layer_idx
-        self.hidden_size = hf_mixer.hidden_size
-        self.intermediate_size = d = hf_mixer.intermediate_size
+        self.layer_idx = layer_idx
+        self.hidden_size = config.hidden_size
+        self.intermediate_size = d = config.intermediate_size
         self.d_local = dl = shard.split_size(d, tp, "intermediate_size (d_inner)")
-        self.ssm_state_size = hf_mixer.ssm_state_size
-        self.time_step_rank = hf_mixer.time_step_rank
-        self.conv_kernel_size = hf_mixer.conv_kernel_size
+        self.ssm_state_size = N = config.state_size
+        self.time_step_rank = R = int(config.time_step_rank)
+        self.conv_kernel_size = config.conv_kernel
         self.falcon = falcon
-        self.rms_eps = float(getattr(hf_mixer, "rms_eps", 1e-6))
-        if hf_mixer.activation not in ("silu", "swish"):
-            raise ValueError(f"hidden_act={hf_mixer.activation!r} is not supported; ssmtp fuses SiLU into the conv")
+        self.rms_eps = float(getattr(config, "mixer_rms_eps", 1e-6))
+        if config.hidden_act not in ("silu", "swish"):
+            raise ValueError(f"hidden_act={config.hidden_act!r} is not supported; ssmtp fuses SiLU into the conv")
+        lo, hi = r * dl, (r + 1) * dl
 
-        w_in = hf_mixer.in_proj.weight
-        self.in_proj_weight = shard.param(torch.cat([w_in[r * dl:(r + 1) * dl], w_in[d + r * dl:d + (r + 1) * dl]]))
-        b_in = hf_mixer.in_proj.bias
-        self.in_proj_bias = (shard.param(torch.cat([b_in[r * dl:(r + 1) * dl], b_in[d + r * dl:d + (r + 1) * dl]]))
-                             if b_in is not None else None)
-        self.conv_weight = shard.param(shard.rows(hf_mixer.conv1d.weight[:, 0, :], r, tp, "d_inner"))
-        cb = hf_mixer.conv1d.bias
-        self.conv_bias = shard.param(shard.rows(cb, r, tp, "d_inner")) if cb is not None else None
-        self.x_proj_weight = shard.param(shard.cols(hf_mixer.x_proj.weight, r, tp, "d_inner"))
-        self.dt_proj_weight = shard.param(shard.rows(hf_mixer.dt_proj.weight, r, tp, "d_inner"))
-        self.dt_bias = shard.param(shard.rows(hf_mixer.dt_proj.bias, r, tp, "d_inner").float())
-        self.register_buffer("A", -torch.exp(shard.rows(hf_mixer.A_log, r, tp, "d_inner").detach().float()).contiguous())
-        self.D = shard.param(shard.rows(hf_mixer.D, r, tp, "d_inner").float())
-        self.out_proj_weight = shard.param(shard.cols(hf_mixer.out_proj.weight, r, tp, "d_inner"))
-        ob = hf_mixer.out_proj.bias
-        self.out_proj_bias = shard.param(ob) if ob is not None else None
+        w_in = get("in_proj.weight")
+        self.in_proj_weight = shard.param(torch.cat([w_in[lo:hi], w_in[d + lo:d + hi]]))
+        self.in_proj_bias = None
+        if config.use_bias:
+            b_in = get("in_proj.bias")
+            self.in_proj_bias = shard.param(torch.cat([b_in[lo:hi], b_in[d + lo:d + hi]]))
+        self.conv_weight = shard.param(get("conv1d.weight")[lo:hi][:, 0, :])
+        self.conv_bias = shard.param(get("conv1d.bias")[lo:hi]) if config.use_conv_bias else None
+        self.x_proj_weight = shard.param(get("x_proj.weight")[:, lo:hi])
+        if tuple(self.x_proj_weight.shape) != (R + 2 * N, dl):
+            raise ValueError(f"x_proj.weight shard has shape {tuple(self.x_proj_weight.shape)}, expected "
+                             f"{(R + 2 * N, dl)} (time_step_rank={R}, state_size={N})")
+        self.dt_proj_weight = shard.param(get("dt_proj.weight")[lo:hi])
+        self.dt_bias = shard.param(get("dt_proj.bias")[lo:hi].float())
+        self.register_buffer("A", -torch.exp(get("A_log")[lo:hi].detach().float()).contiguous())
+        self.D = shard.param(get("D")[lo:hi].float())
+        self.out_proj_weight = shard.param(get("out_proj.weight")[:, lo:hi])
+        self.out_proj_bias = shard.param(get("out_proj.bias")[:]) if config.use_bias else None
+
+    @classmethod
+    def from_hf(cls, hf_mixer: nn.Module, comm: Communicator, falcon: bool = False) -> "TPMambaMixer":
+        """Shard an instantiated HF MambaMixer / FalconMambaMixer."""
+        params = dict(hf_mixer.named_parameters())
+
+        def get(name):
+            if name not in params:
+                raise KeyError(f"{type(hf_mixer).__name__} has no parameter {name!r}")
+            return params[name].detach()
+
+        return cls(hf_mixer.config, hf_mixer.layer_idx, comm, get, falcon=falcon)
 
     # ------------------------------------------------------------------ shared pieces
 

@@ -30,7 +30,7 @@ def _mamba_factory(falcon: bool):
     def make(m: nn.Module, comm: Communicator) -> nn.Module:
         from .mamba import TPMambaMixer
 
-        return TPMambaMixer(m, comm, falcon=falcon)
+        return TPMambaMixer.from_hf(m, comm, falcon=falcon)
 
     return make
 
@@ -82,13 +82,16 @@ def parallelize(model: nn.Module, group: Optional["dist.ProcessGroup"] = None, *
     if check:
         _check_same_everywhere(model, comm)
     swapped = 0
+    done: dict[int, nn.Module] = {}  # a module shared by several parents (Zamba's shared block) is sharded once
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):
             entry = _SWAPS.get(type(child).__name__)
             if entry is None or not type(child).__module__.startswith(entry[0]):
                 continue
-            setattr(parent, child_name, entry[1](child, comm))
-            swapped += 1
+            if id(child) not in done:
+                done[id(child)] = entry[1](child, comm)
+                swapped += 1
+            setattr(parent, child_name, done[id(child)])
     if swapped == 0:
         raise TypeError(f"ssmtp.parallelize: found no supported module inside {cls}; "
                         f"swappable: {', '.join(sorted(_SWAPS))}")
