@@ -33,14 +33,15 @@ def _layer_states(cache, n_layers):
             for i in range(n_layers)]
 
 
-def _checks(rank, world, family, config, dtype_name):
+def _checks(rank, world, family, config, dtype_name, device="cpu"):
     dtype = getattr(torch, dtype_name)
+    device = torch.device(device, rank) if device == "cuda" else torch.device(device)
     # fp32: rel 1e-4 of the logit range (the bound); bf16: HF rounds the scan output to bf16 at every step
     # while ssmtp accumulates it in fp32, so the two differ by a few bf16 ulps -> 3e-2.
     rel = 1e-4 if dtype == torch.float32 else 3e-2
-    model = build(family, config, dtype)
+    model = build(family, config, dtype).to(device)
     n_layers = model.config.num_hidden_layers
-    ids, ids_pad, mask = _inputs()
+    ids, ids_pad, mask = (t.to(device) for t in _inputs())
     with torch.no_grad():
         ref = model(ids).logits
         ref_pad = model(ids_pad, attention_mask=mask).logits
@@ -89,6 +90,19 @@ def _checks(rank, world, family, config, dtype_name):
             assert torch.equal(gen, ref_gen), "greedy tokens differ from HF"
             gen_pad = model.generate(ids_pad, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False)
             assert torch.equal(gen_pad, ref_gen_pad), "greedy tokens with left padding differ from HF"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("family", ["mamba", "falcon_mamba"])
+def test_tp1_matches_hf_on_gpu(family, dtype):
+    _checks(0, 1, family, "odd", dtype, "cuda")
+
+
+@pytest.mark.multigpu
+@pytest.mark.parametrize("family", ["mamba", "falcon_mamba"])
+def test_tp2_matches_hf_on_gpus(family):
+    run_ranks(2, _checks, family, "odd", "float32", "cuda", backend="nccl")
 
 
 @pytest.mark.parametrize("tp", [1, 2, 4])

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# One call on the GPU machine: build the extension, run the GPU tests, run the benchmarks.
+# Everything lands under $OUT (default benchmarks/results/latest): logs, JSON, PNG.
+#   bash benchmarks/run_gpu.sh [tests|ops|allreduce|engine|e2e|all ...]   (default: all)
+# Multi-GPU parts run when 2+ GPUs are visible. NVLink multicast stays off (shared machines).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
+export USE_HUB_KERNELS=0 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
+OUT=${OUT:-benchmarks/results/latest}
+mkdir -p "$OUT"
+LOG="$OUT/run.log"
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(all)
+want() { for s in "${steps[@]}"; do [ "$s" = all ] || [ "$s" = "$1" ] && return 0; done; return 1; }
+ngpu=$(python -c "import torch; print(torch.cuda.device_count())")
+status=0
+run() { echo "== $*" | tee -a "$LOG"; local t0=$SECONDS; "$@" 2>&1 | tee -a "$LOG"; local rc=${PIPESTATUS[0]};
+        echo "== rc=$rc in $((SECONDS - t0)) s: $*" | tee -a "$LOG"; [ "$rc" -eq 0 ] || status=1; }
+
+{ echo "commit $(git rev-parse HEAD 2>/dev/null || echo unknown) date $(date -u +%FT%TZ)";
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader;
+  python -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__)"; } | tee -a "$LOG"
+
+run env SSMTP_CUDA_ARCHS=${SSMTP_CUDA_ARCHS:-90} python setup.py build_ext --inplace -q
+python -c "import ssmtp; print('built:', ssmtp.ops.build_info())" | tee -a "$LOG"
+
+if want tests; then
+  run python -m pytest -q -m "cuda or multigpu" tests -p no:cacheprovider
+fi
+if want ops; then
+  run python benchmarks/bench_ops.py --out "$OUT/ops.json"
+fi
+if want allreduce && [ "$ngpu" -ge 2 ]; then
+  run torchrun --nproc_per_node 2 benchmarks/bench_allreduce.py --out "$OUT/allreduce.json"
+fi
+if want engine; then
+  run torchrun --nproc_per_node 1 benchmarks/bench_engine.py --out "$OUT/engine-tp1.json"
+  [ "$ngpu" -ge 2 ] && run torchrun --nproc_per_node 2 benchmarks/bench_engine.py --out "$OUT/engine-tp2.json"
+fi
+echo "== done, status $status" | tee -a "$LOG"
+exit $status
