@@ -1,0 +1,415 @@
+"""Benchmark of the CUDA SSM ops (causal conv1d, selective scan, decode state update) on a model-labelled case table,
+against HBM bandwidth and against HF transformers' pure-torch path on the same inputs.
+
+    python benchmarks/bench_ops.py [--out benchmarks/results/ops-<device>.json] [--quick] [--no-hf]
+
+Cases: mamba-2.8b (d_inner 5120), falcon-mamba-7b (d_inner 8192), zamba-7b (d_inner 7424 = 2 mamba heads, so
+ngroups 2), all N = 16, conv width 4 with HF's 4-column conv state, bf16, at TP=1 and at the per-rank shape of TP=2
+(d_inner / 2; zamba: one head per rank). Prefill L = 512, 2048, 8192, 32768 at B=1 and L = 512, 2048 at B=8;
+decode B = 1, 8, 64, 256. Inputs use the model's layout: (batch, dim, seqlen) views of token-major projections.
+
+Per case: validate a slice against the C CPU op (first/last 64 channels, the first two sequences), then time with
+CUDA events: the figure reported is one call inside a captured CUDA graph of R calls that rotate over S input sets
+(S * bytes >= 3 x the 60 MB L2, so L2 does not flatter small cases), median of the replays; the eager median
+(Python dispatch included) is reported beside it. Bytes moved: each input read once, each output written once,
+states read + written (conv: width-1 history columns read, state_len written). GB/s over 4.26 TB/s (the device-to-
+device copy rate measured on this machine, shared/reference/measured-h200.md). The scan's arithmetic floor is
+reported too: one ex2 per state element per step at 16/clk/SM (sm_90 MUFU), at an assumed 1.98 GHz.
+
+HF baseline: transformers' MambaMixer.slow_forward, written out inline (discrete_A = exp(A*dt), deltaB_u, a Python
+loop over time; decode: the cache path; conv: nn.Conv1d / roll-and-sum), prefill only for B*L <= 4096.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import ssmtp.ops as ops  # noqa: E402
+
+HBM_BPS = 4.26e12        # measured device-to-device copy (read + write), shared/reference/measured-h200.md
+L2_BYTES = 60e6          # H200 L2 as torch reports it
+MUFU_PER_CLK_SM = 16     # ex2 results per clock per SM on sm_90
+CLOCK_HZ = 1.98e9        # assumed boost clock for the arithmetic floor (not read from the device)
+
+MODELS = {
+    # name: d_inner, dstate, conv width, ngroups (zamba: mamba heads), dt_rank
+    "mamba-2.8b": (5120, 16, 4, 1, 160),
+    "falcon-mamba-7b": (8192, 16, 4, 1, 256),
+    "zamba-7b": (7424, 16, 4, 2, 232),
+}
+PREFILL = [(1, 512), (1, 2048), (1, 8192), (1, 32768), (8, 512), (8, 2048)]
+DECODE = [1, 8, 64, 256]
+DTYPE = torch.bfloat16
+ESZ = 2
+
+
+def case_table(quick=False):
+    cases = []
+    for model, (d, N, K, G, R) in MODELS.items():
+        for tp in (1, 2):
+            dl, gl = d // tp, max(1, G // tp)
+            for B, L in PREFILL:
+                if quick and L > 2048:
+                    continue
+                for op in ("conv", "scan"):
+                    cases.append(dict(label=f"{model} tp{tp} {op} prefill B={B} L={L}", model=model, tp=tp, op=op,
+                                      phase="prefill", B=B, L=L, dim=dl, N=N, K=K, G=gl, R=R))
+            for B in DECODE:
+                for op in ("conv", "step"):
+                    cases.append(dict(label=f"{model} tp{tp} {op} decode B={B}", model=model, tp=tp, op=op,
+                                      phase="decode", B=B, L=1, dim=dl, N=N, K=K, G=gl, R=R))
+    return cases
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+
+def make_inputs(c, dev="cuda"):
+    """One input set in the model's layout. Returns a dict of tensors (views of token-major buffers)."""
+    B, L, d, N, K, G, R = c["B"], c["L"], c["dim"], c["N"], c["K"], c["G"], c["R"]
+    t = {}
+    if c["op"] == "conv":
+        xz = torch.randn(B, L, 2 * d, device=dev, dtype=DTYPE)
+        t["x"] = xz[..., :d].transpose(1, 2)
+        t["state"] = torch.randn(B + 2, d, K, device=dev, dtype=DTYPE)
+        t["idx"] = torch.randperm(B + 2, device=dev)[:B].to(torch.int32)
+        return t
+    xz = torch.randn(B, L, 2 * d, device=dev, dtype=DTYPE)
+    proj = torch.randn(B, L, R + 2 * G * N, device=dev, dtype=DTYPE)
+    dt = torch.randn(B, L, d, device=dev, dtype=DTYPE) * 0.5
+    if c["op"] == "scan":
+        t["x"] = torch.randn(B, L, d, device=dev, dtype=DTYPE).transpose(1, 2)
+        t["z"] = xz[..., d:].transpose(1, 2)
+        t["dt"] = dt.transpose(1, 2)
+        t["B"] = proj[..., R:R + G * N].unflatten(2, (G, N)).permute(0, 2, 3, 1)
+        t["C"] = proj[..., R + G * N:].unflatten(2, (G, N)).permute(0, 2, 3, 1)
+    else:  # step: (batch, dim) rows of token-major buffers
+        t["x"] = torch.randn(B, d, device=dev, dtype=DTYPE)
+        t["z"] = xz[:, 0, d:]
+        t["dt"] = dt[:, 0]
+        t["B"] = proj[:, 0, R:R + G * N].unflatten(1, (G, N))
+        t["C"] = proj[:, 0, R + G * N:].unflatten(1, (G, N))
+    t["state"] = torch.randn(B + 2, d, N, device=dev) * 0.5
+    t["idx"] = torch.randperm(B + 2, device=dev)[:B].to(torch.int32)
+    return t
+
+
+def make_params(c, dev="cuda"):
+    d, N, K = c["dim"], c["N"], c["K"]
+    g = torch.Generator(device="cpu").manual_seed(0)
+    p = {"conv_w": (torch.randn(d, K, generator=g) * 0.5).to(DTYPE).to(dev),
+         "conv_b": torch.randn(d, generator=g).to(DTYPE).to(dev),
+         "A": (-(torch.arange(1, N + 1).float()[None, :] * torch.exp(0.3 * torch.randn(d, N, generator=g)))).to(dev),
+         "D": torch.randn(d, generator=g).to(dev)}
+    d0 = torch.exp(torch.rand(d, generator=g) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+    p["dt_bias"] = (d0 + torch.log(-torch.expm1(-d0))).to(dev)
+    return p
+
+
+def run_op(c, p, t):
+    if c["op"] == "conv":
+        return ops.causal_conv1d(t["x"], p["conv_w"], p["conv_b"], t["state"], t["idx"], None, True,
+                                 c["phase"] == "decode")
+    if c["op"] == "scan":
+        return ops.selective_scan(t["x"], t["dt"], p["A"], t["B"], t["C"], p["D"], t["z"], p["dt_bias"], t["state"],
+                                  t["idx"], None, True, True)
+    return ops.selective_state_update(t["x"], t["dt"], p["A"], t["B"], t["C"], p["D"], t["z"], p["dt_bias"],
+                                      t["state"], t["idx"], True)
+
+
+def bytes_moved(c):
+    B, L, d, N, K, G = c["B"], c["L"], c["dim"], c["N"], c["K"], c["G"]
+    if c["op"] == "conv":
+        hist = (K - 1) if c["phase"] == "decode" else 0  # prefill here starts fresh (load_state=0)
+        return 2 * B * d * L * ESZ + d * K * ESZ + d * ESZ + B * d * (hist + K) * ESZ
+    streams = 4  # x, dt, z read; out written
+    bc = 2 * B * G * N * L * ESZ
+    params = d * N * 4 + 2 * d * 4
+    state = 2 * B * d * N * 4
+    return streams * B * d * L * ESZ + bc + params + state
+
+
+def mufu_floor_s(c):
+    if c["op"] not in ("scan", "step"):
+        return 0.0
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    return c["B"] * c["dim"] * c["L"] * c["N"] / (sms * MUFU_PER_CLK_SM * CLOCK_HZ)
+
+
+# ------------------------------------------------------------------------------------------------ validation
+
+def validate(c, p):
+    """The CUDA op on a fresh input set vs the C CPU op on channel slices (first/last 64 channels; the group
+    structure kept) of the first two sequences. Returns (ok, max_abs_err, max_state_err)."""
+    t = make_inputs(c)
+    state0 = t["state"].clone()
+    out = run_op(c, p, t)
+    torch.cuda.synchronize()
+    d, G = c["dim"], c["G"]
+    per = d // G
+    nb = min(2, c["B"])
+    ok, err, serr = True, 0.0, 0.0
+    for c0 in sorted({0, d - min(64, per)}):
+        c1 = c0 + min(64, per)
+        g = c0 // per
+        sl = slice(c0, c1)
+        idx = t["idx"][:nb].cpu()
+        st = state0[:, sl].cpu().clone()
+        if c["op"] == "conv":
+            ref = ops.causal_conv1d(t["x"][:nb, sl].cpu(), p["conv_w"][sl].cpu(), p["conv_b"][sl].cpu(), st, idx,
+                                    None, True, c["phase"] == "decode")
+            tol = (1e-3, 8e-3)
+        elif c["op"] == "scan":
+            ref = ops.selective_scan(t["x"][:nb, sl].cpu(), t["dt"][:nb, sl].cpu(), p["A"][sl].cpu(),
+                                     t["B"][:nb, g:g + 1].cpu(), t["C"][:nb, g:g + 1].cpu(), p["D"][sl].cpu(),
+                                     t["z"][:nb, sl].cpu(), p["dt_bias"][sl].cpu(), st, idx, None, True, True)
+            tol = (4e-3, 1.6e-2)
+        else:
+            ref = ops.selective_state_update(t["x"][:nb, sl].cpu(), t["dt"][:nb, sl].cpu(), p["A"][sl].cpu(),
+                                             t["B"][:nb, g:g + 1].cpu(), t["C"][:nb, g:g + 1].cpu(), p["D"][sl].cpu(),
+                                             t["z"][:nb, sl].cpu(), p["dt_bias"][sl].cpu(), st, idx, True)
+            tol = (1e-3, 8e-3)
+        got = out[:nb, sl].cpu().float()
+        diff = (got - ref.float()).abs()
+        bound = tol[0] + tol[1] * ref.float().abs()
+        ok &= bool(torch.isfinite(got).all()) and bool((diff <= bound).all())
+        err = max(err, float(diff.max()))
+        used = idx.long()
+        gst = t["state"][:, sl][used].cpu().float()
+        rst = st[used].float()
+        sdiff = (gst - rst).abs()
+        stol = (0.0, 0.0) if c["op"] == "conv" else ((1e-4, 5e-4) if c["op"] == "scan" else (1e-6, 2e-6))
+        ok &= bool((sdiff <= stol[0] + stol[1] * rst.abs()).all())
+        serr = max(serr, float(sdiff.max()))
+    return ok, err, serr
+
+
+# ------------------------------------------------------------------------------------------------ timing
+
+def time_eager(fn, iters=15, warmup=3):
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b) * 1e-3)
+    return statistics.median(ts)
+
+
+def time_graph(c, p, sets, est_s):
+    """Median per-call time of R calls captured in one graph (rotating over the input sets)."""
+    R = max(len(sets), min(200, int(math.ceil(2e-3 / max(est_s, 1e-6)))))
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for i in range(len(sets)):
+            run_op(c, p, sets[i])
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for i in range(R):
+            run_op(c, p, sets[i % len(sets)])
+    for _ in range(3):
+        g.replay()
+    ts = []
+    for _ in range(10):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b) * 1e-3 / R)
+    del g
+    return statistics.median(ts), R
+
+
+# ------------------------------------------------------------------------------------------------ HF baseline
+
+def hf_scan(c, p, t):
+    """transformers MambaMixer.slow_forward, steps 3.b-4 (dt already projected): fp32 discretisation, Python loop."""
+    x, z, dtr = t["x"], t["z"], t["dt"]
+    dtype = x.dtype
+    B, d, L = x.shape
+    G, per = c["G"], d // c["G"]
+    A = p["A"]
+    delta = F.softplus(dtr.float() + p["dt_bias"][None, :, None])  # dt_proj(time_step) includes the bias
+    ys = []
+    for g in range(G):  # Zamba: one HF mixer head per group
+        sl = slice(g * per, (g + 1) * per)
+        Bm = t["B"][:, g].transpose(1, 2)  # (B, L, N)
+        Cm = t["C"][:, g].transpose(1, 2)
+        hs = x[:, sl]
+        dts = delta[:, sl]
+        ssm_state = t["state"][t["idx"].long()][:, sl].float()
+        discrete_A = torch.exp(A[sl][None, :, None, :] * dts[:, :, :, None])
+        discrete_B = dts[:, :, :, None] * Bm[:, None, :, :].float()
+        deltaB_u = discrete_B * hs[:, :, :, None].float()
+        outs = []
+        for i in range(L):
+            ssm_state = discrete_A[:, :, i, :] * ssm_state + deltaB_u[:, :, i, :]
+            so = torch.matmul(ssm_state.to(dtype), Cm[:, i, :].unsqueeze(-1))
+            outs.append(so[:, :, 0])
+        y = torch.stack(outs, dim=-1)
+        y = y + hs * p["D"][sl][None, :, None]
+        ys.append(y * F.silu(z[:, sl]))
+    return torch.cat(ys, 1)
+
+
+def hf_step(c, p, t):
+    """The cache path of slow_forward for one token: same discretisation, one step, state copied back."""
+    x, z, dtr = t["x"], t["z"], t["dt"]
+    dtype = x.dtype
+    d = x.shape[1]
+    G, per = c["G"], d // c["G"]
+    idx = t["idx"].long()
+    delta = F.softplus(dtr.float() + p["dt_bias"][None])
+    ssm_state = t["state"][idx].clone()
+    ys = []
+    for g in range(G):
+        sl = slice(g * per, (g + 1) * per)
+        discrete_A = torch.exp(p["A"][sl][None] * delta[:, sl, None])
+        deltaB_u = delta[:, sl, None] * t["B"][:, g, None, :].float() * x[:, sl, None].float()
+        st = discrete_A * ssm_state[:, sl] + deltaB_u
+        ssm_state[:, sl] = st
+        y = torch.matmul(st.to(dtype), t["C"][:, g, :, None])[..., 0]
+        y = y + x[:, sl] * p["D"][sl][None]
+        ys.append(y * F.silu(z[:, sl]))
+    t["state"][idx] = ssm_state
+    return torch.cat(ys, 1)
+
+
+def hf_conv(c, p, t):
+    x = t["x"]
+    d, K = c["dim"], c["K"]
+    if c["phase"] == "prefill":  # nn.Conv1d(groups=d, padding=K-1)[..., :L], then act
+        y = F.conv1d(x.contiguous(), p["conv_w"][:, None, :], p["conv_b"], padding=K - 1, groups=d)[..., :x.shape[2]]
+        return F.silu(y)
+    idx = t["idx"].long()  # MambaCache.update_conv_state: roll, set last column, write back; then sum * weight
+    cs = t["state"][idx]
+    cs = cs.roll(shifts=-1, dims=-1)
+    cs[:, :, -1] = x[:, :, 0]
+    t["state"][idx] = cs
+    y = torch.sum(cs * p["conv_w"][None], dim=-1) + p["conv_b"]
+    return F.silu(y).to(x.dtype).unsqueeze(-1)
+
+
+def hf_fn(c):
+    if c["op"] == "conv":
+        return hf_conv
+    if c["op"] == "scan":
+        return hf_scan if c["B"] * c["L"] <= 4096 else None
+    return hf_step
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+def git_commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/ops-<device>.json)")
+    ap.add_argument("--quick", action="store_true", help="skip L > 2048")
+    ap.add_argument("--no-hf", action="store_true", help="skip the HF pure-torch baseline")
+    ap.add_argument("--filter", default="", help="only cases whose label contains this")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("bench_ops: needs a CUDA GPU")
+    if not ops.cuda_built():
+        sys.exit("bench_ops: ssmtp._C was built without CUDA (" + ops.build_info() + ")")
+    dev_name = torch.cuda.get_device_name(0)
+    slug = dev_name.lower().replace("nvidia", "").strip().replace(" ", "-")
+    out_path = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"ops-{slug}.json")
+    torch.manual_seed(0)
+    t_start = time.time()
+    rows = []
+    for c in case_table(args.quick):
+        if args.filter and args.filter not in c["label"]:
+            continue
+        p = make_params(c)
+        nbytes = bytes_moved(c)
+        ok, err, serr = validate(c, p)
+        nsets = int(max(1, min(256, math.ceil(3 * L2_BYTES / nbytes))))
+        sets = [make_inputs(c) for _ in range(nsets)]
+        k = [0]
+
+        def eager():
+            run_op(c, p, sets[k[0] % nsets])
+            k[0] += 1
+
+        t_eager = time_eager(eager)
+        t_graph, R = time_graph(c, p, sets, t_eager)
+        row = dict(c, bytes=nbytes, sets=nsets, graph_calls=R, us=t_graph * 1e6, us_eager=t_eager * 1e6,
+                   GBps=nbytes / t_graph / 1e9, frac_hbm=nbytes / t_graph / HBM_BPS, valid=ok, max_abs_err=err,
+                   max_state_err=serr)
+        fl = mufu_floor_s(c)
+        if fl > 0:
+            row["mufu_floor_us"] = fl * 1e6
+            row["frac_mufu_floor"] = fl / t_graph
+        hf = None if args.no_hf else hf_fn(c)
+        if hf is not None:
+            t = sets[0]
+            it = 3 if c["phase"] == "prefill" else 10
+            row["hf_us"] = time_eager(lambda: hf(c, p, t), iters=it, warmup=1) * 1e6
+            row["speedup_vs_hf"] = row["hf_us"] / row["us"]
+        del sets
+        torch.cuda.empty_cache()
+        rows.append(row)
+        print(f"{c['label']:<48} {row['us']:9.1f} us {row['GBps']:7.0f} GB/s {100 * row['frac_hbm']:5.1f}% "
+              f"{'ok' if ok else 'INVALID'}", flush=True)
+    meta = dict(git_commit=git_commit(), date=datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                device=dev_name, torch=torch.__version__, build=ops.build_info(), hbm_Bps=HBM_BPS,
+                clock_hz_assumed=CLOCK_HZ, dtype=str(DTYPE), seconds=time.time() - t_start)
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    with open(out_path, "w") as f:
+        json.dump(dict(meta=meta, cases=rows), f, indent=1)
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(10, max(4, 0.18 * len(rows))))
+        labels = [r["label"] for r in rows]
+        colors = {"conv": "tab:blue", "scan": "tab:orange", "step": "tab:green"}
+        ax.barh(range(len(rows)), [r["GBps"] for r in rows], color=[colors[r["op"]] for r in rows])
+        ax.axvline(HBM_BPS / 1e9, color="k", ls="--", lw=1, label="4.26 TB/s copy rate")
+        ax.set_yticks(range(len(rows)))
+        ax.set_yticklabels(labels, fontsize=6)
+        ax.invert_yaxis()
+        ax.set_xlabel("GB/s (bytes each op must move / time in a CUDA graph)")
+        ax.set_title(f"ssmtp CUDA ops, {dev_name}, bf16, commit {meta['git_commit'][:8]}")
+        ax.legend(loc="lower right")
+        fig.tight_layout()
+        fig.savefig(os.path.splitext(out_path)[0] + ".png", dpi=110)
+    except ImportError:
+        print("bench_ops: matplotlib not importable, no plot", file=sys.stderr)
+    print(f"\nwrote {out_path}  ({len(rows)} cases, {time.time() - t_start:.0f} s)")
+    hdr = f"{'case':<48} {'us':>9} {'GB/s':>7} {'%HBM':>6} {'%MUFU':>6} {'HF us':>10} {'x HF':>8} valid"
+    print(hdr)
+    for r in rows:
+        mf = f"{100 * r['frac_mufu_floor']:5.1f}%" if "frac_mufu_floor" in r else "     -"
+        hf = f"{r['hf_us']:10.0f} {r['speedup_vs_hf']:7.1f}x" if "hf_us" in r else f"{'-':>10} {'-':>8}"
+        print(f"{r['label']:<48} {r['us']:9.1f} {r['GBps']:7.0f} {100 * r['frac_hbm']:5.1f}% {mf} {hf} "
+              f"{'ok' if r['valid'] else 'INVALID'}")
+
+
+if __name__ == "__main__":
+    main()

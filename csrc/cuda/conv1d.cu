@@ -1,0 +1,224 @@
+// conv1d.cu - causal depthwise conv1d (width 2..4, bias, SiLU) on the GPU, continuing from and writing a
+// slot-indexed conv state. Semantics: ssmtp_conv1d_fwd in csrc/ssmtp.h; CPU reference: csrc/conv1d.c.
+//
+// Two kernels:
+//   prefill: one thread per (sequence, channel, time chunk). Consecutive threads are consecutive channels, so with
+//            the model's layout (x, out channel-contiguous: stride[1] == 1) every load and store of a warp is one
+//            contiguous run; other strides work, uncoalesced. A thread reads the width-1 inputs before its chunk
+//            (from x, or from the state history for t < 0), so chunks are independent; only the thread of chunk 0
+//            touches the state (reads the history, then writes the new state), so there is no race on it.
+//            When out aliases x (allowed when identical) the sequence is one chunk, read before it is written.
+//   decode:  seqlen == 1: one thread per (sequence, channel): read the state row, write one output, shift the row.
+// Bytes (bf16): prefill 2+2 B per (channel, step) plus state; at ~16 B/clk/SM of HBM bandwidth this leaves ~30
+// instructions per element, hence the MUFU-based SiLU.
+#include "common.cuh"
+#include "ssm_math.cuh"
+
+#define OP "conv1d_fwd"
+
+namespace {
+
+struct ConvArgs {
+    const void *x, *w, *bias;
+    void *state;
+    const int32_t *state_idx, *seq_lens;
+    void *out;
+    int64_t batch, dim, len, nslots, slen;
+    int64_t sx0, sx1, sx2, so0, so1, so2, sw0, sw1, sb0, ss0, ss1, ss2, sidx, slens;
+    int64_t chunk; // time steps per prefill thread
+    int silu, load_state;
+};
+
+constexpr int PREFILL_THREADS = 128;
+constexpr int DECODE_THREADS = 256;
+
+__device__ __forceinline__ void seq_info(const ConvArgs &a, int64_t b, int64_t *slot, int64_t *n) {
+    *slot = a.state_idx ? (int64_t)a.state_idx[b * a.sidx] : b;
+    int64_t len = a.len;
+    if (a.seq_lens) {
+        len = a.seq_lens[b * a.slens];
+        len = len < 0 ? 0 : (len > a.len ? a.len : len); // out-of-range lengths are clamped (no host check on GPU)
+    }
+    *n = len;
+}
+
+// New state column j (of slen) = last slen columns of [history (slen cols, or zeros); x[0:n]]. Written in place in
+// ascending j: column j reads old column j + n >= j, not yet overwritten.
+template <typename T>
+__device__ __forceinline__ void write_state(const ConvArgs &a, T *st, const T *x, int64_t n) {
+    for (int64_t j = 0; j < a.slen; j++) {
+        const int64_t src = n - a.slen + j;
+        T v;
+        if (src >= 0) v = x[src * a.sx2];
+        else if (a.load_state) v = st[(j + n) * a.ss2];
+        else v = from_f32<T>(0.f);
+        st[j * a.ss2] = v;
+    }
+}
+
+template <typename T, int W>
+__global__ void __launch_bounds__(PREFILL_THREADS) conv1d_prefill_kernel(const ConvArgs a) {
+    const int64_t c = (int64_t)blockIdx.x * PREFILL_THREADS + threadIdx.x;
+    const int64_t b = blockIdx.z;
+    const int64_t t_beg = (int64_t)blockIdx.y * a.chunk;
+    if (c >= a.dim || t_beg >= a.len) return;
+    const int64_t t_end = min(t_beg + a.chunk, a.len);
+    int64_t slot, n;
+    seq_info(a, b, &slot, &n);
+    T *out = (T *)a.out + b * a.so0 + c * a.so1;
+    if (a.state && (slot < 0 || slot >= a.nslots)) { // padding row: zeros; bad slot: NaN (state untouched)
+        const T fill = from_f32<T>(slot < 0 ? 0.f : __int_as_float(0x7fc00000));
+        for (int64_t t = t_beg; t < t_end; t++) out[t * a.so2] = fill;
+        return;
+    }
+    const T *x = (const T *)a.x + b * a.sx0 + c * a.sx1;
+    T *st = a.state ? (T *)a.state + slot * a.ss0 + c * a.ss1 : nullptr;
+    float w[W];
+#pragma unroll
+    for (int k = 0; k < W; k++) w[k] = to_f32<T>(((const T *)a.w)[c * a.sw0 + k * a.sw1]);
+    const float bias = a.bias ? to_f32<T>(((const T *)a.bias)[c * a.sb0]) : 0.f;
+    // h[k]: input at t_beg - (W-1) + k (history from the state for negative positions).
+    float h[W - 1];
+#pragma unroll
+    for (int k = 0; k < W - 1; k++) {
+        const int64_t t = t_beg - (W - 1) + k;
+        if (t >= 0) h[k] = t < n ? to_f32<T>(x[t * a.sx2]) : 0.f;
+        else h[k] = a.load_state ? to_f32<T>(st[(a.slen + t) * a.ss2]) : 0.f;
+    }
+    if (blockIdx.y == 0 && st) write_state<T>(a, st, x, n); // after the history read, before out (may alias x)
+    const int64_t t_val = max(t_beg, min(t_end, n));
+    int64_t t = t_beg;
+    // 8 steps at a time: 8 independent loads in flight per thread, then 8 outputs.
+    for (; t + 8 <= t_val; t += 8) {
+        float xv[8];
+#pragma unroll
+        for (int u = 0; u < 8; u++) xv[u] = to_f32<T>(x[(t + u) * a.sx2]);
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+            float acc = bias;
+#pragma unroll
+            for (int k = 0; k < W - 1; k++) acc = fmaf(w[k], h[k], acc);
+            acc = fmaf(w[W - 1], xv[u], acc);
+#pragma unroll
+            for (int k = 0; k + 1 < W - 1; k++) h[k] = h[k + 1];
+            h[W - 2] = xv[u];
+            out[(t + u) * a.so2] = from_f32<T>(a.silu ? ssm_silu_out<T>(acc) : acc);
+        }
+    }
+    for (; t < t_val; t++) {
+        const float xv = to_f32<T>(x[t * a.sx2]);
+        float acc = bias;
+#pragma unroll
+        for (int k = 0; k < W - 1; k++) acc = fmaf(w[k], h[k], acc);
+        acc = fmaf(w[W - 1], xv, acc);
+#pragma unroll
+        for (int k = 0; k + 1 < W - 1; k++) h[k] = h[k + 1];
+        h[W - 2] = xv;
+        out[t * a.so2] = from_f32<T>(a.silu ? ssm_silu_out<T>(acc) : acc);
+    }
+    for (t = t_val; t < t_end; t++) out[t * a.so2] = from_f32<T>(0.f);
+}
+
+// seqlen == 1 (decode, or a one-token prefill). One thread per (sequence, channel), channel fastest.
+template <typename T, int W>
+__global__ void __launch_bounds__(DECODE_THREADS) conv1d_decode_kernel(const ConvArgs a) {
+    const int64_t i = (int64_t)blockIdx.x * DECODE_THREADS + threadIdx.x;
+    if (i >= a.batch * a.dim) return;
+    const int64_t b = i / a.dim, c = i - b * a.dim;
+    int64_t slot, n;
+    seq_info(a, b, &slot, &n);
+    T *out = (T *)a.out + b * a.so0 + c * a.so1;
+    if (a.state && (slot < 0 || slot >= a.nslots)) {
+        *out = from_f32<T>(slot < 0 ? 0.f : __int_as_float(0x7fc00000));
+        return;
+    }
+    const T *x = (const T *)a.x + b * a.sx0 + c * a.sx1;
+    const T xraw = *x;
+    float acc = a.bias ? to_f32<T>(((const T *)a.bias)[c * a.sb0]) : 0.f;
+    T *st = a.state ? (T *)a.state + slot * a.ss0 + c * a.ss1 : nullptr;
+#pragma unroll
+    for (int k = 0; k < W - 1; k++) {
+        const float hk = a.load_state ? to_f32<T>(st[(a.slen - (W - 1) + k) * a.ss2]) : 0.f;
+        acc = fmaf(to_f32<T>(((const T *)a.w)[c * a.sw0 + k * a.sw1]), hk, acc);
+    }
+    acc = fmaf(to_f32<T>(((const T *)a.w)[c * a.sw0 + (W - 1) * a.sw1]), to_f32<T>(xraw), acc);
+    if (st) write_state<T>(a, st, x, n);
+    *out = from_f32<T>(n > 0 ? (a.silu ? ssm_silu_out<T>(acc) : acc) : 0.f);
+}
+
+template <typename T, int W> ssmtp_status_t launch(const ConvArgs &a, int64_t nchunks, cudaStream_t s) {
+    if (a.len == 1) {
+        const int64_t nthreads = a.batch * a.dim;
+        const int64_t grid = (nthreads + DECODE_THREADS - 1) / DECODE_THREADS;
+        if (grid > 0x7fffffff) return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": batch*dim=%lld too large", (long long)nthreads);
+        conv1d_decode_kernel<T, W><<<(unsigned)grid, DECODE_THREADS, 0, s>>>(a);
+    } else {
+        const dim3 grid((unsigned)((a.dim + PREFILL_THREADS - 1) / PREFILL_THREADS), (unsigned)nchunks,
+                        (unsigned)a.batch);
+        conv1d_prefill_kernel<T, W><<<grid, PREFILL_THREADS, 0, s>>>(a);
+    }
+    SSMTP_CUDA_CHECK_LAUNCH(OP);
+    return SSMTP_OK;
+}
+
+} // namespace
+
+extern "C" ssmtp_status_t ssmtp_cuda_conv1d_fwd(const ssmtp_conv1d_params_t *p, void *stream) {
+    SSMTP_TRY(ssmtp_cuda_set_device(p->x.device));
+    ConvArgs a;
+    memset(&a, 0, sizeof a);
+    a.x = p->x.data;
+    a.w = p->weight.data;
+    a.bias = p->bias.data;
+    a.state = p->state.data;
+    a.state_idx = (const int32_t *)p->state_idx.data;
+    a.seq_lens = (const int32_t *)p->seq_lens.data;
+    a.out = p->out.data;
+    a.batch = p->x.shape[0];
+    a.dim = p->x.shape[1];
+    a.len = p->x.shape[2];
+    a.sx0 = p->x.stride[0]; a.sx1 = p->x.stride[1]; a.sx2 = p->x.stride[2];
+    a.so0 = p->out.stride[0]; a.so1 = p->out.stride[1]; a.so2 = p->out.stride[2];
+    a.sw0 = p->weight.stride[0]; a.sw1 = p->weight.stride[1];
+    if (a.bias) a.sb0 = p->bias.stride[0];
+    if (a.state) {
+        a.nslots = p->state.shape[0];
+        a.slen = p->state.shape[2];
+        a.ss0 = p->state.stride[0]; a.ss1 = p->state.stride[1]; a.ss2 = p->state.stride[2];
+    }
+    if (a.state_idx) a.sidx = p->state_idx.stride[0];
+    if (a.seq_lens) a.slens = p->seq_lens.stride[0];
+    a.silu = p->silu;
+    a.load_state = p->load_state;
+    if (a.batch == 0 || a.dim == 0 || a.len == 0) return SSMTP_OK;
+    if (a.batch > 65535) return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": batch=%lld > 65535", (long long)a.batch);
+
+    // Prefill chunking: enough threads for ~8 per SM slot of 2048 (measured: not needed beyond); at least 32 steps
+    // per thread so that the halo re-read (width-1 of each chunk) stays small. Aliased in/out: one chunk.
+    int64_t nchunks = 1;
+    if (a.len > 1 && p->out.data != p->x.data) {
+        int sms = 132;
+        SSMTP_TRY(ssm_sm_count(p->x.device, &sms));
+        const int64_t want = (int64_t)sms * 2048 * 2;
+        const int64_t rows = a.batch * a.dim;
+        nchunks = (want + rows - 1) / rows;
+        const int64_t max_chunks = (a.len + 31) / 32;
+        if (nchunks > max_chunks) nchunks = max_chunks;
+        if (nchunks < 1) nchunks = 1;
+    }
+    a.chunk = (a.len + nchunks - 1) / nchunks;
+    nchunks = (a.len + a.chunk - 1) / a.chunk;
+    if (nchunks > 65535) return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": seqlen=%lld too long", (long long)a.len);
+
+    cudaStream_t s = (cudaStream_t)stream;
+    const int width = (int)p->weight.shape[1];
+    SSMTP_DISPATCH_FLOAT(p->x.dtype, T, OP, {
+        switch (width) {
+        case 2: return launch<T, 2>(a, nchunks, s);
+        case 3: return launch<T, 3>(a, nchunks, s);
+        case 4: return launch<T, 4>(a, nchunks, s);
+        default: return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": width=%d unsupported on CUDA", width);
+        }
+    });
+    return SSMTP_OK;
+}

@@ -1,0 +1,88 @@
+// ssm_math.cuh - device math shared by the SSM kernels (conv1d.cu, scan.cu, step.cu): fast exp2, softplus and SiLU
+// variants, and loads of the small per-channel parameters (D, dt_bias) that may be f32 or the dtype of x.
+//
+// Two accuracy tiers, chosen per kernel:
+//   - "fast" (scan, conv1d): MUFU approximations (ex2.approx, lg2.approx, rcp.approx), ~1e-6 relative error each.
+//     The prefill scan is limited by the multi-function unit (16 results/clk/SM on sm_90): one ex2 per state element
+//     per time step, so every MUFU op per (channel, step) outside the state loop costs ~1/N of the kernel.
+//   - "exact" (step): expf/log1pf and IEEE division, the same formulas as the CPU reference, so that decode state
+//     updates can be checked to a few ulp.
+#pragma once
+
+#include "common.cuh"
+
+#define SSM_LOG2E 1.4426950408889634f
+
+// 2^x with one MUFU op (max relative error ~2 ulp; flushes subnormal results to zero).
+__device__ __forceinline__ float ssm_ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+__device__ __forceinline__ float ssm_rcp(float x) {
+    float y;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+__device__ __forceinline__ float ssm_tanh_approx(float x) {
+    float y;
+    asm("tanh.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// softplus(v) = log1p(exp(v)), v > 20 passes through (torch's threshold). Relative error < ~1e-6:
+//   v <= -2: e = exp(v) <= 0.135, log1p(e) by its alternating series to e^8 (truncation < 1e-8 relative);
+//   -2 < v <= 20: log(1 + e) with lg2.approx (absolute error ~1e-7 on a result >= 0.127).
+// Costs two MUFU ops (ex2, lg2) per call.
+__device__ __forceinline__ float ssm_softplus_fast(float v) {
+    if (v > 20.f) return v;
+    const float e = ssm_ex2(v * SSM_LOG2E);
+    if (v <= -2.f) {
+        float p = -1.f / 8.f;
+        p = fmaf(p, e, 1.f / 7.f);
+        p = fmaf(p, e, -1.f / 6.f);
+        p = fmaf(p, e, 1.f / 5.f);
+        p = fmaf(p, e, -1.f / 4.f);
+        p = fmaf(p, e, 1.f / 3.f);
+        p = fmaf(p, e, -1.f / 2.f);
+        p = fmaf(p, e, 1.f);
+        return p * e;
+    }
+    return __logf(1.f + e);
+}
+
+// silu(v) = v / (1 + exp(-v)). For 32-bit outputs: ex2 + rcp (~2 ulp). For 16-bit outputs the result is rounded to
+// 8 (bf16) or 11 (f16) mantissa bits anyway: sigmoid(v) = 0.5 + 0.5 tanh(v/2) with one MUFU op (tanh.approx,
+// ~2^-11 relative error) is below that rounding.
+__device__ __forceinline__ float ssm_silu_fast(float v) { return v * ssm_rcp(1.f + ssm_ex2(-v * SSM_LOG2E)); }
+__device__ __forceinline__ float ssm_silu_tanh(float v) { return v * fmaf(0.5f, ssm_tanh_approx(0.5f * v), 0.5f); }
+template <typename T> __device__ __forceinline__ float ssm_silu_out(float v) { return ssm_silu_tanh(v); }
+template <> __device__ __forceinline__ float ssm_silu_out<float>(float v) { return ssm_silu_fast(v); }
+
+// Exact tier: the CPU reference's formulas (csrc/internal.h), with CUDA's expf/log1pf (<= 2 ulp).
+__device__ __forceinline__ float ssm_softplus_exact(float v) { return v > 20.f ? v : log1pf(expf(v)); }
+__device__ __forceinline__ float ssm_silu_exact(float v) { return __fdiv_rn(v, __fadd_rn(1.f, expf(-v))); }
+
+// A per-channel parameter (D, dt_bias): f32 or the dtype of x (validated by the C entry point).
+__device__ __forceinline__ float ssm_load_param(const void *p, int dtype, int64_t i) {
+    switch (dtype) {
+    case SSMTP_DTYPE_F32: return ((const float *)p)[i];
+    case SSMTP_DTYPE_F16: return __half2float(((const __half *)p)[i]);
+    case SSMTP_DTYPE_BF16: return __bfloat162float(((const __nv_bfloat16 *)p)[i]);
+    default: return __int_as_float(0x7fc00000);
+    }
+}
+
+// SM count of a device, cached (host side; safe during graph capture).
+static inline ssmtp_status_t ssm_sm_count(int device, int *sms) {
+    static int cache[64];
+    if (device >= 0 && device < 64 && cache[device] > 0) {
+        *sms = cache[device];
+        return SSMTP_OK;
+    }
+    SSMTP_CUDA_TRY(cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, device));
+    if (device >= 0 && device < 64) cache[device] = *sms;
+    return SSMTP_OK;
+}

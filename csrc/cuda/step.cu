@@ -1,0 +1,223 @@
+// step.cu - the decode selective state update on the GPU: one token per sequence, in place on the slot-indexed fp32
+// state. Semantics: ssmtp_step_fwd in csrc/ssmtp.h; CPU reference: step_cpu in csrc/scan.c.
+//
+// Memory-bound: per (sequence, channel) the state row (N fp32) is read and written once; everything else is a few
+// bytes (x, dt, z, out) or shared by many rows (A by all sequences, B/C by the channels of a group). At B=64,
+// mamba-2.8b shapes (d_inner 5120, N 16), states are 2 x 21 MB against ~0.2 MB of the rest.
+//
+// Vector path (N % 4 == 0, N/4 a power of two, 16-byte aligned rows): TPC = min(N/4, 32) adjacent lanes own one
+// channel, each NV float4s of its state (float4 q = part + j*TPC, so a warp's accesses are contiguous 512-byte runs);
+// y is summed with xor shuffles. A block covers 256/TPC channels of BPB = 4 sequences: A is loaded once per thread
+// and reused for the 4 rows (A would otherwise be re-read from L2 once per sequence, as many bytes as the state),
+// and the 4 rows' state loads are all issued before the first is used.
+// Scalar path (anything else): one thread per (sequence, channel), strided loops over N.
+//
+// Arithmetic mirrors the CPU reference (expf, log1pf, IEEE division, no FMA contraction in the state update), so
+// the new state differs from the CPU's by the few ulp of expf/log1pf only.
+// Graph-capturable: slots are read on the device, no host synchronisation, no allocation.
+#include "common.cuh"
+#include "ssm_math.cuh"
+
+#define OP "step_fwd"
+
+namespace {
+
+struct StepArgs {
+    const void *x, *dt, *B, *C, *z, *D, *dt_bias;
+    const float *A;
+    float *state;
+    const int32_t *state_idx;
+    void *out;
+    int64_t batch, dim, N, per_group, nslots;
+    int64_t sx0, sx1, sdt0, sdt1, sz0, sz1, so0, so1, sB0, sB1, sB2, sC0, sC1, sC2;
+    int64_t sA0, sA1, sD, sbias, ss0, ss1, ss2, sidx;
+    int D_dtype, bias_dtype, softplus;
+};
+
+constexpr int THREADS = 256;
+constexpr int BPB = 4; // sequences per block (vector path)
+
+__device__ __forceinline__ int64_t slot_of(const StepArgs &a, int64_t b) {
+    return a.state_idx ? (int64_t)a.state_idx[b * a.sidx] : b;
+}
+
+// h <- exp(delta*A)*h + (delta*B)*x, exactly as the CPU reference evaluates it (no contraction).
+__device__ __forceinline__ float update(float h, float A, float delta, float Bs, float xt) {
+    return __fadd_rn(__fmul_rn(expf(__fmul_rn(delta, A)), h), __fmul_rn(__fmul_rn(delta, Bs), xt));
+}
+
+template <typename T>
+__device__ __forceinline__ float finish(const StepArgs &a, float y, int64_t b, int64_t c, float xt) {
+    if (a.D) y = __fadd_rn(y, __fmul_rn(ssm_load_param(a.D, a.D_dtype, c * a.sD), xt));
+    if (a.z) y = __fmul_rn(y, ssm_silu_exact(to_f32<T>(((const T *)a.z)[b * a.sz0 + c * a.sz1])));
+    return y;
+}
+
+template <typename T>
+__device__ __forceinline__ float delta_of(const StepArgs &a, int64_t b, int64_t c) {
+    float d = to_f32<T>(((const T *)a.dt)[b * a.sdt0 + c * a.sdt1]);
+    if (a.dt_bias) d = __fadd_rn(d, ssm_load_param(a.dt_bias, a.bias_dtype, c * a.sbias));
+    return a.softplus ? ssm_softplus_exact(d) : d;
+}
+
+template <typename T, int TPC, int NV>
+__global__ void __launch_bounds__(THREADS) step_vec_kernel(const StepArgs a) {
+    constexpr int CPB = THREADS / TPC;
+    const int part = threadIdx.x % TPC;
+    const int64_t c0 = (int64_t)blockIdx.x * CPB + threadIdx.x / TPC;
+    const bool active = c0 < a.dim;
+    const int64_t c = active ? c0 : a.dim - 1; // inactive lanes compute a duplicate and store nothing
+    const int64_t g = c / a.per_group;
+    const int64_t b0 = (int64_t)blockIdx.y * BPB;
+
+    float4 Av[NV];
+#pragma unroll
+    for (int j = 0; j < NV; j++) Av[j] = *(const float4 *)(a.A + c * a.sA0 + 4 * (part + j * TPC));
+
+    // Phase 1: issue every load of the block's BPB rows.
+    int64_t slot[BPB];
+    bool ok[BPB];
+    float4 h[BPB][NV];
+#pragma unroll
+    for (int i = 0; i < BPB; i++) {
+        const int64_t b = b0 + i;
+        slot[i] = b < a.batch ? slot_of(a, b) : -1;
+        ok[i] = b < a.batch && slot[i] >= 0 && slot[i] < a.nslots;
+#pragma unroll
+        for (int j = 0; j < NV; j++)
+            h[i][j] = ok[i] ? *(const float4 *)(a.state + slot[i] * a.ss0 + c * a.ss1 + 4 * (part + j * TPC))
+                            : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+    // Phase 2: update, store the state, reduce y, write out.
+#pragma unroll
+    for (int i = 0; i < BPB; i++) {
+        const int64_t b = b0 + i;
+        if (b >= a.batch) break; // uniform over the block
+        T *out = (T *)a.out + b * a.so0 + c * a.so1;
+        if (!ok[i]) { // padding row: zero; bad slot: NaN; state untouched
+            if (active && part == 0) *out = from_f32<T>(slot[i] < 0 ? 0.f : __int_as_float(0x7fc00000));
+            continue;
+        }
+        const float xt = to_f32<T>(((const T *)a.x)[b * a.sx0 + c * a.sx1]);
+        const float delta = delta_of<T>(a, b, c);
+        const T *Bp = (const T *)a.B + b * a.sB0 + g * a.sB1;
+        const T *Cp = (const T *)a.C + b * a.sC0 + g * a.sC1;
+        float y = 0.f;
+#pragma unroll
+        for (int j = 0; j < NV; j++) {
+            const int64_t s = 4 * (part + j * TPC);
+            float hv[4] = {h[i][j].x, h[i][j].y, h[i][j].z, h[i][j].w};
+            const float av[4] = {Av[j].x, Av[j].y, Av[j].z, Av[j].w};
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                hv[e] = update(hv[e], av[e], delta, to_f32<T>(Bp[(s + e) * a.sB2]), xt);
+                y = __fadd_rn(y, __fmul_rn(hv[e], to_f32<T>(Cp[(s + e) * a.sC2])));
+            }
+            if (active)
+                *(float4 *)(a.state + slot[i] * a.ss0 + c * a.ss1 + s) = make_float4(hv[0], hv[1], hv[2], hv[3]);
+        }
+#pragma unroll
+        for (int o = TPC / 2; o > 0; o >>= 1) y += __shfl_xor_sync(0xffffffffu, y, o);
+        if (active && part == 0) *out = from_f32<T>(finish<T>(a, y, b, c, xt));
+    }
+}
+
+// Any N and stride: one thread per (sequence, channel), channel fastest.
+template <typename T>
+__global__ void __launch_bounds__(THREADS) step_scalar_kernel(const StepArgs a) {
+    const int64_t i = (int64_t)blockIdx.x * THREADS + threadIdx.x;
+    if (i >= a.batch * a.dim) return;
+    const int64_t b = i / a.dim, c = i - b * a.dim;
+    const int64_t slot = slot_of(a, b);
+    T *out = (T *)a.out + b * a.so0 + c * a.so1;
+    if (slot < 0 || slot >= a.nslots) {
+        *out = from_f32<T>(slot < 0 ? 0.f : __int_as_float(0x7fc00000));
+        return;
+    }
+    const int64_t g = c / a.per_group;
+    const float xt = to_f32<T>(((const T *)a.x)[b * a.sx0 + c * a.sx1]);
+    const float delta = delta_of<T>(a, b, c);
+    const T *Bp = (const T *)a.B + b * a.sB0 + g * a.sB1;
+    const T *Cp = (const T *)a.C + b * a.sC0 + g * a.sC1;
+    float *st = a.state + slot * a.ss0 + c * a.ss1;
+    float y = 0.f;
+    for (int64_t s = 0; s < a.N; s++) {
+        const float hv = update(st[s * a.ss2], a.A[c * a.sA0 + s * a.sA1], delta, to_f32<T>(Bp[s * a.sB2]), xt);
+        st[s * a.ss2] = hv;
+        y = __fadd_rn(y, __fmul_rn(hv, to_f32<T>(Cp[s * a.sC2])));
+    }
+    *out = from_f32<T>(finish<T>(a, y, b, c, xt));
+}
+
+template <typename T, int TPC, int NV> ssmtp_status_t launch_vec(const StepArgs &a, cudaStream_t s) {
+    constexpr int CPB = THREADS / TPC;
+    const dim3 grid((unsigned)((a.dim + CPB - 1) / CPB), (unsigned)((a.batch + BPB - 1) / BPB));
+    step_vec_kernel<T, TPC, NV><<<grid, THREADS, 0, s>>>(a);
+    SSMTP_CUDA_CHECK_LAUNCH(OP);
+    return SSMTP_OK;
+}
+
+template <typename T> ssmtp_status_t dispatch(const StepArgs &a, bool vec, cudaStream_t s) {
+    if (vec) {
+        switch (a.N / 4) {
+        case 1: return launch_vec<T, 1, 1>(a, s);
+        case 2: return launch_vec<T, 2, 1>(a, s);
+        case 4: return launch_vec<T, 4, 1>(a, s);
+        case 8: return launch_vec<T, 8, 1>(a, s);
+        case 16: return launch_vec<T, 16, 1>(a, s);
+        case 32: return launch_vec<T, 32, 1>(a, s);
+        case 64: return launch_vec<T, 32, 2>(a, s);
+        default: break; // other N take the scalar path
+        }
+    }
+    const int64_t n = a.batch * a.dim;
+    step_scalar_kernel<T><<<(unsigned)((n + THREADS - 1) / THREADS), THREADS, 0, s>>>(a);
+    SSMTP_CUDA_CHECK_LAUNCH(OP);
+    return SSMTP_OK;
+}
+
+} // namespace
+
+extern "C" ssmtp_status_t ssmtp_cuda_step_fwd(const ssmtp_step_params_t *p, void *stream) {
+    SSMTP_TRY(ssmtp_cuda_set_device(p->x.device));
+    StepArgs a;
+    memset(&a, 0, sizeof a);
+    a.x = p->x.data;
+    a.dt = p->dt.data;
+    a.B = p->B.data;
+    a.C = p->C.data;
+    a.z = p->z.data;
+    a.D = p->D.data;
+    a.dt_bias = p->dt_bias.data;
+    a.A = (const float *)p->A.data;
+    a.state = (float *)p->state.data;
+    a.state_idx = (const int32_t *)p->state_idx.data;
+    a.out = p->out.data;
+    a.batch = p->x.shape[0];
+    a.dim = p->x.shape[1];
+    a.N = p->A.shape[1];
+    a.per_group = a.dim / p->B.shape[1];
+    a.nslots = p->state.shape[0];
+    a.sx0 = p->x.stride[0]; a.sx1 = p->x.stride[1];
+    a.sdt0 = p->dt.stride[0]; a.sdt1 = p->dt.stride[1];
+    if (a.z) { a.sz0 = p->z.stride[0]; a.sz1 = p->z.stride[1]; }
+    a.so0 = p->out.stride[0]; a.so1 = p->out.stride[1];
+    a.sB0 = p->B.stride[0]; a.sB1 = p->B.stride[1]; a.sB2 = p->B.stride[2];
+    a.sC0 = p->C.stride[0]; a.sC1 = p->C.stride[1]; a.sC2 = p->C.stride[2];
+    a.sA0 = p->A.stride[0]; a.sA1 = p->A.stride[1];
+    if (a.D) { a.sD = p->D.stride[0]; a.D_dtype = p->D.dtype; }
+    if (a.dt_bias) { a.sbias = p->dt_bias.stride[0]; a.bias_dtype = p->dt_bias.dtype; }
+    a.ss0 = p->state.stride[0]; a.ss1 = p->state.stride[1]; a.ss2 = p->state.stride[2];
+    if (a.state_idx) a.sidx = p->state_idx.stride[0];
+    a.softplus = p->dt_softplus;
+    if (a.batch == 0 || a.dim == 0) return SSMTP_OK;
+    if ((a.batch + BPB - 1) / BPB > 65535)
+        return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": batch=%lld > %d", (long long)a.batch, 65535 * BPB);
+
+    // float4 state and A rows: 16-byte aligned bases and row strides, contiguous state axis.
+    const bool vec = a.N % 4 == 0 && a.ss2 == 1 && a.sA1 == 1 && a.ss0 % 4 == 0 && a.ss1 % 4 == 0 &&
+                     a.sA0 % 4 == 0 && ((uintptr_t)a.state % 16) == 0 && ((uintptr_t)a.A % 16) == 0;
+    cudaStream_t s = (cudaStream_t)stream;
+    SSMTP_DISPATCH_FLOAT(p->x.dtype, T, OP, { return dispatch<T>(a, vec, s); });
+    return SSMTP_OK;
+}
