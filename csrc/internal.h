@@ -91,6 +91,18 @@ ssmtp_status_t ssmtp_cuda_scan_fwd(const ssmtp_scan_params_t *p, void *stream);
 ssmtp_status_t ssmtp_cuda_step_fwd(const ssmtp_step_params_t *p, void *stream);
 ssmtp_status_t ssmtp_cuda_quantize(const ssmtp_quant_params_t *p, void *stream);
 ssmtp_status_t ssmtp_cuda_dequantize(const ssmtp_quant_params_t *p, void *stream);
+/* Custom all-reduce (csrc/cuda/allreduce.cu); csrc/allreduce.c validates arguments first. */
+ssmtp_status_t ssmtp_cuda_ar_init(ssmtp_ar_t **out, const ssmtp_ar_config_t *cfg);
+ssmtp_status_t ssmtp_cuda_ar_ipc_handle(const ssmtp_ar_t *ar, void *out);
+ssmtp_status_t ssmtp_cuda_ar_open_peers(ssmtp_ar_t *ar, const void *handles);
+int32_t ssmtp_cuda_ar_world_size(const ssmtp_ar_t *ar);
+int32_t ssmtp_cuda_ar_device(const ssmtp_ar_t *ar);
+ssmtp_status_t ssmtp_cuda_ar_chunk_elems(const ssmtp_ar_t *ar, int32_t dtype, int32_t qdtype, int32_t block,
+                                         int32_t algo, int64_t *elems);
+ssmtp_status_t ssmtp_cuda_ar_run(ssmtp_ar_t *ar, const ssmtp_tensor_t *in, ssmtp_tensor_t *out, int32_t qdtype,
+                                 int32_t block, int32_t algo, void *stream);
+ssmtp_status_t ssmtp_cuda_ar_check(ssmtp_ar_t *ar, int32_t sync);
+ssmtp_status_t ssmtp_cuda_ar_free(ssmtp_ar_t *ar);
 #endif
 
 #ifdef __cplusplus

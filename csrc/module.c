@@ -164,6 +164,174 @@ static PyObject *py_build_info(PyObject *self, PyObject *noargs) {
 
 /* @@COMM-BINDINGS@@ (communication functions are defined below this line) */
 
+/* Communication. Handles (ssmtp_nccl_t *, ssmtp_ar_t *) cross into Python as integers owned by ssmtp/parallel/. */
+#define HANDLE(h) ((void *)(uintptr_t)(h))
+
+static PyObject *py_nccl_load(PyObject *self, PyObject *args) {
+    (void)self;
+    const char *path = NULL;
+    if (!PyArg_ParseTuple(args, "z", &path)) return NULL;
+    CALL_C(ssmtp_nccl_load(path));
+    return PyLong_FromLong(ssmtp_nccl_source());
+}
+static PyObject *py_nccl_version(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    int32_t v = 0;
+    CALL_C(ssmtp_nccl_version(&v));
+    return PyLong_FromLong(v);
+}
+static PyObject *py_nccl_unique_id(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    uint8_t id[SSMTP_NCCL_UNIQUE_ID_BYTES];
+    CALL_C(ssmtp_nccl_unique_id(id));
+    return PyBytes_FromStringAndSize((const char *)id, SSMTP_NCCL_UNIQUE_ID_BYTES);
+}
+static PyObject *py_nccl_comm_wrap(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long ptr = 0;
+    if (!PyArg_ParseTuple(args, "K", &ptr)) return NULL;
+    ssmtp_nccl_t *c = NULL;
+    CALL_C(ssmtp_nccl_comm_wrap(&c, HANDLE(ptr)));
+    return PyLong_FromUnsignedLongLong((unsigned long long)(uintptr_t)c);
+}
+static PyObject *py_nccl_comm_init(PyObject *self, PyObject *args) {
+    (void)self;
+    int nranks = 0, rank = 0;
+    const char *id = NULL;
+    Py_ssize_t idlen = 0;
+    if (!PyArg_ParseTuple(args, "iiy#", &nranks, &rank, &id, &idlen)) return NULL;
+    if (idlen != SSMTP_NCCL_UNIQUE_ID_BYTES) {
+        PyErr_Format(PyExc_ValueError, "nccl_comm_init: unique id must be %d bytes, got %zd", SSMTP_NCCL_UNIQUE_ID_BYTES,
+                     idlen);
+        return NULL;
+    }
+    ssmtp_nccl_t *c = NULL;
+    CALL_C(ssmtp_nccl_comm_init(&c, nranks, rank, (const uint8_t *)id));
+    return PyLong_FromUnsignedLongLong((unsigned long long)(uintptr_t)c);
+}
+static PyObject *py_nccl_comm_info(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long h = 0;
+    if (!PyArg_ParseTuple(args, "K", &h)) return NULL;
+    int32_t r = 0, n = 0, d = 0;
+    CALL_C(ssmtp_nccl_comm_info((const ssmtp_nccl_t *)HANDLE(h), &r, &n, &d));
+    return Py_BuildValue("(iii)", (int)r, (int)n, (int)d);
+}
+static PyObject *py_nccl_comm_free(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long h = 0;
+    if (!PyArg_ParseTuple(args, "K", &h)) return NULL;
+    CALL_C(ssmtp_nccl_comm_free((ssmtp_nccl_t *)HANDLE(h)));
+    Py_RETURN_NONE;
+}
+static PyObject *nccl_collective(PyObject *args, int gather) {
+    unsigned long long h = 0, stream = 0;
+    PyObject *ox, *oo;
+    if (!PyArg_ParseTuple(args, "KOOK", &h, &ox, &oo, &stream)) return NULL;
+    ssmtp_tensor_t x, out;
+    if (!parse_tensor(ox, &x, "x") || !parse_tensor(oo, &out, "out")) return NULL;
+    if (gather)
+        CALL_C(ssmtp_nccl_all_gather((ssmtp_nccl_t *)HANDLE(h), &x, &out, HANDLE(stream)));
+    else
+        CALL_C(ssmtp_nccl_all_reduce((ssmtp_nccl_t *)HANDLE(h), &x, &out, HANDLE(stream)));
+    Py_RETURN_NONE;
+}
+static PyObject *py_nccl_all_reduce(PyObject *self, PyObject *args) {
+    (void)self;
+    return nccl_collective(args, 0);
+}
+static PyObject *py_nccl_all_gather(PyObject *self, PyObject *args) {
+    (void)self;
+    return nccl_collective(args, 1);
+}
+
+static PyObject *py_ar_init(PyObject *self, PyObject *args) {
+    (void)self;
+    ssmtp_ar_config_t cfg;
+    memset(&cfg, 0, sizeof cfg);
+    int rank = 0, ws = 0, device = 0, max_blocks = 0;
+    long long buffer = 0, oneshot = 0;
+    double timeout = 0;
+    if (!PyArg_ParseTuple(args, "iiiLdiL", &rank, &ws, &device, &buffer, &timeout, &max_blocks, &oneshot))
+        return NULL;
+    cfg.rank = rank;
+    cfg.world_size = ws;
+    cfg.device = device;
+    cfg.buffer_bytes = buffer;
+    cfg.timeout_s = timeout;
+    cfg.max_blocks = max_blocks;
+    cfg.oneshot_max_bytes = oneshot;
+    ssmtp_ar_t *ar = NULL;
+    CALL_C(ssmtp_ar_init(&ar, &cfg));
+    return PyLong_FromUnsignedLongLong((unsigned long long)(uintptr_t)ar);
+}
+static PyObject *py_ar_ipc_handle(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long h = 0;
+    if (!PyArg_ParseTuple(args, "K", &h)) return NULL;
+    char buf[SSMTP_AR_IPC_HANDLE_BYTES];
+    CALL_C(ssmtp_ar_ipc_handle((const ssmtp_ar_t *)HANDLE(h), buf, sizeof buf));
+    return PyBytes_FromStringAndSize(buf, sizeof buf);
+}
+static PyObject *py_ar_open_peers(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long h = 0;
+    const char *hs = NULL;
+    Py_ssize_t len = 0;
+    if (!PyArg_ParseTuple(args, "Ky#", &h, &hs, &len)) return NULL;
+    CALL_C(ssmtp_ar_open_peers((ssmtp_ar_t *)HANDLE(h), hs, (size_t)len));
+    Py_RETURN_NONE;
+}
+static PyObject *py_ar_chunk_elems(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long h = 0;
+    int dtype = 0, qdtype = -1, block = 0, algo = 0;
+    if (!PyArg_ParseTuple(args, "Kiiii", &h, &dtype, &qdtype, &block, &algo)) return NULL;
+    int64_t n = 0;
+    CALL_C(ssmtp_ar_chunk_elems((const ssmtp_ar_t *)HANDLE(h), dtype, qdtype, block, algo, &n));
+    return PyLong_FromLongLong((long long)n);
+}
+static PyObject *py_ar_all_reduce(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long h = 0, stream = 0;
+    PyObject *oi, *oo;
+    int algo = 0;
+    if (!PyArg_ParseTuple(args, "KOOiK", &h, &oi, &oo, &algo, &stream)) return NULL;
+    ssmtp_tensor_t in, out;
+    if (!parse_tensor(oi, &in, "in") || !parse_tensor(oo, &out, "out")) return NULL;
+    CALL_C(ssmtp_ar_all_reduce((ssmtp_ar_t *)HANDLE(h), &in, &out, algo, HANDLE(stream)));
+    Py_RETURN_NONE;
+}
+static PyObject *py_ar_quant_all_reduce(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long h = 0, stream = 0;
+    PyObject *oi, *oo;
+    int qdtype = 0, block = 0, algo = 0;
+    if (!PyArg_ParseTuple(args, "KOOiiiK", &h, &oi, &oo, &qdtype, &block, &algo, &stream)) return NULL;
+    ssmtp_tensor_t in, out;
+    if (!parse_tensor(oi, &in, "in") || !parse_tensor(oo, &out, "out")) return NULL;
+    CALL_C(ssmtp_ar_quant_all_reduce((ssmtp_ar_t *)HANDLE(h), &in, &out, qdtype, block, algo, HANDLE(stream)));
+    Py_RETURN_NONE;
+}
+static PyObject *py_ar_check(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long h = 0;
+    int sync = 0;
+    if (!PyArg_ParseTuple(args, "Ki", &h, &sync)) return NULL;
+    CALL_C(ssmtp_ar_check((ssmtp_ar_t *)HANDLE(h), sync));
+    Py_RETURN_NONE;
+}
+static PyObject *py_ar_free(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long h = 0;
+    if (!PyArg_ParseTuple(args, "K", &h)) return NULL;
+    CALL_C(ssmtp_ar_free((ssmtp_ar_t *)HANDLE(h)));
+    Py_RETURN_NONE;
+}
+
+
 static PyMethodDef methods[] = {
     {"conv1d_fwd", py_conv1d_fwd, METH_VARARGS,
      "conv1d_fwd(x, weight, bias, state, state_idx, seq_lens, out, silu, load_state, stream)"},
@@ -176,6 +344,25 @@ static PyMethodDef methods[] = {
     {"cuda_built", py_cuda_built, METH_NOARGS, "True when the CUDA kernels were compiled in"},
     {"build_info", py_build_info, METH_NOARGS, "what was built"},
     /* @@COMM-METHODS@@ */
+    {"nccl_load", py_nccl_load, METH_VARARGS, "nccl_load(path or None) -> source (1 = torch's loaded copy, 2 = path)"},
+    {"nccl_version", py_nccl_version, METH_NOARGS, "NCCL version code of the loaded library"},
+    {"nccl_unique_id", py_nccl_unique_id, METH_NOARGS, "a fresh ncclUniqueId (bytes)"},
+    {"nccl_comm_wrap", py_nccl_comm_wrap, METH_VARARGS, "nccl_comm_wrap(ncclComm_t as int) -> handle (borrowed)"},
+    {"nccl_comm_init", py_nccl_comm_init, METH_VARARGS, "nccl_comm_init(nranks, rank, unique_id) -> handle (owned)"},
+    {"nccl_comm_info", py_nccl_comm_info, METH_VARARGS, "nccl_comm_info(handle) -> (rank, nranks, device)"},
+    {"nccl_comm_free", py_nccl_comm_free, METH_VARARGS, "nccl_comm_free(handle)"},
+    {"nccl_all_reduce", py_nccl_all_reduce, METH_VARARGS, "nccl_all_reduce(handle, x, out, stream): sum"},
+    {"nccl_all_gather", py_nccl_all_gather, METH_VARARGS, "nccl_all_gather(handle, x, out, stream)"},
+    {"ar_init", py_ar_init, METH_VARARGS,
+     "ar_init(rank, world_size, device, buffer_bytes, timeout_s, max_blocks, oneshot_max_bytes) -> handle"},
+    {"ar_ipc_handle", py_ar_ipc_handle, METH_VARARGS, "ar_ipc_handle(handle) -> bytes"},
+    {"ar_open_peers", py_ar_open_peers, METH_VARARGS, "ar_open_peers(handle, all ranks' IPC handles concatenated)"},
+    {"ar_chunk_elems", py_ar_chunk_elems, METH_VARARGS, "ar_chunk_elems(handle, dtype, qdtype or -1, block, algo)"},
+    {"ar_all_reduce", py_ar_all_reduce, METH_VARARGS, "ar_all_reduce(handle, in, out, algo, stream)"},
+    {"ar_quant_all_reduce", py_ar_quant_all_reduce, METH_VARARGS,
+     "ar_quant_all_reduce(handle, in, out, qdtype, block, algo, stream)"},
+    {"ar_check", py_ar_check, METH_VARARGS, "ar_check(handle, sync): raise the recorded timeout/mismatch"},
+    {"ar_free", py_ar_free, METH_VARARGS, "ar_free(handle)"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_C", "ssmtp C core (CPU ops, CUDA kernels, comm)", -1,

@@ -141,6 +141,96 @@ typedef struct {
 ssmtp_status_t ssmtp_quantize(const ssmtp_quant_params_t *p, void *stream);
 ssmtp_status_t ssmtp_dequantize(const ssmtp_quant_params_t *p, void *stream);
 
+/* ================================================================================================================
+ * Communication (csrc/nccl.c, csrc/allreduce.c, csrc/cuda/allreduce.cu)
+ * ================================================================================================================
+ *
+ * NCCL, resolved at run time. ssmtp_nccl_load binds the NCCL entry points from the libnccl.so.2 that is already in
+ * the process (torch's copy, dlopen RTLD_NOLOAD); only if none is loaded does it dlopen `path` (may be NULL).
+ * ssmtp_nccl_source() then says which: 0 = not loaded, 1 = the copy already in the process, 2 = `path`. A
+ * communicator of torch's (ncclComm_t as an integer, ProcessGroupNCCL._comm_ptr()) may be wrapped only when the
+ * source is 1: a second copy of NCCL cannot use the first one's communicators.
+ * Collectives run on `stream` (a cudaStream_t; NULL = the legacy default stream) and may be captured in a CUDA
+ * graph. The wrapped communicator is borrowed: ssmtp_nccl_comm_free never destroys it. A communicator made by
+ * ssmtp_nccl_comm_init is owned and destroyed by ssmtp_nccl_comm_free (a collective call: every rank must make it,
+ * and every CUDA graph that captured a collective on it must be destroyed first, or NCCL waits for them forever).
+ */
+#define SSMTP_NCCL_UNIQUE_ID_BYTES 128
+typedef struct ssmtp_nccl ssmtp_nccl_t;
+ssmtp_status_t ssmtp_nccl_load(const char *path);
+int ssmtp_nccl_source(void);
+ssmtp_status_t ssmtp_nccl_version(int32_t *version); /* NCCL_VERSION_CODE, e.g. 22809 for 2.28.9 */
+ssmtp_status_t ssmtp_nccl_unique_id(uint8_t id[SSMTP_NCCL_UNIQUE_ID_BYTES]);
+ssmtp_status_t ssmtp_nccl_comm_wrap(ssmtp_nccl_t **out, void *nccl_comm);
+/* Collective over nranks processes; the caller has made the CUDA device of this rank current on this thread. */
+ssmtp_status_t ssmtp_nccl_comm_init(ssmtp_nccl_t **out, int32_t nranks, int32_t rank,
+                                    const uint8_t id[SSMTP_NCCL_UNIQUE_ID_BYTES]);
+ssmtp_status_t ssmtp_nccl_comm_info(const ssmtp_nccl_t *c, int32_t *rank, int32_t *nranks, int32_t *device);
+ssmtp_status_t ssmtp_nccl_comm_free(ssmtp_nccl_t *c);
+/* Sum of x over the ranks into out (x and out contiguous, same dtype and numel; out may be x). */
+ssmtp_status_t ssmtp_nccl_all_reduce(ssmtp_nccl_t *c, const ssmtp_tensor_t *x, ssmtp_tensor_t *out, void *stream);
+/* out (contiguous, nranks * numel(x) elements of x's dtype) = the ranks' x concatenated in rank order. */
+ssmtp_status_t ssmtp_nccl_all_gather(ssmtp_nccl_t *c, const ssmtp_tensor_t *x, ssmtp_tensor_t *out, void *stream);
+
+/*
+ * Custom all-reduce among the GPUs of one host (CUDA IPC + P2P loads/stores over NVLink or PCIe).
+ *
+ * Each rank owns one device allocation: a signal area (barrier flags, message headers, call counter, error word)
+ * followed by the receive buffer, 2 halves x world_size slots x slot_bytes (slot_bytes = buffer_bytes / (2 x
+ * world_size)); successive calls alternate halves, so no call needs a closing barrier. Senders push their data into
+ * the receivers' slots (remote stores), then raise a per-block flag with release semantics; receivers wait for the
+ * flags (acquire) and read only local memory. The caller's tensors are read and written directly: nothing is
+ * registered per call, so a call can be captured in a CUDA graph and replayed.
+ *   one-shot  every rank pushes its whole input to every peer, then sums all ranks' data (1 barrier).
+ *   two-shot  reduce-scatter (push segment q to rank q; rank q sums it) then all-gather of the reduced segments
+ *             (2 barriers); moves 2(N-1)/N of the message per rank instead of N-1 times it.
+ * Sums are fp32, in rank order 0..N-1, and each element's result is computed once and copied (two-shot) or
+ * computed identically (one-shot) on every rank: all ranks hold bitwise-identical results.
+ * Messages larger than a slot are reduced in chunks. Every rank must make the same sequence of calls (sizes,
+ * dtypes, algorithms, quantization) on the same stream order. A barrier waits at most timeout_s; a rank that does
+ * not arrive, or disagreeing message headers (size/dtype/algorithm), set an error word that is copied to the peers
+ * and to host memory: the failing launch returns garbage, later launches exit at once, and the next
+ * ssmtp_ar_all_reduce (or ssmtp_ar_check) returns SSMTP_ERR_TIMEOUT / SSMTP_ERR_INVALID. The handle is then
+ * unusable: free it and make a new one.
+ *
+ * Setup (every rank): ssmtp_ar_init -> ssmtp_ar_ipc_handle -> exchange the handles (e.g. all_gather over
+ * torch.distributed) -> ssmtp_ar_open_peers(handles of ranks 0..N-1 concatenated). Teardown: synchronize, make sure
+ * no peer still runs a collective on the handle (a barrier), then ssmtp_ar_free on every rank.
+ */
+#define SSMTP_AR_IPC_HANDLE_BYTES 64
+#define SSMTP_AR_MAX_RANKS 8
+typedef enum { SSMTP_AR_AUTO = 0, SSMTP_AR_ONESHOT = 1, SSMTP_AR_TWOSHOT = 2 } ssmtp_ar_algo_t;
+typedef struct ssmtp_ar ssmtp_ar_t;
+typedef struct {
+    int32_t rank, world_size; /* world_size 2..SSMTP_AR_MAX_RANKS */
+    int32_t device;           /* CUDA device of this rank */
+    int64_t buffer_bytes;     /* receive buffer per rank, both halves; 0 = 128 MiB */
+    double timeout_s;         /* longest wait for a peer at one barrier; <= 0 = 30 s */
+    int32_t max_blocks;       /* CUDA blocks per launch, 1..128; 0 = 64 */
+    int64_t oneshot_max_bytes; /* SSMTP_AR_AUTO: one-shot up to this many bytes; 0 = 1 MiB */
+} ssmtp_ar_config_t;
+ssmtp_status_t ssmtp_ar_init(ssmtp_ar_t **out, const ssmtp_ar_config_t *cfg);
+ssmtp_status_t ssmtp_ar_ipc_handle(const ssmtp_ar_t *ar, void *out, size_t size);
+ssmtp_status_t ssmtp_ar_open_peers(ssmtp_ar_t *ar, const void *handles, size_t size);
+/* Largest number of elements of one chunk for (dtype, qdtype or -1, block, algo): informative, for tests. */
+ssmtp_status_t ssmtp_ar_chunk_elems(const ssmtp_ar_t *ar, int32_t dtype, int32_t qdtype, int32_t block, int32_t algo,
+                                    int64_t *elems);
+/* out = sum over ranks of in; contiguous, same dtype (f32/f16/bf16) and numel; out may be in. */
+ssmtp_status_t ssmtp_ar_all_reduce(ssmtp_ar_t *ar, const ssmtp_tensor_t *in, ssmtp_tensor_t *out, int32_t algo,
+                                   void *stream);
+/*
+ * Block-scaled quantized all-reduce (qdtype SSMTP_DTYPE_I8 or SSMTP_DTYPE_F8E4M3, block 32/64/128/256 elements,
+ * blocks counted from element 0 of the message). With ssmtp_quantize/ssmtp_dequantize semantics:
+ *   out = dequantize(quantize(sum_r fp32(dequantize(quantize(in_r)))))   (sum in rank order, fp32)
+ * i.e. every rank's payload is quantized once, the fp32 sum is requantized once, and all ranks hold the same bits.
+ * Exact zeros stay zero; a block holding Inf/NaN on any rank becomes NaN in that block only.
+ */
+ssmtp_status_t ssmtp_ar_quant_all_reduce(ssmtp_ar_t *ar, const ssmtp_tensor_t *in, ssmtp_tensor_t *out,
+                                         int32_t qdtype, int32_t block, int32_t algo, void *stream);
+/* SSMTP_OK, or the recorded timeout/mismatch. sync = 1 also reads the device's error word (a blocking copy). */
+ssmtp_status_t ssmtp_ar_check(ssmtp_ar_t *ar, int32_t sync);
+ssmtp_status_t ssmtp_ar_free(ssmtp_ar_t *ar);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,415 @@
+"""All-reduce benchmark: latency, algbw and busbw of every backend, side by side in one run.
+
+    torchrun --nproc_per_node 2 benchmarks/bench_allreduce.py --out results/allreduce.json
+
+Backends (bf16 unless noted; "graph" = N back-to-back calls captured in one CUDA graph, time per call):
+  nccl          torch.distributed.all_reduce (eager and graph)
+  nccl-c        ncclAllReduce from ssmtp's C core on torch's communicator (eager and graph)
+  symm-1shot    torch symmetric memory one_shot_all_reduce / two_shot_all_reduce_ on a symmetric buffer
+  symm-2shot    (no staging copies: torch's best case; multicast stays off)
+  custom-1shot  ssmtp custom P2P all-reduce (eager and graph); custom-1shot-rel: lighter release-only signalling
+  custom-2shot
+  q-int8-b32-2shot, ...  quantized P2P all-reduce (int8 / fp8, block 32 / 128, one- and two-shot; graph)
+  q-int8-b32-gather      quantized all-reduce over an NCCL all-gather (eager; the path for hosts without P2P)
+Every result is validated before it is timed (plain: against torch's fp32 all-reduce within one bf16 ulp;
+custom: bitwise against the fp32 rank-order sum; quantized: bitwise against the NCCL all-gather implementation).
+Writes JSON (commit, date, device, every figure, quantized error statistics, the targets of issue 4, suggested
+thresholds) and a PNG plot next to it, and prints a short table last. busbw = algbw * 2 (n - 1) / n.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import ssmtp  # noqa: E402,F401
+from ssmtp.parallel.comm import SymmAllReduce  # noqa: E402
+from ssmtp.parallel.custom_ar import CustomAllReduce  # noqa: E402
+from ssmtp.parallel.nccl import NcclComm  # noqa: E402
+from ssmtp.parallel.quant_ar import quant_all_reduce_gather  # noqa: E402
+
+KiB, MiB = 1 << 10, 1 << 20
+
+
+def log0(*a):
+    if dist.get_rank() == 0:
+        print(*a, flush=True)
+
+
+def fmt_size(b):
+    return f"{b // MiB} MiB" if b >= MiB else f"{b // KiB} KiB"
+
+
+def commit_of():
+    c = os.environ.get("SSMTP_COMMIT")
+    if c:
+        return c
+    try:
+        root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+        h = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout
+        return h + ("-dirty" if dirty.strip() else "") if h else "unknown"
+    except OSError:
+        return "unknown"
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.dev = torch.device("cuda", torch.cuda.current_device())
+        self.results = []  # dicts: backend, mode, bytes, us, algbw, busbw
+        self.skipped = []
+
+    # ------------------------------------------------------------------------------------------ timing
+    def _time_eager(self, fn, reps, iters):
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        dist.barrier()
+        out = []
+        for _ in range(reps):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            for _ in range(iters):
+                fn()
+            b.record()
+            b.synchronize()
+            out.append(a.elapsed_time(b) * 1e3 / iters)
+        return statistics.median(out)
+
+    def _time_graph(self, fn, reps, iters):
+        s = torch.cuda.Stream(self.dev)
+        s.wait_stream(torch.cuda.current_stream(self.dev))
+        with torch.cuda.stream(s):
+            for _ in range(2):
+                fn()
+        torch.cuda.current_stream(self.dev).wait_stream(s)
+        torch.cuda.synchronize()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            for _ in range(iters):
+                fn()
+        g.replay()
+        torch.cuda.synchronize()
+        dist.barrier()
+        out = []
+        for _ in range(reps):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            g.replay()
+            b.record()
+            b.synchronize()
+            out.append(a.elapsed_time(b) * 1e3 / iters)
+        del g
+        gc.collect()
+        return statistics.median(out)
+
+    def iters_for(self, nbytes):
+        if nbytes <= MiB:
+            return 30, 50
+        if nbytes <= 16 * MiB:
+            return 10, 10
+        return 5, 3
+
+    def record(self, backend, mode, nbytes, us):
+        algbw = nbytes / (us * 1e-6) / 1e9
+        self.results.append(dict(backend=backend, mode=mode, bytes=nbytes, us=round(us, 3), algbw_GBs=round(algbw, 2),
+                                 busbw_GBs=round(algbw * 2 * (self.world - 1) / self.world, 2)))
+
+    def run(self, backend, nbytes, fn, modes, check):
+        """check() -> None or an error string (validated before timing, on every rank)."""
+        err = check()
+        errs = [None] * self.world
+        dist.all_gather_object(errs, err)
+        bad = [e for e in errs if e]
+        if bad:
+            self.skipped.append(dict(backend=backend, bytes=nbytes, reason=bad[0]))
+            log0(f"  INVALID {backend} {fmt_size(nbytes)}: {bad[0]}")
+            return
+        reps, iters = self.iters_for(nbytes)
+        for mode in modes:
+            us = (self._time_graph if mode == "graph" else self._time_eager)(fn, reps, iters)
+            self.record(backend, mode, nbytes, us)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True, help="JSON path; the PNG goes next to it")
+    p.add_argument("--min-bytes", type=int, default=4 * KiB)
+    p.add_argument("--max-bytes", type=int, default=256 * MiB)
+    p.add_argument("--thresholds-out", default=None, help="write a thresholds.json candidate here")
+    args = p.parse_args()
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    torch.cuda.set_device(local)
+    dev = torch.device("cuda", local)
+    dist.init_process_group("nccl", device_id=dev)
+    B = Bench(args)
+    rank, world = B.rank, B.world
+    nc = NcclComm(None, dev)
+    ca = CustomAllReduce(None, dev)
+    os.environ["SSMTP_AR_FENCE"] = "release"
+    ca_rel = CustomAllReduce(None, dev)
+    del os.environ["SSMTP_AR_FENCE"]
+    try:
+        symm = SymmAllReduce(None, dev)
+    except Exception as e:  # noqa: BLE001
+        symm = None
+        log0(f"symmetric memory unavailable: {e}")
+    log0(f"ssmtp all-reduce bench: {world} x {torch.cuda.get_device_name(dev)}, torch {torch.__version__}, "
+         f"NCCL {torch.cuda.nccl.version()}, nccl-c: {nc.how}")
+
+    sizes = []
+    b = args.min_bytes
+    while b <= args.max_bytes:
+        sizes.append(b)
+        b *= 2
+    dtype = torch.bfloat16
+    gen = torch.Generator(device=dev).manual_seed(1234 + rank)
+    qerr = []
+    for nbytes in sizes:
+        n = nbytes // 2
+        x = torch.randn(n, dtype=dtype, device=dev, generator=gen)
+        y = torch.empty_like(x)
+        ref = x.float().clone()
+        dist.all_reduce(ref)
+        tol = 2.0**-7 * ref.abs() + 1e-30
+        allx = torch.empty(world * n, dtype=dtype, device=dev)
+        dist.all_gather_into_tensor(allx, x)
+        exact = allx.view(world, n)[0].float().clone()
+        for r in range(1, world):
+            exact += allx.view(world, n)[r].float()
+        exact = exact.to(dtype)
+        del allx
+        log0(f"{fmt_size(nbytes)}")
+
+        def close_to_ref(out):
+            return None if ((out.float() - ref).abs() <= tol).all() else \
+                f"max err {(out.float() - ref).abs().max().item():.3e}"
+
+        def bitwise_exact(out):
+            return None if torch.equal(out.view(torch.int16), exact.view(torch.int16)) else "not the rank-order sum"
+
+        # NCCL through torch (in place: values double per call, harmless for timing)
+        t = x.clone()
+
+        def chk_torch():
+            u = x.clone()
+            dist.all_reduce(u)
+            return close_to_ref(u)
+        B.run("nccl", nbytes, lambda: dist.all_reduce(t), ("eager", "graph"), chk_torch)
+        # NCCL from C
+        B.run("nccl-c", nbytes, lambda: nc.all_reduce(x, out=y), ("eager", "graph"),
+              lambda: close_to_ref(nc.all_reduce(x, out=torch.empty_like(x))))
+        # symmetric memory, directly on the symmetric buffer
+        if symm is not None:
+            sb = symm.buffer(n, dtype)
+            gname = symm.group_name
+
+            def chk_symm(algo):
+                sb.copy_(x)
+                if algo == "1shot":
+                    return close_to_ref(torch.ops.symm_mem.one_shot_all_reduce(sb, "sum", gname))
+                torch.ops.symm_mem.two_shot_all_reduce_(sb, "sum", gname)
+                return close_to_ref(sb)
+            for algo in ("1shot", "2shot"):
+                try:
+                    if algo == "1shot":
+                        fn = lambda: torch.ops.symm_mem.one_shot_all_reduce(sb, "sum", gname)  # noqa: E731
+                    else:
+                        fn = lambda: torch.ops.symm_mem.two_shot_all_reduce_(sb, "sum", gname)  # noqa: E731
+                    B.run(f"symm-{algo}", nbytes, fn, ("eager", "graph"), lambda: chk_symm(algo))
+                except Exception as e:  # noqa: BLE001
+                    B.skipped.append(dict(backend=f"symm-{algo}", bytes=nbytes, reason=f"{type(e).__name__}: {e}"))
+                    log0(f"  symm-{algo} failed: {type(e).__name__}: {str(e)[:200]}")
+        # custom
+        for algo in ("1shot", "2shot"):
+            B.run(f"custom-{algo}", nbytes, lambda: ca.all_reduce(x, out=y, algo=algo), ("eager", "graph"),
+                  lambda: bitwise_exact(ca.all_reduce(x, out=torch.empty_like(x), algo=algo)))
+        if nbytes <= 4 * MiB:
+            B.run("custom-1shot-rel", nbytes, lambda: ca_rel.all_reduce(x, out=y, algo="1shot"), ("graph",),
+                  lambda: bitwise_exact(ca_rel.all_reduce(x, out=torch.empty_like(x), algo="1shot")))
+        # quantized
+        for qd in ("int8", "fp8"):
+            for blk in (32, 128):
+                gref = quant_all_reduce_gather(x.clone(), qd, blk, gather=nc.all_gather)
+                for algo in ("1shot", "2shot"):
+                    def chk_q():
+                        o = ca.quant_all_reduce(x, qd, blk, algo, out=torch.empty_like(x))
+                        return None if torch.equal(o.view(torch.int16), gref.view(torch.int16)) else \
+                            "differs from the NCCL all-gather implementation"
+                    B.run(f"q-{qd}-b{blk}-{algo}", nbytes, lambda: ca.quant_all_reduce(x, qd, blk, algo, out=y),
+                          ("graph",), chk_q)
+                if nbytes in (MiB, 64 * MiB) or nbytes == sizes[-1]:
+                    e = (gref.double() - ref.double())
+                    nb = n // blk
+                    eb = e[: nb * blk].view(nb, blk).norm(dim=1)
+                    rb = ref[: nb * blk].double().view(nb, blk).norm(dim=1).clamp_min(1e-30)
+                    qerr.append(dict(qdtype=qd, block=blk, bytes=nbytes,
+                                     rel_err_global=float(e.norm() / ref.double().norm()),
+                                     rel_err_block_mean=float((eb / rb).mean()), rel_err_block_max=float((eb / rb).max()),
+                                     max_abs_err=float(e.abs().max())))
+        blk = 32
+        B.run("q-int8-b32-gather", nbytes, lambda: quant_all_reduce_gather(y.copy_(x), "int8", blk, gather=nc.all_gather),
+              ("eager",), lambda: None)  # validated above: it is the reference of the P2P kernels
+        torch.cuda.empty_cache()
+
+    # ------------------------------------------------------------------------------------------ report
+    def get(backend, mode, nbytes):
+        return next((r["us"] for r in B.results if r["backend"] == backend and r["mode"] == mode
+                     and r["bytes"] == nbytes), None)
+
+    targets = []
+    small = [s for s in sizes if s <= 64 * KiB]
+    big = [s for s in sizes if s >= 16 * MiB]
+    worst_small = max((get("custom-1shot", "graph", s) or 1e9) for s in small) if small else None
+    targets.append(dict(target="custom bf16 <= 5 us for <= 64 KiB inside a graph", value_us=worst_small,
+                        ok=worst_small is not None and worst_small <= 5.0))
+    def best(*keys):
+        vals = [v for v in keys if v]
+        return min(vals) if vals else None
+
+    for s in big:
+        nccl = get("nccl", "graph", s)
+        cu = best(get("custom-1shot", "graph", s), get("custom-2shot", "graph", s))
+        q = best(get("q-int8-b32-2shot", "graph", s), get("q-int8-b32-1shot", "graph", s),
+                 get("q-int8-b128-2shot", "graph", s), get("q-int8-b128-1shot", "graph", s))
+        sp = round(nccl / cu, 3) if nccl and cu else None
+        targets.append(dict(target=f"custom >= 1.2x NCCL (graph) at {fmt_size(s)}", speedup=sp,
+                            ok=bool(sp and sp >= 1.2)))
+        sq = round(nccl / q, 3) if nccl and q else None
+        targets.append(dict(target=f"int8 quantized >= 1.7x NCCL bf16 (graph) at {fmt_size(s)}", speedup=sq,
+                            ok=bool(sq and sq >= 1.7)))
+    e32 = [q for q in qerr if q["qdtype"] == "int8" and q["block"] == 32]
+    targets.append(dict(target="int8 block-32 relative error <= 1% of the fp32 sum's norm",
+                        value=max(q["rel_err_global"] for q in e32) if e32 else None,
+                        ok=bool(e32) and max(q["rel_err_global"] for q in e32) <= 0.01))
+
+    # suggested thresholds: fastest non-quantized backend inside a graph, per size
+    cands = ["custom-1shot", "custom-2shot", "symm-1shot", "symm-2shot", "nccl-c"]
+    winners = []
+    for s in sizes:
+        times = {c: get(c, "graph", s) for c in cands}
+        times = {c: v for c, v in times.items() if v}
+        w = min(times, key=times.get) if times else "nccl-c"
+        winners.append((s, "nccl" if w == "nccl-c" else w))
+    rules = []
+    for s, w in winners:
+        if rules and rules[-1]["backend"] == w:
+            rules[-1]["max_bytes"] = s
+        else:
+            rules.append({"max_bytes": s, "backend": w})
+    rules[-1]["max_bytes"] = None
+    qwin = []
+    for s in sizes:
+        a, b2 = get("q-int8-b32-1shot", "graph", s), get("q-int8-b32-2shot", "graph", s)
+        qwin.append((s, "1shot" if a and (not b2 or a <= b2) else "2shot"))
+    qrules = []
+    for s, w in qwin:
+        if qrules and qrules[-1]["algo"] == w:
+            qrules[-1]["max_bytes"] = s
+        else:
+            qrules.append({"max_bytes": s, "algo": w})
+    qrules[-1]["max_bytes"] = None
+
+    meta = dict(commit=commit_of(), date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                device=f"{world}x {torch.cuda.get_device_name(dev)}", host=socket.gethostname(),
+                torch=torch.__version__, nccl=".".join(map(str, torch.cuda.nccl.version())), dtype="bfloat16",
+                nccl_c=nc.how, env={k: os.environ.get(k) for k in ("NCCL_NVLS_ENABLE", "TORCH_SYMM_MEM_DISABLE_MULTICAST",
+                                                                    "NVSHMEM_DISABLE_NVLS")},
+                custom_buffer_mib=ca.buffer_bytes >> 20, custom_max_blocks=ca.max_blocks)
+    thresholds = {"measured": {"where": f"{meta['device']} (torch {meta['torch']}, NCCL {meta['nccl']})",
+                               "when": meta["date"], "commit": meta["commit"],
+                               "source": "benchmarks/bench_allreduce.py (graph latency, bf16)"},
+                  "world_sizes": {str(world): {"rules": rules, "quant_rules": qrules}}}
+    report = dict(meta=meta, results=B.results, skipped=B.skipped, quant_error=qerr, targets=targets,
+                  suggested_thresholds=thresholds)
+
+    # teardown in the documented order: graphs are gone (deleted after each timing), then our handles, then torch
+    torch.cuda.synchronize()
+    gc.collect()
+    ca.close()
+    ca_rel.close()
+    if symm is not None:
+        symm.close()
+    nc.close()
+
+    if rank == 0:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=1)
+        if args.thresholds_out:
+            with open(args.thresholds_out, "w") as f:
+                json.dump(thresholds, f, indent=2)
+        try:
+            plot(report, os.path.splitext(args.out)[0] + ".png")
+        except Exception as e:  # noqa: BLE001
+            print(f"plot failed: {e}")
+        table(report, sizes)
+    dist.destroy_process_group()
+
+
+def plot(report, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(15, 6))
+    series = {}
+    for r in report["results"]:
+        series.setdefault((r["backend"], r["mode"]), []).append((r["bytes"], r["us"], r["busbw_GBs"]))
+    for (bk, mode), pts in sorted(series.items()):
+        pts.sort()
+        xs = [p[0] for p in pts]
+        style = "-" if mode == "graph" else ":"
+        a1.plot(xs, [p[1] for p in pts], style, marker=".", label=f"{bk} ({mode})")
+        a2.plot(xs, [p[2] for p in pts], style, marker=".", label=f"{bk} ({mode})")
+    for a, yl in ((a1, "latency per all-reduce (us)"), (a2, "busbw (GB/s)")):
+        a.set_xscale("log", base=2)
+        a.set_xlabel("message bytes (bf16)")
+        a.set_ylabel(yl)
+        a.grid(True, which="both", alpha=0.3)
+    a1.set_yscale("log")
+    a2.legend(fontsize=6, ncol=2)
+    m = report["meta"]
+    fig.suptitle(f"all-reduce, {m['device']}, torch {m['torch']}, NCCL {m['nccl']}, {m['date']}, {m['commit'][:12]}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def table(report, sizes):
+    cols = [("nccl", "eager"), ("nccl", "graph"), ("nccl-c", "graph"), ("symm-1shot", "graph"),
+            ("symm-2shot", "graph"), ("custom-1shot", "eager"), ("custom-1shot", "graph"), ("custom-2shot", "graph"),
+            ("q-int8-b32-2shot", "graph"), ("q-int8-b128-1shot", "graph"), ("q-fp8-b32-2shot", "graph")]
+    look = {(r["backend"], r["mode"], r["bytes"]): r["us"] for r in report["results"]}
+    print("\nlatency (us) per all-reduce, bf16; g = inside a CUDA graph, e = eager")
+    head = "size      " + "".join(f"{(b + ('/g' if m == 'graph' else '/e'))[:15]:>16}" for b, m in cols)
+    print(head)
+    for s in sizes:
+        print(f"{fmt_size(s):<10}" + "".join(f"{look.get((b, m, s), float('nan')):>16.2f}" for b, m in cols))
+    print("\nquantized error (NCCL-gather implementation == P2P kernels, bitwise):")
+    for q in report["quant_error"]:
+        print(f"  {q['qdtype']} block {q['block']:>3} {fmt_size(q['bytes']):>8}: rel {q['rel_err_global']:.4f}, "
+              f"block mean {q['rel_err_block_mean']:.4f}, block max {q['rel_err_block_max']:.4f}")
+    print("\ntargets:")
+    for t in report["targets"]:
+        print("  " + ("PASS " if t["ok"] else "MISS ") + json.dumps({k: v for k, v in t.items() if k != "ok"}))
+    if report["skipped"]:
+        print(f"\ninvalid/skipped: {len(report['skipped'])} (see JSON)")
+    print("suggested thresholds:", json.dumps(report["suggested_thresholds"]["world_sizes"]))
+
+
+if __name__ == "__main__":
+    main()
