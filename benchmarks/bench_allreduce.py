@@ -27,6 +27,8 @@ import socket
 import statistics
 import subprocess
 import sys
+import time
+import traceback
 
 import torch
 import torch.distributed as dist
@@ -61,6 +63,11 @@ def commit_of():
         return h + ("-dirty" if dirty.strip() else "") if h else "unknown"
     except OSError:
         return "unknown"
+
+
+def nccl_version_str():
+    v = torch.cuda.nccl.version()
+    return ".".join(map(str, v)) if isinstance(v, tuple) else str(v)
 
 
 class Bench:
@@ -149,7 +156,9 @@ def main():
     p.add_argument("--min-bytes", type=int, default=4 * KiB)
     p.add_argument("--max-bytes", type=int, default=256 * MiB)
     p.add_argument("--thresholds-out", default=None, help="write a thresholds.json candidate here")
+    p.add_argument("--time-budget", type=float, default=0, help="stop adding sizes after this many seconds (0: none)")
     args = p.parse_args()
+    t_start = time.time()
 
     local = int(os.environ.get("LOCAL_RANK", "0"))
     torch.cuda.set_device(local)
@@ -168,7 +177,7 @@ def main():
         symm = None
         log0(f"symmetric memory unavailable: {e}")
     log0(f"ssmtp all-reduce bench: {world} x {torch.cuda.get_device_name(dev)}, torch {torch.__version__}, "
-         f"NCCL {torch.cuda.nccl.version()}, nccl-c: {nc.how}")
+         f"NCCL {nccl_version_str()}, nccl-c: {nc.how}")
 
     sizes = []
     b = args.min_bytes
@@ -178,7 +187,14 @@ def main():
     dtype = torch.bfloat16
     gen = torch.Generator(device=dev).manual_seed(1234 + rank)
     qerr = []
+    done_sizes = []
     for nbytes in sizes:
+        flag = [time.time() - t_start > args.time_budget > 0]
+        dist.broadcast_object_list(flag, src=0)
+        if flag[0]:
+            log0(f"time budget of {args.time_budget} s reached: stopping before {fmt_size(nbytes)}")
+            break
+        done_sizes.append(nbytes)
         n = nbytes // 2
         x = torch.randn(n, dtype=dtype, device=dev, generator=gen)
         y = torch.empty_like(x)
@@ -265,7 +281,29 @@ def main():
               ("eager",), lambda: None)  # validated above: it is the reference of the P2P kernels
         torch.cuda.empty_cache()
 
-    # ------------------------------------------------------------------------------------------ report
+    sizes = done_sizes
+    if rank == 0:  # raw figures first, so that a problem in the report below loses nothing
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(dict(results=B.results, skipped=B.skipped, quant_error=qerr), f)
+    try:
+        report(args, B, nc, ca, sizes, qerr, dev)
+    except Exception:  # noqa: BLE001
+        traceback.print_exc()
+    # teardown in the documented order: graphs are gone (deleted after each timing), then our handles, then torch
+    torch.cuda.synchronize()
+    gc.collect()
+    ca.close()
+    ca_rel.close()
+    if symm is not None:
+        symm.close()
+    nc.close()
+    dist.destroy_process_group()
+
+
+def report(args, B, nc, ca, sizes, qerr, dev):
+    rank, world = B.rank, B.world
+
     def get(backend, mode, nbytes):
         return next((r["us"] for r in B.results if r["backend"] == backend and r["mode"] == mode
                      and r["bytes"] == nbytes), None)
@@ -303,7 +341,11 @@ def main():
         times = {c: get(c, "graph", s) for c in cands}
         times = {c: v for c, v in times.items() if v}
         w = min(times, key=times.get) if times else "nccl-c"
-        winners.append((s, "nccl" if w == "nccl-c" else w))
+        prev = winners[-1][2] if winners else None  # keep the previous winner when within 3% (noise)
+        if prev in times and w in times and times[prev] <= 1.03 * times[w]:
+            w = prev
+        winners.append((s, "nccl" if w == "nccl-c" else w, w))
+    winners = [(s, w) for s, w, _ in winners]
     rules = []
     for s, w in winners:
         if rules and rules[-1]["backend"] == w:
@@ -325,7 +367,7 @@ def main():
 
     meta = dict(commit=commit_of(), date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 device=f"{world}x {torch.cuda.get_device_name(dev)}", host=socket.gethostname(),
-                torch=torch.__version__, nccl=".".join(map(str, torch.cuda.nccl.version())), dtype="bfloat16",
+                torch=torch.__version__, nccl=nccl_version_str(), dtype="bfloat16",
                 nccl_c=nc.how, env={k: os.environ.get(k) for k in ("NCCL_NVLS_ENABLE", "TORCH_SYMM_MEM_DISABLE_MULTICAST",
                                                                     "NVSHMEM_DISABLE_NVLS")},
                 custom_buffer_mib=ca.buffer_bytes >> 20, custom_max_blocks=ca.max_blocks)
@@ -333,31 +375,20 @@ def main():
                                "when": meta["date"], "commit": meta["commit"],
                                "source": "benchmarks/bench_allreduce.py (graph latency, bf16)"},
                   "world_sizes": {str(world): {"rules": rules, "quant_rules": qrules}}}
-    report = dict(meta=meta, results=B.results, skipped=B.skipped, quant_error=qerr, targets=targets,
-                  suggested_thresholds=thresholds)
-
-    # teardown in the documented order: graphs are gone (deleted after each timing), then our handles, then torch
-    torch.cuda.synchronize()
-    gc.collect()
-    ca.close()
-    ca_rel.close()
-    if symm is not None:
-        symm.close()
-    nc.close()
-
+    rep = dict(meta=meta, results=B.results, skipped=B.skipped, quant_error=qerr, targets=targets,
+               suggested_thresholds=thresholds)
     if rank == 0:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
-            json.dump(report, f, indent=1)
+            json.dump(rep, f, indent=1)
         if args.thresholds_out:
             with open(args.thresholds_out, "w") as f:
                 json.dump(thresholds, f, indent=2)
         try:
-            plot(report, os.path.splitext(args.out)[0] + ".png")
+            plot(rep, os.path.splitext(args.out)[0] + ".png")
         except Exception as e:  # noqa: BLE001
             print(f"plot failed: {e}")
-        table(report, sizes)
-    dist.destroy_process_group()
+        table(rep, sizes)
 
 
 def plot(report, path):
