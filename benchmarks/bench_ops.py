@@ -315,6 +315,40 @@ def hf_fn(c):
     return hf_step
 
 
+# ------------------------------------------------------------------------------------------------ chunk sweep
+
+def chunk_sweep(flt=""):
+    """Scan time against the chunk count (SSMTP_SCAN_CHUNKS; 0 = the launcher's choice) on a few shapes: the data
+    behind the launcher's chunking threshold."""
+    out = []
+    shapes = [("mamba-2.8b", 1, 1, 2048), ("mamba-2.8b", 1, 1, 8192), ("mamba-2.8b", 2, 1, 2048),
+              ("mamba-2.8b", 1, 8, 512), ("mamba-2.8b", 1, 4, 2048), ("mamba-2.8b", 1, 2, 2048)]
+    for model, tp, B, L in shapes:
+        d, N, K, G, R = MODELS[model]
+        c = dict(label=f"{model} tp{tp} scan prefill B={B} L={L}", model=model, tp=tp, op="scan", phase="prefill",
+                 B=B, L=L, dim=d // tp, N=N, K=K, G=max(1, G // tp), R=R)
+        if flt and flt not in c["label"]:
+            continue
+        p = make_params(c)
+        nbytes = bytes_moved(c)
+        nsets = int(max(1, min(256, math.ceil(3 * L2_BYTES / nbytes))))
+        sets = [make_inputs(c) for _ in range(nsets)]
+        for k in (0, 1, 2, 4, 8, 16, 32, 64):
+            if k:
+                os.environ["SSMTP_SCAN_CHUNKS"] = str(k)
+            else:
+                os.environ.pop("SSMTP_SCAN_CHUNKS", None)
+            ok, err, _ = validate(c, p)
+            t, _ = time_graph(c, p, sets, 1e-3)
+            out.append(dict(label=c["label"], chunks=k or "auto", us=t * 1e6, GBps=nbytes / t / 1e9, valid=ok))
+            print(f"sweep {c['label']:<40} chunks={k or 'auto':>4} {t * 1e6:9.1f} us {'ok' if ok else 'INVALID'}",
+                  flush=True)
+        os.environ.pop("SSMTP_SCAN_CHUNKS", None)
+        del sets
+        torch.cuda.empty_cache()
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ main
 
 def git_commit():
@@ -331,6 +365,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="skip L > 2048")
     ap.add_argument("--no-hf", action="store_true", help="skip the HF pure-torch baseline")
     ap.add_argument("--filter", default="", help="only cases whose label contains this")
+    ap.add_argument("--no-sweep", action="store_true", help="skip the scan chunk-count sweep")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_ops: needs a CUDA GPU")
@@ -376,12 +411,13 @@ def main():
         rows.append(row)
         print(f"{c['label']:<48} {row['us']:9.1f} us {row['GBps']:7.0f} GB/s {100 * row['frac_hbm']:5.1f}% "
               f"{'ok' if ok else 'INVALID'}", flush=True)
+    sweeps = [] if args.no_sweep else chunk_sweep(args.filter)
     meta = dict(git_commit=git_commit(), date=datetime.datetime.now(datetime.timezone.utc).isoformat(),
                 device=dev_name, torch=torch.__version__, build=ops.build_info(), hbm_Bps=HBM_BPS,
                 clock_hz_assumed=CLOCK_HZ, dtype=str(DTYPE), seconds=time.time() - t_start)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     with open(out_path, "w") as f:
-        json.dump(dict(meta=meta, cases=rows), f, indent=1)
+        json.dump(dict(meta=meta, cases=rows, scan_chunk_sweep=sweeps), f, indent=1)
     try:
         import matplotlib
         matplotlib.use("Agg")

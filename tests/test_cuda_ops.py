@@ -135,6 +135,9 @@ CONV_CASES = [
     ("long-contig-lens", 2, 70, 1100, 4, 4, "contig", "load", "pad", [1100, 513], True, True),
     ("seqlen-shorter-than-state", 2, 20, 2, 4, 5, "chan", "load", None, [2, 1], True, True),
     ("dim-1", 2, 1, 9, 4, 3, "contig", "load", None, None, True, True),
+    ("decode-statelen6-generic", 3, 40, 1, 3, 6, "chan", "load", "pad", None, True, True),
+    ("decode-nostate", 2, 50, 1, 4, 3, "contig", None, None, None, True, True),
+    ("decode-lens-0", 3, 36, 1, 4, 4, "chan", "load", "perm", [1, 0, 1], True, True),
 ]
 
 
@@ -170,6 +173,28 @@ def test_conv1d_cuda_vs_cpu(case, dname):
     close(out, ref, atol, rtol, "out")
     if state:
         assert torch.equal(state.gpu.cpu(), st_cpu), "conv state differs from the CPU op (should be an exact copy)"
+
+
+@pytest.mark.parametrize("dname", list(DT))
+def test_conv1d_cuda_decode_misaligned_state(dname):
+    """A state row view starting one element in (no vector access possible) takes the scalar decode variant."""
+    label, batch, dim, width, slen = "misaligned", 4, 45, 4, 4
+    dtype = DT[dname]
+    g = _gen(label + dname)
+    x = bdl(batch, dim, 1, dtype, "chan", g)
+    w = same((torch.randn(dim, width, generator=g) * 0.5).to(dtype))
+    bias = same(torch.randn(dim, generator=g).to(dtype))
+    nslots = batch + 2
+    state = Pair(torch.randn(nslots * dim * slen + 1, generator=g).to(dtype),
+                 lambda t: t[1:].view(nslots, dim, slen))
+    idx = slots_for("pad", batch, nslots, g)
+    st_cpu = state.cpu.clone()
+    ref = ops.causal_conv1d(x.cpu, w.cpu, bias.cpu, st_cpu, idx.cpu, None, True, True)
+    out = nan_like(x.gpu)
+    _conv_cuda(x, w, bias, state, idx, None, True, True, out)
+    torch.cuda.synchronize()
+    close(out, ref, *CONV_TOL[dname], "out")
+    assert torch.equal(state.gpu.cpu(), st_cpu)
 
 
 def test_conv1d_cuda_aliased_out():

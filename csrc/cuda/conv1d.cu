@@ -9,6 +9,8 @@
 //            touches the state (reads the history, then writes the new state), so there is no race on it.
 //            When out aliases x (allowed when identical) the sequence is one chunk, read before it is written.
 //   decode:  seqlen == 1: one thread per (sequence, channel): read the state row, write one output, shift the row.
+//            A state of width-1 or width columns (ours, HF's) takes a variant with the row length fixed at compile
+//            time (the whole row loaded at once, vectorised when aligned); other lengths a generic loop.
 // Bytes (bf16): prefill 2+2 B per (channel, step) plus state; at ~16 B/clk/SM of HBM bandwidth this leaves ~30
 // instructions per element, hence the MUFU-based SiLU.
 #include "common.cuh"
@@ -146,11 +148,78 @@ __global__ void __launch_bounds__(DECODE_THREADS) conv1d_decode_kernel(const Con
     *out = from_f32<T>(n > 0 ? (a.silu ? ssm_silu_out<T>(acc) : acc) : 0.f);
 }
 
+// Decode with a state of S = width-1 or width columns (ours, HF's) known at compile time: the whole state row is
+// loaded at once (one 4/8/16-byte access when VB > 0 bytes and aligned, else S scalar loads), then shifted in
+// registers and stored: no load waits behind a store. seqlen == 1, so n is 0 or 1.
+template <int B> struct VecOf;
+template <> struct VecOf<4> { using type = uint32_t; };
+template <> struct VecOf<8> { using type = uint2; };
+template <> struct VecOf<16> { using type = uint4; };
+
+template <typename T, int W, int S, int VB>
+__global__ void __launch_bounds__(DECODE_THREADS) conv1d_decode_fixed_kernel(const ConvArgs a) {
+    const int64_t i = (int64_t)blockIdx.x * DECODE_THREADS + threadIdx.x;
+    if (i >= a.batch * a.dim) return;
+    const int64_t b = i / a.dim, c = i - b * a.dim;
+    int64_t slot, n;
+    seq_info(a, b, &slot, &n);
+    T *out = (T *)a.out + b * a.so0 + c * a.so1;
+    if (slot < 0 || slot >= a.nslots) {
+        *out = from_f32<T>(slot < 0 ? 0.f : __int_as_float(0x7fc00000));
+        return;
+    }
+    const T xraw = ((const T *)a.x)[b * a.sx0 + c * a.sx1];
+    T *st = (T *)a.state + slot * a.ss0 + c * a.ss1;
+    T old[S];
+    if (!a.load_state) {
+#pragma unroll
+        for (int j = 0; j < S; j++) old[j] = from_f32<T>(0.f);
+    } else if constexpr (VB > 0) {
+        using V = typename VecOf<VB>::type;
+        const V v = *(const V *)st;
+        memcpy(old, &v, sizeof old);
+    } else {
+#pragma unroll
+        for (int j = 0; j < S; j++) old[j] = st[j * a.ss2];
+    }
+    float acc = a.bias ? to_f32<T>(((const T *)a.bias)[c * a.sb0]) : 0.f;
+#pragma unroll
+    for (int k = 0; k < W - 1; k++) acc = fmaf(to_f32<T>(((const T *)a.w)[c * a.sw0 + k * a.sw1]), to_f32<T>(old[S - (W - 1) + k]), acc);
+    acc = fmaf(to_f32<T>(((const T *)a.w)[c * a.sw0 + (W - 1) * a.sw1]), to_f32<T>(xraw), acc);
+    T nw[S];
+#pragma unroll
+    for (int j = 0; j < S; j++) nw[j] = n > 0 ? (j == S - 1 ? xraw : old[j + 1 < S ? j + 1 : j]) : old[j];
+    if constexpr (VB > 0) {
+        using V = typename VecOf<VB>::type;
+        V v;
+        memcpy(&v, nw, sizeof nw);
+        *(V *)st = v;
+    } else {
+#pragma unroll
+        for (int j = 0; j < S; j++) st[j * a.ss2] = nw[j];
+    }
+    *out = from_f32<T>(n > 0 ? (a.silu ? ssm_silu_out<T>(acc) : acc) : 0.f);
+}
+
+template <typename T, int W, int S> ssmtp_status_t launch_decode_fixed(const ConvArgs &a, unsigned grid, cudaStream_t s) {
+    constexpr int bytes = S * (int)sizeof(T);
+    constexpr int VB = (bytes == 4 || bytes == 8 || bytes == 16) ? bytes : 0;
+    const bool aligned = a.ss2 == 1 && ((uintptr_t)a.state % (VB ? VB : 1)) == 0 &&
+                         (a.ss0 * (int64_t)sizeof(T)) % (VB ? VB : 1) == 0 &&
+                         (a.ss1 * (int64_t)sizeof(T)) % (VB ? VB : 1) == 0;
+    if (VB > 0 && aligned) conv1d_decode_fixed_kernel<T, W, S, VB><<<grid, DECODE_THREADS, 0, s>>>(a);
+    else conv1d_decode_fixed_kernel<T, W, S, 0><<<grid, DECODE_THREADS, 0, s>>>(a);
+    SSMTP_CUDA_CHECK_LAUNCH(OP);
+    return SSMTP_OK;
+}
+
 template <typename T, int W> ssmtp_status_t launch(const ConvArgs &a, int64_t nchunks, cudaStream_t s) {
     if (a.len == 1) {
         const int64_t nthreads = a.batch * a.dim;
         const int64_t grid = (nthreads + DECODE_THREADS - 1) / DECODE_THREADS;
         if (grid > 0x7fffffff) return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": batch*dim=%lld too large", (long long)nthreads);
+        if (a.state && a.slen == W) return launch_decode_fixed<T, W, W>(a, (unsigned)grid, s);
+        if (a.state && a.slen == W - 1) return launch_decode_fixed<T, W, W - 1>(a, (unsigned)grid, s);
         conv1d_decode_kernel<T, W><<<(unsigned)grid, DECODE_THREADS, 0, s>>>(a);
     } else {
         const dim3 grid((unsigned)((a.dim + PREFILL_THREADS - 1) / PREFILL_THREADS), (unsigned)nchunks,

@@ -32,25 +32,23 @@ __device__ __forceinline__ float ssm_tanh_approx(float x) {
     return y;
 }
 
-// softplus(v) = log1p(exp(v)), v > 20 passes through (torch's threshold). Relative error < ~1e-6:
-//   v <= -2: e = exp(v) <= 0.135, log1p(e) by its alternating series to e^8 (truncation < 1e-8 relative);
-//   -2 < v <= 20: log(1 + e) with lg2.approx (absolute error ~1e-7 on a result >= 0.127).
-// Costs two MUFU ops (ex2, lg2) per call.
+// softplus(v) = log1p(exp(v)) (torch passes v > 20 through; here that falls out: v + log1p(e^-20) rounds to v).
+// Branch-free, one MUFU op: softplus(v) = max(v, 0) + u q(u), u = exp(-|v|) in (0, 1], q(u) ~ log1p(u)/u a degree-8
+// polynomial (least squares on Chebyshev nodes; max relative error of u q(u) 1.9e-7 in f32 Horner, measured over
+// 2e5 points of [0, 1]). Branch-free matters: the scan interleaves several time steps, and a branch per step would cut
+// the instruction stream into blocks the scheduler cannot overlap.
 __device__ __forceinline__ float ssm_softplus_fast(float v) {
-    if (v > 20.f) return v;
-    const float e = ssm_ex2(v * SSM_LOG2E);
-    if (v <= -2.f) {
-        float p = -1.f / 8.f;
-        p = fmaf(p, e, 1.f / 7.f);
-        p = fmaf(p, e, -1.f / 6.f);
-        p = fmaf(p, e, 1.f / 5.f);
-        p = fmaf(p, e, -1.f / 4.f);
-        p = fmaf(p, e, 1.f / 3.f);
-        p = fmaf(p, e, -1.f / 2.f);
-        p = fmaf(p, e, 1.f);
-        return p * e;
-    }
-    return __logf(1.f + e);
+    const float u = ssm_ex2(-fabsf(v) * SSM_LOG2E);
+    float q = 0.005253457929939032f;
+    q = fmaf(q, u, -0.02958850748836994f);
+    q = fmaf(q, u, 0.07836166769266129f);
+    q = fmaf(q, u, -0.13674770295619965f);
+    q = fmaf(q, u, 0.19111430644989014f);
+    q = fmaf(q, u, -0.24844369292259216f);
+    q = fmaf(q, u, 0.33319270610809326f);
+    q = fmaf(q, u, -0.49999502301216125f);
+    q = fmaf(q, u, 1.0f);
+    return fmaxf(v, 0.f) + u * q;
 }
 
 // silu(v) = v / (1 + exp(-v)). For 32-bit outputs: ex2 + rcp (~2 ulp). For 16-bit outputs the result is rounded to

@@ -7,9 +7,11 @@
 //
 // Vector path (N % 4 == 0, N/4 a power of two, 16-byte aligned rows): TPC = min(N/4, 32) adjacent lanes own one
 // channel, each NV float4s of its state (float4 q = part + j*TPC, so a warp's accesses are contiguous 512-byte runs);
-// y is summed with xor shuffles. A block covers 256/TPC channels of BPB = 4 sequences: A is loaded once per thread
-// and reused for the 4 rows (A would otherwise be re-read from L2 once per sequence, as many bytes as the state),
-// and the 4 rows' state loads are all issued before the first is used.
+// y is summed with xor shuffles. A block covers 256/TPC channels of BPB = 4 sequences (2 at N = 256): A is loaded
+// once per thread and reused for the rows (A would otherwise be re-read from L2 once per sequence, as many bytes as
+// the state), and every load of the rows (state, x, dt, z, B, C) is issued before the first is used: one memory
+// round trip per block instead of two. With TPC >= BPB, lane p evaluates softplus and the output tail (D, SiLU) for
+// row p only, and shares delta by shuffles.
 // Scalar path (anything else): one thread per (sequence, channel), strided loops over N.
 //
 // Arithmetic mirrors the CPU reference (expf, log1pf, IEEE division, no FMA contraction in the state update), so
@@ -35,7 +37,9 @@ struct StepArgs {
 };
 
 constexpr int THREADS = 256;
-constexpr int BPB = 4; // sequences per block (vector path)
+// Sequences per block on the vector path: 4 (2 when each thread holds 8 states, N = 256, to stay unspilled at the
+// 3-blocks-per-SM register cap).
+template <int NV> constexpr int bpb_of() { return NV >= 2 ? 2 : 4; }
 
 __device__ __forceinline__ int64_t slot_of(const StepArgs &a, int64_t b) {
     return a.state_idx ? (int64_t)a.state_idx[b * a.sidx] : b;
@@ -61,64 +65,120 @@ __device__ __forceinline__ float delta_of(const StepArgs &a, int64_t b, int64_t 
 }
 
 template <typename T, int TPC, int NV>
-__global__ void __launch_bounds__(THREADS) step_vec_kernel(const StepArgs a) {
+__global__ void __launch_bounds__(THREADS, 3) step_vec_kernel(const StepArgs a) {
     constexpr int CPB = THREADS / TPC;
+    constexpr int NS = 4 * NV; // states per thread
+    constexpr int BPB = bpb_of<NV>();
     const int part = threadIdx.x % TPC;
+    const int lane = threadIdx.x % 32;
     const int64_t c0 = (int64_t)blockIdx.x * CPB + threadIdx.x / TPC;
     const bool active = c0 < a.dim;
     const int64_t c = active ? c0 : a.dim - 1; // inactive lanes compute a duplicate and store nothing
     const int64_t g = c / a.per_group;
     const int64_t b0 = (int64_t)blockIdx.y * BPB;
 
+    // Phase 1: every load of the block's BPB rows is issued before anything is computed (one round trip).
     float4 Av[NV];
 #pragma unroll
     for (int j = 0; j < NV; j++) Av[j] = *(const float4 *)(a.A + c * a.sA0 + 4 * (part + j * TPC));
-
-    // Phase 1: issue every load of the block's BPB rows.
     int64_t slot[BPB];
     bool ok[BPB];
     float4 h[BPB][NV];
+    T xr[BPB], dr[BPB], zr[BPB], Br[BPB][NS], Cr[BPB][NS];
 #pragma unroll
     for (int i = 0; i < BPB; i++) {
-        const int64_t b = b0 + i;
-        slot[i] = b < a.batch ? slot_of(a, b) : -1;
-        ok[i] = b < a.batch && slot[i] >= 0 && slot[i] < a.nslots;
+        const int64_t b = b0 + i < a.batch ? b0 + i : b0;
+        slot[i] = b0 + i < a.batch ? slot_of(a, b0 + i) : -1;
+        ok[i] = slot[i] >= 0 && slot[i] < a.nslots;
 #pragma unroll
         for (int j = 0; j < NV; j++)
             h[i][j] = ok[i] ? *(const float4 *)(a.state + slot[i] * a.ss0 + c * a.ss1 + 4 * (part + j * TPC))
                             : make_float4(0.f, 0.f, 0.f, 0.f);
+        xr[i] = ((const T *)a.x)[b * a.sx0 + c * a.sx1];
+        dr[i] = ((const T *)a.dt)[b * a.sdt0 + c * a.sdt1];
+        zr[i] = a.z ? ((const T *)a.z)[b * a.sz0 + c * a.sz1] : from_f32<T>(0.f);
+        const T *Bp = (const T *)a.B + b * a.sB0 + g * a.sB1, *Cp = (const T *)a.C + b * a.sC0 + g * a.sC1;
+#pragma unroll
+        for (int j = 0; j < NV; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int64_t s = 4 * (part + j * TPC) + e;
+                Br[i][4 * j + e] = Bp[s * a.sB2];
+                Cr[i][4 * j + e] = Cp[s * a.sC2];
+            }
     }
-    // Phase 2: update, store the state, reduce y, write out.
+    const float bias = a.dt_bias ? ssm_load_param(a.dt_bias, a.bias_dtype, c * a.sbias) : 0.f;
+    const float Dc = a.D ? ssm_load_param(a.D, a.D_dtype, c * a.sD) : 0.f;
+
+    // delta per row. With TPC >= BPB lanes, lane `part` evaluates softplus (log1pf(expf)) for row part % BPB only
+    // and the rows are exchanged by shuffles: a quarter of the transcendental work at N = 16.
+    float delta[BPB];
+    if constexpr (TPC >= BPB) {
+        float v = 0.f;
+#pragma unroll
+        for (int i = 0; i < BPB; i++)
+            if (part % BPB == i) v = __fadd_rn(to_f32<T>(dr[i]), bias);
+        if (a.softplus) v = ssm_softplus_exact(v);
+#pragma unroll
+        for (int i = 0; i < BPB; i++) delta[i] = __shfl_sync(0xffffffffu, v, (lane & ~(TPC - 1)) | i);
+    } else {
+#pragma unroll
+        for (int i = 0; i < BPB; i++) {
+            const float v = __fadd_rn(to_f32<T>(dr[i]), bias);
+            delta[i] = a.softplus ? ssm_softplus_exact(v) : v;
+        }
+    }
+
+    // Phase 2: update and store the states, reduce y over the TPC lanes of each channel.
+    float y[BPB];
 #pragma unroll
     for (int i = 0; i < BPB; i++) {
-        const int64_t b = b0 + i;
-        if (b >= a.batch) break; // uniform over the block
-        T *out = (T *)a.out + b * a.so0 + c * a.so1;
-        if (!ok[i]) { // padding row: zero; bad slot: NaN; state untouched
-            if (active && part == 0) *out = from_f32<T>(slot[i] < 0 ? 0.f : __int_as_float(0x7fc00000));
-            continue;
-        }
-        const float xt = to_f32<T>(((const T *)a.x)[b * a.sx0 + c * a.sx1]);
-        const float delta = delta_of<T>(a, b, c);
-        const T *Bp = (const T *)a.B + b * a.sB0 + g * a.sB1;
-        const T *Cp = (const T *)a.C + b * a.sC0 + g * a.sC1;
-        float y = 0.f;
+        const float xt = to_f32<T>(xr[i]);
+        float acc = 0.f;
 #pragma unroll
         for (int j = 0; j < NV; j++) {
-            const int64_t s = 4 * (part + j * TPC);
             float hv[4] = {h[i][j].x, h[i][j].y, h[i][j].z, h[i][j].w};
             const float av[4] = {Av[j].x, Av[j].y, Av[j].z, Av[j].w};
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                hv[e] = update(hv[e], av[e], delta, to_f32<T>(Bp[(s + e) * a.sB2]), xt);
-                y = __fadd_rn(y, __fmul_rn(hv[e], to_f32<T>(Cp[(s + e) * a.sC2])));
+                hv[e] = update(hv[e], av[e], delta[i], to_f32<T>(Br[i][4 * j + e]), xt);
+                acc = __fadd_rn(acc, __fmul_rn(hv[e], to_f32<T>(Cr[i][4 * j + e])));
             }
-            if (active)
-                *(float4 *)(a.state + slot[i] * a.ss0 + c * a.ss1 + s) = make_float4(hv[0], hv[1], hv[2], hv[3]);
+            if (active && ok[i])
+                *(float4 *)(a.state + slot[i] * a.ss0 + c * a.ss1 + 4 * (part + j * TPC)) =
+                    make_float4(hv[0], hv[1], hv[2], hv[3]);
         }
 #pragma unroll
-        for (int o = TPC / 2; o > 0; o >>= 1) y += __shfl_xor_sync(0xffffffffu, y, o);
-        if (active && part == 0) *out = from_f32<T>(finish<T>(a, y, b, c, xt));
+        for (int o = TPC / 2; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+        y[i] = acc; // every lane of the channel holds the sum
+    }
+
+    // Output: lane `part` finishes row part % BPB (D*x, silu(z) with expf and IEEE division), so the tail work is
+    // spread over the lanes rather than repeated by each.
+    auto out_one = [&](int i, float yv, float xv, float zv) {
+        const int64_t b = b0 + i;
+        if (!active || b >= a.batch) return;
+        float r;
+        if (slot[i] < 0) r = 0.f;
+        else if (slot[i] >= a.nslots) r = __int_as_float(0x7fc00000);
+        else {
+            r = yv;
+            if (a.D) r = __fadd_rn(r, __fmul_rn(Dc, xv));
+            if (a.z) r = __fmul_rn(r, ssm_silu_exact(zv));
+        }
+        ((T *)a.out)[b * a.so0 + c * a.so1] = from_f32<T>(r);
+    };
+    if constexpr (TPC >= BPB) {
+        const int ir = part % BPB;
+        float yv = y[0], xv = to_f32<T>(xr[0]), zv = to_f32<T>(zr[0]);
+#pragma unroll
+        for (int i = 1; i < BPB; i++)
+            if (ir == i) { yv = y[i]; xv = to_f32<T>(xr[i]); zv = to_f32<T>(zr[i]); }
+        if (part < BPB) out_one(ir, yv, xv, zv);
+    } else {
+#pragma unroll
+        for (int i = 0; i < BPB; i++)
+            if (part == 0) out_one(i, y[i], to_f32<T>(xr[i]), to_f32<T>(zr[i]));
     }
 }
 
@@ -151,6 +211,7 @@ __global__ void __launch_bounds__(THREADS) step_scalar_kernel(const StepArgs a) 
 
 template <typename T, int TPC, int NV> ssmtp_status_t launch_vec(const StepArgs &a, cudaStream_t s) {
     constexpr int CPB = THREADS / TPC;
+    constexpr int BPB = bpb_of<NV>();
     const dim3 grid((unsigned)((a.dim + CPB - 1) / CPB), (unsigned)((a.batch + BPB - 1) / BPB));
     step_vec_kernel<T, TPC, NV><<<grid, THREADS, 0, s>>>(a);
     SSMTP_CUDA_CHECK_LAUNCH(OP);
@@ -211,8 +272,8 @@ extern "C" ssmtp_status_t ssmtp_cuda_step_fwd(const ssmtp_step_params_t *p, void
     if (a.state_idx) a.sidx = p->state_idx.stride[0];
     a.softplus = p->dt_softplus;
     if (a.batch == 0 || a.dim == 0) return SSMTP_OK;
-    if ((a.batch + BPB - 1) / BPB > 65535)
-        return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": batch=%lld > %d", (long long)a.batch, 65535 * BPB);
+    if ((a.batch + 1) / 2 > 65535)
+        return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": batch=%lld > %d", (long long)a.batch, 65535 * 2);
 
     // float4 state and A rows: 16-byte aligned bases and row strides, contiguous state axis.
     const bool vec = a.N % 4 == 0 && a.ss2 == 1 && a.sA1 == 1 && a.ss0 % 4 == 0 && a.ss1 % 4 == 0 &&
