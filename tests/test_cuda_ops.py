@@ -304,6 +304,19 @@ def test_scan_cuda_vs_cpu(case, dname, monkeypatch):
         close(state.gpu, st_cpu, *STATE_TOL, "final state")
 
 
+TPC_CASES = [c for c in SCAN_CASES if c[0] in ("mamba-like-chan", "long-chunks-lens-pad", "zamba-heads-2",
+                                                 "long-B1-auto-chunks", "dstate-5-nogate", "strided-long-chunks")]
+
+
+@pytest.mark.parametrize("tpc", ["2", "4"])
+@pytest.mark.parametrize("dname", list(DT))
+@pytest.mark.parametrize("case", TPC_CASES, ids=[c[0] for c in TPC_CASES])
+def test_scan_cuda_threads_per_channel(case, dname, tpc, monkeypatch):
+    """d_state <= 16 with the state split over 2 or 4 threads per channel (SSMTP_SCAN_TPC; d_state < 16 pads)."""
+    monkeypatch.setenv("SSMTP_SCAN_TPC", tpc)
+    test_scan_cuda_vs_cpu(case, dname, monkeypatch)
+
+
 def test_scan_cuda_chunked_matches_one_pass(monkeypatch):
     """The three-launch chunked scan and the single pass compute the same function (f32, long, slow decays)."""
     case = ("chunk-vs-pass", 2, 64, 2000, 16, 1, "chan", "load", "perm", [2000, 1500], "zDbs", None)

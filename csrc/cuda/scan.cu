@@ -91,13 +91,15 @@ __device__ __forceinline__ void seq_info(const ScanArgs &a, int64_t b, int64_t *
 template <int NS, int TPC> struct Tile {
     static constexpr bool DB = TPC == 1;
     static constexpr int NSP = NS * TPC;                                // padded states per channel
-    static constexpr int RS = TPC == 1 ? NS : TPC * 20;                 // floats per time step
+    static constexpr int PART = TPC == 1 ? 0 : (NS == 16 ? 20 : NS);    // offset of part p: p * PART
+    static constexpr int RS = TPC == 1 ? NS : TPC * PART;               // floats per time step
     static constexpr int TT = NSP >= 128 ? 16 : 64;                     // steps per tile (<= 40 KB smem per block)
-    static constexpr int PART = TPC == 1 ? 0 : 20;                      // offset of part p: p * PART
-    static constexpr int U = TPC == 1 ? 4 : 4;                          // steps per group (TT % U == 0)
+    static constexpr int U = 4;                                         // steps per group (TT % U == 0)
     static constexpr int PF = (TT * NSP + THREADS - 1) / THREADS;       // tile elements per thread
     static constexpr int BUFS = DB ? 2 : 1;
-    static __device__ __forceinline__ int at(int t, int s) { return t * RS + (TPC == 1 ? s : (s / 16) * 20 + s % 16); }
+    static __device__ __forceinline__ int at(int t, int s) {
+        return t * RS + (TPC == 1 ? s : (s / NS) * PART + s % NS);
+    }
 };
 
 // Passes 1 (FINAL = false: local chunk states) and 3 (FINAL = true: outputs, final state).
@@ -472,7 +474,17 @@ template <typename T> ssmtp_status_t dispatch_n(ScanArgs &a, int device, cudaStr
     if (N <= 2) return Launch<T, 2, 1>::run(a, device, st);
     if (N <= 4) return Launch<T, 4, 1>::run(a, device, st);
     if (N <= 8) return Launch<T, 8, 1>::run(a, device, st);
-    if (N <= 16) return Launch<T, 16, 1>::run(a, device, st);
+    if (N <= 16) {
+        // d_state 9..16 (the models'): one thread per channel by default; 2 or 4 threads per channel (8 or 4 states
+        // each) quadruple the threads when there are few sequences x channels, at the cost of repeating the
+        // per-step softplus/SiLU work per thread. SSMTP_SCAN_TPC overrides (benchmarks).
+        int tpc = 1;
+        const char *env = getenv("SSMTP_SCAN_TPC");
+        if (env && *env) tpc = atoi(env);
+        if (tpc == 2) return Launch<T, 8, 2>::run(a, device, st);
+        if (tpc == 4) return Launch<T, 4, 4>::run(a, device, st);
+        return Launch<T, 16, 1>::run(a, device, st);
+    }
     if (N <= 32) return Launch<T, 16, 2>::run(a, device, st);
     if (N <= 64) return Launch<T, 16, 4>::run(a, device, st);
     if (N <= 128) return Launch<T, 16, 8>::run(a, device, st);
