@@ -30,3 +30,41 @@ def build(family: str, config: str, dtype=torch.float32, seed: int = 0, **overri
     model.generation_config.eos_token_id = None  # always generate the full length
     model.generation_config.pad_token_id = 0
     return model
+
+
+# Zamba (v1). "hf-tester" is HF's ZambaModelTester config (MLP intermediate 37: uneven split at TP 2/4; 2 mamba heads:
+# split across ranks at TP 4). "divisible": one mamba head (split at TP 2 and 4), GQA 8/4 heads, MLP 48. "odd":
+# 4 mamba heads of 18 channels, d_state 8, dt_rank 5, conv width 3, projection biases, MLP 50, three hybrid layers.
+# initializer_range 0.2 (HF default 0.02): at 0.02 the SSM state moves the logits by ~1e-7, below every tolerance, so
+# a wrong state would pass unseen; at 0.2 restarting the scan from a zero state moves them by O(1).
+ZAMBA_CONFIGS = {
+    "hf-tester": dict(vocab_size=VOCAB, hidden_size=64, mamba_dt_rank=32, num_hidden_layers=5, attn_layer_offset=1,
+                      attn_layer_period=8, num_attention_heads=4, num_key_value_heads=4, n_mamba_heads=2,
+                      intermediate_size=37, hidden_act="gelu"),
+    "divisible": dict(vocab_size=VOCAB, hidden_size=64, mamba_dt_rank=8, num_hidden_layers=4,
+                      layers_block_type=["mamba", "hybrid", "mamba", "hybrid"], num_attention_heads=8,
+                      num_key_value_heads=4, n_mamba_heads=1, intermediate_size=48, hidden_act="gelu"),
+    "odd": dict(vocab_size=VOCAB, hidden_size=36, mamba_dt_rank=5, mamba_d_state=8, mamba_d_conv=3,
+                num_hidden_layers=6, layers_block_type=["mamba", "hybrid", "mamba", "mamba", "hybrid", "hybrid"],
+                num_attention_heads=4, num_key_value_heads=4, n_mamba_heads=4, intermediate_size=50,
+                mamba_proj_bias=True, hidden_act="gelu"),
+}
+
+
+def build_zamba(config: str, dtype=torch.float32, seed: int = 0, **overrides):
+    from transformers import ZambaConfig, ZambaForCausalLM
+
+    kw = dict(ZAMBA_CONFIGS[config], pad_token_id=0, bos_token_id=1, eos_token_id=2, use_mamba_kernels=False,
+              attn_implementation="eager", initializer_range=0.2)
+    kw.update(overrides)
+    torch.manual_seed(seed)
+    model = ZambaForCausalLM(ZambaConfig(**kw)).eval()
+    with torch.no_grad():  # HF initialises biases to zero, which would hide a bias applied twice or not at all
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0.0, 0.2)
+    model = model.to(dtype)
+    model.generation_config.eos_token_id = None  # always generate the full length
+    model.generation_config.pad_token_id = 0
+    return model
+

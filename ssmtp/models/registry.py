@@ -40,6 +40,27 @@ register("FalconMambaMixer", "transformers.models.falcon_mamba.modeling_falcon_m
 _MODELS.update({"MambaForCausalLM", "MambaModel", "FalconMambaForCausalLM", "FalconMambaModel"})
 
 
+def _zamba_factory(kind: str):
+    def make(m: nn.Module, comm: Communicator) -> nn.Module:
+        from . import zamba
+
+        if kind == "mixer":
+            return zamba.TPZambaMambaMixer.from_hf(m, comm)
+        if kind == "attention":
+            return zamba.TPZambaAttention.from_hf(m, comm)
+        return zamba.zamba_mlp_from_hf(m, comm)
+
+    return make
+
+
+_ZAMBA = "transformers.models.zamba.modeling_zamba"
+register("ZambaMambaMixer", _ZAMBA, _zamba_factory("mixer"))
+register("ZambaAttention", _ZAMBA, _zamba_factory("attention"))
+register("ZambaMLP", _ZAMBA, _zamba_factory("mlp"))
+_MODELS.update({"ZambaForCausalLM", "ZambaModel"})
+
+
+
 def supported_classes() -> list[str]:
     return sorted(_MODELS)
 
@@ -82,16 +103,19 @@ def parallelize(model: nn.Module, group: Optional["dist.ProcessGroup"] = None, *
     if check:
         _check_same_everywhere(model, comm)
     swapped = 0
-    done: dict[int, nn.Module] = {}  # a module shared by several parents (Zamba's shared block) is sharded once
+    # A module shared by several parents is sharded once; so are distinct modules holding the very same Parameters
+    # (HF ties Zamba's shared block across hybrid layers that way): one copy per rank, not one per use.
+    done: dict[tuple, nn.Module] = {}
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):
             entry = _SWAPS.get(type(child).__name__)
             if entry is None or not type(child).__module__.startswith(entry[0]):
                 continue
-            if id(child) not in done:
-                done[id(child)] = entry[1](child, comm)
+            key = (type(child).__name__, tuple(id(p) for p in child.parameters()) or (id(child),))
+            if key not in done:
+                done[key] = entry[1](child, comm)
                 swapped += 1
-            setattr(parent, child_name, done[id(child)])
+            setattr(parent, child_name, done[key])
     if swapped == 0:
         raise TypeError(f"ssmtp.parallelize: found no supported module inside {cls}; "
                         f"swappable: {', '.join(sorted(_SWAPS))}")
