@@ -1,0 +1,435 @@
+"""Engine benchmark: TTFT cold vs prefix hit, CUDA-graph decode step per batch size, prefill throughput; each against
+the physical floor of shared/reference/measured-h200.md, and HF transformers on the same GPU where it is cheap.
+
+    torchrun --nproc_per_node 1 benchmarks/bench_engine.py --out benchmarks/results
+    torchrun --nproc_per_node 2 benchmarks/bench_engine.py --out benchmarks/results     # adds TP=2 / TP=1 ratios
+    python -m ssmtp bench --model tiny --device cpu --quick                           # smoke run, no GPU
+
+Floors (per rank, TP degree tp):
+  decode step  >= (weight bytes read per step + 2 x B x state bytes per slot) / 4.26 TB/s   (read + write of states)
+               weights read = this rank's mixer shards + norms + the replicated lm_head; + 2 all-reduces per layer
+  prefill      >= 2 x params x tokens / (tp x 790 TFLOP/s)
+Validation before timing: graph decode == eager decode (greedy tokens, logits), prefix-hit == cold prefill (first-token
+logits, greedy tokens). Writes engine-tp{N}.json and engine-tp{N}.png under --out (rank 0) and prints a table last.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import time
+
+import torch
+import torch.distributed as dist
+
+HBM_BPS = 4.26e12  # device-to-device copy, bytes read + written per second (measured-h200.md)
+GEMM_FLOPS = 790e12  # bf16 dense GEMM (measured-h200.md)
+# Figures measured on one H200 on 2026-11-22 (shared/reference/measured-h200.md), NOT from this run:
+REFERENCE = {
+    "note": "measured 2026-11-22 on one H200 (shared/reference/measured-h200.md), not from this run; mamba-2.8b "
+            "shapes, random bf16 weights",
+    "mamba_ssm_cuda_graphs": {"decode_step_ms": {"1": 4.72, "8": 4.84, "64": 6.05, "256": 10.28},
+                              "prefill_tok_s": {"1x512": 9688, "8x512": 68793, "32x2048": 68554}},
+    "hf_pure_torch": {"prefill_tok_s": {"1x512": 179, "8x512": 1156, "32x2048": 1632}, "decode_step_ms": {"1": 105}},
+}
+
+
+def _git_commit() -> str:
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                              timeout=10).stdout.strip() or "unknown"
+    except Exception:
+        return "unknown"
+
+
+class _Timer:
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+        self.device = device
+
+    def sync(self):
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def __call__(self, fn):
+        self.sync()
+        t = time.perf_counter()
+        out = fn()
+        self.sync()
+        return time.perf_counter() - t, out
+
+
+def _barrier():
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _prompts(g: torch.Generator, n: int, length: int, vocab: int) -> list:
+    return torch.randint(3, vocab, (n, length), generator=g).tolist()
+
+
+def _decode_weight_bytes(llm) -> int:
+    """Bytes of weights one decode step reads on this rank: mixers + block norms + final norm + lm_head."""
+    r = llm.runner
+    n = sum(p.numel() * p.element_size() for p in r.mixers.parameters())
+    n += sum(w.numel() * w.element_size() for w in r.norms) + r.norm_f.numel() * r.norm_f.element_size()
+    w = r.head_weight()
+    return n + w.numel() * w.element_size()
+
+
+def _model_params(llm) -> int:
+    """Full-model parameter count (all ranks together)."""
+    r = llm.runner
+    tp = llm.tp
+    n = sum(p.numel() for p in r.mixers.parameters()) * tp  # mixers are sharded (out_proj bias replicated: tiny)
+    n += sum(w.numel() for w in r.norms) + r.norm_f.numel() + r.embed.numel()
+    if not r.tied:
+        n += r.lm_head.numel()
+    return n
+
+
+def run(args) -> dict:
+    from ..presets import PRESETS  # noqa: F401
+    from .launch import init_distributed
+    from .llm import LLM
+
+    world, rank, dev = init_distributed()
+    device = torch.device(args.device) if args.device else dev
+    if device.type == "cuda" and device.index is None:
+        device = dev
+    quick = args.quick
+    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[args.dtype]
+    decode_bs = [int(b) for b in args.decode_batches.split(",") if b]
+    prefill_cases = [tuple(int(v) for v in c.split("x")) for c in args.prefill.split(",") if c]
+    max_b = max(decode_bs + [b for b, _ in prefill_cases])
+    max_prefill_tokens = max(b * n for b, n in prefill_cases) if prefill_cases else 16384
+    max_prefill_tokens = max(max_prefill_tokens, args.ttft_len)
+    log = (lambda *a: print(*a, flush=True)) if rank == 0 else (lambda *a: None)
+    timer = _Timer(device)
+    t_start = time.perf_counter()
+
+    llm = LLM(args.model, device=device, dtype=dtype, max_batch=max_b, prefix_interval=args.prefix_interval,
+              prefix_cache_memory=int(args.prefix_cache_gib * 2**30), max_prefill_tokens=max_prefill_tokens,
+              cuda_graphs=device.type == "cuda" and not args.no_graphs, seed=args.seed, progress=rank == 0)
+    V = llm.vocab_size
+    g = torch.Generator().manual_seed(args.seed)
+    res: dict = {
+        "meta": {"commit": _git_commit(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                 "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                 "torch": torch.__version__, "tp": world, "model": args.model, "dtype": args.dtype,
+                 "prefix_interval": args.prefix_interval, "graphs": llm.graphs is not None,
+                 "allreduce_backend": getattr(llm.comm, "backend", "?"), "load_s": time.perf_counter() - t_start},
+        "floors": {"hbm_bytes_per_s": HBM_BPS, "gemm_flops": GEMM_FLOPS},
+    }
+    weight_bytes = _decode_weight_bytes(llm)
+    slot_bytes = llm.pool.slot_bytes
+    params = _model_params(llm)
+    res["floors"].update(weight_bytes_per_rank=weight_bytes, state_bytes_per_slot_per_rank=slot_bytes,
+                         params=params)
+    log(f"[bench] {args.model} {args.dtype} tp={world} on {res['meta']['device']}: loaded in "
+        f"{res['meta']['load_s']:.1f} s; {weight_bytes / 1e9:.2f} GB weights read per decode step per rank, "
+        f"{slot_bytes / 1e6:.2f} MB state per sequence per rank")
+
+    # ------------------------------------------------------------------ validation (before any timing)
+    val: dict = {}
+    vp = _prompts(g, 4, 24, V)
+    a = llm.generate(vp, max_new_tokens=8, ignore_eos=True, use_prefix_cache=False, return_logits=True)
+    if llm.graphs is not None:
+        graphs, llm.graphs = llm.graphs, None
+        b = llm.generate(vp, max_new_tokens=8, ignore_eos=True, use_prefix_cache=False, return_logits=True)
+        llm.graphs = graphs
+        val["graph_vs_eager_tokens_equal"] = all(x.token_ids == y.token_ids for x, y in zip(a, b))
+        val["graph_vs_eager_max_abs_logit_diff"] = max(
+            float((lx - ly).abs().max()) for x, y in zip(a, b) for lx, ly in zip(x.logits, y.logits))
+    L0 = 3 * args.prefix_interval + 37  # a shared prefix that is not a multiple of K
+    shared = _prompts(g, 1, L0, V)[0]
+    first = shared + _prompts(g, 1, 64, V)[0]
+    second = shared + _prompts(g, 1, 200, V)[0]
+    llm.generate([first], max_new_tokens=1, ignore_eos=True)
+    llm.generate([shared + _prompts(g, 1, 50, V)[0]], max_new_tokens=1, ignore_eos=True)  # learns the branch point
+    hit = llm.generate([second], max_new_tokens=4, ignore_eos=True, return_logits=True)[0]
+    cold = llm.generate([second], max_new_tokens=4, ignore_eos=True, return_logits=True, use_prefix_cache=False)[0]
+    val["prefix_hit_cached_tokens"] = hit.cached_tokens
+    val["prefix_hit_expected_cached_tokens"] = L0
+    val["prefix_hit_tokens_equal"] = hit.token_ids == cold.token_ids
+    ref = cold.logits[0].abs().max().item()
+    val["prefix_hit_first_logits_max_abs_diff"] = float((hit.logits[0] - cold.logits[0]).abs().max())
+    val["prefix_hit_first_logits_rel_diff"] = val["prefix_hit_first_logits_max_abs_diff"] / max(ref, 1e-30)
+    res["validation"] = val
+    log(f"[bench] validation: {val}")
+
+    # ------------------------------------------------------------------ TTFT
+    L = args.ttft_len
+    P = int(round(args.ttft_hit * L))
+    reps = 1 if quick else args.ttft_reps
+    t_cold, t_nocache, t_sib, t_hit, c_sib, c_hit = [], [], [], [], [], []
+    llm.generate(_prompts(g, 1, L, V), max_new_tokens=1, ignore_eos=True, use_prefix_cache=False)  # warm-up shapes
+    for _ in range(reps):
+        _barrier()
+        t, o = timer(lambda: llm.generate(_prompts(g, 1, L, V), max_new_tokens=1, ignore_eos=True))
+        t_cold.append(t)
+        t, o = timer(lambda: llm.generate(_prompts(g, 1, L, V), max_new_tokens=1, ignore_eos=True,
+                                          use_prefix_cache=False))
+        t_nocache.append(t)
+        pre = _prompts(g, 1, P, V)[0]
+        llm.generate([pre + _prompts(g, 1, L - P, V)[0]], max_new_tokens=1, ignore_eos=True)  # fills the cache
+        t, o = timer(lambda: llm.generate([pre + _prompts(g, 1, L - P, V)[0]], max_new_tokens=1, ignore_eos=True))
+        t_sib.append(t)
+        c_sib.append(o[0].cached_tokens)
+        t, o = timer(lambda: llm.generate([pre + _prompts(g, 1, L - P, V)[0]], max_new_tokens=1, ignore_eos=True))
+        t_hit.append(t)
+        c_hit.append(o[0].cached_tokens)
+    med = statistics.median
+    res["ttft"] = {"prompt_len": L, "shared_prefix": P, "reps": reps,
+                   "cold_s": med(t_cold), "cold_no_prefix_cache_s": med(t_nocache),
+                   "first_sibling_s": med(t_sib), "first_sibling_cached_tokens": c_sib[-1],
+                   "hit_s": med(t_hit), "hit_cached_tokens": c_hit[-1],
+                   "hit_over_cold": med(t_hit) / med(t_cold),
+                   "hit_over_cold_no_prefix_cache": med(t_hit) / med(t_nocache),
+                   "target_hit_over_cold": 0.15}
+    log(f"[bench] ttft: {res['ttft']}")
+
+    # ------------------------------------------------------------------ decode steps
+    dec = {}
+    n_tok = 8 if quick else args.decode_tokens
+    for B in decode_bs:
+        if llm.graphs is not None:
+            llm.graphs.capture(llm.graphs.bucket(B))
+        ps = _prompts(g, B, 16, V)
+        llm.generate(ps, max_new_tokens=3, ignore_eos=True, use_prefix_cache=False)  # warm-up
+        _barrier()
+        t1, _ = timer(lambda: llm.generate(ps, max_new_tokens=1, ignore_eos=True, use_prefix_cache=False))
+        tn, _ = timer(lambda: llm.generate(ps, max_new_tokens=n_tok + 1, ignore_eos=True, use_prefix_cache=False))
+        engine_ms = (tn - t1) / n_tok * 1e3
+        graph_ms = None
+        if llm.graphs is not None:
+            slots = llm.pool.allocate(B)
+            bs = llm.graphs.set_inputs(torch.randint(3, V, (B,), generator=g).tolist(), slots)
+            for _ in range(3):
+                llm.graphs.replay(bs)
+            iters = 20 if quick else args.graph_iters
+            ts = []
+            for _ in range(iters):
+                e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                e0.record()
+                llm.graphs.replay(bs)
+                e1.record()
+                e1.synchronize()
+                ts.append(e0.elapsed_time(e1))
+            graph_ms = med(ts)
+            llm.pool.free(slots)
+        floor_ms = (weight_bytes + 2 * B * slot_bytes) / HBM_BPS * 1e3
+        best = graph_ms if graph_ms is not None else engine_ms
+        dec[str(B)] = {"engine_step_ms": engine_ms, "graph_step_ms": graph_ms, "floor_ms": floor_ms,
+                       "over_floor": best / floor_ms, "tok_s": B / best * 1e3,
+                       "weight_floor_ms": weight_bytes / HBM_BPS * 1e3}
+        log(f"[bench] decode B={B}: {dec[str(B)]}")
+    res["decode"] = dec
+
+    # ------------------------------------------------------------------ prefill
+    pre_res = {}
+    for B, n in prefill_cases:
+        ps = _prompts(g, B, n, V)
+        llm.generate(ps, max_new_tokens=1, ignore_eos=True, use_prefix_cache=False)  # warm-up (allocator, GEMM algos)
+        ts = []
+        for _ in range(1 if quick else 2):
+            ps = _prompts(g, B, n, V)
+            _barrier()
+            t, _ = timer(lambda: llm.generate(ps, max_new_tokens=1, ignore_eos=True, use_prefix_cache=False))
+            ts.append(t)
+        t = min(ts)
+        floor_s = 2 * params * B * n / (world * GEMM_FLOPS)
+        pre_res[f"{B}x{n}"] = {"s": t, "tok_s": B * n / t, "floor_s": floor_s, "floor_tok_s": B * n / floor_s,
+                               "over_floor": t / floor_s, "gemm_fraction": floor_s / t}
+        log(f"[bench] prefill {B}x{n}: {pre_res[f'{B}x{n}']}")
+    res["prefill"] = pre_res
+
+    # ------------------------------------------------------------------ HF transformers, same GPU, small cases
+    if world == 1 and device.type == "cuda" and not args.no_hf and args.model in ("mamba-2.8b", "falcon-mamba-7b"):
+        res["hf"] = _hf_same_run(llm, args, device, dtype, g)
+        log(f"[bench] hf: {res['hf']}")
+    res["reference_not_this_run"] = REFERENCE
+    res["meta"]["total_s"] = time.perf_counter() - t_start
+    res["stats"] = llm.stats()
+    llm.close()
+    return res
+
+
+def _hf_same_run(llm, args, device, dtype, g) -> dict:
+    """HF transformers' own model (pure-torch path on this machine) on B=1, L=512: prefill and decode step."""
+    from transformers import FalconMambaForCausalLM, MambaForCausalLM
+
+    from ..presets import preset_config
+
+    cfg = preset_config(args.model, hf=True)
+    cls = FalconMambaForCausalLM if cfg.model_type == "falcon_mamba" else MambaForCausalLM
+    out = {}
+    try:
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = cls(cfg).to(dtype).eval()
+        ids = torch.tensor(_prompts(g, 1, 512, llm.vocab_size), device=device)
+        timer = _Timer(device)
+        with torch.no_grad():
+            model(ids[:, :64])  # warm-up
+            t_pre, _ = timer(lambda: model(ids, use_cache=True))
+            n = 4
+            t_gen, _ = timer(lambda: model.generate(ids, max_new_tokens=n + 1, min_new_tokens=n + 1, do_sample=False))
+        out = {"workload": "B=1 L=512", "prefill_s": t_pre, "prefill_tok_s": 512 / t_pre,
+               "decode_step_ms": (t_gen - t_pre) / n * 1e3}
+        del model
+        torch.cuda.empty_cache()
+    except Exception as e:  # HF is a comparison, not the subject: report why it is missing
+        out = {"error": f"{type(e).__name__}: {e}"}
+    return out
+
+
+def _plot(res: dict, path: str) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    tp = res["meta"]["tp"]
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
+    bs = list(res["decode"])
+    meas = [res["decode"][b]["graph_step_ms"] or res["decode"][b]["engine_step_ms"] for b in bs]
+    eng = [res["decode"][b]["engine_step_ms"] for b in bs]
+    flo = [res["decode"][b]["floor_ms"] for b in bs]
+    x = range(len(bs))
+    ax[0].bar([i - 0.27 for i in x], meas, 0.27, label="ssmtp graph step")
+    ax[0].bar(list(x), eng, 0.27, label="ssmtp engine step (host incl.)")
+    ax[0].bar([i + 0.27 for i in x], flo, 0.27, label="HBM floor")
+    ref = REFERENCE["mamba_ssm_cuda_graphs"]["decode_step_ms"]
+    if res["meta"]["model"] == "mamba-2.8b":
+        ax[0].plot(list(x), [ref.get(b, float("nan")) for b in bs], "k*", label="mamba_ssm (ref., not this run)")
+    ax[0].set_xticks(list(x), [f"B={b}" for b in bs])
+    ax[0].set_ylabel("ms per decode step")
+    ax[0].set_title(f"decode, tp={tp}")
+    ax[0].legend(fontsize=7)
+    cs = list(res["prefill"])
+    ax[1].bar([i - 0.2 for i in range(len(cs))], [res["prefill"][c]["tok_s"] for c in cs], 0.4, label="ssmtp")
+    ax[1].bar([i + 0.2 for i in range(len(cs))], [res["prefill"][c]["floor_tok_s"] for c in cs], 0.4,
+              label="GEMM floor")
+    ax[1].set_xticks(range(len(cs)), cs)
+    ax[1].set_ylabel("prefill tokens/s")
+    ax[1].set_title("prefill")
+    ax[1].legend(fontsize=7)
+    t = res["ttft"]
+    names = ["cold\n(no cache)", "cold", "1st sibling", "hit"]
+    vals = [t["cold_no_prefix_cache_s"], t["cold_s"], t["first_sibling_s"], t["hit_s"]]
+    ax[2].bar(names, [v * 1e3 for v in vals])
+    ax[2].set_ylabel("ms")
+    ax[2].set_title(f"TTFT, {t['prompt_len']}-token prompt, {t['shared_prefix']} shared")
+    fig.suptitle(f"ssmtp engine, {res['meta']['model']} {res['meta']['dtype']}, {res['meta']['device']}, "
+                 f"commit {res['meta']['commit'][:10]}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _compare(res: dict, out_dir: str) -> dict:
+    """Ratios against the TP=1 result in the same folder (when this run is TP > 1)."""
+    p = os.path.join(out_dir, "engine-tp1.json")
+    if res["meta"]["tp"] == 1 or not os.path.isfile(p):
+        return {}
+    with open(p) as f:
+        base = json.load(f)
+    cmp = {"against": p, "decode_step_over_tp1": {}, "prefill_time_over_tp1": {}}
+    for b, d in res["decode"].items():
+        if b in base.get("decode", {}):
+            mine = d["graph_step_ms"] or d["engine_step_ms"]
+            theirs = base["decode"][b]["graph_step_ms"] or base["decode"][b]["engine_step_ms"]
+            cmp["decode_step_over_tp1"][b] = mine / theirs
+    for c, d in res["prefill"].items():
+        if c in base.get("prefill", {}):
+            cmp["prefill_time_over_tp1"][c] = d["s"] / base["prefill"][c]["s"]
+    cmp["target_b256_step_over_tp1"] = 0.55
+    return cmp
+
+
+def _table(res: dict) -> str:
+    tp = res["meta"]["tp"]
+    lines = [f"ssmtp engine bench: {res['meta']['model']} {res['meta']['dtype']} tp={tp} on {res['meta']['device']} "
+             f"(commit {res['meta']['commit'][:10]})",
+             f"{'figure':38s} {'measured':>12s} {'floor':>10s} {'x floor':>8s}  note"]
+    for b, d in res["decode"].items():
+        m = d["graph_step_ms"] or d["engine_step_ms"]
+        note = f"engine step {d['engine_step_ms']:.3f} ms"
+        if b == "1" and tp == 1:
+            note += f"; target <= 1.3x weight floor ({d['weight_floor_ms']:.2f} ms)"
+        lines.append(f"{'decode step B=' + b + ' (ms)':38s} {m:12.3f} {d['floor_ms']:10.3f} {d['over_floor']:8.2f}  "
+                     f"{note}")
+    for c, d in res["prefill"].items():
+        lines.append(f"{'prefill ' + c + ' (tok/s)':38s} {d['tok_s']:12.0f} {d['floor_tok_s']:10.0f} "
+                     f"{d['over_floor']:8.2f}  {d['s'] * 1e3:.1f} ms")
+    t = res["ttft"]
+    lines.append(f"{'TTFT cold (ms)':38s} {t['cold_s'] * 1e3:12.1f} {'':10s} {'':8s}  prefix cache on "
+                 f"(no cache: {t['cold_no_prefix_cache_s'] * 1e3:.1f} ms)")
+    lines.append(f"{'TTFT 1st sibling (ms)':38s} {t['first_sibling_s'] * 1e3:12.1f} {'':10s} {'':8s}  "
+                 f"{t['first_sibling_cached_tokens']} cached")
+    lines.append(f"{'TTFT prefix hit (ms)':38s} {t['hit_s'] * 1e3:12.1f} {'':10s} {'':8s}  "
+                 f"{t['hit_cached_tokens']}/{t['prompt_len']} cached; hit/cold = {t['hit_over_cold']:.3f} "
+                 f"(target <= 0.15)")
+    if "hf" in res and "error" not in res["hf"]:
+        h = res["hf"]
+        lines.append(f"{'HF prefill 1x512 (tok/s), this run':38s} {h['prefill_tok_s']:12.0f}")
+        lines.append(f"{'HF decode step B=1 (ms), this run':38s} {h['decode_step_ms']:12.2f}")
+    for k, v in res.get("compare_tp1", {}).get("decode_step_over_tp1", {}).items():
+        lines.append(f"{'decode step B=' + k + ' tp' + str(tp) + '/tp1':38s} {v:12.3f}"
+                     + ("  target <= 0.55" if k == "256" else ""))
+    for k, v in res["validation"].items():
+        lines.append(f"validation {k}: {v}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ssmtp bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="mamba-2.8b", help="preset, HF directory or hub id")
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    ap.add_argument("--device", default=None, help="cuda (this rank's GPU, default when present) or cpu")
+    ap.add_argument("--out", default=None, help="folder for engine-tp{N}.json / .png (rank 0 writes)")
+    ap.add_argument("--decode-batches", default="1,8,64,256", help="decode batch sizes, comma-separated")
+    ap.add_argument("--decode-tokens", type=int, default=32, help="tokens per engine decode timing")
+    ap.add_argument("--graph-iters", type=int, default=50, help="graph replays timed per batch size (median)")
+    ap.add_argument("--prefill", default="1x512,8x512,32x2048", help="prefill cases BxL, comma-separated")
+    ap.add_argument("--ttft-len", type=int, default=8192, help="prompt length for the TTFT figures")
+    ap.add_argument("--ttft-hit", type=float, default=0.9, help="fraction of the prompt shared with an earlier one")
+    ap.add_argument("--ttft-reps", type=int, default=3, help="repetitions of each TTFT case (median)")
+    ap.add_argument("--prefix-interval", type=int, default=512, help="prefix-cache checkpoint interval K")
+    ap.add_argument("--prefix-cache-gib", type=float, default=4.0, help="prefix cache budget per rank, GiB")
+    ap.add_argument("--no-graphs", action="store_true", help="eager decode (no CUDA graphs)")
+    ap.add_argument("--no-hf", action="store_true", help="skip the HF transformers comparison")
+    ap.add_argument("--quick", action="store_true", help="one repetition of everything (smoke runs)")
+    ap.add_argument("--seed", type=int, default=0)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from .launch import shutdown
+
+    try:
+        res = run(args)
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        if rank == 0:
+            if args.out:
+                os.makedirs(args.out, exist_ok=True)
+                res["compare_tp1"] = _compare(res, args.out)
+                tp = res["meta"]["tp"]
+                with open(os.path.join(args.out, f"engine-tp{tp}.json"), "w") as f:
+                    json.dump(res, f, indent=1)
+                if not _plot(res, os.path.join(args.out, f"engine-tp{tp}.png")):
+                    print("[bench] matplotlib missing: no plot written", flush=True)
+            print(_table(res), flush=True)
+    finally:
+        shutdown()
+    return 0

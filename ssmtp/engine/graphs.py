@@ -1,0 +1,128 @@
+"""CUDA-graph decode: one graph per batch-size bucket, replayed for every decode step.
+
+Each graph runs the whole decode step of ``runner.decode`` - embeddings, every layer's in_proj, conv step, x_proj +
+all-reduce, SSM state update, out_proj + all-reduce, the final norm and lm_head - from static buffers:
+    inputs   (2, max_bs) int64 device buffer: row 0 token ids, row 1 slot index (-1 = padding row)
+    outputs  logits (bs, V) fp32, and their argmax (bs,) int64 (greedy rows need nothing else)
+One host-to-device copy of the (2, bs) inputs per step (from pinned memory), one replay, no Python per layer. The
+slot pool's tensors have fixed addresses, so the graphs read and write the states in place; padding rows (slot -1)
+leave every slot untouched, which is also what makes warm-up safe: it runs with all rows as padding.
+
+All-reduces are captured inside the graphs (torch.distributed NCCL collectives and the communicator's own backends
+are capturable). Every rank captures the same buckets in the same order (decided from the batch size alone), so the
+collectives line up. Graphs share one memory pool; the larger buckets are captured first when pre-capturing.
+"""
+from __future__ import annotations
+
+import bisect
+import logging
+from typing import Optional, Sequence
+
+import torch
+
+from .state_cache import SlotPool
+
+log = logging.getLogger("ssmtp")
+
+DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def buckets_for(max_batch: int, sizes: Optional[Sequence[int]] = None) -> list[int]:
+    sizes = sorted({int(s) for s in (sizes or DEFAULT_BUCKETS) if 0 < int(s) <= max_batch})
+    if not sizes or sizes[-1] < max_batch:
+        sizes.append(max_batch)
+    return sizes
+
+
+class GraphDecoder:
+    def __init__(self, runner, pool: SlotPool, max_batch: int, sizes: Optional[Sequence[int]] = None):
+        if pool.device.type != "cuda":
+            raise ValueError("CUDA graphs need the model and the slot pool on a CUDA device")
+        self.runner = runner
+        self.pool = pool
+        self.device = pool.device
+        self.sizes = buckets_for(max_batch, sizes)
+        self.max_bs = self.sizes[-1]
+        self._inputs = torch.zeros(2, self.max_bs, dtype=torch.int64, device=self.device)
+        self._staging = torch.zeros(2, self.max_bs, dtype=torch.int64).pin_memory()
+        self._graphs: dict[int, tuple] = {}  # bs -> (graph, logits, argmax)
+        self._mempool = torch.cuda.graph_pool_handle()
+
+    def bucket(self, n: int) -> int:
+        i = bisect.bisect_left(self.sizes, n)
+        if i == len(self.sizes):
+            raise ValueError(f"decode batch of {n} exceeds the largest captured bucket {self.max_bs}")
+        return self.sizes[i]
+
+    @property
+    def captured(self) -> list[int]:
+        return sorted(self._graphs)
+
+    def _body(self, bs: int):
+        ids = self._inputs[0, :bs]
+        idx = self._inputs[1, :bs].to(torch.int32)
+        pos = torch.zeros_like(ids)  # Mamba ignores positions; a hybrid runner takes them from its own buffers
+        logits = self.runner.decode(ids, pos, idx, self.pool)
+        return logits, logits.argmax(-1)
+
+    @torch.no_grad()
+    def capture(self, bs: int) -> None:
+        if bs in self._graphs:
+            return
+        self._inputs[0, :bs].zero_()
+        self._inputs[1, :bs].fill_(-1)  # warm-up rows are padding: no slot is touched
+        s = torch.cuda.Stream(self.device)
+        s.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(s):
+            for _ in range(2):
+                self._body(bs)
+        torch.cuda.current_stream(self.device).wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g, pool=self._mempool):
+            logits, greedy = self._body(bs)
+        self._graphs[bs] = (g, logits, greedy)
+        log.info("ssmtp: captured the decode graph for batch %d", bs)
+
+    def capture_all(self, progress: bool = False) -> None:
+        sizes = sorted(self.sizes, reverse=True)
+        if progress:
+            try:
+                from tqdm.auto import tqdm
+
+                sizes = tqdm(sizes, desc="capturing decode graphs", unit="graph")
+            except ImportError:  # pragma: no cover
+                pass
+        for bs in sizes:
+            self.capture(bs)
+
+    def run(self, ids: Sequence[int], slots: Sequence[int]):
+        """Decode one token for each of n rows; returns (logits (n, V) fp32, greedy tokens (n,) int64) - views of the
+        graph's output buffers, valid until the next run."""
+        n = len(ids)
+        bs = self.bucket(n)
+        if bs not in self._graphs:
+            self.capture(bs)
+        st = self._staging
+        st[0, :n] = torch.as_tensor(ids, dtype=torch.int64)
+        st[1, :n] = torch.as_tensor(slots, dtype=torch.int64)
+        if bs > n:
+            st[0, n:bs] = 0
+            st[1, n:bs] = -1
+        self._inputs[:, :bs].copy_(st[:, :bs], non_blocking=True)
+        g, logits, greedy = self._graphs[bs]
+        g.replay()
+        return logits[:n], greedy[:n]
+
+    def replay(self, bs: int) -> None:
+        """Replay a captured bucket on whatever its input buffer holds (benchmarks)."""
+        self._graphs[bs][0].replay()
+
+    def set_inputs(self, ids: Sequence[int], slots: Sequence[int]) -> int:
+        """Fill the input buffers for a batch (benchmarks); returns the bucket."""
+        n = len(ids)
+        bs = self.bucket(n)
+        self._inputs[0, :bs] = 0
+        self._inputs[1, :bs] = -1
+        self._inputs[0, :n] = torch.as_tensor(ids, dtype=torch.int64, device=self.device)
+        self._inputs[1, :n] = torch.as_tensor(slots, dtype=torch.int64, device=self.device)
+        return bs

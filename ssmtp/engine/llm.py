@@ -1,0 +1,586 @@
+"""ssmtp.LLM: the batch generation engine (continuous batching over a slot pool, prefix state cache, CUDA graphs).
+
+    llm = ssmtp.LLM("mamba-2.8b", max_batch=64)               # preset, HF directory, hub id or HF model object
+    outs = llm.generate([[1, 2, 3], [4, 5]], max_new_tokens=32, temperature=0.7, top_p=0.9, seed=1)
+    outs[0].token_ids, outs[0].cached_tokens, outs[0].finish_reason
+
+Under torchrun every rank constructs the same LLM and calls the same methods with the same arguments; each rank holds
+its shard of the model and of every state. Scheduling decisions are made from token ids and request order only, so
+all ranks take the same ones; sampled tokens are broadcast from rank 0.
+
+One engine step (``step()``):
+  1. admit waiting requests while fewer than max_batch run and slots are free: look up the longest cached prefix,
+     copy its states into the new slot (or zero it), plan the prefill chunk boundaries (prefix-cache save points and
+     the max_prefill_tokens limit). A request whose shared prefix another running prefill is about to save waits one
+     step for it instead of recomputing it.
+  2. one prefill chunk for the prefilling requests (right-padded batch, seq_lens, state_idx; every row continues from
+     its slot); save states at save points; requests whose prompt is done sample their first token.
+  3. one decode step for every decoding request (a CUDA graph of the bucket's batch size, or eager), sample, and
+     retire finished requests (their slots are freed and zeroed when handed out again).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field, replace
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..parallel.comm import Communicator, get_communicator
+from .graphs import GraphDecoder
+from .prefix_cache import BranchIndex, PrefixCache, PrefixKey, as_tokens, chain_hashes
+from .runner import runner_class
+from .sampling import SamplingParams, sample
+from .state_cache import SlotPool, bytes_per_slot
+
+log = logging.getLogger("ssmtp")
+
+WAITING, PREFILL, DECODE, DONE = "waiting", "prefill", "decode", "done"
+_DEFAULT_MAX_MODEL_LEN = 1 << 17  # SSMs have no positional limit; this bounds a request's host-side work
+
+
+@dataclass
+class RequestOutput:
+    """One finished request. finish_reason: "length" (max_new_tokens reached), "stop" (a stop/eos token was
+    produced; it is included in token_ids) or "error" (the request was rejected; ``error`` says why)."""
+
+    index: int
+    prompt_token_ids: list
+    token_ids: list
+    finish_reason: str
+    cached_tokens: int = 0  # prompt tokens resumed from the prefix cache instead of prefilled
+    text: Optional[str] = None
+    error: Optional[str] = None
+    ttft_s: Optional[float] = None  # time from submission to the first token
+    latency_s: Optional[float] = None
+    logits: Optional[list] = None  # per generated token, (V,) fp32 CPU tensors, when asked for
+
+
+@dataclass(eq=False)
+class _Request:
+    id: int
+    prompt: np.ndarray
+    params: SamplingParams
+    seed: int
+    stop: frozenset
+    want_logits: bool = False
+    use_cache: bool = True
+    state: str = WAITING
+    slot: int = -1
+    progress: int = 0  # prompt tokens already in the slot's state
+    cached: int = 0
+    chains: list = field(default_factory=list)
+    save_points: dict = field(default_factory=dict)  # position -> PrefixKey
+    out: list = field(default_factory=list)
+    logits: list = field(default_factory=list)
+    t_submit: float = 0.0
+    t_first: Optional[float] = None
+    finish_reason: Optional[str] = None
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt)
+
+
+def _budget_bytes(value, device: torch.device, what: str) -> int:
+    """An int = bytes; a float in (0, 1] = that fraction of the device's free memory now."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{what} must be bytes (int) or a fraction of free memory in (0, 1], got {value!r}")
+    if isinstance(value, float):
+        if not 0 < value <= 1:
+            raise ValueError(f"{what} as a fraction of free memory must be in (0, 1], got {value}")
+        if device.type == "cuda":
+            free = torch.cuda.mem_get_info(device)[0]
+        else:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return int(free * value)
+    if value < 0:
+        raise ValueError(f"{what} must be >= 0 bytes, got {value}")
+    return int(value)
+
+
+class LLM:
+    """Batch generation with a tensor-parallel SSM (Mamba / Falcon-Mamba).
+
+    model               preset name (ssmtp.presets.PRESETS), HF-format directory, hub id, or an HF model object
+                        (MambaForCausalLM / FalconMambaForCausalLM, plain or already ssmtp.parallelize'd); None =
+                        the embedded small model (ssmtp/data/tiny-mamba-bytes when present, else the "tiny" preset)
+    group / comm        TP process group (default: the default group, or one process without torch.distributed)
+    device, dtype       default: this rank's current CUDA device and bfloat16, else CPU and float32 (an HF model
+                        object keeps its own dtype)
+    max_batch           most requests running at once (prefill + decode); also the largest decode graph
+    num_slots           state slots (default max_batch); or state_memory: bytes, or a fraction of free memory
+    max_model_len       longest prompt + max_new_tokens accepted (SSMs have no positional limit; default 131072)
+    prefix_cache        keep prefix states (True), with prefix_interval (K) and prefix_cache_memory (bytes or a
+                        fraction of free memory; default: 10% of free GPU memory up to 8 GiB, 256 MiB on a CPU)
+    cache_generated     also save the state at the end of each finished request (multi-turn prompts then hit)
+    cuda_graphs         capture decode graphs per batch bucket (default: on for CUDA); graph_batch_sizes
+    max_prefill_tokens  padded tokens per prefill step (batch x longest chunk); also the longest chunk
+    tokenizer           for text prompts (default: the checkpoint's, or the tiny presets' byte tokenizer)
+    seed                engine seed: requests without their own seed get seed*1000003 + request number
+    """
+
+    def __init__(self, model=None, *, group: Optional["dist.ProcessGroup"] = None,
+                 comm: Optional[Communicator] = None, device=None, dtype: Optional[torch.dtype] = None,
+                 max_batch: int = 64, num_slots: Optional[int] = None, state_memory=None,
+                 max_model_len: Optional[int] = None, prefix_cache: bool = True, prefix_interval: int = 512,
+                 prefix_cache_memory=None, cache_generated: bool = True, cuda_graphs: Optional[bool] = None,
+                 graph_batch_sizes: Optional[Sequence[int]] = None, max_prefill_tokens: Optional[int] = None,
+                 tokenizer=None, seed: int = 0, progress: bool = True, check_same_model: bool = True):
+        from ..loading import HFModelSource, resolve
+
+        for name, v, lo in (("max_batch", max_batch, 1), ("prefix_interval", prefix_interval, 1)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+        if num_slots is not None and (isinstance(num_slots, bool) or not isinstance(num_slots, int) or num_slots < 1):
+            raise ValueError(f"num_slots must be an integer >= 1, got {num_slots!r}")
+        if num_slots is not None and state_memory is not None:
+            raise ValueError("give num_slots or state_memory, not both")
+        self.comm = comm or get_communicator(group)
+        self.tp, self.rank = self.comm.world_size, self.comm.rank
+        if model is None:
+            from ..presets import default_model
+
+            model = default_model()
+        source = resolve(model)
+        cls = runner_class(source.family)
+        if device is None:
+            device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
+        self.device = device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            self.device = device = torch.device("cuda", torch.cuda.current_device())
+        if isinstance(source, HFModelSource):
+            dtype = dtype or next(model.parameters()).dtype
+            if check_same_model and self.tp > 1 and not _is_parallelized(model):
+                from ..models.registry import _check_same_everywhere
+
+                _check_same_everywhere(model, self.comm)
+            self.runner = cls.from_hf(model, self.comm, dtype, device)
+            gen = getattr(model, "generation_config", None)
+            eos = gen.eos_token_id if gen is not None else model.config.eos_token_id
+        else:
+            dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+            self.runner = cls.build(source, self.comm, dtype, device, progress=progress)
+            eos = source.config.eos_token_id
+        self.runner.eval()
+        self.source_name = source.name
+        self.config = source.config
+        self.dtype = dtype
+        self.vocab_size = self.runner.vocab_size
+        self.tokenizer = tokenizer if tokenizer is not None else source.tokenizer
+        self.eos = frozenset([eos] if isinstance(eos, int) else (eos or []))
+        self.seed = int(seed)
+
+        specs = self.runner.state_specs()
+        if num_slots is None:
+            if state_memory is None:
+                num_slots = max_batch
+            else:
+                num_slots = _budget_bytes(state_memory, device, "state_memory") // bytes_per_slot(specs)
+                if num_slots < 1:
+                    raise ValueError(f"state_memory={state_memory!r} holds no sequence: one needs "
+                                     f"{bytes_per_slot(specs) / 2**20:.2f} MiB on this rank")
+        self.num_slots = self._agree_min(num_slots)
+        self.max_batch = min(max_batch, self.num_slots)
+        self.pool = SlotPool(specs, self.num_slots, device)
+
+        entry = PrefixCache.entry_bytes(specs, self.vocab_size)
+        cap = 0
+        if prefix_cache:
+            if prefix_cache_memory is None:
+                budget = (min(8 << 30, int(0.1 * torch.cuda.mem_get_info(device)[0])) if device.type == "cuda"
+                          else 256 << 20)
+            else:
+                budget = _budget_bytes(prefix_cache_memory, device, "prefix_cache_memory")
+            cap = self._agree_min(budget // entry)
+        self.prefix = PrefixCache(specs, cap, prefix_interval, self.vocab_size, device)
+        self.branches = BranchIndex(prefix_interval)
+        self.cache_generated = cache_generated
+        # wait for another running request to save a longer prefix of this prompt when that spares this many tokens:
+        # the owner computes those tokens in the same steps this request would, so waiting costs it no extra steps
+        self.defer_min_tokens = 1
+
+        self.max_model_len = int(max_model_len or _DEFAULT_MAX_MODEL_LEN)
+        if max_prefill_tokens is None:
+            max_prefill_tokens = 16384 if device.type == "cuda" else 2048
+        if isinstance(max_prefill_tokens, bool) or not isinstance(max_prefill_tokens, int) or max_prefill_tokens < 1:
+            raise ValueError(f"max_prefill_tokens must be an integer >= 1, got {max_prefill_tokens!r}")
+        self.max_prefill_tokens = max_prefill_tokens
+
+        if cuda_graphs is None:
+            cuda_graphs = device.type == "cuda"
+        if cuda_graphs and device.type != "cuda":
+            raise ValueError("cuda_graphs=True needs a CUDA device")
+        self.graphs = GraphDecoder(self.runner, self.pool, self.max_batch, graph_batch_sizes) if cuda_graphs else None
+
+        self._src = dist.get_global_rank(self.comm.group, 0) if (self.tp > 1 and self.comm.group is not None) else 0
+        self._next_id = 0
+        self._waiting: list[_Request] = []
+        self._running: list[_Request] = []
+        self._done: dict[int, RequestOutput] = {}
+        self.steps = {"prefill": 0, "decode": 0}
+        log.info("ssmtp.LLM: %s %s on %s, tp=%d, %d slots (%.1f MiB each), prefix cache %d entries (K=%d)",
+                 source.name, str(dtype).replace("torch.", ""), device, self.tp, self.num_slots,
+                 self.pool.slot_bytes / 2**20, cap, prefix_interval)
+
+    # ------------------------------------------------------------------ cross-rank agreement
+
+    def _agree_min(self, value: int) -> int:
+        """The minimum of an integer over the TP ranks (sizes derived from free memory can differ per rank)."""
+        if self.tp == 1:
+            return int(value)
+        t = torch.tensor([int(value)], dtype=torch.int64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.comm.group)
+        return int(t.item())
+
+    def _agree(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Rank 0's sampled tokens on every rank (one small broadcast per step)."""
+        if self.tp > 1:
+            tokens = tokens.contiguous()
+            dist.broadcast(tokens, src=self._src, group=self.comm.group)
+        return tokens
+
+    # ------------------------------------------------------------------ requests
+
+    def _params(self, base, i: int, overrides: dict) -> SamplingParams:
+        if isinstance(base, (list, tuple)):
+            p = base[i]
+        else:
+            p = base
+        if p is None:
+            p = SamplingParams()
+        if not isinstance(p, SamplingParams):
+            raise ValueError(f"sampling_params must be a SamplingParams (or a list of them), got {type(p).__name__}")
+        ov = {k: v for k, v in overrides.items() if v is not None}
+        return replace(p, **ov).validated() if ov else p.validated()
+
+    def _tokens(self, prompt) -> np.ndarray:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("prompt is text but this model has no tokenizer; pass token ids (a list of ints) "
+                                 "or give LLM(tokenizer=...)")
+            prompt = self.tokenizer.encode(prompt)
+        if isinstance(prompt, torch.Tensor):
+            if prompt.dim() != 1 or prompt.dtype.is_floating_point or prompt.dtype == torch.bool:
+                raise ValueError(f"prompt must be a 1-D integer tensor, got shape {tuple(prompt.shape)} {prompt.dtype}")
+            prompt = prompt.tolist()
+        try:
+            seq = list(prompt)
+        except TypeError:
+            raise ValueError(f"prompt must be a list of token ids or a string, got {type(prompt).__name__}") from None
+        if not all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in seq):
+            bad = next(t for t in seq if not isinstance(t, (int, np.integer)) or isinstance(t, bool))
+            raise ValueError(f"prompt token ids must be integers, got {bad!r}")
+        if len(seq) == 0:
+            raise ValueError("prompt is empty: at least one token is needed")
+        arr = as_tokens(seq)
+        bad = arr[(arr < 0) | (arr >= self.vocab_size)]
+        if len(bad):
+            raise ValueError(f"prompt token id {int(bad[0])} is out of range [0, vocab_size={self.vocab_size})")
+        return arr
+
+    def _make_request(self, prompt, params: SamplingParams, want_logits: bool, use_cache: bool = True) -> _Request:
+        arr = self._tokens(prompt)
+        if len(arr) + params.max_new_tokens > self.max_model_len:
+            raise ValueError(f"prompt of {len(arr)} tokens + max_new_tokens={params.max_new_tokens} exceeds "
+                             f"max_model_len={self.max_model_len}")
+        rid = self._next_id
+        self._next_id += 1
+        seed = params.seed if params.seed is not None else (self.seed * 1000003 + rid)
+        if params.stop_token_ids is not None:
+            stop = frozenset(params.stop_token_ids)
+        else:
+            stop = frozenset() if params.ignore_eos else self.eos
+        return _Request(rid, arr, params, seed, stop, want_logits=want_logits, use_cache=use_cache,
+                        t_submit=time.perf_counter())
+
+    def add_request(self, prompt, sampling_params: Optional[SamplingParams] = None, *,
+                    return_logits: bool = False, use_prefix_cache: bool = True, **overrides) -> int:
+        """Queue one request (continuous batching: it joins the running batch at the next step); returns its id.
+        Raises ValueError naming the bad argument; nothing is queued then."""
+        params = self._params(sampling_params, 0, overrides)
+        r = self._make_request(prompt, params, return_logits, use_prefix_cache)
+        self._waiting.append(r)
+        return r.id
+
+    def has_unfinished(self) -> bool:
+        return bool(self._waiting or self._running)
+
+    def take_finished(self) -> dict:
+        out, self._done = self._done, {}
+        return out
+
+    def generate(self, prompts, sampling_params=None, *, max_new_tokens: Optional[int] = None,
+                 temperature: Optional[float] = None, top_k: Optional[int] = None, top_p: Optional[float] = None,
+                 seed: Optional[int] = None, stop_token_ids=None, ignore_eos: Optional[bool] = None,
+                 errors: str = "raise", return_logits: bool = False, use_prefix_cache: bool = True,
+                 progress: bool = False) -> list:
+        """Generate for a batch of prompts (lists of token ids, or strings with a tokenizer); one RequestOutput per
+        prompt, in order. Keyword sampling arguments override ``sampling_params`` (one SamplingParams or a list).
+
+        errors="raise": every prompt and parameter is checked first, and the first problem raises ValueError naming
+        the prompt and the argument (nothing runs). errors="return": a bad request gets an output with
+        finish_reason "error" and the message, and the others run. use_prefix_cache=False: these requests neither
+        read nor fill the prefix cache. return_logits: each output carries the logits of every generated token."""
+        if errors not in ("raise", "return"):
+            raise ValueError(f"errors must be 'raise' or 'return', got {errors!r}")
+        if isinstance(prompts, str) or (isinstance(prompts, (list, tuple)) and prompts
+                                        and all(isinstance(t, (int, np.integer)) for t in prompts)):
+            prompts = [prompts]
+        if isinstance(prompts, torch.Tensor):
+            prompts = [prompts] if prompts.dim() == 1 else list(prompts)
+        prompts = list(prompts)
+        if isinstance(sampling_params, (list, tuple)) and len(sampling_params) != len(prompts):
+            raise ValueError(f"sampling_params has {len(sampling_params)} entries for {len(prompts)} prompts")
+        overrides = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                         stop_token_ids=None if stop_token_ids is None else tuple(stop_token_ids),
+                         ignore_eos=ignore_eos)
+        reqs: list = []
+        for i, p in enumerate(prompts):
+            try:
+                params = self._params(sampling_params, i, overrides)
+                reqs.append(self._make_request(p, params, return_logits, use_prefix_cache))
+            except ValueError as e:
+                if errors == "raise":
+                    raise ValueError(f"prompt {i}: {e}") from None
+                reqs.append(e)
+        mine = {r.id: i for i, r in enumerate(reqs) if isinstance(r, _Request)}
+        self._waiting.extend(r for r in reqs if isinstance(r, _Request))
+        results: list = [None] * len(prompts)
+        for i, r in enumerate(reqs):
+            if not isinstance(r, _Request):
+                pl = prompts[i] if isinstance(prompts[i], (list, tuple)) else []
+                results[i] = RequestOutput(i, list(pl), [], "error", error=str(r))
+        bar = None
+        if progress and self.rank == 0:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(mine), desc="generate", unit="req")
+        pending = set(mine)
+        while pending:
+            self.step()
+            for rid in [rid for rid in pending if rid in self._done]:
+                out = self._done.pop(rid)
+                out.index = mine[rid]
+                results[mine[rid]] = out
+                pending.discard(rid)
+                if bar is not None:
+                    bar.update(1)
+        if bar is not None:
+            bar.close()
+        return results
+
+    # ------------------------------------------------------------------ the engine step
+
+    def step(self) -> None:
+        """One engine step: admit, one prefill chunk, one decode step. Finished requests go to take_finished()."""
+        self._admit()
+        pre = [r for r in self._running if r.state == PREFILL]
+        if pre:
+            self._prefill_step(pre)
+        dec = [r for r in self._running if r.state == DECODE]
+        if dec:
+            self._decode_step(dec)
+        self._running = [r for r in self._running if r.state != DONE]
+
+    def _admit(self) -> None:
+        i = 0
+        while i < len(self._waiting) and len(self._running) < self.max_batch and self.pool.num_free > 0:
+            if self._try_admit(self._waiting[i]):
+                self._waiting.pop(i)
+            else:
+                i += 1
+
+    def _try_admit(self, r: _Request) -> bool:
+        T, L, K = r.prompt, r.length, self.prefix.interval
+        use_cache = self.prefix.enabled and r.use_cache
+        d = 0
+        if use_cache:
+            r.chains = chain_hashes(T, K)
+            look = self.prefix.lookup(T, r.chains, count=False)
+            d, other = self.branches.branch_point(T, r.chains)
+            if (other is not None and other is not r and other.state == PREFILL and look.pos < d
+                    and other.progress < d < other.length and self.prefix.capacity > 1):
+                # the shared prefix is still being prefilled by `other`: have it save the branch point for us
+                key = self.prefix.key_at(other.prompt, other.chains, d)
+                if self.prefix.promise(key, other):
+                    other.save_points[d] = key
+                look = self.prefix.lookup(T, r.chains, count=False)
+            owner = look.pending_owner
+            if (look.pending_pos >= look.pos + self.defer_min_tokens and owner is not None
+                    and getattr(owner, "state", None) == PREFILL):
+                return False  # deferred: the next steps save a longer prefix of this prompt
+            look = self.prefix.lookup(T, r.chains, count=True)
+            self.branches.add(T, r.chains, r)
+        r.slot = self.pool.allocate(1)[0]
+        r.state = PREFILL
+        self._running.append(r)
+        logits = None
+        if use_cache:
+            if look.entry is not None:
+                logits = self.prefix.restore(look.entry, self.pool, r.slot)
+            r.progress = r.cached = look.pos
+            points = set(range(K * (look.pos // K + 1), L, K)) | {L}
+            if look.pos < d < L:
+                points.add(d)
+            for p in sorted(points):
+                if p > look.pos:
+                    key = self.prefix.key_at(T, r.chains, p)
+                    r.save_points[p] = key
+                    self.prefix.promise(key, r)
+        if r.progress == L:  # the whole prompt was cached, logits included: no forward needed
+            toks = self._sample([r], logits[None].to(self.device))
+            self._accept(r, toks[0], logits)
+        return True
+
+    def _next_boundary(self, r: _Request) -> int:
+        nxt = min((p for p in r.save_points if p > r.progress), default=r.length)
+        return min(nxt, r.length, r.progress + self.max_prefill_tokens)
+
+    def _prefill_step(self, pre: list) -> None:
+        sel, segs, lmax = [], [], 0
+        for r in pre:
+            seg = self._next_boundary(r) - r.progress
+            if sel and (len(sel) + 1) * max(lmax, seg) > self.max_prefill_tokens:
+                continue
+            sel.append(r)
+            segs.append(seg)
+            lmax = max(lmax, seg)
+        B = len(sel)
+        ids = np.zeros((B, lmax), dtype=np.int64)
+        for i, (r, s) in enumerate(zip(sel, segs)):
+            ids[i, :s] = r.prompt[r.progress:r.progress + s]
+        dev = self.device
+        ids_t = torch.from_numpy(ids).to(dev, non_blocking=True)
+        seq_lens = torch.tensor(segs, dtype=torch.int32).to(dev)
+        start = torch.tensor([r.progress for r in sel], dtype=torch.int64).to(dev)
+        state_idx = torch.tensor([r.slot for r in sel], dtype=torch.int32).to(dev)
+        ends = [i for i, (r, s) in enumerate(zip(sel, segs)) if r.progress + s == r.length]
+        rows = torch.tensor(ends, dtype=torch.long).to(dev)
+        logits = self.runner.prefill(ids_t, seq_lens, start, state_idx, self.pool, rows)
+        self.steps["prefill"] += 1
+        row_of = {i: j for j, i in enumerate(ends)}
+        saves = []
+        for i, (r, s) in enumerate(zip(sel, segs)):
+            r.progress += s
+            key = r.save_points.get(r.progress)
+            if key is not None:
+                saves.append((r.slot, key, logits[row_of[i]] if i in row_of else None, r))
+        self.prefix.save(self.pool, saves)
+        if ends:
+            done = [sel[i] for i in ends]
+            toks = self._sample(done, logits)
+            for j, r in enumerate(done):
+                self.prefix.drop_promises(r)
+                self._accept(r, toks[j], logits[j])
+
+    def _decode_step(self, dec: list) -> None:
+        ids = [r.out[-1] for r in dec]
+        slots = [r.slot for r in dec]
+        greedy = None
+        if self.graphs is not None:
+            logits, greedy = self.graphs.run(ids, slots)
+        else:
+            dev = self.device
+            ids_t = torch.tensor(ids, dtype=torch.int64).to(dev)
+            pos = torch.tensor([r.length + len(r.out) - 1 for r in dec], dtype=torch.int64).to(dev)
+            logits = self.runner.decode(ids_t, pos, torch.tensor(slots, dtype=torch.int32).to(dev), self.pool)
+        self.steps["decode"] += 1
+        toks = self._sample(dec, logits, greedy)
+        finished = []
+        for i, r in enumerate(dec):
+            self._accept(r, toks[i], logits[i], retire=False)
+            if r.state == DONE:
+                finished.append((r, i))
+        if finished and self.cache_generated and self.prefix.enabled:
+            # the state now covers prompt + out[:-1]; the logits that chose out[-1] belong to that prefix
+            saves = []
+            for r, i in finished:
+                if not r.use_cache:
+                    continue
+                full = np.concatenate([r.prompt, np.asarray(r.out[:-1], dtype=np.int64)])
+                key = self.prefix.key_at(full, chain_hashes(full, self.prefix.interval), len(full))
+                saves.append((r.slot, key, logits[i], r))
+            self.prefix.save(self.pool, saves)
+        for r, _ in finished:
+            self._retire(r)
+
+    def _sample(self, reqs: list, logits: torch.Tensor, greedy: Optional[torch.Tensor] = None) -> list:
+        if all(r.params.greedy for r in reqs):
+            toks = greedy if greedy is not None else logits.argmax(-1)
+        else:
+            dev = logits.device
+            f32 = lambda xs: torch.tensor(xs, dtype=torch.float32).to(dev)  # noqa: E731
+            i64 = lambda xs: torch.tensor(xs, dtype=torch.int64).to(dev)  # noqa: E731
+            toks = sample(logits, f32([r.params.temperature for r in reqs]), i64([r.params.top_k for r in reqs]),
+                          f32([r.params.top_p for r in reqs]), i64([r.seed for r in reqs]),
+                          i64([len(r.out) for r in reqs]))
+        return self._agree(toks).tolist()
+
+    def _accept(self, r: _Request, tok: int, logits_row: Optional[torch.Tensor], retire: bool = True) -> None:
+        if r.t_first is None:
+            r.t_first = time.perf_counter()
+        r.out.append(int(tok))
+        if r.want_logits and logits_row is not None:
+            r.logits.append(logits_row.detach().float().cpu().clone())
+        if r.out[-1] in r.stop:
+            r.finish_reason = "stop"
+        elif len(r.out) >= r.params.max_new_tokens:
+            r.finish_reason = "length"
+        if r.finish_reason is None:
+            r.state = DECODE
+            return
+        r.state = DONE
+        if retire:
+            self._retire(r)
+
+    def _retire(self, r: _Request) -> None:
+        self.prefix.drop_promises(r)
+        self.pool.free([r.slot])
+        r.state = DONE
+        now = time.perf_counter()
+        text = None
+        if self.tokenizer is not None:
+            try:
+                text = self.tokenizer.decode(r.out, skip_special_tokens=True)
+            except Exception as e:  # a decode failure must not lose the tokens
+                text = f"<decode failed: {e}>"
+        self._done[r.id] = RequestOutput(r.id, r.prompt.tolist(), list(r.out), r.finish_reason, r.cached, text,
+                                         None, r.t_first - r.t_submit, now - r.t_submit,
+                                         r.logits if r.want_logits else None)
+
+    # ------------------------------------------------------------------ misc
+
+    def stats(self) -> dict:
+        s = self.prefix.stats
+        return {"tp": self.tp, "slots": self.num_slots, "slots_used": self.pool.num_used,
+                "slot_mib": self.pool.slot_bytes / 2**20, "prefix_entries": len(self.prefix),
+                "prefix_capacity": self.prefix.capacity, "prefix_hits": s.hits, "prefix_lookups": s.lookups,
+                "prefix_hit_tokens": s.hit_tokens, "prefix_lookup_tokens": s.lookup_tokens,
+                "prefix_saves": s.saves, "prefix_evictions": s.evictions, "steps": dict(self.steps),
+                "graphs": self.graphs.captured if self.graphs is not None else None}
+
+    def close(self) -> None:
+        """Drop the CUDA graphs (before the process group is destroyed: captured collectives pin it)."""
+        if self.graphs is not None:
+            import gc
+
+            torch.cuda.synchronize(self.device)
+            self.graphs = None
+            gc.collect()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _is_parallelized(model) -> bool:
+    from ..models.mamba import TPMambaMixer
+
+    return any(isinstance(m, TPMambaMixer) for m in model.modules())

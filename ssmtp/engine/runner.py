@@ -1,0 +1,213 @@
+"""Per-family model runners: the forward passes the engine drives, over slot-pool states, with no HF objects inside.
+
+A runner is built from a weight source (ssmtp/loading.py: a safetensors directory read slice by slice, an in-memory HF
+model, or a random-weight preset) and owns this rank's shard of the model. The engine needs four things of it:
+
+    state_specs()                                  name -> StateSpec: what one sequence's state is (per layer)
+    prefill(ids, seq_lens, start, state_idx, pool, logit_rows) -> logits (len(logit_rows), V) fp32 or None
+        ids (B, L) int64 right-padded, seq_lens (B,) int32 valid lengths, start (B,) int64 tokens already in the
+        state (positions; Mamba ignores them, attention needs them), state_idx (B,) int32 slots (-1 = padding row).
+        Continues every row from its slot (the engine zeroes a slot when it hands it out, which equals a cold start)
+        and writes the final states back. Only the rows in logit_rows get the final norm + lm_head, at their last
+        valid position.
+    decode(ids, pos, state_idx, pool) -> logits (B, V) fp32
+        one token per row, in place on the slots; no host sync, no data-dependent Python: CUDA-graph capturable.
+    vocab_size, device, dtype
+
+Mamba / Falcon-Mamba: MambaRunner below. A hybrid family (Zamba: Mamba slots + attention) adds its KV cache to the
+runner (per-slot pages or a paged pool it owns), uses ``start`` / ``pos`` for positions, and lists any per-slot state
+the prefix cache must copy in state_specs(); the engine is unchanged. RUNNERS maps HF model_type -> runner class.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..parallel.comm import Communicator
+from .state_cache import SlotPool, StateSpec
+
+log = logging.getLogger("ssmtp")
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """HF MambaRMSNorm / FalconMambaRMSNorm: fp32 statistics, cast back to the input dtype, times the weight."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+class ModelRunner(nn.Module):
+    """Interface every family runner implements (see the module docstring)."""
+
+    vocab_size: int
+    family: str
+
+    def state_specs(self) -> dict:
+        raise NotImplementedError
+
+    def prefill(self, ids, seq_lens, start, state_idx, pool: SlotPool, logit_rows: Optional[torch.Tensor]):
+        raise NotImplementedError
+
+    def decode(self, ids, pos, state_idx, pool: SlotPool) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class MambaRunner(ModelRunner):
+    """Mamba-1 family (Mamba, Falcon-Mamba), numerically as HF computes it: blocks x -> x + mixer(norm(x)) with an
+    fp32 residual stream (residual_in_fp32), final norm, lm_head on the last position only, fp32 logits.
+    Embeddings, norms and lm_head are replicated on every rank; the mixers are TPMambaMixer shards."""
+
+    def __init__(self, config, comm: Communicator, embed: torch.Tensor, norms: list, mixers: list,
+                 norm_f: torch.Tensor, lm_head: Optional[torch.Tensor], falcon: bool):
+        super().__init__()
+        self.config = config
+        self.comm = comm
+        self.family = "falcon_mamba" if falcon else "mamba"
+        self.falcon = falcon
+        self.vocab_size = int(config.vocab_size)
+        self.embed = nn.Parameter(embed, requires_grad=False)
+        self.norms = nn.ParameterList([nn.Parameter(w, requires_grad=False) for w in norms])
+        self.mixers = nn.ModuleList(mixers)
+        self.norm_f = nn.Parameter(norm_f, requires_grad=False)
+        self.tied = lm_head is None
+        self.lm_head = None if lm_head is None else nn.Parameter(lm_head, requires_grad=False)
+        self.eps = float(config.layer_norm_epsilon)
+        self.residual_in_fp32 = bool(getattr(config, "residual_in_fp32", True))
+        self.n_layers = len(mixers)
+        m0 = mixers[0]
+        self.d_local, self.d_state, self.conv_kernel = m0.d_local, m0.ssm_state_size, m0.conv_kernel_size
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.device
+
+    def head_weight(self) -> torch.Tensor:
+        return self.embed if self.tied else self.lm_head
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def build(cls, source, comm: Communicator, dtype: torch.dtype, device, progress: bool = True) -> "MambaRunner":
+        """This rank's shard from a weight source (loading.py): mixers read only their slices through source.getter;
+        embeddings, norms and lm_head are read whole. Nothing is allocated for the full model."""
+        from ..models.mamba import TPMambaMixer
+
+        cfg = source.config
+        falcon = source.family == "falcon_mamba"
+        device = torch.device(device)
+        full = lambda name: source.tensor(name, dtype=dtype, device=device)  # noqa: E731
+        n = int(cfg.num_hidden_layers)
+        prefix = source.prefix
+        it = range(n)
+        if progress and comm.rank == 0:
+            try:
+                from tqdm.auto import tqdm
+
+                it = tqdm(it, desc=f"loading {source.name} (tp={comm.world_size})", unit="layer")
+            except ImportError:  # pragma: no cover - tqdm is a dependency
+                pass
+        embed = full(f"{prefix}embeddings.weight")
+        norms, mixers = [], []
+        for i in it:
+            norms.append(full(f"{prefix}layers.{i}.norm.weight"))
+            get = source.getter(f"{prefix}layers.{i}.mixer.", dtype=dtype, device=device)
+            mixers.append(TPMambaMixer(cfg, i, comm, get, falcon=falcon).to(device))
+        norm_f = full(f"{prefix}norm_f.weight")
+        tied = bool(getattr(cfg, "tie_word_embeddings", True)) or not source.has("lm_head.weight")
+        lm_head = None if tied else full("lm_head.weight")
+        return cls(cfg, comm, embed, norms, mixers, norm_f, lm_head, falcon)
+
+    @classmethod
+    def from_hf(cls, model: nn.Module, comm: Communicator, dtype: torch.dtype, device) -> "MambaRunner":
+        """From an in-memory HF MambaForCausalLM / FalconMambaForCausalLM, parallelized by ssmtp already or not:
+        existing TPMambaMixer shards are reused; HF mixers are sharded here (the HF model itself is left intact)."""
+        from ..models.mamba import TPMambaMixer
+
+        falcon = type(model).__name__.startswith("FalconMamba")
+        bb = model.backbone
+        device = torch.device(device)
+        cvt = lambda t: t.detach().to(device=device, dtype=dtype).clone()  # noqa: E731
+        norms, mixers = [], []
+        for blk in bb.layers:
+            norms.append(cvt(blk.norm.weight))
+            mx = blk.mixer
+            if isinstance(mx, TPMambaMixer):
+                if mx.comm.world_size != comm.world_size or mx.comm.rank != comm.rank:
+                    raise ValueError("the model was parallelized over a different group than the engine's")
+                mixers.append(mx)  # shared with the HF model (same weights, no copy)
+            else:
+                params = {k: v.detach() for k, v in mx.named_parameters()}
+                get = lambda name, p=params: p[name].to(device=device, dtype=dtype)  # noqa: E731
+                mixers.append(TPMambaMixer(mx.config, mx.layer_idx, comm, get, falcon=falcon))
+        lm = model.get_output_embeddings().weight
+        tied = lm is bb.embeddings.weight or lm.data_ptr() == bb.embeddings.weight.data_ptr()
+        runner = cls(model.config, comm, cvt(bb.embeddings.weight), norms, mixers, cvt(bb.norm_f.weight),
+                     None if tied else cvt(lm), falcon)
+        for mx in runner.mixers:
+            if mx.in_proj_weight.device != device or mx.in_proj_weight.dtype != dtype:
+                raise ValueError(f"the parallelized model's mixers are {mx.in_proj_weight.dtype} on "
+                                 f"{mx.in_proj_weight.device}; the engine was asked for {dtype} on {device}")
+        return runner
+
+    # ------------------------------------------------------------------ states
+
+    def state_specs(self) -> dict:
+        n, dl = self.n_layers, self.d_local
+        return {"conv": StateSpec((n, dl, self.conv_kernel), self.dtype),
+                "ssm": StateSpec((n, dl, self.d_state), torch.float32)}
+
+    # ------------------------------------------------------------------ forward
+
+    def _block_input(self, res: torch.Tensor, layer: int) -> torch.Tensor:
+        return _rms_norm(res.to(self.dtype), self.norms[layer], self.eps)
+
+    def _add(self, res: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return (res.float() if self.residual_in_fp32 else res) + out
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        h = _rms_norm(h, self.norm_f, self.eps)
+        w = self.head_weight()
+        return F.linear(h.to(w.dtype), w).float()
+
+    @torch.no_grad()
+    def prefill(self, ids, seq_lens, start, state_idx, pool: SlotPool, logit_rows: Optional[torch.Tensor]):
+        res = F.embedding(ids, self.embed)  # (B, L, H)
+        for i, mixer in enumerate(self.mixers):
+            x = self._block_input(res, i)
+            out = mixer.mix(x, pool.layer("conv", i), pool.layer("ssm", i), state_idx, seq_lens, True)
+            res = self._add(res, out)
+        if logit_rows is None or logit_rows.numel() == 0:
+            return None
+        last = (seq_lens.to(torch.long) - 1).index_select(0, logit_rows)
+        return self._logits(res[logit_rows, last])
+
+    @torch.no_grad()
+    def decode(self, ids, pos, state_idx, pool: SlotPool) -> torch.Tensor:
+        res = F.embedding(ids[:, None], self.embed)  # (B, 1, H)
+        for i, mixer in enumerate(self.mixers):
+            x = self._block_input(res, i)
+            out = mixer.mix_step(x, pool.layer("conv", i), pool.layer("ssm", i), state_idx)
+            res = self._add(res, out)
+        return self._logits(res[:, 0])
+
+
+RUNNERS = {"mamba": MambaRunner, "falcon_mamba": MambaRunner}
+NOT_YET = {"zamba": "Zamba (hybrid: Mamba slots + a sharded KV cache)", "zamba2": "Zamba2 (Mamba-2 + shared attention)"}
+
+
+def runner_class(family: str):
+    if family in RUNNERS:
+        return RUNNERS[family]
+    if family in NOT_YET:
+        raise NotImplementedError(f"{NOT_YET[family]} is not yet supported by the engine (ssmtp.LLM); its TP modules "
+                                  f"work through ssmtp.parallelize(hf_model) + HF generate. Engine families: "
+                                  f"{', '.join(sorted(RUNNERS))}")
+    raise ValueError(f"model family {family!r} is not supported; supported: {', '.join(sorted(RUNNERS))}")

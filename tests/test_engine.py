@@ -1,0 +1,506 @@
+"""The engine (ssmtp.LLM) on CPU: fp32 tiny HF models at TP 1, 2 and 4 (gloo ranks spawned by run_ranks).
+
+Per spawned run, several checks (spawning costs seconds): greedy tokens and logits == HF generate on the unsharded
+model, for prompts of different lengths under continuous batching (more prompts than slots); chunked prefill == one
+prefill; prefix-cache resume == cold prefill (same greedy tokens, logits within fp32 rounding) for a short prompt
+(< K), a shared prefix + long suffix, and siblings submitted together; slot reuse leaves no stale state; padding rows
+(state_idx -1) leave every slot untouched; loading from a save_pretrained directory (sharded safetensors) == the
+in-memory model; the tiny preset gives the same tokens at every TP degree. In-process: sampling, the prefix cache's
+bookkeeping, presets, bad input (each with a test), the CLI and a CPU smoke run of the benchmark.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+
+import ssmtp
+from distributed import run_ranks
+from ssmtp.engine import LLM, SamplingParams, SlotPool, SlotPoolExhausted
+from ssmtp.engine.prefix_cache import BranchIndex, PrefixCache, as_tokens, chain_hashes
+from ssmtp.engine.sampling import gumbel_noise, sample
+from ssmtp.engine.state_cache import StateSpec
+from tiny_models import build
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NEW = 10
+K = 8  # prefix interval in these tests: prompts span several blocks
+LENGTHS = (13, 5, 21, 1, 9, 17)  # more prompts than the 4 slots below: requests queue and join as others finish
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny matrices: one thread is as fast and does not suffer on a busy 2-core CI machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _prompts(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, 99, (n,), generator=g).tolist() for n in LENGTHS]
+
+
+def _hf_reference(family, config):
+    """HF greedy tokens and per-step logits for every prompt (one at a time, no padding), unsharded model."""
+    model = build(family, config)
+    out = []
+    with torch.no_grad():
+        for p in _prompts():
+            g = model.generate(torch.tensor([p]), max_new_tokens=NEW, do_sample=False, output_logits=True,
+                               return_dict_in_generate=True)
+            out.append((g.sequences[0, len(p):].tolist(), torch.stack([lg[0] for lg in g.logits])))
+    return out
+
+
+def _close(a, b, rel, what):
+    a, b = torch.as_tensor(a).float(), torch.as_tensor(b).float()
+    err = (a - b).abs().max().item()
+    bound = rel * b.abs().max().item() + 1e-6
+    assert err <= bound, f"{what}: max abs error {err:.3e} > {bound:.3e}"
+
+
+def _rand(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, 99, (n,), generator=g).tolist()
+
+
+def _same_as_cold(llm, prompt, out, what, rel=1e-5):
+    cold = llm.generate([prompt], max_new_tokens=NEW, return_logits=True, use_prefix_cache=False)[0]
+    assert out.token_ids == cold.token_ids, f"{what}: tokens differ from a cold prefill"
+    for i, (x, y) in enumerate(zip(out.logits, cold.logits)):
+        _close(x, y, rel, f"{what}: logits of token {i}")
+
+
+ALL = ("hf", "chunked", "prefix", "reuse", "padding", "load", "preset")
+
+
+def _engine_checks(rank, world, family, config, ref, tmpdir, preset_tokens, parts=ALL):
+    model = build(family, config)
+    prompts = _prompts()
+
+    # 1. greedy tokens == HF, continuous batching (6 prompts, 4 slots), prefix cache on (K = 8)
+    llm = LLM(model, num_slots=4, prefix_interval=K, progress=False)
+    outs = llm.generate(prompts, max_new_tokens=NEW, return_logits=True)
+    for i, (o, (ref_tok, ref_logits)) in enumerate(zip(outs, ref)):
+        assert o.token_ids == ref_tok, f"prompt {i} (len {len(prompts[i])}): engine {o.token_ids} != HF {ref_tok}"
+        _close(torch.stack(o.logits), ref_logits, 1e-4, f"prompt {i} logits vs HF")
+        assert o.finish_reason == "length" and o.cached_tokens == 0
+    assert llm.pool.num_used == 0, "slots leaked"
+
+    # 2. chunked prefill (chunks of <= 3 tokens, continuing from the slot) == one prefill
+    one = LLM(model, num_slots=4, prefix_cache=False, progress=False)
+    a = one.generate(prompts, max_new_tokens=NEW, return_logits=True)
+    if "chunked" in parts:
+        chunked = LLM(model, num_slots=4, prefix_cache=False, max_prefill_tokens=3, progress=False)
+        b = chunked.generate(prompts, max_new_tokens=NEW, return_logits=True)
+        assert chunked.steps["prefill"] > one.steps["prefill"] + 5, "the prompts were not chunked"
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert x.token_ids == y.token_ids
+            _close(torch.stack(y.logits), torch.stack(x.logits), 1e-5, f"chunked prefill, prompt {i}")
+    if "prefix" in parts:
+        _prefix_checks(llm)
+    if "reuse" in parts:
+        _reuse_check(model)
+    if "padding" in parts:
+        _padding_check(llm)
+    if "load" in parts:
+        _load_check(rank, world, model, family, config, tmpdir, prompts, a)
+    # 7. the tiny preset gives the same tokens at every TP degree (tile-deterministic random weights)
+    if preset_tokens is not None:
+        tiny = LLM("tiny", progress=False)
+        assert tiny.generate([[5, 6, 7, 8, 9]], max_new_tokens=12, ignore_eos=True)[0].token_ids == preset_tokens
+
+
+def _prefix_checks(llm):
+    # 3. prefix cache: resume == cold. Short prompt (< K): the end-of-prompt entry (logits stored: no forward)
+    short = _rand(5, 11)
+    first = llm.generate([short], max_new_tokens=NEW, return_logits=True)[0]
+    again = llm.generate([short], max_new_tokens=NEW, return_logits=True)[0]
+    assert again.cached_tokens == 5, f"short prompt: {again.cached_tokens} cached tokens, expected 5"
+    assert again.token_ids == first.token_ids
+    _same_as_cold(llm, short, again, "short prompt, full hit")
+    ext = short + _rand(2, 12)  # still < K
+    o = llm.generate([ext], max_new_tokens=NEW, return_logits=True)[0]
+    assert o.cached_tokens == 5, f"extended short prompt: {o.cached_tokens} cached, expected 5"
+    _same_as_cold(llm, ext, o, "short prompt extended")
+
+    # shared prefix (19 tokens, not a multiple of K) + long suffixes: the 2nd request hits the K-block checkpoint
+    # (16) and saves its branch point; the 3rd hits the whole shared prefix
+    P = _rand(19, 13)
+    llm.generate([P + _rand(30, 14)], max_new_tokens=2)
+    b1 = P + _rand(25, 15)
+    o1 = llm.generate([b1], max_new_tokens=NEW, return_logits=True)[0]
+    assert o1.cached_tokens == 16, f"first sibling: {o1.cached_tokens} cached, expected 16"
+    _same_as_cold(llm, b1, o1, "first sibling")
+    b2 = P + _rand(40, 16)
+    o2 = llm.generate([b2], max_new_tokens=NEW, return_logits=True)[0]
+    assert o2.cached_tokens == 19, f"shared prefix + long suffix: {o2.cached_tokens} cached, expected 19"
+    _same_as_cold(llm, b2, o2, "shared prefix + long suffix")
+
+    # siblings submitted together: the first saves the branch point, the others wait one step and resume there
+    P2 = _rand(11, 17)
+    sib = [P2 + _rand(20 + j, 18 + j) for j in range(3)]
+    os_ = llm.generate(sib, max_new_tokens=NEW, return_logits=True)
+    assert [o.cached_tokens for o in os_] == [0, 11, 11], [o.cached_tokens for o in os_]
+    for j, o in enumerate(os_):
+        _same_as_cold(llm, sib[j], o, f"sibling {j}")
+
+    # a generated continuation is cached too (multi-turn): prompt + output[:-1] resumes with its logits
+    turn = llm.generate([P2], max_new_tokens=6)[0]
+    follow = P2 + turn.token_ids[:-1]
+    o = llm.generate([follow], max_new_tokens=NEW, return_logits=True)[0]
+    assert o.cached_tokens == len(follow), f"multi-turn: {o.cached_tokens} of {len(follow)} cached"
+    assert o.token_ids[0] == turn.token_ids[-1]
+    _same_as_cold(llm, follow, o, "multi-turn")
+    assert llm.pool.num_used == 0
+
+
+def _reuse_check(model):
+    # 4. slot reuse: one slot, used by a long request, then reused: same as a fresh engine
+    reuse = LLM(model, num_slots=1, prefix_cache=False, progress=False)
+    reuse.generate([_rand(23, 20)], max_new_tokens=NEW)
+    y = _rand(7, 21)
+    got = reuse.generate([y], max_new_tokens=NEW, return_logits=True)[0]
+    fresh = LLM(model, num_slots=1, prefix_cache=False, progress=False).generate([y], max_new_tokens=NEW,
+                                                                                 return_logits=True)[0]
+    assert got.token_ids == fresh.token_ids
+    for x, z in zip(got.logits, fresh.logits):
+        assert torch.equal(x, z), "a reused slot changed the result (stale state)"
+
+
+def _padding_check(llm):
+    # 5. padding rows (state_idx -1) leave every slot untouched; real rows touch only their own slot
+    r, pool = llm.runner, llm.pool
+    for t in pool.tensors.values():
+        t.copy_(torch.randn(t.shape, generator=torch.Generator().manual_seed(5)).to(t.dtype))
+    before = {k: v.clone() for k, v in pool.tensors.items()}
+    idx = torch.tensor([2, -1], dtype=torch.int32)
+    r.prefill(torch.tensor([_rand(6, 22), _rand(6, 23)]), torch.tensor([6, 4], dtype=torch.int32),
+              torch.zeros(2, dtype=torch.long), idx, pool, torch.tensor([0, 1]))
+    r.decode(torch.tensor([5, 6]), torch.zeros(2, dtype=torch.long), torch.tensor([-1, 1], dtype=torch.int32), pool)
+    for k, v in pool.tensors.items():
+        for s in range(pool.num_slots):
+            same = torch.equal(v[:, s], before[k][:, s])
+            assert same == (s not in (1, 2)), f"{k} slot {s}: {'unchanged' if same else 'changed'}"
+
+
+def _load_check(rank, world, model, family, config, tmpdir, prompts, a):
+    # 6. loading from an HF directory (sharded safetensors; each rank reads its slices) == the in-memory model
+    path = os.path.join(tmpdir, f"{family}-{config}")
+    if rank == 0:
+        model.save_pretrained(path, max_shard_size="20KB")
+        assert os.path.isfile(os.path.join(path, "model.safetensors.index.json"))
+    if world > 1:
+        dist.barrier()
+    disk = LLM(path, num_slots=4, prefix_cache=False, progress=False)
+    assert disk.runner.family == family
+    assert disk.eos == {model.config.eos_token_id}  # the checkpoint's eos (the in-memory model had none set)
+    d = disk.generate(prompts, max_new_tokens=NEW, return_logits=True, ignore_eos=True)  # the same batches as `a`
+    for x, y in zip(d, a):
+        assert x.token_ids == y.token_ids
+        for lx, ly in zip(x.logits, y.logits):
+            assert torch.equal(lx, ly), "loaded from disk != in memory"
+
+
+def _tiny_preset_tokens():
+    return LLM("tiny", progress=False).generate([[5, 6, 7, 8, 9]], max_new_tokens=12, ignore_eos=True)[0].token_ids
+
+
+@pytest.mark.parametrize("family,config", [("mamba", "odd"), ("falcon_mamba", "hf-tester")])
+def test_engine_tp1(family, config, tmp_path):
+    _engine_checks(0, 1, family, config, _hf_reference(family, config), str(tmp_path), None)
+
+
+def test_engine_tp2_both_families(tmp_path):
+    refs = {fc: _hf_reference(*fc) for fc in [("mamba", "hf-tester"), ("falcon_mamba", "odd")]}
+    run_ranks(2, _tp_runs, refs, str(tmp_path), _tiny_preset_tokens())
+
+
+def test_engine_tp4(tmp_path):
+    """TP-specific checks at 4 ranks (the slot mechanics - chunking, reuse, padding - are the same at every TP degree
+    and are checked at 1 and 2)."""
+    refs = {("mamba", "odd"): _hf_reference("mamba", "odd")}
+    run_ranks(4, _tp_runs, refs, str(tmp_path), _tiny_preset_tokens(), ("hf", "prefix", "load", "preset"))
+
+
+def _tp_runs(rank, world, refs, tmpdir, preset_tokens, parts=ALL):
+    for i, ((family, config), ref) in enumerate(refs.items()):
+        _engine_checks(rank, world, family, config, ref, tmpdir, preset_tokens if i == 0 else None, parts)
+
+
+# ------------------------------------------------------------------------------------------------ slot pool
+
+
+def test_slot_pool_zeroes_on_allocation_and_raises_when_exhausted():
+    specs = {"a": StateSpec((2, 3, 4), torch.float32), "b": StateSpec((2, 3, 2), torch.bfloat16)}
+    pool = SlotPool(specs, 3, "cpu")
+    assert pool.slot_bytes == 2 * 3 * 4 * 4 + 2 * 3 * 2 * 2
+    s = pool.allocate(3)
+    assert s == [0, 1, 2]
+    for t in pool.tensors.values():
+        t.fill_(7)
+    with pytest.raises(SlotPoolExhausted, match=r"1 slot\(s\) requested, 0 free of 3"):
+        pool.allocate(1)
+    pool.free([1])
+    assert pool.allocate(1) == [1]
+    assert all(bool((t[:, 1] == 0).all()) and bool((t[:, 0] == 7).all()) for t in pool.tensors.values())
+    with pytest.raises(ValueError, match="slot 5 is not allocated"):
+        pool.free([5])
+    assert SlotPool.slots_for_budget(specs, 10 * pool.slot_bytes + 1) == 10
+
+
+# ------------------------------------------------------------------------------------------------ prefix cache
+
+
+def test_prefix_cache_keys_lookup_lru_and_branch_points():
+    specs = {"s": StateSpec((1, 2, 2), torch.float32)}
+    pool = SlotPool(specs, 2, "cpu")
+    cache = PrefixCache(specs, capacity=3, interval=4, vocab_size=5, device="cpu")
+    slot = pool.allocate(1)[0]
+
+    def save(tokens, pos, value, logits=None):
+        t = as_tokens(tokens)
+        pool.tensors["s"][:, slot] = value
+        cache.save(pool, [(slot, cache.key_at(t, chain_hashes(t, 4), pos), logits, None)])
+
+    a = list(range(10, 20))
+    save(a, 4, 1.0)
+    save(a, 6, 2.0, logits=torch.arange(5.0))
+    t = as_tokens(a)
+    look = cache.lookup(t, chain_hashes(t, 4))
+    assert look.pos == 6
+    assert cache.restore(look.entry, pool, slot).tolist() == [0, 1, 2, 3, 4]
+    assert float(pool.tensors["s"][0, slot, 0, 0]) == 2.0
+    # exact-prefix keys: same tokens shifted, or a different first block, do not match
+    b = as_tokens([99] + a[1:])
+    assert cache.lookup(b, chain_hashes(b, 4)).pos == 0
+    # a prompt equal to a cached prefix without logits falls back to a shorter entry
+    c = as_tokens(a[:4])
+    assert cache.lookup(c, chain_hashes(c, 4)).pos == 0  # position 4 has no logits, nothing shorter
+    c6 = as_tokens(a[:6])
+    assert cache.lookup(c6, chain_hashes(c6, 4)).pos == 6  # has logits
+    # LRU under the capacity of 3: touching keeps an entry, the least recent one goes
+    save(a, 8, 3.0)
+    cache.lookup(t, chain_hashes(t, 4))  # lookup does not touch; restore does
+    cache.restore(cache.lookup(as_tokens(a[:5]), chain_hashes(as_tokens(a[:5]), 4)).entry, pool, slot)  # pos 4
+    save(a, 9, 4.0)
+    assert len(cache) == 3 and cache.stats.evictions == 1
+    assert cache.lookup(t, chain_hashes(t, 4)).pos == 9
+    assert cache.lookup(c6, chain_hashes(c6, 4)).pos == 4  # 6 was evicted, 4 survived
+    # promises: a pending position is reported as such and not double-booked
+    k = cache.key_at(t, chain_hashes(t, 4), 10)
+    owner = object()
+    assert cache.promise(k, owner) and not cache.promise(k, object())
+    look = cache.lookup(t, chain_hashes(t, 4))
+    assert (look.pos, look.pending_pos, look.pending_owner) == (9, 10, owner)
+    cache.drop_promises(owner)
+    assert cache.lookup(t, chain_hashes(t, 4)).pending_pos == 0
+    # branch points are token-exact, inside and beyond the first block
+    br = BranchIndex(4)
+    x = as_tokens(list(range(30)))
+    br.add(x, chain_hashes(x, 4), "x")
+    w = as_tokens([50, 51])
+    br.add(w, chain_hashes(w, 4), "w")  # a later, unrelated prompt does not hide x
+    y = as_tokens(list(range(13)) + [99, 98])
+    assert br.branch_point(y, chain_hashes(y, 4)) == (13, "x")
+    z = as_tokens([0, 1, 7])
+    assert br.branch_point(z, chain_hashes(z, 4)) == (2, "x")
+    v = as_tokens([9, 1])
+    assert br.branch_point(v, chain_hashes(v, 4)) == (0, None)
+    u = as_tokens(list(range(8)) + [5])
+    assert br.branch_point(u, chain_hashes(u, 4)) == (8, None)  # shares 2 blocks, nobody continues with 5
+
+
+# ------------------------------------------------------------------------------------------------ sampling
+
+
+def test_sampling_greedy_topk_topp_seeded_and_distribution():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 50, generator=g)
+    n = logits.shape[0]
+    args = lambda t, k, p, s, st: (torch.full((n,), t), torch.full((n,), k, dtype=torch.long),  # noqa: E731
+                                   torch.full((n,), p), torch.full((n,), s, dtype=torch.long),
+                                   torch.full((n,), st, dtype=torch.long))
+    greedy = logits.argmax(-1)
+    assert torch.equal(sample(logits, *args(0.0, 0, 1.0, 1, 0)), greedy)
+    assert torch.equal(sample(logits, *args(1.0, 1, 1.0, 1, 0)), greedy), "top_k=1 must be greedy"
+    assert torch.equal(sample(logits, *args(1.0, 0, 1e-6, 1, 0)), greedy), "a tiny top_p must be greedy"
+    a = sample(logits, *args(1.0, 0, 1.0, 7, 3))
+    assert torch.equal(a, sample(logits, *args(1.0, 0, 1.0, 7, 3))), "same seed and step, same tokens"
+    draws = torch.stack([sample(logits, *args(1.0, 0, 1.0, 7, s)) for s in range(40)])
+    assert len(set(draws[:, 0].tolist())) > 5, "different steps must give different draws"
+    # top_k=3 never leaves the 3 most likely tokens (30 steps at once: rows are independent)
+    rows = logits.repeat(30, 1)
+    steps = torch.arange(30).repeat_interleave(n)
+    one = lambda v, m, dt=torch.float32: torch.full((m,), v, dtype=dt)  # noqa: E731
+    t = sample(rows, one(2.0, 30 * n), one(3, 30 * n, torch.long), one(1.0, 30 * n), one(1, 30 * n, torch.long),
+               steps)
+    assert bool((logits.topk(3, -1).indices.repeat(30, 1) == t[:, None]).any(-1).all())
+    # the empirical distribution follows softmax(logits / T): 4000 draws (steps) over 6 tokens
+    small = torch.tensor([[0.0, 1.0, 2.0, -1.0, 0.5, 1.5]]).repeat(4000, 1)
+    T = 0.8
+    tok = sample(small, one(T, 4000), one(0, 4000, torch.long), one(1.0, 4000), one(3, 4000, torch.long),
+                 torch.arange(4000))
+    freq = torch.bincount(tok, minlength=6).float() / 4000
+    p = torch.softmax(small[0] / T, -1)
+    assert (freq - p).abs().max() < 0.03, (freq, p)
+    # top_p keeps the smallest set reaching p: here the 2 most likely tokens (0.53 + 0.23 >= 0.7)
+    pp = torch.tensor([[3.0, 2.2, 1.0, 0.0, -1.0]]).repeat(300, 1)
+    kept = set(sample(pp, one(1.0, 300), one(0, 300, torch.long), one(0.7, 300), one(5, 300, torch.long),
+                      torch.arange(300)).tolist())
+    assert kept == {0, 1}, kept
+    u = gumbel_noise(torch.tensor([1, 2]), torch.tensor([0, 0]), 1000)
+    assert torch.isfinite(u).all() and not torch.equal(u[0], u[1])
+
+
+def test_sampling_through_the_engine_is_seeded_and_batch_independent():
+    llm = LLM("tiny", progress=False)
+    p = [[5, 6, 7], [8, 9, 10, 11]]
+    kw = dict(max_new_tokens=12, temperature=1.0, top_k=50, top_p=0.95, ignore_eos=True)
+    a = llm.generate(p, seed=3, **kw)
+    b = llm.generate(p[::-1], seed=3, **kw)
+    assert a[0].token_ids == b[1].token_ids and a[1].token_ids == b[0].token_ids, "batch order changed tokens"
+    c = llm.generate(p, seed=4, **kw)
+    assert a[0].token_ids != c[0].token_ids
+    per = llm.generate(p, [SamplingParams(max_new_tokens=5, ignore_eos=True),
+                           SamplingParams(max_new_tokens=3, temperature=0.5, seed=1, ignore_eos=True)])
+    assert [len(o.token_ids) for o in per] == [5, 3]
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return LLM("tiny", num_slots=2, max_model_len=64, progress=False)
+
+
+@pytest.mark.parametrize("prompt,kw,match", [
+    (list(range(3, 70)), {}, r"prompt of 67 tokens \+ max_new_tokens=16 exceeds max_model_len=64"),
+    ([], {}, "prompt is empty"),
+    ([5, 512], {}, r"prompt token id 512 is out of range \[0, vocab_size=512\)"),
+    ([5, -1], {}, r"prompt token id -1 is out of range"),
+    ([5, 1.5], {}, "prompt token ids must be integers"),
+    ([5], {"max_new_tokens": 0}, "max_new_tokens must be an integer >= 1, got 0"),
+    ([5], {"max_new_tokens": -3}, "max_new_tokens must be an integer >= 1"),
+    ([5], {"temperature": -0.1}, "temperature must be a finite number >= 0"),
+    ([5], {"temperature": float("nan")}, "temperature must be a finite number"),
+    ([5], {"top_k": -1}, "top_k must be an integer >= 0"),
+    ([5], {"top_p": 0.0}, r"top_p must be a number in \(0, 1\]"),
+    ([5], {"top_p": 1.5}, r"top_p must be a number in \(0, 1\]"),
+    ([5], {"seed": "x"}, "seed must be an integer"),
+])
+def test_bad_input_is_a_clear_error(tiny, prompt, kw, match):
+    with pytest.raises(ValueError, match="prompt 0: " + match):
+        tiny.generate([prompt, [5, 6]], **kw)
+    assert not tiny.has_unfinished() and tiny.pool.num_used == 0, "a rejected batch left work behind"
+
+
+def test_bad_requests_fail_alone_and_the_others_run(tiny):
+    good = [7, 8, 9]
+    outs = tiny.generate([good, [], [5, 999], good], max_new_tokens=4, ignore_eos=True, errors="return")
+    assert [o.finish_reason for o in outs] == ["length", "error", "error", "length"]
+    assert "prompt is empty" in outs[1].error and "out of range" in outs[2].error
+    assert outs[0].token_ids == outs[3].token_ids and len(outs[0].token_ids) == 4
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        tiny.add_request([5], max_new_tokens=0)
+    # more requests than slots: they queue (no error, no hang)
+    many = tiny.generate([[5 + i] for i in range(7)], max_new_tokens=3, ignore_eos=True)
+    assert all(len(o.token_ids) == 3 for o in many)
+
+
+def test_text_prompts_need_a_tokenizer(tiny):
+    assert tiny.generate("hi", max_new_tokens=2)[0].prompt_token_ids == [ord("h") + 3, ord("i") + 3]
+    model = build("mamba", "hf-tester")
+    with pytest.raises(ValueError, match="prompt is text but this model has no tokenizer"):
+        LLM(model, progress=False).generate(["hello"])
+
+
+def test_engine_argument_errors_and_unsupported_families():
+    with pytest.raises(ValueError, match="max_batch must be an integer >= 1"):
+        LLM("tiny", max_batch=0, progress=False)
+    with pytest.raises(ValueError, match="num_slots or state_memory"):
+        LLM("tiny", num_slots=2, state_memory=1 << 20, progress=False)
+    with pytest.raises(ValueError, match="state_memory=100 holds no sequence"):
+        LLM("tiny", state_memory=100, progress=False)
+    with pytest.raises(ValueError, match="unknown preset|not a preset"):
+        LLM("no-such-model", progress=False)
+    with pytest.raises(NotImplementedError, match="not yet supported by the engine"):
+        LLM("zamba-7b", progress=False)
+    with pytest.raises(NotImplementedError, match="not yet supported by the engine"):
+        LLM("zamba2-2.7b", progress=False)
+    llm = LLM("tiny", state_memory=10 * 81920 + 5, progress=False)  # 80 KiB per tiny sequence
+    assert llm.num_slots == 10
+
+
+# ------------------------------------------------------------------------------------------------ presets
+
+
+def test_preset_slices_are_tp_invariant_and_match_the_full_tensor():
+    from ssmtp.presets import PresetSource, preset_config
+
+    src = PresetSource("mamba-2.8b")
+    get = src.getter("backbone.layers.3.mixer.", torch.float32, "cpu")
+    w = get("out_proj.weight")  # (2560, 5120): read column shards only
+    half = w[:, 2560:]
+    quarter = w[:, 3840:]
+    assert tuple(half.shape) == (2560, 2560)
+    assert torch.equal(half[:, 1280:], quarter)
+    assert torch.equal(get("x_proj.weight")[:, 100:700], get("x_proj.weight")[:, :][:, 100:700])
+    a = get("A_log")[10:12]
+    assert torch.allclose(a[0], torch.log(torch.arange(1, 17, dtype=torch.float32)))
+    assert src.num_params() == pytest.approx(2.77e9, rel=0.01)
+    cfg = preset_config("falcon-mamba-7b", hf=True)
+    assert cfg.intermediate_size == 8192 and cfg.model_type == "falcon_mamba"
+
+
+# ------------------------------------------------------------------------------------------------ CLI, bench
+
+
+def _cli(*args, timeout=120):
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "ssmtp", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_cli_default_generate_runs():
+    """The README's main command, as a user runs it (a subprocess, the embedded small model on the CPU)."""
+    r = _cli("generate", "--max-new-tokens", "6", "--prompt-ids", "5,6,7", "--prompt", "hi")
+    assert r.returncode == 0, r.stderr
+    assert "[0] ids:" in r.stdout and "[1] text:" in r.stdout and "tok/s" in r.stdout, r.stdout
+
+
+def test_cli_errors_and_help(capsys):
+    from ssmtp.__main__ import main
+
+    assert main(["generate", "--prompt-ids", "5,x"]) == 2
+    assert "--prompt-ids must be comma-separated integers" in capsys.readouterr().err
+    assert main(["generate", "--model", "zamba-7b"]) == 2
+    assert "not yet supported by the engine" in capsys.readouterr().err
+    assert main(["generate", "--prompt-ids", "5", "--top-p", "0"]) == 2
+    assert "top_p must be a number in (0, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    out = capsys.readouterr().out
+    for opt in ("--model", "--prompt", "--prompt-ids", "--max-new-tokens", "--temperature", "--top-k", "--top-p",
+                "--seed", "--dtype"):
+        assert opt in out
+    assert main(["presets"]) == 0 and "mamba-2.8b" in capsys.readouterr().out
+
+
+def test_bench_smoke_on_cpu(tmp_path):
+    from ssmtp.engine import bench
+
+    assert bench.main(["--model", "tiny", "--device", "cpu", "--dtype", "float32", "--quick", "--decode-batches",
+                       "1,2", "--prefill", "1x32", "--ttft-len", "64", "--prefix-interval", "16", "--out",
+                       str(tmp_path)]) == 0
+    res = json.load(open(tmp_path / "engine-tp1.json"))
+    assert res["validation"]["prefix_hit_tokens_equal"] is True
+    assert res["validation"]["prefix_hit_cached_tokens"] == res["validation"]["prefix_hit_expected_cached_tokens"]
+    assert res["ttft"]["hit_cached_tokens"] == 58 and set(res["decode"]) == {"1", "2"}
