@@ -6,7 +6,7 @@ TP modules call ``comm.all_reduce(t)``: sum over the group, in place, returns t.
   "nccl"          ncclAllReduce called from ssmtp's C core on torch's own communicator (ssmtp/parallel/nccl.py);
                   less Python/watchdog overhead than "torch"; the path across hosts.
   "custom"        the CUDA-IPC all-reduce for GPUs of one host with P2P access (ssmtp/parallel/custom_ar.py);
-                  "custom-1shot" / "custom-2shot" force the algorithm, "custom" picks by size.
+                  "custom-1shot" / "custom-2shot" / "custom-lamport" force the algorithm, "custom" picks by size.
   "symm"          torch's symmetric-memory one-/two-shot all-reduce (torch.distributed._symmetric_memory), the
                   maintained baseline; "symm-1shot" / "symm-2shot" force the algorithm. Sizes must be warmed up
                   outside CUDA-graph capture (a new size makes a collective allocation).
@@ -42,8 +42,8 @@ from .quant_ar import BLOCKS, QDTYPES, check_quant_args, quant_all_reduce_gather
 
 log = logging.getLogger("ssmtp")
 
-BACKENDS = ("auto", "torch", "nccl", "custom", "custom-1shot", "custom-2shot", "symm", "symm-1shot", "symm-2shot",
-            "quant-int8", "quant-fp8")
+BACKENDS = ("auto", "torch", "nccl", "custom", "custom-1shot", "custom-2shot", "custom-lamport", "symm",
+            "symm-1shot", "symm-2shot", "quant-int8", "quant-fp8")
 THRESHOLDS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "thresholds.json")
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -239,7 +239,7 @@ class Communicator:
             a = algo or "auto"
             return f"custom-{a}", lambda t: self._custom_call(t, a)
         if name.startswith(("custom", "symm")) and self._symm is not None:
-            a = algo or "1shot"
+            a = algo if algo in ("1shot", "2shot") else "1shot"
             return f"symm-{a}", lambda t: self._symm_call(t, a)
         if name != "torch" and self._nccl is not None:
             return "nccl", self._nccl_call

@@ -105,8 +105,11 @@ def quant_all_reduce_gather(t: torch.Tensor, qdtype: str, block: int, group: Opt
             t.copy_(finish([roundtrip_f32(t, qdtype, block)], qdtype, block, t.dtype).view(t.shape))
         return t
     q, s = ops.quantize_blocks(t.reshape(-1), block, qdtype)
-    payload = torch.cat([s.view(torch.uint8), q.view(torch.uint8)])  # scales first: keeps them 4-byte aligned
-    sbytes = s.numel() * 4
+    # scales first, then q bytes, padded to 16 bytes: every rank's part of the gathered buffer stays 4-byte aligned
+    sbytes, qbytes = s.numel() * 4, q.numel()
+    payload = torch.zeros(sbytes + (qbytes + 15) // 16 * 16, dtype=torch.uint8, device=t.device)
+    payload[:sbytes].copy_(s.view(torch.uint8))
+    payload[sbytes:sbytes + qbytes].copy_(q.view(torch.uint8))
     if gather is not None:
         gathered = torch.empty(ws * payload.numel(), dtype=torch.uint8, device=t.device)
         gather(payload, gathered)
@@ -115,7 +118,7 @@ def quant_all_reduce_gather(t: torch.Tensor, qdtype: str, block: int, group: Opt
         parts = [torch.empty_like(payload) for _ in range(ws)]
         dist.all_gather(parts, payload, group=group)
     qdt = ops._qdtype(qdtype)
-    deq = [ops.dequantize_blocks(p[sbytes:].view(qdt), p[:sbytes].view(torch.float32), block, torch.float32)
-           for p in parts]
+    deq = [ops.dequantize_blocks(p[sbytes:sbytes + qbytes].view(qdt), p[:sbytes].view(torch.float32), block,
+                                 torch.float32) for p in parts]
     t.copy_(finish(deq, qdtype, block, t.dtype).view(t.shape))
     return t
