@@ -318,8 +318,9 @@ def hf_fn(c):
 # ------------------------------------------------------------------------------------------------ chunk sweep
 
 def chunk_sweep(flt=""):
-    """Scan time against the threads per channel (SSMTP_SCAN_TPC) and the chunk count (SSMTP_SCAN_CHUNKS; "auto" =
-    the launcher's choice; capped by the launcher at L/64) on a few shapes: the data behind the launcher's choice."""
+    """Scan time against the kernel variant (SSMTP_SCAN_TPC threads per channel, SSMTP_SCAN_U steps per load group)
+    and the chunk count (SSMTP_SCAN_CHUNKS; "auto" = the launcher's choice; capped by the launcher at L/64) on a few
+    shapes: the data behind the launcher's choices."""
     out = []
     shapes = [("mamba-2.8b", 1, 1, 2048), ("mamba-2.8b", 1, 1, 8192), ("mamba-2.8b", 2, 1, 2048),
               ("mamba-2.8b", 1, 8, 512), ("mamba-2.8b", 1, 4, 2048), ("mamba-2.8b", 1, 2, 2048)]
@@ -333,21 +334,23 @@ def chunk_sweep(flt=""):
         nbytes = bytes_moved(c)
         nsets = int(max(1, min(256, math.ceil(3 * L2_BYTES / nbytes))))
         sets = [make_inputs(c) for _ in range(nsets)]
-        for tpc in (1, 2, 4):
+        for tpc, u in ((1, 4), (1, 8), (2, 4)):
             os.environ["SSMTP_SCAN_TPC"] = str(tpc)
-            for k in (0, 1, 2, 4, 8, 16, 32):
+            os.environ["SSMTP_SCAN_U"] = str(u)
+            for k in (0, 1, 4, 8, 16, 32):
                 if k:
                     os.environ["SSMTP_SCAN_CHUNKS"] = str(k)
                 else:
                     os.environ.pop("SSMTP_SCAN_CHUNKS", None)
                 ok, err, _ = validate(c, p)
                 t, _ = time_graph(c, p, sets, 1e-3)
-                out.append(dict(label=c["label"], tpc=tpc, chunks=k or "auto", us=t * 1e6, GBps=nbytes / t / 1e9,
-                                valid=ok))
-                print(f"sweep {c['label']:<40} tpc={tpc} chunks={k or 'auto':>4} {t * 1e6:9.1f} us "
+                out.append(dict(label=c["label"], tpc=tpc, u=u, chunks=k or "auto", us=t * 1e6,
+                                GBps=nbytes / t / 1e9, valid=ok))
+                print(f"sweep {c['label']:<40} tpc={tpc} u={u} chunks={k or 'auto':>4} {t * 1e6:9.1f} us "
                       f"{'ok' if ok else 'INVALID'}", flush=True)
         os.environ.pop("SSMTP_SCAN_CHUNKS", None)
         os.environ.pop("SSMTP_SCAN_TPC", None)
+        os.environ.pop("SSMTP_SCAN_U", None)
         del sets
         torch.cuda.empty_cache()
     return out

@@ -23,12 +23,19 @@
 //
 // Cost model (N = 16, bf16, z given): 8 bytes of HBM traffic per (channel, step) against 16 ex2 on the MUFU
 // (16/clk/SM on sm_90) plus ~6 issue slots per state element: the MUFU ceiling is ~1 (channel, step) per clk per
-// SM = ~2.1 TB/s (49% of the 4.26 TB/s copy rate), so this kernel is arithmetic-bound for 16-bit inputs and the
-// work per step outside the state loop is kept to two MUFU ops (softplus as one ex2 + a polynomial, SiLU as one
-// tanh). f32 inputs (16 B per step) are near the memory floor.
-// Measured (first version, H200, bf16, mamba-2.8b B=8 L=2048): 31% of that MUFU bound, with branches in softplus
-// cutting each step into its own scheduling block and x/dt loads 4 steps ahead; hence the grouped, branch-free,
-// software-pipelined step loop below.
+// SM = ~2.1 TB/s (49% of the 4.26 TB/s copy rate), so for 16-bit inputs this kernel is bound by arithmetic and,
+// in practice, by latency; f32 inputs (16 B per step) are near the memory floor. The work per step outside the
+// state loop is two MUFU ops (softplus as one ex2 + a polynomial, branch-free; SiLU as one tanh for 16-bit out).
+//
+// Measured on one H200 (bf16, mamba-2.8b shapes, benchmarks/bench_ops.py; see benchmarks/results/):
+//   - this loop, branchy softplus: B=8 L=2048 1040 us = 31% of the MUFU bound; B=1 L=32768 (17 chunks) 2935 us.
+//   - a rewrite that grouped 4 steps branch-free, loaded x/dt/z one group ahead and double-buffered B/C in registers
+//     needed 168 registers (3 blocks/SM instead of 5) and ran 1.4-2x SLOWER (B=8 L=2048 1463 us): a thread is
+//     latency-bound at ~1200 cycles per step on its own (one warp per SM sub-partition: B=1, one pass), so the
+//     kernel lives on warps per SM, not on instruction-level parallelism. Reverted; kept: the branch-free softplus
+//     and two partial sums for y.
+//   - threads per channel 2 or 4 (SSMTP_SCAN_TPC) were slower than 1 at every shape swept (B=1..8, L=512..8192),
+//     and chunking pays below ~1/3 occupancy (B=1: 1253 us one pass vs 351 us at 8 chunks, L=2048).
 #include "common.cuh"
 #include "ssm_math.cuh"
 
@@ -83,20 +90,14 @@ __device__ __forceinline__ void seq_info(const ScanArgs &a, int64_t b, int64_t *
 }
 
 // Shared-memory tile geometry for B/C (fp32): row of one time step. TPC == 1: NS floats (all lanes of a warp read
-// the same address: broadcast). TPC > 1: part p's 16 states at p*20 (4 floats of padding), so the 8 lanes of a
-// 16-byte access phase hit 8 distinct 4-bank groups.
-// TPC == 1 (d_state <= 16, the models' case) double-buffers the tiles: the next tile's B/C are loaded into registers
-// at the start of a tile and stored to the other buffer at its end (one barrier per tile, load latency hidden
-// behind 64 steps of work). TPC > 1 fills a single buffer between two barriers.
+// the same address: broadcast). TPC > 1: part p's NS states at p * PART (NS = 16: 4 floats of padding, so the 8 lanes
+// of a 16-byte access phase hit 8 distinct 4-bank groups; NS < 16: packed, the parts of one channel read adjacent
+// 16-byte words).
 template <int NS, int TPC> struct Tile {
-    static constexpr bool DB = TPC == 1;
-    static constexpr int NSP = NS * TPC;                                // padded states per channel
-    static constexpr int PART = TPC == 1 ? 0 : (NS == 16 ? 20 : NS);    // offset of part p: p * PART
-    static constexpr int RS = TPC == 1 ? NS : TPC * PART;               // floats per time step
-    static constexpr int TT = NSP >= 128 ? 16 : 64;                     // steps per tile (<= 40 KB smem per block)
-    static constexpr int U = 4;                                         // steps per group (TT % U == 0)
-    static constexpr int PF = (TT * NSP + THREADS - 1) / THREADS;       // tile elements per thread
-    static constexpr int BUFS = DB ? 2 : 1;
+    static constexpr int NSP = NS * TPC;                             // padded states per channel
+    static constexpr int PART = TPC == 1 ? 0 : (NS == 16 ? 20 : NS); // offset of part p: p * PART
+    static constexpr int RS = TPC == 1 ? NS : TPC * PART;            // floats per time step
+    static constexpr int TT = NSP >= 128 ? 16 : 64;                  // steps per tile (smem <= 40 KB per block)
     static __device__ __forceinline__ int at(int t, int s) {
         return t * RS + (TPC == 1 ? s : (s / NS) * PART + s % NS);
     }
@@ -104,20 +105,13 @@ template <int NS, int TPC> struct Tile {
 
 // Passes 1 (FINAL = false: local chunk states) and 3 (FINAL = true: outputs, final state).
 // grid: (ngroups * cb_per_group, chunks, batch); block: THREADS = (THREADS/TPC channels) x TPC parts.
-//
-// Time is walked in groups of U steps. A group is one branch-free block of code: U deltas (softplus as a
-// polynomial), then U x NS independent ex2 and the state FMAs, then the U outputs. The raw x/dt/z of the next group
-// are loaded before the current group is computed (software pipelining, U steps ahead). The last group of a chunk
-// may be partial: its missing steps get delta = 0, which leaves h exactly unchanged (exp(0) = 1, dx = 0), and
-// are not stored.
-template <typename T, int NS, int TPC, bool FINAL>
-__global__ void __launch_bounds__(THREADS, TPC == 1 ? 3 : 4) scan_kernel(const ScanArgs a) {
+// U: steps whose x/dt/z loads are issued together (4; 8 selectable for d_state <= 16 with SSMTP_SCAN_U=8).
+template <typename T, int NS, int TPC, bool FINAL, int U = 4>
+__global__ void __launch_bounds__(THREADS, TPC == 1 ? 5 : 4) scan_kernel(const ScanArgs a) {
     using G = Tile<NS, TPC>;
     constexpr int CPB = THREADS / TPC;
-    constexpr int U = G::U;
-    constexpr int GPT = G::TT / U; // groups per tile
-    __shared__ __align__(16) float smB[G::BUFS][G::TT * G::RS];
-    __shared__ __align__(16) float smC[FINAL ? G::BUFS : 1][FINAL ? G::TT * G::RS : 4];
+    __shared__ __align__(16) float smB[G::TT * G::RS];
+    __shared__ __align__(16) float smC[FINAL ? G::TT * G::RS : 4];
 
     const int tid = threadIdx.x, part = tid % TPC;
     const int64_t grp = blockIdx.x / a.cb_per_group, cb = blockIdx.x % a.cb_per_group;
@@ -173,183 +167,96 @@ __global__ void __launch_bounds__(THREADS, TPC == 1 ? 3 : 4) scan_kernel(const S
 
     const float bias = a.dt_bias ? ssm_load_param(a.dt_bias, a.bias_dtype, c * a.sbias) : 0.f;
     const float Dv = (FINAL && a.D) ? ssm_load_param(a.D, a.D_dtype, c * a.sD) : 0.f;
+    const T *__restrict__ xp = (const T *)a.x + b * a.sx0 + c * a.sx1;
+    const T *__restrict__ dtp = (const T *)a.dt + b * a.sdt0 + c * a.sdt1;
+    const T *__restrict__ zp = (FINAL && a.z) ? (const T *)a.z + b * a.sz0 + c * a.sz1 : nullptr;
     const T *__restrict__ Bp = (const T *)a.B + b * a.sB0 + grp * a.sB1;
     const T *__restrict__ Cp = (const T *)a.C + b * a.sC0 + grp * a.sC1;
     const bool softplus = a.softplus != 0;
-    const bool has_z = FINAL && a.z != nullptr;
     const bool store = active && part == 0;
-    const int64_t sx2 = a.sx2, sdt2 = a.sdt2, sz2 = a.sz2, so2 = a.so2;
     float sum_delta = 0.f;
 
-    const int64_t nsteps = t_val - t_beg;
-    const int64_t ngroups = (nsteps + U - 1) / U;
-    const int64_t ntiles = (nsteps + G::TT - 1) / G::TT;
-
-    // B/C tile k (double-buffered path): raw loads into registers (zero outside [t_beg, t_val) and beyond d_state),
-    // then fp32 into smem.
-    T rb[G::DB ? G::PF : 1], rc[G::DB ? G::PF : 1];
-    // In the double-buffered case NSP divides THREADS: thread tid always loads state s = tid % NSP, at rows
-    // tid / NSP + q * (THREADS / NSP), so one pointer per array walks the rows.
-    auto tile_load = [&](int64_t kt) {
-        if constexpr (G::DB) {
-            constexpr int RSTEP = THREADS / G::NSP > 0 ? THREADS / G::NSP : 1;
-            const int s = tid % G::NSP, tt0 = tid / G::NSP;
-            const int64_t t0 = t_beg + kt * G::TT + tt0;
-            const bool sok = s < a.N;
-            const T *bq = Bp + s * a.sB2 + t0 * a.sB3, *cq = Cp + s * a.sC2 + t0 * a.sC3;
-            const int64_t bstep = RSTEP * a.sB3, cstep = RSTEP * a.sC3;
+    // One time step at tile row tt (absolute step t).
+    auto step = [&](float xv, float dtv, float zv, int tt, int64_t t) {
+        float delta = dtv + bias;
+        if (softplus) delta = ssm_softplus_fast(delta);
+        const float dx = delta * xv;
+        const float *Bt = smB + tt * G::RS + part * G::PART;
+        const float *Ct = smC + (FINAL ? tt * G::RS + part * G::PART : 0);
+        float y = 0.f, y1 = 0.f; // two partial sums: half the serial FMA chain
+        if (NS >= 4) {
 #pragma unroll
-            for (int q = 0; q < G::PF; q++) {
-                const bool ok = sok && tt0 + q * RSTEP < G::TT && t0 + q * RSTEP < t_val;
-                rb[q] = ok ? *bq : from_f32<T>(0.f);
-                if (FINAL) rc[q] = ok ? *cq : from_f32<T>(0.f);
-                bq += bstep;
-                cq += cstep;
-            }
-        }
-    };
-    auto tile_store = [&](int buf) {
-        if constexpr (G::DB) {
-            constexpr int RSTEP = THREADS / G::NSP > 0 ? THREADS / G::NSP : 1;
-            const int s = tid % G::NSP, tt0 = tid / G::NSP;
+            for (int j = 0; j < NS; j += 4) {
+                const float4 b4 = *(const float4 *)(Bt + j);
+                const float bb[4] = {b4.x, b4.y, b4.z, b4.w};
+                float cc[4] = {0.f, 0.f, 0.f, 0.f};
+                if (FINAL) {
+                    const float4 c4 = *(const float4 *)(Ct + j);
+                    cc[0] = c4.x; cc[1] = c4.y; cc[2] = c4.z; cc[3] = c4.w;
+                }
 #pragma unroll
-            for (int q = 0; q < G::PF; q++) {
-                const int tt = tt0 + q * RSTEP;
-                if (tt < G::TT) {
-                    smB[buf][G::at(tt, s)] = to_f32<T>(rb[q]);
-                    if (FINAL) smC[buf][G::at(tt, s)] = to_f32<T>(rc[q]);
+                for (int e = 0; e < 4; e++) {
+                    const float dA = ssm_ex2(delta * A2[j + e]);
+                    h[j + e] = fmaf(dA, h[j + e], dx * bb[e]);
+                    if (FINAL) {
+                        if (e & 1) y1 = fmaf(h[j + e], cc[e], y1);
+                        else y = fmaf(h[j + e], cc[e], y);
+                    }
                 }
             }
-        }
-    };
-
-    // Raw x/dt/z of one group (steps past t_val read the last valid step: in bounds, and masked later).
-    const T *__restrict__ xp = (const T *)a.x + b * a.sx0 + c * a.sx1;
-    const T *__restrict__ dtp = (const T *)a.dt + b * a.sdt0 + c * a.sdt1;
-    const T *__restrict__ zp = has_z ? (const T *)a.z + b * a.sz0 + c * a.sz1 : (const T *)a.x;
-    T xr[U], dr[U], zr[U];
-    auto group_load = [&](int64_t gi, T (&xo)[U], T (&dto)[U], T (&zo)[U]) {
-        const int64_t t0 = t_beg + gi * U;
-        const int nv = (int)min((int64_t)U, t_val - t0);
-        const T *xq = xp + t0 * sx2, *dq = dtp + t0 * sdt2, *zq = zp + t0 * sz2;
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            xo[u] = *xq;
-            dto[u] = *dq;
-            zo[u] = (has_z && store) ? *zq : from_f32<T>(0.f);
-            if (u + 1 < nv) { xq += sx2; dq += sdt2; zq += sz2; }
-        }
-    };
-
-    // Single-buffer fill (TPC > 1): straight from global to shared, no register staging.
-    auto tile_fill = [&](int64_t kt) {
-        const int64_t t0 = t_beg + kt * G::TT;
-        for (int i = tid; i < G::TT * G::NSP; i += THREADS) {
-            const int tt = i / G::NSP, s = i % G::NSP;
-            const bool ok = s < a.N && t0 + tt < t_val;
-            smB[0][G::at(tt, s)] = ok ? to_f32<T>(Bp[s * a.sB2 + (t0 + tt) * a.sB3]) : 0.f;
-            if (FINAL) smC[0][G::at(tt, s)] = ok ? to_f32<T>(Cp[s * a.sC2 + (t0 + tt) * a.sC3]) : 0.f;
-        }
-    };
-
-    if (ngroups > 0) {
-        if constexpr (G::DB) {
-            tile_load(0);
-            tile_store(0);
         } else {
-            tile_fill(0);
+#pragma unroll
+            for (int j = 0; j < NS; j++) {
+                const float dA = ssm_ex2(delta * A2[j]);
+                h[j] = fmaf(dA, h[j], dx * Bt[j]);
+                if (FINAL) y = fmaf(h[j], Ct[j], y);
+            }
+        }
+        y += y1;
+        if constexpr (!FINAL) {
+            sum_delta += delta;
+        } else {
+#pragma unroll
+            for (int o = TPC / 2; o > 0; o >>= 1) y += __shfl_xor_sync(0xffffffffu, y, o);
+            if (store) {
+                y = fmaf(Dv, xv, y);
+                if (zp) y *= ssm_silu_out<T>(zv);
+                outp[t * a.so2] = from_f32<T>(y);
+            }
+        }
+    };
+
+    for (int64_t t0 = t_beg; t0 < t_val; t0 += G::TT) {
+        const int nt = (int)min((int64_t)G::TT, t_val - t0);
+        __syncthreads(); // the previous tile's readers are done
+        for (int i = tid; i < nt * G::NSP; i += THREADS) {
+            const int tt = i / G::NSP, s = i % G::NSP;
+            float bv = 0.f, cv = 0.f;
+            if (s < a.N) {
+                bv = to_f32<T>(Bp[s * a.sB2 + (t0 + tt) * a.sB3]);
+                if (FINAL) cv = to_f32<T>(Cp[s * a.sC2 + (t0 + tt) * a.sC3]);
+            }
+            smB[G::at(tt, s)] = bv;
+            if (FINAL) smC[G::at(tt, s)] = cv;
         }
         __syncthreads();
-        group_load(0, xr, dr, zr);
-    }
-    for (int64_t kt = 0; kt < ntiles; kt++) {
-        const int buf = G::DB ? (int)(kt & 1) : 0;
-        if (!G::DB && kt > 0) {
-            __syncthreads(); // readers of the previous tile are done
-            tile_fill(kt);
-            __syncthreads();
-        }
-        if (G::DB && kt + 1 < ntiles) tile_load(kt + 1); // consumed at the end of this tile
-        const float *sB = smB[buf];
-        const float *sC = smC[FINAL ? buf : 0];
-        const int64_t g_end = min(ngroups, (kt + 1) * GPT);
-        for (int64_t gi = kt * GPT; gi < g_end; gi++) {
-            T xn[U], dn[U], zn[U];
-            if (gi + 1 < ngroups) group_load(gi + 1, xn, dn, zn);
-            const int64_t t0 = t_beg + gi * U;
-            const int nv = (int)min((int64_t)U, t_val - t0); // valid steps in this group
-            const int tt0 = (int)(gi - kt * GPT) * U;        // row of the group's first step in the tile
-            float delta[U], dx[U], y[U];
+        int tt = 0;
+        for (; tt + U <= nt; tt += U) {
+            float xv[U], dv[U], zv[U];
 #pragma unroll
             for (int u = 0; u < U; u++) {
-                float v = to_f32<T>(dr[u]) + bias;
-                if (softplus) v = ssm_softplus_fast(v);
-                delta[u] = u < nv ? v : 0.f;
-                dx[u] = u < nv ? v * to_f32<T>(xr[u]) : 0.f;
+                const int64_t t = t0 + tt + u;
+                xv[u] = to_f32<T>(xp[t * a.sx2]);
+                dv[u] = to_f32<T>(dtp[t * a.sdt2]);
+                zv[u] = (zp && store) ? to_f32<T>(zp[t * a.sz2]) : 0.f;
             }
 #pragma unroll
-            for (int u = 0; u < U; u++) {
-                const float *Bt = sB + (tt0 + u) * G::RS + part * G::PART;
-                const float *Ct = sC + (FINAL ? (tt0 + u) * G::RS + part * G::PART : 0);
-                float y0 = 0.f, y1 = 0.f; // two chains: half the serial FMA latency
-                if (NS >= 4) {
-#pragma unroll
-                    for (int j = 0; j < NS; j += 4) {
-                        const float4 b4 = *(const float4 *)(Bt + j);
-                        const float bb[4] = {b4.x, b4.y, b4.z, b4.w};
-                        float cc[4] = {0.f, 0.f, 0.f, 0.f};
-                        if (FINAL) {
-                            const float4 c4 = *(const float4 *)(Ct + j);
-                            cc[0] = c4.x; cc[1] = c4.y; cc[2] = c4.z; cc[3] = c4.w;
-                        }
-#pragma unroll
-                        for (int e = 0; e < 4; e++) {
-                            const float dA = ssm_ex2(delta[u] * A2[j + e]);
-                            h[j + e] = fmaf(dA, h[j + e], dx[u] * bb[e]);
-                            if (FINAL) {
-                                if (e & 1) y1 = fmaf(h[j + e], cc[e], y1);
-                                else y0 = fmaf(h[j + e], cc[e], y0);
-                            }
-                        }
-                    }
-                } else {
-#pragma unroll
-                    for (int j = 0; j < NS; j++) {
-                        const float dA = ssm_ex2(delta[u] * A2[j]);
-                        h[j] = fmaf(dA, h[j], dx[u] * Bt[j]);
-                        if (FINAL) y0 = fmaf(h[j], Ct[j], y0);
-                    }
-                }
-                y[u] = y0 + y1;
-            }
-            if constexpr (!FINAL) {
-#pragma unroll
-                for (int u = 0; u < U; u++) sum_delta += delta[u];
-            } else {
-#pragma unroll
-                for (int u = 0; u < U; u++) {
-#pragma unroll
-                    for (int o = TPC / 2; o > 0; o >>= 1) y[u] += __shfl_xor_sync(0xffffffffu, y[u], o);
-                    y[u] = fmaf(Dv, to_f32<T>(xr[u]), y[u]);
-                    if (has_z) y[u] *= ssm_silu_out<T>(to_f32<T>(zr[u]));
-                }
-                if (store) {
-                    T *oq = outp + t0 * so2;
-#pragma unroll
-                    for (int u = 0; u < U; u++) {
-                        if (u < nv) *oq = from_f32<T>(y[u]);
-                        oq += so2;
-                    }
-                }
-            }
-            if (gi + 1 < ngroups) {
-#pragma unroll
-                for (int u = 0; u < U; u++) { xr[u] = xn[u]; dr[u] = dn[u]; zr[u] = zn[u]; }
-            }
+            for (int u = 0; u < U; u++) step(xv[u], dv[u], zv[u], tt + u, t0 + tt + u);
         }
-        if (G::DB && kt + 1 < ntiles) {
-            tile_store((int)((kt + 1) & 1));
-            __syncthreads(); // the next tile is in place; every reader of buffer (kt+1)&1's old tile is done
+        for (; tt < nt; tt++) {
+            const int64_t t = t0 + tt;
+            step(to_f32<T>(xp[t * a.sx2]), to_f32<T>(dtp[t * a.sdt2]),
+                 (zp && store) ? to_f32<T>(zp[t * a.sz2]) : 0.f, tt, t);
         }
     }
 
@@ -418,7 +325,7 @@ __global__ void __launch_bounds__(256) scan_combine_kernel(const ScanArgs a) {
     }
 }
 
-template <typename T, int NS, int TPC> struct Launch {
+template <typename T, int NS, int TPC, int U = 4> struct Launch {
     static ssmtp_status_t run(ScanArgs &a, int device, cudaStream_t st) {
         constexpr int CPB = THREADS / TPC;
         using G = Tile<NS, TPC>;
@@ -433,7 +340,7 @@ template <typename T, int NS, int TPC> struct Launch {
         static int occ = 0; // per instantiation; the same on every device of one model
         if (occ == 0) {
             int o = 0;
-            SSMTP_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o, scan_kernel<T, NS, TPC, true>, THREADS, 0));
+            SSMTP_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o, scan_kernel<T, NS, TPC, true, U>, THREADS, 0));
             occ = o > 0 ? o : 1;
         }
         int sms = 132;
@@ -456,13 +363,13 @@ template <typename T, int NS, int TPC> struct Launch {
 
         const dim3 block(THREADS);
         if (K > 1) {
-            scan_kernel<T, NS, TPC, false><<<dim3((unsigned)nblk, (unsigned)(K - 1), (unsigned)a.batch), block, 0, st>>>(a);
+            scan_kernel<T, NS, TPC, false, U><<<dim3((unsigned)nblk, (unsigned)(K - 1), (unsigned)a.batch), block, 0, st>>>(a);
             SSMTP_CUDA_CHECK_LAUNCH(OP);
             const int64_t nc = a.batch * a.dim * a.N;
             scan_combine_kernel<T><<<(unsigned)((nc + 255) / 256), 256, 0, st>>>(a);
             SSMTP_CUDA_CHECK_LAUNCH(OP);
         }
-        scan_kernel<T, NS, TPC, true><<<dim3((unsigned)nblk, (unsigned)K, (unsigned)a.batch), block, 0, st>>>(a);
+        scan_kernel<T, NS, TPC, true, U><<<dim3((unsigned)nblk, (unsigned)K, (unsigned)a.batch), block, 0, st>>>(a);
         SSMTP_CUDA_CHECK_LAUNCH(OP);
         return SSMTP_OK;
     }
@@ -483,6 +390,8 @@ template <typename T> ssmtp_status_t dispatch_n(ScanArgs &a, int device, cudaStr
         if (env && *env) tpc = atoi(env);
         if (tpc == 2) return Launch<T, 8, 2>::run(a, device, st);
         if (tpc == 4) return Launch<T, 4, 4>::run(a, device, st);
+        const char *envu = getenv("SSMTP_SCAN_U"); // 8: x/dt/z loads 8 steps at a time (benchmarks)
+        if (envu && atoi(envu) == 8) return Launch<T, 16, 1, 8>::run(a, device, st);
         return Launch<T, 16, 1>::run(a, device, st);
     }
     if (N <= 32) return Launch<T, 16, 2>::run(a, device, st);
