@@ -359,6 +359,8 @@ def chunk_sweep(flt=""):
 # ------------------------------------------------------------------------------------------------ main
 
 def git_commit():
+    if os.environ.get("SSMTP_GIT_COMMIT"):  # set by whoever copies the tree to a machine without .git
+        return os.environ["SSMTP_GIT_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                               cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
