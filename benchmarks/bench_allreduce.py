@@ -137,7 +137,10 @@ class Bench:
 
     def run(self, backend, nbytes, fn, modes, check):
         """check() -> None or an error string (validated before timing, on every rank)."""
-        err = check()
+        try:
+            err = check()
+        except Exception as e:  # noqa: BLE001 - reported like a wrong result; both ranks stay in step
+            err = f"{type(e).__name__}: {str(e)[:300]}"
         errs = [None] * self.world
         dist.all_gather_object(errs, err)
         bad = [e for e in errs if e]
@@ -147,7 +150,13 @@ class Bench:
             return
         reps, iters = self.iters_for(nbytes)
         for mode in modes:
-            us = (self._time_graph if mode == "graph" else self._time_eager)(fn, reps, iters)
+            try:
+                us = (self._time_graph if mode == "graph" else self._time_eager)(fn, reps, iters)
+            except Exception as e:  # noqa: BLE001
+                self.skipped.append(dict(backend=backend, bytes=nbytes, mode=mode, reason=f"{type(e).__name__}: {e}"))
+                log0(f"  FAILED {backend}/{mode} {fmt_size(nbytes)}: {type(e).__name__}: {str(e)[:200]}")
+                torch.cuda.synchronize()
+                continue
             self.record(backend, mode, nbytes, us)
 
 
@@ -170,8 +179,9 @@ def main():
     nc = NcclComm(None, dev)
     ca = CustomAllReduce(None, dev)
     os.environ["SSMTP_AR_FENCE"] = "strong"
-    ca_strong = CustomAllReduce(None, dev)
+    ca_strong = CustomAllReduce(None, dev, buffer_bytes=8 * MiB)
     del os.environ["SSMTP_AR_FENCE"]
+    ca_lam = CustomAllReduce(None, dev, buffer_bytes=8 * MiB, timeout_s=5.0)  # own handle: a failure cannot poison the others
     try:
         symm = SymmAllReduce(None, dev)
     except Exception as e:  # noqa: BLE001
@@ -255,8 +265,8 @@ def main():
             B.run(f"custom-{algo}", nbytes, lambda: ca.all_reduce(x, out=y, algo=algo), ("eager", "graph"),
                   lambda: bitwise_exact(ca.all_reduce(x, out=torch.empty_like(x), algo=algo)))
         if nbytes <= 4 * MiB:
-            B.run("custom-lamport", nbytes, lambda: ca.all_reduce(x, out=y, algo="lamport"), ("eager", "graph"),
-                  lambda: bitwise_exact(ca.all_reduce(x, out=torch.empty_like(x), algo="lamport")))
+            B.run("custom-lamport", nbytes, lambda: ca_lam.all_reduce(x, out=y, algo="lamport"), ("eager", "graph"),
+                  lambda: bitwise_exact(ca_lam.all_reduce(x, out=torch.empty_like(x), algo="lamport")))
         if nbytes <= MiB:
             B.run("custom-1shot-strong", nbytes, lambda: ca_strong.all_reduce(x, out=y, algo="1shot"), ("graph",),
                   lambda: bitwise_exact(ca_strong.all_reduce(x, out=torch.empty_like(x), algo="1shot")))
@@ -299,6 +309,7 @@ def main():
     gc.collect()
     ca.close()
     ca_strong.close()
+    ca_lam.close()
     if symm is not None:
         symm.close()
     nc.close()

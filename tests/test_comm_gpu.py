@@ -78,6 +78,7 @@ def _log(rank, *a):
 def _main(rank, world):
     dev = torch.device("cuda", rank)
     ca = CustomAllReduce(None, dev, buffer_bytes=1 << 20, timeout_s=10.0)
+    cal = CustomAllReduce(None, dev, buffer_bytes=1 << 20, timeout_s=5.0)  # lamport on its own handle: isolated
     nc = NcclComm(None, dev)
     own = NcclComm(None, dev, use_torch_comm=False)
     _log(rank, "nccl:", nc.how, "| fallback:", own.how)
@@ -90,7 +91,7 @@ def _main(rank, world):
         "custom-1shot": lambda t: ca.all_reduce(t, algo="1shot"),
         "custom-2shot": lambda t: ca.all_reduce(t, algo="2shot"),
         "custom-auto": lambda t: ca.all_reduce(t, algo="auto"),
-        "custom-lamport": lambda t: ca.all_reduce(t, algo="lamport"),
+        "custom-lamport": lambda t: cal.all_reduce(t, algo="lamport"),
         "nccl-torch-comm": nc.all_reduce,
         "nccl-own-comm": own.all_reduce,
     }
@@ -132,7 +133,7 @@ def _main(rank, world):
                 src.copy_(x)
                 dst = torch.empty(n + 1, dtype=dtype, device=dev)[1:]
                 for algo in ("1shot", "2shot", "lamport"):
-                    ca.all_reduce(src, out=dst, algo=algo)
+                    (cal if algo == "lamport" else ca).all_reduce(src, out=dst, algo=algo)
                     if not (_same(dst, exact_lamport if algo == "lamport" else exact) and _same(src, x)):
                         failures.append(f"custom-{algo} unaligned out-of-place {dtype} n={n}")
     torch.cuda.synchronize()
@@ -192,7 +193,7 @@ def _main(rank, world):
     oa, ob, oq, on, ol = (torch.empty_like(t) for t in (xa, xb, xq, xn, xa))
 
     def step():
-        ca.all_reduce(xa, out=ol, algo="lamport")
+        cal.all_reduce(xa, out=ol, algo="lamport")
         ca.all_reduce(xa, out=oa, algo="1shot")
         ca.all_reduce(xb, out=ob, algo="2shot")
         ca.quant_all_reduce(xq, "int8", 32, "2shot", out=oq)
@@ -277,6 +278,7 @@ def _main(rank, world):
     _log(rank, "timeouts (two-shot, lamport) and message mismatch raised on both ranks")
 
     ca.close()
+    cal.close()
     if symm is not None:
         symm.close()
     own.close()
