@@ -68,3 +68,42 @@ def build_zamba(config: str, dtype=torch.float32, seed: int = 0, **overrides):
     model.generation_config.pad_token_id = 0
     return model
 
+
+# Zamba2. "hf-tester" is HF's Zamba2ModelTester config (8 mamba heads in 8 groups, d_state 2, chunk 8, 2 attention
+# heads: TP 4 is refused, RoPE on, one shared block). "g1": one B/C group as in the 2.7B model (B/C replicated, the
+# gated norm's group spans all ranks), 2 shared blocks with q/k/v and MLP adapters. "odd": 4 heads of 12 channels in
+# 2 groups (a group spans 2 ranks at TP 4), d_state 8, conv width 3, chunk 4, linear biases, MLP 30, RoPE, adapters.
+ZAMBA2_CONFIGS = {
+    "hf-tester": dict(vocab_size=VOCAB, hidden_size=16, mamba_d_state=2, chunk_size=8, num_hidden_layers=3,
+                      num_attention_heads=2, n_mamba_heads=8, mamba_ngroups=8, intermediate_size=4,
+                      layers_block_type=["mamba", "hybrid", "hybrid"], num_mem_blocks=1, use_mem_rope=True,
+                      hidden_act="gelu"),
+    "g1": dict(vocab_size=VOCAB, hidden_size=32, mamba_d_state=16, chunk_size=8, num_hidden_layers=6,
+               num_attention_heads=4, n_mamba_heads=8, mamba_ngroups=1, intermediate_size=48,
+               layers_block_type=["mamba", "hybrid", "mamba", "hybrid", "hybrid", "mamba"], num_mem_blocks=2,
+               use_shared_attention_adapter=True, adapter_rank=8, hidden_act="gelu"),
+    "odd": dict(vocab_size=VOCAB, hidden_size=24, mamba_d_state=8, mamba_d_conv=3, chunk_size=4, num_hidden_layers=5,
+                num_attention_heads=4, n_mamba_heads=4, mamba_ngroups=2, intermediate_size=30, add_bias_linear=True,
+                layers_block_type=["mamba", "hybrid", "mamba", "hybrid", "hybrid"], num_mem_blocks=2,
+                use_shared_attention_adapter=True, adapter_rank=6, use_mem_rope=True, hidden_act="gelu"),
+}
+
+
+def build_zamba2(config: str, dtype=torch.float32, seed: int = 0, **overrides):
+    from transformers import Zamba2Config, Zamba2ForCausalLM
+
+    kw = dict(ZAMBA2_CONFIGS[config], pad_token_id=0, bos_token_id=1, eos_token_id=2, use_mamba_kernels=False,
+              attn_implementation="eager", initializer_range=0.2)
+    kw.update(overrides)
+    torch.manual_seed(seed)
+    model = Zamba2ForCausalLM(Zamba2Config(**kw)).eval()
+    with torch.no_grad():  # HF initialises biases to zero (and D to one): randomise them so that they are checked
+        for name, p in model.named_parameters():
+            if name.endswith(".bias") or name.endswith(".D"):
+                p.normal_(1.0 if name.endswith(".D") else 0.0, 0.2)
+            elif name.endswith("norm.weight") or name.endswith("layernorm.weight"):
+                p.normal_(1.0, 0.2)
+    model = model.to(dtype)
+    model.generation_config.eos_token_id = None  # always generate the full length
+    model.generation_config.pad_token_id = 0
+    return model

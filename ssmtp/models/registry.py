@@ -60,6 +60,22 @@ register("ZambaMLP", _ZAMBA, _zamba_factory("mlp"))
 _MODELS.update({"ZambaForCausalLM", "ZambaModel"})
 
 
+def _zamba2_factory(kind: str):
+    def make(m: nn.Module, comm: Communicator) -> nn.Module:
+        from . import zamba2
+
+        cls = {"mixer": zamba2.TPZamba2MambaMixer, "attention": zamba2.TPZamba2Attention, "mlp": zamba2.TPZamba2MLP}
+        return cls[kind].from_hf(m, comm)
+
+    return make
+
+
+_ZAMBA2 = "transformers.models.zamba2.modeling_zamba2"
+register("Zamba2MambaMixer", _ZAMBA2, _zamba2_factory("mixer"))
+register("Zamba2Attention", _ZAMBA2, _zamba2_factory("attention"))
+register("Zamba2MLP", _ZAMBA2, _zamba2_factory("mlp"))
+_MODELS.update({"Zamba2ForCausalLM", "Zamba2Model"})
+
 
 def supported_classes() -> list[str]:
     return sorted(_MODELS)
