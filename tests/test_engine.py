@@ -13,13 +13,11 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 
-import ssmtp
-from distributed import run_ranks
+from distributed import _worker, free_port
 from ssmtp.engine import LLM, SamplingParams, SlotPool, SlotPoolExhausted
 from ssmtp.engine.prefix_cache import BranchIndex, PrefixCache, as_tokens, chain_hashes
 from ssmtp.engine.sampling import gumbel_noise, sample
@@ -30,6 +28,35 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NEW = 10
 K = 8  # prefix interval in these tests: prompts span several blocks
 LENGTHS = (13, 5, 21, 1, 9, 17)  # more prompts than the 4 slots below: requests queue and join as others finish
+
+
+def run_ranks(world, fn, *args, timeout=300.0):
+    """tests/distributed.run_ranks, with the ranks forked from a forkserver that imported torch, transformers and
+    ssmtp once (as tests/test_comm.py does): a spawned rank spends seconds importing them, most of a 4-rank test on a
+    small CI machine."""
+    ctx = torch.multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "torch.distributed", "transformers", "ssmtp", "distributed", "tiny_models",
+                                __name__])
+    errq = ctx.SimpleQueue()
+    port = free_port()
+    procs = [ctx.Process(target=_worker, args=(r, world, port, "gloo", fn, args, errq)) for r in range(world)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout)
+    hung = [i for i, p in enumerate(procs) if p.is_alive()]
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    errors = []
+    while not errq.empty():
+        errors.append(errq.get())
+    if errors:
+        rank, tb = sorted(errors)[0]
+        raise AssertionError(f"rank {rank} of {world} failed:\n{tb}")
+    assert not hung, f"ranks {hung} of {world} did not finish within {timeout} s"
+    bad = [(i, p.exitcode) for i, p in enumerate(procs) if p.exitcode != 0]
+    assert not bad, f"ranks exited with non-zero codes {bad}"
 
 
 @pytest.fixture(autouse=True, scope="module")

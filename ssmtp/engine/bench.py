@@ -93,7 +93,6 @@ def _model_params(llm) -> int:
 
 
 def run(args) -> dict:
-    from ..presets import PRESETS  # noqa: F401
     from .launch import init_distributed
     from .llm import LLM
 
@@ -122,6 +121,7 @@ def run(args) -> dict:
                  "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                  "torch": torch.__version__, "tp": world, "model": args.model, "dtype": args.dtype,
                  "prefix_interval": args.prefix_interval, "graphs": llm.graphs is not None,
+                 "fused_decode": bool(getattr(llm.runner, "fused", False)),
                  "allreduce_backend": getattr(llm.comm, "backend", "?"), "load_s": time.perf_counter() - t_start},
         "floors": {"hbm_bytes_per_s": HBM_BPS, "gemm_flops": GEMM_FLOPS},
     }
@@ -281,7 +281,7 @@ def _hf_same_run(llm, args, device, dtype, g) -> dict:
             t_gen, _ = timer(lambda: model.generate(ids, max_new_tokens=n + 1, min_new_tokens=n + 1, do_sample=False))
         out = {"workload": "B=1 L=512", "prefill_s": t_pre, "prefill_tok_s": 512 / t_pre,
                "decode_step_ms": (t_gen - t_pre) / n * 1e3}
-        del model
+        model = None  # noqa: F841  (frees the GPU memory before the next figure)
         torch.cuda.empty_cache()
     except Exception as e:  # HF is a comparison, not the subject: report why it is missing
         out = {"error": f"{type(e).__name__}: {e}"}
@@ -338,6 +338,8 @@ def _plot(res: dict, path: str) -> bool:
 def _compare(res: dict, out_dir: str) -> dict:
     """Ratios against the TP=1 result in the same folder (when this run is TP > 1)."""
     p = os.path.join(out_dir, "engine-tp1.json")
+    if not os.path.isfile(p):
+        return {}
     if res["meta"]["tp"] == 1 or not os.path.isfile(p):
         return {}
     with open(p) as f:
@@ -396,7 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--model", default="mamba-2.8b", help="preset, HF directory or hub id")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--device", default=None, help="cuda (this rank's GPU, default when present) or cpu")
-    ap.add_argument("--out", default=None, help="folder for engine-tp{N}.json / .png (rank 0 writes)")
+    ap.add_argument("--out", default=None, help="folder for engine-tp{N}.json and .png, or a .json file path (the "
+                    "plot goes next to it); TP > 1 runs add ratios to engine-tp1.json found in the same folder")
     ap.add_argument("--decode-batches", default="1,8,64,256", help="decode batch sizes, comma-separated")
     ap.add_argument("--decode-tokens", type=int, default=32, help="tokens per engine decode timing")
     ap.add_argument("--graph-iters", type=int, default=50, help="graph replays timed per batch size (median)")
@@ -422,12 +425,17 @@ def main(argv=None) -> int:
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         if rank == 0:
             if args.out:
-                os.makedirs(args.out, exist_ok=True)
-                res["compare_tp1"] = _compare(res, args.out)
-                tp = res["meta"]["tp"]
-                with open(os.path.join(args.out, f"engine-tp{tp}.json"), "w") as f:
+                # --out DIR writes DIR/engine-tp{N}.json; --out FILE.json writes that file; the plot goes next to it
+                if args.out.endswith(".json"):
+                    path = args.out
+                else:
+                    path = os.path.join(args.out, f"engine-tp{res['meta']['tp']}.json")
+                folder = os.path.dirname(path) or "."
+                os.makedirs(folder, exist_ok=True)
+                res["compare_tp1"] = _compare(res, folder)
+                with open(path, "w") as f:
                     json.dump(res, f, indent=1)
-                if not _plot(res, os.path.join(args.out, f"engine-tp{tp}.png")):
+                if not _plot(res, path[:-len(".json")] + ".png"):
                     print("[bench] matplotlib missing: no plot written", flush=True)
             print(_table(res), flush=True)
     finally:

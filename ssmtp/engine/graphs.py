@@ -2,9 +2,9 @@
 
 Each graph runs the whole decode step of ``runner.decode`` - embeddings, every layer's in_proj, conv step, x_proj +
 all-reduce, SSM state update, out_proj + all-reduce, the final norm and lm_head - from static buffers:
-    inputs   (2, max_bs) int64 device buffer: row 0 token ids, row 1 slot index (-1 = padding row)
+    inputs   (max_bs, 2) int64 device buffer: column 0 token ids, column 1 slot index (-1 = padding row)
     outputs  logits (bs, V) fp32, and their argmax (bs,) int64 (greedy rows need nothing else)
-One host-to-device copy of the (2, bs) inputs per step (from pinned memory), one replay, no Python per layer. The
+One host-to-device copy of the (bs, 2) inputs per step (from pinned memory), one replay, no Python per layer. The
 slot pool's tensors have fixed addresses, so the graphs read and write the states in place; padding rows (slot -1)
 leave every slot untouched, which is also what makes warm-up safe: it runs with all rows as padding.
 
@@ -43,8 +43,10 @@ class GraphDecoder:
         self.device = pool.device
         self.sizes = buckets_for(max_batch, sizes)
         self.max_bs = self.sizes[-1]
-        self._inputs = torch.zeros(2, self.max_bs, dtype=torch.int64, device=self.device)
-        self._staging = torch.zeros(2, self.max_bs, dtype=torch.int64).pin_memory()
+        self._inputs = torch.zeros(self.max_bs, 2, dtype=torch.int64, device=self.device)
+        # pinned staging for the per-step inputs; reusing it is safe because every step ends in a host sync (the
+        # sampled tokens are read back) after which the previous copy has completed
+        self._staging = torch.zeros(self.max_bs, 2, dtype=torch.int64).pin_memory()
         self._graphs: dict[int, tuple] = {}  # bs -> (graph, logits, argmax)
         self._mempool = torch.cuda.graph_pool_handle()
 
@@ -59,8 +61,8 @@ class GraphDecoder:
         return sorted(self._graphs)
 
     def _body(self, bs: int):
-        ids = self._inputs[0, :bs]
-        idx = self._inputs[1, :bs].to(torch.int32)
+        ids = self._inputs[:bs, 0]
+        idx = self._inputs[:bs, 1].to(torch.int32)
         pos = torch.zeros_like(ids)  # Mamba ignores positions; a hybrid runner takes them from its own buffers
         logits = self.runner.decode(ids, pos, idx, self.pool)
         return logits, logits.argmax(-1)
@@ -69,8 +71,8 @@ class GraphDecoder:
     def capture(self, bs: int) -> None:
         if bs in self._graphs:
             return
-        self._inputs[0, :bs].zero_()
-        self._inputs[1, :bs].fill_(-1)  # warm-up rows are padding: no slot is touched
+        self._inputs[:bs, 0].zero_()
+        self._inputs[:bs, 1].fill_(-1)  # warm-up rows are padding: no slot is touched
         s = torch.cuda.Stream(self.device)
         s.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(s):
@@ -103,12 +105,12 @@ class GraphDecoder:
         if bs not in self._graphs:
             self.capture(bs)
         st = self._staging
-        st[0, :n] = torch.as_tensor(ids, dtype=torch.int64)
-        st[1, :n] = torch.as_tensor(slots, dtype=torch.int64)
+        st[:n, 0] = torch.as_tensor(ids, dtype=torch.int64)
+        st[:n, 1] = torch.as_tensor(slots, dtype=torch.int64)
         if bs > n:
-            st[0, n:bs] = 0
-            st[1, n:bs] = -1
-        self._inputs[:, :bs].copy_(st[:, :bs], non_blocking=True)
+            st[n:bs, 0] = 0
+            st[n:bs, 1] = -1
+        self._inputs[:bs].copy_(st[:bs], non_blocking=True)
         g, logits, greedy = self._graphs[bs]
         g.replay()
         return logits[:n], greedy[:n]
@@ -121,8 +123,8 @@ class GraphDecoder:
         """Fill the input buffers for a batch (benchmarks); returns the bucket."""
         n = len(ids)
         bs = self.bucket(n)
-        self._inputs[0, :bs] = 0
-        self._inputs[1, :bs] = -1
-        self._inputs[0, :n] = torch.as_tensor(ids, dtype=torch.int64, device=self.device)
-        self._inputs[1, :n] = torch.as_tensor(slots, dtype=torch.int64, device=self.device)
+        self._inputs[:bs, 0] = 0
+        self._inputs[:bs, 1] = -1
+        self._inputs[:n, 0] = torch.as_tensor(ids, dtype=torch.int64, device=self.device)
+        self._inputs[:n, 1] = torch.as_tensor(slots, dtype=torch.int64, device=self.device)
         return bs

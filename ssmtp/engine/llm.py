@@ -24,7 +24,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field, replace
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ import torch.distributed as dist
 
 from ..parallel.comm import Communicator, get_communicator
 from .graphs import GraphDecoder
-from .prefix_cache import BranchIndex, PrefixCache, PrefixKey, as_tokens, chain_hashes
+from .prefix_cache import BranchIndex, PrefixCache, as_tokens, chain_hashes
 from .runner import runner_class
 from .sampling import SamplingParams, sample
 from .state_cache import SlotPool, bytes_per_slot
@@ -120,6 +120,8 @@ class LLM:
     cache_generated     also save the state at the end of each finished request (multi-turn prompts then hit)
     cuda_graphs         capture decode graphs per batch bucket (default: on for CUDA); graph_batch_sizes
     max_prefill_tokens  padded tokens per prefill step (batch x longest chunk); also the longest chunk
+    fused_decode        torch.compile the decode path's norm/residual glue into one kernel each (default: on for
+                        CUDA unless SSMTP_ENGINE_COMPILE=0; falls back to plain ops, logged, if compiling fails)
     tokenizer           for text prompts (default: the checkpoint's, or the tiny presets' byte tokenizer)
     seed                engine seed: requests without their own seed get seed*1000003 + request number
     """
@@ -130,7 +132,7 @@ class LLM:
                  max_model_len: Optional[int] = None, prefix_cache: bool = True, prefix_interval: int = 512,
                  prefix_cache_memory=None, cache_generated: bool = True, cuda_graphs: Optional[bool] = None,
                  graph_batch_sizes: Optional[Sequence[int]] = None, max_prefill_tokens: Optional[int] = None,
-                 tokenizer=None, seed: int = 0, progress: bool = True, check_same_model: bool = True):
+                 fused_decode: Optional[bool] = None, tokenizer=None, seed: int = 0, progress: bool = True, check_same_model: bool = True):
         from ..loading import HFModelSource, resolve
 
         for name, v, lo in (("max_batch", max_batch, 1), ("prefix_interval", prefix_interval, 1)):
@@ -167,6 +169,10 @@ class LLM:
             self.runner = cls.build(source, self.comm, dtype, device, progress=progress)
             eos = source.config.eos_token_id
         self.runner.eval()
+        if fused_decode is None:
+            fused_decode = device.type == "cuda" and os.environ.get("SSMTP_ENGINE_COMPILE", "1") != "0"
+        if hasattr(self.runner, "set_fused"):
+            self.runner.set_fused(bool(fused_decode))
         self.source_name = source.name
         self.config = source.config
         self.dtype = dtype

@@ -1,0 +1,100 @@
+"""The engine on CUDA: CUDA-graph decode == eager decode token for token (TP=1; TP=2 over NCCL, graphs capturing the
+all-reduces), == HF greedy on the same GPU; padding rows of a graph bucket leave the other slots untouched; a prefix
+hit == a cold prefill on the GPU. Skipped without CUDA (marker `cuda`; `multigpu` needs 2 GPUs)."""
+import pytest
+import torch
+
+from distributed import run_ranks
+from tiny_models import build
+
+NEW = 12
+LENGTHS = (13, 5, 21, 1, 9)  # 5 requests: graph bucket 8 with 3 padding rows, then smaller buckets as they finish
+
+
+def _prompts():
+    g = torch.Generator().manual_seed(1)
+    return [torch.randint(3, 99, (n,), generator=g).tolist() for n in LENGTHS]
+
+
+def _close(a, b, rel, what):
+    err = (a.float() - b.float()).abs().max().item()
+    bound = rel * b.float().abs().max().item() + 1e-6
+    assert err <= bound, f"{what}: max abs error {err:.3e} > {bound:.3e}"
+
+
+def _graph_vs_eager(device, family, config, dtype, hf_check):
+    from ssmtp.engine import LLM
+
+    model = build(family, config, dtype).to(device)
+    prompts = _prompts()
+    # different max_new_tokens make requests finish at different steps: the batch shrinks through the buckets
+    kw = dict(max_new_tokens=NEW, return_logits=True)
+    g = LLM(model, device=device, cuda_graphs=True, graph_batch_sizes=(1, 2, 4, 8), max_batch=8, progress=False)
+    e = LLM(model, device=device, cuda_graphs=False, max_batch=8, progress=False)
+    og = g.generate(prompts, **kw)
+    oe = e.generate(prompts, **kw)
+    assert g.graphs.captured, "no decode graph was captured"
+    rel = 1e-4 if dtype == torch.float32 else 2e-2  # bucket padding changes GEMM shapes -> rounding, not results
+    for i, (x, y) in enumerate(zip(og, oe)):
+        assert x.token_ids == y.token_ids, f"prompt {i}: graph {x.token_ids} != eager {y.token_ids}"
+        _close(torch.stack(x.logits), torch.stack(y.logits), rel, f"prompt {i} graph vs eager logits")
+    if hf_check:
+        with torch.no_grad():
+            for i, p in enumerate(prompts):
+                ref = model.generate(torch.tensor([p], device=device), max_new_tokens=NEW, do_sample=False)
+                assert og[i].token_ids == ref[0, len(p):].tolist(), f"prompt {i}: graph engine != HF greedy"
+
+    # padding rows of a bucket touch no slot: 3 live rows in bucket 4, every other slot keeps its bytes
+    pool = g.pool
+    for t in pool.tensors.values():
+        t.normal_()
+    before = {k: v.clone() for k, v in pool.tensors.items()}
+    g.graphs.run([5, 6, 7], [0, 1, 2])
+    torch.cuda.synchronize()
+    for k, v in pool.tensors.items():
+        for s in range(pool.num_slots):
+            assert torch.equal(v[:, s], before[k][:, s]) == (s > 2), f"{k} slot {s}"
+
+    # a prefix hit resumes on the GPU exactly like a cold prefill
+    shared = _prompts()[2]
+    g.generate([shared + [7] * 9], max_new_tokens=2)
+    p = shared + [8] * 30
+    hit = g.generate([p], **kw)[0]
+    cold = g.generate([p], use_prefix_cache=False, **kw)[0]
+    assert hit.cached_tokens >= len(shared), hit.cached_tokens
+    assert hit.token_ids == cold.token_ids
+    _close(torch.stack(hit.logits), torch.stack(cold.logits), rel, "prefix hit vs cold")
+    g.close()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("family,config", [("mamba", "odd"), ("falcon_mamba", "hf-tester")])
+def test_graph_decode_equals_eager_tp1_fp32(family, config):
+    _graph_vs_eager(torch.device("cuda", 0), family, config, torch.float32, hf_check=True)
+
+
+@pytest.mark.cuda
+def test_graph_decode_equals_eager_tp1_bf16_preset():
+    from ssmtp.engine import LLM
+
+    dev = torch.device("cuda", 0)
+    kw = dict(max_new_tokens=24, ignore_eos=True)
+    p = [[5, 6, 7, 8], [9, 10], [11, 12, 13, 14, 15, 16, 17]]
+    a = LLM("tiny", device=dev, cuda_graphs=True, max_batch=4, progress=False)
+    b = LLM("tiny", device=dev, cuda_graphs=False, max_batch=4, progress=False)
+    assert a.dtype == torch.bfloat16
+    assert [o.token_ids for o in a.generate(p, **kw)] == [o.token_ids for o in b.generate(p, **kw)]
+    a.close()
+
+
+def _tp2(rank, world):
+    dev = torch.device("cuda", rank)
+    _graph_vs_eager(dev, "mamba", "odd", torch.float32, hf_check=True)
+    _graph_vs_eager(dev, "falcon_mamba", "hf-tester", torch.float32, hf_check=False)
+    torch.cuda.synchronize()
+
+
+@pytest.mark.cuda
+@pytest.mark.multigpu
+def test_graph_decode_equals_eager_tp2_nccl():
+    run_ranks(2, _tp2, backend="nccl", timeout=300)
