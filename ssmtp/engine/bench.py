@@ -25,6 +25,7 @@ import time
 import torch
 import torch.distributed as dist
 
+med = statistics.median
 HBM_BPS = 4.26e12  # device-to-device copy, bytes read + written per second (measured-h200.md)
 GEMM_FLOPS = 790e12  # bf16 dense GEMM (measured-h200.md)
 # Figures measured on one H200 on 2026-11-22 (shared/reference/measured-h200.md), NOT from this run:
@@ -134,124 +135,152 @@ def run(args) -> dict:
         f"{res['meta']['load_s']:.1f} s; {weight_bytes / 1e9:.2f} GB weights read per decode step per rank, "
         f"{slot_bytes / 1e6:.2f} MB state per sequence per rank")
 
+    def guarded(name, fn):
+        """One section; an exception is recorded in the JSON (and printed) and the next section still runs."""
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - a benchmark reports what broke and goes on
+            import traceback
+
+            res.setdefault("errors", {})[name] = f"{type(e).__name__}: {e}"
+            log(f"[bench] {name} FAILED: {traceback.format_exc()}")
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+
     # ------------------------------------------------------------------ validation (before any timing)
-    val: dict = {}
-    vp = _prompts(g, 4, 24, V)
-    a = llm.generate(vp, max_new_tokens=8, ignore_eos=True, use_prefix_cache=False, return_logits=True)
-    if llm.graphs is not None:
-        graphs, llm.graphs = llm.graphs, None
-        b = llm.generate(vp, max_new_tokens=8, ignore_eos=True, use_prefix_cache=False, return_logits=True)
-        llm.graphs = graphs
-        val["graph_vs_eager_tokens_equal"] = all(x.token_ids == y.token_ids for x, y in zip(a, b))
-        val["graph_vs_eager_max_abs_logit_diff"] = max(
-            float((lx - ly).abs().max()) for x, y in zip(a, b) for lx, ly in zip(x.logits, y.logits))
-    L0 = 3 * args.prefix_interval + 37  # a shared prefix that is not a multiple of K
-    shared = _prompts(g, 1, L0, V)[0]
-    first = shared + _prompts(g, 1, 64, V)[0]
-    second = shared + _prompts(g, 1, 200, V)[0]
-    llm.generate([first], max_new_tokens=1, ignore_eos=True)
-    llm.generate([shared + _prompts(g, 1, 50, V)[0]], max_new_tokens=1, ignore_eos=True)  # learns the branch point
-    hit = llm.generate([second], max_new_tokens=4, ignore_eos=True, return_logits=True)[0]
-    cold = llm.generate([second], max_new_tokens=4, ignore_eos=True, return_logits=True, use_prefix_cache=False)[0]
-    val["prefix_hit_cached_tokens"] = hit.cached_tokens
-    val["prefix_hit_expected_cached_tokens"] = L0
-    val["prefix_hit_tokens_equal"] = hit.token_ids == cold.token_ids
-    ref = cold.logits[0].abs().max().item()
-    val["prefix_hit_first_logits_max_abs_diff"] = float((hit.logits[0] - cold.logits[0]).abs().max())
-    val["prefix_hit_first_logits_rel_diff"] = val["prefix_hit_first_logits_max_abs_diff"] / max(ref, 1e-30)
-    res["validation"] = val
-    log(f"[bench] validation: {val}")
+    def sec_validation():
+        val: dict = {}
+        vp = _prompts(g, 4, 24, V)
+        a = llm.generate(vp, max_new_tokens=8, ignore_eos=True, use_prefix_cache=False, return_logits=True)
+        if llm.graphs is not None:
+            graphs, llm.graphs = llm.graphs, None
+            b = llm.generate(vp, max_new_tokens=8, ignore_eos=True, use_prefix_cache=False, return_logits=True)
+            llm.graphs = graphs
+            val["graph_vs_eager_tokens_equal"] = all(x.token_ids == y.token_ids for x, y in zip(a, b))
+            val["graph_vs_eager_max_abs_logit_diff"] = max(
+                float((lx - ly).abs().max()) for x, y in zip(a, b) for lx, ly in zip(x.logits, y.logits))
+        L0 = 3 * args.prefix_interval + 37  # a shared prefix that is not a multiple of K
+        shared = _prompts(g, 1, L0, V)[0]
+        first = shared + _prompts(g, 1, 64, V)[0]
+        second = shared + _prompts(g, 1, 200, V)[0]
+        llm.generate([first], max_new_tokens=1, ignore_eos=True)
+        llm.generate([shared + _prompts(g, 1, 50, V)[0]], max_new_tokens=1, ignore_eos=True)  # learns the branch
+        hit = llm.generate([second], max_new_tokens=4, ignore_eos=True, return_logits=True)[0]
+        cold = llm.generate([second], max_new_tokens=4, ignore_eos=True, return_logits=True,
+                            use_prefix_cache=False)[0]
+        val["prefix_hit_cached_tokens"] = hit.cached_tokens
+        val["prefix_hit_expected_cached_tokens"] = L0
+        val["prefix_hit_tokens_equal"] = hit.token_ids == cold.token_ids
+        ref = cold.logits[0].abs().max().item()
+        val["prefix_hit_first_logits_max_abs_diff"] = float((hit.logits[0] - cold.logits[0]).abs().max())
+        val["prefix_hit_first_logits_rel_diff"] = val["prefix_hit_first_logits_max_abs_diff"] / max(ref, 1e-30)
+        res["validation"] = val
+        log(f"[bench] validation: {val}")
+
+    guarded("validation", sec_validation)
 
     # ------------------------------------------------------------------ TTFT
-    L = args.ttft_len
-    P = int(round(args.ttft_hit * L))
-    reps = 1 if quick else args.ttft_reps
-    t_cold, t_nocache, t_sib, t_hit, c_sib, c_hit = [], [], [], [], [], []
-    llm.generate(_prompts(g, 1, L, V), max_new_tokens=1, ignore_eos=True, use_prefix_cache=False)  # warm-up shapes
-    for _ in range(reps):
-        _barrier()
-        t, o = timer(lambda: llm.generate(_prompts(g, 1, L, V), max_new_tokens=1, ignore_eos=True))
-        t_cold.append(t)
-        t, o = timer(lambda: llm.generate(_prompts(g, 1, L, V), max_new_tokens=1, ignore_eos=True,
-                                          use_prefix_cache=False))
-        t_nocache.append(t)
-        pre = _prompts(g, 1, P, V)[0]
-        llm.generate([pre + _prompts(g, 1, L - P, V)[0]], max_new_tokens=1, ignore_eos=True)  # fills the cache
-        t, o = timer(lambda: llm.generate([pre + _prompts(g, 1, L - P, V)[0]], max_new_tokens=1, ignore_eos=True))
-        t_sib.append(t)
-        c_sib.append(o[0].cached_tokens)
-        t, o = timer(lambda: llm.generate([pre + _prompts(g, 1, L - P, V)[0]], max_new_tokens=1, ignore_eos=True))
-        t_hit.append(t)
-        c_hit.append(o[0].cached_tokens)
-    med = statistics.median
-    res["ttft"] = {"prompt_len": L, "shared_prefix": P, "reps": reps,
-                   "cold_s": med(t_cold), "cold_no_prefix_cache_s": med(t_nocache),
-                   "first_sibling_s": med(t_sib), "first_sibling_cached_tokens": c_sib[-1],
-                   "hit_s": med(t_hit), "hit_cached_tokens": c_hit[-1],
-                   "hit_over_cold": med(t_hit) / med(t_cold),
-                   "hit_over_cold_no_prefix_cache": med(t_hit) / med(t_nocache),
-                   "target_hit_over_cold": 0.15}
-    log(f"[bench] ttft: {res['ttft']}")
+    def sec_ttft():
+        L = args.ttft_len
+        P = int(round(args.ttft_hit * L))
+        reps = 1 if quick else args.ttft_reps
+        t_cold, t_nocache, t_sib, t_hit, c_sib, c_hit = [], [], [], [], [], []
+        llm.generate(_prompts(g, 1, L, V), max_new_tokens=1, ignore_eos=True, use_prefix_cache=False)  # warm-up shapes
+        for _ in range(reps):
+            _barrier()
+            t, o = timer(lambda: llm.generate(_prompts(g, 1, L, V), max_new_tokens=1, ignore_eos=True))
+            t_cold.append(t)
+            t, o = timer(lambda: llm.generate(_prompts(g, 1, L, V), max_new_tokens=1, ignore_eos=True,
+                                              use_prefix_cache=False))
+            t_nocache.append(t)
+            pre = _prompts(g, 1, P, V)[0]
+            llm.generate([pre + _prompts(g, 1, L - P, V)[0]], max_new_tokens=1, ignore_eos=True)  # fills the cache
+            t, o = timer(lambda: llm.generate([pre + _prompts(g, 1, L - P, V)[0]], max_new_tokens=1, ignore_eos=True))
+            t_sib.append(t)
+            c_sib.append(o[0].cached_tokens)
+            t, o = timer(lambda: llm.generate([pre + _prompts(g, 1, L - P, V)[0]], max_new_tokens=1, ignore_eos=True))
+            t_hit.append(t)
+            c_hit.append(o[0].cached_tokens)
+        res["ttft"] = {"prompt_len": L, "shared_prefix": P, "reps": reps,
+                       "cold_s": med(t_cold), "cold_no_prefix_cache_s": med(t_nocache),
+                       "first_sibling_s": med(t_sib), "first_sibling_cached_tokens": c_sib[-1],
+                       "hit_s": med(t_hit), "hit_cached_tokens": c_hit[-1],
+                       "hit_over_cold": med(t_hit) / med(t_cold),
+                       "hit_over_cold_no_prefix_cache": med(t_hit) / med(t_nocache),
+                       "target_hit_over_cold": 0.15}
+        log(f"[bench] ttft: {res['ttft']}")
+
+    guarded("ttft", sec_ttft)
 
     # ------------------------------------------------------------------ decode steps
-    dec = {}
-    n_tok = 8 if quick else args.decode_tokens
-    for B in decode_bs:
-        if llm.graphs is not None:
-            llm.graphs.capture(llm.graphs.bucket(B))
-        ps = _prompts(g, B, 16, V)
-        llm.generate(ps, max_new_tokens=3, ignore_eos=True, use_prefix_cache=False)  # warm-up
-        _barrier()
-        t1, _ = timer(lambda: llm.generate(ps, max_new_tokens=1, ignore_eos=True, use_prefix_cache=False))
-        tn, _ = timer(lambda: llm.generate(ps, max_new_tokens=n_tok + 1, ignore_eos=True, use_prefix_cache=False))
-        engine_ms = (tn - t1) / n_tok * 1e3
-        graph_ms = None
-        if llm.graphs is not None:
-            slots = llm.pool.allocate(B)
-            bs = llm.graphs.set_inputs(torch.randint(3, V, (B,), generator=g).tolist(), slots)
-            for _ in range(3):
-                llm.graphs.replay(bs)
-            iters = 20 if quick else args.graph_iters
-            ts = []
-            for _ in range(iters):
-                e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                e0.record()
-                llm.graphs.replay(bs)
-                e1.record()
-                e1.synchronize()
-                ts.append(e0.elapsed_time(e1))
-            graph_ms = med(ts)
-            llm.pool.free(slots)
-        floor_ms = (weight_bytes + 2 * B * slot_bytes) / HBM_BPS * 1e3
-        best = graph_ms if graph_ms is not None else engine_ms
-        dec[str(B)] = {"engine_step_ms": engine_ms, "graph_step_ms": graph_ms, "floor_ms": floor_ms,
-                       "over_floor": best / floor_ms, "tok_s": B / best * 1e3,
-                       "weight_floor_ms": weight_bytes / HBM_BPS * 1e3}
-        log(f"[bench] decode B={B}: {dec[str(B)]}")
-    res["decode"] = dec
+    def sec_decode():
+        dec = {}
+        n_tok = 8 if quick else args.decode_tokens
+        for B in decode_bs:
+            if llm.graphs is not None:
+                llm.graphs.capture(llm.graphs.bucket(B))
+            ps = _prompts(g, B, 16, V)
+            llm.generate(ps, max_new_tokens=3, ignore_eos=True, use_prefix_cache=False)  # warm-up
+            _barrier()
+            t1, _ = timer(lambda: llm.generate(ps, max_new_tokens=1, ignore_eos=True, use_prefix_cache=False))
+            tn, _ = timer(lambda: llm.generate(ps, max_new_tokens=n_tok + 1, ignore_eos=True, use_prefix_cache=False))
+            engine_ms = (tn - t1) / n_tok * 1e3
+            graph_ms = None
+            if llm.graphs is not None:
+                slots = llm.pool.allocate(B)
+                bs = llm.graphs.set_inputs(torch.randint(3, V, (B,), generator=g).tolist(), slots)
+                for _ in range(3):
+                    llm.graphs.replay(bs)
+                iters = 20 if quick else args.graph_iters
+                ts = []
+                for _ in range(iters):
+                    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    e0.record()
+                    llm.graphs.replay(bs)
+                    e1.record()
+                    e1.synchronize()
+                    ts.append(e0.elapsed_time(e1))
+                graph_ms = med(ts)
+                llm.pool.free(slots)
+            floor_ms = (weight_bytes + 2 * B * slot_bytes) / HBM_BPS * 1e3
+            best = graph_ms if graph_ms is not None else engine_ms
+            dec[str(B)] = {"engine_step_ms": engine_ms, "graph_step_ms": graph_ms, "floor_ms": floor_ms,
+                           "over_floor": best / floor_ms, "tok_s": B / best * 1e3,
+                           "weight_floor_ms": weight_bytes / HBM_BPS * 1e3}
+            log(f"[bench] decode B={B}: {dec[str(B)]}")
+        res["decode"] = dec
+
+    guarded("decode", sec_decode)
 
     # ------------------------------------------------------------------ prefill
-    pre_res = {}
-    for B, n in prefill_cases:
-        ps = _prompts(g, B, n, V)
-        llm.generate(ps, max_new_tokens=1, ignore_eos=True, use_prefix_cache=False)  # warm-up (allocator, GEMM algos)
-        ts = []
-        for _ in range(1 if quick else 2):
+    def sec_prefill():
+        pre_res = {}
+        for B, n in prefill_cases:
             ps = _prompts(g, B, n, V)
-            _barrier()
-            t, _ = timer(lambda: llm.generate(ps, max_new_tokens=1, ignore_eos=True, use_prefix_cache=False))
-            ts.append(t)
-        t = min(ts)
-        floor_s = 2 * params * B * n / (world * GEMM_FLOPS)
-        pre_res[f"{B}x{n}"] = {"s": t, "tok_s": B * n / t, "floor_s": floor_s, "floor_tok_s": B * n / floor_s,
-                               "over_floor": t / floor_s, "gemm_fraction": floor_s / t}
-        log(f"[bench] prefill {B}x{n}: {pre_res[f'{B}x{n}']}")
-    res["prefill"] = pre_res
+            llm.generate(ps, max_new_tokens=1, ignore_eos=True, use_prefix_cache=False)  # warm-up (allocator, GEMM algos)
+            ts = []
+            for _ in range(1 if quick else 2):
+                ps = _prompts(g, B, n, V)
+                _barrier()
+                t, _ = timer(lambda: llm.generate(ps, max_new_tokens=1, ignore_eos=True, use_prefix_cache=False))
+                ts.append(t)
+            t = min(ts)
+            floor_s = 2 * params * B * n / (world * GEMM_FLOPS)
+            pre_res[f"{B}x{n}"] = {"s": t, "tok_s": B * n / t, "floor_s": floor_s, "floor_tok_s": B * n / floor_s,
+                                   "over_floor": t / floor_s, "gemm_fraction": floor_s / t}
+            log(f"[bench] prefill {B}x{n}: {pre_res[f'{B}x{n}']}")
+        res["prefill"] = pre_res
+
+    guarded("prefill", sec_prefill)
 
     # ------------------------------------------------------------------ HF transformers, same GPU, small cases
-    if world == 1 and device.type == "cuda" and not args.no_hf and args.model in ("mamba-2.8b", "falcon-mamba-7b"):
-        res["hf"] = _hf_same_run(llm, args, device, dtype, g)
-        log(f"[bench] hf: {res['hf']}")
+    def sec_hf():
+        if world == 1 and device.type == "cuda" and not args.no_hf and args.model in ("mamba-2.8b", "falcon-mamba-7b"):
+            res["hf"] = _hf_same_run(llm, args, device, dtype, g)
+            log(f"[bench] hf: {res['hf']}")
+
+    guarded("hf", sec_hf)
+
     res["reference_not_this_run"] = REFERENCE
     res["meta"]["total_s"] = time.perf_counter() - t_start
     res["stats"] = llm.stats()
@@ -297,6 +326,8 @@ def _plot(res: dict, path: str) -> bool:
     except ImportError:
         return False
     tp = res["meta"]["tp"]
+    if not all(k in res for k in ("decode", "prefill", "ttft")):
+        return False
     fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
     bs = list(res["decode"])
     meas = [res["decode"][b]["graph_step_ms"] or res["decode"][b]["engine_step_ms"] for b in bs]
@@ -362,24 +393,25 @@ def _table(res: dict) -> str:
     lines = [f"ssmtp engine bench: {res['meta']['model']} {res['meta']['dtype']} tp={tp} on {res['meta']['device']} "
              f"(commit {res['meta']['commit'][:10]})",
              f"{'figure':38s} {'measured':>12s} {'floor':>10s} {'x floor':>8s}  note"]
-    for b, d in res["decode"].items():
+    for b, d in res.get("decode", {}).items():
         m = d["graph_step_ms"] or d["engine_step_ms"]
         note = f"engine step {d['engine_step_ms']:.3f} ms"
         if b == "1" and tp == 1:
             note += f"; target <= 1.3x weight floor ({d['weight_floor_ms']:.2f} ms)"
         lines.append(f"{'decode step B=' + b + ' (ms)':38s} {m:12.3f} {d['floor_ms']:10.3f} {d['over_floor']:8.2f}  "
                      f"{note}")
-    for c, d in res["prefill"].items():
+    for c, d in res.get("prefill", {}).items():
         lines.append(f"{'prefill ' + c + ' (tok/s)':38s} {d['tok_s']:12.0f} {d['floor_tok_s']:10.0f} "
                      f"{d['over_floor']:8.2f}  {d['s'] * 1e3:.1f} ms")
-    t = res["ttft"]
-    lines.append(f"{'TTFT cold (ms)':38s} {t['cold_s'] * 1e3:12.1f} {'':10s} {'':8s}  prefix cache on "
-                 f"(no cache: {t['cold_no_prefix_cache_s'] * 1e3:.1f} ms)")
-    lines.append(f"{'TTFT 1st sibling (ms)':38s} {t['first_sibling_s'] * 1e3:12.1f} {'':10s} {'':8s}  "
-                 f"{t['first_sibling_cached_tokens']} cached")
-    lines.append(f"{'TTFT prefix hit (ms)':38s} {t['hit_s'] * 1e3:12.1f} {'':10s} {'':8s}  "
-                 f"{t['hit_cached_tokens']}/{t['prompt_len']} cached; hit/cold = {t['hit_over_cold']:.3f} "
-                 f"(target <= 0.15)")
+    t = res.get("ttft")
+    if t:
+        lines.append(f"{'TTFT cold (ms)':38s} {t['cold_s'] * 1e3:12.1f} {'':10s} {'':8s}  prefix cache on "
+                     f"(no cache: {t['cold_no_prefix_cache_s'] * 1e3:.1f} ms)")
+        lines.append(f"{'TTFT 1st sibling (ms)':38s} {t['first_sibling_s'] * 1e3:12.1f} {'':10s} {'':8s}  "
+                     f"{t['first_sibling_cached_tokens']} cached")
+        lines.append(f"{'TTFT prefix hit (ms)':38s} {t['hit_s'] * 1e3:12.1f} {'':10s} {'':8s}  "
+                     f"{t['hit_cached_tokens']}/{t['prompt_len']} cached; hit/cold = {t['hit_over_cold']:.3f} "
+                     f"(target <= 0.15)")
     if "hf" in res and "error" not in res["hf"]:
         h = res["hf"]
         lines.append(f"{'HF prefill 1x512 (tok/s), this run':38s} {h['prefill_tok_s']:12.0f}")
@@ -387,8 +419,10 @@ def _table(res: dict) -> str:
     for k, v in res.get("compare_tp1", {}).get("decode_step_over_tp1", {}).items():
         lines.append(f"{'decode step B=' + k + ' tp' + str(tp) + '/tp1':38s} {v:12.3f}"
                      + ("  target <= 0.55" if k == "256" else ""))
-    for k, v in res["validation"].items():
+    for k, v in res.get("validation", {}).items():
         lines.append(f"validation {k}: {v}")
+    for k, v in res.get("errors", {}).items():
+        lines.append(f"ERROR in {k}: {v}")
     return "\n".join(lines)
 
 
@@ -420,6 +454,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from .launch import shutdown
 
+    res: dict = {}
     try:
         res = run(args)
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
@@ -440,4 +475,4 @@ def main(argv=None) -> int:
             print(_table(res), flush=True)
     finally:
         shutdown()
-    return 0
+    return 1 if res.get("errors") else 0

@@ -116,7 +116,8 @@ class LLM:
     num_slots           state slots (default max_batch); or state_memory: bytes, or a fraction of free memory
     max_model_len       longest prompt + max_new_tokens accepted (SSMs have no positional limit; default 131072)
     prefix_cache        keep prefix states (True), with prefix_interval (K) and prefix_cache_memory (bytes or a
-                        fraction of free memory; default: 10% of free GPU memory up to 8 GiB, 256 MiB on a CPU)
+                        fraction of free memory; default: 10% of free GPU memory up to 8 GiB, 256 MiB on a CPU),
+                        and at most prefix_cache_entries entries
     cache_generated     also save the state at the end of each finished request (multi-turn prompts then hit)
     cuda_graphs         capture decode graphs per batch bucket (default: on for CUDA); graph_batch_sizes
     max_prefill_tokens  padded tokens per prefill step (batch x longest chunk); also the longest chunk
@@ -130,7 +131,7 @@ class LLM:
                  comm: Optional[Communicator] = None, device=None, dtype: Optional[torch.dtype] = None,
                  max_batch: int = 64, num_slots: Optional[int] = None, state_memory=None,
                  max_model_len: Optional[int] = None, prefix_cache: bool = True, prefix_interval: int = 512,
-                 prefix_cache_memory=None, cache_generated: bool = True, cuda_graphs: Optional[bool] = None,
+                 prefix_cache_memory=None, prefix_cache_entries: int = 4096, cache_generated: bool = True, cuda_graphs: Optional[bool] = None,
                  graph_batch_sizes: Optional[Sequence[int]] = None, max_prefill_tokens: Optional[int] = None,
                  fused_decode: Optional[bool] = None, tokenizer=None, seed: int = 0, progress: bool = True, check_same_model: bool = True):
         from ..loading import HFModelSource, resolve
@@ -202,7 +203,9 @@ class LLM:
                           else 256 << 20)
             else:
                 budget = _budget_bytes(prefix_cache_memory, device, "prefix_cache_memory")
-            cap = self._agree_min(budget // entry)
+            # at most 4096 entries by default: a small model's entries are tiny, and a byte budget alone would then
+            # preallocate millions of them
+            cap = self._agree_min(min(budget // entry, prefix_cache_entries))
         self.prefix = PrefixCache(specs, cap, prefix_interval, self.vocab_size, device)
         self.branches = BranchIndex(prefix_interval)
         self.cache_generated = cache_generated

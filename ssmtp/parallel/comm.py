@@ -6,7 +6,7 @@ TP modules call ``comm.all_reduce(t)``: sum over the group, in place, returns t.
   "nccl"          ncclAllReduce called from ssmtp's C core on torch's own communicator (ssmtp/parallel/nccl.py);
                   less Python/watchdog overhead than "torch"; the path across hosts.
   "custom"        the CUDA-IPC all-reduce for GPUs of one host with P2P access (ssmtp/parallel/custom_ar.py);
-                  "custom-1shot" / "custom-2shot" / "custom-lamport" force the algorithm, "custom" picks by size.
+                  "custom-1shot" / "custom-2shot" force the algorithm, "custom" picks by size.
   "symm"          torch's symmetric-memory one-/two-shot all-reduce (torch.distributed._symmetric_memory), the
                   maintained baseline; "symm-1shot" / "symm-2shot" force the algorithm. Sizes must be warmed up
                   outside CUDA-graph capture (a new size makes a collective allocation).
@@ -42,8 +42,8 @@ from .quant_ar import BLOCKS, QDTYPES, check_quant_args, quant_all_reduce_gather
 
 log = logging.getLogger("ssmtp")
 
-BACKENDS = ("auto", "torch", "nccl", "custom", "custom-1shot", "custom-2shot", "custom-lamport", "symm",
-            "symm-1shot", "symm-2shot", "quant-int8", "quant-fp8")
+BACKENDS = ("auto", "torch", "nccl", "custom", "custom-1shot", "custom-2shot", "symm", "symm-1shot", "symm-2shot",
+            "quant-int8", "quant-fp8")
 THRESHOLDS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "thresholds.json")
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -101,6 +101,12 @@ class SymmAllReduce:
             self.symm_mem.rendezvous(buf, self.group_name)
             self.bufs[dtype] = buf
         return buf[:n]
+
+    @staticmethod
+    def supports(t: torch.Tensor) -> bool:
+        """What torch 2.11's one_shot/two_shot kernels accepted on 2x H200 (2026-11-22): float32 of any size,
+        bfloat16 of a whole number of 4-byte words; float16 raised "not implemented for 'Half'"."""
+        return t.dtype in (torch.float32, torch.bfloat16) and (t.numel() * t.element_size()) % 4 == 0
 
     def all_reduce(self, t: torch.Tensor, algo: str) -> torch.Tensor:
         flat = t.view(-1)
@@ -262,6 +268,8 @@ class Communicator:
         return t.copy_(tmp)
 
     def _symm_call(self, t: torch.Tensor, algo: str) -> torch.Tensor:
+        if not self._symm.supports(t):  # a dtype/size torch's kernels reject: the next backend in the chain
+            return self._nccl_call(t) if self._nccl is not None else self._torch(t)
         if not t.is_contiguous():
             tmp = t.contiguous()
             self._symm.all_reduce(tmp, algo)
