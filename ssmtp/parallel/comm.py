@@ -14,8 +14,9 @@ TP modules call ``comm.all_reduce(t)``: sum over the group, in place, returns t.
   "quant-fp8"     numerics, so it is used only when asked for: SSMTP_ALLREDUCE=quant-int8 or
                   Communicator(group, quant="int8"). Block size: quant_block= or SSMTP_QUANT_BLOCK (default 32).
                   Runs on the custom P2P kernels when available, else over an all-gather (NCCL on GPUs, gloo on CPU).
-  "auto"          (default) per message size from measured thresholds (ssmtp/parallel/thresholds.json, which says
-                  where and when they were measured); the plan is logged once (logger "ssmtp").
+  "auto"          (default) per message size from measured thresholds (ssmtp/parallel/thresholds.py, which says
+                  where and when they were measured; SSMTP_AR_THRESHOLDS=file.json overrides); the plan is logged
+                  once (logger "ssmtp").
 
 ``SSMTP_ALLREDUCE`` overrides the backend given to the constructor. An unavailable backend falls back along
 custom -> symm -> nccl -> torch with the reason logged once (warning).
@@ -44,12 +45,16 @@ log = logging.getLogger("ssmtp")
 
 BACKENDS = ("auto", "torch", "nccl", "custom", "custom-1shot", "custom-2shot", "symm", "symm-1shot", "symm-2shot",
             "quant-int8", "quant-fp8")
-THRESHOLDS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "thresholds.json")
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def load_thresholds(path: str = THRESHOLDS_PATH) -> dict:
-    """The measured size thresholds (see thresholds.json); {} when the file is missing or unreadable."""
+def load_thresholds(path: Optional[str] = None) -> dict:
+    """The measured size thresholds: ssmtp/parallel/thresholds.py, or a JSON file in that format (e.g. a fresh
+    `bench_allreduce.py --thresholds-out`); {} (auto = nccl for every size, logged) when it cannot be read."""
+    if path is None:
+        from .thresholds import TABLE
+
+        return TABLE
     try:
         with open(path) as f:
             return json.load(f)
@@ -166,7 +171,9 @@ class Communicator:
                 self.device = (torch.device("cuda", torch.cuda.current_device()) if device is None
                                else torch.device(device))
                 self._setup_gpu(requested, buffer_bytes, timeout_s)
-        table = thresholds if thresholds is not None else (load_thresholds() if self.gpu else {})
+        if thresholds is None and self.gpu:
+            thresholds = load_thresholds(os.environ.get("SSMTP_AR_THRESHOLDS") or None)
+        table = thresholds or {}
         self._measured = table.get("measured", {})
         self._rules = _rules_for(table, self.world_size, "rules") or [(None, "nccl")]
         self._qrules = _rules_for(table, self.world_size, "quant_rules") or [(None, "2shot")]

@@ -1,3 +1,14 @@
+"""Measured all-reduce size thresholds for Communicator(backend="auto") (ssmtp/parallel/comm.py).
+
+A Python module rather than a .json file so that it ships in the wheel (pyproject's package-data lists only
+*.pyi, py.typed and data/*). The JSON text below is what benchmarks/bench_allreduce.py --thresholds-out writes,
+edited by hand where its "how" field says so; replace it with a new measurement, keeping "measured" honest.
+Rules: per world size, the first rule whose max_bytes (null = any size) is >= the message's bytes names the backend;
+"quant_rules" pick the quantized algorithm the same way; "default" serves world sizes not measured.
+"""
+import json
+
+TABLE = json.loads(r"""
 {
   "measured": {
     "where": "2x NVIDIA H200, NV18 NVLink (nvidia-h200-x2), torch 2.11.0+cu130, NCCL 2.28.9, NVLink multicast off",
@@ -30,3 +41,4 @@
     ]
   }
 }
+""")
