@@ -164,7 +164,8 @@ def main():
     p.add_argument("--out", required=True, help="JSON path; the PNG goes next to it")
     p.add_argument("--min-bytes", type=int, default=4 * KiB)
     p.add_argument("--max-bytes", type=int, default=256 * MiB)
-    p.add_argument("--thresholds-out", default=None, help="write a thresholds candidate here (JSON: the TABLE of ssmtp/parallel/thresholds.py)")
+    p.add_argument("--thresholds-out", default=None,
+                   help="write a thresholds candidate here (JSON: the TABLE of ssmtp/parallel/thresholds.py)")
     p.add_argument("--time-budget", type=float, default=0, help="stop adding sizes after this many seconds (0: none)")
     args = p.parse_args()
     t_start = time.time()
