@@ -334,7 +334,7 @@ def chunk_sweep(flt=""):
         nbytes = bytes_moved(c)
         nsets = int(max(1, min(256, math.ceil(3 * L2_BYTES / nbytes))))
         sets = [make_inputs(c) for _ in range(nsets)]
-        for tpc, u in ((1, 4), (1, 8), (2, 4)):
+        for tpc, u in ((1, 8), (1, 4), (2, 4)):
             os.environ["SSMTP_SCAN_TPC"] = str(tpc)
             os.environ["SSMTP_SCAN_U"] = str(u)
             for k in (0, 1, 4, 8, 16, 32):

@@ -308,16 +308,16 @@ TPC_CASES = [c for c in SCAN_CASES if c[0] in ("mamba-like-chan", "long-chunks-l
                                                  "long-B1-auto-chunks", "dstate-5-nogate", "strided-long-chunks")]
 
 
-@pytest.mark.parametrize("variant", ["tpc2", "tpc4", "u8"])
+@pytest.mark.parametrize("variant", ["tpc2", "tpc4", "u4"])
 @pytest.mark.parametrize("dname", list(DT))
 @pytest.mark.parametrize("case", TPC_CASES, ids=[c[0] for c in TPC_CASES])
 def test_scan_cuda_kernel_variants(case, dname, variant, monkeypatch):
     """The d_state <= 16 kernel variants the benchmark sweeps: the state split over 2 or 4 threads per channel
-    (SSMTP_SCAN_TPC; d_state < 16 pads), and x/dt/z loaded 8 steps at a time (SSMTP_SCAN_U=8)."""
+    (SSMTP_SCAN_TPC; d_state < 16 pads), and x/dt/z loaded 4 steps at a time instead of 8 (SSMTP_SCAN_U=4)."""
     if variant.startswith("tpc"):
         monkeypatch.setenv("SSMTP_SCAN_TPC", variant[3:])
     else:
-        monkeypatch.setenv("SSMTP_SCAN_U", "8")
+        monkeypatch.setenv("SSMTP_SCAN_U", "4")
     test_scan_cuda_vs_cpu(case, dname, monkeypatch)
 
 

@@ -35,7 +35,12 @@
 //     kernel lives on warps per SM, not on instruction-level parallelism. Reverted; kept: the branch-free softplus
 //     and two partial sums for y.
 //   - threads per channel 2 or 4 (SSMTP_SCAN_TPC) were slower than 1 at every shape swept (B=1..8, L=512..8192),
-//     and chunking pays below ~1/3 occupancy (B=1: 1253 us one pass vs 351 us at 8 chunks, L=2048).
+//     and chunking pays below ~1/3 occupancy (B=1 L=2048: 888 us one pass, 177 us at 16 chunks).
+//   - this loop again (commit 9332f75, benchmarks/results/ops-h200.json): B=8 L=2048 1065 us (30% of the MUFU bound),
+//     B=1 L=32768 2889 us. Its sweep then set two defaults: 8 steps per load group (B=8 L=512 275 -> 254 us, B=1
+//     L=8192 755 -> 708 us) and the chunk count rounded down to one wave (B=1 L=2048 218 -> 174 us with both).
+//   The remaining gap to the MUFU bound is latency per warp (a load group costs ~a memory round trip, and 1-5 warps
+//   share an SM sub-partition); staging x/dt/z through shared memory with cp.async, tiles ahead, is the next step.
 #include "common.cuh"
 #include "ssm_math.cuh"
 
@@ -105,7 +110,7 @@ template <int NS, int TPC> struct Tile {
 
 // Passes 1 (FINAL = false: local chunk states) and 3 (FINAL = true: outputs, final state).
 // grid: (ngroups * cb_per_group, chunks, batch); block: THREADS = (THREADS/TPC channels) x TPC parts.
-// U: steps whose x/dt/z loads are issued together (4; 8 selectable for d_state <= 16 with SSMTP_SCAN_U=8).
+// U: steps whose x/dt/z loads are issued together (8 for d_state 9..16, the models'; 4 otherwise).
 template <typename T, int NS, int TPC, bool FINAL, int U = 4>
 __global__ void __launch_bounds__(THREADS, TPC == 1 ? 5 : 4) scan_kernel(const ScanArgs a) {
     using G = Tile<NS, TPC>;
@@ -348,7 +353,9 @@ template <typename T, int NS, int TPC, int U = 4> struct Launch {
         const int64_t target = (int64_t)sms * occ;
         const int64_t per_chunk = a.batch * nblk;
         int64_t K = 1;
-        if (per_chunk * 3 < target) K = (target + per_chunk - 1) / per_chunk;
+        // floor, not ceil: K * per_chunk must fit in one wave (measured, B=1 d_inner 5120 L=2048: 16 chunks = 640
+        // blocks in 660 slots 177 us; 17 chunks = 680 blocks, a second wave, 218 us).
+        if (per_chunk * 3 < target) K = target / per_chunk;
         const char *env = getenv("SSMTP_SCAN_CHUNKS"); // tuning override (benchmarks): exact chunk count
         if (env && *env) K = atoll(env);
         // Chunks hold their scratch (N+1 floats in out elements) and amortise the second pass: >= 64 steps.
@@ -390,9 +397,11 @@ template <typename T> ssmtp_status_t dispatch_n(ScanArgs &a, int device, cudaStr
         if (env && *env) tpc = atoi(env);
         if (tpc == 2) return Launch<T, 8, 2>::run(a, device, st);
         if (tpc == 4) return Launch<T, 4, 4>::run(a, device, st);
-        const char *envu = getenv("SSMTP_SCAN_U"); // 8: x/dt/z loads 8 steps at a time (benchmarks)
-        if (envu && atoi(envu) == 8) return Launch<T, 16, 1, 8>::run(a, device, st);
-        return Launch<T, 16, 1>::run(a, device, st);
+        // x/dt/z loads 8 steps at a time by default (measured 5-13% faster than 4 on every swept shape, same
+        // occupancy); SSMTP_SCAN_U=4 selects 4 (benchmarks, tests).
+        const char *envu = getenv("SSMTP_SCAN_U");
+        if (envu && atoi(envu) == 4) return Launch<T, 16, 1, 4>::run(a, device, st);
+        return Launch<T, 16, 1, 8>::run(a, device, st);
     }
     if (N <= 32) return Launch<T, 16, 2>::run(a, device, st);
     if (N <= 64) return Launch<T, 16, 4>::run(a, device, st);
