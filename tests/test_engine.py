@@ -458,6 +458,8 @@ def test_engine_argument_errors_and_unsupported_families():
         LLM("tiny", state_memory=100, progress=False)
     with pytest.raises(ValueError, match="unknown preset|not a preset"):
         LLM("no-such-model", progress=False)
+    with pytest.raises(ValueError, match="not a preset .* hub download failed"):
+        LLM("no-such-org/no-such-model", progress=False)  # offline in tests (HF_HUB_OFFLINE=1)
     with pytest.raises(NotImplementedError, match="not yet supported by the engine"):
         LLM("zamba-7b", progress=False)
     with pytest.raises(NotImplementedError, match="not yet supported by the engine"):

@@ -1,5 +1,5 @@
 """The engine on CUDA: CUDA-graph decode == eager decode token for token (TP=1; TP=2 over NCCL, graphs capturing the
-all-reduces), == HF greedy on the same GPU; padding rows of a graph bucket leave the other slots untouched; a prefix
+all-reduces), == HF greedy on the same GPU; single-request prefill chunks replayed from graphs == eager prefill; padding rows of a graph bucket leave the other slots untouched; a prefix
 hit == a cold prefill on the GPU. Skipped without CUDA (marker `cuda`; `multigpu` needs 2 GPUs)."""
 import pytest
 import torch
@@ -38,6 +38,16 @@ def _graph_vs_eager(device, family, config, dtype, hf_check):
     for i, (x, y) in enumerate(zip(og, oe)):
         assert x.token_ids == y.token_ids, f"prompt {i}: graph {x.token_ids} != eager {y.token_ids}"
         _close(torch.stack(x.logits), torch.stack(y.logits), rel, f"prompt {i} graph vs eager logits")
+    # single requests: prefill chunks replayed from graphs (padded to a bucket) == eager chunks; a long prompt spans
+    # several 512-token chunks (prefill_interval 512: checkpoint boundaries)
+    assert g.prefill_graphs is not None and e.prefill_graphs is None
+    long = torch.randint(3, 99, (1100,), generator=torch.Generator().manual_seed(2)).tolist()
+    for i, p in enumerate(prompts[:2] + [long]):
+        x = g.generate([p], use_prefix_cache=False, **kw)[0]
+        y = e.generate([p], use_prefix_cache=False, **kw)[0]
+        assert x.token_ids == y.token_ids, f"single prompt {i}: graph prefill {x.token_ids} != eager {y.token_ids}"
+        _close(torch.stack(x.logits), torch.stack(y.logits), rel, f"single prompt {i} graph vs eager prefill")
+    assert g.prefill_graphs.captured, "no prefill graph was captured"
     if hf_check:
         with torch.no_grad():
             for i, p in enumerate(prompts):
