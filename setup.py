@@ -47,9 +47,10 @@ def _find_cuda():
         # /usr/local/bin/nvcc may be a wrapper script; ask nvcc where it lives.
         home = os.path.dirname(os.path.dirname(nvcc))
         try:
-            out = subprocess.run([nvcc, "--dryrun", "--version"], capture_output=True, text=True).stderr
+            out = subprocess.run([nvcc, "--dryrun", "-c", "-x", "cu", os.devnull, "-o", os.devnull],
+                                 capture_output=True, text=True).stderr
             for line in out.splitlines():
-                if "TOP=" in line:
+                if line.startswith("#$ TOP="):
                     home = os.path.realpath(line.split("TOP=", 1)[1].strip())
         except OSError:
             pass
