@@ -103,6 +103,10 @@ def run(args) -> dict:
     from .llm import LLM
 
     world, rank, dev = init_distributed()
+    import logging
+
+    # the communicator logs its all-reduce plan (backend per message size) and the engine its setup, once
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="[%(name)s] %(message)s")
     device = torch.device(args.device) if args.device else dev
     if device.type == "cuda" and device.index is None:
         device = dev

@@ -41,8 +41,9 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor
 
 
 # The elementwise glue between the big ops, written as whole functions so that torch.compile can fuse each into one
-# kernel on the decode path (inside a CUDA graph every small kernel costs ~1-2 us; unfused, the block norm and the
-# residual add are ~10 kernels per layer, ~640 per mamba-2.8b decode step). Same math as HF's MambaBlock.
+# kernel (decode: inside a CUDA graph every small kernel costs ~1-2 us, and unfused the block norm and the residual add
+# are ~10 kernels per layer, ~640 per mamba-2.8b step; prefill: each unfused op reads and writes the whole (tokens, H)
+# activation, ~0.7 GB in fp32 for 32 x 2048 tokens). Same math as HF's MambaBlock.
 
 def block_norm(res: torch.Tensor, w: torch.Tensor, eps: float, dtype: torch.dtype) -> torch.Tensor:
     """Block input: norm(residual.to(model dtype))."""
@@ -131,7 +132,7 @@ class MambaRunner(ModelRunner):
         self.set_fused(False)
 
     def set_fused(self, enabled: bool) -> None:
-        """Fuse the decode path's elementwise glue with torch.compile (the engine turns this on for CUDA)."""
+        """Fuse the elementwise glue of decode and prefill with torch.compile (the engine turns this on for CUDA)."""
         self.fused = enabled
         self._k_norm = _Fused(block_norm, enabled)
         self._k_add_norm = _Fused(add_block_norm, enabled)
@@ -226,19 +227,18 @@ class MambaRunner(ModelRunner):
     def prefill(self, ids, seq_lens, start, state_idx, pool: SlotPool, logit_rows: Optional[torch.Tensor]):
         eps, dt, fp32 = self.eps, self.dtype, self.residual_in_fp32
         res = F.embedding(ids, self.embed)  # (B, L, H)
-        x = block_norm(res, self.norms[0], eps, dt)
+        x = self._k_norm(res, self.norms[0], eps, dt)
         n = len(self.mixers)
         for i, mixer in enumerate(self.mixers):
             out = mixer.mix(x, pool.layer("conv", i), pool.layer("ssm", i), state_idx, seq_lens, True)
             if i + 1 < n:
-                res, x = add_block_norm(res, out, self.norms[i + 1], eps, dt, fp32)
-            else:
-                res = (res.float() if fp32 else res) + out
+                res, x = self._k_add_norm(res, out, self.norms[i + 1], eps, dt, fp32)
         if logit_rows is None or logit_rows.numel() == 0:
             return None
+        # the last residual add, final norm and lm_head only where logits are wanted: each row's last valid token
         last = (seq_lens.to(torch.long) - 1).index_select(0, logit_rows)
         w = self.head_weight()
-        h = _rms_norm(res[logit_rows, last], self.norm_f, eps).to(w.dtype)  # final norm + lm_head: last token only
+        h = self._k_add_final(res[logit_rows, last], out[logit_rows, last], self.norm_f, eps, fp32, w.dtype)
         return F.linear(h, w).float()
 
     @torch.no_grad()
