@@ -7,6 +7,8 @@ Build knobs (environment variables), echoed at build time:
   SSMTP_SKIP_CUDA=1        build the CPU-only extension even when nvcc is present
   SSMTP_CUDA_ARCHS="80;90" SM list for machine code; PTX is embedded for the last one (default "80;90")
   SSMTP_DEBUG=1            -O0 -g, host asserts, and nvcc -lineinfo
+  SSMTP_CUDA_REBUILD=1     recompile every .cu (objects in build/cuda/<archs>/ are otherwise reused when newer than
+                           their sources and headers)
   CUDA_HOME / nvcc on PATH where the CUDA toolkit is
 """
 import glob
@@ -77,14 +79,23 @@ class BuildExt(build_ext):
             _log(f"CUDA: nvcc={nvcc} archs={archs} (+PTX for {archs[-1]}) debug={debug}")
             gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
             gencode.append(f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}")
-            build_tmp = os.path.join(self.build_temp, "cuda")
+            # Objects go to a folder keyed by arch list and debug flag, independent of the Python version, and are
+            # reused while newer than their source and every header (an incremental build; SSMTP_CUDA_REBUILD=1
+            # forces a rebuild).
+            build_tmp = os.path.join(HERE, "build", "cuda", "-".join(archs) + ("-debug" if debug else ""))
             os.makedirs(build_tmp, exist_ok=True)
+            headers = glob.glob(os.path.join(HERE, "csrc", "*.h")) + glob.glob(os.path.join(HERE, "csrc", "cuda", "*.cuh"))
+            newest_header = max((os.path.getmtime(h) for h in headers), default=0)
             nvflags = ["-std=c++17", "-Xcompiler", "-fPIC", "-Xcompiler", "-fvisibility=hidden", "-Icsrc",
                        "-DSSMTP_WITH_CUDA=1", "--expt-relaxed-constexpr", "-lineinfo"]
             nvflags += ["-O0", "-g", "-DSSMTP_DEBUG=1"] if debug else ["-O3"]
 
             def compile_one(src):
                 obj = os.path.join(build_tmp, os.path.basename(src) + ".o")
+                if (not _truthy("SSMTP_CUDA_REBUILD") and os.path.exists(obj)
+                        and os.path.getmtime(obj) > max(os.path.getmtime(src), newest_header)):
+                    _log(f"nvcc {src}: up to date ({obj})")
+                    return obj
                 cmd = [nvcc, "-c", src, "-o", obj] + nvflags + gencode
                 _log("nvcc " + src)
                 res = subprocess.run(cmd, capture_output=True, text=True)

@@ -14,7 +14,15 @@ from typing import Optional
 
 import torch
 
-from . import _C
+try:
+    from . import _C
+except ImportError as e:  # the source tree imported instead of the installed package, or a broken build
+    import os as _os
+
+    raise ImportError(
+        f"ssmtp's compiled core (ssmtp._C) is missing next to {_os.path.dirname(__file__)}: {e}. If this is the "
+        "source checkout shadowing the installed package, run from another directory (or use the `ssmtp` command); "
+        "to work in the checkout, build in place with `python setup.py build_ext --inplace`.") from e
 
 _DTYPE_CODES = {
     torch.float32: 0,
@@ -163,3 +171,43 @@ def dequantize_blocks(q: torch.Tensor, scales: torch.Tensor, block: int, dtype: 
 @dequantize_blocks.register_fake
 def _(q, scales, block, dtype):
     return torch.empty(q.shape, dtype=dtype, device=q.device)
+
+
+# ------------------------------------------------------------------------------------------------ Mamba-2 SSD
+# ssd_scan(x, dt, A, B, C, D, z, dt_bias, state, state_idx, seq_lens, dt_softplus, load_state, chunk_size, dt_min,
+#          dt_max) -> out  (mutates state);  ssd_step(x, dt, A, B, C, D, z, dt_bias, state, state_idx, dt_softplus,
+#          dt_min, dt_max) -> out  (mutates state). Per-head A/dt; x (batch, [seqlen,] nheads, headdim). CPU only.
+
+@torch.library.custom_op("ssmtp::ssd_scan", mutates_args=("state",))
+def ssd_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+             D: Optional[torch.Tensor], z: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor],
+             state: Optional[torch.Tensor], state_idx: Optional[torch.Tensor], seq_lens: Optional[torch.Tensor],
+             dt_softplus: bool, load_state: bool, chunk_size: int, dt_min: float, dt_max: float) -> torch.Tensor:
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    _C.ssd_fwd(desc(x, "x"), desc(dt, "dt"), desc(A, "A"), desc(B, "B"), desc(C, "C"), desc(D, "D"), desc(z, "z"),
+               desc(dt_bias, "dt_bias"), desc(state, "state"), desc(state_idx, "state_idx"),
+               desc(seq_lens, "seq_lens"), desc(out, "out"), int(dt_softplus), int(load_state), int(chunk_size),
+               float(dt_min), float(dt_max), stream_of(x))
+    return out
+
+
+@ssd_scan.register_fake
+def _(x, dt, A, B, C, D, z, dt_bias, state, state_idx, seq_lens, dt_softplus, load_state, chunk_size, dt_min, dt_max):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("ssmtp::ssd_step", mutates_args=("state",))
+def ssd_step(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+             D: Optional[torch.Tensor], z: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor],
+             state: torch.Tensor, state_idx: Optional[torch.Tensor], dt_softplus: bool, dt_min: float,
+             dt_max: float) -> torch.Tensor:
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    _C.ssd_step(desc(x, "x"), desc(dt, "dt"), desc(A, "A"), desc(B, "B"), desc(C, "C"), desc(D, "D"), desc(z, "z"),
+                desc(dt_bias, "dt_bias"), desc(state, "state"), desc(state_idx, "state_idx"), desc(out, "out"),
+                int(dt_softplus), float(dt_min), float(dt_max), stream_of(x))
+    return out
+
+
+@ssd_step.register_fake
+def _(x, dt, A, B, C, D, z, dt_bias, state, state_idx, dt_softplus, dt_min, dt_max):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
