@@ -94,6 +94,11 @@ def cmd_generate(args) -> int:
                     prefix_cache=not args.no_prefix_cache, prefix_interval=args.prefix_interval,
                     cuda_graphs=False if args.no_cuda_graphs else None, seed=args.seed, progress=rank == 0)
     t_load = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    # first calls pay one-time costs (torch's op-dispatch imports, graph captures, compilation): keep them out of the
+    # figures printed below
+    llm.generate([[0]], max_new_tokens=2, ignore_eos=True, use_prefix_cache=False)
+    t_warm = time.perf_counter() - t0
     if not prompts:
         prompts = ["The state of the art in state-space models"] if llm.tokenizer is not None else [[1, 2, 3, 4, 5]]
     t0 = time.perf_counter()
@@ -109,7 +114,8 @@ def cmd_generate(args) -> int:
                                   "ttft_s": o.ttft_s}))
         else:
             print(f"ssmtp {ssmtp.__version__} ({ssmtp.ops.build_info()}): model={llm.source_name}, tp={world}, "
-                  f"device={llm.device}, dtype={str(llm.dtype).replace('torch.', '')}, loaded in {t_load:.2f} s")
+                  f"device={llm.device}, dtype={str(llm.dtype).replace('torch.', '')}, loaded in {t_load:.2f} s, "
+                  f"warm-up {t_warm:.2f} s")
             for i, o in enumerate(outs):
                 print(f"[{i}] prompt: {len(o.prompt_token_ids)} tokens, generated {len(o.token_ids)} "
                       f"({o.finish_reason}), ttft {o.ttft_s * 1e3:.1f} ms")

@@ -605,6 +605,7 @@ class LLM:
         self._done[r.id] = RequestOutput(r.id, r.prompt.tolist(), list(r.out), r.finish_reason, r.cached, text,
                                          None, r.t_first - r.t_submit, now - r.t_submit,
                                          r.logits if r.want_logits else None)
+        r.logits = []  # the branch index may keep the request object (as a prompt owner) for a while
 
     # ------------------------------------------------------------------ misc
 
