@@ -123,7 +123,9 @@ def run(args) -> dict:
 
     llm = LLM(args.model, device=device, dtype=dtype, max_batch=max_b, prefix_interval=args.prefix_interval,
               prefix_cache_memory=int(args.prefix_cache_gib * 2**30), max_prefill_tokens=max_prefill_tokens,
-              cuda_graphs=device.type == "cuda" and not args.no_graphs, seed=args.seed, progress=rank == 0)
+              cuda_graphs=device.type == "cuda" and not args.no_graphs,
+              prefill_graphs=False if args.no_prefill_graphs else None,
+              fused_decode=False if args.no_compile else None, seed=args.seed, progress=rank == 0)
     V = llm.vocab_size
     t_warm = llm.warmup()  # every decode and prefill graph captured before anything is timed
     g = torch.Generator().manual_seed(args.seed)
@@ -132,6 +134,7 @@ def run(args) -> dict:
                  "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                  "torch": torch.__version__, "tp": world, "model": args.model, "dtype": args.dtype,
                  "prefix_interval": args.prefix_interval, "graphs": llm.graphs is not None,
+                 "prefill_graphs": llm.prefill_graphs is not None,
                  "fused_decode": bool(getattr(llm.runner, "fused", False)),
                  "allreduce_backend": getattr(llm.comm, "backend", "?"), "communicator": repr(llm.comm),
                  "load_s": time.perf_counter() - t_start - t_warm, "graph_capture_s": t_warm},
@@ -478,7 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--ttft-reps", type=int, default=3, help="repetitions of each TTFT case (median)")
     ap.add_argument("--prefix-interval", type=int, default=512, help="prefix-cache checkpoint interval K")
     ap.add_argument("--prefix-cache-gib", type=float, default=4.0, help="prefix cache budget per rank, GiB")
-    ap.add_argument("--no-graphs", action="store_true", help="eager decode (no CUDA graphs)")
+    ap.add_argument("--no-graphs", action="store_true", help="eager decode and prefill (no CUDA graphs)")
+    ap.add_argument("--no-prefill-graphs", action="store_true", help="eager single-request prefill chunks")
+    ap.add_argument("--no-compile", action="store_true", help="no torch.compile fusion of the norm/residual glue")
     ap.add_argument("--no-hf", action="store_true", help="skip the HF transformers comparison")
     ap.add_argument("--quick", action="store_true", help="one repetition of everything (smoke runs)")
     ap.add_argument("--seed", type=int, default=0)

@@ -122,7 +122,7 @@ class LLM:
     cuda_graphs         capture decode graphs per batch bucket (default: on for CUDA); graph_batch_sizes
     prefill_graphs      replay single-request prefill chunks (<= 512 tokens, padded to a bucket of
                         prefill_graph_sizes) from CUDA graphs: cuts ~40 ms of host time per chunk off TTFT
-                        (default: as cuda_graphs)
+                        (default: as cuda_graphs, unless SSMTP_PREFILL_GRAPHS=0)
     max_prefill_tokens  padded tokens per prefill step (batch x longest chunk); also the longest chunk
     fused_decode        torch.compile the norm/residual glue (decode and prefill) into one kernel each (default: on
                         for CUDA unless SSMTP_ENGINE_COMPILE=0; falls back to plain ops, logged, if compiling fails)
@@ -230,7 +230,7 @@ class LLM:
             raise ValueError("cuda_graphs=True needs a CUDA device")
         self.graphs = GraphDecoder(self.runner, self.pool, self.max_batch, graph_batch_sizes) if cuda_graphs else None
         if prefill_graphs is None:
-            prefill_graphs = bool(cuda_graphs)
+            prefill_graphs = bool(cuda_graphs) and os.environ.get("SSMTP_PREFILL_GRAPHS", "1") != "0"
         if prefill_graphs and device.type != "cuda":
             raise ValueError("prefill_graphs=True needs a CUDA device")
         self.prefill_graphs = GraphPrefill(self.runner, self.pool, prefill_graph_sizes) if prefill_graphs else None
