@@ -533,3 +533,24 @@ def test_bench_smoke_on_cpu(tmp_path):
     assert res["validation"]["prefix_hit_tokens_equal"] is True
     assert res["validation"]["prefix_hit_cached_tokens"] == res["validation"]["prefix_hit_expected_cached_tokens"]
     assert res["ttft"]["hit_cached_tokens"] == 58 and set(res["decode"]) == {"1", "2"}
+
+
+def test_default_model_is_the_embedded_checkpoint_when_present(tmp_path, monkeypatch):
+    """LLM() / `ssmtp generate` use ssmtp/data/tiny-mamba-bytes (a byte-level checkpoint, raw UTF-8 bytes as ids) when
+    it exists, and the random "tiny" preset otherwise."""
+    from transformers import MambaConfig, MambaForCausalLM
+
+    import ssmtp.presets as presets
+
+    monkeypatch.setattr(presets, "EMBEDDED", str(tmp_path / "missing"))
+    assert presets.default_model() == "tiny"
+    path = tmp_path / "tiny-mamba-bytes"
+    torch.manual_seed(0)
+    MambaForCausalLM(MambaConfig(vocab_size=256, hidden_size=32, num_hidden_layers=2, intermediate_size=64,
+                                 state_size=8)).save_pretrained(path)
+    monkeypatch.setattr(presets, "EMBEDDED", str(path))
+    assert presets.default_model() == str(path)
+    llm = LLM(progress=False)
+    assert llm.source_name == "tiny-mamba-bytes" and llm.vocab_size == 256
+    out = llm.generate("hi", max_new_tokens=3, ignore_eos=True)[0]
+    assert out.prompt_token_ids == [ord("h"), ord("i")] and len(out.token_ids) == 3 and isinstance(out.text, str)
