@@ -127,6 +127,54 @@ static PyObject *py_step_fwd(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *py_ssd_fwd(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *o[12];
+    int softplus = 0, load_state = 0, chunk = 0;
+    float dt_min = 0.0f, dt_max = 0.0f;
+    unsigned long long stream = 0;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOiiiffK", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8],
+                          &o[9], &o[10], &o[11], &softplus, &load_state, &chunk, &dt_min, &dt_max, &stream))
+        return NULL;
+    ssmtp_ssd_params_t p;
+    if (!parse_tensor(o[0], &p.x, "x") || !parse_tensor(o[1], &p.dt, "dt") || !parse_tensor(o[2], &p.A, "A") ||
+        !parse_tensor(o[3], &p.B, "B") || !parse_tensor(o[4], &p.C, "C") || !parse_tensor(o[5], &p.D, "D") ||
+        !parse_tensor(o[6], &p.z, "z") || !parse_tensor(o[7], &p.dt_bias, "dt_bias") ||
+        !parse_tensor(o[8], &p.state, "state") || !parse_tensor(o[9], &p.state_idx, "state_idx") ||
+        !parse_tensor(o[10], &p.seq_lens, "seq_lens") || !parse_tensor(o[11], &p.out, "out"))
+        return NULL;
+    p.dt_softplus = softplus;
+    p.load_state = load_state;
+    p.chunk_size = chunk;
+    p.dt_min = dt_min;
+    p.dt_max = dt_max;
+    CALL_C(ssmtp_ssd_fwd(&p, (void *)(uintptr_t)stream));
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_ssd_step(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *o[11];
+    int softplus = 0;
+    float dt_min = 0.0f, dt_max = 0.0f;
+    unsigned long long stream = 0;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOiffK", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8],
+                          &o[9], &o[10], &softplus, &dt_min, &dt_max, &stream))
+        return NULL;
+    ssmtp_ssd_step_params_t p;
+    if (!parse_tensor(o[0], &p.x, "x") || !parse_tensor(o[1], &p.dt, "dt") || !parse_tensor(o[2], &p.A, "A") ||
+        !parse_tensor(o[3], &p.B, "B") || !parse_tensor(o[4], &p.C, "C") || !parse_tensor(o[5], &p.D, "D") ||
+        !parse_tensor(o[6], &p.z, "z") || !parse_tensor(o[7], &p.dt_bias, "dt_bias") ||
+        !parse_tensor(o[8], &p.state, "state") || !parse_tensor(o[9], &p.state_idx, "state_idx") ||
+        !parse_tensor(o[10], &p.out, "out"))
+        return NULL;
+    p.dt_softplus = softplus;
+    p.dt_min = dt_min;
+    p.dt_max = dt_max;
+    CALL_C(ssmtp_ssd_step(&p, (void *)(uintptr_t)stream));
+    Py_RETURN_NONE;
+}
+
 static PyObject *quant_common(PyObject *args, int dequant) {
     PyObject *o[3];
     int block = 0;
@@ -339,6 +387,11 @@ static PyMethodDef methods[] = {
      "scan_fwd(x, dt, A, B, C, D, z, dt_bias, state, state_idx, seq_lens, out, dt_softplus, load_state, stream)"},
     {"step_fwd", py_step_fwd, METH_VARARGS,
      "step_fwd(x, dt, A, B, C, D, z, dt_bias, state, state_idx, out, dt_softplus, stream)"},
+    {"ssd_fwd", py_ssd_fwd, METH_VARARGS,
+     "ssd_fwd(x, dt, A, B, C, D, z, dt_bias, state, state_idx, seq_lens, out, dt_softplus, load_state, chunk_size, "
+     "dt_min, dt_max, stream)"},
+    {"ssd_step", py_ssd_step, METH_VARARGS,
+     "ssd_step(x, dt, A, B, C, D, z, dt_bias, state, state_idx, out, dt_softplus, dt_min, dt_max, stream)"},
     {"quantize", py_quantize, METH_VARARGS, "quantize(x, q, scales, block, stream)"},
     {"dequantize", py_dequantize, METH_VARARGS, "dequantize(x, q, scales, block, stream)"},
     {"cuda_built", py_cuda_built, METH_NOARGS, "True when the CUDA kernels were compiled in"},

@@ -231,6 +231,46 @@ ssmtp_status_t ssmtp_ar_quant_all_reduce(ssmtp_ar_t *ar, const ssmtp_tensor_t *i
 ssmtp_status_t ssmtp_ar_check(ssmtp_ar_t *ar, int32_t sync);
 ssmtp_status_t ssmtp_ar_free(ssmtp_ar_t *ar);
 
+/*
+ * Mamba-2 SSD scan over a sequence (prefill; csrc/ssd.c): one scalar A and one dt per head, evaluated chunk by chunk
+ * as the SSD algorithm does; fp32 state and accumulation. CPU only for now (a CUDA tensor is SSMTP_ERR_UNSUPPORTED).
+ *   x        (batch, seqlen, nheads, headdim)   f32/f16/bf16
+ *   dt       (batch, seqlen, nheads)            same dtype as x; raw time step
+ *   A        (nheads,) f32                      (= -exp(A_log))
+ *   B, C     (batch, seqlen, ngroups, dstate)   same dtype as x; head h uses group h / (nheads / ngroups)
+ *   D        (nheads,)                          optional, f32 or the dtype of x
+ *   z        (batch, seqlen, nheads, headdim)   optional gate: y *= silu(z)
+ *   dt_bias  (nheads,)                          optional, f32 or the dtype of x
+ *   state    (nslots, nheads, headdim, dstate) f32  optional: initial state read when load_state, final written
+ *   state_idx, seq_lens, out                    as for ssmtp_scan_fwd (out: the shape of x)
+ *   chunk_size >= 1 tokens per chunk; dt_min <= dt_max: the time step is clamped to [dt_min, dt_max] after the bias
+ *   and the softplus (HF Mamba-2/Zamba2 prefill: dt_min = time_step_min, dt_max = +inf; no clamp: 0 and +inf).
+ * Math per (b, h): delta_t = clamp(softplus?(dt_t + dt_bias)); H_t = exp(delta_t A) H_{t-1} + delta_t x_t B_t^T
+ *   (headdim x dstate); y_t = H_t C_t + D x_t; y *= silu(z). Positions t >= n are written as zero.
+ */
+typedef struct {
+    ssmtp_tensor_t x, dt, A, B, C, D, z, dt_bias, state, state_idx, seq_lens, out;
+    int32_t dt_softplus;
+    int32_t load_state;
+    int32_t chunk_size;
+    float dt_min, dt_max;
+} ssmtp_ssd_params_t;
+ssmtp_status_t ssmtp_ssd_fwd(const ssmtp_ssd_params_t *p, void *stream);
+
+/*
+ * Mamba-2 decode step, in place on a slot-indexed fp32 state (csrc/ssd.c; CPU only for now).
+ *   x, z (batch, nheads, headdim); dt (batch, nheads); B, C (batch, ngroups, dstate); A (nheads,) f32;
+ *   D, dt_bias (nheads,); state (nslots, nheads, headdim, dstate) f32; state_idx (batch,) int32 optional (-1 =
+ *   padding: state untouched, out zero); out (batch, nheads, headdim). One step of ssmtp_ssd_fwd's recurrence with
+ *   its own clamp (HF's Mamba-2/Zamba2 decode does not clamp: dt_min = 0, dt_max = +inf).
+ */
+typedef struct {
+    ssmtp_tensor_t x, dt, A, B, C, D, z, dt_bias, state, state_idx, out;
+    int32_t dt_softplus;
+    float dt_min, dt_max;
+} ssmtp_ssd_step_params_t;
+ssmtp_status_t ssmtp_ssd_step(const ssmtp_ssd_step_params_t *p, void *stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -122,3 +122,48 @@ def dequantize_blocks(q, scales, block, dtype):
     n = q.numel()
     s = scales.repeat_interleave(block)[:n]
     return (q.float() * s).to(dtype)
+
+
+# ------------------------------------------------------------------------------------------------ Mamba-2 SSD
+# Token-by-token recurrences (not chunked): the chunked C op must equal them up to fp32 rounding.
+
+def _ssd_delta(dt, dt_bias, dt_softplus, dt_min, dt_max):
+    d = dt.float() + (dt_bias.float() if dt_bias is not None else 0.0)
+    return (F.softplus(d) if dt_softplus else d).clamp(min=dt_min, max=dt_max)
+
+
+def ssd_scan(x, dt, A, B, C, D, z, dt_bias, state, state_idx, seq_lens, dt_softplus, load_state, chunk_size, dt_min,
+             dt_max):
+    batch, seqlen, nheads, hd = x.shape
+    rep = nheads // B.shape[2]
+    out = torch.zeros(batch, seqlen, nheads, hd, dtype=torch.float32)
+    for b, (slot, n) in enumerate(zip(_slots(batch, state_idx), _lens(batch, seqlen, seq_lens))):
+        if state is not None and slot < 0:
+            continue
+        h = state[slot].float().clone() if load_state else torch.zeros(nheads, hd, B.shape[3])
+        for t in range(n):
+            delta = _ssd_delta(dt[b, t], dt_bias, dt_softplus, dt_min, dt_max)  # (nheads,)
+            Bt = B[b, t].float().repeat_interleave(rep, 0)  # (nheads, N)
+            Ct = C[b, t].float().repeat_interleave(rep, 0)
+            xt = x[b, t].float()  # (nheads, hd)
+            h = torch.exp(delta * A.float())[:, None, None] * h + (delta[:, None] * xt)[:, :, None] * Bt[:, None, :]
+            y = (h * Ct[:, None, :]).sum(-1)
+            if D is not None:
+                y = y + D.float()[:, None] * xt
+            if z is not None:
+                y = y * F.silu(z[b, t].float())
+            out[b, t] = y
+        if state is not None:
+            state[slot].copy_(h)
+    return out.to(x.dtype)
+
+
+def ssd_step(x, dt, A, B, C, D, z, dt_bias, state, state_idx, dt_softplus, dt_min, dt_max):
+    batch = x.shape[0]
+    state_l = state.clone()
+    y = ssd_scan(x[:, None], dt[:, None], A, B[:, None], C[:, None], D, None if z is None else z[:, None], dt_bias,
+                 state_l, state_idx, None, dt_softplus, True, 1, dt_min, dt_max)[:, 0]
+    for slot in _slots(batch, state_idx):
+        if slot >= 0:
+            state[slot].copy_(state_l[slot])
+    return y
