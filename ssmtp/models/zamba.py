@@ -101,7 +101,8 @@ class TPZambaMambaMixer(nn.Module):
         self.head0 = lo // hd  # first global head this rank touches
         self.split_heads = nh % tp != 0  # heads span ranks: [dt, B, C] need an all-reduce
         # (head, first channel in head, last channel in head) of each local group
-        pieces = [(h, max(lo, h * hd) - h * hd, min(hi, (h + 1) * hd) - h * hd) for h in range(self.head0, self.head0 + g)]
+        pieces = [(h, max(lo, h * hd) - h * hd, min(hi, (h + 1) * hd) - h * hd)
+                  for h in range(self.head0, self.head0 + g)]
 
         blk = get("in_proj.weight")[2 * lo:2 * hi]  # interleaved x/z rows of this rank's channels
         self.in_proj_weight = shard.param(torch.cat([blk[0::2], blk[1::2]]))
@@ -142,6 +143,10 @@ class TPZambaMambaMixer(nn.Module):
             return params[name].detach()
 
         return cls(hf_mixer.config, hf_mixer.layer_idx, comm, get)
+
+    def state_shapes(self) -> dict:
+        """Per-slot shapes of this rank's states, for a slot pool: conv (dl, K) in the model dtype, ssm (dl, N) fp32."""
+        return {"conv": (self.d_local, self.conv_kernel_size), "ssm": (self.d_local, self.ssm_state_size)}
 
     # ------------------------------------------------------------------ shared pieces
 

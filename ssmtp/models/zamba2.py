@@ -11,14 +11,17 @@ tp / G ranks sharing it (the 2.7B model has G = 1: B and C are replicated on eve
            ranks (tp > G) needs the sum of squares over all its channels: every rank writes its partial sum into its
            group's slot of a zero-filled (tokens, G) buffer and one all-reduce completes them all
   out_proj row-parallel, all-reduce, bias added once
-The scan: Mamba-2's SSD is the Mamba-1 recurrence with one scalar A and one dt per head, h = exp(dt*A) h + dt B x,
-y = <C, h> + D x. The C CPU ops ssmtp::selective_scan / ssmtp::selective_state_update compute exactly that recurrence
-per channel (A, dt, D expanded over the head's hd channels; B/C as groups: channel c uses group c / (dl / Gl)), so they
-serve as the CPU implementation (fp32 state, fp32 accumulation; HF's chunked SSD and this sequential scan differ only
-in rounding). HF's quirks are reproduced: in prefill dt = clamp(softplus(dt + dt_bias), min=time_step_min) (computed
-here, handed to the scan with softplus off); in decode dt = softplus(dt + dt_bias), no clamp (the step op's own
-softplus). The scan runs without a gate: the gate goes through the norm (norm-after-gate). SSM state per rank
-(batch, nhl, hd, N) fp32 (HF: (batch, nh, hd, N)); conv state (batch, dl + 2*Gl*N, K).
+The scan: Mamba-2's SSD recurrence with one scalar A and one dt per head, H = exp(dt*A) H + dt x B^T, y = H C + D x.
+  "ssd"        ssmtp::ssd_scan (chunked SSD, chunk_size from the config, as HF evaluates it) and ssmtp::ssd_step:
+               per-head A/dt/D, x viewed as (.., nhl, hd). C CPU ops; no CUDA kernel yet.
+  "selective"  the Mamba-1 ops ssmtp::selective_scan / selective_state_update compute the same recurrence per channel
+               (A, dt, D expanded over each head's hd channels; B/C as groups: channel c uses group c / (dl / Gl));
+               they have CUDA kernels.
+  "auto" (default) picks "ssd" for CPU tensors and "selective" on CUDA (logged once). Both are tested on the CPU.
+HF's quirks are reproduced: in prefill dt = clamp(softplus(dt + dt_bias), min=time_step_min); in decode
+dt = softplus(dt + dt_bias), no clamp. The scan runs without a gate: the gate goes through the norm (norm-after-gate).
+SSM state per rank (batch, nhl, hd, N) fp32 (HF: (batch, nh, hd, N)), passed to mix/mix_step flattened as
+(batch, dl, N); conv state (batch, dl + 2*Gl*N, K).
 
 Shared transformer blocks (num_mem_blocks of them, each tied across the hybrid layers that use it):
   attention  q/k/v column-parallel by heads, o_proj row-parallel + all-reduce, KV cache of local heads, RoPE per head.
@@ -31,6 +34,7 @@ Shared transformer blocks (num_mem_blocks of them, each tied across the hybrid l
 """
 from __future__ import annotations
 
+import logging
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -41,6 +45,10 @@ from .. import ops
 from ..parallel import shard
 from ..parallel.comm import Communicator
 from .zamba import _act, _attention_interface, _mask, uneven_range
+
+log = logging.getLogger("ssmtp")
+_LOGGED: set = set()
+SCAN_IMPLS = ("auto", "ssd", "selective")
 
 
 def group_layout(nh: int, G: int, tp: int) -> tuple[int, bool]:
@@ -61,9 +69,10 @@ class TPZamba2MambaMixer(nn.Module):
     """One rank's shard of a Zamba2 (Mamba-2) mixer."""
 
     def __init__(self, config, layer_idx: int, comm: Communicator, get: Callable[[str], object],
-                 norm_eps: float = 1e-5):
+                 norm_eps: float = 1e-5, scan_impl: str = "auto"):
         """``get(name)`` returns the full tensor named as in HF's Zamba2MambaMixer ("in_proj.weight", "A_log", ...)
-        or anything sliceable like one. ``norm_eps``: the gated norm's epsilon (HF hard-codes 1e-5)."""
+        or anything sliceable like one. ``norm_eps``: the gated norm's epsilon (HF hard-codes 1e-5). ``scan_impl``:
+        "auto", "ssd" or "selective" (see the module docstring); the attribute may be changed later."""
         super().__init__()
         tp, r = comm.world_size, comm.rank
         self.comm = comm
@@ -76,6 +85,10 @@ class TPZamba2MambaMixer(nn.Module):
         self.ssm_state_size = N = config.mamba_d_state
         self.conv_kernel_size = config.mamba_d_conv
         self.time_step_min = float(config.time_step_min)
+        self.chunk_size = int(config.chunk_size)
+        if scan_impl not in SCAN_IMPLS:
+            raise ValueError(f"scan_impl={scan_impl!r}; expected one of {SCAN_IMPLS}")
+        self.scan_impl = scan_impl
         self.norm_eps = float(norm_eps)
         self.n_groups_local, self.split_groups = Gl, split = group_layout(nh, G, tp)
         self.heads_local = nhl = nh // tp
@@ -99,10 +112,12 @@ class TPZamba2MambaMixer(nn.Module):
         self.conv_bias = shard.param(conv_rows(get("conv1d.bias")))  # HF's Mamba-2 conv always has a bias
         heads = slice(r * nhl, (r + 1) * nhl)
         self.dt_bias = shard.param(get("dt_bias")[heads].float())  # (nhl,)
-        A_h = -torch.exp(get("A_log")[heads].detach().float())
-        self.register_buffer("A", A_h[:, None, None].expand(nhl, hd, N).reshape(dl, N).contiguous())
-        self.register_buffer("dt_bias_ch", self.dt_bias.detach().repeat_interleave(hd))  # (dl,) for the step op
-        self.D = shard.param(get("D")[heads].float().repeat_interleave(hd))  # (dl,)
+        self.register_buffer("A_head", -torch.exp(get("A_log")[heads].detach().float()).contiguous())  # (nhl,)
+        self.D_head = shard.param(get("D")[heads].float())  # (nhl,)
+        # per-channel copies for the "selective" (Mamba-1) ops
+        self.register_buffer("A", self.A_head[:, None, None].expand(nhl, hd, N).reshape(dl, N).contiguous())
+        self.register_buffer("dt_bias_ch", self.dt_bias.detach().repeat_interleave(hd))  # (dl,)
+        self.register_buffer("D_ch", self.D_head.detach().repeat_interleave(hd))  # (dl,)
         self.norm_weight = shard.param(get("norm.weight")[lo:hi])
         self.out_proj_weight = shard.param(get("out_proj.weight")[:, lo:hi])
         self.out_proj_bias = shard.param(get("out_proj.bias")[:]) if config.add_bias_linear else None
@@ -123,6 +138,11 @@ class TPZamba2MambaMixer(nn.Module):
     @property
     def conv_dim_local(self) -> int:
         return self.d_local + 2 * self.n_groups_local * self.ssm_state_size
+
+    def state_shapes(self) -> dict:
+        """Per-slot shapes of this rank's states, for a slot pool: conv (dl + 2 Gl N, K) in the model dtype, ssm
+        (dl, N) fp32 (= (nhl, hd, N) flattened)."""
+        return {"conv": (self.conv_dim_local, self.conv_kernel_size), "ssm": (self.d_local, self.ssm_state_size)}
 
     def _split(self, zxbcdt: torch.Tensor):
         dl, cd = self.d_local, self.conv_dim_local
@@ -146,6 +166,17 @@ class TPZamba2MambaMixer(nn.Module):
         out = self.comm.all_reduce(F.linear(y.to(dtype), self.out_proj_weight))
         return out + self.out_proj_bias if self.out_proj_bias is not None else out
 
+    def _use_ssd(self, t: torch.Tensor) -> bool:
+        if self.scan_impl != "auto":
+            return self.scan_impl == "ssd"
+        if t.device.type == "cpu":
+            return True
+        if "ssd-cuda" not in _LOGGED:
+            _LOGGED.add("ssd-cuda")
+            log.info("ssmtp Zamba2: the SSD ops have no CUDA kernel yet; running the Mamba-1 selective scan kernels "
+                     "(same recurrence, A/dt/D expanded per channel)")
+        return False
+
     def _bc(self, xbc_tok: torch.Tensor):
         """xbc_tok (..., dl + 2 Gl N) -> x (..., dl), B, C (..., Gl, N)."""
         dl, Gl, N = self.d_local, self.n_groups_local, self.ssm_state_size
@@ -168,11 +199,17 @@ class TPZamba2MambaMixer(nn.Module):
         xbc = ops.causal_conv1d(xbc.transpose(1, 2), self.conv_weight, self.conv_bias, conv_state, state_idx, seq_lens,
                                 True, load_state)
         x, B, C = self._bc(_mask(xbc.transpose(1, 2), attention_mask))
-        # HF's chunked path: dt = clamp(softplus(dt + bias), min=time_step_min), per head, expanded to its channels
+        # HF's chunked path: dt = clamp(softplus(dt + bias), min=time_step_min)
+        if self._use_ssd(x):
+            nhl, hd, N = self.heads_local, self.head_dim, self.ssm_state_size
+            st = None if ssm_state is None else ssm_state.view(-1, nhl, hd, N)
+            y = ops.ssd_scan(x.unflatten(-1, (nhl, hd)), dt, self.A_head, B, C, self.D_head, None, self.dt_bias, st,
+                             state_idx, seq_lens, True, load_state, self.chunk_size, self.time_step_min, float("inf"))
+            return self._out(y.flatten(-2), gate, h.dtype)
         delta = F.softplus(dt.float() + self.dt_bias).clamp(min=self.time_step_min)
-        delta = delta.repeat_interleave(self.head_dim, dim=-1).to(x.dtype)  # (B, L, dl)
+        delta = delta.repeat_interleave(self.head_dim, dim=-1).to(x.dtype)  # (B, L, dl), per head -> its channels
         y = ops.selective_scan(x.transpose(1, 2), delta.transpose(1, 2), self.A, B.permute(0, 2, 3, 1),
-                               C.permute(0, 2, 3, 1), self.D, None, None, ssm_state, state_idx, seq_lens, False,
+                               C.permute(0, 2, 3, 1), self.D_ch, None, None, ssm_state, state_idx, seq_lens, False,
                                load_state)
         return self._out(y.transpose(1, 2), gate, h.dtype)
 
@@ -183,8 +220,13 @@ class TPZamba2MambaMixer(nn.Module):
         xbc = ops.causal_conv1d(xbc.transpose(1, 2), self.conv_weight, self.conv_bias, conv_state, state_idx, None,
                                 True, True)
         x, B, C = self._bc(xbc[:, :, 0])
+        if self._use_ssd(x):
+            nhl, hd, N = self.heads_local, self.head_dim, self.ssm_state_size
+            y = ops.ssd_step(x.unflatten(-1, (nhl, hd)), dt[:, 0], self.A_head, B, C, self.D_head, None, self.dt_bias,
+                             ssm_state.view(-1, nhl, hd, N), state_idx, True, 0.0, float("inf"))
+            return self._out(y.flatten(-2)[:, None], gate, h.dtype)
         dt_ch = dt[:, 0].repeat_interleave(self.head_dim, dim=-1)  # (B, dl)
-        y = ops.selective_state_update(x, dt_ch, self.A, B, C, self.D, None, self.dt_bias_ch, ssm_state, state_idx,
+        y = ops.selective_state_update(x, dt_ch, self.A, B, C, self.D_ch, None, self.dt_bias_ch, ssm_state, state_idx,
                                        True)
         return self._out(y[:, None], gate, h.dtype)
 
@@ -213,7 +255,7 @@ class TPZamba2MambaMixer(nn.Module):
     def extra_repr(self) -> str:
         return (f"d_inner={self.intermediate_size}, heads={self.heads_local}/{self.num_heads}, "
                 f"groups={self.n_groups_local}/{self.n_groups} (from {self.group0}), split_groups={self.split_groups}, "
-                f"tp={self.comm.world_size}, rank={self.comm.rank}")
+                f"scan_impl={self.scan_impl!r}, tp={self.comm.world_size}, rank={self.comm.rank}")
 
 
 def _adapter_kinds(module_list) -> list[str]:
