@@ -7,11 +7,12 @@ Build knobs (environment variables), echoed at build time:
   SSMTP_SKIP_CUDA=1        build the CPU-only extension even when nvcc is present
   SSMTP_CUDA_ARCHS="80;90" SM list for machine code; PTX is embedded for the last one (default "80;90")
   SSMTP_DEBUG=1            -O0 -g, host asserts, and nvcc -lineinfo
-  SSMTP_CUDA_REBUILD=1     recompile every .cu (objects in build/cuda/<archs>/ are otherwise reused when newer than
-                           their sources and headers)
+  SSMTP_CUDA_REBUILD=1     recompile every .cu (objects in build/cuda/<archs>/ are otherwise reused while the hash
+                           of their source, the headers and the nvcc command is unchanged)
   CUDA_HOME / nvcc on PATH where the CUDA toolkit is
 """
 import glob
+import hashlib
 import os
 import shutil
 import subprocess
@@ -80,28 +81,40 @@ class BuildExt(build_ext):
             gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
             gencode.append(f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}")
             # Objects go to a folder keyed by arch list and debug flag, independent of the Python version, and are
-            # reused while newer than their source and every header (an incremental build; SSMTP_CUDA_REBUILD=1
-            # forces a rebuild).
+            # reused while the hash of source + headers + command is unchanged (an incremental build that survives
+            # copying the tree elsewhere; SSMTP_CUDA_REBUILD=1 forces a rebuild).
             build_tmp = os.path.join(HERE, "build", "cuda", "-".join(archs) + ("-debug" if debug else ""))
             os.makedirs(build_tmp, exist_ok=True)
-            headers = glob.glob(os.path.join(HERE, "csrc", "*.h")) + glob.glob(os.path.join(HERE, "csrc", "cuda", "*.cuh"))
-            newest_header = max((os.path.getmtime(h) for h in headers), default=0)
+            headers = sorted(glob.glob(os.path.join(HERE, "csrc", "*.h")) +
+                             glob.glob(os.path.join(HERE, "csrc", "cuda", "*.cuh")))
+            hdr_hash = hashlib.sha256()
+            for h in headers:
+                with open(h, "rb") as f:
+                    hdr_hash.update(f.read())
             nvflags = ["-std=c++17", "-Xcompiler", "-fPIC", "-Xcompiler", "-fvisibility=hidden", "-Icsrc",
                        "-DSSMTP_WITH_CUDA=1", "--expt-relaxed-constexpr", "-lineinfo"]
             nvflags += ["-O0", "-g", "-DSSMTP_DEBUG=1"] if debug else ["-O3"]
 
             def compile_one(src):
                 obj = os.path.join(build_tmp, os.path.basename(src) + ".o")
-                if (not _truthy("SSMTP_CUDA_REBUILD") and os.path.exists(obj)
-                        and os.path.getmtime(obj) > max(os.path.getmtime(src), newest_header)):
+                cmd = [nvcc, "-c", src, "-o", obj] + nvflags + gencode
+                key = hdr_hash.copy()
+                with open(src, "rb") as f:
+                    key.update(f.read())
+                key.update(" ".join(cmd).encode())
+                key = key.hexdigest()
+                stamp = obj + ".key"
+                if (not _truthy("SSMTP_CUDA_REBUILD") and os.path.exists(obj) and os.path.exists(stamp)
+                        and open(stamp).read() == key):
                     _log(f"nvcc {src}: up to date ({obj})")
                     return obj
-                cmd = [nvcc, "-c", src, "-o", obj] + nvflags + gencode
                 _log("nvcc " + src)
                 res = subprocess.run(cmd, capture_output=True, text=True)
                 if res.returncode != 0:
                     sys.stderr.write(res.stdout + res.stderr)
                     raise RuntimeError(f"nvcc failed on {src}")
+                with open(stamp, "w") as f:
+                    f.write(key)
                 return obj
 
             with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:

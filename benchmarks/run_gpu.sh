@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension, run the GPU tests, run the benchmarks.
 # Everything lands under $OUT (default benchmarks/results/latest): logs, JSON, PNG.
-#   bash benchmarks/run_gpu.sh [tests|ops|allreduce|engine|e2e|all ...]   (default: all)
+#   bash benchmarks/run_gpu.sh [tests|ops|allreduce|engine|train|all ...]   (default: all)
+# Results are also packed into $OUT/results.tar (the device tool returns at most 8 files).
 # Multi-GPU parts run when 2+ GPUs are visible. NVLink multicast stays off (shared machines).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -38,5 +39,9 @@ if want engine; then
   run torchrun --nproc_per_node 1 benchmarks/bench_engine.py --out "$OUT/engine-tp1.json"
   [ "$ngpu" -ge 2 ] && run torchrun --nproc_per_node 2 benchmarks/bench_engine.py --out "$OUT/engine-tp2.json"
 fi
+if want train; then
+  run timeout "${TRAIN_TIMEOUT:-240}" python benchmarks/train_tiny.py --out "$OUT/tiny-mamba-bytes" --steps "${TRAIN_STEPS:-1500}"
+fi
 echo "== done, status $status" | tee -a "$LOG"
+(cd "$OUT" && tar cf results.tar --exclude results.tar . 2>/dev/null)
 exit $status
