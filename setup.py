@@ -126,6 +126,9 @@ class BuildExt(build_ext):
         ext.extra_compile_args = cflags
         ext.libraries = list(dict.fromkeys((ext.libraries or []) + ["dl", "m"]))
         _log(f"C: {len(C_SOURCES)} sources, flags {' '.join(cflags)}")
+        # The C sources are few and quick; always recompile them, since their flags depend on the CUDA decision
+        # (distutils would otherwise relink stale objects built with other defines).
+        self.force = True
         super().build_extensions()
 
 
