@@ -36,8 +36,10 @@ if want allreduce && [ "$ngpu" -ge 2 ]; then
   run torchrun --nproc_per_node 2 benchmarks/bench_allreduce.py --out "$OUT/allreduce.json"
 fi
 if want engine; then
-  run torchrun --nproc_per_node 1 benchmarks/bench_engine.py --out "$OUT/engine-tp1.json"
-  [ "$ngpu" -ge 2 ] && run torchrun --nproc_per_node 2 benchmarks/bench_engine.py --out "$OUT/engine-tp2.json"
+  # ENGINE_ARGS: extra bench_engine.py options for a shorter run, e.g. "--ttft-reps 2 --graph-iters 30"
+  run torchrun --nproc_per_node 1 benchmarks/bench_engine.py --out "$OUT/engine-tp1.json" ${ENGINE_ARGS:-}
+  [ "$ngpu" -ge 2 ] && run torchrun --nproc_per_node 2 benchmarks/bench_engine.py --out "$OUT/engine-tp2.json" \
+    --no-hf ${ENGINE_ARGS:-}
 fi
 if want train; then
   run timeout "${TRAIN_TIMEOUT:-240}" python benchmarks/train_tiny.py --out "$OUT/tiny-mamba-bytes" --steps "${TRAIN_STEPS:-1500}"
