@@ -13,6 +13,8 @@ import os
 import subprocess
 import sys
 
+import ssmtp
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -493,9 +495,15 @@ def test_preset_slices_are_tp_invariant_and_match_the_full_tensor():
 
 
 def _cli(*args, timeout=120):
-    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "ssmtp", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    # The same ssmtp this test process imported (the installed package in CI, an in-place build in a checkout),
+    # run from a neutral directory as a user would.
+    import tempfile
+
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(ssmtp.__file__)))
+    env = dict(os.environ, PYTHONPATH=pkg_parent, OMP_NUM_THREADS="1")
+    with tempfile.TemporaryDirectory() as cwd:
+        return subprocess.run([sys.executable, "-m", "ssmtp", *args], cwd=cwd, env=env, capture_output=True,
+                              text=True, timeout=timeout)
 
 
 def test_cli_default_generate_runs():

@@ -140,6 +140,11 @@ class LLM:
                  prefill_graph_sizes: Optional[Sequence[int]] = None, tokenizer=None, seed: int = 0, progress: bool = True, check_same_model: bool = True):
         from ..loading import HFModelSource, resolve
 
+        if isinstance(dtype, str):  # "bfloat16" as well as torch.bfloat16
+            if dtype not in ("float32", "bfloat16", "float16"):
+                raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+            dtype = getattr(torch, dtype)
+
         for name, v, lo in (("max_batch", max_batch, 1), ("prefix_interval", prefix_interval, 1)):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
