@@ -40,8 +40,14 @@ def _worker(rank, world, port, backend, fn, args, errq):
             dist.destroy_process_group()
 
 
-def run_ranks(world: int, fn, *args, backend: str = "gloo", timeout: float = 240.0) -> None:
-    ctx = mp.get_context("spawn")
+def run_ranks(world: int, fn, *args, backend: str = "gloo", timeout: float = 240.0, preload=None) -> None:
+    """preload: module names imported once by a forkserver that then forks the ranks (a spawned rank spends seconds
+    importing torch and transformers, most of a 4-rank test on a small CI machine); None spawns fresh ranks."""
+    if preload is not None:
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["torch", "torch.distributed", "distributed", *preload])
+    else:
+        ctx = mp.get_context("spawn")
     errq = ctx.SimpleQueue()
     port = free_port()
     procs = [ctx.Process(target=_worker, args=(r, world, port, backend, fn, args, errq)) for r in range(world)]

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 
 import ssmtp  # noqa: F401  (registers the ops)
-from distributed import _worker, free_port
+from distributed import run_ranks as _run_ranks
 from ssmtp.parallel import comm as comm_mod
 from ssmtp.parallel.comm import Communicator, get_communicator
 from ssmtp.parallel.quant_ar import check_quant_args, error_bound, quant_all_reduce_gather, quant_reduce_reference
@@ -21,29 +21,8 @@ ssmtp.ops.dequantize_blocks(*ssmtp.ops.quantize_blocks(torch.ones(32), 32, "int8
 
 
 def run_ranks(world, fn, timeout=60.0):
-    """tests/distributed.run_ranks, but forking the ranks from a forkserver that imported torch once: a spawned
-    rank spends seconds importing torch, which on a small CI machine is most of a 4-rank test."""
-    ctx = torch.multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "torch.distributed", "ssmtp", "distributed", __name__])
-    errq = ctx.SimpleQueue()
-    port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, world, port, "gloo", fn, (), errq)) for r in range(world)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout)
-    hung = [i for i, p in enumerate(procs) if p.is_alive()]
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-    errors = []
-    while not errq.empty():
-        errors.append(errq.get())
-    if errors:
-        rank, tb = sorted(errors)[0]
-        raise AssertionError(f"rank {rank} of {world} failed:\n{tb}")
-    assert not hung, f"ranks {hung} of {world} did not finish within {timeout} s"
-    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    """Ranks forked from a forkserver that imported torch and ssmtp once."""
+    _run_ranks(world, fn, timeout=timeout, preload=["ssmtp", __name__])
 
 
 def _inputs(world, n, dtype, seed):

@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from distributed import _worker, free_port
+from distributed import run_ranks as _run_ranks
 from ssmtp.engine import LLM, SamplingParams, SlotPool, SlotPoolExhausted
 from ssmtp.engine.prefix_cache import BranchIndex, PrefixCache, as_tokens, chain_hashes
 from ssmtp.engine.sampling import gumbel_noise, sample
@@ -33,32 +33,8 @@ LENGTHS = (13, 5, 21, 1, 9, 17)  # more prompts than the 4 slots below: requests
 
 
 def run_ranks(world, fn, *args, timeout=300.0):
-    """tests/distributed.run_ranks, with the ranks forked from a forkserver that imported torch, transformers and
-    ssmtp once (as tests/test_comm.py does): a spawned rank spends seconds importing them, most of a 4-rank test on a
-    small CI machine."""
-    ctx = torch.multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "torch.distributed", "transformers", "ssmtp", "distributed", "tiny_models",
-                                __name__])
-    errq = ctx.SimpleQueue()
-    port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, world, port, "gloo", fn, args, errq)) for r in range(world)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout)
-    hung = [i for i, p in enumerate(procs) if p.is_alive()]
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-    errors = []
-    while not errq.empty():
-        errors.append(errq.get())
-    if errors:
-        rank, tb = sorted(errors)[0]
-        raise AssertionError(f"rank {rank} of {world} failed:\n{tb}")
-    assert not hung, f"ranks {hung} of {world} did not finish within {timeout} s"
-    bad = [(i, p.exitcode) for i, p in enumerate(procs) if p.exitcode != 0]
-    assert not bad, f"ranks exited with non-zero codes {bad}"
+    """Ranks forked from a forkserver that imported torch, transformers and ssmtp once."""
+    _run_ranks(world, fn, *args, timeout=timeout, preload=["transformers", "ssmtp", "tiny_models", __name__])
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -9,6 +9,8 @@ from distributed import run_ranks
 from tiny_models import build
 
 NEW_TOKENS = 32
+# ranks fork from a server that imported these once (spawning re-imports torch + transformers per rank)
+_PRELOAD = ["transformers", "ssmtp", "tiny_models", __name__]
 
 
 def _rel_ok(out, ref, rel):
@@ -112,7 +114,7 @@ def test_tp_matches_hf_fp32(family, config, tp):
     if tp == 1:
         _checks(0, 1, family, config, "float32")
     else:
-        run_ranks(tp, _checks, family, config, "float32")
+        run_ranks(tp, _checks, family, config, "float32", preload=_PRELOAD)
 
 
 @pytest.mark.parametrize("tp", [1, 2])
@@ -121,7 +123,7 @@ def test_tp_matches_hf_bf16(family, tp):
     if tp == 1:
         _checks(0, 1, family, "odd", "bfloat16")
     else:
-        run_ranks(tp, _checks, family, "odd", "bfloat16")
+        run_ranks(tp, _checks, family, "odd", "bfloat16", preload=_PRELOAD)
 
 
 class _FakeComm:

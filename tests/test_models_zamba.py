@@ -149,7 +149,7 @@ def test_tp_matches_hf_fp32(tp):
         finally:
             torch.set_num_threads(threads)
     else:
-        run_ranks(tp, _checks_all, timeout=900)  # a loaded 2-core machine: TP 4 took up to 225 s
+        run_ranks(tp, _checks_all, timeout=900, preload=["transformers", "ssmtp", "tiny_models", __name__])  # a loaded 2-core machine: TP 4 took up to 225 s
 
 
 class _FakeComm:
