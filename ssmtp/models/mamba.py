@@ -38,6 +38,30 @@ def _mask(h: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tens
     return (h * attention_mask[:, :, None]).to(h.dtype)
 
 
+def hf_cache_forward(mixer: nn.Module, hidden_states: torch.Tensor, cache_params, attention_mask,
+                     conv_channels: int, rec_dims: tuple) -> torch.Tensor:
+    """HF's forward contract around any ssmtp mixer's cache-agnostic ``mix`` / ``mix_step``, with HF's own cache
+    object: its tensors are updated in place after the first call, and created (in HF's shapes: conv (B,
+    conv_channels, K), recurrent (B, *rec_dims, N) fp32) by the prefill. A multi-token call on a filled cache resumes
+    from the cached states (HF's torch scan restarts at zero there)."""
+    if cache_params is None:
+        return mixer.mix(hidden_states, attention_mask=attention_mask)
+    layer = cache_params.layers[mixer.layer_idx]
+    Bsz, N, dl = hidden_states.shape[0], mixer.ssm_state_size, mixer.d_local
+    if bool(layer.has_previous_state[0]):
+        conv, rec = layer.conv_states[0], layer.recurrent_states[0].view(Bsz, dl, N)
+        if hidden_states.shape[1] == 1:
+            return mixer.mix_step(hidden_states, conv, rec)
+        return mixer.mix(hidden_states, conv, rec, load_state=True, attention_mask=attention_mask)
+    dev = hidden_states.device
+    conv = torch.zeros(Bsz, conv_channels, mixer.conv_kernel_size, device=dev, dtype=hidden_states.dtype)
+    rec = torch.zeros(Bsz, *rec_dims, N, device=dev, dtype=torch.float32)
+    out = mixer.mix(hidden_states, conv, rec.view(Bsz, dl, N), attention_mask=attention_mask)
+    cache_params.update_conv_state(conv, mixer.layer_idx, conv_kernel_size=mixer.conv_kernel_size)
+    cache_params.update_recurrent_state(rec, mixer.layer_idx)
+    return out
+
+
 class TPMambaMixer(nn.Module):
     """One rank's shard of a Mamba-1 mixer (Mamba or Falcon-Mamba)."""
 
@@ -145,24 +169,7 @@ class TPMambaMixer(nn.Module):
     # ------------------------------------------------------------------ HF-compatible forward
 
     def forward(self, hidden_states: torch.Tensor, cache_params=None, attention_mask=None, **kwargs):
-        if cache_params is None:
-            return self.mix(hidden_states, attention_mask=attention_mask)
-        layer = cache_params.layers[self.layer_idx]
-        has_prev = bool(layer.has_previous_state[0])
-        if has_prev:
-            conv, rec = layer.conv_states[0], layer.recurrent_states[0]
-            if hidden_states.shape[1] == 1:
-                return self.mix_step(hidden_states, conv, rec)
-            # A continuation chunk: resume from the cached states (HF's torch path restarts the scan at zero here).
-            return self.mix(hidden_states, conv, rec, load_state=True, attention_mask=attention_mask)
-        B = hidden_states.shape[0]
-        dev, dt = hidden_states.device, hidden_states.dtype
-        conv = torch.zeros(B, self.d_local, self.conv_kernel_size, device=dev, dtype=dt)
-        rec = torch.zeros(B, self.d_local, self.ssm_state_size, device=dev, dtype=torch.float32)
-        out = self.mix(hidden_states, conv, rec, attention_mask=attention_mask)
-        cache_params.update_conv_state(conv, self.layer_idx, conv_kernel_size=self.conv_kernel_size)
-        cache_params.update_recurrent_state(rec, self.layer_idx)
-        return out
+        return hf_cache_forward(self, hidden_states, cache_params, attention_mask, self.d_local, (self.d_local,))
 
     def extra_repr(self) -> str:
         return (f"d_inner={self.intermediate_size}, d_local={self.d_local}, tp={self.comm.world_size}, "

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from .. import ops
 from ..parallel import shard
 from ..parallel.comm import Communicator
+from .mamba import hf_cache_forward
 from .zamba import _act, _attention_interface, _mask, uneven_range
 
 log = logging.getLogger("ssmtp")
@@ -233,24 +234,8 @@ class TPZamba2MambaMixer(nn.Module):
     # ------------------------------------------------------------------ HF-compatible forward
 
     def forward(self, hidden_states: torch.Tensor, cache_params=None, attention_mask=None, **kwargs):
-        if cache_params is None:
-            return self.mix(hidden_states, attention_mask=attention_mask)
-        layer = cache_params.layers[self.layer_idx]
-        Bsz = hidden_states.shape[0]
-        if bool(layer.has_previous_state[0]):
-            conv = layer.conv_states[0]
-            rec = layer.recurrent_states[0].view(Bsz, self.d_local, self.ssm_state_size)  # (B, nhl, hd, N) storage
-            if hidden_states.shape[1] == 1:
-                return self.mix_step(hidden_states, conv, rec)
-            return self.mix(hidden_states, conv, rec, load_state=True, attention_mask=attention_mask)
-        dev, dt = hidden_states.device, hidden_states.dtype
-        conv = torch.zeros(Bsz, self.conv_dim_local, self.conv_kernel_size, device=dev, dtype=dt)
-        rec = torch.zeros(Bsz, self.heads_local, self.head_dim, self.ssm_state_size, device=dev, dtype=torch.float32)
-        out = self.mix(hidden_states, conv, rec.view(Bsz, self.d_local, self.ssm_state_size),
-                       attention_mask=attention_mask)
-        cache_params.update_conv_state(conv, self.layer_idx, conv_kernel_size=self.conv_kernel_size)
-        cache_params.update_recurrent_state(rec, self.layer_idx)
-        return out
+        return hf_cache_forward(self, hidden_states, cache_params, attention_mask, self.conv_dim_local,
+                                (self.heads_local, self.head_dim))
 
     def extra_repr(self) -> str:
         return (f"d_inner={self.intermediate_size}, heads={self.heads_local}/{self.num_heads}, "
