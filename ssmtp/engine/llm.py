@@ -104,17 +104,20 @@ def _budget_bytes(value, device: torch.device, what: str) -> int:
 
 
 class LLM:
-    """Batch generation with a tensor-parallel SSM (Mamba / Falcon-Mamba).
+    """Batch generation with a tensor-parallel SSM (Mamba / Falcon-Mamba) or hybrid (Zamba / Zamba2).
 
     model               preset name (ssmtp.presets.PRESETS), HF-format directory, hub id, or an HF model object
-                        (MambaForCausalLM / FalconMambaForCausalLM, plain or already ssmtp.parallelize'd); None =
+                        (Mamba / FalconMamba / Zamba / Zamba2 ForCausalLM, plain or already ssmtp.parallelize'd); None =
                         the embedded small model (ssmtp/data/tiny-mamba-bytes when present, else the "tiny" preset)
     group / comm        TP process group (default: the default group, or one process without torch.distributed)
     device, dtype       default: this rank's current CUDA device and bfloat16, else CPU and float32 (an HF model
                         object keeps its own dtype)
     max_batch           most requests running at once (prefill + decode); also the largest decode graph
     num_slots           state slots (default max_batch); or state_memory: bytes, or a fraction of free memory
-    max_model_len       longest prompt + max_new_tokens accepted (SSMs have no positional limit; default 131072)
+    max_model_len       longest prompt + max_new_tokens accepted (SSMs have no positional limit; default 131072).
+                        Zamba / Zamba2 (hybrid): also the K/V length preallocated per slot; default the config's
+                        max_position_embeddings; without num_slots / state_memory on CUDA, slots = what 60% of free
+                        memory holds, at most max_batch
     prefix_cache        keep prefix states (True), with prefix_interval (K) and prefix_cache_memory (bytes or a
                         fraction of free memory; default: 10% of free GPU memory up to 8 GiB, 256 MiB on a CPU),
                         and at most prefix_cache_entries entries
@@ -191,10 +194,20 @@ class LLM:
         self.eos = frozenset([eos] if isinstance(eos, int) else (eos or []))
         self.seed = int(seed)
 
+        hybrid = hasattr(self.runner, "set_max_len")
+        if hybrid:  # attention K/V per slot: sized by max_model_len (default: the model's trained context)
+            max_model_len = self.runner.set_max_len(int(max_model_len or source.config.max_position_embeddings))
         specs = self.runner.state_specs()
         if num_slots is None:
             if state_memory is None:
                 num_slots = max_batch
+                if hybrid and device.type == "cuda":  # a K/V slot is large: take what 60% of free memory holds
+                    fit = _budget_bytes(0.6, device, "state_memory") // bytes_per_slot(specs)
+                    if fit < max_batch:
+                        log.info("ssmtp.LLM: %d slots of %.1f MiB (K/V for max_model_len=%d) fit in 60%% of free "
+                                 "memory; max_batch %d -> %d", fit, bytes_per_slot(specs) / 2**20, max_model_len,
+                                 max_batch, max(1, fit))
+                        num_slots = max(1, fit)
             else:
                 num_slots = _budget_bytes(state_memory, device, "state_memory") // bytes_per_slot(specs)
                 if num_slots < 1:
@@ -238,6 +251,10 @@ class LLM:
             prefill_graphs = bool(cuda_graphs) and os.environ.get("SSMTP_PREFILL_GRAPHS", "1") != "0"
         if prefill_graphs and device.type != "cuda":
             raise ValueError("prefill_graphs=True needs a CUDA device")
+        if prefill_graphs and not getattr(self.runner, "prefill_graphable", True):
+            log.info("ssmtp.LLM: prefill graphs off for %s (its prefill reads the longest key range back to the host "
+                     "once per chunk); decode graphs stay on", source.family)
+            prefill_graphs = False
         self.prefill_graphs = GraphPrefill(self.runner, self.pool, prefill_graph_sizes) if prefill_graphs else None
 
         self._src = dist.get_global_rank(self.comm.group, 0) if (self.tp > 1 and self.comm.group is not None) else 0
@@ -643,5 +660,7 @@ class LLM:
 
 def _is_parallelized(model) -> bool:
     from ..models.mamba import TPMambaMixer
+    from ..models.zamba import TPZambaMambaMixer
+    from ..models.zamba2 import TPZamba2MambaMixer
 
-    return any(isinstance(m, TPMambaMixer) for m in model.modules())
+    return any(isinstance(m, (TPMambaMixer, TPZambaMambaMixer, TPZamba2MambaMixer)) for m in model.modules())

@@ -14,9 +14,9 @@ model, or a random-weight preset) and owns this rank's shard of the model. The e
         one token per row, in place on the slots; no host sync, no data-dependent Python: CUDA-graph capturable.
     vocab_size, device, dtype
 
-Mamba / Falcon-Mamba: MambaRunner below. A hybrid family (Zamba: Mamba slots + attention) adds its KV cache to the
-runner (per-slot pages or a paged pool it owns), uses ``start`` / ``pos`` for positions, and lists any per-slot state
-the prefix cache must copy in state_specs(); the engine is unchanged. RUNNERS maps HF model_type -> runner class.
+Mamba / Falcon-Mamba: MambaRunner below. Zamba / Zamba2: hybrid.HybridRunner, whose state spec adds this rank's
+attention K/V heads per slot (sized by max_model_len) and the slot's token count, so the slot pool, the slot zeroing
+and the prefix cache carry them unchanged. runner_class maps HF model_type -> runner class.
 """
 from __future__ import annotations
 
@@ -258,14 +258,15 @@ class MambaRunner(ModelRunner):
 
 
 RUNNERS = {"mamba": MambaRunner, "falcon_mamba": MambaRunner}
-NOT_YET = {"zamba": "Zamba (hybrid: Mamba slots + a sharded KV cache)", "zamba2": "Zamba2 (Mamba-2 + shared attention)"}
+HYBRID = ("zamba", "zamba2")  # ssmtp/engine/hybrid.py: HybridRunner (Mamba slots + a sharded KV cache)
 
 
 def runner_class(family: str):
     if family in RUNNERS:
         return RUNNERS[family]
-    if family in NOT_YET:
-        raise NotImplementedError(f"{NOT_YET[family]} is not yet supported by the engine (ssmtp.LLM); its TP modules "
-                                  f"work through ssmtp.parallelize(hf_model) + HF generate. Engine families: "
-                                  f"{', '.join(sorted(RUNNERS))}")
-    raise ValueError(f"model family {family!r} is not supported; supported: {', '.join(sorted(RUNNERS))}")
+    if family in HYBRID:
+        from .hybrid import HybridRunner
+
+        return HybridRunner
+    supported = sorted(set(RUNNERS) | set(HYBRID))
+    raise ValueError(f"model family {family!r} is not supported; supported: {', '.join(supported)}")

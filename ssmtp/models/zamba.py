@@ -243,6 +243,18 @@ class TPZambaAttention(nn.Module):
         params = {n: p.detach() for n, p in hf_attn.named_parameters()}
         return cls(hf_attn.config, comm, params.__getitem__, getattr(hf_attn, "layer_idx", None))
 
+    def qkv(self, x: torch.Tensor, layer_idx: Optional[int] = None):
+        """The engine's entry point: x (B, L, 2H) normed block input -> q (B, L, heads_local, hd), k and v
+        (B, L, kv_local, hd) of this rank's heads (no collective)."""
+        B, L = x.shape[:2]
+        hd = self.head_dim
+        return (F.linear(x, self.q_proj_weight).view(B, L, -1, hd), F.linear(x, self.k_proj_weight).view(B, L, -1, hd),
+                F.linear(x, self.v_proj_weight).view(B, L, -1, hd))
+
+    def out(self, attn: torch.Tensor) -> torch.Tensor:
+        """attn (B, L, heads_local * hd) -> o_proj, all-reduced: (B, L, H) on every rank."""
+        return self.comm.all_reduce(F.linear(attn, self.o_proj_weight))
+
     def forward(self, hidden_states: torch.Tensor, layer_idx: int, attention_mask: Optional[torch.Tensor],
                 past_key_values=None, **kwargs):
         from transformers.models.zamba.modeling_zamba import eager_attention_forward

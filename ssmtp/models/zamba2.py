@@ -327,6 +327,25 @@ class TPZamba2Attention(nn.Module):
         return cls(hf_attn.config, comm, params.__getitem__, hf_attn.layer_dic, kinds,
                    getattr(hf_attn, "layer_idx", None))
 
+    def qkv(self, x: torch.Tensor, layer_idx: int):
+        """The engine's entry point: x (B, L, 2H) normed block input of hybrid layer ``layer_idx`` -> q
+        (B, L, heads_local, hd), k and v (B, L, kv_local, hd) of this rank's heads, adapters added, before RoPE."""
+        B, L = x.shape[:2]
+        hd = self.head_dim
+        q = F.linear(x, self.q_proj_weight)
+        k = F.linear(x, self.k_proj_weight)
+        v = F.linear(x, self.v_proj_weight)
+        if self.use_adapter:
+            i = self.layer_dic[layer_idx]
+            q = q + self.q_adapters(x, i)
+            k = k + self.k_adapters(x, i)
+            v = v + self.v_adapters(x, i)
+        return q.view(B, L, -1, hd), k.view(B, L, -1, hd), v.view(B, L, -1, hd)
+
+    def out(self, attn: torch.Tensor) -> torch.Tensor:
+        """attn (B, L, heads_local * hd) -> o_proj, all-reduced: (B, L, H) on every rank."""
+        return self.comm.all_reduce(F.linear(attn, self.o_proj_weight))
+
     def forward(self, hidden_states: torch.Tensor, layer_idx: int, attention_mask: Optional[torch.Tensor] = None,
                 past_key_values=None, position_embeddings=None, **kwargs):
         from transformers.models.zamba2.modeling_zamba2 import apply_rotary_pos_emb, eager_attention_forward
