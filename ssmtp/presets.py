@@ -10,8 +10,8 @@ seed = hash(preset seed, tensor name, tile index). A slice therefore has the sam
 the rank that asks for it: TP=1 and TP=2 runs of a preset hold the same model (on the same device type; the CPU and
 CUDA generators differ). Scales keep a deep random model finite in bf16 (unit-variance projections, HF's dt init).
 
-Shapes: shared/reference/hf-models.md section 10. The Zamba presets give configs only; the engine does not run Zamba
-yet (it raises NotImplementedError saying so).
+Shapes: shared/reference/hf-models.md section 10. The Zamba / Zamba2 presets name their tensors as HF checkpoints do
+(the shared blocks once, under the hybrid layers that own them; HF ties the others to those).
 """
 from __future__ import annotations
 
@@ -47,20 +47,33 @@ PRESETS: dict = {
                                              conv_kernel=4, time_step_rank=256, num_hidden_layers=64,
                                              mixer_rms_eps=1e-6, tie_word_embeddings=False, eos_token_id=11),
                         "tiiuae/falcon-mamba-7b shapes"),
+    "tiny-zamba": ("zamba", dict(vocab_size=512, hidden_size=64, num_hidden_layers=6, mamba_dt_rank=8,
+                                 layers_block_type=["mamba", "hybrid", "mamba", "mamba", "hybrid", "mamba"],
+                                 num_attention_heads=4, num_key_value_heads=4, n_mamba_heads=2, intermediate_size=128,
+                                 hidden_act="gelu", max_position_embeddings=1024, use_mamba_kernels=False,
+                                 bos_token_id=1, eos_token_id=2, pad_token_id=0),
+                   "6-layer Zamba (2 hybrid), byte-level tokenizer"),
+    "tiny-zamba2": ("zamba2", dict(vocab_size=512, hidden_size=64, num_hidden_layers=6, mamba_d_state=16,
+                                   layers_block_type=["mamba", "hybrid", "mamba", "hybrid", "mamba", "hybrid"],
+                                   n_mamba_heads=8, mamba_ngroups=1, intermediate_size=128, num_attention_heads=4,
+                                   num_mem_blocks=2, use_shared_attention_adapter=True, adapter_rank=8,
+                                   use_mem_rope=True, chunk_size=32, max_position_embeddings=1024,
+                                   use_mamba_kernels=False, bos_token_id=1, eos_token_id=2, pad_token_id=0),
+                    "6-layer Zamba2 (3 hybrid, 2 shared blocks, adapters, RoPE), byte-level tokenizer"),
     "zamba-7b": ("zamba", dict(vocab_size=32000, hidden_size=3712, attention_hidden_size=7424,
                                intermediate_size=14848, num_hidden_layers=76, num_attention_heads=16,
                                attention_head_dim=464, num_key_value_heads=16, n_mamba_heads=2, hidden_act="gelu",
                                max_position_embeddings=4096, attn_layer_period=6, attn_layer_offset=4,
                                use_mamba_kernels=False, mamba_d_state=16, mamba_d_conv=4, mamba_expand=2,
                                mamba_dt_rank=232, mamba_conv_bias=True, mamba_proj_bias=False),
-                 "Zyphra/Zamba-7B-v1 shapes (engine support pending)"),
+                 "Zyphra/Zamba-7B-v1 shapes"),
     "zamba2-2.7b": ("zamba2", dict(vocab_size=32000, hidden_size=2560, num_hidden_layers=54,
                                    layers_block_type=["hybrid" if i in _HYB_ZAMBA2 else "mamba" for i in range(54)],
                                    mamba_d_state=64, mamba_d_conv=4, mamba_expand=2, mamba_ngroups=1,
                                    n_mamba_heads=80, intermediate_size=10240, num_attention_heads=32,
                                    num_key_value_heads=32, num_mem_blocks=2, adapter_rank=128, chunk_size=256,
                                    use_mamba_kernels=False),
-                    "Zyphra/Zamba2-2.7B shapes (engine support pending)"),
+                    "Zyphra/Zamba2-2.7B shapes"),
 }
 
 _HF_CLASS = {"mamba": "MambaConfig", "falcon_mamba": "FalconMambaConfig", "zamba": "ZambaConfig",
@@ -245,6 +258,115 @@ def mamba_tensor_specs(cfg) -> dict:
     return out
 
 
+def _hybrid_ids(cfg) -> list:
+    return [i for i, t in enumerate(cfg.layers_block_type) if t == "hybrid"]
+
+
+def zamba_tensor_specs(cfg) -> dict:
+    """name -> (shape, init) for a Zamba (v1) checkpoint (HF names; the shared block under the first hybrid layer)."""
+    H, V = cfg.hidden_size, cfg.vocab_size
+    d = cfg.mamba_expand * H
+    nh, N, K, R = cfg.n_mamba_heads, cfg.mamba_d_state, cfg.mamba_d_conv, int(cfg.mamba_dt_rank)
+    hd = d // nh
+    A2, hda, nq, nkv, inter = cfg.attention_hidden_size, cfg.attention_head_dim, cfg.num_attention_heads, \
+        cfg.num_key_value_heads, cfg.intermediate_size
+    out = {"model.embed_tokens.weight": ((V, H), ("normal", 0.02)), "model.final_layernorm.weight": ((H,), ("ones",))}
+    if not cfg.tie_word_embeddings:
+        out["lm_head.weight"] = ((V, H), ("normal", 0.02))
+    hyb = _hybrid_ids(cfg)
+    for i in range(cfg.num_hidden_layers):
+        p = f"model.layers.{i}." + ("mamba_decoder." if i in hyb else "")
+        out[p + "input_layernorm.weight"] = ((H,), ("ones",))
+        m = p + "mamba."
+        out[m + "in_proj.weight"] = ((2 * d, H), ("normal", H ** -0.5))
+        out[m + "conv1d.weight"] = ((d, 1, K), ("uniform", K ** -0.5))
+        if cfg.mamba_conv_bias:
+            out[m + "conv1d.bias"] = ((d,), ("zeros",))
+        out[m + "x_proj_weight"] = ((nh, R + 2 * N, hd), ("normal", hd ** -0.5))
+        out[m + "dt_proj_weight"] = ((nh, hd, R), ("uniform", R ** -0.5))
+        out[m + "dt_proj_bias"] = ((nh, hd), ("dt_bias", cfg.time_step_min, cfg.time_step_max))
+        out[m + "A_log"] = ((nh, hd, N), ("alog",))
+        out[m + "D"] = ((nh, hd), ("ones",))
+        out[m + "out_proj.weight"] = ((H, d), ("normal", d ** -0.5))
+        if cfg.mamba_proj_bias:
+            out[m + "in_proj.bias"] = ((2 * d,), ("zeros",))
+            out[m + "out_proj.bias"] = ((H,), ("zeros",))
+        if i in hyb:
+            out[f"model.layers.{i}.linear.weight"] = ((H, H), ("normal", H ** -0.5))
+    s = f"model.layers.{hyb[0]}.shared_transf." if hyb else None
+    if s:
+        out[s + "input_layernorm.weight"] = ((A2,), ("ones",))
+        out[s + "pre_ff_layernorm.weight"] = ((H,), ("ones",))
+        out[s + "self_attn.q_proj.weight"] = ((nq * hda, A2), ("normal", A2 ** -0.5))
+        out[s + "self_attn.k_proj.weight"] = ((nkv * hda, A2), ("normal", A2 ** -0.5))
+        out[s + "self_attn.v_proj.weight"] = ((nkv * hda, A2), ("normal", A2 ** -0.5))
+        out[s + "self_attn.o_proj.weight"] = ((H, nq * hda), ("normal", (nq * hda) ** -0.5))
+        out[s + "feed_forward.gate_proj.weight"] = ((inter, H), ("normal", H ** -0.5))
+        out[s + "feed_forward.up_proj.weight"] = ((inter, H), ("normal", H ** -0.5))
+        out[s + "feed_forward.down_proj.weight"] = ((H, inter), ("normal", inter ** -0.5))
+    return out
+
+
+def zamba2_tensor_specs(cfg) -> dict:
+    """name -> (shape, init) for a Zamba2 checkpoint (HF names; shared block b under hybrid layer b's index)."""
+    H, V = cfg.hidden_size, cfg.vocab_size
+    d = int(cfg.mamba_expand * H)
+    nh, G, N, K = cfg.n_mamba_heads, cfg.mamba_ngroups, cfg.mamba_d_state, cfg.mamba_d_conv
+    conv_dim = d + 2 * G * N
+    A2, hda, nq, nkv, inter = cfg.attention_hidden_size, cfg.attention_head_dim, cfg.num_attention_heads, \
+        cfg.num_key_value_heads, cfg.intermediate_size
+    bias = bool(cfg.add_bias_linear)
+    out = {"model.embed_tokens.weight": ((V, H), ("normal", 0.02)), "model.final_layernorm.weight": ((H,), ("ones",))}
+    if not cfg.tie_word_embeddings:
+        out["lm_head.weight"] = ((V, H), ("normal", 0.02))
+    hyb = _hybrid_ids(cfg)
+    for i in range(cfg.num_hidden_layers):
+        p = f"model.layers.{i}." + ("mamba_decoder." if i in hyb else "")
+        out[p + "input_layernorm.weight"] = ((H,), ("ones",))
+        m = p + "mamba."
+        out[m + "in_proj.weight"] = ((d + conv_dim + nh, H), ("normal", H ** -0.5))
+        out[m + "conv1d.weight"] = ((conv_dim, 1, K), ("uniform", K ** -0.5))
+        out[m + "conv1d.bias"] = ((conv_dim,), ("zeros",))
+        out[m + "dt_bias"] = ((nh,), ("dt_bias", cfg.time_step_min, cfg.time_step_max))
+        out[m + "A_log"] = ((nh,), ("alog",))
+        out[m + "D"] = ((nh,), ("ones",))
+        out[m + "norm.weight"] = ((d,), ("ones",))
+        out[m + "out_proj.weight"] = ((H, d), ("normal", d ** -0.5))
+        if bias:
+            out[m + "in_proj.bias"] = ((d + conv_dim + nh,), ("zeros",))
+            out[m + "out_proj.bias"] = ((H,), ("zeros",))
+        if i in hyb:
+            out[f"model.layers.{i}.linear.weight"] = ((H, H), ("normal", H ** -0.5))
+    nmb, r = int(cfg.num_mem_blocks), int(cfg.adapter_rank)
+    for b, lid in enumerate(hyb[:nmb]):
+        s = f"model.layers.{lid}.shared_transformer."
+        out[s + "input_layernorm.weight"] = ((A2,), ("ones",))
+        out[s + "pre_ff_layernorm.weight"] = ((H,), ("ones",))
+        for name, rows in (("q", nq * hda), ("k", nkv * hda), ("v", nkv * hda)):
+            out[s + f"self_attn.{name}_proj.weight"] = ((rows, A2), ("normal", A2 ** -0.5))
+        out[s + "self_attn.o_proj.weight"] = ((H, nq * hda), ("normal", (nq * hda) ** -0.5))
+        out[s + "feed_forward.gate_up_proj.weight"] = ((2 * inter, H), ("normal", H ** -0.5))
+        out[s + "feed_forward.down_proj.weight"] = ((H, inter), ("normal", inter ** -0.5))
+        if bias:
+            out[s + "feed_forward.gate_up_proj.bias"] = ((2 * inter,), ("zeros",))
+            out[s + "feed_forward.down_proj.bias"] = ((H,), ("zeros",))
+        for j in range(len(hyb)):
+            if j % nmb != b:
+                continue
+            a = s + f"feed_forward.gate_up_proj_adapter_list.{j}."
+            out[a + "0.weight"] = ((r, H), ("normal", H ** -0.5))
+            out[a + "1.weight"] = ((2 * inter, r), ("normal", 0.02))
+            if cfg.use_shared_attention_adapter:
+                for name, rows in (("q", nq * hda), ("k", nkv * hda), ("v", nkv * hda)):
+                    a = s + f"self_attn.linear_{name}_adapter_list.{j}."
+                    out[a + "0.weight"] = ((r, A2), ("normal", A2 ** -0.5))
+                    out[a + "1.weight"] = ((rows, r), ("normal", 0.02))
+    return out
+
+
+_SPECS = {"zamba": zamba_tensor_specs, "zamba2": zamba2_tensor_specs}
+
+
 class PresetSource:
     """Weight source for a preset: random tensors generated per slice on the device that asks (see RandomTensor)."""
 
@@ -252,10 +374,11 @@ class PresetSource:
         self.name = name
         self.config = preset_config(name)
         self.family = PRESETS[name][0]
-        self.prefix = "backbone."
+        self.prefix = "backbone." if self.family in ("mamba", "falcon_mamba") else "model."
         self.seed = seed
         self.tokenizer = ByteTokenizer() if name.startswith("tiny") else None
-        self._specs = mamba_tensor_specs(self.config) if self.family in ("mamba", "falcon_mamba") else {}
+        self._specs = (mamba_tensor_specs(self.config) if self.family in ("mamba", "falcon_mamba")
+                       else _SPECS[self.family](self.config))
 
     def _get(self, name: str, device) -> RandomTensor:
         if name not in self._specs:
