@@ -81,6 +81,8 @@ def _prompts(g: torch.Generator, n: int, length: int, vocab: int) -> list:
 def _decode_weight_bytes(llm) -> int:
     """Bytes of weights one decode step reads on this rank: mixers + block norms + final norm + lm_head."""
     r = llm.runner
+    if hasattr(r, "decode_weight_bytes"):  # hybrid: shared blocks and per-layer linears too
+        return r.decode_weight_bytes()
     n = sum(p.numel() * p.element_size() for p in r.mixers.parameters())
     n += sum(w.numel() * w.element_size() for w in r.norms) + r.norm_f.numel() * r.norm_f.element_size()
     w = r.head_weight()
@@ -95,6 +97,8 @@ def _model_params(llm) -> int:
     n += sum(w.numel() for w in r.norms) + r.norm_f.numel() + r.embed.numel()
     if not r.tied:
         n += r.lm_head.numel()
+    if hasattr(r, "blocks"):  # hybrid: shared blocks sharded (their norms replicated: tiny), per-layer linears
+        n += sum(p.numel() for p in r.blocks.parameters()) * tp + sum(w.numel() for w in r.linears)
     return n
 
 
@@ -125,7 +129,8 @@ def run(args) -> dict:
               prefix_cache_memory=int(args.prefix_cache_gib * 2**30), max_prefill_tokens=max_prefill_tokens,
               cuda_graphs=device.type == "cuda" and not args.no_graphs,
               prefill_graphs=False if args.no_prefill_graphs else None,
-              fused_decode=False if args.no_compile else None, seed=args.seed, progress=rank == 0)
+              fused_decode=False if args.no_compile else None, seed=args.seed, progress=rank == 0,
+              max_model_len=args.max_model_len)
     V = llm.vocab_size
     t_warm = llm.warmup()  # every decode and prefill graph captured before anything is timed
     g = torch.Generator().manual_seed(args.seed)
@@ -486,6 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-compile", action="store_true", help="no torch.compile fusion of the norm/residual glue")
     ap.add_argument("--no-hf", action="store_true", help="skip the HF transformers comparison")
     ap.add_argument("--quick", action="store_true", help="one repetition of everything (smoke runs)")
+    ap.add_argument("--max-model-len", type=int, default=None, help="longest prompt + new tokens; for Zamba / "
+                    "Zamba2 also the K/V preallocated per slot (default: the config's max_position_embeddings)")
     ap.add_argument("--seed", type=int, default=0)
     return ap
 
