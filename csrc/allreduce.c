@@ -21,7 +21,7 @@ ssmtp_status_t ssmtp_ar_init(ssmtp_ar_t **out, const ssmtp_ar_config_t *cfg) {
         return ssmtp_fail(SSMTP_ERR_INVALID, "%s: rank=%d outside 0..%d", op, (int)cfg->rank,
                           (int)cfg->world_size - 1);
     if (cfg->device < 0) return ssmtp_fail(SSMTP_ERR_INVALID, "%s: device=%d is not a CUDA device", op, (int)cfg->device);
-    if (cfg->buffer_bytes < 0 || cfg->max_blocks < 0 || cfg->max_blocks > 128 || cfg->oneshot_max_bytes < 0)
+    if (cfg->buffer_bytes < 0 || cfg->max_blocks < 0 || cfg->max_blocks > 256 || cfg->oneshot_max_bytes < 0)
         return ssmtp_fail(SSMTP_ERR_INVALID, "%s: buffer_bytes=%lld max_blocks=%d oneshot_max_bytes=%lld", op,
                           (long long)cfg->buffer_bytes, (int)cfg->max_blocks, (long long)cfg->oneshot_max_bytes);
 #ifdef SSMTP_WITH_CUDA
@@ -60,9 +60,11 @@ static ssmtp_status_t check_algo(const char *op, int32_t algo) {
     switch (algo) {
     case SSMTP_AR_AUTO:
     case SSMTP_AR_ONESHOT:
-    case SSMTP_AR_TWOSHOT: return SSMTP_OK;
-    default: return ssmtp_fail(SSMTP_ERR_INVALID, "%s: algo=%d, expected 0 (auto), 1 (one-shot), 2 (two-shot)", op,
-                               (int)algo);
+    case SSMTP_AR_TWOSHOT:
+    case SSMTP_AR_LAMPORT: return SSMTP_OK;
+    default:
+        return ssmtp_fail(SSMTP_ERR_INVALID, "%s: algo=%d, expected 0 (auto), 1 (one-shot), 2 (two-shot), 3 (lamport)",
+                          op, (int)algo);
     }
 }
 
@@ -124,6 +126,8 @@ ssmtp_status_t ssmtp_ar_chunk_elems(const ssmtp_ar_t *ar, int32_t dtype, int32_t
     const char *op = "ar_chunk_elems";
     if (!ar || !elems) return ssmtp_fail(SSMTP_ERR_INVALID, "%s: handle or elems is NULL", op);
     SSMTP_TRY(check_algo(op, algo));
+    if (qdtype >= 0 && algo == SSMTP_AR_LAMPORT)
+        return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, "%s: the lamport algorithm is not quantized", op);
     if (qdtype >= 0) SSMTP_TRY(check_quant(op, qdtype, block));
     if (dtype != SSMTP_DTYPE_F32 && dtype != SSMTP_DTYPE_F16 && dtype != SSMTP_DTYPE_BF16)
         return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, "%s: dtype %s", op, ssmtp_dtype_name(dtype));
@@ -153,6 +157,8 @@ ssmtp_status_t ssmtp_ar_quant_all_reduce(ssmtp_ar_t *ar, const ssmtp_tensor_t *i
     const char *op = "ar_quant_all_reduce";
     if (!ar) return ssmtp_fail(SSMTP_ERR_INVALID, "%s: handle is NULL", op);
     SSMTP_TRY(check_algo(op, algo));
+    if (algo == SSMTP_AR_LAMPORT)
+        return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, "%s: the lamport algorithm is not quantized; use 1 or 2", op);
     SSMTP_TRY(check_quant(op, qdtype, block));
     SSMTP_TRY(check_io(op, ar, in, out));
 #ifdef SSMTP_WITH_CUDA

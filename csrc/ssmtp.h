@@ -177,13 +177,15 @@ ssmtp_status_t ssmtp_nccl_all_gather(ssmtp_nccl_t *c, const ssmtp_tensor_t *x, s
  *
  * Each rank owns one device allocation: a signal area (barrier flags, message headers, call counter, error word)
  * followed by the receive buffer, 2 halves x world_size slots x slot_bytes (slot_bytes = buffer_bytes / (2 x
- * world_size)); successive calls alternate halves, so no call needs a closing barrier. Senders push their data into
- * the receivers' slots (remote stores), then raise a per-block flag with release semantics; receivers wait for the
- * flags (acquire) and read only local memory. The caller's tensors are read and written directly: nothing is
+ * world_size)); successive calls alternate halves, so no call needs a closing barrier; then 3 x world_size small
+ * slots for the barrier-free LAMPORT one-shot. The caller's tensors are read and written directly: nothing is
  * registered per call, so a call can be captured in a CUDA graph and replayed.
- *   one-shot  every rank pushes its whole input to every peer, then sums all ranks' data (1 barrier).
- *   two-shot  reduce-scatter (push segment q to rank q; rank q sums it) then all-gather of the reduced segments
- *             (2 barriers); moves 2(N-1)/N of the message per rank instead of N-1 times it.
+ *   one-shot  every rank pushes its whole input into every peer's slot (remote stores), raises a per-block flag
+ *             (release), waits for the peers' flags (acquire) and sums the local slots (1 barrier).
+ *   two-shot  reduce-scatter (push segment q to rank q; rank q sums it into its own buffer), barrier, all-gather
+ *             (every rank reads the reduced segments from the peers' buffers: remote loads); 2 barriers; moves
+ *             2(N-1)/N of the message per rank instead of N-1 times it.
+ *   lamport   the one-shot without flags (see SSMTP_AR_LAMPORT).
  * Sums are fp32, in rank order 0..N-1, and each element's result is computed once and copied (two-shot) or
  * computed identically (one-shot) on every rank: all ranks hold bitwise-identical results.
  * Messages larger than a slot are reduced in chunks. Every rank must make the same sequence of calls (sizes,
@@ -199,14 +201,17 @@ ssmtp_status_t ssmtp_nccl_all_gather(ssmtp_nccl_t *c, const ssmtp_tensor_t *x, s
  */
 #define SSMTP_AR_IPC_HANDLE_BYTES 64
 #define SSMTP_AR_MAX_RANKS 8
-typedef enum { SSMTP_AR_AUTO = 0, SSMTP_AR_ONESHOT = 1, SSMTP_AR_TWOSHOT = 2 } ssmtp_ar_algo_t;
+/* LAMPORT: a one-shot without barriers (small messages, not quantized): receive slots hold a sentinel (-0.0 for
+ * f16/bf16, the word 0x80008000 for f32) that senders never send (they send +0.0 for -0.0 and -0.0 for that
+ * subnormal), so a receiver polls the data itself and resets it after use. */
+typedef enum { SSMTP_AR_AUTO = 0, SSMTP_AR_ONESHOT = 1, SSMTP_AR_TWOSHOT = 2, SSMTP_AR_LAMPORT = 3 } ssmtp_ar_algo_t;
 typedef struct ssmtp_ar ssmtp_ar_t;
 typedef struct {
     int32_t rank, world_size; /* world_size 2..SSMTP_AR_MAX_RANKS */
     int32_t device;           /* CUDA device of this rank */
     int64_t buffer_bytes;     /* receive buffer per rank, both halves; 0 = 128 MiB */
     double timeout_s;         /* longest wait for a peer at one barrier; <= 0 = 30 s */
-    int32_t max_blocks;       /* CUDA blocks per launch, 1..128; 0 = 64 */
+    int32_t max_blocks;       /* CUDA blocks per launch, 1..256; 0 = the device's multiprocessor count */
     int64_t oneshot_max_bytes; /* SSMTP_AR_AUTO: one-shot up to this many bytes; 0 = 1 MiB */
 } ssmtp_ar_config_t;
 ssmtp_status_t ssmtp_ar_init(ssmtp_ar_t **out, const ssmtp_ar_config_t *cfg);

@@ -1,6 +1,6 @@
 """GPU all-reduce backends on 2 ranks (NCCL process group, one GPU per rank, spawned):
 
-* every algorithm (custom one-shot / two-shot, NCCL from C on torch's communicator and on our own, torch symmetric
+* every algorithm (custom one-shot / two-shot / lamport, NCCL from C on torch's communicator and on our own, torch symmetric
   memory) x dtype (f32/f16/bf16) x size (1 .. 300001: non-multiples of 32 and messages larger than the 1 MiB custom
   buffer, so several chunks) against torch.distributed.all_reduce in fp32; the custom kernels bit for bit against
   the fp32 rank-order sum; unaligned and out-of-place tensors; cross-rank bitwise equality;
@@ -78,6 +78,7 @@ def _log(rank, *a):
 def _main(rank, world):
     dev = torch.device("cuda", rank)
     ca = CustomAllReduce(None, dev, buffer_bytes=1 << 20, timeout_s=10.0)
+    cal = CustomAllReduce(None, dev, buffer_bytes=1 << 20, timeout_s=5.0)  # lamport on its own handle: isolated
     nc = NcclComm(None, dev)
     own = NcclComm(None, dev, use_torch_comm=False)
     _log(rank, "nccl:", nc.how, "| fallback:", own.how)
@@ -90,6 +91,7 @@ def _main(rank, world):
         "custom-1shot": lambda t: ca.all_reduce(t, algo="1shot"),
         "custom-2shot": lambda t: ca.all_reduce(t, algo="2shot"),
         "custom-auto": lambda t: ca.all_reduce(t, algo="auto"),
+        "custom-lamport": lambda t: cal.all_reduce(t, algo="lamport"),
         "nccl-torch-comm": nc.all_reduce,
         "nccl-own-comm": own.all_reduce,
     }
@@ -102,6 +104,8 @@ def _main(rank, world):
             xs = _inputs(world, n, dtype, seed=n, device=dev)
             x = xs[rank]
             exact = _rank_order_sum(xs)
+            # lamport sends +0.0 for -0.0 (its sentinel); the sum is the same value, the sign of a zero may differ
+            exact_lamport = _rank_order_sum([v.masked_fill(v == 0, 0.0) for v in xs])
             ref = x.float().clone()
             dist.all_reduce(ref)
             tol = ULP[dtype] * ref.abs() + 1e-30
@@ -120,7 +124,7 @@ def _main(rank, world):
                         _log(rank, "baseline problem:", msg)
                         continue
                     failures.append(msg)
-                if name.startswith("custom") and not _same(out, exact):
+                if name.startswith("custom") and not _same(out, exact_lamport if "lamport" in name else exact):
                     failures.append(f"{case}: not bitwise the fp32 rank-order sum")
                 if not _all_ranks_equal(out):
                     failures.append(f"{case}: ranks differ")
@@ -128,9 +132,9 @@ def _main(rank, world):
                 src = torch.empty(n + 1, dtype=dtype, device=dev)[1:]
                 src.copy_(x)
                 dst = torch.empty(n + 1, dtype=dtype, device=dev)[1:]
-                for algo in ("1shot", "2shot"):
-                    ca.all_reduce(src, out=dst, algo=algo)
-                    if not (_same(dst, exact) and _same(src, x)):
+                for algo in ("1shot", "2shot", "lamport"):
+                    (cal if algo == "lamport" else ca).all_reduce(src, out=dst, algo=algo)
+                    if not (_same(dst, exact_lamport if algo == "lamport" else exact) and _same(src, x)):
                         failures.append(f"custom-{algo} unaligned out-of-place {dtype} n={n}")
     torch.cuda.synchronize()
     assert not failures, "\n".join(failures[:20])
@@ -180,16 +184,34 @@ def _main(rank, world):
     for s in stats:
         _log(rank, "quant error %s block=%d %s: rel %.4f, max err/bound %.2f" % s)
 
+    # ---- one handle, algorithms interleaved the way Communicator(auto) uses them (lamport shares the call counter
+    # with the flag-based kernels): 60 calls of random algorithm and size (same sequence on every rank), each exact
+    gen = torch.Generator().manual_seed(4242)
+    for i in range(60):
+        algo = ("lamport", "1shot", "2shot")[int(torch.randint(3, (1,), generator=gen))]
+        n = int(torch.randint(1, 200000, (1,), generator=gen))
+        xs = _inputs(world, n, torch.bfloat16, seed=5000 + i, device=dev)
+        # lamport sends +0.0 for -0.0
+        exact = _rank_order_sum([v.masked_fill(v == 0, 0.0) for v in xs] if algo == "lamport" else xs)
+        out = ca.all_reduce(xs[rank], out=torch.empty_like(xs[rank]), algo=algo)
+        if not _same(out, exact):
+            failures.append(f"interleaved call {i}: custom-{algo} n={n} not exact")
+    torch.cuda.synchronize()
+    assert not failures, "\n".join(failures[:20])
+    _log(rank, "60 interleaved lamport / one-shot / two-shot calls on one handle: exact")
+
     # ---- CUDA graph: capture once, replay with fresh inputs
     small, big = 4099, 300001
     xa = torch.empty(small, dtype=torch.bfloat16, device=dev)
     xb = torch.empty(big, dtype=torch.bfloat16, device=dev)
     xq = torch.empty(big, dtype=torch.bfloat16, device=dev)
     xn = torch.empty(small, dtype=torch.bfloat16, device=dev)
-    oa, ob, oq, on = (torch.empty_like(t) for t in (xa, xb, xq, xn))
+    oa, ob, oq, on, ol, ol2 = (torch.empty_like(t) for t in (xa, xb, xq, xn, xa, xa))
 
     def step():
+        cal.all_reduce(xa, out=ol, algo="lamport")
         ca.all_reduce(xa, out=oa, algo="1shot")
+        ca.all_reduce(xa, out=ol2, algo="lamport")  # on the shared handle, between flag-based calls
         ca.all_reduce(xb, out=ob, algo="2shot")
         ca.quant_all_reduce(xq, "int8", 32, "2shot", out=oq)
         nc.all_reduce(xn, out=on)
@@ -211,6 +233,8 @@ def _main(rank, world):
         refn = Nn[rank].float().clone()
         dist.all_reduce(refn)
         assert _same(oa, _rank_order_sum(A)), f"graph replay {it}: one-shot"
+        assert _same(ol, _rank_order_sum(A)), f"graph replay {it}: lamport"
+        assert _same(ol2, _rank_order_sum(A)), f"graph replay {it}: lamport on the shared handle"
         assert _same(ob, _rank_order_sum(B)), f"graph replay {it}: two-shot"
         assert _same(oq, quant_reduce_reference([q.cpu() for q in Q], "int8", 32)), f"graph replay {it}: quant"
         assert ((on.float() - refn).abs() <= ULP[torch.bfloat16] * refn.abs() + 1e-30).all(), f"replay {it}: nccl"
@@ -259,9 +283,20 @@ def _main(rank, world):
     with pytest.raises(TimeoutError):  # the handle stays failed
         ct.all_reduce(torch.ones(8, device=dev))
     ct.close()
-    _log(rank, "timeout and message mismatch raised on both ranks")
+    cl = CustomAllReduce(None, dev, buffer_bytes=1 << 20, timeout_s=1.0)  # the lamport path polls data, not flags
+    if rank == 1:
+        cl.all_reduce(torch.ones(3000, dtype=torch.bfloat16, device=dev), algo="lamport")
+        torch.cuda.synchronize()
+        with pytest.raises(TimeoutError):
+            cl.check(sync=True)
+    dist.barrier()
+    with pytest.raises(TimeoutError):
+        cl.check(sync=True)
+    cl.close()
+    _log(rank, "timeouts (two-shot, lamport) and message mismatch raised on both ranks")
 
     ca.close()
+    cal.close()
     if symm is not None:
         symm.close()
     own.close()

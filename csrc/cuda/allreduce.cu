@@ -7,6 +7,10 @@
 //     is a device-side counter of the rank (bumped by the last block of each launch), so CUDA-graph replays advance
 //     it too. Why no closing barrier is needed: a block of call k+1 only passes its first barrier when every peer
 //     has started call k+1, i.e. finished call k; so when call k+2 writes half (k & 1) again, no peer still reads it.
+//   * Two-shot: reduce-scatter by pushes into the owner's slots, all-gather by loads from the owners' buffers.
+//   * Lamport one-shot: 3 sets x ws small slots filled with a sentinel; senders push data (never the sentinel),
+//     receivers poll the data, sum, and reset the slot to the sentinel. Set = calls % 3 (a peer can be at most
+//     one call ahead, and it writes set s again only after it has our data of 2 calls later).
 //   * Barrier = per-block flags: block b of rank r stores the epoch into flags[b][r] of every peer (release, system
 //     scope) and waits until its own flags[b][q] >= epoch for every peer q (acquire). Epochs are 2*call+1 and
 //     2*call+2, derived from the call counter, so no host-side state enters the kernels (graph-safe). Work is split
@@ -23,10 +27,13 @@
 #include <nvtx3/nvToolsExt.h>
 #include <stdlib.h>
 
-#define AR_MAX_BLOCKS 128
+#define AR_MAX_BLOCKS 256
 #define AR_THREADS 512
-#define AR_DATA_OFFSET 16384 // signal area size; the receive buffer starts here (4 KiB aligned)
-#define AR_TILE 512          // quantized kernels: one warp handles 32 lanes x 16 elements
+#define AR_DATA_OFFSET 65536        // signal area size; the receive buffer starts here
+#define AR_TILE 512                 // quantized kernels: one warp handles 32 lanes x 16 elements
+#define AR_UNROLL 4                 // packs in flight per thread (plain kernels): enough loads outstanding for HBM/NVLink
+#define AR_LAM_SLOT (512 * 1024)    // bytes per lamport slot (messages above are reduced in chunks of this)
+#define AR_LAM_WORD 0x80008000u     // lamport sentinel as a 32-bit word (two bf16/f16 -0.0, or one f32 subnormal)
 
 enum { AR_ERR_TIMEOUT = 1, AR_ERR_MISMATCH = 2 };
 
@@ -43,6 +50,7 @@ static_assert(sizeof(cudaIpcMemHandle_t) == SSMTP_AR_IPC_HANDLE_BYTES, "IPC hand
 // Everything a kernel needs, passed by value (a graph captures it; nothing in it changes between calls).
 struct ar_ptrs {
     char *data[SSMTP_AR_MAX_RANKS];     // receive buffer of every rank, mapped here ([rank] = our own)
+    char *lam[SSMTP_AR_MAX_RANKS];      // lamport slots of every rank
     ar_signal *sig[SSMTP_AR_MAX_RANKS]; // signal area of every rank
     uint32_t *host_err;                 // mapped pinned host word (device view)
     int rank, ws;
@@ -112,7 +120,6 @@ __device__ __forceinline__ void ar_end(const ar_ptrs &a, uint64_t call) {
     __syncthreads();
     if (threadIdx.x == 0) {
         ar_signal *own = a.sig[a.rank];
-        __threadfence();
         const uint32_t prev = atomicAdd(&own->done_blocks, 1u);
         if (prev == gridDim.x - 1) {
             own->done_blocks = 0;
@@ -232,6 +239,58 @@ template <typename T> __device__ __forceinline__ T *slot_ptr(const ar_ptrs &a, i
 
 // ------------------------------------------------------------------------------------------------ plain kernels
 
+template <typename T> __device__ __forceinline__ int pk_cnt(int64_t len, int64_t k) {
+    return (int)min((int64_t)ET<T>::N, len - k * ET<T>::N);
+}
+
+// Sum over ranks 0..ws-1 of the U packs at kb + u*stride (k < kend): own contribution from own_in, the others from
+// load(q, k) (a receive slot). Results in o[u].
+template <typename T, typename LOAD>
+__device__ __forceinline__ void reduce_packs(const ar_ptrs &a, const T *own_in, int64_t len, bool al, int64_t kb,
+                                             int64_t kend, LOAD load, Pk<T> (&o)[AR_UNROLL]) {
+    constexpr int N = ET<T>::N;
+    const int64_t stride = blockDim.x;
+    float acc[AR_UNROLL][N];
+    for (int q = 0; q < a.ws; q++) {
+        Pk<T> v[AR_UNROLL];
+#pragma unroll
+        for (int u = 0; u < AR_UNROLL; u++) {
+            const int64_t k = kb + u * stride;
+            if (k < kend) v[u] = q == a.rank ? ld_user<T>(own_in + k * N, pk_cnt<T>(len, k), al) : load(q, k);
+            else v[u] = Pk<T>();
+        }
+#pragma unroll
+        for (int u = 0; u < AR_UNROLL; u++)
+#pragma unroll
+            for (int i = 0; i < N; i++)
+                acc[u][i] = q == 0 ? ET<T>::f(v[u].u[i]) : __fadd_rn(acc[u][i], ET<T>::f(v[u].u[i]));
+    }
+#pragma unroll
+    for (int u = 0; u < AR_UNROLL; u++)
+#pragma unroll
+        for (int i = 0; i < N; i++) o[u].u[i] = ET<T>::b(acc[u][i]);
+}
+
+// Copy packs [k0, kend) of src (caller's tensor) to dst (a receive slot), AR_UNROLL packs in flight per thread.
+template <typename T>
+__device__ __forceinline__ void push_packs(const T *src, T *dst, int64_t len, int64_t k0, int64_t kend, bool al) {
+    constexpr int N = ET<T>::N;
+    const int64_t stride = blockDim.x;
+    for (int64_t kb = k0 + threadIdx.x; kb < kend; kb += stride * AR_UNROLL) {
+        Pk<T> v[AR_UNROLL];
+#pragma unroll
+        for (int u = 0; u < AR_UNROLL; u++) {
+            const int64_t k = kb + u * stride;
+            if (k < kend) v[u] = ld_user<T>(src + k * N, pk_cnt<T>(len, k), al);
+        }
+#pragma unroll
+        for (int u = 0; u < AR_UNROLL; u++) {
+            const int64_t k = kb + u * stride;
+            if (k < kend) st_buf<T>(dst + k * N, pk_cnt<T>(len, k), v[u]);
+        }
+    }
+}
+
 // One-shot: push the whole input to every peer, barrier, sum slots 0..ws-1 (own input for our own slot).
 template <typename T>
 __global__ void __launch_bounds__(AR_THREADS) ar_oneshot_kernel(ar_ptrs a, const T *in, T *out, int64_t n, bool al) {
@@ -240,20 +299,176 @@ __global__ void __launch_bounds__(AR_THREADS) ar_oneshot_kernel(ar_ptrs a, const
     if (!ar_begin(a, call)) return;
     const int64_t half_off = (int64_t)(call & 1) * a.ws * a.slot_bytes;
     const int64_t npk = (n + N - 1) / N, per = (npk + gridDim.x - 1) / gridDim.x;
-    const int64_t k0 = (int64_t)blockIdx.x * per, k1 = min(k0 + per, npk);
-    for (int64_t k = k0 + threadIdx.x; k < k1; k += blockDim.x) {
-        const int cnt = (int)min((int64_t)N, n - k * N);
-        const Pk<T> v = ld_user<T>(in + k * N, cnt, al);
-        for (int p = 0; p < a.ws; p++)
-            if (p != a.rank) st_buf<T>(slot_ptr<T>(a, p, half_off, a.rank, 0) + k * N, cnt, v);
+    const int64_t k0 = (int64_t)blockIdx.x * per, k1 = min(k0 + per, npk), stride = blockDim.x;
+    for (int p = 0; p < a.ws; p++)
+        if (p != a.rank) push_packs<T>(in, slot_ptr<T>(a, p, half_off, a.rank, 0), n, k0, k1, al);
+    ar_barrier(a, 2 * call + 1, blockIdx.x == 0);
+    for (int64_t kb = k0 + threadIdx.x; kb < k1; kb += stride * AR_UNROLL) {
+        Pk<T> o[AR_UNROLL];
+        reduce_packs<T>(a, in, n, al, kb, k1,
+                        [&](int q, int64_t k) {
+                            return ld_buf<T>(slot_ptr<T>(a, a.rank, half_off, q, 0) + k * N, pk_cnt<T>(n, k));
+                        },
+                        o);
+#pragma unroll
+        for (int u = 0; u < AR_UNROLL; u++) {
+            const int64_t k = kb + u * stride;
+            if (k < k1) st_user<T>(out + k * N, pk_cnt<T>(n, k), al, o[u]);
+        }
+    }
+    ar_end(a, call);
+}
+
+// Two-shot: segment q (seg elements, a multiple of N) is reduced by rank q. Reduce-scatter: push into part
+// [0, slot/2) of the owner's slot[rank]; the owner writes the reduced segment into part [slot/2, slot) of its own
+// slot[owner]; all-gather: every rank loads the other segments from their owners' buffers.
+template <typename T>
+__global__ void __launch_bounds__(AR_THREADS)
+    ar_twoshot_kernel(ar_ptrs a, const T *in, T *out, int64_t n, int64_t seg, bool al) {
+    constexpr int N = ET<T>::N;
+    uint64_t call;
+    if (!ar_begin(a, call)) return;
+    const int64_t half_off = (int64_t)(call & 1) * a.ws * a.slot_bytes, ag_off = a.slot_bytes / 2;
+    const int64_t segpk = seg / N, per = (segpk + gridDim.x - 1) / gridDim.x;
+    const int64_t k0 = (int64_t)blockIdx.x * per, k1 = min(k0 + per, segpk), stride = blockDim.x;
+    for (int q = 0; q < a.ws; q++) {
+        if (q == a.rank) continue;
+        const int64_t base = q * seg, len = max((int64_t)0, min(seg, n - base)), kend = min(k1, (len + N - 1) / N);
+        push_packs<T>(in + base, slot_ptr<T>(a, q, half_off, a.rank, 0), len, k0, kend, al);
     }
     ar_barrier(a, 2 * call + 1, blockIdx.x == 0);
+    {
+        const int64_t base = a.rank * seg, len = max((int64_t)0, min(seg, n - base)),
+                      kend = min(k1, (len + N - 1) / N);
+        T *mine = slot_ptr<T>(a, a.rank, half_off, a.rank, ag_off);
+        for (int64_t kb = k0 + threadIdx.x; kb < kend; kb += stride * AR_UNROLL) {
+            Pk<T> o[AR_UNROLL];
+            reduce_packs<T>(a, in + base, len, al, kb, kend,
+                            [&](int q, int64_t k) {
+                                return ld_buf<T>(slot_ptr<T>(a, a.rank, half_off, q, 0) + k * N, pk_cnt<T>(len, k));
+                            },
+                            o);
+#pragma unroll
+            for (int u = 0; u < AR_UNROLL; u++) {
+                const int64_t k = kb + u * stride;
+                if (k < kend) {
+                    st_user<T>(out + base + k * N, pk_cnt<T>(len, k), al, o[u]);
+                    st_buf<T>(mine + k * N, pk_cnt<T>(len, k), o[u]);
+                }
+            }
+        }
+    }
+    ar_barrier(a, 2 * call + 2, false);
+    for (int q = 0; q < a.ws; q++) {
+        if (q == a.rank) continue;
+        const int64_t base = q * seg, len = max((int64_t)0, min(seg, n - base)), kend = min(k1, (len + N - 1) / N);
+        const T *src = slot_ptr<T>(a, q, half_off, q, ag_off); // the owner's buffer, over NVLink
+        for (int64_t kb = k0 + threadIdx.x; kb < kend; kb += stride * AR_UNROLL) {
+            Pk<T> v[AR_UNROLL];
+#pragma unroll
+            for (int u = 0; u < AR_UNROLL; u++) {
+                const int64_t k = kb + u * stride;
+                if (k < kend) v[u] = ld_buf<T>(src + k * N, pk_cnt<T>(len, k));
+            }
+#pragma unroll
+            for (int u = 0; u < AR_UNROLL; u++) {
+                const int64_t k = kb + u * stride;
+                if (k < kend) st_user<T>(out + base + k * N, pk_cnt<T>(len, k), al, v[u]);
+            }
+        }
+    }
+    ar_end(a, call);
+}
+
+// ------------------------------------------------------------------------------------------------ lamport
+
+template <typename T> struct LamSent;
+template <> struct LamSent<float> {
+    static constexpr unsigned int S = AR_LAM_WORD, R = 0x80000000u; // sentinel, and what a sender sends instead
+};
+template <> struct LamSent<__half> {
+    static constexpr unsigned short S = 0x8000, R = 0x0000;
+};
+template <> struct LamSent<__nv_bfloat16> {
+    static constexpr unsigned short S = 0x8000, R = 0x0000;
+};
+
+template <typename T> __device__ __forceinline__ void lam_clean(Pk<T> &v) {
+#pragma unroll
+    for (int i = 0; i < ET<T>::N; i++)
+        if (v.u[i] == LamSent<T>::S) v.u[i] = LamSent<T>::R;
+}
+
+__device__ __forceinline__ uint4 ld_volatile_v4(const void *p) {
+    uint4 v;
+    asm volatile("ld.volatile.global.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p)
+                 : "memory");
+    return v;
+}
+
+// Wait until the cnt elements at p (our own lamport slot of peer q) hold data, then reset them to the sentinel.
+template <typename T> __device__ Pk<T> lam_take(const ar_ptrs &a, T *p, int cnt, int q) {
+    typedef typename ET<T>::U U;
+    Pk<T> v;
+    uint64_t t0 = 0;
+    for (uint32_t spin = 1;; spin++) {
+        if (cnt == ET<T>::N) {
+            *reinterpret_cast<uint4 *>(&v) = ld_volatile_v4(p);
+        } else {
+#pragma unroll
+            for (int i = 0; i < ET<T>::N; i++) v.u[i] = i < cnt ? *(const volatile U *)(reinterpret_cast<U *>(p) + i) : (U)0;
+        }
+        bool ready = true;
+#pragma unroll
+        for (int i = 0; i < ET<T>::N; i++) ready &= (i >= cnt) || v.u[i] != LamSent<T>::S;
+        if (ready) break;
+        if ((spin & 255) == 0) {
+            if (ld_volatile(&a.sig[a.rank]->error)) break;
+            const uint64_t now = global_ns();
+            if (!t0) t0 = now;
+            else if (now - t0 > a.timeout_ns) {
+                ar_raise(a, AR_ERR_TIMEOUT | (uint32_t)q << 4 | (blockIdx.x & 0xffu) << 8 | (uint32_t)a.rank << 16);
+                break;
+            }
+        }
+    }
+    Pk<T> s;
+#pragma unroll
+    for (int i = 0; i < ET<T>::N; i++) s.u[i] = LamSent<T>::S;
+    st_buf<T>(p, cnt, s);
+    return v;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(AR_THREADS) ar_lamport_kernel(ar_ptrs a, const T *in, T *out, int64_t n, bool al) {
+    constexpr int N = ET<T>::N;
+    uint64_t call;
+    if (!ar_begin(a, call)) return;
+    const int64_t set_off = (int64_t)(call % 3) * a.ws * AR_LAM_SLOT;
+    const int64_t npk = (n + N - 1) / N, per = (npk + gridDim.x - 1) / gridDim.x;
+    const int64_t k0 = (int64_t)blockIdx.x * per, k1 = min(k0 + per, npk);
     for (int64_t k = k0 + threadIdx.x; k < k1; k += blockDim.x) {
-        const int cnt = (int)min((int64_t)N, n - k * N);
+        const int cnt = pk_cnt<T>(n, k);
+        Pk<T> v = ld_user<T>(in + k * N, cnt, al);
+        lam_clean<T>(v);
+        for (int p = 0; p < a.ws; p++)
+            if (p != a.rank)
+                st_buf<T>(reinterpret_cast<T *>(a.lam[p] + set_off + (int64_t)a.rank * AR_LAM_SLOT) + k * N, cnt, v);
+    }
+    for (int64_t k = k0 + threadIdx.x; k < k1; k += blockDim.x) {
+        const int cnt = pk_cnt<T>(n, k);
         float acc[N];
         for (int q = 0; q < a.ws; q++) {
-            const Pk<T> v = q == a.rank ? ld_user<T>(in + k * N, cnt, al)
-                                        : ld_buf<T>(slot_ptr<T>(a, a.rank, half_off, q, 0) + k * N, cnt);
+            Pk<T> v;
+            if (q == a.rank) {
+                v = ld_user<T>(in + k * N, cnt, al);
+                lam_clean<T>(v);
+            } else {
+                v = lam_take<T>(a, reinterpret_cast<T *>(a.lam[a.rank] + set_off + (int64_t)q * AR_LAM_SLOT) + k * N,
+                                cnt, q);
+            }
 #pragma unroll
             for (int i = 0; i < N; i++) acc[i] = q == 0 ? ET<T>::f(v.u[i]) : __fadd_rn(acc[i], ET<T>::f(v.u[i]));
         }
@@ -265,60 +480,9 @@ __global__ void __launch_bounds__(AR_THREADS) ar_oneshot_kernel(ar_ptrs a, const
     ar_end(a, call);
 }
 
-// Two-shot: segment q (seg elements, a multiple of N) is reduced by rank q. Slot part [0, slot/2) receives
-// reduce-scatter input, part [slot/2, slot) the reduced segments of the all-gather.
-template <typename T>
-__global__ void __launch_bounds__(AR_THREADS)
-    ar_twoshot_kernel(ar_ptrs a, const T *in, T *out, int64_t n, int64_t seg, bool al) {
-    constexpr int N = ET<T>::N;
-    uint64_t call;
-    if (!ar_begin(a, call)) return;
-    const int64_t half_off = (int64_t)(call & 1) * a.ws * a.slot_bytes, ag_off = a.slot_bytes / 2;
-    const int64_t segpk = seg / N, per = (segpk + gridDim.x - 1) / gridDim.x;
-    const int64_t k0 = (int64_t)blockIdx.x * per, k1 = min(k0 + per, segpk);
-    // reduce-scatter: push our part of segment q to rank q
-    for (int q = 0; q < a.ws; q++) {
-        if (q == a.rank) continue;
-        const int64_t base = q * seg, len = max((int64_t)0, min(seg, n - base)), kend = min(k1, (len + N - 1) / N);
-        T *dst = slot_ptr<T>(a, q, half_off, a.rank, 0);
-        for (int64_t k = k0 + threadIdx.x; k < kend; k += blockDim.x) {
-            const int cnt = (int)min((int64_t)N, len - k * N);
-            st_buf<T>(dst + k * N, cnt, ld_user<T>(in + base + k * N, cnt, al));
-        }
-    }
-    ar_barrier(a, 2 * call + 1, blockIdx.x == 0);
-    {
-        const int64_t base = a.rank * seg, len = max((int64_t)0, min(seg, n - base)),
-                      kend = min(k1, (len + N - 1) / N);
-        for (int64_t k = k0 + threadIdx.x; k < kend; k += blockDim.x) {
-            const int cnt = (int)min((int64_t)N, len - k * N);
-            float acc[N];
-            for (int q = 0; q < a.ws; q++) {
-                const Pk<T> v = q == a.rank ? ld_user<T>(in + base + k * N, cnt, al)
-                                            : ld_buf<T>(slot_ptr<T>(a, a.rank, half_off, q, 0) + k * N, cnt);
-#pragma unroll
-                for (int i = 0; i < N; i++)
-                    acc[i] = q == 0 ? ET<T>::f(v.u[i]) : __fadd_rn(acc[i], ET<T>::f(v.u[i]));
-            }
-            Pk<T> o;
-#pragma unroll
-            for (int i = 0; i < N; i++) o.u[i] = ET<T>::b(acc[i]);
-            st_user<T>(out + base + k * N, cnt, al, o);
-            for (int p = 0; p < a.ws; p++)
-                if (p != a.rank) st_buf<T>(slot_ptr<T>(a, p, half_off, a.rank, ag_off) + k * N, cnt, o);
-        }
-    }
-    ar_barrier(a, 2 * call + 2, false);
-    for (int q = 0; q < a.ws; q++) {
-        if (q == a.rank) continue;
-        const int64_t base = q * seg, len = max((int64_t)0, min(seg, n - base)), kend = min(k1, (len + N - 1) / N);
-        const T *src = slot_ptr<T>(a, a.rank, half_off, q, ag_off);
-        for (int64_t k = k0 + threadIdx.x; k < kend; k += blockDim.x) {
-            const int cnt = (int)min((int64_t)N, len - k * N);
-            st_user<T>(out + base + k * N, cnt, al, ld_buf<T>(src + k * N, cnt));
-        }
-    }
-    ar_end(a, call);
+__global__ void fill_u32_kernel(uint32_t *p, int64_t n, uint32_t v) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        p[i] = v;
 }
 
 // ------------------------------------------------------------------------------------------------ quantized
@@ -487,8 +651,9 @@ __global__ void __launch_bounds__(AR_THREADS) ar_q1_kernel(ar_ptrs a, const T *i
     ar_end(a, call);
 }
 
-// Quantized two-shot: quantized reduce-scatter (segment q to rank q), fp32 sum, requantize, quantized all-gather.
-// seg is a multiple of AR_TILE, so segments start on quantization-block boundaries of the whole message.
+// Quantized two-shot: quantized reduce-scatter (pushed to the owner), fp32 sum, requantize into the owner's own
+// buffer, quantized all-gather (loaded from the owners' buffers). seg is a multiple of AR_TILE, so segments start on
+// quantization-block boundaries of the whole message.
 template <typename T, bool I8, int L>
 __global__ void __launch_bounds__(AR_THREADS)
     ar_q2_kernel(ar_ptrs a, const T *in, T *out, int64_t n, int64_t seg, bool al) {
@@ -523,16 +688,14 @@ __global__ void __launch_bounds__(AR_THREADS)
             float o[16];
             const float s2 = qreduce16<T, I8, L>(a, in + base, half_off, 0, sc_off, e0, cnt, al, q2, o);
             if (cnt > 0) st16<T>(out + base + e0, cnt, al, o);
-            for (int p = 0; p < a.ws; p++)
-                if (p != a.rank)
-                    qstore<L>(qpart{slot_ptr<char>(a, p, half_off, a.rank, ag_off), sc_off}, e0, cnt, q2, s2);
+            qstore<L>(qpart{slot_ptr<char>(a, a.rank, half_off, a.rank, ag_off), sc_off}, e0, cnt, q2, s2);
         }
     }
     ar_barrier(a, 2 * call + 2, false);
     for (int q = 0; q < a.ws; q++) {
         if (q == a.rank) continue;
         const int64_t base = q * seg, len = max((int64_t)0, min(seg, n - base));
-        const qpart src{slot_ptr<char>(a, a.rank, half_off, q, ag_off), sc_off};
+        const qpart src{slot_ptr<char>(a, q, half_off, q, ag_off), sc_off}; // the owner's buffer, over NVLink
         for (int64_t t = t0 + warp; t < t1 && t * AR_TILE < len; t += nwarps) {
             const int64_t e0 = t * AR_TILE + lane * 16;
             const int cnt = (int)max((int64_t)0, min((int64_t)16, len - e0));
@@ -575,7 +738,7 @@ extern "C" ssmtp_status_t ssmtp_cuda_ar_init(ssmtp_ar_t **out, const ssmtp_ar_co
     ar->rank = cfg->rank;
     ar->ws = cfg->world_size;
     ar->device = cfg->device;
-    ar->max_blocks = cfg->max_blocks > 0 ? cfg->max_blocks : 64;
+    ar->max_blocks = cfg->max_blocks;
     ar->timeout_s = cfg->timeout_s > 0 ? cfg->timeout_s : 30.0;
     ar->oneshot_max_bytes = cfg->oneshot_max_bytes > 0 ? cfg->oneshot_max_bytes : ((int64_t)1 << 20);
     const int64_t buffer = cfg->buffer_bytes > 0 ? cfg->buffer_bytes : ((int64_t)128 << 20);
@@ -586,10 +749,25 @@ extern "C" ssmtp_status_t ssmtp_cuda_ar_init(ssmtp_ar_t **out, const ssmtp_ar_co
         goto fail;
     }
     if ((st = ssmtp_cuda_set_device(ar->device)) != SSMTP_OK) goto fail;
+    if (ar->max_blocks <= 0) { /* one block per multiprocessor: every block of a launch is resident at once */
+        int sms = 0;
+        if ((e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, ar->device)) != cudaSuccess) {
+            st = ssmtp_fail(SSMTP_ERR_CUDA, "ar_init: %s", cudaGetErrorString(e));
+            goto fail;
+        }
+        ar->max_blocks = sms < AR_MAX_BLOCKS ? sms : AR_MAX_BLOCKS;
+    }
     {
-        const size_t bytes = AR_DATA_OFFSET + (size_t)ar->slot_bytes * 2 * ar->ws;
+        const size_t lam_off = AR_DATA_OFFSET + (size_t)ar->slot_bytes * 2 * ar->ws;
+        const size_t bytes = lam_off + (size_t)3 * ar->ws * AR_LAM_SLOT;
         if ((e = cudaMalloc((void **)&ar->base, bytes)) != cudaSuccess) {
             st = ssmtp_fail(SSMTP_ERR_CUDA, "ar_init: cudaMalloc(%zu) failed: %s", bytes, cudaGetErrorString(e));
+            goto fail;
+        }
+        const int64_t words = (int64_t)3 * ar->ws * AR_LAM_SLOT / 4;
+        fill_u32_kernel<<<256, 256>>>((uint32_t *)(ar->base + lam_off), words, AR_LAM_WORD);
+        if ((e = cudaGetLastError()) != cudaSuccess) {
+            st = ssmtp_fail(SSMTP_ERR_CUDA, "ar_init: fill: %s", cudaGetErrorString(e));
             goto fail;
         }
     }
@@ -654,6 +832,7 @@ extern "C" ssmtp_status_t ssmtp_cuda_ar_open_peers(ssmtp_ar_t *ar, const void *h
     memset(&ar->ptrs, 0, sizeof ar->ptrs);
     for (p = 0; p < ar->ws; p++) {
         ar->ptrs.data[p] = ar->peer_base[p] + AR_DATA_OFFSET;
+        ar->ptrs.lam[p] = ar->ptrs.data[p] + ar->slot_bytes * 2 * ar->ws;
         ar->ptrs.sig[p] = (ar_signal *)ar->peer_base[p];
     }
     ar->ptrs.host_err = ar->host_err_dev;
@@ -662,10 +841,8 @@ extern "C" ssmtp_status_t ssmtp_cuda_ar_open_peers(ssmtp_ar_t *ar, const void *h
     ar->ptrs.slot_bytes = ar->slot_bytes;
     ar->ptrs.timeout_ns = (uint64_t)(ar->timeout_s * 1e9);
     {
-        /* Default: bar.sync, then the signalling thread's st.release.sys (release is cumulative over the block's
-         * writes ordered before it by the bar.sync). SSMTP_AR_FENCE=strong adds __threadfence_system() in every
-         * thread first. Measured on 2x H200 (2026-11-22, graph, bf16, <= 64 KiB): 5.6-5.8 us default vs 7.2-7.8 us
-         * strong; both passed bitwise validation in benchmarks/bench_allreduce.py. */
+        /* default: bar.sync then st.release.sys by the signalling thread (release is cumulative over what the block
+         * wrote before the bar.sync); SSMTP_AR_FENCE=strong adds a system-scope fence in every thread. */
         const char *f = getenv("SSMTP_AR_FENCE");
         ar->ptrs.strong_fence = f && strcmp(f, "strong") == 0;
     }
@@ -686,6 +863,7 @@ static int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 // Largest chunk (elements) per launch for a (dtype, quantization, algorithm).
 static int64_t chunk_cap(const ssmtp_ar_t *ar, int32_t dtype, int32_t qdtype, int32_t block, int32_t algo) {
     const int64_t es = (int64_t)ssmtp_dtype_size(dtype);
+    if (algo == SSMTP_AR_LAMPORT) return round_down(AR_LAM_SLOT / es, AR_TILE);
     const int64_t part = algo == SSMTP_AR_TWOSHOT ? ar->slot_bytes / 2 : ar->slot_bytes;
     int64_t m;
     if (qdtype < 0) m = round_down(part / es, AR_TILE);
@@ -710,10 +888,11 @@ template <typename T>
 static void launch_plain(const ar_ptrs &a, int32_t algo, const T *in, T *out, int64_t n, int max_blocks, bool al,
                          cudaStream_t s) {
     constexpr int N = ET<T>::N;
-    if (algo == SSMTP_AR_ONESHOT) {
+    if (algo == SSMTP_AR_ONESHOT || algo == SSMTP_AR_LAMPORT) {
         const int64_t npk = (n + N - 1) / N;
         const int grid = (int)std::min<int64_t>(max_blocks, std::max<int64_t>(1, (npk + AR_THREADS - 1) / AR_THREADS));
-        ar_oneshot_kernel<T><<<grid, AR_THREADS, 0, s>>>(a, in, out, n, al);
+        if (algo == SSMTP_AR_LAMPORT) ar_lamport_kernel<T><<<grid, AR_THREADS, 0, s>>>(a, in, out, n, al);
+        else ar_oneshot_kernel<T><<<grid, AR_THREADS, 0, s>>>(a, in, out, n, al);
     } else {
         const int64_t seg = round_up((n + a.ws - 1) / a.ws, N), segpk = seg / N;
         const int grid = (int)std::min<int64_t>(max_blocks, std::max<int64_t>(1, (segpk + AR_THREADS - 1) / AR_THREADS));

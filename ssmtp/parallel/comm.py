@@ -6,7 +6,7 @@ TP modules call ``comm.all_reduce(t)``: sum over the group, in place, returns t.
   "nccl"          ncclAllReduce called from ssmtp's C core on torch's own communicator (ssmtp/parallel/nccl.py);
                   less Python/watchdog overhead than "torch"; the path across hosts.
   "custom"        the CUDA-IPC all-reduce for GPUs of one host with P2P access (ssmtp/parallel/custom_ar.py);
-                  "custom-1shot" / "custom-2shot" force the algorithm, "custom" picks by size.
+                  "custom-1shot" / "custom-2shot" / "custom-lamport" force the algorithm, "custom" picks by size.
   "symm"          torch's symmetric-memory one-/two-shot all-reduce (torch.distributed._symmetric_memory), the
                   maintained baseline; "symm-1shot" / "symm-2shot" force the algorithm. Sizes must be warmed up
                   outside CUDA-graph capture (a new size makes a collective allocation).
@@ -43,8 +43,8 @@ from .quant_ar import BLOCKS, QDTYPES, check_quant_args, quant_all_reduce_gather
 
 log = logging.getLogger("ssmtp")
 
-BACKENDS = ("auto", "torch", "nccl", "custom", "custom-1shot", "custom-2shot", "symm", "symm-1shot", "symm-2shot",
-            "quant-int8", "quant-fp8")
+BACKENDS = ("auto", "torch", "nccl", "custom", "custom-1shot", "custom-2shot", "custom-lamport", "symm",
+            "symm-1shot", "symm-2shot", "quant-int8", "quant-fp8")
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -184,7 +184,7 @@ class Communicator:
     def _setup_gpu(self, requested: str, buffer_bytes, timeout_s) -> None:
         from .custom_ar import CustomAllReduce, p2p_status
 
-        want_custom = requested in ("auto", "custom", "custom-1shot", "custom-2shot") or self.quant is not None
+        want_custom = requested.startswith("custom") or requested == "auto" or self.quant is not None
         want_symm = requested in ("auto", "symm", "symm-1shot", "symm-2shot")
         if want_custom:
             if not 2 <= self.world_size <= 8:

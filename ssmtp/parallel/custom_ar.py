@@ -6,12 +6,13 @@ be identical everywhere) are all-gathered through torch.distributed once, and ev
 any rank fails, every rank frees what it made and the constructor raises on every rank (no rank is left waiting).
 
 Knobs (environment, or constructor arguments): SSMTP_AR_BUFFER_MB (receive buffer per rank, default 128),
-SSMTP_AR_TIMEOUT_S (longest wait for a peer, default 30), SSMTP_AR_MAX_BLOCKS (default 64), SSMTP_AR_DEBUG=1
-(synchronize and check after every call, so a size/dtype disagreement or a missing rank raises at the call that
-caused it instead of at the next one), SSMTP_AR_FENCE=strong (a system-scope fence in every thread before a block
-signals; the default relies on bar.sync + a release store, see allreduce.cu).
+SSMTP_AR_TIMEOUT_S (longest wait for a peer, default 30), SSMTP_AR_MAX_BLOCKS (default: one per multiprocessor),
+SSMTP_AR_DEBUG=1 (synchronize and check after every call, so a size/dtype disagreement or a missing rank raises at
+the call that caused it instead of at the next one), SSMTP_AR_FENCE=strong (a system-scope fence in every thread
+before a block signals; the default relies on bar.sync + a release store, see allreduce.cu).
 
-Algorithms: "1shot", "2shot", "auto" (one-shot up to 1 MiB, else two-shot).
+Algorithms: "1shot", "2shot", "lamport" (one-shot without flags, for small messages; it sends +0.0 for -0.0, so a
+sum of negative zeros comes out as +0.0), "auto" (one-shot up to 1 MiB, else two-shot).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from .. import _C
 from ..ops import _DTYPE_CODES, desc
 from .quant_ar import check_quant_args
 
-ALGOS = {"auto": 0, "1shot": 1, "2shot": 2}
+ALGOS = {"auto": 0, "1shot": 1, "2shot": 2, "lamport": 3}
 QCODES = {"int8": _DTYPE_CODES[torch.int8], "fp8": _DTYPE_CODES[torch.float8_e4m3fn]}
 
 
@@ -81,7 +82,7 @@ class CustomAllReduce:
         self.buffer_bytes = int(buffer_bytes if buffer_bytes is not None
                                 else _env_num("SSMTP_AR_BUFFER_MB", 128.0) * (1 << 20))
         self.timeout_s = float(timeout_s if timeout_s is not None else _env_num("SSMTP_AR_TIMEOUT_S", 30.0))
-        self.max_blocks = int(max_blocks if max_blocks is not None else _env_num("SSMTP_AR_MAX_BLOCKS", 64, int))
+        self.max_blocks = int(max_blocks if max_blocks is not None else _env_num("SSMTP_AR_MAX_BLOCKS", 0, int))
         self.debug = os.environ.get("SSMTP_AR_DEBUG", "") not in ("", "0")
         self.handle: Optional[int] = None
         config = (self.buffer_bytes, self.max_blocks, int(oneshot_max_bytes), os.environ.get("SSMTP_AR_FENCE", ""))

@@ -12,20 +12,21 @@ TABLE = json.loads(r"""
 {
   "measured": {
     "where": "2x NVIDIA H200, NV18 NVLink (nvidia-h200-x2), torch 2.11.0+cu130, NCCL 2.28.9, NVLink multicast off",
-    "when": "2026-11-22T20:34:19+00:00",
-    "commit": "2b3b892 (kernels as in this tree; the default signalling is the one measured as custom-1shot-rel)",
-    "source": "benchmarks/results/allreduce-h200x2-2026-11-22.json (latency per call inside a CUDA graph, bf16, median)",
-    "how": "per size, the fastest of custom-1shot, custom-2shot and NCCL (graph). torch symmetric memory was faster from 2 MiB up (two-shot: 13.4 us at 2 MiB, 817 us at 256 MiB vs NCCL 29.7 / 895 us) but was measured on its own symmetric buffer, without the two staging copies the Communicator needs, it must allocate (collectively) outside graph capture, and it rejects float16 and odd bf16 sizes; so auto does not pick it: ask for it with SSMTP_ALLREDUCE=symm"
+    "when": "2026-11-22T22:41:21+00:00",
+    "commit": "the commit that added this table (lamport one-shot, 4 packs in flight, one block per SM)",
+    "source": "benchmarks/bench_allreduce.py (latency per call inside a CUDA graph, bf16, median); results in benchmarks/results/allreduce-h200x2-*.json",
+    "how": "per size, the fastest of custom-lamport, custom-1shot, custom-2shot and NCCL (graph): lamport 4.1-5.7 us up to 512 KiB (one-shot 6.2-8.7), one-shot from 1 to 16 MiB (10.1 us at 1 MiB, 69.1 at 16 MiB vs NCCL 20.0 / 76.4), two-shot at 32 MiB (131 vs 141), NCCL from 64 MiB (247 vs 259). torch symmetric memory two-shot was faster from 2 MiB up (13.4 us at 2 MiB, 60.0 at 16 MiB) but was measured on its own symmetric buffer, without the two staging copies the Communicator needs, it must allocate (collectively) outside graph capture, and it rejects float16 and odd bf16 sizes; so auto does not pick it: ask for it with SSMTP_ALLREDUCE=symm"
   },
   "world_sizes": {
     "2": {
       "rules": [
-        {"max_bytes": 4194304, "backend": "custom-1shot"},
+        {"max_bytes": 524288, "backend": "custom-lamport"},
+        {"max_bytes": 16777216, "backend": "custom-1shot"},
         {"max_bytes": 33554432, "backend": "custom-2shot"},
         {"max_bytes": null, "backend": "nccl"}
       ],
       "quant_rules": [
-        {"max_bytes": 2097152, "algo": "1shot"},
+        {"max_bytes": 4194304, "algo": "1shot"},
         {"max_bytes": null, "algo": "2shot"}
       ]
     }

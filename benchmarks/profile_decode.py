@@ -1,0 +1,97 @@
+"""Where a decode step's time goes: per-kernel GPU time of one CUDA-graph decode step, grouped by kernel name.
+
+    torchrun --nproc_per_node 1 benchmarks/profile_decode.py --model mamba-2.8b --batches 1,256 --out prof.json
+
+Replays the engine's captured decode graph under torch.profiler (CUPTI traces the kernels inside a graph replay) and
+reports, per batch size: step time (CUDA events), summed kernel time, kernels per step, and the top kernels by time
+with their share of the step. The gap between the step time and the summed kernel time is launch/dependency idle time
+inside the graph. Rank 0 writes the JSON and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ssmtp.engine.bench import _git_commit  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="mamba-2.8b", help="preset or HF directory (default mamba-2.8b)")
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    ap.add_argument("--batches", default="1,256", help="comma-separated decode batch sizes (default 1,256)")
+    ap.add_argument("--steps", type=int, default=20, help="graph replays profiled per batch size (default 20)")
+    ap.add_argument("--top", type=int, default=15, help="kernels listed per batch size (default 15)")
+    ap.add_argument("--out", default=None, help="JSON output path (rank 0)")
+    args = ap.parse_args()
+
+    from ssmtp.engine.launch import init_distributed, shutdown
+    from ssmtp.engine.llm import LLM
+
+    world, rank, dev = init_distributed()
+    if dev.type != "cuda":
+        print("profile_decode.py needs a CUDA device", file=sys.stderr)
+        return 2
+    dtype = getattr(torch, args.dtype)
+    batches = [int(b) for b in args.batches.split(",") if b]
+    llm = LLM(args.model, device=dev, dtype=dtype, max_batch=max(batches), cuda_graphs=True, progress=False)
+    V = llm.vocab_size
+    res = {"meta": {"commit": _git_commit(), "device": torch.cuda.get_device_name(dev), "tp": world,
+                    "model": args.model, "dtype": args.dtype, "torch": torch.__version__}, "batches": {}}
+    for B in batches:
+        bs = llm.graphs.bucket(B)
+        llm.graphs.capture(bs)
+        slots = llm.pool.allocate(B)
+        llm.graphs.set_inputs(torch.randint(3, V, (B,)).tolist(), slots)
+        for _ in range(5):
+            llm.graphs.replay(bs)
+        torch.cuda.synchronize()
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+        for _ in range(args.steps):
+            llm.graphs.replay(bs)
+        e1.record()
+        e1.synchronize()
+        step_us = e0.elapsed_time(e1) * 1e3 / args.steps
+        acts = [torch.profiler.ProfilerActivity.CUDA]
+        with torch.profiler.profile(activities=acts) as prof:
+            for _ in range(args.steps):
+                llm.graphs.replay(bs)
+            torch.cuda.synchronize()
+        tot = collections.defaultdict(float)
+        cnt = collections.Counter()
+        for ev in prof.events():
+            if ev.device_type == torch.autograd.DeviceType.CUDA and ev.device_time > 0:
+                name = ev.name if len(ev.name) < 90 else ev.name[:87] + "..."
+                tot[name] += ev.device_time  # us
+                cnt[name] += 1
+        llm.pool.free(slots)
+        kern_us = sum(tot.values()) / args.steps
+        top = sorted(tot.items(), key=lambda kv: -kv[1])[: args.top]
+        res["batches"][str(B)] = {
+            "step_us": step_us, "kernel_us": kern_us, "kernels_per_step": sum(cnt.values()) / args.steps,
+            "top": [{"kernel": k, "us_per_step": v / args.steps, "calls_per_step": cnt[k] / args.steps,
+                     "share_of_step": v / args.steps / step_us} for k, v in top]}
+        if rank == 0:
+            r = res["batches"][str(B)]
+            print(f"\nB={B} tp={world}: step {step_us:.1f} us, kernels {kern_us:.1f} us "
+                  f"({r['kernels_per_step']:.0f} kernels/step), idle {step_us - kern_us:.1f} us")
+            for t in r["top"]:
+                print(f"  {t['us_per_step']:8.1f} us {t['share_of_step']:6.1%} x{t['calls_per_step']:5.0f}  {t['kernel']}")
+    if rank == 0 and args.out:
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=1)
+    llm.close()
+    shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
