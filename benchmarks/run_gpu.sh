@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension, run the GPU tests, run the benchmarks.
 # Everything lands under $OUT (default benchmarks/results/latest): logs, JSON, PNG.
-#   bash benchmarks/run_gpu.sh [tests|ops|allreduce|engine|train|all ...]   (default: all)
+#   bash benchmarks/run_gpu.sh [tests|ops|allreduce|engine|throughput|ablation|train|all ...]   (default: all)
+# Budget knobs (seconds; 0 = no limit): THROUGHPUT_BUDGET_S (per TP run, default 120), THROUGHPUT_ARGS (e.g.
+# "--quick" or "--model mamba-2.8b"), ABLATION_BUDGET_S (default 90), ABLATION_ARGS (e.g. "--quick"),
+# ABLATION_BACKENDS (default auto,nccl,custom,quant-int8,quant-fp8; the first is the baseline).
 # Results are also packed into $OUT/results.tar (the device tool returns at most 8 files).
 # Multi-GPU parts run when 2+ GPUs are visible. NVLink multicast stays off (shared machines).
 set -uo pipefail
@@ -40,6 +43,28 @@ if want engine; then
   run torchrun --nproc_per_node 1 benchmarks/bench_engine.py --out "$OUT/engine-tp1.json" ${ENGINE_ARGS:-}
   [ "$ngpu" -ge 2 ] && run torchrun --nproc_per_node 2 benchmarks/bench_engine.py --out "$OUT/engine-tp2.json" \
     --no-hf ${ENGINE_ARGS:-}
+fi
+if want throughput; then
+  # batch-request throughput at TP=1 (+ HF transformers on a small subset) and TP=2, then the TP2/TP1 ratios
+  run torchrun --nproc_per_node 1 benchmarks/bench_throughput.py --out "$OUT/throughput-tp1.json" \
+    --budget-s "${THROUGHPUT_BUDGET_S:-120}" ${THROUGHPUT_ARGS:-}
+  if [ "$ngpu" -ge 2 ]; then
+    run torchrun --nproc_per_node 2 benchmarks/bench_throughput.py --out "$OUT/throughput-tp2.json" \
+      --budget-s "${THROUGHPUT_BUDGET_S:-120}" ${THROUGHPUT_ARGS:-}
+    run python benchmarks/bench_throughput.py --compare "$OUT/throughput-tp1.json" "$OUT/throughput-tp2.json" \
+      --out "$OUT/throughput-compare.json"
+  fi
+fi
+if want ablation && [ "$ngpu" -ge 2 ]; then
+  # all-reduce backend ablation (bf16 default vs NCCL, custom, int8, fp8), end to end, TP=2
+  run torchrun --nproc_per_node 2 benchmarks/bench_quant_ablation.py --out "$OUT/quant-ablation-tp2.json" \
+    --budget-s "${ABLATION_BUDGET_S:-90}" ${ABLATION_ARGS:-}
+fi
+if want leak; then
+  # leak check (benchmarks/leak_check.py): 10,000 graph-decode steps with continuous requests, memory sampled every
+  # 500; at TP=2 also 20 Communicator create/close cycles. LEAK_ARGS: e.g. "--steps 2000" for a shorter run
+  run python benchmarks/leak_check.py --out "$OUT/leak-tp1.json" ${LEAK_ARGS:-}
+  [ "$ngpu" -ge 2 ] && run torchrun --nproc_per_node 2 benchmarks/leak_check.py --out "$OUT/leak-tp2.json" ${LEAK_ARGS:-}
 fi
 if want train; then
   run timeout "${TRAIN_TIMEOUT:-240}" python benchmarks/train_tiny.py --out "$OUT/tiny-mamba-bytes" --steps "${TRAIN_STEPS:-1500}"

@@ -1,0 +1,98 @@
+"""benchmarks/report.py on small fixture result files: the README section it writes between the markers, its
+idempotence (--check), the migration of an unmarked section, and the TP2/TP1 ratios and targets (CPU, no torch)."""
+import importlib.util
+import json
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def report():
+    spec = importlib.util.spec_from_file_location("report", os.path.join(ROOT, "benchmarks", "report.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _meta(tp, **kw):
+    return dict(commit="0123456789abcdef0123456789abcdef01234567", date=f"2026-11-2{tp}T10:00:00+00:00",
+                device="NVIDIA H200", tp=tp, dtype="bfloat16", **kw)
+
+
+def _case(model, b, p, o, gen, step=3.0):
+    return dict(label=f"{model} B={b} prompt={p} out={o}", model=model, batch=b, prompt=p, output=o, status="ok",
+                req_s=gen / o, gen_tok_s=gen, prefill_tok_s=50000.0, prefill_over_floor=2.0, decode_step_ms=step,
+                decode_over_floor=2.5, e2e_over_floor=3.0)
+
+
+def _fixtures(folder):
+    engine = lambda tp, s: {  # noqa: E731
+        "meta": _meta(tp, model="mamba-2.8b"),
+        "decode": {"1": {"graph_step_ms": s, "engine_step_ms": s + 0.1, "over_floor": 2.4}},
+        "prefill": {"1x512": {"tok_s": 50000.0 * tp, "over_floor": 2.8}},
+        "ttft": {"prompt_len": 8192, "cold_no_prefix_cache_s": 0.1, "hit_s": 0.02, "hit_cached_tokens": 7373},
+        "hf": {"prefill_tok_s": 290.0, "decode_step_ms": 47.6},
+        "reference_not_this_run": {"mamba_ssm_cuda_graphs": {"decode_step_ms": {"1": 4.72},
+                                                             "prefill_tok_s": {"1x512": 9688}}}}
+    thr = lambda tp, k: {  # noqa: E731
+        "meta": _meta(tp), "validation": {"mamba": {"status": "ok", "model": "tiny"}},
+        "models": {"mamba-2.8b": {"status": "ok"}, "zamba-7b": {"status": "skipped", "reason": "not yet supported"}},
+        "cases": [_case("mamba-2.8b", 1, 512, 32, 300.0 * k), _case("mamba-2.8b", 64, 512, 128, 10000.0 * k),
+                  dict(label="zamba-7b B=64 prompt=512 out=128", model="zamba-7b", batch=64, prompt=512, output=128,
+                       status="skipped", reason="not yet supported")],
+        **({"hf": {"model": "mamba-2.8b", "transformers": "5.17", "kernels": "pure torch",
+                   "cases": [dict(label="mamba-2.8b B=1 prompt=512 out=32", batch=1, prompt=512, output=32,
+                                  status="ok", gen_tok_s=5.0, decode_step_ms=47.0, prefill_tok_s=290.0,
+                                  engine_gen_tok_s=300.0, engine_over_hf=60.0)]}} if tp == 1 else {})}
+    abl = {"meta": _meta(2, model="mamba-2.8b", backends=["auto", "quant-int8"], baseline="auto", quant_block=32),
+           "workloads": {"prefill": "32x2048"}, "validation": {"quant-int8": {"tokens_equal": True}},
+           "results": [dict(backend="auto", workload="prefill", status="ok", tok_s=100000.0, change_vs_baseline=0.0),
+                       dict(backend="quant-int8", workload="prefill", status="ok", tok_s=115000.0,
+                            change_vs_baseline=0.15)],
+           "targets": [dict(target="quant-int8 >= +10%", ok=True, detail="prefill +15.0%")]}
+    acc = {"meta": dict(commit="ae62dee8d255857b396496c85f549f7a6dfe7cc0", date="2026-11-22T21:41:29Z",
+                        device="cpu", checkpoint="ssmtp/data/tiny-mamba-bytes", windows=32, length=256),
+           "results": {"reference (unsharded fp32, HF)": {"ppl": 3.1715, "top1_agreement": 1.0},
+                       "tp=2 bf16-cast": {"ppl": 3.1716, "top1_agreement": 0.9994},
+                       "tp=2 int8-b32": {"ppl": 3.1716, "top1_agreement": 0.9973}}}
+    files = {"engine-x-tp1.json": engine(1, 3.16), "engine-x-tp2.json": engine(2, 3.09),
+             "throughput-x-tp1.json": thr(1, 1.0), "throughput-x-tp2.json": thr(2, 1.95),
+             "quant-ablation-x-tp2.json": abl, "accuracy-x.json": acc}
+    for name, d in files.items():
+        with open(os.path.join(folder, name), "w") as f:
+            json.dump(d, f)
+
+
+def test_report_writes_the_marked_section_and_is_idempotent(report, tmp_path):
+    res = tmp_path / "results"
+    res.mkdir()
+    _fixtures(str(res))
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\nintro\n\n## Performance (old)\n\nold table\n\n## Trust\n\nkept\n")
+    args = ["--results", str(res), "--readme", str(readme)]
+    assert report.main(args) == 0
+    text = readme.read_text()
+    assert text.startswith("# x\n\nintro\n\n" + report.BEGIN) and text.endswith("## Trust\n\nkept\n")
+    assert "old table" not in text and text.count(report.BEGIN) == 1 and text.count(report.END) == 1
+    sec = text[text.index(report.BEGIN):text.index(report.END)]
+    for want in ("`engine-x-tp1.json` (commit 0123456, 2026-11-21, NVIDIA H200)", "| decode step B=1 | 3.16 ms",
+                 "| prefill 1x512 | 50.0k tok/s | 100k tok/s | 2.00x", "**1.95x**", "**60x**",
+                 "skipped: not yet supported", "met (min 1.95x over 1 cases)", "met (min 1.95x over 2 cases)",
+                 "115k tok/s (+15.0%)",
+                 "ppl 3.1716, top-1 99.73%", "| int8, block 32 | 3.1716 | 99.73% |"):
+        assert want in sec, want
+    assert report.main(args + ["--check"]) == 0
+    readme.write_text(text.replace("3.16 ms", "9.99 ms"))
+    assert report.main(args + ["--check"]) == 1
+    assert report.main(args) == 0 and readme.read_text() == text
+
+
+def test_compare_throughput_targets(report):
+    a = {"meta": _meta(1), "cases": [_case("m", 64, 512, 128, 100.0), _case("m", 1, 512, 128, 10.0)]}
+    b = {"meta": _meta(2), "cases": [_case("m", 64, 512, 128, 195.0), _case("m", 1, 512, 128, 9.0)]}
+    c = report.compare_throughput(a, b)
+    assert [round(r["ratio"], 3) for r in c["cases"]] == [1.95, 0.9]
+    assert [t["ok"] for t in c["targets"]] == [True, False]
