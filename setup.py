@@ -7,6 +7,9 @@ Build knobs (environment variables), echoed at build time:
   SSMTP_SKIP_CUDA=1        build the CPU-only extension even when nvcc is present
   SSMTP_CUDA_ARCHS="80;90" SM list for machine code; PTX is embedded for the last one (default "80;90")
   SSMTP_DEBUG=1            -O0 -g, host asserts, and nvcc -lineinfo
+  SSMTP_SANITIZE=1         instrument the C sources with AddressSanitizer + UBSan (run under
+                           libasan.so and libstdc++.so preloaded, see tests/fuzz/run.sh); build it into its own
+                           --build-lib / --build-temp so that the in-place extension stays a normal one
   SSMTP_CUDA_REBUILD=1     recompile every .cu (objects in build/cuda/<archs>/ are otherwise reused while the hash
                            of their source, the headers and the nvcc command is unchanged)
   CUDA_HOME / nvcc on PATH where the CUDA toolkit is
@@ -70,6 +73,11 @@ class BuildExt(build_ext):
         debug = _truthy("SSMTP_DEBUG")
         cflags = ["-std=c99", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden"]
         cflags += ["-O0", "-g", "-DSSMTP_DEBUG=1"] if debug else ["-O3"]
+        if _truthy("SSMTP_SANITIZE"):
+            san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"]
+            cflags += san
+            ext.extra_link_args = list(ext.extra_link_args or []) + san
+            _log("SANITIZE: AddressSanitizer + UBSan on the C sources (preload libasan.so to import the module)")
         cuda, why_not = _find_cuda()
         if cuda is None:
             _log(f"CUDA: skipped ({why_not}); building the CPU-only extension")

@@ -79,21 +79,8 @@ static ssmtp_status_t check_quant(const char *op, int32_t qdtype, int32_t block)
 
 /* A dense (row-major contiguous) float tensor; its element count in *n. */
 static ssmtp_status_t check_dense(const char *op, const char *name, const ssmtp_tensor_t *t, int64_t *n) {
-    if (!t || !t->data) return ssmtp_fail(SSMTP_ERR_INVALID, "%s: %s is required", op, name);
-    if (t->ndim < 0 || t->ndim > SSMTP_MAX_DIMS)
-        return ssmtp_fail(SSMTP_ERR_INVALID, "%s: %s has ndim %d", op, name, (int)t->ndim);
-    SSMTP_TRY(ssmtp_check_float_dtype(op, name, t));
-    int64_t count = 1, expect = 1;
-    for (int d = t->ndim - 1; d >= 0; d--) {
-        if (t->shape[d] < 0) return ssmtp_fail(SSMTP_ERR_INVALID, "%s: %s.shape[%d] is negative", op, name, d);
-        if (t->shape[d] > 1 && t->stride[d] != expect)
-            return ssmtp_fail(SSMTP_ERR_INVALID, "%s: %s must be contiguous (dim %d has stride %lld, expected %lld)",
-                              op, name, d, (long long)t->stride[d], (long long)expect);
-        expect *= t->shape[d];
-        count *= t->shape[d];
-    }
-    *n = count;
-    return SSMTP_OK;
+    SSMTP_TRY(ssmtp_check_dense(op, name, t, n));
+    return ssmtp_check_float_dtype(op, name, t);
 }
 
 static ssmtp_status_t check_io(const char *op, const ssmtp_ar_t *ar, const ssmtp_tensor_t *in,

@@ -108,6 +108,54 @@ ssmtp_status_t ssmtp_check_tensor(const char *op, const char *name, const ssmtp_
             return ssmtp_fail(SSMTP_ERR_INVALID, "%s: %s.stride[%d]=%lld is negative", op, name, d,
                               (long long)t->stride[d]);
     }
+    return ssmtp_check_extent(op, name, t);
+}
+
+/* The byte offset of the last element, sum_d (shape[d]-1) * stride[d] * itemsize, must be representable: no real
+ * buffer is larger, and every index the kernels compute (int64, in elements) is then free of overflow. A tensor
+ * without elements has no extent. Shapes and strides are known non-negative here. */
+ssmtp_status_t ssmtp_check_extent(const char *op, const char *name, const ssmtp_tensor_t *t) {
+    const int64_t limit = INT64_MAX / 8; /* room for itemsize <= 8 and for one more row in an index expression */
+    int64_t last = 0;
+    for (int d = 0; d < t->ndim; d++)
+        if (t->shape[d] == 0) return SSMTP_OK;
+    for (int d = 0; d < t->ndim; d++) {
+        const int64_t n = t->shape[d] - 1, s = t->stride[d];
+        if (n == 0 || s == 0) continue;
+        if (n > (limit - last) / s)
+            return ssmtp_fail(SSMTP_ERR_INVALID, "%s: %s.shape[%d]=%lld with stride %lld reaches past the address space",
+                              op, name, d, (long long)t->shape[d], (long long)s);
+        last += n * s;
+    }
+    return SSMTP_OK;
+}
+
+/* A dense (row-major contiguous) tensor, as torch.Tensor.is_contiguous() sees it: strides of size-1 dims are free and
+ * a tensor without elements is dense whatever its strides. *n receives the element count, bounded so that its byte
+ * size cannot overflow. */
+ssmtp_status_t ssmtp_check_dense(const char *op, const char *name, const ssmtp_tensor_t *t, int64_t *n) {
+    if (!t || !t->data) return ssmtp_fail(SSMTP_ERR_INVALID, "%s: %s is required", op, name);
+    if (t->ndim < 0 || t->ndim > SSMTP_MAX_DIMS)
+        return ssmtp_fail(SSMTP_ERR_INVALID, "%s: %s has ndim %d", op, name, (int)t->ndim);
+    int64_t count = 1;
+    for (int d = 0; d < t->ndim; d++) {
+        if (t->shape[d] < 0) return ssmtp_fail(SSMTP_ERR_INVALID, "%s: %s.shape[%d] is negative", op, name, d);
+        if (t->shape[d] == 0) count = 0;
+    }
+    if (count == 0) {
+        *n = 0;
+        return SSMTP_OK;
+    }
+    const int64_t limit = INT64_MAX / 8;
+    for (int d = t->ndim - 1; d >= 0; d--) {
+        if (t->shape[d] > 1 && t->stride[d] != count)
+            return ssmtp_fail(SSMTP_ERR_INVALID, "%s: %s must be contiguous (dim %d has stride %lld, expected %lld)",
+                              op, name, d, (long long)t->stride[d], (long long)count);
+        if (t->shape[d] > limit / count)
+            return ssmtp_fail(SSMTP_ERR_INVALID, "%s: %s has more elements than the address space holds", op, name);
+        count *= t->shape[d];
+    }
+    *n = count;
     return SSMTP_OK;
 }
 

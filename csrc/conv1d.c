@@ -46,6 +46,8 @@ static ssmtp_status_t conv1d_cpu(const ssmtp_conv1d_params_t *p) {
     const int64_t batch = p->x.shape[0], dim = p->x.shape[1], len = p->x.shape[2], width = p->weight.shape[1];
     const int64_t slen = ssmtp_present(&p->state) ? p->state.shape[2] : 0;
     const int32_t dt = p->x.dtype;
+    if (slen > 256) return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": state_len=%lld > 256", (long long)slen);
+    /* every row's slot and length is checked before any output or state is written: a rejected call changes nothing */
     for (int64_t b = 0; b < batch; b++) {
         int64_t slot = b, n = len;
         if (ssmtp_present(&p->state_idx)) slot = ((const int32_t *)p->state_idx.data)[b * p->state_idx.stride[0]];
@@ -56,6 +58,11 @@ static ssmtp_status_t conv1d_cpu(const ssmtp_conv1d_params_t *p) {
         if (n < 0 || n > len)
             return ssmtp_fail(SSMTP_ERR_INVALID, OP ": seq_lens[%lld]=%lld outside 0..%lld", (long long)b,
                               (long long)n, (long long)len);
+    }
+    for (int64_t b = 0; b < batch; b++) {
+        int64_t slot = b, n = len;
+        if (ssmtp_present(&p->state_idx)) slot = ((const int32_t *)p->state_idx.data)[b * p->state_idx.stride[0]];
+        if (ssmtp_present(&p->seq_lens)) n = ((const int32_t *)p->seq_lens.data)[b * p->seq_lens.stride[0]];
         const int pad = slot < 0;
         for (int64_t c = 0; c < dim; c++) {
             const int64_t xo = b * p->x.stride[0] + c * p->x.stride[1];
@@ -74,10 +81,8 @@ static ssmtp_status_t conv1d_cpu(const ssmtp_conv1d_params_t *p) {
                     h[k] = ssmtp_load(p->state.data, dt, so + (slen - (width - 1) + k) * p->state.stride[2]);
             /* Final state: last slen columns of [old history (slen cols, or zeros); x[0:n]]. Computed before out
              * is written, because out may alias x. */
-            float newstate[256];
-            int64_t keep = slen <= 256 ? slen : 0;
-            if (slen > 256)
-                return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": state_len=%lld > 256", (long long)slen);
+            float newstate[256]; /* slen <= 256, checked above */
+            const int64_t keep = slen;
             for (int64_t j = 0; j < keep; j++) {
                 int64_t src = n - slen + j; /* index into x; negative -> history column slen + src */
                 if (src >= 0)

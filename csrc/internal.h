@@ -38,6 +38,10 @@ const char *ssmtp_dtype_name(int32_t dtype);
  */
 ssmtp_status_t ssmtp_check_tensor(const char *op, const char *name, const ssmtp_tensor_t *t, int optional, int ndim,
                                   int32_t dtype, const int64_t *shape);
+/* The last element's byte offset fits in an int64 with room to spare (called by ssmtp_check_tensor). */
+ssmtp_status_t ssmtp_check_extent(const char *op, const char *name, const ssmtp_tensor_t *t);
+/* Dense (row-major contiguous as torch sees it; no elements = dense); *n receives the element count. */
+ssmtp_status_t ssmtp_check_dense(const char *op, const char *name, const ssmtp_tensor_t *t, int64_t *n);
 /* All present tensors in list must share one device; *device receives it. */
 ssmtp_status_t ssmtp_check_devices(const char *op, const ssmtp_tensor_t *const *ts, const char *const *names, int n,
                                    int32_t *device);

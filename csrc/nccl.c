@@ -266,29 +266,12 @@ static ssmtp_status_t nccl_dtype(const char *op, int32_t dtype, int *out) {
 
 /* Elements of a tensor that must be dense (row-major contiguous); -1 and a message when it is not. */
 static int64_t dense_numel(const char *op, const char *name, const ssmtp_tensor_t *t, ssmtp_status_t *st) {
-    *st = SSMTP_OK;
-    if (!t || !t->data) {
-        *st = ssmtp_fail(SSMTP_ERR_INVALID, "%s: %s is required", op, name);
+    int64_t n = -1;
+    *st = ssmtp_check_dense(op, name, t, &n);
+    if (*st != SSMTP_OK) return -1;
+    if (ssmtp_dtype_size(t->dtype) == 0) {
+        *st = ssmtp_fail(SSMTP_ERR_INVALID, "%s: %s has unknown dtype code %d", op, name, (int)t->dtype);
         return -1;
-    }
-    if (t->ndim < 0 || t->ndim > SSMTP_MAX_DIMS || ssmtp_dtype_size(t->dtype) == 0) {
-        *st = ssmtp_fail(SSMTP_ERR_INVALID, "%s: %s has ndim %d / dtype code %d", op, name, (int)t->ndim,
-                         (int)t->dtype);
-        return -1;
-    }
-    int64_t n = 1, expect = 1;
-    for (int d = t->ndim - 1; d >= 0; d--) {
-        if (t->shape[d] < 0) {
-            *st = ssmtp_fail(SSMTP_ERR_INVALID, "%s: %s.shape[%d] is negative", op, name, d);
-            return -1;
-        }
-        if (t->shape[d] > 1 && t->stride[d] != expect) {
-            *st = ssmtp_fail(SSMTP_ERR_INVALID, "%s: %s must be contiguous (dim %d has stride %lld, expected %lld)",
-                             op, name, d, (long long)t->stride[d], (long long)expect);
-            return -1;
-        }
-        expect *= t->shape[d];
-        n *= t->shape[d];
     }
     return n;
 }

@@ -70,6 +70,7 @@ static ssmtp_status_t scan_cpu(const ssmtp_scan_params_t *p) {
     const int64_t per_group = dim / p->B.shape[1];
     const int32_t ty = p->x.dtype;
     float h[SSMTP_MAX_DSTATE];
+    /* every row's slot and length is checked before any output or state is written: a rejected call changes nothing */
     for (int64_t b = 0; b < batch; b++) {
         const int64_t slot = ssmtp_present(&p->state) ? slot_of(&p->state_idx, b) : b;
         int64_t n = len;
@@ -80,6 +81,11 @@ static ssmtp_status_t scan_cpu(const ssmtp_scan_params_t *p) {
         if (ssmtp_present(&p->state) && slot >= p->state.shape[0])
             return ssmtp_fail(SSMTP_ERR_INVALID, SCAN ": state_idx[%lld]=%lld >= nslots=%lld", (long long)b,
                               (long long)slot, (long long)p->state.shape[0]);
+    }
+    for (int64_t b = 0; b < batch; b++) {
+        const int64_t slot = ssmtp_present(&p->state) ? slot_of(&p->state_idx, b) : b;
+        const int64_t n = ssmtp_present(&p->seq_lens) ? ((const int32_t *)p->seq_lens.data)[b * p->seq_lens.stride[0]]
+                                                      : len;
         for (int64_t c = 0; c < dim; c++) {
             const int64_t g = c / per_group;
             const int64_t xo = b * p->x.stride[0] + c * p->x.stride[1];
@@ -158,11 +164,14 @@ static ssmtp_status_t step_cpu(const ssmtp_step_params_t *p) {
     const int64_t batch = p->x.shape[0], dim = p->x.shape[1], N = p->A.shape[1];
     const int64_t per_group = dim / p->B.shape[1];
     const int32_t ty = p->x.dtype;
-    for (int64_t b = 0; b < batch; b++) {
+    for (int64_t b = 0; b < batch; b++) { /* all slots first: a rejected call changes nothing */
         const int64_t slot = slot_of(&p->state_idx, b);
         if (slot >= p->state.shape[0])
             return ssmtp_fail(SSMTP_ERR_INVALID, STEP ": state_idx[%lld]=%lld >= nslots=%lld", (long long)b,
                               (long long)slot, (long long)p->state.shape[0]);
+    }
+    for (int64_t b = 0; b < batch; b++) {
+        const int64_t slot = slot_of(&p->state_idx, b);
         for (int64_t c = 0; c < dim; c++) {
             const int64_t oo = b * p->out.stride[0] + c * p->out.stride[1];
             if (slot < 0) {
