@@ -184,7 +184,10 @@ def validate_family(run: Run, family: str, dtype_name: str = "float32") -> dict:
                 ids = torch.tensor([p], device=run.device)
                 s = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=False)
                 ref.append(s[0, len(p):].tolist())
-        llm = LLM(model, device=run.device, max_batch=4, prefix_cache=False, progress=False)
+        # the torch.compile'd norm/residual glue is left out here: compiling it for a throwaway model would cost
+        # tens of seconds of the budget; tests/test_engine_gpu.py checks it (graph == eager == HF)
+        llm = LLM(model, device=run.device, max_batch=4, prefix_cache=False, fused_decode=False, progress=False)
+        out["engine"] = {"graphs": llm.graphs is not None, "fused_decode": False, "tp": llm.tp}
         got = [o.token_ids for o in llm.generate(prompts, max_new_tokens=new, ignore_eos=True,
                                                  use_prefix_cache=False)]
         out["tokens_equal"] = got == ref
