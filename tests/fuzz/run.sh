@@ -6,7 +6,7 @@
 #     ops       build the extension with SSMTP_SANITIZE=1 into its own folder and run the C-op tests
 #               (tests/test_ops_cpu.py, tests/test_ops_ssd.py) against it with libasan preloaded
 #     valgrind  the fuzz driver without sanitizers under valgrind memcheck (uninitialised reads, which ASan does not
-#               see), and one op test file under valgrind
+#               see; VALGRIND_ITERS, default 3000). The op tests run under ASan instead (torch under valgrind is slow)
 # Work files go to $FUZZ_BUILD (default /tmp/ssmtp-sanitize); the in-place extension (ssmtp/_C*.so) is not touched.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
