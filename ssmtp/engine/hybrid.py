@@ -101,6 +101,9 @@ class HybridRunner(ModelRunner):
         self.comm = comm
         self.family = family
         self.v2 = family == "zamba2"
+        # Zamba2 (as HF) clamps dt >= time_step_min in prefill but not in decode: a state reached by decoding differs
+        # from the state a prefill of the same tokens reaches, so the engine does not cache it (cache_generated)
+        self.decode_state_matches_prefill = not self.v2
         self.vocab_size = int(config.vocab_size)
         self.embed = nn.Parameter(embed, requires_grad=False)
         self.norms = nn.ParameterList([nn.Parameter(w, requires_grad=False) for w in norms])

@@ -230,6 +230,11 @@ class LLM:
             cap = self._agree_min(min(budget // entry, prefix_cache_entries))
         self.prefix = PrefixCache(specs, cap, prefix_interval, self.vocab_size, device)
         self.branches = BranchIndex(prefix_interval)
+        if cache_generated and prefix_cache and not getattr(self.runner, "decode_state_matches_prefill", True):
+            log.info("ssmtp.LLM: cache_generated off for %s: its decode step computes the state differently from its "
+                     "prefill (HF's dt clamp), so a cached generated turn would not equal a cold prefill of it",
+                     source.family)
+            cache_generated = False
         self.cache_generated = cache_generated
         # wait for another running request to save a longer prefix of this prompt when that spares this many tokens:
         # the owner computes those tokens in the same steps this request would, so waiting costs it no extra steps
