@@ -427,7 +427,7 @@ def test_text_prompts_need_a_tokenizer(tiny):
         LLM(model, progress=False).generate(["hello"])
 
 
-def test_engine_argument_errors_and_unsupported_families():
+def test_engine_argument_errors():
     with pytest.raises(ValueError, match="max_batch must be an integer >= 1"):
         LLM("tiny", max_batch=0, progress=False)
     with pytest.raises(ValueError, match="num_slots or state_memory"):
@@ -438,10 +438,6 @@ def test_engine_argument_errors_and_unsupported_families():
         LLM("no-such-model", progress=False)
     with pytest.raises(ValueError, match="not a preset .* hub download failed"):
         LLM("no-such-org/no-such-model", progress=False)  # offline in tests (HF_HUB_OFFLINE=1)
-    with pytest.raises(NotImplementedError, match="not yet supported by the engine"):
-        LLM("zamba-7b", progress=False)
-    with pytest.raises(NotImplementedError, match="not yet supported by the engine"):
-        LLM("zamba2-2.7b", progress=False)
     llm = LLM("tiny", state_memory=10 * 81920 + 5, progress=False)  # 80 KiB per tiny sequence
     assert llm.num_slots == 10
 
@@ -494,8 +490,6 @@ def test_cli_errors_and_help(capsys):
 
     assert main(["generate", "--prompt-ids", "5,x"]) == 2
     assert "--prompt-ids must be comma-separated integers" in capsys.readouterr().err
-    assert main(["generate", "--model", "zamba-7b"]) == 2
-    assert "not yet supported by the engine" in capsys.readouterr().err
     assert main(["generate", "--prompt-ids", "5", "--top-p", "0"]) == 2
     assert "top_p must be a number in (0, 1]" in capsys.readouterr().err
     with pytest.raises(SystemExit):

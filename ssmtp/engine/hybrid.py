@@ -337,7 +337,9 @@ class HybridRunner(ModelRunner):
             ok = (t[None, :] < sl[:, None]) & valid[:, None]
             new = torch.where(valid, sl, torch.zeros_like(sl))
             T = max(1, int((start + new).max()))  # one host sync per prefill call
-        wpos = torch.where(ok, pos, torch.full_like(pos, self.max_len))  # padding -> the scratch column
+        # padding (and, defensively, a position past max_len, which the engine's length check rules out) -> the
+        # scratch column: an index past the K/V would be a device-side error inside a graph
+        wpos = torch.where(ok & (pos < self.max_len), pos, torch.full_like(pos, self.max_len))
         wslot = slot[:, None].expand(B, L)
         allowed = torch.arange(T, device=dev)[None, None, :] <= pos[:, :, None]  # (B, L, T)
         cos = sin = None

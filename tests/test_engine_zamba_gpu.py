@@ -1,0 +1,166 @@
+"""Zamba and Zamba2 on CUDA: the TP modules (ssmtp.parallelize) at TP=1 and TP=2 over NCCL against HF on the same
+GPU (fp32 logits, left padding, greedy tokens); the engine's CUDA-graph decode == eager decode for the hybrid models
+(K/V written in place by the graph, attention over max_model_len keys with a length mask), == HF greedy; padding rows
+of a graph bucket leave every slot untouched; a prefix hit (K/V restored) == a cold prefill on the GPU. Skipped
+without CUDA (marker `cuda`; `multigpu` needs 2 GPUs)."""
+import pytest
+import torch
+
+import ssmtp
+from distributed import run_ranks
+from tiny_models import build_zamba, build_zamba2
+
+BUILD = {"zamba": build_zamba, "zamba2": build_zamba2}
+CASES = [("zamba", "odd"), ("zamba", "hf-tester"), ("zamba2", "odd"), ("zamba2", "g1")]
+NEW = 32
+MAX_LEN = 96
+LENGTHS = (13, 5, 21, 1, 9)  # 5 requests: graph bucket 8 with 3 padding rows
+
+
+def _prompts():
+    g = torch.Generator().manual_seed(1)
+    return [torch.randint(3, 99, (n,), generator=g).tolist() for n in LENGTHS]
+
+
+def _close(a, b, rel, what):
+    err = (a.float() - b.float()).abs().max().item()
+    bound = rel * b.float().abs().max().item() + 1e-6
+    assert err <= bound, f"{what}: max abs error {err:.3e} > {bound:.3e}"
+
+
+def _inputs(device):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, 99, (3, 13), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    mask[2, :7] = 0
+    return ids.to(device), ids.masked_fill(mask == 0, 0).to(device), mask.to(device)
+
+
+# ------------------------------------------------------------------------------------------------ TP modules vs HF
+
+def _model_checks(rank, world, family, config):
+    """fp32: rel 1e-4 of the logit range (CUDA kernels vs HF's torch fallbacks: summation order only)."""
+    dev = torch.device("cuda", rank)
+    model = BUILD[family](config).to(dev)
+    ids, ids_pad, mask = _inputs(dev)
+    with torch.no_grad():
+        ref = model(ids).logits
+        ref_pad = model(ids_pad, attention_mask=mask).logits
+        ref_gen = model.generate(ids, max_new_tokens=NEW, do_sample=False)
+        ref_gen_pad = model.generate(ids_pad, attention_mask=mask, max_new_tokens=NEW, do_sample=False)
+    ssmtp.parallelize(model)
+    what = f"{family}/{config} tp={world}"
+    with torch.no_grad():
+        _close(model(ids).logits, ref, 1e-4, f"{what}: logits")
+        valid = mask.bool()
+        _close(model(ids_pad, attention_mask=mask).logits[valid], ref_pad[valid], 1e-4, f"{what}: left-padded logits")
+        assert torch.equal(model.generate(ids, max_new_tokens=NEW, do_sample=False), ref_gen), f"{what}: greedy"
+        gen_pad = model.generate(ids_pad, attention_mask=mask, max_new_tokens=NEW, do_sample=False)
+        assert torch.equal(gen_pad, ref_gen_pad), f"{what}: greedy with left padding"
+    torch.cuda.synchronize(dev)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("family,config", CASES)
+def test_hybrid_tp1_matches_hf_on_gpu(family, config):
+    _model_checks(0, 1, family, config)
+
+
+def _model_checks_all(rank, world):
+    for family, config in CASES:
+        _model_checks(rank, world, family, config)
+
+
+@pytest.mark.cuda
+@pytest.mark.multigpu
+def test_hybrid_tp2_matches_hf_on_gpus_nccl():
+    run_ranks(2, _model_checks_all, backend="nccl", timeout=600)
+
+
+# ------------------------------------------------------------------------------------------------ engine graphs
+
+def _graph_vs_eager(device, family, config, hf_check):
+    from ssmtp.engine import LLM
+
+    model = BUILD[family](config).to(device)
+    prompts = _prompts()
+    kw = dict(max_new_tokens=NEW, return_logits=True)
+    common = dict(device=device, max_batch=8, max_model_len=MAX_LEN, prefix_interval=8, progress=False)
+    g = LLM(model, cuda_graphs=True, graph_batch_sizes=(1, 2, 4, 8), **common)
+    e = LLM(model, cuda_graphs=False, **common)
+    assert g.prefill_graphs is None, "hybrid prefill is eager (logged), decode is graphed"
+    og = g.generate(prompts, **kw)
+    oe = e.generate(prompts, **kw)
+    assert g.graphs.captured, "no decode graph was captured"
+    for i, (x, y) in enumerate(zip(og, oe)):
+        assert x.token_ids == y.token_ids, f"prompt {i}: graph {x.token_ids} != eager {y.token_ids}"
+        _close(torch.stack(x.logits), torch.stack(y.logits), 1e-4, f"prompt {i} graph vs eager logits")
+    if hf_check:
+        with torch.no_grad():
+            for i, p in enumerate(prompts):
+                ref = model.generate(torch.tensor([p], device=device), max_new_tokens=NEW, do_sample=False)
+                assert og[i].token_ids == ref[0, len(p):].tolist(), f"prompt {i}: graph engine != HF greedy"
+
+    # padding rows of a bucket touch no slot: 3 live rows in bucket 4 (K/V compared without the scratch column)
+    pool, M = g.pool, g.runner.max_len
+    for t in pool.tensors.values():
+        if t.dtype.is_floating_point:
+            t.normal_()
+    pool.tensors["len"].copy_(torch.arange(pool.num_slots, device=device).view(1, -1) * 3)
+    before = {k: v.clone() for k, v in pool.tensors.items()}
+    g.graphs.run([5, 6, 7], [0, 1, 2])
+    torch.cuda.synchronize(device)
+    for k, v in pool.tensors.items():
+        for s in range(pool.num_slots):
+            a, b = (v[:, s, :M], before[k][:, s, :M]) if k in ("k", "v") else (v[:, s], before[k][:, s])
+            assert torch.equal(a, b) == (s > 2), f"{k} slot {s}"
+    assert pool.tensors["len"][0, :3].tolist() == [1, 4, 7]
+    for t in pool.tensors.values():
+        t.zero_()
+
+    # a prefix hit (K/V and SSM states restored) resumes on the GPU exactly like a cold prefill
+    shared = _prompts()[2]
+    g.generate([shared + [7] * 9], max_new_tokens=2)
+    p = shared + [8] * 30
+    hit = g.generate([p], **kw)[0]
+    cold = g.generate([p], use_prefix_cache=False, **kw)[0]
+    assert hit.cached_tokens >= 16, hit.cached_tokens
+    assert hit.token_ids == cold.token_ids
+    _close(torch.stack(hit.logits), torch.stack(cold.logits), 1e-4, "prefix hit vs cold")
+    g.close()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("family,config", [("zamba", "odd"), ("zamba2", "odd"), ("zamba2", "g1")])
+def test_hybrid_graph_decode_equals_eager_tp1_fp32(family, config):
+    _graph_vs_eager(torch.device("cuda", 0), family, config, hf_check=True)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["tiny-zamba", "tiny-zamba2"])
+def test_hybrid_graph_decode_equals_eager_tp1_bf16_preset(name):
+    """bf16 presets: 4 prompts fill bucket 4 exactly (the same GEMM shapes eager and graphed)."""
+    from ssmtp.engine import LLM
+
+    dev = torch.device("cuda", 0)
+    kw = dict(max_new_tokens=24, ignore_eos=True)
+    p = [[5, 6, 7, 8], [9, 10], [11, 12, 13, 14, 15, 16, 17], [18]]
+    a = LLM(name, device=dev, cuda_graphs=True, max_batch=4, max_model_len=128, progress=False)
+    b = LLM(name, device=dev, cuda_graphs=False, max_batch=4, max_model_len=128, progress=False)
+    assert a.dtype == torch.bfloat16
+    assert [o.token_ids for o in a.generate(p, **kw)] == [o.token_ids for o in b.generate(p, **kw)]
+    a.close()
+
+
+def _tp2(rank, world):
+    dev = torch.device("cuda", rank)
+    _graph_vs_eager(dev, "zamba", "odd", True)
+    _graph_vs_eager(dev, "zamba2", "odd", True)
+    torch.cuda.synchronize(dev)
+
+
+@pytest.mark.cuda
+@pytest.mark.multigpu
+def test_hybrid_graph_decode_equals_eager_tp2_nccl():
+    run_ranks(2, _tp2, backend="nccl", timeout=600)
