@@ -105,25 +105,25 @@ static int64_t numel(const ssmtp_tensor_t *t) {
     return n;
 }
 
-/* A present tensor of the given shape on the CPU with a random layout, allocated to exactly its extent. ROLE_IN
- * tensors may broadcast (stride 0) along a dim; every tensor may have padded rows and a non-unit innermost stride
- * unless dense is set. */
+/* A present tensor of the given shape on the CPU with a random layout, allocated to exactly its extent. dense = 0:
+ * ROLE_IN tensors may broadcast (stride 0) along a dim, rows may be padded and the innermost stride may be 2;
+ * dense = 2: the same with a unit innermost stride; dense = 1: row-major contiguous (any stride on size-1 dims). */
 static void mk(ssmtp_tensor_t *t, int32_t dt, int ndim, const int64_t *shape, int role, int dense) {
     memset(t, 0, sizeof *t);
     t->dtype = dt;
     t->device = SSMTP_DEVICE_CPU;
     t->ndim = ndim;
-    int64_t run = (!dense && chance(10)) ? 2 : 1;
+    int64_t run = (dense == 0 && chance(10)) ? 2 : 1;
     for (int d = ndim - 1; d >= 0; d--) {
         t->shape[d] = shape[d];
-        if (role == ROLE_IN && !dense && chance(8)) {
+        if (role == ROLE_IN && (dense == 0 || (dense == 2 && d < ndim - 1)) && chance(8)) {
             t->stride[d] = 0;
             continue;
         }
         t->stride[d] = run;
-        run *= shape[d] + ((!dense && chance(15)) ? rint_in(1, 2) : 0);
+        run *= shape[d] + ((dense != 1 && chance(15)) ? rint_in(1, 2) : 0);
         if (run == 0) run = 1;
-        if (dense && shape[d] <= 1 && chance(30)) t->stride[d] = rint_in(0, 7); /* any stride is dense at size 1 */
+        if (dense == 1 && shape[d] <= 1 && chance(30)) t->stride[d] = rint_in(0, 7); /* free at size 1 */
     }
     int64_t extent = 0;
     for (int d = 0; d < ndim; d++) extent += (shape[d] - 1) * t->stride[d];
@@ -263,7 +263,7 @@ static int mutate_generic(slot_t *s, int n, char *what, size_t wn) {
             snprintf(what, wn, "%s.device=%d", c->name, (int)t->device);
             return 1;
         case 8:
-            if (!c->contiguous || nd < 1 || t->shape[nd - 1] < 2) break;
+            if (!c->contiguous || nd < 1 || t->shape[nd - 1] < 2 || !numel(t)) break;
             t->stride[nd - 1] = 2;
             snprintf(what, wn, "%s innermost stride 2", c->name);
             return 1;
@@ -655,9 +655,43 @@ static void prep_quant(call_t *c, int *invalid, char *what, size_t wn) {
 }
 
 
-static const char *const OPS[] = {"conv1d_fwd", "scan_fwd", "step_fwd", "ssd_fwd", "ssd_step", "quantize",
-                                  "dequantize"};
+#ifdef SSMTP_LINEAR_SMALL_MAX_M
+static ssmtp_linear_params_t g_linear;
+
+static void prep_linear(call_t *c, int *invalid, char *what, size_t wn) {
+    memset(&g_linear, 0, sizeof g_linear);
+    const int32_t dt = float_dtype();
+    const int64_t M = rint_in(0, 4), K = rint_in(0, 9), N = rint_in(0, 6);
+    mk(&g_linear.x, dt, 2, (int64_t[]){M, K}, ROLE_IN, 2);
+    mk(&g_linear.weight, dt, 2, (int64_t[]){N, K}, ROLE_IN, 1);
+    if (chance(50)) mk(&g_linear.bias, dt, 1, (int64_t[]){N}, ROLE_IN, 1);
+    mk(&g_linear.out, dt, 2, (int64_t[]){M, N}, ROLE_OUT, 2);
+    add(c, &g_linear.x, "x", 1, 0, 1, 1);
+    add(c, &g_linear.weight, "weight", 1, 1, 0, 1);
+    add(c, &g_linear.bias, "bias", 0, 0, 0, 1);
+    add(c, &g_linear.out, "out", 1, 0, 0, 1);
+    *invalid = chance(75);
+    if (*invalid) {
+        int ok = 0;
+        for (int k = 0; k < 10 && !ok; k++) {
+            if (chance(80)) {
+                ok = mutate_generic(c->s, c->ns, what, wn);
+            } else if (N > 1 && K > 0) { /* weight rows not packed */
+                g_linear.weight.stride[0] = K + 1;
+                snprintf(what, wn, "weight.stride[0]=%lld (K %lld)", (long long)(K + 1), (long long)K);
+                ok = 1;
+            }
+        }
+        if (!ok) *invalid = 0;
+    }
+}
+#define N_OPS 8
+#else
 #define N_OPS 7
+#endif
+
+static const char *const OPS[] = {"conv1d_fwd", "scan_fwd", "step_fwd", "ssd_fwd", "ssd_step", "quantize",
+                                  "dequantize", "linear_small"};
 
 static ssmtp_status_t call_op(int which, void *stream) {
     switch (which) {
@@ -683,11 +717,14 @@ static ssmtp_status_t call_op(int which, void *stream) {
         return ssmtp_ssd_step(&q, stream);
     }
     case 5: return ssmtp_quantize(&g_quant, stream);
+#ifdef SSMTP_LINEAR_SMALL_MAX_M
+    case 7: return ssmtp_linear_small(&g_linear, stream);
+#endif
     default: return ssmtp_dequantize(&g_quant, stream);
     }
 }
 
-static uint64_t g_count[N_OPS][2], g_status[8];
+static uint64_t g_count[8][2], g_status[8];
 
 static void check_error(ssmtp_status_t st, const char *prefix) {
     if (st == SSMTP_OK) die("an invalid call returned SSMTP_OK (%s%s)", g_call, "");
@@ -711,6 +748,9 @@ static void one_op(int which) {
     case 2: prep_scan(&c, 0, &invalid, what, sizeof what); break;
     case 3: prep_ssd(&c, 1, &invalid, what, sizeof what); break;
     case 4: prep_ssd(&c, 0, &invalid, what, sizeof what); break;
+#ifdef SSMTP_LINEAR_SMALL_MAX_M
+    case 7: prep_linear(&c, &invalid, what, sizeof what); break;
+#endif
     default: prep_quant(&c, &invalid, what, sizeof what); break;
     }
     snprintf(g_call, sizeof g_call, "%s(%s)", c.op, what);
