@@ -190,6 +190,18 @@ static PyObject *quant_common(PyObject *args, int dequant) {
         CALL_C(ssmtp_quantize(&p, (void *)(uintptr_t)stream));
     Py_RETURN_NONE;
 }
+static PyObject *py_linear_small(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *o[4];
+    unsigned long long stream = 0;
+    if (!PyArg_ParseTuple(args, "OOOOK", &o[0], &o[1], &o[2], &o[3], &stream)) return NULL;
+    ssmtp_linear_params_t p;
+    if (!parse_tensor(o[0], &p.x, "x") || !parse_tensor(o[1], &p.weight, "weight") ||
+        !parse_tensor(o[2], &p.bias, "bias") || !parse_tensor(o[3], &p.out, "out"))
+        return NULL;
+    CALL_C(ssmtp_linear_small(&p, (void *)(uintptr_t)stream));
+    Py_RETURN_NONE;
+}
 static PyObject *py_quantize(PyObject *self, PyObject *args) {
     (void)self;
     return quant_common(args, 0);
@@ -394,6 +406,7 @@ static PyMethodDef methods[] = {
      "ssd_step(x, dt, A, B, C, D, z, dt_bias, state, state_idx, out, dt_softplus, dt_min, dt_max, stream)"},
     {"quantize", py_quantize, METH_VARARGS, "quantize(x, q, scales, block, stream)"},
     {"dequantize", py_dequantize, METH_VARARGS, "dequantize(x, q, scales, block, stream)"},
+    {"linear_small", py_linear_small, METH_VARARGS, "linear_small(x, weight, bias, out, stream)"},
     {"cuda_built", py_cuda_built, METH_NOARGS, "True when the CUDA kernels were compiled in"},
     {"build_info", py_build_info, METH_NOARGS, "what was built"},
     /* @@COMM-METHODS@@ */

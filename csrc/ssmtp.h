@@ -141,6 +141,23 @@ typedef struct {
 ssmtp_status_t ssmtp_quantize(const ssmtp_quant_params_t *p, void *stream);
 ssmtp_status_t ssmtp_dequantize(const ssmtp_quant_params_t *p, void *stream);
 
+/*
+ * Small-batch linear layer, the decode step's GEMV: out = x W^T (+ bias), fp32 accumulation, one rounding.
+ *   x      (M, K) f32/f16/bf16, rows contiguous (any row stride)
+ *   weight (N, K) same dtype, contiguous
+ *   bias   (N,) same dtype, optional
+ *   out    (M, N) same dtype, rows contiguous (any row stride)
+ * CPU: any M. CUDA: 1 <= M <= SSMTP_LINEAR_SMALL_MAX_M, K * element size a multiple of 16 bytes and x, weight 16-byte
+ * aligned (else SSMTP_ERR_UNSUPPORTED: callers use a GEMM there). The weight is streamed once (16-byte loads, several
+ * in flight per thread) and every row of x is applied to it, which is what decode at batch <= 8 needs: cuBLAS picks
+ * split-K GEMMs there that add a reduction kernel per call.
+ */
+#define SSMTP_LINEAR_SMALL_MAX_M 8
+typedef struct {
+    ssmtp_tensor_t x, weight, bias, out;
+} ssmtp_linear_params_t;
+ssmtp_status_t ssmtp_linear_small(const ssmtp_linear_params_t *p, void *stream);
+
 /* ================================================================================================================
  * Communication (csrc/nccl.c, csrc/allreduce.c, csrc/cuda/allreduce.cu)
  * ================================================================================================================

@@ -7,9 +7,12 @@ Ops (semantics in csrc/ssmtp.h; pure-torch twins in ssmtp/ref.py):
                                                                                                (mutates state)
   selective_state_update(x, dt, A, B, C, D, z, dt_bias, state, state_idx, dt_softplus) -> out  (mutates state)
   quantize_blocks(x, block, qdtype) -> (q, scales);  dequantize_blocks(q, scales, block, dtype) -> x
+  linear_small(x, weight, bias) -> out       x (M, K) W (N, K)^T (+ bias); CUDA for M <= 8 (the decode GEMV)
+and ``linear(x, weight, bias)``, which the models call: linear_small where it applies, else F.linear.
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -171,6 +174,49 @@ def dequantize_blocks(q: torch.Tensor, scales: torch.Tensor, block: int, dtype: 
 @dequantize_blocks.register_fake
 def _(q, scales, block, dtype):
     return torch.empty(q.shape, dtype=dtype, device=q.device)
+
+
+# ------------------------------------------------------------------------------------------------ small linear
+
+LINEAR_SMALL_MAX_M = 8  # SSMTP_LINEAR_SMALL_MAX_M in csrc/ssmtp.h
+_GEMV = os.environ.get("SSMTP_GEMV", "1") != "0"  # SSMTP_GEMV=0: always F.linear (for A/B measurements)
+
+
+@torch.library.custom_op("ssmtp::linear_small", mutates_args=())
+def linear_small(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    if x.dim() != 2:
+        raise ValueError(f"linear_small: x must be 2-D (M, K), got shape {tuple(x.shape)}")
+    out = torch.empty(x.shape[0], weight.shape[0] if weight.dim() == 2 else 0, dtype=x.dtype, device=x.device)
+    _C.linear_small(desc(x, "x"), desc(weight, "weight"), desc(bias, "bias"), desc(out, "out"), stream_of(x))
+    return out
+
+
+@linear_small.register_fake
+def _(x, weight, bias):
+    return x.new_empty(x.shape[0], weight.shape[0])
+
+
+def linear_small_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the CUDA small-batch kernel takes this product (else a GEMM is the right tool)."""
+    if not (_GEMV and x.is_cuda and x.dtype == weight.dtype and x.dtype in (torch.bfloat16, torch.float16,
+                                                                          torch.float32)):
+        return False
+    K = x.shape[-1]
+    m = x.numel() // K if K else 0
+    es = x.element_size()
+    return (1 <= m <= LINEAR_SMALL_MAX_M and (K * es) % 16 == 0 and weight.is_contiguous()
+            and x.data_ptr() % 16 == 0 and weight.data_ptr() % 16 == 0 and x.stride(-1) == 1)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """F.linear, except for a decode-sized batch on CUDA (<= 8 rows), where ssmtp::linear_small streams the weight
+    once instead of cuBLAS's split-K GEMM + reduction. Same math (fp32 accumulation, one rounding)."""
+    if linear_small_applies(x, weight):
+        x2 = x.reshape(-1, x.shape[-1])
+        if x2.shape[0] > 1 and (x2.stride(0) * x2.element_size()) % 16:
+            x2 = x2.contiguous()
+        return linear_small(x2, weight, bias).view(*x.shape[:-1], weight.shape[0])
+    return torch.nn.functional.linear(x, weight, bias)
 
 
 # ------------------------------------------------------------------------------------------------ Mamba-2 SSD

@@ -167,3 +167,11 @@ def ssd_step(x, dt, A, B, C, D, z, dt_bias, state, state_idx, dt_softplus, dt_mi
         if slot >= 0:
             state[slot].copy_(state_l[slot])
     return y
+
+
+def linear_small(x, weight, bias):
+    """x (M, K) W (N, K)^T (+ bias) with fp32 accumulation, rounded once to the dtype of x."""
+    out = x.float() @ weight.float().t()
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(x.dtype)

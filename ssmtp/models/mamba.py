@@ -122,15 +122,15 @@ class TPMambaMixer(nn.Module):
     def _dt_B_C(self, xc_tok: torch.Tensor):
         """xc_tok (B, L, dl) conv output -> dt (B, L, dl) before bias, B and C (B, L, N), after the all-reduce."""
         R, N = self.time_step_rank, self.ssm_state_size
-        proj = F.linear(xc_tok, self.x_proj_weight)  # partial sums over this rank's channels
+        proj = ops.linear(xc_tok, self.x_proj_weight)  # partial sums over this rank's channels
         proj = self.comm.all_reduce(proj)
         dt, B, C = torch.split(proj, [R, N, N], dim=-1)
         if self.falcon:
             dt, B, C = _rms(dt, self.rms_eps), _rms(B, self.rms_eps), _rms(C, self.rms_eps)
-        return F.linear(dt, self.dt_proj_weight), B, C
+        return ops.linear(dt, self.dt_proj_weight), B, C
 
     def _out(self, y_tok: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        out = self.comm.all_reduce(F.linear(y_tok.to(dtype), self.out_proj_weight))
+        out = self.comm.all_reduce(ops.linear(y_tok.to(dtype), self.out_proj_weight))
         return out + self.out_proj_bias if self.out_proj_bias is not None else out
 
     # ------------------------------------------------------------------ cache-agnostic entry points
@@ -157,7 +157,7 @@ class TPMambaMixer(nn.Module):
                  state_idx: Optional[torch.Tensor] = None) -> torch.Tensor:
         """One decode token per sequence. h (B, 1, H); states updated in place."""
         dl = self.d_local
-        xz = F.linear(h, self.in_proj_weight, self.in_proj_bias)  # (B, 1, 2dl)
+        xz = ops.linear(h, self.in_proj_weight, self.in_proj_bias)  # (B, 1, 2dl)
         x = xz[..., :dl].transpose(1, 2)
         xc = ops.causal_conv1d(x, self.conv_weight, self.conv_bias, conv_state, state_idx, None, True, True)
         xc_tok = xc.transpose(1, 2)  # (B, 1, dl)

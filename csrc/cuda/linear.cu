@@ -1,0 +1,184 @@
+// linear.cu - the small-batch linear layer on the GPU (decode GEMV): out (M, N) = x (M, K) W (N, K)^T (+ bias),
+// M <= 8, fp32 accumulation. Semantics identical to the CPU reference in csrc/linear.c up to the summation order.
+//
+// Why: a decode step at batch <= 8 is a chain of weight-streaming products. On H200 (2026-11-22, mamba-2.8b bf16,
+// benchmarks/profile_decode.py) cuBLAS ran out_proj (2560 x 5120) and x_proj (192 x 5120) as split-K GEMMs at
+// ~7 us each plus a 1.6 us split-K reduction kernel: 1.10 ms per step for 0.42 ms of weight bytes at HBM speed.
+//
+// Layout of the work: KS warps share one weight row (KS in {1, 2, 4, 8}, picked so that N x KS warps fill the GPU
+// about twice over), 8 warps per block, so a block covers 8 / KS rows. Lane l of warp w of a row reads the 16-byte
+// packs k = w * 32 + l + i * (KS * 32): every load instruction of a warp reads 512 contiguous bytes, and each thread
+// keeps UNROLL packs in flight (weights bypass L1: they are read once). The M rows of x are re-read from L1/L2 (the
+// same K elements for every weight row; x is at most 8 x 20 KiB). Partial sums: warp shuffle, then the KS warps of a
+// row through shared memory; the first warp of the row adds the bias and writes the M outputs.
+// Bytes moved per call: N x K x elem (weights, once) + M x (K + N) x elem; the floor is weights / HBM bandwidth.
+#include "common.cuh"
+
+#include <nvtx3/nvToolsExt.h>
+
+#define LIN_THREADS 256
+#define LIN_WARPS (LIN_THREADS / 32)
+#define LIN_UNROLL 4
+
+namespace {
+
+template <typename T> struct Pack; // 16 bytes -> floats
+template <> struct Pack<float> {
+    static constexpr int N = 4;
+    static __device__ __forceinline__ void to_f32(const uint4 &u, float (&f)[4]) {
+        f[0] = __uint_as_float(u.x), f[1] = __uint_as_float(u.y), f[2] = __uint_as_float(u.z);
+        f[3] = __uint_as_float(u.w);
+    }
+};
+template <> struct Pack<__nv_bfloat16> {
+    static constexpr int N = 8;
+    static __device__ __forceinline__ void to_f32(const uint4 &u, float (&f)[8]) {
+        const unsigned w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            f[2 * i] = __uint_as_float(w[i] << 16);
+            f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+        }
+    }
+};
+template <> struct Pack<__half> {
+    static constexpr int N = 8;
+    static __device__ __forceinline__ void to_f32(const uint4 &u, float (&f)[8]) {
+        const unsigned w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const float2 v = __half22float2(*reinterpret_cast<const __half2 *>(&w[i]));
+            f[2 * i] = v.x, f[2 * i + 1] = v.y;
+        }
+    }
+};
+
+__device__ __forceinline__ uint4 ld_stream(const uint4 *p) { // read-once data: no L1 allocation
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
+
+template <typename T, int M>
+__device__ __forceinline__ void fma_pack(const uint4 &wv, const T *x, int64_t sx, int64_t k, float (&acc)[M]) {
+    constexpr int P = Pack<T>::N;
+    float wf[P];
+    Pack<T>::to_f32(wv, wf);
+#pragma unroll
+    for (int m = 0; m < M; m++) {
+        float xf[P];
+        Pack<T>::to_f32(__ldg(reinterpret_cast<const uint4 *>(x + m * sx) + k), xf);
+#pragma unroll
+        for (int i = 0; i < P; i++) acc[m] = fmaf(wf[i], xf[i], acc[m]);
+    }
+}
+
+template <typename T, int M, int KS>
+__global__ void __launch_bounds__(LIN_THREADS)
+    linear_small_kernel(const T *__restrict__ x, int64_t sx, const T *__restrict__ w, const T *__restrict__ bias,
+                        T *__restrict__ out, int64_t so, int64_t N, int64_t K) {
+    constexpr int P = Pack<T>::N, RPB = LIN_WARPS / KS;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, kw = warp % KS;
+    const int64_t row = (int64_t)blockIdx.x * RPB + warp / KS;
+    const int64_t npk = K / P, step = KS * 32;
+    float acc[M];
+#pragma unroll
+    for (int m = 0; m < M; m++) acc[m] = 0.f;
+    if (row < N) {
+        const uint4 *wr = reinterpret_cast<const uint4 *>(w + row * K);
+        int64_t k = kw * 32 + lane;
+        for (; k + (LIN_UNROLL - 1) * step < npk; k += LIN_UNROLL * step) {
+            uint4 wv[LIN_UNROLL];
+#pragma unroll
+            for (int u = 0; u < LIN_UNROLL; u++) wv[u] = ld_stream(wr + k + u * step);
+#pragma unroll
+            for (int u = 0; u < LIN_UNROLL; u++) fma_pack<T, M>(wv[u], x, sx, k + u * step, acc);
+        }
+        for (; k < npk; k += step) fma_pack<T, M>(ld_stream(wr + k), x, sx, k, acc);
+    }
+#pragma unroll
+    for (int m = 0; m < M; m++)
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) acc[m] += __shfl_xor_sync(0xffffffffu, acc[m], o);
+    __shared__ float part[LIN_WARPS][M];
+    if (lane == 0) {
+#pragma unroll
+        for (int m = 0; m < M; m++) part[warp][m] = acc[m];
+    }
+    __syncthreads();
+    if (kw == 0 && lane < M && row < N) {
+        float s = 0.f;
+#pragma unroll
+        for (int j = 0; j < KS; j++) s += part[warp + j][lane];
+        if (bias) s += to_f32<T>(bias[row]);
+        out[lane * so + row] = from_f32<T>(s);
+    }
+}
+
+template <typename T, int M>
+static void launch_m(const ssmtp_linear_params_t *p, int ks, cudaStream_t s) {
+    const int64_t N = p->weight.shape[0], K = p->x.shape[1];
+    const unsigned grid = (unsigned)((N + LIN_WARPS / ks - 1) / (LIN_WARPS / ks));
+    const T *x = (const T *)p->x.data, *w = (const T *)p->weight.data;
+    const T *b = p->bias.data ? (const T *)p->bias.data : nullptr;
+    T *o = (T *)p->out.data;
+    const int64_t sx = p->x.stride[0], so = p->out.stride[0];
+    switch (ks) {
+    case 1: linear_small_kernel<T, M, 1><<<grid, LIN_THREADS, 0, s>>>(x, sx, w, b, o, so, N, K); break;
+    case 2: linear_small_kernel<T, M, 2><<<grid, LIN_THREADS, 0, s>>>(x, sx, w, b, o, so, N, K); break;
+    case 4: linear_small_kernel<T, M, 4><<<grid, LIN_THREADS, 0, s>>>(x, sx, w, b, o, so, N, K); break;
+    default: linear_small_kernel<T, M, 8><<<grid, LIN_THREADS, 0, s>>>(x, sx, w, b, o, so, N, K); break;
+    }
+}
+
+// Warps per weight row: the fewest that give >= 2 x (SMs x 32) warps in all, while every lane of a row still has at
+// least one 16-byte pack to read.
+static int pick_ks(int64_t N, int64_t npk, int sms) {
+    int ks = 1;
+    while (ks < 8 && N * ks < 2LL * sms * 32 && npk >= 2LL * ks * 32) ks *= 2;
+    return ks;
+}
+
+} // namespace
+
+extern "C" ssmtp_status_t ssmtp_cuda_linear_small(const ssmtp_linear_params_t *p, void *stream) {
+    const char *op = "linear_small";
+    const int64_t M = p->x.shape[0], K = p->x.shape[1], N = p->weight.shape[0];
+    if (M < 1 || M > SSMTP_LINEAR_SMALL_MAX_M)
+        return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, "%s: M=%lld rows of x on CUDA, supported 1..%d", op, (long long)M,
+                          SSMTP_LINEAR_SMALL_MAX_M);
+    const int64_t es = (int64_t)ssmtp_dtype_size(p->x.dtype);
+    if ((K * es) % 16 || (uintptr_t)p->x.data % 16 || (uintptr_t)p->weight.data % 16 ||
+        (M > 1 && (p->x.stride[0] * es) % 16))
+        return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, "%s: K=%lld (x %lld-byte rows, stride %lld) needs 16-byte aligned rows "
+                          "of x and weight on CUDA", op, (long long)K, (long long)(K * es), (long long)p->x.stride[0]);
+    if (N == 0) return SSMTP_OK;
+    SSMTP_TRY(ssmtp_cuda_set_device(p->x.device));
+    static int sms_of[64]; // multiprocessors per device, asked once (a benign race: every writer stores the same)
+    const int dev = p->x.device;
+    int sms = dev < 64 ? sms_of[dev] : 0;
+    if (sms == 0) {
+        SSMTP_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+        if (dev < 64) sms_of[dev] = sms;
+    }
+    const int ks = pick_ks(N, K * es / 16, sms);
+    cudaStream_t s = (cudaStream_t)stream;
+    nvtxRangePushA("ssmtp::linear_small");
+    SSMTP_DISPATCH_FLOAT(p->x.dtype, T, op, {
+        switch (M) {
+        case 1: launch_m<T, 1>(p, ks, s); break;
+        case 2: launch_m<T, 2>(p, ks, s); break;
+        case 3: launch_m<T, 3>(p, ks, s); break;
+        case 4: launch_m<T, 4>(p, ks, s); break;
+        case 5: launch_m<T, 5>(p, ks, s); break;
+        case 6: launch_m<T, 6>(p, ks, s); break;
+        case 7: launch_m<T, 7>(p, ks, s); break;
+        default: launch_m<T, 8>(p, ks, s); break;
+        }
+    });
+    nvtxRangePop();
+    SSMTP_CUDA_CHECK_LAUNCH(op);
+    return SSMTP_OK;
+}
