@@ -274,3 +274,18 @@ def test_hybrid_max_model_len_bounds_requests_and_sizes_the_kv():
     with pytest.raises(ValueError, match="exceeds max_model_len=40"):
         llm.generate([[5] * 30], max_new_tokens=11)
     assert LLM("tiny-zamba2", progress=False, num_slots=1, prefix_cache=False).max_model_len == 1024  # the config
+
+
+def test_hybrid_decode_attends_over_key_buckets():
+    """Decode attends over the keys in use rounded up to a bucket (256, 512, ..., max_model_len): a request crossing
+    a bucket boundary still gives HF's tokens and logits."""
+    model = build_zamba2("odd")
+    p = torch.randint(3, 99, (250,), generator=torch.Generator().manual_seed(4)).tolist()
+    llm = LLM(model, progress=False, max_model_len=600, num_slots=1, prefix_cache=False)
+    assert llm.runner.kv_buckets == [256, 512, 600] and llm.runner.kv_bucket(257) == 512
+    out = llm.generate([p], max_new_tokens=12, return_logits=True)[0]
+    with torch.no_grad():
+        g = model.generate(torch.tensor([p]), max_new_tokens=12, do_sample=False, output_logits=True,
+                           return_dict_in_generate=True)
+    assert out.token_ids == g.sequences[0, len(p):].tolist()
+    _close(torch.stack(out.logits), torch.stack([lg[0] for lg in g.logits]), 1e-4, "logits across a key bucket")

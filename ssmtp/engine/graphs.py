@@ -54,6 +54,10 @@ class GraphDecoder:
         self.max_bs = self.sizes[-1]
         self._inputs = torch.zeros(self.max_bs, 2, dtype=torch.int64, device=self.device)
         self._graphs: dict[int, tuple] = {}  # bs -> (graph, logits, argmax)
+        # hybrid runners (K/V per slot): graphs also per key-length bucket T, attending over T keys, not max_model_len;
+        # _graphs holds the full-length ones (captured up front), _graphs_kv[(bs, T)] the shorter ones (on first use)
+        self.kv_buckets = list(getattr(runner, "kv_buckets", None) or [])
+        self._graphs_kv: dict[tuple, tuple] = {}
         self._mempool = torch.cuda.graph_pool_handle()
 
     def bucket(self, n: int) -> int:
@@ -66,16 +70,30 @@ class GraphDecoder:
     def captured(self) -> list[int]:
         return sorted(self._graphs)
 
-    def _body(self, bs: int):
+    @property
+    def captured_kv(self) -> list[tuple]:
+        return sorted(self._graphs_kv)
+
+    def _body(self, bs: int, kv_len: Optional[int] = None):
         ids = self._inputs[:bs, 0]
         idx = self._inputs[:bs, 1].to(torch.int32)
         pos = torch.zeros_like(ids)  # Mamba ignores positions; a hybrid runner takes them from its own buffers
-        logits = self.runner.decode(ids, pos, idx, self.pool)
+        if kv_len is None:
+            logits = self.runner.decode(ids, pos, idx, self.pool)
+        else:
+            logits = self.runner.decode(ids, pos, idx, self.pool, kv_len=kv_len)
         return logits, logits.argmax(-1)
 
+    def kv_bucket(self, kv_len: Optional[int]) -> Optional[int]:
+        """The key-length bucket for a step whose longest row needs kv_len keys (None: the full-length graph)."""
+        if kv_len is None or not self.kv_buckets:
+            return None
+        i = bisect.bisect_left(self.kv_buckets, kv_len)
+        return None if i >= len(self.kv_buckets) - 1 else self.kv_buckets[i]
+
     @torch.no_grad()
-    def capture(self, bs: int) -> None:
-        if bs in self._graphs:
+    def capture(self, bs: int, kv_len: Optional[int] = None) -> None:
+        if (bs in self._graphs) if kv_len is None else ((bs, kv_len) in self._graphs_kv):
             return
         self._inputs[:bs, 0].zero_()
         self._inputs[:bs, 1].fill_(-1)  # warm-up rows are padding: no slot is touched
@@ -83,13 +101,17 @@ class GraphDecoder:
         s.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(s):
             for _ in range(2):
-                self._body(bs)
+                self._body(bs, kv_len)
         torch.cuda.current_stream(self.device).wait_stream(s)
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g, pool=self._mempool):
-            logits, greedy = self._body(bs)
-        self._graphs[bs] = (g, logits, greedy)
-        log.info("ssmtp: captured the decode graph for batch %d", bs)
+            logits, greedy = self._body(bs, kv_len)
+        if kv_len is None:
+            self._graphs[bs] = (g, logits, greedy)
+            log.info("ssmtp: captured the decode graph for batch %d", bs)
+        else:
+            self._graphs_kv[(bs, kv_len)] = (g, logits, greedy)
+            log.info("ssmtp: captured the decode graph for batch %d over %d keys", bs, kv_len)
 
     def capture_all(self, progress: bool = False) -> None:
         sizes = sorted(self.sizes, reverse=True)
@@ -103,13 +125,17 @@ class GraphDecoder:
         for bs in sizes:
             self.capture(bs)
 
-    def run(self, ids: Sequence[int], slots: Sequence[int]):
+    def run(self, ids: Sequence[int], slots: Sequence[int], kv_len: Optional[int] = None):
         """Decode one token for each of n rows; returns (logits (n, V) fp32, greedy tokens (n,) int64) - views of the
-        graph's output buffers, valid until the next run."""
+        graph's output buffers, valid until the next run. kv_len (hybrid runners): keys the longest row attends
+        (its position + 1); the graph of the smallest key-length bucket holding it is replayed."""
         n = len(ids)
         bs = self.bucket(n)
-        if bs not in self._graphs:
+        T = self.kv_bucket(kv_len)
+        if T is None and bs not in self._graphs:
             self.capture(bs)
+        if T is not None and (bs, T) not in self._graphs_kv:
+            self.capture(bs, T)
         st = torch.empty(bs, 2, dtype=torch.int64, pin_memory=True)
         st[:n, 0] = torch.as_tensor(ids, dtype=torch.int64)
         st[:n, 1] = torch.as_tensor(slots, dtype=torch.int64)
@@ -117,7 +143,7 @@ class GraphDecoder:
             st[n:bs, 0] = 0
             st[n:bs, 1] = -1
         self._inputs[:bs].copy_(st, non_blocking=True)
-        g, logits, greedy = self._graphs[bs]
+        g, logits, greedy = self._graphs[bs] if T is None else self._graphs_kv[(bs, T)]
         g.replay()
         return logits[:n], greedy[:n]
 

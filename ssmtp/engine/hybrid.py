@@ -20,8 +20,10 @@ row touches no live K/V position and ``len`` of no slot; it is never attended (k
 A slot is zeroed when handed out (len = 0), a prefix-cache entry restores K/V up to its prefix together with len.
 
 Positions come from ``len``, never from the engine's ``start`` / ``pos`` arguments: decode is then a function of
-static buffers only (CUDA-graph capturable; attention runs over all max_len keys with a length mask). Prefill reads
-the longest row's length back to the host once per call to attend over only the keys in use (prefill is eager).
+static buffers only (CUDA-graph capturable; attention runs over a static key length T with a length mask: the engine
+passes the longest live row's length, and the graph decoder rounds it up to a bucket of kv_buckets, so a step reads
+the K/V in use, not all max_len). Prefill reads the longest row's length back to the host once per call to attend
+over only the keys in use (prefill is eager).
 """
 from __future__ import annotations
 
@@ -144,6 +146,23 @@ class HybridRunner(ModelRunner):
         if n < 1:
             raise ValueError(f"max_model_len must be >= 1, got {n}")
         self.max_len = int(n)
+        return self.max_len
+
+    @property
+    def kv_buckets(self) -> list[int]:
+        """Key lengths decode graphs are captured for: powers of two from 256, then max_len (the last one)."""
+        out, b = [], 256
+        while b < self.max_len:
+            out.append(b)
+            b *= 2
+        return out + [self.max_len]
+
+    def kv_bucket(self, n: int) -> int:
+        """The smallest of kv_buckets >= n keys (eager decode uses it too: the same shapes, so the same rounding, as
+        the graphs)."""
+        for b in self.kv_buckets:
+            if b >= n:
+                return b
         return self.max_len
 
     def decode_weight_bytes(self) -> int:
@@ -315,8 +334,9 @@ class HybridRunner(ModelRunner):
 
     # ------------------------------------------------------------------ forward
 
-    def _forward(self, ids, seq_lens, state_idx, pool: SlotPool, decode: bool):
-        """ids (B, L). Returns the final hidden states (B, L, H) before the final norm; updates every state."""
+    def _forward(self, ids, seq_lens, state_idx, pool: SlotPool, decode: bool, kv_len: Optional[int] = None):
+        """ids (B, L). Returns the final hidden states (B, L, H) before the final norm; updates every state.
+        kv_len (decode): keys attended, >= every live row's position + 1 (default max_len)."""
         B, L = ids.shape
         dev = ids.device
         eps = self.eps
@@ -330,7 +350,7 @@ class HybridRunner(ModelRunner):
         pos = start[:, None] + t  # (B, L) absolute positions
         if decode:
             ok = valid[:, None].expand(B, L)
-            T = self.max_len  # static: graph-capturable
+            T = min(int(kv_len), self.max_len) if kv_len else self.max_len  # static: graph-capturable
             new = valid.to(torch.long)
         else:
             sl = seq_lens.to(torch.long)
@@ -385,7 +405,9 @@ class HybridRunner(ModelRunner):
         return F.linear(x, self.head_weight()).float()
 
     @torch.no_grad()
-    def decode(self, ids, pos, state_idx, pool: SlotPool) -> torch.Tensor:
-        h = self._forward(ids[:, None], None, state_idx, pool, decode=True)
+    def decode(self, ids, pos, state_idx, pool: SlotPool, kv_len: Optional[int] = None) -> torch.Tensor:
+        """kv_len: attend over the first kv_len keys of each slot (>= every live row's position + 1; a bucket of it
+        under CUDA graphs), instead of all max_len."""
+        h = self._forward(ids[:, None], None, state_idx, pool, decode=True, kv_len=kv_len)
         x = _rms_norm(h[:, 0], self.norm_f, self.eps)
         return F.linear(x, self.head_weight()).float()

@@ -562,13 +562,17 @@ class LLM:
         ids = [r.out[-1] for r in dec]
         slots = [r.slot for r in dec]
         greedy = None
+        # hybrid runners attend over the keys in use (the longest row's position + 1), rounded up to a bucket
+        kv = {}
+        if getattr(self.runner, "kv_buckets", None):
+            kv["kv_len"] = self.runner.kv_bucket(max(r.length + len(r.out) for r in dec))
         if self.graphs is not None:
-            logits, greedy = self.graphs.run(ids, slots)
+            logits, greedy = self.graphs.run(ids, slots, **kv)
         else:
             dev = self.device
             ids_t = torch.tensor(ids, dtype=torch.int64).to(dev)
             pos = torch.tensor([r.length + len(r.out) - 1 for r in dec], dtype=torch.int64).to(dev)
-            logits = self.runner.decode(ids_t, pos, torch.tensor(slots, dtype=torch.int32).to(dev), self.pool)
+            logits = self.runner.decode(ids_t, pos, torch.tensor(slots, dtype=torch.int32).to(dev), self.pool, **kv)
         self.steps["decode"] += 1
         toks = self._sample(dec, logits, greedy)
         finished = []
