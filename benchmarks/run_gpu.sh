@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension, run the GPU tests, run the benchmarks.
 # Everything lands under $OUT (default benchmarks/results/latest): logs, JSON, PNG.
-#   bash benchmarks/run_gpu.sh [tests|ops|allreduce|engine|throughput|ablation|leak|train|all ...]   (default: all)
+#   bash benchmarks/run_gpu.sh [tests|ops|allreduce|engine|throughput|ablation|leak|profile|train|all ...]   (default: all)
 # Budget knobs (seconds; 0 = no limit): THROUGHPUT_BUDGET_S (per TP run, default 120), THROUGHPUT_ARGS (e.g.
 # "--quick" or "--model mamba-2.8b"), ABLATION_BUDGET_S (default 90), ABLATION_ARGS (e.g. "--quick"),
 # ABLATION_BACKENDS (default auto,nccl,custom,quant-int8,quant-fp8; the first is the baseline).
@@ -65,6 +65,14 @@ if want leak; then
   # 500; at TP=2 also 20 Communicator create/close cycles. LEAK_ARGS: e.g. "--steps 2000" for a shorter run
   run python benchmarks/leak_check.py --out "$OUT/leak-tp1.json" ${LEAK_ARGS:-}
   [ "$ngpu" -ge 2 ] && run torchrun --nproc_per_node 2 benchmarks/leak_check.py --out "$OUT/leak-tp2.json" ${LEAK_ARGS:-}
+fi
+if want profile; then
+  # per-kernel time of a graph decode step (B = 1, 8, 256) and of an eager 1x1024 prefill; decode again with the
+  # small-batch GEMV off (SSMTP_GEMV=0: cuBLAS for every projection), side by side
+  run torchrun --nproc_per_node 1 benchmarks/profile_decode.py --batches 1,8,256 --prefill 1x1024 \
+    --out "$OUT/profile-tp1.json"
+  run env SSMTP_GEMV=0 torchrun --nproc_per_node 1 benchmarks/profile_decode.py --batches 1,8 \
+    --out "$OUT/profile-tp1-cublas.json"
 fi
 if want train; then
   run timeout "${TRAIN_TIMEOUT:-240}" python benchmarks/train_tiny.py --out "$OUT/tiny-mamba-bytes" --steps "${TRAIN_STEPS:-1500}"
