@@ -16,6 +16,10 @@ states read + written (conv: width-1 history columns read, state_len written). G
 device copy rate measured on this machine, shared/reference/measured-h200.md). The scan's arithmetic floor is
 reported too: one ex2 per state element per step at 16/clk/SM (sm_90 MUFU), at an assumed 1.98 GHz.
 
+Kernels side by side: every scan case is run with SSMTP_SCAN_KERNEL=loop and =chunked, every decode-step case with
+SSMTP_STEP_KERNEL=block and =pipe, on the same input sets in the same run (the "kernel" field of each row); the scan
+sweep also times the chunked kernel at 4, 8 and 16 lanes per channel (SSMTP_SCAN_P).
+
 HF baseline: transformers' MambaMixer.slow_forward, written out inline (discrete_A = exp(A*dt), deltaB_u, a Python
 loop over time; decode: the cache path; conv: nn.Conv1d / roll-and-sum), prefill only for B*L <= 4096.
 """
@@ -52,6 +56,9 @@ PREFILL = [(1, 512), (1, 2048), (1, 8192), (1, 32768), (8, 512), (8, 2048)]
 DECODE = [1, 8, 64, 256]
 DTYPE = torch.bfloat16
 ESZ = 2
+# Kernels timed side by side per op (the env knob each launcher reads; the first is the default).
+KERNELS = {"scan": ["loop", "chunked"], "step": ["block", "pipe"]}
+KERNEL_ENV = {"scan": "SSMTP_SCAN_KERNEL", "step": "SSMTP_STEP_KERNEL"}
 
 
 def case_table(quick=False):
@@ -334,6 +341,17 @@ def chunk_sweep(flt=""):
         nbytes = bytes_moved(c)
         nsets = int(max(1, min(256, math.ceil(3 * L2_BYTES / nbytes))))
         sets = [make_inputs(c) for _ in range(nsets)]
+        os.environ["SSMTP_SCAN_KERNEL"] = "chunked"
+        for lanes in (4, 8, 16):  # the chunked kernel's lanes per channel (chunk = 8 x lanes steps)
+            os.environ["SSMTP_SCAN_P"] = str(lanes)
+            ok, err, _ = validate(c, p)
+            t, _ = time_graph(c, p, sets, 1e-3)
+            out.append(dict(label=c["label"], kernel="chunked", lanes=lanes, us=t * 1e6, GBps=nbytes / t / 1e9,
+                            valid=ok))
+            print(f"sweep {c['label']:<40} chunked lanes={lanes:>2} {t * 1e6:9.1f} us {'ok' if ok else 'INVALID'}",
+                  flush=True)
+        os.environ.pop("SSMTP_SCAN_P", None)
+        os.environ["SSMTP_SCAN_KERNEL"] = "loop"
         for tpc, u in ((1, 8), (1, 4), (2, 4)):
             os.environ["SSMTP_SCAN_TPC"] = str(tpc)
             os.environ["SSMTP_SCAN_U"] = str(u)
@@ -344,13 +362,14 @@ def chunk_sweep(flt=""):
                     os.environ.pop("SSMTP_SCAN_CHUNKS", None)
                 ok, err, _ = validate(c, p)
                 t, _ = time_graph(c, p, sets, 1e-3)
-                out.append(dict(label=c["label"], tpc=tpc, u=u, chunks=k or "auto", us=t * 1e6,
+                out.append(dict(label=c["label"], kernel="loop", tpc=tpc, u=u, chunks=k or "auto", us=t * 1e6,
                                 GBps=nbytes / t / 1e9, valid=ok))
                 print(f"sweep {c['label']:<40} tpc={tpc} u={u} chunks={k or 'auto':>4} {t * 1e6:9.1f} us "
                       f"{'ok' if ok else 'INVALID'}", flush=True)
         os.environ.pop("SSMTP_SCAN_CHUNKS", None)
         os.environ.pop("SSMTP_SCAN_TPC", None)
         os.environ.pop("SSMTP_SCAN_U", None)
+        os.environ.pop("SSMTP_SCAN_KERNEL", None)
         del sets
         torch.cuda.empty_cache()
     return out
@@ -391,35 +410,44 @@ def main():
             continue
         p = make_params(c)
         nbytes = bytes_moved(c)
-        ok, err, serr = validate(c, p)
         nsets = int(max(1, min(256, math.ceil(3 * L2_BYTES / nbytes))))
         sets = [make_inputs(c) for _ in range(nsets)]
-        k = [0]
+        hf_us = None
+        for kernel in KERNELS.get(c["op"], [None]):  # every kernel of the op on the same input sets
+            env = KERNEL_ENV.get(c["op"])
+            if env and kernel:
+                os.environ[env] = kernel
+            ok, err, serr = validate(c, p)
+            k = [0]
 
-        def eager():
-            run_op(c, p, sets[k[0] % nsets])
-            k[0] += 1
+            def eager(sets=sets):
+                run_op(c, p, sets[k[0] % nsets])
+                k[0] += 1
 
-        t_eager = time_eager(eager)
-        t_graph, R = time_graph(c, p, sets, t_eager)
-        row = dict(c, bytes=nbytes, sets=nsets, graph_calls=R, us=t_graph * 1e6, us_eager=t_eager * 1e6,
-                   GBps=nbytes / t_graph / 1e9, frac_hbm=nbytes / t_graph / HBM_BPS, valid=ok, max_abs_err=err,
-                   max_state_err=serr)
-        fl = mufu_floor_s(c)
-        if fl > 0:
-            row["mufu_floor_us"] = fl * 1e6
-            row["frac_mufu_floor"] = fl / t_graph
-        hf = None if args.no_hf else hf_fn(c)
-        if hf is not None:
-            t = sets[0]
-            it = 3 if c["phase"] == "prefill" else 10
-            row["hf_us"] = time_eager(lambda: hf(c, p, t), iters=it, warmup=1) * 1e6
-            row["speedup_vs_hf"] = row["hf_us"] / row["us"]
+            t_eager = time_eager(eager)
+            t_graph, R = time_graph(c, p, sets, t_eager)
+            row = dict(c, kernel=kernel or "", bytes=nbytes, sets=nsets, graph_calls=R, us=t_graph * 1e6,
+                       us_eager=t_eager * 1e6, GBps=nbytes / t_graph / 1e9, frac_hbm=nbytes / t_graph / HBM_BPS,
+                       valid=ok, max_abs_err=err, max_state_err=serr)
+            fl = mufu_floor_s(c)
+            if fl > 0:
+                row["mufu_floor_us"] = fl * 1e6
+                row["frac_mufu_floor"] = fl / t_graph
+            hf = None if args.no_hf else hf_fn(c)
+            if hf is not None:
+                if hf_us is None:
+                    t = sets[0]
+                    it = 3 if c["phase"] == "prefill" else 10
+                    hf_us = time_eager(lambda: hf(c, p, t), iters=it, warmup=1) * 1e6
+                row["hf_us"] = hf_us
+                row["speedup_vs_hf"] = row["hf_us"] / row["us"]
+            if env:
+                os.environ.pop(env, None)
+            rows.append(row)
+            print(f"{c['label']:<48} {kernel or '':<8} {row['us']:9.1f} us {row['GBps']:7.0f} GB/s "
+                  f"{100 * row['frac_hbm']:5.1f}% {'ok' if ok else 'INVALID'}", flush=True)
         del sets
         torch.cuda.empty_cache()
-        rows.append(row)
-        print(f"{c['label']:<48} {row['us']:9.1f} us {row['GBps']:7.0f} GB/s {100 * row['frac_hbm']:5.1f}% "
-              f"{'ok' if ok else 'INVALID'}", flush=True)
     sweeps = [] if args.no_sweep else chunk_sweep(args.filter)
     meta = dict(git_commit=git_commit(), date=datetime.datetime.now(datetime.timezone.utc).isoformat(),
                 device=dev_name, torch=torch.__version__, build=ops.build_info(), hbm_Bps=HBM_BPS,
@@ -432,7 +460,7 @@ def main():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         fig, ax = plt.subplots(figsize=(10, max(4, 0.18 * len(rows))))
-        labels = [r["label"] for r in rows]
+        labels = [f"{r['label']} {r['kernel']}".strip() for r in rows]
         colors = {"conv": "tab:blue", "scan": "tab:orange", "step": "tab:green"}
         ax.barh(range(len(rows)), [r["GBps"] for r in rows], color=[colors[r["op"]] for r in rows])
         ax.axvline(HBM_BPS / 1e9, color="k", ls="--", lw=1, label="4.26 TB/s copy rate")
@@ -447,13 +475,14 @@ def main():
     except ImportError:
         print("bench_ops: matplotlib not importable, no plot", file=sys.stderr)
     print(f"\nwrote {out_path}  ({len(rows)} cases, {time.time() - t_start:.0f} s)")
-    hdr = f"{'case':<48} {'us':>9} {'GB/s':>7} {'%HBM':>6} {'%MUFU':>6} {'HF us':>10} {'x HF':>8} valid"
+    hdr = (f"{'case':<48} {'kernel':<8} {'us':>9} {'GB/s':>7} {'%HBM':>6} {'%MUFU':>6} {'HF us':>10} {'x HF':>8} "
+           "valid")
     print(hdr)
     for r in rows:
         mf = f"{100 * r['frac_mufu_floor']:5.1f}%" if "frac_mufu_floor" in r else "     -"
         hf = f"{r['hf_us']:10.0f} {r['speedup_vs_hf']:7.1f}x" if "hf_us" in r else f"{'-':>10} {'-':>8}"
-        print(f"{r['label']:<48} {r['us']:9.1f} {r['GBps']:7.0f} {100 * r['frac_hbm']:5.1f}% {mf} {hf} "
-              f"{'ok' if r['valid'] else 'INVALID'}")
+        print(f"{r['label']:<48} {r['kernel']:<8} {r['us']:9.1f} {r['GBps']:7.0f} {100 * r['frac_hbm']:5.1f}% {mf} "
+              f"{hf} {'ok' if r['valid'] else 'INVALID'}")
 
 
 if __name__ == "__main__":

@@ -283,9 +283,21 @@ def _scan_cpu(args, st_cpu):
                               cpu(sl), sp, load)
 
 
+# The two scan kernels (SSMTP_SCAN_KERNEL): "loop" (a thread walks time; chunked over blocks for few sequences) and
+# "chunked" (blocks walk chunks of steps, scanned in parallel over lanes). Both run every case; SSMTP_SCAN_CHUNKS
+# only steers the loop kernel.
+SCAN_KERNELS = ["loop", "chunked"]
+
+
+@pytest.mark.parametrize("kernel", SCAN_KERNELS)
 @pytest.mark.parametrize("dname", list(DT))
 @pytest.mark.parametrize("case", SCAN_CASES, ids=[c[0] for c in SCAN_CASES])
-def test_scan_cuda_vs_cpu(case, dname, monkeypatch):
+def test_scan_cuda_vs_cpu(case, dname, kernel, monkeypatch):
+    _check_scan(case, dname, kernel, monkeypatch)
+
+
+def _check_scan(case, dname, kernel, monkeypatch):
+    monkeypatch.setenv("SSMTP_SCAN_KERNEL", kernel)
     chunks = case[-1]
     if chunks is not None:
         monkeypatch.setenv("SSMTP_SCAN_CHUNKS", str(chunks))
@@ -318,11 +330,54 @@ def test_scan_cuda_kernel_variants(case, dname, variant, monkeypatch):
         monkeypatch.setenv("SSMTP_SCAN_TPC", variant[3:])
     else:
         monkeypatch.setenv("SSMTP_SCAN_U", "4")
-    test_scan_cuda_vs_cpu(case, dname, monkeypatch)
+    _check_scan(case, dname, "loop", monkeypatch)
+
+
+CHUNKED_P_CASES = [c for c in SCAN_CASES if c[0] in ("mamba-like-chan", "seqlen-1", "long-chunks-lens-pad",
+                                                      "zamba-heads-2", "long-B1-auto-chunks", "dstate-5-nogate",
+                                                      "strided-long-chunks", "no-state-lens", "seqlen-0")]
+
+
+@pytest.mark.parametrize("lanes", ["4", "8", "16"])
+@pytest.mark.parametrize("dname", list(DT))
+@pytest.mark.parametrize("case", CHUNKED_P_CASES, ids=[c[0] for c in CHUNKED_P_CASES])
+def test_scan_cuda_chunked_lanes(case, dname, lanes, monkeypatch):
+    """The chunked kernel at each lane count per channel (SSMTP_SCAN_P: chunks of 32, 64, 128 steps) for
+    d_state <= 16, whatever the launcher would pick for the shape."""
+    monkeypatch.setenv("SSMTP_SCAN_P", lanes)
+    _check_scan(case, dname, "chunked", monkeypatch)
+
+
+def test_scan_cuda_kernels_agree(monkeypatch):
+    """The loop and chunked kernels compute the same function (f32, long, ragged lengths, several chunks each)."""
+    case = ("kernels-agree", 3, 200, 1500, 16, 1, "chan", "load", "perm", [1500, 777, 64], "zDbs", None)
+    outs, states = [], []
+    for k in SCAN_KERNELS:
+        monkeypatch.setenv("SSMTP_SCAN_KERNEL", k)
+        args = _scan_inputs(case, "f32")
+        out = nan_like(args[0].gpu)
+        _scan_cuda(args, out)
+        torch.cuda.synchronize()
+        outs.append(out.cpu())
+        states.append(args[8].gpu.cpu())
+    # each kernel is within SCAN_TOL["f32"] of the CPU op, so within twice that of the other
+    close(outs[1], outs[0], 2e-4, 1e-3, "chunked vs loop: out")
+    close(states[1], states[0], 2e-4, 1e-3, "chunked vs loop: state")
+
+
+def test_scan_cuda_kernel_knob_rejects_unknown(monkeypatch):
+    """An unknown SSMTP_SCAN_KERNEL is an error, not a silent fallback."""
+    monkeypatch.setenv("SSMTP_SCAN_KERNEL", "nope")
+    case = SCAN_CASES[0]
+    args = _scan_inputs(case, "f32")
+    with pytest.raises(Exception, match="SSMTP_SCAN_KERNEL"):
+        _scan_cuda(args, nan_like(args[0].gpu))
 
 
 def test_scan_cuda_chunked_matches_one_pass(monkeypatch):
-    """The three-launch chunked scan and the single pass compute the same function (f32, long, slow decays)."""
+    """The loop kernel's three-launch chunking and its single pass compute the same function (f32, long, slow
+    decays)."""
+    monkeypatch.setenv("SSMTP_SCAN_KERNEL", "loop")
     case = ("chunk-vs-pass", 2, 64, 2000, 16, 1, "chan", "load", "perm", [2000, 1500], "zDbs", None)
     outs, states = [], []
     for k in ("1", "9"):
@@ -337,9 +392,11 @@ def test_scan_cuda_chunked_matches_one_pass(monkeypatch):
     close(states[1], states[0], 1e-4, 5e-4, "chunked vs one pass: state")
 
 
-def test_scan_cuda_continuation(monkeypatch):
+@pytest.mark.parametrize("kernel", SCAN_KERNELS)
+def test_scan_cuda_continuation(kernel, monkeypatch):
     """Prefill in two pieces (the second continuing from the state the first wrote) equals one prefill."""
     monkeypatch.delenv("SSMTP_SCAN_CHUNKS", raising=False)
+    monkeypatch.setenv("SSMTP_SCAN_KERNEL", kernel)
     case = ("continue", 2, 96, 900, 16, 1, "chan", "fresh", "perm", None, "zDbs", None)
     x, dt, A, B, C, Dp, z, dtb, state, idx, sl, sp, _ = _scan_inputs(case, "f32")
     s_one = state.gpu.clone()
@@ -431,9 +488,16 @@ def _step_cuda(args, out):
                 ops.stream_of(x.gpu))
 
 
+# The decode-step kernels (SSMTP_STEP_KERNEL): "block" (one round trip per block of rows) and "pipe" (grid-stride
+# items, next item's loads in flight during the compute; N % 4 == 0 and N <= 128, else the same paths as "block").
+STEP_KERNELS = ["block", "pipe"]
+
+
+@pytest.mark.parametrize("kernel", STEP_KERNELS)
 @pytest.mark.parametrize("dname", list(DT))
 @pytest.mark.parametrize("case", STEP_CASES, ids=[c[0] for c in STEP_CASES])
-def test_step_cuda_vs_cpu(case, dname):
+def test_step_cuda_vs_cpu(case, dname, kernel, monkeypatch):
+    monkeypatch.setenv("SSMTP_STEP_KERNEL", kernel)
     args = _step_inputs(case, dname)
     x, dt, A, B, C, Dp, z, dtb, state, idx, sp = args
     st_cpu = state.cpu.clone()
@@ -446,8 +510,29 @@ def test_step_cuda_vs_cpu(case, dname):
     close(state.gpu, st_cpu, *STEP_STATE_TOL, "state")
 
 
-def test_step_cuda_repeated_steps_track_cpu():
+@pytest.mark.parametrize("dname", list(DT))
+def test_step_cuda_pipe_grid_stride(dname, monkeypatch):
+    """The pipe kernel with one block per SM, so that each block walks several items (the prefetch of the next
+    item, the last item of a block, padded slots and a channel count that is not a multiple of the block's)."""
+    monkeypatch.setenv("SSMTP_STEP_KERNEL", "pipe")
+    monkeypatch.setenv("SSMTP_STEP_BLOCKS_PER_SM", "1")
+    case = ("pipe-grid-stride", 70, 1000, 16, 2, "wide", "pad", "zDbs", "plain")
+    args = _step_inputs(case, dname)
+    x, dt, A, B, C, Dp, z, dtb, state, idx, sp = args
+    st_cpu = state.cpu.clone()
+    ref = ops.selective_state_update(x.cpu, dt.cpu, A.cpu, B.cpu, C.cpu, cpu(Dp), cpu(z), cpu(dtb), st_cpu,
+                                     cpu(idx), sp)
+    out = nan_like(x.gpu)
+    _step_cuda(args, out)
+    torch.cuda.synchronize()
+    close(out, ref, *STEP_TOL[dname], "out")
+    close(state.gpu, st_cpu, *STEP_STATE_TOL, "state")
+
+
+@pytest.mark.parametrize("kernel", STEP_KERNELS)
+def test_step_cuda_repeated_steps_track_cpu(kernel, monkeypatch):
     """64 decode steps in a row on the same slots: the states stay within the tight bound of the CPU's."""
+    monkeypatch.setenv("SSMTP_STEP_KERNEL", kernel)
     case = ("repeat", 6, 80, 16, 1, "contig", "pad", "zDbs", "plain")
     args = list(_step_inputs(case, "f32"))
     state = args[8]
@@ -469,8 +554,10 @@ def test_step_cuda_repeated_steps_track_cpu():
 
 # ============================================================================================== CUDA graphs
 
-def test_decode_graph_capture():
+@pytest.mark.parametrize("kernel", STEP_KERNELS)
+def test_decode_graph_capture(kernel, monkeypatch):
     """conv decode + step captured in a CUDA graph and replayed equal the same ops run eagerly."""
+    monkeypatch.setenv("SSMTP_STEP_KERNEL", kernel)
     g = _gen("graph")
     batch, dim, N, width, slen = 8, 96, 16, 4, 4
     dev = "cuda"

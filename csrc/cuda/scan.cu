@@ -2,10 +2,14 @@
 // ngroups, D, z gating, dt_bias + softplus, initial/final state in slot-indexed rows, right-padded seq_lens.
 // Semantics: ssmtp_scan_fwd in csrc/ssmtp.h; CPU reference: csrc/scan.c.
 //
-// Work mapping. A thread owns one channel and NS <= 16 of its states (TPC = ceil(N/16) threads per channel when
-// d_state > 16, adjacent lanes, y summed with xor shuffles) and walks time. Consecutive threads are consecutive
-// channels, so with the model's layout (x, dt, z, out channel-contiguous: stride[1] == 1) each per-step load and
-// store of a warp is one contiguous run; other strides are correct, uncoalesced. B and C (shared by the channels
+// Two kernels, chosen per call by SSMTP_SCAN_KERNEL: "loop" (the default; below) and "chunked" (further down: blocks
+// walk chunks of steps that P lanes per channel scan in parallel). Both take the same ScanArgs and have the same
+// semantics; tests/test_cuda_ops.py runs every case through both and benchmarks/bench_ops.py times them side by side.
+//
+// Loop kernel. Work mapping. A thread owns one channel and NS <= 16 of its states (TPC = ceil(N/16) threads per
+// channel when d_state > 16, adjacent lanes, y summed with xor shuffles) and walks time. Consecutive threads are
+// consecutive channels, so with the model's layout (x, dt, z, out channel-contiguous: stride[1] == 1) each per-step
+// load and store of a warp is one contiguous run; other strides are correct, uncoalesced. B and C (shared by the channels
 // of a group) are staged per tile of TT steps in shared memory as fp32; a block never straddles two groups.
 //
 // Time parallelism (few sequences x channels, e.g. B=1): the sequence is cut into K chunks, in three launches:
@@ -44,7 +48,9 @@
 #include "common.cuh"
 #include "ssm_math.cuh"
 
+#include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define OP "scan_fwd"
 
@@ -410,6 +416,416 @@ template <typename T> ssmtp_status_t dispatch_n(ScanArgs &a, int device, cudaStr
     return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": d_state=%lld > 256", (long long)N);
 }
 
+
+// ============================================================================================================
+// Chunked kernel (SSMTP_SCAN_KERNEL=chunked): the sequence walked in chunks of T = P * I steps by one block per
+// (sequence, channel block); inside a chunk, P lanes per channel each own I = 8 consecutive steps and the chunk is
+// scanned in parallel over the lanes.
+//
+// Per chunk: the block stages x, dt, z (T steps x CB channels, fp32) and B, C (NP states x T steps, fp32, states of
+// the channel's group) in shared memory with coalesced loads (16-byte vectors where the layout allows: channel-
+// contiguous x/dt/z rows, state-contiguous B/C rows; element loads otherwise), and asks L2 for the next chunk's
+// rows (bulk prefetch, sm_90) so that those loads wait for L2 rather than DRAM. Then per state n, with
+// a_t = exp(delta_t A_n), b_t = delta_t B_t,n x_t (h_t = a_t h_{t-1} + b_t):
+//   1. each lane runs its I steps from h = 0: local end state hl, and its decay prod(a_t) = exp(A_n sum(delta));
+//   2. an inclusive scan of the pairs (prod a, hl) over the P lanes (warp shuffles, log2 P levels; lane 0's hl
+//      continued from the state carried in from the previous chunk) gives each lane its end state, and so the
+//      next lane its incoming state;
+//   3. each lane runs its I steps again from that state (a_t, b_t kept in registers, no second exp), adding
+//      h_t C_t,n to y_t; the last lane's end state is the carry into the next chunk (every lane of the channel
+//      holds it).
+// y is then reduced over the state groups (d_state > 16: SG groups of 16 states per channel, adjacent lanes), D x
+// and silu(z) applied, and written once. Steps past the sequence's length run with delta = 0 (a = 1, b = 0: the
+// state passes through) and are written as zeros.
+//
+// Lane layout in a warp: lane = channel * (SG * P) + group * P + part; chunk = P * I steps; CB = 256 / (SG * P)
+// channels per block. P is the launcher's choice for d_state <= 16 (4, 8 or 16, from an estimate of waves x cost per
+// step: the scan over lanes costs ~(4 log2 P + 4) / I instructions per state element on top of the ~7 of the
+// recurrence), fixed per SG for larger d_state.
+//
+// Bytes per (channel, step), bf16 with z: x, dt, z read + out written = 8 B, as for the loop kernel; B/C per (group,
+// step) come from L2 after the first block (they are re-read by every channel block: 2 N x 2 B per block-step).
+// Expected limiter (d_state 16, bf16, P = 8): instruction issue and the MUFU, not HBM. Per state element and step:
+// 2 FMUL + ex2 + 3 FFMA (pass 1: a, b, local state; pass 2: state, y) + 0.5 shared loads + the scan's share
+// (~17 instructions and one ex2 per state per lane per 8 steps) = ~9 issue slots; per (channel, step) another ~30
+// (softplus, SiLU, D, staging, conversions, store). At 128 issue slots/clk/SM: (16 x 9 + 30) / 128 = ~1.35 clk per
+// (channel, step) per SM, i.e. 132 SMs x 1.98 GHz / 1.35 x 8 B = ~1.55 TB/s (~36% of the 4.26 TB/s copy rate). The
+// MUFU (16/clk/SM) needs 16 + 2 (scan) + 2 (softplus, SiLU) = 20 ops: 1.25 clk, ~40%. So for 16-bit inputs at
+// d_state 16 no kernel that evaluates exp(delta A) per state element on the MUFU reaches 50% of the copy rate
+// (even at zero overhead: 18 MUFU ops = 1.125 clk = 44%); f32 inputs (16 B per (channel, step)) double the bytes
+// for the same arithmetic. What this kernel removes is the loop kernel's latency bound (few warps, each waiting a
+// memory round trip per load group): all loads are block-cooperative and coalesced, and the block count is
+// batch x dim x P / 256 with no combine passes.
+// Resources (ptxas, sm_90, CUDA 13.0): 128 registers at the 2-blocks-per-SM bound (12-24 B spilled for d_state <= 16,
+// 24-52 B for the larger-state layouts); static shared memory 33.9 / 36.2 / 44.1 KB for P = 4 / 8 / 16, 30-43 KB for
+// d_state 17..256.
+constexpr int CK_THREADS = 256;
+constexpr int CK_I = 8;   // steps per lane per chunk
+constexpr int CK_NS = 16; // states per lane (one state group)
+
+template <typename T, int P, int SG> struct CkGeo {
+    static constexpr int LPC = P * SG;             // lanes per channel
+    static constexpr int CB = CK_THREADS / LPC;    // channels per block
+    static constexpr int TC = P * CK_I;            // steps per chunk
+    static constexpr int NP = SG * CK_NS;          // states staged per chunk (padded with zeros past N)
+    static constexpr int XS = CB + 1;              // x/dt/z tile row stride (floats): one row per step
+    static constexpr int BS = TC + 4;              // B/C tile row stride (floats): one row per state, 16-byte rows
+    static constexpr int VE = 16 / (int)sizeof(T); // elements per 16-byte vector
+    static constexpr int SMEM = (3 * TC * XS + 2 * NP * BS) * 4;
+    static_assert(SMEM <= 48 * 1024, "static shared memory");
+    static_assert(LPC <= 32 && 32 % LPC == 0, "a channel's lanes in one warp");
+};
+
+// 16 bytes (VE elements of T) to floats.
+template <typename T> __device__ __forceinline__ void ck_unpack(const uint4 &v, float *f) {
+    if constexpr (sizeof(T) == 4) {
+        f[0] = __uint_as_float(v.x);
+        f[1] = __uint_as_float(v.y);
+        f[2] = __uint_as_float(v.z);
+        f[3] = __uint_as_float(v.w);
+    } else {
+        const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            f[2 * e] = ssm_bits16_to_f32<T>(w[e] & 0xffffu);
+            f[2 * e + 1] = ssm_bits16_to_f32<T>(w[e] >> 16);
+        }
+    }
+}
+
+// A (steps x channels) tile of x, dt or z: rows t < nt, channels [cb0, cb0 + ncv) of the block (zeros elsewhere).
+// vec: channel stride 1, 16-byte aligned rows and block start (checked by the launcher and per block).
+template <typename T, int P, int SG>
+__device__ __forceinline__ void ck_load_rows(float *tile, const T *__restrict__ base, int64_t s_c, int64_t s_t,
+                                             int nt, int ncv, bool vec) {
+    using G = CkGeo<T, P, SG>;
+    if (vec) {
+        constexpr int VPR = G::CB / G::VE > 0 ? G::CB / G::VE : 1; // vectors per row
+        if constexpr (G::CB % G::VE == 0) {
+            for (int i = threadIdx.x; i < G::TC * VPR; i += CK_THREADS) {
+                const int t = i / VPR, v = i % VPR;
+                float f[G::VE];
+                if (t < nt && (v + 1) * G::VE <= ncv) {
+                    const uint4 q = __ldg((const uint4 *)(base + t * s_t + v * G::VE));
+                    ck_unpack<T>(q, f);
+                } else {
+#pragma unroll
+                    for (int e = 0; e < G::VE; e++)
+                        f[e] = (t < nt && v * G::VE + e < ncv) ? to_f32<T>(base[t * s_t + v * G::VE + e]) : 0.f;
+                }
+#pragma unroll
+                for (int e = 0; e < G::VE; e++) tile[t * G::XS + v * G::VE + e] = f[e];
+            }
+            return;
+        }
+    }
+    for (int i = threadIdx.x; i < G::TC * G::CB; i += CK_THREADS) {
+        const int t = i / G::CB, cl = i % G::CB;
+        tile[t * G::XS + cl] = (t < nt && cl < ncv) ? to_f32<T>(base[t * s_t + cl * s_c]) : 0.f;
+    }
+}
+
+// The B or C tile: states [0, NP) x steps [0, TC), transposed to one row per state (zeros past N and nt).
+// vec: state stride 1, N % VE == 0, 16-byte aligned (checked by the launcher).
+template <typename T, int P, int SG>
+__device__ __forceinline__ void ck_load_bc(float *tile, const T *__restrict__ base, int64_t s_n, int64_t s_t, int nt,
+                                           int N, bool vec) {
+    using G = CkGeo<T, P, SG>;
+    if (vec) {
+        const int vpr = N / G::VE; // vectors per step
+        for (int i = threadIdx.x; i < G::TC * vpr; i += CK_THREADS) {
+            const int t = i / vpr, v = i % vpr;
+            float f[G::VE];
+            if (t < nt) {
+                ck_unpack<T>(__ldg((const uint4 *)(base + t * s_t + v * G::VE)), f);
+            } else {
+#pragma unroll
+                for (int e = 0; e < G::VE; e++) f[e] = 0.f;
+            }
+#pragma unroll
+            for (int e = 0; e < G::VE; e++) tile[(v * G::VE + e) * G::BS + t] = f[e];
+        }
+        for (int i = threadIdx.x; i < (G::NP - N) * G::TC; i += CK_THREADS) // the padding states
+            tile[(N + i / G::TC) * G::BS + i % G::TC] = 0.f;
+        return;
+    }
+    for (int i = threadIdx.x; i < G::TC * G::NP; i += CK_THREADS) {
+        const int t = i / G::NP, n = i % G::NP;
+        tile[n * G::BS + t] = (t < nt && n < N) ? to_f32<T>(base[n * s_n + t * s_t]) : 0.f;
+    }
+}
+
+// L2 prefetch of `bytes` (a multiple of 16, 16-byte aligned) at p: one bulk prefetch on sm_90, nothing elsewhere.
+__device__ __forceinline__ void ck_prefetch_l2(const void *p, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+#else
+    (void)p;
+    (void)bytes;
+#endif
+}
+
+// grid: (ngroups * cb_per_group, batch); block: CK_THREADS. vec bit 0: x/dt/z rows; bit 1: B/C rows.
+template <typename T, int P, int SG>
+__global__ void __launch_bounds__(CK_THREADS, 2) scan_chunked_kernel(const ScanArgs a, const int vec) {
+    using G = CkGeo<T, P, SG>;
+    __shared__ __align__(16) float sx[G::TC * G::XS];
+    __shared__ __align__(16) float sdt[G::TC * G::XS];
+    __shared__ __align__(16) float sz[G::TC * G::XS];
+    __shared__ __align__(16) float sB[G::NP * G::BS];
+    __shared__ __align__(16) float sC[G::NP * G::BS];
+    // d_state <= 16: log2-scaled A in shared memory (row of 17 floats per channel: distinct banks for the channels
+    // of a warp) rather than 16 registers per lane; the larger-state layouts have no room for it and keep registers.
+    constexpr bool A_SMEM = SG == 1;
+    __shared__ float sA[A_SMEM ? G::CB * (CK_NS + 1) : 1];
+
+    const int tid = threadIdx.x;
+    const int part = tid % P, sg = (tid / P) % SG, cl = tid / G::LPC; // lane's step block, state group, channel
+    const int64_t grp = blockIdx.x / a.cb_per_group, cb = blockIdx.x % a.cb_per_group;
+    const int64_t cig0 = cb * G::CB;                        // first channel of the block within its group
+    const int ncv = (int)min((int64_t)G::CB, a.per_group - cig0); // valid channels of the block
+    const bool active = cl < ncv;
+    const int64_t c0 = grp * a.per_group + cig0;
+    const int64_t c = c0 + (active ? cl : ncv - 1);          // inactive lanes compute a duplicate, store nothing
+    const int64_t b = blockIdx.y;
+
+    int64_t slot, n;
+    seq_info(a, b, &slot, &n);
+    const bool has_state = a.state != nullptr;
+    if (has_state && (slot < 0 || slot >= a.nslots)) { // padding row: zeros; bad slot: NaN; state untouched
+        const T fill = from_f32<T>(slot < 0 ? 0.f : __int_as_float(0x7fc00000));
+        for (int64_t i = tid; i < (int64_t)ncv * a.len; i += CK_THREADS)
+            ((T *)a.out)[b * a.so0 + (c0 + i % ncv) * a.so1 + (i / ncv) * a.so2] = fill;
+        return;
+    }
+
+    float A2[CK_NS], h[CK_NS]; // log2-scaled A (A_SMEM: in sA) and the carried state of this lane's 16 states
+#pragma unroll
+    for (int j = 0; j < CK_NS; j++) {
+        const int64_t s = (int64_t)sg * CK_NS + j;
+        const float av = s < a.N ? a.A[c * a.sA0 + s * a.sA1] * SSM_LOG2E : 0.f;
+        if constexpr (A_SMEM) {
+            if (part == 0) sA[cl * (CK_NS + 1) + j] = av; // read after the first chunk's barrier
+            A2[j] = 0.f;
+        } else {
+            A2[j] = av;
+        }
+        h[j] = (has_state && a.load_state && s < a.N) ? a.state[slot * a.ss0 + c * a.ss1 + s * a.ss2] : 0.f;
+    }
+    const float bias = a.dt_bias ? ssm_load_param(a.dt_bias, a.bias_dtype, c * a.sbias) : 0.f;
+    const float Dv = a.D ? ssm_load_param(a.D, a.D_dtype, c * a.sD) : 0.f;
+    const bool softplus = a.softplus != 0, has_z = a.z != nullptr;
+    const int N = (int)a.N;
+    const T *xb = (const T *)a.x + b * a.sx0 + c0 * a.sx1;
+    const T *dtb = (const T *)a.dt + b * a.sdt0 + c0 * a.sdt1;
+    const T *zb = has_z ? (const T *)a.z + b * a.sz0 + c0 * a.sz1 : nullptr;
+    const T *Bb = (const T *)a.B + b * a.sB0 + grp * a.sB1;
+    const T *Cb = (const T *)a.C + b * a.sC0 + grp * a.sC1;
+    T *ob = (T *)a.out + b * a.so0 + c * a.so1;
+    // 16-byte vectors of x/dt/z: the launcher checked strides and base alignment; the block's first channel too.
+    const bool vrow = (vec & 1) && ((c0 * a.sx1) % G::VE == 0) && ((c0 * a.sdt1) % G::VE == 0) &&
+                      (!has_z || (c0 * a.sz1) % G::VE == 0);
+    const bool vbc = (vec & 2) != 0;
+    const bool store = active && sg == 0;
+
+    for (int64_t t0 = 0; t0 < a.len; t0 += G::TC) {
+        const int rows = (int)min((int64_t)G::TC, a.len - t0);                  // steps of this chunk
+        const int nt = (int)max((int64_t)0, min((int64_t)G::TC, n - t0));       // of which valid (< seq_len)
+        if (nt == 0) { // past the sequence: zeros only
+            if (store)
+                for (int i = 0; i < CK_I; i++) {
+                    const int tl = part * CK_I + i;
+                    if (tl < rows) ob[(t0 + tl) * a.so2] = from_f32<T>(0.f);
+                }
+            continue;
+        }
+        __syncthreads(); // the previous chunk's readers are done
+        ck_load_rows<T, P, SG>(sx, xb + t0 * a.sx2, a.sx1, a.sx2, nt, ncv, vrow);
+        ck_load_rows<T, P, SG>(sdt, dtb + t0 * a.sdt2, a.sdt1, a.sdt2, nt, ncv, vrow);
+        if (has_z) ck_load_rows<T, P, SG>(sz, zb + t0 * a.sz2, a.sz1, a.sz2, nt, ncv, vrow);
+        ck_load_bc<T, P, SG>(sB, Bb + t0 * a.sB3, a.sB2, a.sB3, nt, N, vbc);
+        ck_load_bc<T, P, SG>(sC, Cb + t0 * a.sC3, a.sC2, a.sC3, nt, N, vbc);
+        __syncthreads();
+
+        // The next chunk's rows (16-byte vector layouts only) into L2 while this one computes: its cooperative
+        // loads after the next barrier then wait for L2, not DRAM. Whole 16-byte units inside the rows only.
+        if (t0 + G::TC < n) {
+            const int64_t tn = t0 + G::TC;
+            const int nn = (int)min((int64_t)G::TC, n - tn);
+            const uint32_t rb = (uint32_t)(ncv * (int)sizeof(T)) & ~15u, bcb = (uint32_t)(N * (int)sizeof(T));
+            for (int i = tid; i < 5 * G::TC; i += CK_THREADS) {
+                const int r = i % G::TC, which = i / G::TC;
+                if (r >= nn) continue;
+                const int64_t t = tn + r;
+                if (which < 3 && vrow && rb > 0) {
+                    if (which == 0) ck_prefetch_l2(xb + t * a.sx2, rb);
+                    else if (which == 1) ck_prefetch_l2(dtb + t * a.sdt2, rb);
+                    else if (has_z) ck_prefetch_l2(zb + t * a.sz2, rb);
+                } else if (which >= 3 && vbc) {
+                    ck_prefetch_l2(which == 3 ? (const void *)(Bb + t * a.sB3) : (const void *)(Cb + t * a.sC3), bcb);
+                }
+            }
+        }
+
+        const int tb = part * CK_I; // this lane's first step in the chunk
+        float delta[CK_I], dx[CK_I], y[CK_I];
+        float sumd = 0.f;
+#pragma unroll
+        for (int i = 0; i < CK_I; i++) {
+            float d = sdt[(tb + i) * G::XS + cl] + bias;
+            if (softplus) d = ssm_softplus_fast(d);
+            d = (tb + i < nt) ? d : 0.f; // past the length: a = 1, b = 0
+            delta[i] = d;
+            dx[i] = d * sx[(tb + i) * G::XS + cl];
+            sumd += d;
+            y[i] = 0.f;
+        }
+#pragma unroll
+        for (int j = 0; j < CK_NS; j++) {
+            const float a2 = A_SMEM ? sA[cl * (CK_NS + 1) + j] : A2[j];
+            const float *Bn = sB + (sg * CK_NS + j) * G::BS + tb;
+            const float *Cn = sC + (sg * CK_NS + j) * G::BS + tb;
+            float da[CK_I], db[CK_I];
+            float hl = 0.f;
+#pragma unroll
+            for (int i = 0; i < CK_I; i += 4) {
+                const float4 b4 = *(const float4 *)(Bn + i);
+                const float bb[4] = {b4.x, b4.y, b4.z, b4.w};
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    da[i + e] = ssm_ex2(delta[i + e] * a2);
+                    db[i + e] = dx[i + e] * bb[e];
+                    hl = fmaf(da[i + e], hl, db[i + e]);
+                }
+            }
+            // Inclusive scan of (decay, state) over the P lanes: (a1, b1) then (a2, b2) = (a2 a1, a2 b1 + b2). Lane 0
+            // starts from the carried state (its b is its end state), so every lane's inclusive b is its end state
+            // and the lane below's is the state entering this lane's first step.
+            float pa = ssm_ex2(a2 * sumd), pb = hl;
+            if (part == 0) pb = fmaf(pa, h[j], pb);
+#pragma unroll
+            for (int o = 1; o < P; o <<= 1) {
+                const float ua = __shfl_up_sync(0xffffffffu, pa, o, P);
+                const float ub = __shfl_up_sync(0xffffffffu, pb, o, P);
+                if (part >= o) {
+                    pb = fmaf(pa, ub, pb);
+                    pa *= ua;
+                }
+            }
+            float hv = __shfl_up_sync(0xffffffffu, pb, 1, P); // state entering this lane's first step
+            if (part == 0) hv = h[j];
+#pragma unroll
+            for (int i = 0; i < CK_I; i += 4) {
+                const float4 c4 = *(const float4 *)(Cn + i);
+                const float cc[4] = {c4.x, c4.y, c4.z, c4.w};
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    hv = fmaf(da[i + e], hv, db[i + e]);
+                    y[i + e] = fmaf(hv, cc[e], y[i + e]);
+                }
+            }
+            h[j] = __shfl_sync(0xffffffffu, hv, P - 1, P); // carry: the last lane's end state
+        }
+#pragma unroll
+        for (int i = 0; i < CK_I; i++) {
+#pragma unroll
+            for (int o = P; o < G::LPC; o <<= 1) y[i] += __shfl_xor_sync(0xffffffffu, y[i], o);
+        }
+        if (store) {
+#pragma unroll
+            for (int i = 0; i < CK_I; i++) {
+                const int tl = tb + i;
+                if (tl < rows) {
+                    float yv = 0.f;
+                    if (tl < nt) {
+                        yv = fmaf(Dv, sx[tl * G::XS + cl], y[i]);
+                        if (has_z) yv *= ssm_silu_out<T>(sz[tl * G::XS + cl]);
+                    }
+                    ob[(t0 + tl) * a.so2] = from_f32<T>(yv);
+                }
+            }
+        }
+    }
+    if (has_state && active && part == 0) {
+#pragma unroll
+        for (int j = 0; j < CK_NS; j++) {
+            const int64_t s = (int64_t)sg * CK_NS + j;
+            if (s < a.N) a.state[slot * a.ss0 + c * a.ss1 + s * a.ss2] = h[j];
+        }
+    }
+}
+
+template <typename T, int P, int SG> ssmtp_status_t launch_chunked(ScanArgs &a, int vec, cudaStream_t st) {
+    using G = CkGeo<T, P, SG>;
+    a.cb_per_group = (int)((a.per_group + G::CB - 1) / G::CB);
+    const int64_t nblk = (a.dim / a.per_group) * a.cb_per_group;
+    if (nblk > 0x7fffffff || a.batch > 65535)
+        return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": grid too large (batch=%lld dim=%lld)", (long long)a.batch,
+                          (long long)a.dim);
+    scan_chunked_kernel<T, P, SG><<<dim3((unsigned)nblk, (unsigned)a.batch), CK_THREADS, 0, st>>>(a, vec);
+    SSMTP_CUDA_CHECK_LAUNCH(OP);
+    return SSMTP_OK;
+}
+
+template <typename T> ssmtp_status_t dispatch_chunked(ScanArgs &a, int device, cudaStream_t st) {
+    constexpr int VE = 16 / (int)sizeof(T);
+    // 16-byte vector loads: x/dt/z rows channel-contiguous with 16-byte aligned bases and step strides; B/C rows
+    // state-contiguous likewise with whole vectors per step. Anything else: element loads (any strides).
+    auto al = [](const void *p) { return ((uintptr_t)p % 16) == 0; };
+    int vec = 0;
+    if (a.sx1 == 1 && a.sdt1 == 1 && a.sx2 % VE == 0 && a.sdt2 % VE == 0 && al(a.x) && al(a.dt) &&
+        (!a.z || (a.sz1 == 1 && a.sz2 % VE == 0 && al(a.z))) && a.sx0 % VE == 0 && a.sdt0 % VE == 0 &&
+        (!a.z || a.sz0 % VE == 0))
+        vec |= 1;
+    if (a.sB2 == 1 && a.sC2 == 1 && a.N % VE == 0 && a.sB3 % VE == 0 && a.sC3 % VE == 0 && a.sB0 % VE == 0 &&
+        a.sC0 % VE == 0 && a.sB1 % VE == 0 && a.sC1 % VE == 0 && al(a.B) && al(a.C))
+        vec |= 2;
+    const int64_t N = a.N;
+    if (N <= 16) {
+        // Lanes per channel P (chunk 8P steps): the block count grows with P and the time per block falls as 1/P,
+        // while the scan over lanes adds ~(4 log2 P + 4) / 8 instructions to the ~7 per state element. Estimated
+        // time ~ waves(P) * (7 + (4 log2 P + 4) / 8) / P, waves rounded up while few (the tail wave costs a whole
+        // wave then); the smallest wins. SSMTP_SCAN_P overrides (benchmarks, tests).
+        int sms = 132;
+        SSMTP_TRY(ssm_sm_count(device, &sms));
+        static int occ = 0; // resident blocks per SM, the same for the three P (the register cap decides)
+        if (occ == 0) {
+            int o = 0;
+            SSMTP_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o, scan_chunked_kernel<T, 8, 1>,
+                                                                         CK_THREADS, 0));
+            occ = o > 0 ? o : 1;
+        }
+        const double slots = (double)sms * occ;
+        const int64_t ngroups = a.dim / a.per_group;
+        int p = 4;
+        double best = 1e300;
+        for (int cand = 4, lg = 2; cand <= 16; cand *= 2, lg++) {
+            const int64_t cb = CK_THREADS / cand;
+            const double blocks = (double)(a.batch * ngroups * ((a.per_group + cb - 1) / cb));
+            double waves = blocks / slots;
+            if (waves < 4) waves = ceil(waves);
+            const double est = waves * (7.0 + (4.0 * lg + 4.0) / CK_I) / cand;
+            if (est < best * 0.999) {
+                best = est;
+                p = cand;
+            }
+        }
+        const char *env = getenv("SSMTP_SCAN_P");
+        if (env && *env) p = atoi(env);
+        switch (p) {
+        case 4: return launch_chunked<T, 4, 1>(a, vec, st);
+        case 8: return launch_chunked<T, 8, 1>(a, vec, st);
+        case 16: return launch_chunked<T, 16, 1>(a, vec, st);
+        default: return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": SSMTP_SCAN_P=%d (4, 8 or 16)", p);
+        }
+    }
+    if (N <= 32) return launch_chunked<T, 8, 2>(a, vec, st);
+    if (N <= 64) return launch_chunked<T, 8, 4>(a, vec, st);
+    if (N <= 128) return launch_chunked<T, 4, 8>(a, vec, st);
+    if (N <= 256) return launch_chunked<T, 2, 16>(a, vec, st);
+    return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": d_state=%lld > 256", (long long)N);
+}
+
 } // namespace
 
 extern "C" ssmtp_status_t ssmtp_cuda_scan_fwd(const ssmtp_scan_params_t *p, void *stream) {
@@ -453,6 +869,18 @@ extern "C" ssmtp_status_t ssmtp_cuda_scan_fwd(const ssmtp_scan_params_t *p, void
     if (a.batch == 0 || a.dim == 0) return SSMTP_OK;
     // seqlen == 0 still launches: the final state is then the initial one (zeros when !load_state).
     cudaStream_t st = (cudaStream_t)stream;
-    SSMTP_DISPATCH_FLOAT(p->x.dtype, T, OP, { return dispatch_n<T>(a, p->x.device, st); });
+    // Kernel choice (SSMTP_SCAN_KERNEL): "loop" (default) or "chunked"; anything else is an error, not a fallback.
+    const char *kenv = getenv("SSMTP_SCAN_KERNEL");
+    bool chunked = false;
+    if (kenv && *kenv) {
+        if (strcmp(kenv, "chunked") == 0) chunked = true;
+        else if (strcmp(kenv, "loop") != 0)
+            return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": SSMTP_SCAN_KERNEL=%s (loop or chunked)", kenv);
+    }
+    if (chunked) {
+        SSMTP_DISPATCH_FLOAT(p->x.dtype, T, OP, { return dispatch_chunked<T>(a, p->x.device, st); });
+    } else {
+        SSMTP_DISPATCH_FLOAT(p->x.dtype, T, OP, { return dispatch_n<T>(a, p->x.device, st); });
+    }
     return SSMTP_OK;
 }

@@ -63,6 +63,15 @@ template <> __device__ __forceinline__ float ssm_silu_out<float>(float v) { retu
 __device__ __forceinline__ float ssm_softplus_exact(float v) { return v > 20.f ? v : log1pf(expf(v)); }
 __device__ __forceinline__ float ssm_silu_exact(float v) { return __fdiv_rn(v, __fadd_rn(1.f, expf(-v))); }
 
+// A 16-bit element given as its bits (from a packed vector load) to f32, without taking an address.
+template <typename T> __device__ __forceinline__ float ssm_bits16_to_f32(uint32_t u);
+template <> __device__ __forceinline__ float ssm_bits16_to_f32<__half>(uint32_t u) {
+    return __half2float(__ushort_as_half((unsigned short)u));
+}
+template <> __device__ __forceinline__ float ssm_bits16_to_f32<__nv_bfloat16>(uint32_t u) {
+    return __bfloat162float(__ushort_as_bfloat16((unsigned short)u));
+}
+
 // A per-channel parameter (D, dt_bias): f32 or the dtype of x (validated by the C entry point).
 __device__ __forceinline__ float ssm_load_param(const void *p, int dtype, int64_t i) {
     switch (dtype) {

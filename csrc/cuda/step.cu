@@ -13,12 +13,18 @@
 // round trip per block instead of two. With TPC >= BPB, lane p evaluates softplus and the output tail (D, SiLU) for
 // row p only, and shares delta by shuffles.
 // Scalar path (anything else): one thread per (sequence, channel), strided loops over N.
+// Pipe path (SSMTP_STEP_KERNEL=pipe; default "block" = the vector path above): the vector path's lane layout for
+// N % 4 == 0 and N <= 128, walked by a grid of 3 blocks per SM that loads its next item while it computes the
+// current one (see step_pipe_kernel).
 //
 // Arithmetic mirrors the CPU reference (expf, log1pf, IEEE division, no FMA contraction in the state update), so
 // the new state differs from the CPU's by the few ulp of expf/log1pf only.
 // Graph-capturable: slots are read on the device, no host synchronisation, no allocation.
 #include "common.cuh"
 #include "ssm_math.cuh"
+
+#include <stdlib.h>
+#include <string.h>
 
 #define OP "step_fwd"
 
@@ -209,6 +215,200 @@ __global__ void __launch_bounds__(THREADS) step_scalar_kernel(const StepArgs a) 
     *out = from_f32<T>(finish<T>(a, y, b, c, xt));
 }
 
+// Pipelined vector kernel (SSMTP_STEP_KERNEL=pipe; N % 4 == 0, N <= 128, same layout conditions as the vector
+// path). The block kernel above issues all loads of its rows, waits one round trip, computes, stores and exits:
+// at ~3 blocks per SM the loads in flight drop to zero while each block computes (expf per state element), which
+// holds it near 60% of the copy rate at B >= 64. Here a grid of 3 blocks per SM walks the (channel block, row
+// group) items in a grid-stride loop and issues the loads of its next item before computing the current one, so
+// each thread always has one item's state (BPB x 16 B) in flight; B and C are read as one 4-state vector per row
+// (8 bytes for 16-bit types) instead of 4 scalars; no tail wave. Per (sequence, channel) it moves the same bytes:
+// 2 x N x 4 B of state, x/dt/z/out, and B/C/A from L1/L2. Arithmetic identical to the block kernel.
+// Bytes in flight (N = 16, TPC = 4): 2 rows x 16 B per thread while it computes the previous item, 768 threads per
+// SM: ~24 KB per SM, against ~16 B/clk/SM x ~1000-1500 clk of loaded DRAM latency = 16-24 KB needed for the copy
+// rate; the block kernel's 48 KB per SM are in flight only during its load phase.
+
+// Four consecutive B or C values of one row, kept packed (two 32-bit words for 16-bit types).
+template <typename T> struct Quad {
+    uint32_t w[sizeof(T)];
+    __device__ __forceinline__ float get(int e) const {
+        if constexpr (sizeof(T) == 4) {
+            return __uint_as_float(w[e]);
+        } else {
+            return ssm_bits16_to_f32<T>((w[e >> 1] >> (16 * (e & 1))) & 0xffffu);
+        }
+    }
+};
+
+template <typename T> __device__ __forceinline__ Quad<T> quad_load(const T *p, int64_t s, bool vec) {
+    Quad<T> q;
+    if constexpr (sizeof(T) == 4) {
+        if (vec) {
+            const uint4 u = __ldg((const uint4 *)p);
+            q.w[0] = u.x; q.w[1] = u.y; q.w[2] = u.z; q.w[3] = u.w;
+        } else {
+#pragma unroll
+            for (int e = 0; e < 4; e++) q.w[e] = __float_as_uint(p[e * s]);
+        }
+    } else {
+        if (vec) {
+            const uint2 u = __ldg((const uint2 *)p);
+            q.w[0] = u.x; q.w[1] = u.y;
+        } else {
+            const uint16_t *u = (const uint16_t *)p; // the same elements as bits
+            q.w[0] = (uint32_t)u[0] | ((uint32_t)u[s] << 16);
+            q.w[1] = (uint32_t)u[2 * s] | ((uint32_t)u[3 * s] << 16);
+        }
+    }
+    return q;
+}
+
+constexpr int PIPE_BPB = 2; // sequences per item (4 spilled at the 3-blocks-per-SM register cap)
+
+template <typename T, int TPC> struct PipeItem {
+    int32_t slot[PIPE_BPB]; // -1: padding row or past the batch
+    float4 h[PIPE_BPB];
+    T xr[PIPE_BPB], dr[PIPE_BPB], zr[PIPE_BPB];
+    Quad<T> Bq[PIPE_BPB], Cq[PIPE_BPB];
+};
+
+template <typename T, int TPC>
+__device__ __forceinline__ void pipe_load(const StepArgs &a, int64_t w, int64_t ncb, bool vecbc, PipeItem<T, TPC> &it,
+                                          int64_t &c_out, int64_t &b0_out) {
+    constexpr int CPB = THREADS / TPC;
+    const int part = threadIdx.x % TPC;
+    // 32-bit index arithmetic (the launcher checked the ranges): a 64-bit division is a called subroutine.
+    const uint32_t wu = (uint32_t)w, nc = (uint32_t)ncb;
+    const int64_t cbk = wu % nc, rg = wu / nc;
+    const int64_t c0 = cbk * CPB + threadIdx.x / TPC;
+    const int64_t c = c0 < a.dim ? c0 : a.dim - 1;
+    const int64_t g = (uint32_t)c / (uint32_t)a.per_group, b0 = rg * PIPE_BPB;
+    c_out = c0;
+    b0_out = b0;
+#pragma unroll
+    for (int i = 0; i < PIPE_BPB; i++) {
+        const int64_t b = b0 + i < a.batch ? b0 + i : b0;
+        const int64_t sl = b0 + i < a.batch ? slot_of(a, b0 + i) : -1;
+        const bool ok = sl >= 0 && sl < a.nslots;
+        it.slot[i] = (int32_t)sl; // from an int32 index (or a row number): >= nslots means out NaN, state untouched
+        it.h[i] = ok ? *(const float4 *)(a.state + sl * a.ss0 + c * a.ss1 + 4 * part) : make_float4(0.f, 0.f, 0.f, 0.f);
+        it.xr[i] = ((const T *)a.x)[b * a.sx0 + c * a.sx1];
+        it.dr[i] = ((const T *)a.dt)[b * a.sdt0 + c * a.sdt1];
+        it.zr[i] = a.z ? ((const T *)a.z)[b * a.sz0 + c * a.sz1] : from_f32<T>(0.f);
+        it.Bq[i] = quad_load<T>((const T *)a.B + b * a.sB0 + g * a.sB1 + 4 * part * a.sB2, a.sB2, vecbc);
+        it.Cq[i] = quad_load<T>((const T *)a.C + b * a.sC0 + g * a.sC1 + 4 * part * a.sC2, a.sC2, vecbc);
+    }
+}
+
+template <typename T, int TPC>
+__global__ void __launch_bounds__(THREADS, 3) step_pipe_kernel(const StepArgs a, const int64_t ncb,
+                                                               const int64_t nitems, const int vecbc) {
+    constexpr int BPB = PIPE_BPB;
+    const int part = threadIdx.x % TPC;
+    const int lane = threadIdx.x % 32;
+    PipeItem<T, TPC> cur, nxt;
+    int64_t c0, b0, c0n = 0, b0n = 0;
+    int64_t w = blockIdx.x;
+    if (w >= nitems) return;
+    pipe_load<T, TPC>(a, w, ncb, vecbc != 0, cur, c0, b0);
+    for (; w < nitems; w += gridDim.x) {
+        const int64_t wn = w + gridDim.x;
+        if (wn < nitems) pipe_load<T, TPC>(a, wn, ncb, vecbc != 0, nxt, c0n, b0n); // in flight during the compute
+        const bool active = c0 < a.dim;
+        const int64_t c = active ? c0 : a.dim - 1;
+        const float4 Av = *(const float4 *)(a.A + c * a.sA0 + 4 * part);
+        const float av[4] = {Av.x, Av.y, Av.z, Av.w};
+        const float bias = a.dt_bias ? ssm_load_param(a.dt_bias, a.bias_dtype, c * a.sbias) : 0.f;
+        const float Dc = a.D ? ssm_load_param(a.D, a.D_dtype, c * a.sD) : 0.f;
+
+        float delta[BPB];
+        if constexpr (TPC >= BPB) {
+            float v = 0.f;
+#pragma unroll
+            for (int i = 0; i < BPB; i++)
+                if (part % BPB == i) v = __fadd_rn(to_f32<T>(cur.dr[i]), bias);
+            if (a.softplus) v = ssm_softplus_exact(v);
+#pragma unroll
+            for (int i = 0; i < BPB; i++) delta[i] = __shfl_sync(0xffffffffu, v, (lane & ~(TPC - 1)) | i);
+        } else {
+#pragma unroll
+            for (int i = 0; i < BPB; i++) {
+                const float v = __fadd_rn(to_f32<T>(cur.dr[i]), bias);
+                delta[i] = a.softplus ? ssm_softplus_exact(v) : v;
+            }
+        }
+        float y[BPB];
+#pragma unroll
+        for (int i = 0; i < BPB; i++) {
+            const float xt = to_f32<T>(cur.xr[i]);
+            float hv[4] = {cur.h[i].x, cur.h[i].y, cur.h[i].z, cur.h[i].w};
+            float acc = 0.f;
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                hv[e] = update(hv[e], av[e], delta[i], cur.Bq[i].get(e), xt);
+                acc = __fadd_rn(acc, __fmul_rn(hv[e], cur.Cq[i].get(e)));
+            }
+            if (active && cur.slot[i] >= 0 && cur.slot[i] < a.nslots)
+                *(float4 *)(a.state + cur.slot[i] * a.ss0 + c * a.ss1 + 4 * part) =
+                    make_float4(hv[0], hv[1], hv[2], hv[3]);
+#pragma unroll
+            for (int o = TPC / 2; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+            y[i] = acc;
+        }
+        // (no runtime index into cur: that would put the item in local memory)
+        auto out_one = [&](int i, int64_t sl, float yv, float xv, float zv) {
+            const int64_t b = b0 + i;
+            if (!active || b >= a.batch) return;
+            float r;
+            if (sl < 0) r = 0.f;
+            else if (sl >= a.nslots) r = __int_as_float(0x7fc00000);
+            else {
+                r = yv;
+                if (a.D) r = __fadd_rn(r, __fmul_rn(Dc, xv));
+                if (a.z) r = __fmul_rn(r, ssm_silu_exact(zv));
+            }
+            ((T *)a.out)[b * a.so0 + c * a.so1] = from_f32<T>(r);
+        };
+        if constexpr (TPC >= BPB) {
+            const int ir = part % BPB;
+            float yv = y[0], xv = to_f32<T>(cur.xr[0]), zv = to_f32<T>(cur.zr[0]);
+            int64_t sl = cur.slot[0];
+#pragma unroll
+            for (int i = 1; i < BPB; i++)
+                if (ir == i) { yv = y[i]; xv = to_f32<T>(cur.xr[i]); zv = to_f32<T>(cur.zr[i]); sl = cur.slot[i]; }
+            if (part < BPB) out_one(ir, sl, yv, xv, zv);
+        } else {
+#pragma unroll
+            for (int i = 0; i < BPB; i++)
+                if (part == 0) out_one(i, cur.slot[i], y[i], to_f32<T>(cur.xr[i]), to_f32<T>(cur.zr[i]));
+        }
+        cur = nxt;
+        c0 = c0n;
+        b0 = b0n;
+    }
+}
+
+template <typename T, int TPC, int NV> ssmtp_status_t launch_vec(const StepArgs &a, cudaStream_t s);
+
+template <typename T, int TPC> ssmtp_status_t launch_pipe(const StepArgs &a, int device, cudaStream_t s) {
+    constexpr int CPB = THREADS / TPC;
+    const int64_t ncb = (a.dim + CPB - 1) / CPB, nitems = ncb * ((a.batch + PIPE_BPB - 1) / PIPE_BPB);
+    if (nitems > 0x7fffffff || a.dim > 0x7fffffff) return launch_vec<T, TPC, 1>(a, s); // 32-bit item indices
+    int sms = 132;
+    SSMTP_TRY(ssm_sm_count(device, &sms));
+    // 3 resident blocks per SM (the launch bound); SSMTP_STEP_BLOCKS_PER_SM overrides (benchmarks, tests).
+    int per_sm = 3;
+    const char *env = getenv("SSMTP_STEP_BLOCKS_PER_SM");
+    if (env && *env) per_sm = atoi(env) > 0 ? atoi(env) : 3;
+    const int64_t grid = nitems < (int64_t)sms * per_sm ? nitems : (int64_t)sms * per_sm;
+    // B/C as one vector per 4 states: state-contiguous, vector-aligned bases and strides.
+    const int64_t al = 4 * (int64_t)sizeof(T);
+    const int vecbc = a.sB2 == 1 && a.sC2 == 1 && ((uintptr_t)a.B % al) == 0 && ((uintptr_t)a.C % al) == 0 &&
+                      a.sB0 % 4 == 0 && a.sB1 % 4 == 0 && a.sC0 % 4 == 0 && a.sC1 % 4 == 0;
+    step_pipe_kernel<T, TPC><<<(unsigned)grid, THREADS, 0, s>>>(a, ncb, nitems, vecbc);
+    SSMTP_CUDA_CHECK_LAUNCH(OP);
+    return SSMTP_OK;
+}
+
 template <typename T, int TPC, int NV> ssmtp_status_t launch_vec(const StepArgs &a, cudaStream_t s) {
     constexpr int CPB = THREADS / TPC;
     constexpr int BPB = bpb_of<NV>();
@@ -218,7 +418,18 @@ template <typename T, int TPC, int NV> ssmtp_status_t launch_vec(const StepArgs 
     return SSMTP_OK;
 }
 
-template <typename T> ssmtp_status_t dispatch(const StepArgs &a, bool vec, cudaStream_t s) {
+template <typename T> ssmtp_status_t dispatch(const StepArgs &a, bool vec, bool pipe, int device, cudaStream_t s) {
+    if (vec && pipe) {
+        switch (a.N / 4) {
+        case 1: return launch_pipe<T, 1>(a, device, s);
+        case 2: return launch_pipe<T, 2>(a, device, s);
+        case 4: return launch_pipe<T, 4>(a, device, s);
+        case 8: return launch_pipe<T, 8>(a, device, s);
+        case 16: return launch_pipe<T, 16>(a, device, s);
+        case 32: return launch_pipe<T, 32>(a, device, s);
+        default: break; // N = 256: the block kernel
+        }
+    }
     if (vec) {
         switch (a.N / 4) {
         case 1: return launch_vec<T, 1, 1>(a, s);
@@ -278,7 +489,15 @@ extern "C" ssmtp_status_t ssmtp_cuda_step_fwd(const ssmtp_step_params_t *p, void
     // float4 state and A rows: 16-byte aligned bases and row strides, contiguous state axis.
     const bool vec = a.N % 4 == 0 && a.ss2 == 1 && a.sA1 == 1 && a.ss0 % 4 == 0 && a.ss1 % 4 == 0 &&
                      a.sA0 % 4 == 0 && ((uintptr_t)a.state % 16) == 0 && ((uintptr_t)a.A % 16) == 0;
+    // Kernel choice (SSMTP_STEP_KERNEL): "block" (default) or "pipe"; anything else is an error, not a fallback.
+    bool pipe = false;
+    const char *kenv = getenv("SSMTP_STEP_KERNEL");
+    if (kenv && *kenv) {
+        if (strcmp(kenv, "pipe") == 0) pipe = true;
+        else if (strcmp(kenv, "block") != 0)
+            return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": SSMTP_STEP_KERNEL=%s (block or pipe)", kenv);
+    }
     cudaStream_t s = (cudaStream_t)stream;
-    SSMTP_DISPATCH_FLOAT(p->x.dtype, T, OP, { return dispatch<T>(a, vec, s); });
+    SSMTP_DISPATCH_FLOAT(p->x.dtype, T, OP, { return dispatch<T>(a, vec, pipe, p->x.device, s); });
     return SSMTP_OK;
 }
