@@ -558,7 +558,8 @@ __device__ __forceinline__ void ck_load_bc(float *tile, const T *__restrict__ ba
 // L2 prefetch of `bytes` (a multiple of 16, 16-byte aligned) at p: one bulk prefetch on sm_90, nothing elsewhere.
 __device__ __forceinline__ void ck_prefetch_l2(const void *p, uint32_t bytes) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(__cvta_generic_to_global(p)), "r"(bytes)
+                 : "memory");
 #else
     (void)p;
     (void)bytes;
