@@ -377,6 +377,67 @@ def chunk_sweep(flt=""):
 
 # ------------------------------------------------------------------------------------------------ main
 
+# ------------------------------------------------------------------------------------------------ decode GEMV
+
+LINEAR_SHAPES = [  # (label, K, N): mamba-2.8b projections per rank
+    ("mamba-2.8b tp1 in_proj", 2560, 10240), ("mamba-2.8b tp1 x_proj", 5120, 192),
+    ("mamba-2.8b tp1 dt_proj", 160, 5120), ("mamba-2.8b tp1 out_proj", 5120, 2560),
+    ("mamba-2.8b tp2 in_proj", 2560, 5120), ("mamba-2.8b tp2 out_proj", 2560, 2560),
+]
+
+
+def bench_linear(flt=""):
+    """ssmtp::linear_small vs F.linear (cuBLAS) at M = 1, 2, 4, 8 rows on the same inputs: median per call inside a
+    CUDA graph of R calls rotating over weight sets (>= 3 x L2 of weights in all). Validated against each other first
+    (bf16: within 2 ulp plus fp32 summation slack). Floor: weight bytes / 4.26 TB/s."""
+    out = []
+    for label, K, N in LINEAR_SHAPES:
+        if flt and flt not in label:
+            continue
+        wbytes = N * K * ESZ
+        nsets = int(max(1, min(128, math.ceil(3 * L2_BYTES / wbytes))))
+        ws = [(torch.randn(N, K, device="cuda") / K**0.5).to(DTYPE) for _ in range(nsets)]
+        for M in (1, 2, 4, 8):
+            x = torch.randn(M, K, device="cuda").to(DTYPE)
+            a, b = ops.linear_small(x, ws[0], None).float(), F.linear(x, ws[0]).float()
+            ok = bool(((a - b).abs() <= 2 ** -6 * b.abs() + 1e-2).all())
+            row = dict(label=f"{label} M={M}", K=K, N=N, M=M, weight_bytes=wbytes, valid=ok,
+                       floor_us=wbytes / HBM_BPS * 1e6)
+            for name, fn in (("linear_small", lambda w: ops.linear_small(x, w, None)),
+                             ("cublas", lambda w: F.linear(x, w))):
+                R = max(nsets, 64)
+                st = torch.cuda.Stream()
+                st.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(st):
+                    for w in ws:
+                        fn(w)
+                torch.cuda.current_stream().wait_stream(st)
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g):
+                    for i in range(R):
+                        fn(ws[i % nsets])
+                g.replay()
+                ts = []
+                for _ in range(7):
+                    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    e0.record()
+                    g.replay()
+                    e1.record()
+                    e1.synchronize()
+                    ts.append(e0.elapsed_time(e1) * 1e3 / R)
+                del g
+                row[f"{name}_us"] = statistics.median(ts)
+            row["frac_hbm"] = row["floor_us"] / row["linear_small_us"]
+            row["speedup_vs_cublas"] = row["cublas_us"] / row["linear_small_us"]
+            out.append(row)
+            print(f"{row['label']:<40} small {row['linear_small_us']:7.1f} us  cuBLAS {row['cublas_us']:7.1f} us  "
+                  f"x{row['speedup_vs_cublas']:.2f}  {100 * row['frac_hbm']:5.1f}% HBM {'ok' if ok else 'INVALID'}",
+                  flush=True)
+        del ws
+        torch.cuda.empty_cache()
+    return out
+
+
 def git_commit():
     if os.environ.get("SSMTP_GIT_COMMIT"):  # set by whoever copies the tree to a machine without .git
         return os.environ["SSMTP_GIT_COMMIT"]
@@ -449,12 +510,13 @@ def main():
         del sets
         torch.cuda.empty_cache()
     sweeps = [] if args.no_sweep else chunk_sweep(args.filter)
+    linear_rows = bench_linear(args.filter)
     meta = dict(git_commit=git_commit(), date=datetime.datetime.now(datetime.timezone.utc).isoformat(),
                 device=dev_name, torch=torch.__version__, build=ops.build_info(), hbm_Bps=HBM_BPS,
                 clock_hz_assumed=CLOCK_HZ, dtype=str(DTYPE), seconds=time.time() - t_start)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     with open(out_path, "w") as f:
-        json.dump(dict(meta=meta, cases=rows, scan_chunk_sweep=sweeps), f, indent=1)
+        json.dump(dict(meta=meta, cases=rows, scan_chunk_sweep=sweeps, linear=linear_rows), f, indent=1)
     try:
         import matplotlib
         matplotlib.use("Agg")

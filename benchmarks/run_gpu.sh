@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension, run the GPU tests, run the benchmarks.
 # Everything lands under $OUT (default benchmarks/results/latest): logs, JSON, PNG.
-#   bash benchmarks/run_gpu.sh [tests|ops|allreduce|engine|throughput|ablation|leak|profile|train|all ...]   (default: all)
+#   bash benchmarks/run_gpu.sh [tests|ops|pick|allreduce|engine|throughput|ablation|leak|profile|train|all ...]   (default: all)
 # Budget knobs (seconds; 0 = no limit): THROUGHPUT_BUDGET_S (per TP run, default 120), THROUGHPUT_ARGS (e.g.
 # "--quick" or "--model mamba-2.8b"), ABLATION_BUDGET_S (default 90), ABLATION_ARGS (e.g. "--quick"),
 # ABLATION_BACKENDS (default auto,nccl,custom,quant-int8,quant-fp8; the first is the baseline).
@@ -34,6 +34,31 @@ if want tests; then
 fi
 if want ops; then
   run python benchmarks/bench_ops.py --out "$OUT/ops.json"
+fi
+if want pick && [ -f "$OUT/ops.json" ]; then
+  # choose the scan and decode-step kernels for the steps that follow from this run's ops.json: per op, the kernel with
+  # the smaller total graph time over the cases where every kernel validated; exported as SSMTP_SCAN_KERNEL /
+  # SSMTP_STEP_KERNEL and written to kernel-choice.json
+  python - "$OUT/ops.json" "$OUT/kernel-choice.json" "$OUT/kernel-choice.env" <<'PY' 2>&1 | tee -a "$LOG"
+import collections, json, sys
+rows = json.load(open(sys.argv[1]))["cases"]
+env = {"scan": "SSMTP_SCAN_KERNEL", "step": "SSMTP_STEP_KERNEL"}
+choice = {}
+for op, var in env.items():
+    by = collections.defaultdict(dict)
+    for r in rows:
+        if r["op"] == op:
+            by[r["label"]][r["kernel"]] = r
+    kernels = sorted({k for v in by.values() for k in v})
+    ok = [v for v in by.values() if len(v) == len(kernels) and all(x["valid"] for x in v.values())]
+    tot = {k: sum(v[k]["us"] for v in ok) for k in kernels}
+    best = min(tot, key=tot.get) if tot else None
+    choice[op] = dict(env=var, kernel=best, total_us=tot, cases=len(ok), cases_all=len(by))
+    print(f"[pick] {op}: {best} (total graph us over {len(ok)}/{len(by)} validated cases: {tot})")
+json.dump(choice, open(sys.argv[2], "w"), indent=1)
+open(sys.argv[3], "w").write("".join(f"{c['env']}={c['kernel']}\n" for c in choice.values() if c["kernel"]))
+PY
+  set -a; . "$OUT/kernel-choice.env"; set +a
 fi
 if want allreduce && [ "$ngpu" -ge 2 ]; then
   run torchrun --nproc_per_node 2 benchmarks/bench_allreduce.py --out "$OUT/allreduce.json"

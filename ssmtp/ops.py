@@ -179,7 +179,24 @@ def _(q, scales, block, dtype):
 # ------------------------------------------------------------------------------------------------ small linear
 
 LINEAR_SMALL_MAX_M = 8  # SSMTP_LINEAR_SMALL_MAX_M in csrc/ssmtp.h
-_GEMV = os.environ.get("SSMTP_GEMV", "1") != "0"  # SSMTP_GEMV=0: always F.linear (for A/B measurements)
+
+
+def _gemv_rows() -> int:
+    """Largest row count that ops.linear sends to the small-batch kernel: SSMTP_GEMV (0 = never), default 1. Measured
+    on H200 (2026-11-22, mamba-2.8b bf16 decode step, benchmarks/profile_decode.py): at 1 row the kernel made the step
+    2.70 ms vs 3.16 ms with cuBLAS; at 8 rows 4.50 ms vs 3.36 ms (the kernel re-reads x per weight pack: at 8 rows it
+    is limited by L1 and conversions, not HBM). bench_ops.py times each row count against cuBLAS."""
+    v = os.environ.get("SSMTP_GEMV", "1")
+    try:
+        n = int(v)
+    except ValueError:
+        raise ValueError(f"SSMTP_GEMV={v!r}: expected an integer row count (0 = off)") from None
+    if not 0 <= n <= LINEAR_SMALL_MAX_M:
+        raise ValueError(f"SSMTP_GEMV={n}: expected 0..{LINEAR_SMALL_MAX_M}")
+    return n
+
+
+_GEMV_ROWS = _gemv_rows()
 
 
 @torch.library.custom_op("ssmtp::linear_small", mutates_args=())
@@ -198,19 +215,20 @@ def _(x, weight, bias):
 
 def linear_small_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether the CUDA small-batch kernel takes this product (else a GEMM is the right tool)."""
-    if not (_GEMV and x.is_cuda and x.dtype == weight.dtype and x.dtype in (torch.bfloat16, torch.float16,
+    if not (_GEMV_ROWS and x.is_cuda and x.dtype == weight.dtype and x.dtype in (torch.bfloat16, torch.float16,
                                                                           torch.float32)):
         return False
     K = x.shape[-1]
     m = x.numel() // K if K else 0
     es = x.element_size()
-    return (1 <= m <= LINEAR_SMALL_MAX_M and (K * es) % 16 == 0 and weight.is_contiguous()
+    return (1 <= m <= _GEMV_ROWS and (K * es) % 16 == 0 and weight.is_contiguous()
             and x.data_ptr() % 16 == 0 and weight.data_ptr() % 16 == 0 and x.stride(-1) == 1)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """F.linear, except for a decode-sized batch on CUDA (<= 8 rows), where ssmtp::linear_small streams the weight
-    once instead of cuBLAS's split-K GEMM + reduction. Same math (fp32 accumulation, one rounding)."""
+    """F.linear, except for a decode-sized batch on CUDA (<= SSMTP_GEMV rows, default 1), where ssmtp::linear_small
+    streams the weight once instead of cuBLAS's split-K GEMM + reduction. Same math (fp32 accumulation, one
+    rounding)."""
     if linear_small_applies(x, weight):
         x2 = x.reshape(-1, x.shape[-1])
         if x2.shape[0] > 1 and (x2.stride(0) * x2.element_size()) % 16:

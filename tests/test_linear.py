@@ -114,10 +114,12 @@ def test_cuda_strided_dispatch_graph_and_errors():
     xs = big[:, 1, 64:]  # rows (2 x 5184) elements apart, 16-byte aligned
     xs.copy_(x)
     _check(ops.linear_small(xs, w, b).cpu(), x.cpu(), w.cpu(), b.cpu())
-    # the dispatcher: (B, 1, K) decode activations take the kernel; results equal the op's
-    x3 = x[:, None]
+    # the dispatcher: a (1, 1, K) decode activation takes the kernel (default SSMTP_GEMV=1 row); results equal the
+    # op's; more rows than SSMTP_GEMV go to cuBLAS
+    x3 = x[:1, None]
     assert ops.linear_small_applies(x3, w)
-    assert torch.equal(ops.linear(x3, w, b)[:, 0], ops.linear_small(x, w, b))
+    assert torch.equal(ops.linear(x3, w, b)[:, 0], ops.linear_small(x[:1], w, b))
+    assert ops.linear_small_applies(x[:, None], w) == (ops._GEMV_ROWS >= 4)
     assert not ops.linear_small_applies(torch.randn(9, 5120, device=dev, dtype=torch.bfloat16), w)  # M > 8: GEMM
     # graph capture + replay with a fresh input
     out = torch.empty(4, 192, device=dev, dtype=torch.bfloat16)
