@@ -36,8 +36,8 @@ if want ops; then
   run python benchmarks/bench_ops.py --out "$OUT/ops.json"
 fi
 if want pick && [ -f "$OUT/ops.json" ]; then
-  # choose the scan and decode-step kernels for the steps that follow from this run's ops.json: per op, the kernel with
-  # the smaller total graph time over the cases where every kernel validated; exported as SSMTP_SCAN_KERNEL /
+  # choose the scan and decode-step kernels for the steps that follow from this run's ops.json: per op, among the
+  # kernels that validated on every case, the one with the smaller total graph time; exported as SSMTP_SCAN_KERNEL /
   # SSMTP_STEP_KERNEL and written to kernel-choice.json
   python - "$OUT/ops.json" "$OUT/kernel-choice.json" "$OUT/kernel-choice.env" <<'PY' 2>&1 | tee -a "$LOG"
 import collections, json, sys
@@ -50,11 +50,12 @@ for op, var in env.items():
         if r["op"] == op:
             by[r["label"]][r["kernel"]] = r
     kernels = sorted({k for v in by.values() for k in v})
-    ok = [v for v in by.values() if len(v) == len(kernels) and all(x["valid"] for x in v.values())]
-    tot = {k: sum(v[k]["us"] for v in ok) for k in kernels}
+    bad = sorted({k for v in by.values() for k, x in v.items() if not x["valid"]})  # never picked
+    ok = [v for v in by.values() if len(v) == len(kernels)]
+    tot = {k: sum(v[k]["us"] for v in ok) for k in kernels if k not in bad}
     best = min(tot, key=tot.get) if tot else None
-    choice[op] = dict(env=var, kernel=best, total_us=tot, cases=len(ok), cases_all=len(by))
-    print(f"[pick] {op}: {best} (total graph us over {len(ok)}/{len(by)} validated cases: {tot})")
+    choice[op] = dict(env=var, kernel=best, total_us=tot, cases=len(ok), invalid_kernels=bad)
+    print(f"[pick] {op}: {best} (total graph us over {len(ok)} cases: {tot}; failed validation: {bad or 'none'})")
 json.dump(choice, open(sys.argv[2], "w"), indent=1)
 open(sys.argv[3], "w").write("".join(f"{c['env']}={c['kernel']}\n" for c in choice.values() if c["kernel"]))
 PY
