@@ -181,22 +181,26 @@ def _(q, scales, block, dtype):
 LINEAR_SMALL_MAX_M = 8  # SSMTP_LINEAR_SMALL_MAX_M in csrc/ssmtp.h
 
 
-def _gemv_rows() -> int:
-    """Largest row count that ops.linear sends to the small-batch kernel: SSMTP_GEMV (0 = never), default 1. Measured
-    on H200 (2026-11-22, mamba-2.8b bf16 decode step, benchmarks/profile_decode.py): at 1 row the kernel made the step
-    2.70 ms vs 3.16 ms with cuBLAS; at 8 rows 4.50 ms vs 3.36 ms (the kernel re-reads x per weight pack: at 8 rows it
-    is limited by L1 and conversions, not HBM). bench_ops.py times each row count against cuBLAS."""
+def _gemv_on() -> bool:
     v = os.environ.get("SSMTP_GEMV", "1")
-    try:
-        n = int(v)
-    except ValueError:
-        raise ValueError(f"SSMTP_GEMV={v!r}: expected an integer row count (0 = off)") from None
-    if not 0 <= n <= LINEAR_SMALL_MAX_M:
-        raise ValueError(f"SSMTP_GEMV={n}: expected 0..{LINEAR_SMALL_MAX_M}")
-    return n
+    if v not in ("0", "1"):
+        raise ValueError(f"SSMTP_GEMV={v!r}: expected 1 (use the small-batch kernel where it measured faster) or 0")
+    return v == "1"
 
 
-_GEMV_ROWS = _gemv_rows()
+_GEMV = _gemv_on()
+
+
+def gemv_wins(m: int, K: int, N: int) -> bool:
+    """Where linear_small measured faster than cuBLAS on H200 (2026-11-22, bf16, benchmarks/bench_ops.py, mamba-2.8b
+    projections; the kernel re-reads x for every weight pack, so each extra row costs L1 traffic and conversions):
+      narrow outputs (N <= 512, x_proj 5120 -> 192): 1.8-2.6x at 1-8 rows;
+      1-2 rows, K < 1024 or N < 2K (out_proj 5120 -> 2560: 1.24-1.28x; dt_proj 160 -> 5120: 1.31x);
+      wide outputs of a long K (in_proj 2560 -> 10240 / 5120): 0.93-0.99x at 1-2 rows: cuBLAS;
+      3+ rows of anything wider than 512: 0.52-0.91x: cuBLAS."""
+    if N <= 512:
+        return m <= LINEAR_SMALL_MAX_M
+    return m <= 2 and not (K >= 1024 and N >= 2 * K)
 
 
 @torch.library.custom_op("ssmtp::linear_small", mutates_args=())
@@ -215,20 +219,21 @@ def _(x, weight, bias):
 
 def linear_small_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether the CUDA small-batch kernel takes this product (else a GEMM is the right tool)."""
-    if not (_GEMV_ROWS and x.is_cuda and x.dtype == weight.dtype and x.dtype in (torch.bfloat16, torch.float16,
+    if not (_GEMV and x.is_cuda and x.dtype == weight.dtype and x.dtype in (torch.bfloat16, torch.float16,
                                                                           torch.float32)):
         return False
     K = x.shape[-1]
     m = x.numel() // K if K else 0
     es = x.element_size()
-    return (1 <= m <= _GEMV_ROWS and (K * es) % 16 == 0 and weight.is_contiguous()
+    return (m >= 1 and weight.dim() == 2 and gemv_wins(m, K, weight.shape[0]) and (K * es) % 16 == 0
+            and weight.is_contiguous()
             and x.data_ptr() % 16 == 0 and weight.data_ptr() % 16 == 0 and x.stride(-1) == 1)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """F.linear, except for a decode-sized batch on CUDA (<= SSMTP_GEMV rows, default 1), where ssmtp::linear_small
+    """F.linear, except for decode-sized batches on CUDA where ssmtp::linear_small measured faster (gemv_wins): it
     streams the weight once instead of cuBLAS's split-K GEMM + reduction. Same math (fp32 accumulation, one
-    rounding)."""
+    rounding). SSMTP_GEMV=0: always F.linear."""
     if linear_small_applies(x, weight):
         x2 = x.reshape(-1, x.shape[-1])
         if x2.shape[0] > 1 and (x2.stride(0) * x2.element_size()) % 16:

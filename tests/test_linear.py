@@ -80,8 +80,10 @@ def test_bad_input():
         ops.linear_small(x[None], w, b)
     with pytest.raises((ValueError, NotImplementedError), match="x"):
         ops.linear_small(x.to(torch.int32), w, b)
-    # the dispatcher never takes the kernel on the CPU, and matches F.linear there
+    # the dispatcher never takes the kernel on the CPU, and matches F.linear there; its size rule
     assert not ops.linear_small_applies(x, w)
+    assert ops.gemv_wins(8, 5120, 192) and ops.gemv_wins(1, 5120, 2560) and ops.gemv_wins(2, 160, 5120)
+    assert not ops.gemv_wins(1, 2560, 10240) and not ops.gemv_wins(4, 5120, 2560) and not ops.gemv_wins(9, 5120, 192)
     assert torch.equal(ops.linear(x, w, b), torch.nn.functional.linear(x, w, b))
 
 
@@ -114,13 +116,13 @@ def test_cuda_strided_dispatch_graph_and_errors():
     xs = big[:, 1, 64:]  # rows (2 x 5184) elements apart, 16-byte aligned
     xs.copy_(x)
     _check(ops.linear_small(xs, w, b).cpu(), x.cpu(), w.cpu(), b.cpu())
-    # the dispatcher: a (1, 1, K) decode activation takes the kernel (default SSMTP_GEMV=1 row); results equal the
-    # op's; more rows than SSMTP_GEMV go to cuBLAS
-    x3 = x[:1, None]
-    assert ops.linear_small_applies(x3, w)
-    assert torch.equal(ops.linear(x3, w, b)[:, 0], ops.linear_small(x[:1], w, b))
-    assert ops.linear_small_applies(x[:, None], w) == (ops._GEMV_ROWS >= 4)
+    # the dispatcher: (B, 1, K) decode activations take the kernel where it measured faster; results equal the op's
+    x3 = x[:, None]
+    assert ops.linear_small_applies(x3, w)  # x_proj-like (N = 192): up to 8 rows
+    assert torch.equal(ops.linear(x3, w, b)[:, 0], ops.linear_small(x, w, b))
     assert not ops.linear_small_applies(torch.randn(9, 5120, device=dev, dtype=torch.bfloat16), w)  # M > 8: GEMM
+    w_in = torch.randn(10240, 2560, device=dev, dtype=torch.bfloat16)  # in_proj-like: cuBLAS at any row count
+    assert not ops.linear_small_applies(torch.randn(1, 2560, device=dev, dtype=torch.bfloat16), w_in)
     # graph capture + replay with a fresh input
     out = torch.empty(4, 192, device=dev, dtype=torch.bfloat16)
     s = torch.cuda.Stream()

@@ -871,6 +871,9 @@ extern "C" ssmtp_status_t ssmtp_cuda_scan_fwd(const ssmtp_scan_params_t *p, void
     // seqlen == 0 still launches: the final state is then the initial one (zeros when !load_state).
     cudaStream_t st = (cudaStream_t)stream;
     // Kernel choice (SSMTP_SCAN_KERNEL): "loop" (default) or "chunked"; anything else is an error, not a fallback.
+    // Measured on H200 (2026-11-22, bench_ops.py, bf16, d_state 16, both validated): chunked was slower on 33 of 36
+    // cases (mamba-2.8b tp1 B=1 L=8192: 1345 us vs 607; B=8 L=2048: 1692 vs 992; it held ~250 GB/s flat), faster
+    // only at B=1 L=512 with half the channels (57 vs 60 us). So loop stays the default.
     const char *kenv = getenv("SSMTP_SCAN_KERNEL");
     bool chunked = false;
     if (kenv && *kenv) {

@@ -490,6 +490,8 @@ extern "C" ssmtp_status_t ssmtp_cuda_step_fwd(const ssmtp_step_params_t *p, void
     const bool vec = a.N % 4 == 0 && a.ss2 == 1 && a.sA1 == 1 && a.ss0 % 4 == 0 && a.ss1 % 4 == 0 &&
                      a.sA0 % 4 == 0 && ((uintptr_t)a.state % 16) == 0 && ((uintptr_t)a.A % 16) == 0;
     // Kernel choice (SSMTP_STEP_KERNEL): "block" (default) or "pipe"; anything else is an error, not a fallback.
+    // Measured on H200 (2026-11-22, bench_ops.py, bf16, both validated): pipe was slower at B >= 8 on every model
+    // (mamba-2.8b tp1 B=256: 92.7 us vs 72.7, 45% vs 58% of HBM), equal at B=1. So block stays the default.
     bool pipe = false;
     const char *kenv = getenv("SSMTP_STEP_KERNEL");
     if (kenv && *kenv) {
