@@ -54,7 +54,7 @@ def fmt_size(b):
 
 
 def commit_of():
-    c = os.environ.get("SSMTP_COMMIT")
+    c = os.environ.get("SSMTP_GIT_COMMIT") or os.environ.get("SSMTP_COMMIT")
     if c:
         return c
     try:

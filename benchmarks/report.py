@@ -61,8 +61,8 @@ def _newest(paths: list) -> tuple:
     return best
 
 
-def _pair(results: str, kind: str) -> tuple:
-    """The newest (tp1, tp2) pair of `kind-*-tp{1,2}.json` with the same stem; either may be None."""
+def _pairs(results: str, kind: str) -> list:
+    """Every (tp1, tp2) pair of `kind-*-tp{1,2}.json` with the same stem (either may be None), oldest first."""
     pairs = []
     for p1 in glob.glob(os.path.join(results, f"{kind}-*tp1.json")):
         p2 = p1[:-len("tp1.json")] + "tp2.json"
@@ -73,16 +73,19 @@ def _pair(results: str, kind: str) -> tuple:
         if not os.path.isfile(p2[:-len("tp2.json")] + "tp1.json"):
             d2 = _load(p2)
             pairs.append((_date(d2), None, None, p2, d2))
-    if not pairs:
-        return None, None, None, None
-    _, p1, d1, p2, d2 = max(pairs, key=lambda x: x[0])
-    return p1, d1, p2, d2
+    return [x[1:] for x in sorted(pairs, key=lambda x: x[0])]
+
+
+def _pair(results: str, kind: str) -> tuple:
+    """The newest (tp1, tp2) pair of `kind-*-tp{1,2}.json` with the same stem; either may be None."""
+    pairs = _pairs(results, kind)
+    return pairs[-1] if pairs else (None, None, None, None)
 
 
 def load_results(results: str) -> dict:
     r: dict = {}
     r["engine"] = _pair(results, "engine")
-    r["throughput"] = _pair(results, "throughput")
+    r["throughput"] = _pairs(results, "throughput")
     r["ablation"] = _newest(glob.glob(os.path.join(results, "quant-ablation-*.json")))
     r["ops"] = _newest(glob.glob(os.path.join(results, "ops-*.json")))
     r["allreduce"] = _newest(glob.glob(os.path.join(results, "allreduce-*.json")))
@@ -205,8 +208,17 @@ def engine_section(p1, d1, p2, d2, readme_dir) -> list:
         rows.append([f"TTFT, {t1['prompt_len']}-token prompt, cold (prefix cache off)",
                      _ms(t1["cold_no_prefix_cache_s"] * 1e3, 0), _ms(t2["cold_no_prefix_cache_s"] * 1e3, 0) if t2
                      else "", "", "", "", ""])
+        if "cold_s" in t1:
+            rows.append([f"TTFT, {t1['prompt_len']}-token prompt, cold (prefix cache on: saves a state every "
+                         f"{_meta(d1).get('prefix_interval', '?')} tokens)", _ms(t1["cold_s"] * 1e3, 0),
+                         _ms(t2["cold_s"] * 1e3, 0) if t2 else "", "", "", "", ""])
         rows.append([f"TTFT, {t1['hit_cached_tokens']} of {t1['prompt_len']} tokens cached", _ms(t1["hit_s"] * 1e3, 1),
                      _ms(t2["hit_s"] * 1e3, 1) if t2 else "", "", "", "", ""])
+        if "hit_over_cold_no_prefix_cache" in t1:
+            rows.append(["TTFT hit / cold (cache off; cache on)",
+                         f"{t1['hit_over_cold_no_prefix_cache']:.2f}; {t1['hit_over_cold']:.2f}",
+                         f"{t2['hit_over_cold_no_prefix_cache']:.2f}; {t2['hit_over_cold']:.2f}" if t2 else "",
+                         "", "", "", ""])
     tp2 = _meta(d2).get("tp", 2) if d2 else 2
     out += _table(["figure", "ssmtp TP=1", f"ssmtp TP={tp2}", f"TP={tp2} / TP=1", "TP=1 x floor",
                    "mamba_ssm (graphs), 1 GPU", "HF transformers, 1 GPU, this run"], rows)
@@ -260,6 +272,12 @@ def throughput_section(p1, d1, p2, d2, readme_dir) -> list:
         info = (d1 or d2)["models"].get(m, {})
         why = info.get("reason") or info.get("error")
         note = "" if info.get("status") == "ok" else f" ({info.get('status')}: {why})"
+        slots = [(t, d["models"][m].get("slots")) for t, d in ((1, d1), (tp2, d2))
+                 if d and m in d.get("models", {}) and d["models"][m].get("slots")]
+        big_b = max((c["batch"] for c in (d1 or d2).get("cases", []) if c.get("model") == m), default=0)
+        if any(n < big_b for _, n in slots):  # the batch did not fit at once: requests queued for a slot
+            note += (" (state slots that fit: " + ", ".join(f"TP={t} {n}" for t, n in slots)
+                     + f"; batches above that ran in waves)")
         out.append(f"{m}{note}:")
         out.append("")
         if rows:
@@ -389,6 +407,7 @@ def ops_section(op_path, ops, ar_path, ar, readme_dir) -> list:
                     and size_ok(r["bytes"])}
 
         small = lambda n: n <= 65536  # noqa: E731
+        lamport = us("custom-lamport", small)
         custom = us("custom-1shot-rel", small) or us("custom-1shot", small)
         nccl = us("nccl", small)
         symm = {}
@@ -396,10 +415,13 @@ def ops_section(op_path, ops, ar_path, ar, readme_dir) -> list:
             for n, v in us(bk, small).items():
                 symm[n] = min(v, symm.get(n, v))
         bits = []
-        if custom:
-            bits.append(f"custom one-shot all-reduce {_range(custom.values())} us for <= 64 KiB inside a CUDA graph"
-                        + (f" (NCCL {_range(nccl.values())} us, torch symmetric memory {_range(symm.values())} us)"
-                           if nccl and symm else ""))
+        if lamport or custom:
+            extra = ([f"flag-synchronised one-shot {_range(custom.values())} us"] if lamport and custom else [])
+            extra += [f"NCCL {_range(nccl.values())} us"] if nccl else []
+            extra += [f"torch symmetric memory {_range(symm.values())} us"] if symm else []
+            name = "lamport one-shot" if lamport else "one-shot"
+            bits.append(f"custom {name} all-reduce {_range((lamport or custom).values())} us for <= 64 KiB inside a "
+                        "CUDA graph" + (f" ({', '.join(extra)})" if extra else ""))
         big = 16 << 20
         q = [r["us"] for r in rs
              if r["backend"].startswith("q-int8-b32") and r["mode"] == "graph" and r["bytes"] == big]
@@ -456,7 +478,8 @@ def accuracy_section(path, d) -> list:
 def render(results: str, readme_dir: str) -> str:
     r = load_results(results)
     devices, gpus, dates = set(), set(), set()
-    for k, v in r.items():
+    items = [v for k, v in r.items() if k != "throughput"] + list(r["throughput"])
+    for v in items:
         ds = [v[1], v[3]] if len(v) == 4 else [v[1]]
         for d in ds:
             dev = str(_meta(d).get("device", "cpu")) if d is not None else "cpu"
@@ -474,7 +497,8 @@ def render(results: str, readme_dir: str) -> str:
            "copy bandwidth); prefill = 2 x params x tokens / (tp x 790 TFLOP/s); see `shared/reference/"
            "measured-h200.md`.", ""]
     out += engine_section(*r["engine"], readme_dir)
-    out += throughput_section(*r["throughput"], readme_dir)
+    for pair in r["throughput"]:
+        out += throughput_section(*pair, readme_dir)
     out += ablation_section(*r["ablation"], *r["accuracy"], readme_dir)
     out += ops_section(*r["ops"], *r["allreduce"], readme_dir)
     out += accuracy_section(*r["accuracy"])
