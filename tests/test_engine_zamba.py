@@ -196,7 +196,10 @@ def _checks(rank, world, family, config, ref, preset_tokens):
     assert llm.pool.tensors["k"].shape[2] == MAX_LEN + 1
     heads = model.config.num_key_value_heads
     assert llm.pool.tensors["k"].shape[3] == heads // world, "K/V must hold this rank's heads only"
-    if (family, config) not in FULL:
+    if (family, config) not in FULL or world > 2:
+        # the chunked / prefix / reuse / padding / parallelized checks exercise engine logic that does not depend on
+        # the TP degree; they run at TP 1 and 2. TP 4 (heads split, a B/C group across ranks) is covered by the HF
+        # comparison above, and 4 CPU ranks on CI's 2 cores make each extra check cost minutes.
         return
 
     # 2. chunked prefill (chunks of <= 3 tokens, continuing from the slot: K/V and SSM states) == one prefill
