@@ -217,23 +217,23 @@ def time_eager(fn, iters=15, warmup=3):
     return statistics.median(ts)
 
 
-def time_graph(c, p, sets, est_s):
-    """Median per-call time of R calls captured in one graph (rotating over the input sets)."""
-    R = max(len(sets), min(200, int(math.ceil(2e-3 / max(est_s, 1e-6)))))
+def graph_time(call, nsets: int, R: int, replays: int = 10) -> float:
+    """Median per-call time of call(0..R-1) captured in one CUDA graph (call(i) uses input set i % nsets; each set is
+    run once outside capture first: allocator and algorithm warm-up)."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
-        for i in range(len(sets)):
-            run_op(c, p, sets[i])
+        for i in range(nsets):
+            call(i)
     torch.cuda.current_stream().wait_stream(s)
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         for i in range(R):
-            run_op(c, p, sets[i % len(sets)])
+            call(i)
     for _ in range(3):
         g.replay()
     ts = []
-    for _ in range(10):
+    for _ in range(replays):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
         g.replay()
@@ -241,7 +241,13 @@ def time_graph(c, p, sets, est_s):
         b.synchronize()
         ts.append(a.elapsed_time(b) * 1e-3 / R)
     del g
-    return statistics.median(ts), R
+    return statistics.median(ts)
+
+
+def time_graph(c, p, sets, est_s):
+    """Median per-call time of R calls captured in one graph (rotating over the input sets)."""
+    R = max(len(sets), min(200, int(math.ceil(2e-3 / max(est_s, 1e-6)))))
+    return graph_time(lambda i: run_op(c, p, sets[i % len(sets)]), len(sets), R), R
 
 
 # ------------------------------------------------------------------------------------------------ HF baseline
@@ -405,35 +411,14 @@ def bench_linear(flt=""):
                        floor_us=wbytes / HBM_BPS * 1e6)
             for name, fn in (("linear_small", lambda w: ops.linear_small(x, w, None)),
                              ("cublas", lambda w: F.linear(x, w))):
-                R = max(nsets, 64)
-                st = torch.cuda.Stream()
-                st.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(st):
-                    for w in ws:
-                        fn(w)
-                torch.cuda.current_stream().wait_stream(st)
-                g = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(g):
-                    for i in range(R):
-                        fn(ws[i % nsets])
-                g.replay()
-                ts = []
-                for _ in range(7):
-                    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    e0.record()
-                    g.replay()
-                    e1.record()
-                    e1.synchronize()
-                    ts.append(e0.elapsed_time(e1) * 1e3 / R)
-                del g
-                row[f"{name}_us"] = statistics.median(ts)
+                row[f"{name}_us"] = graph_time(lambda i: fn(ws[i % nsets]), nsets, max(nsets, 64), replays=7) * 1e6
             row["frac_hbm"] = row["floor_us"] / row["linear_small_us"]
             row["speedup_vs_cublas"] = row["cublas_us"] / row["linear_small_us"]
             out.append(row)
             print(f"{row['label']:<40} small {row['linear_small_us']:7.1f} us  cuBLAS {row['cublas_us']:7.1f} us  "
                   f"x{row['speedup_vs_cublas']:.2f}  {100 * row['frac_hbm']:5.1f}% HBM {'ok' if ok else 'INVALID'}",
                   flush=True)
-        del ws
+        ws = None  # free this shape's weight sets before the next
         torch.cuda.empty_cache()
     return out
 

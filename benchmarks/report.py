@@ -277,7 +277,7 @@ def throughput_section(p1, d1, p2, d2, readme_dir) -> list:
         big_b = max((c["batch"] for c in (d1 or d2).get("cases", []) if c.get("model") == m), default=0)
         if any(n < big_b for _, n in slots):  # the batch did not fit at once: requests queued for a slot
             note += (" (state slots that fit: " + ", ".join(f"TP={t} {n}" for t, n in slots)
-                     + f"; batches above that ran in waves)")
+                     + "; batches above that ran in waves)")
         out.append(f"{m}{note}:")
         out.append("")
         if rows:

@@ -130,17 +130,6 @@ class HybridRunner(ModelRunner):
         self.kv_local, self.head_dim = a.num_kv_local, a.head_dim
         self.max_len = int(getattr(config, "max_position_embeddings", 4096) or 4096)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.embed.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.embed.device
-
-    def head_weight(self) -> torch.Tensor:
-        return self.embed if self.tied else self.lm_head
-
     def set_max_len(self, n: int) -> int:
         """Tokens of K/V per slot (prompt + generated - 1 at most); the engine sets it from max_model_len."""
         if n < 1:

@@ -104,6 +104,18 @@ class ModelRunner(nn.Module):
     def decode(self, ids, pos, state_idx, pool: SlotPool) -> torch.Tensor:
         raise NotImplementedError
 
+    # every runner keeps its embedding as `embed` and, unless tied to it, its lm_head as `lm_head`
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.device
+
+    def head_weight(self) -> torch.Tensor:
+        return self.embed if self.tied else self.lm_head
+
 
 class MambaRunner(ModelRunner):
     """Mamba-1 family (Mamba, Falcon-Mamba), numerically as HF computes it: blocks x -> x + mixer(norm(x)) with an
@@ -137,17 +149,6 @@ class MambaRunner(ModelRunner):
         self._k_norm = _Fused(block_norm, enabled)
         self._k_add_norm = _Fused(add_block_norm, enabled)
         self._k_add_final = _Fused(add_final_norm, enabled)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.embed.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.embed.device
-
-    def head_weight(self) -> torch.Tensor:
-        return self.embed if self.tied else self.lm_head
 
     # ------------------------------------------------------------------ construction
 
