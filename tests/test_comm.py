@@ -78,6 +78,23 @@ def _quant_checks(rank, world):
     assert c_env.quant == "int8" and c_env.quant_block == 32
     assert c_env.backend_for(torch.zeros(8)) == "quant-int8"
     del os.environ["SSMTP_ALLREDUCE"]
+    # below the measured crossover (thresholds' quant_min_bytes, or SSMTP_QUANT_MIN_BYTES) messages are summed exactly
+    table = {"world_sizes": {str(world): {"rules": [{"max_bytes": None, "backend": "nccl"}],
+                                          "quant_min_bytes": 4096}}}
+    cm = Communicator(quant="int8", thresholds=table)
+    assert cm._quant_min == 4096
+    small, big = _inputs(world, 1000, torch.float32, seed=7), _inputs(world, 1024, torch.float32, seed=8)
+    assert cm.backend_for(small[rank]) == "torch" and cm.backend_for(big[rank]) == "quant-int8"
+    ref = small[rank].clone()
+    dist.all_reduce(ref)
+    assert torch.equal(cm.all_reduce(small[rank].clone()), ref)  # 4000 bytes: the exact (unquantized) sum
+    assert _same(cm.all_reduce(big[rank].clone()), quant_reduce_reference(big, "int8", 32))  # 4096 bytes: quantized
+    os.environ["SSMTP_QUANT_MIN_BYTES"] = "0"  # the override: quantize everything
+    assert Communicator(quant="int8", thresholds=table).backend_for(small[rank]) == "quant-int8"
+    os.environ["SSMTP_QUANT_MIN_BYTES"] = "lots"
+    with pytest.raises(ValueError, match="SSMTP_QUANT_MIN_BYTES"):
+        Communicator(quant="int8", thresholds=table)
+    del os.environ["SSMTP_QUANT_MIN_BYTES"]
     # every qdtype x block x dtype pairing once (the GPU tests sweep the full product)
     for qdtype, block, dtype in (("int8", 32, torch.bfloat16), ("int8", 128, torch.float32),
                                  ("fp8", 32, torch.float32), ("fp8", 128, torch.bfloat16)):

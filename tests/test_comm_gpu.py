@@ -251,7 +251,13 @@ def _main(rank, world):
         out = c.all_reduce(xs[rank].clone())
         assert ((out.float() - ref).abs() <= ULP[dtype] * ref.abs() + 1e-30).all(), f"Communicator auto n={n}"
         _log(rank, f"Communicator auto: {n} x {dtype} -> {c.backend_for(out)}")
+    cdef = Communicator(None, quant="int8", quant_block=32)  # measured crossover: exact below quant_min_bytes
+    assert cdef._quant_min > 0 and cdef.backend_for(torch.empty(1024, device=dev)) != "quant-int8"
+    assert cdef.backend_for(torch.empty(cdef._quant_min // 2, dtype=torch.bfloat16, device=dev)) == "quant-int8"
+    cdef.close()
+    os.environ["SSMTP_QUANT_MIN_BYTES"] = "0"  # quantize every size
     cq = Communicator(None, quant="int8", quant_block=32)
+    del os.environ["SSMTP_QUANT_MIN_BYTES"]
     xs = _inputs(world, 300001, torch.bfloat16, seed=77)
     out = cq.all_reduce(xs[rank].to(dev))
     assert _same(out, quant_reduce_reference(xs, "int8", 32)), "Communicator quant-int8"

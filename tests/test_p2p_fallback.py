@@ -9,6 +9,7 @@
   is logged once on one line with the reason, and all-reduce results are exact.
 """
 import logging
+import os
 import socket
 from types import SimpleNamespace
 
@@ -137,7 +138,10 @@ def _no_p2p_rank(rank, world):
             assert not auto.backend_for(x).startswith("custom")
             auto.all_reduce(x)
             assert torch.equal(x, torch.arange(n, device=dev, dtype=torch.float32) * 3)
+        os.environ["SSMTP_QUANT_MIN_BYTES"] = "0"  # quantize this small message too
         quant = Communicator(None, quant="int8")  # the quantized path runs over an all-gather instead
+        del os.environ["SSMTP_QUANT_MIN_BYTES"]
+        assert quant.backend_for(torch.ones(1000, device=dev)) == "quant-int8"
         assert quant._custom is None
         y = torch.ones(1000, device=dev)
         quant.all_reduce(y)

@@ -13,6 +13,8 @@ TP modules call ``comm.all_reduce(t)``: sum over the group, in place, returns t.
   "quant-int8"    block-scaled quantized all-reduce (ssmtp/parallel/quant_ar.py for the semantics). It changes the
   "quant-fp8"     numerics, so it is used only when asked for: SSMTP_ALLREDUCE=quant-int8 or
                   Communicator(group, quant="int8"). Block size: quant_block= or SSMTP_QUANT_BLOCK (default 32).
+                  Messages below the measured crossover ("quant_min_bytes" in the thresholds; SSMTP_QUANT_MIN_BYTES
+                  overrides, 0 = quantize everything) take the exact auto path: there quantizing is slower.
                   Runs on the custom P2P kernels when available, else over an all-gather (NCCL on GPUs, gloo on CPU).
   "auto"          (default) per message size from measured thresholds (ssmtp/parallel/thresholds.py, which says
                   where and when they were measured; SSMTP_AR_THRESHOLDS=file.json overrides); the plan is logged
@@ -177,6 +179,12 @@ class Communicator:
         self._measured = table.get("measured", {})
         self._rules = _rules_for(table, self.world_size, "rules") or [(None, "nccl")]
         self._qrules = _rules_for(table, self.world_size, "quant_rules") or [(None, "2shot")]
+        entry = table.get("world_sizes", {}).get(str(self.world_size)) or table.get("default") or {}
+        qmin = os.environ.get("SSMTP_QUANT_MIN_BYTES")
+        try:
+            self._quant_min = int(qmin) if qmin not in (None, "") else int(entry.get("quant_min_bytes") or 0)
+        except ValueError:
+            raise ValueError(f"SSMTP_QUANT_MIN_BYTES={qmin!r}: expected a byte count") from None
         self._log_plan()
 
     # ---------------------------------------------------------------------------------------------- setup
@@ -223,7 +231,8 @@ class Communicator:
         if self.quant:
             where = ("custom P2P kernels" if self._custom else
                      "all-gather over NCCL" if self._nccl else "all-gather over torch.distributed")
-            plan = f"quant-{self.quant} block {self.quant_block} ({where})"
+            plan = f"quant-{self.quant} block {self.quant_block} ({where})" + (
+                f" from {_fmt_bytes(self._quant_min)}, the exact auto path below" if self._quant_min else "")
         elif self.requested == "auto" and self.gpu:
             plan = "auto: " + ", ".join(f"<= {_fmt_bytes(m)} {self._resolve(b)[0]}" if m is not None
                                         else f"above {self._resolve(b)[0]}" for m, b in self._rules)
@@ -301,11 +310,11 @@ class Communicator:
         hit = self._plan_cache.get(key)
         if hit is not None:
             return hit
-        if self.quant and t.dtype in _FLOATS:
+        if self.quant and t.dtype in _FLOATS and nbytes >= self._quant_min:
             plan = (f"quant-{self.quant}", self._quant_call)
         elif t.dtype not in _FLOATS or not self.gpu:
             plan = ("torch", self._torch)
-        elif self.requested == "auto":
+        elif self.requested == "auto" or self.quant:  # quant mode, below the crossover: the exact auto path
             backend = next(b for m, b in self._rules if m is None or nbytes <= m)
             plan = self._resolve(backend)
         else:

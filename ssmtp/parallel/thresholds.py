@@ -4,7 +4,8 @@ A Python module rather than a .json file so that it ships in the wheel (pyprojec
 *.pyi, py.typed and data/*). The JSON text below is what benchmarks/bench_allreduce.py --thresholds-out writes,
 edited by hand where its "how" field says so; replace it with a new measurement, keeping "measured" honest.
 Rules: per world size, the first rule whose max_bytes (null = any size) is >= the message's bytes names the backend;
-"quant_rules" pick the quantized algorithm the same way; "default" serves world sizes not measured.
+"quant_rules" pick the quantized algorithm the same way; "quant_min_bytes": in quantized mode, smaller messages take
+the exact rules (quantizing them measured slower); "default" serves world sizes not measured.
 """
 import json
 
@@ -15,7 +16,7 @@ TABLE = json.loads(r"""
     "when": "2026-11-22T22:41:21+00:00",
     "commit": "the commit that added this table (lamport one-shot, 4 packs in flight, one block per SM)",
     "source": "benchmarks/bench_allreduce.py (latency per call inside a CUDA graph, bf16, median); results in benchmarks/results/allreduce-h200x2-*.json",
-    "how": "per size, the fastest of custom-lamport, custom-1shot, custom-2shot and NCCL (graph): lamport 4.1-5.7 us up to 512 KiB (one-shot 6.2-8.7), one-shot from 1 to 16 MiB (10.1 us at 1 MiB, 69.1 at 16 MiB vs NCCL 20.0 / 76.4), two-shot at 32 MiB (131 vs 141), NCCL from 64 MiB (247 vs 259). torch symmetric memory two-shot was faster from 2 MiB up (13.4 us at 2 MiB, 60.0 at 16 MiB) but was measured on its own symmetric buffer, without the two staging copies the Communicator needs, it must allocate (collectively) outside graph capture, and it rejects float16 and odd bf16 sizes; so auto does not pick it: ask for it with SSMTP_ALLREDUCE=symm"
+    "how": "per size, the fastest of custom-lamport, custom-1shot, custom-2shot and NCCL (graph): lamport 4.1-5.7 us up to 512 KiB (one-shot 6.2-8.7), one-shot from 1 to 16 MiB (10.1 us at 1 MiB, 69.1 at 16 MiB vs NCCL 20.0 / 76.4), two-shot at 32 MiB (131 vs 141), NCCL from 64 MiB (247 vs 259). torch symmetric memory two-shot was faster from 2 MiB up (13.4 us at 2 MiB, 60.0 at 16 MiB) but was measured on its own symmetric buffer, without the two staging copies the Communicator needs, it must allocate (collectively) outside graph capture, and it rejects float16 and odd bf16 sizes; so auto does not pick it: ask for it with SSMTP_ALLREDUCE=symm. Quantized (int8 block 32, best of one-/two-shot) against the best exact backend: slower up to 2 MiB (10.7 vs 5.8 us at 512 KiB, 14.4 vs 14.1 at 2 MiB), even at 4 MiB (20.8 vs 21.2), faster from 8 MiB (31.9 vs 36.2; 53.5 vs 69.4 at 16 MiB): quant_min_bytes = 4 MiB"
   },
   "world_sizes": {
     "2": {
@@ -28,7 +29,8 @@ TABLE = json.loads(r"""
       "quant_rules": [
         {"max_bytes": 4194304, "algo": "1shot"},
         {"max_bytes": null, "algo": "2shot"}
-      ]
+      ],
+      "quant_min_bytes": 4194304
     }
   },
   "default": {
