@@ -1,4 +1,4 @@
-"""Shared test setup: offline HF, no hub kernels, a `cuda` marker that skips without a GPU."""
+"""Shared test setup: offline HF, no hub kernels, a `cuda` marker that skips without a GPU, the `one_thread` fixture."""
 import os
 
 os.environ.setdefault("USE_HUB_KERNELS", "0")
@@ -18,3 +18,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
         if "multigpu" in item.keywords and ngpu < 2:
             item.add_marker(pytest.mark.skip(reason="needs 2 CUDA GPUs"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matrices: one thread is as fast and does not suffer on a busy 2-core CI machine (modules opt in with
+    pytestmark = pytest.mark.usefixtures("one_thread"))."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

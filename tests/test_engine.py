@@ -24,12 +24,12 @@ from ssmtp.engine import LLM, SamplingParams, SlotPool, SlotPoolExhausted
 from ssmtp.engine.prefix_cache import BranchIndex, PrefixCache, as_tokens, chain_hashes
 from ssmtp.engine.sampling import gumbel_noise, sample
 from ssmtp.engine.state_cache import StateSpec
-from tiny_models import build
+from tiny_models import build, prompts as make_prompts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NEW = 10
 K = 8  # prefix interval in these tests: prompts span several blocks
-LENGTHS = (13, 5, 21, 1, 9, 17)  # more prompts than the 4 slots below: requests queue and join as others finish
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_ranks(world, fn, *args, timeout=300.0):
@@ -37,26 +37,12 @@ def run_ranks(world, fn, *args, timeout=300.0):
     _run_ranks(world, fn, *args, timeout=timeout, preload=["transformers", "ssmtp", "tiny_models", __name__])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matrices: one thread is as fast and does not suffer on a busy 2-core CI machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _prompts(seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(3, 99, (n,), generator=g).tolist() for n in LENGTHS]
-
-
 def _hf_reference(family, config):
     """HF greedy tokens and per-step logits for every prompt (one at a time, no padding), unsharded model."""
     model = build(family, config)
     out = []
     with torch.no_grad():
-        for p in _prompts():
+        for p in make_prompts():
             g = model.generate(torch.tensor([p]), max_new_tokens=NEW, do_sample=False, output_logits=True,
                                return_dict_in_generate=True)
             out.append((g.sequences[0, len(p):].tolist(), torch.stack([lg[0] for lg in g.logits])))
@@ -87,7 +73,7 @@ ALL = ("hf", "chunked", "prefix", "reuse", "padding", "load", "preset")
 
 def _engine_checks(rank, world, family, config, ref, tmpdir, preset_tokens, parts=ALL):
     model = build(family, config)
-    prompts = _prompts()
+    prompts = make_prompts()
 
     # 1. greedy tokens == HF, continuous batching (6 prompts, 4 slots), prefix cache on (K = 8)
     llm = LLM(model, num_slots=4, prefix_interval=K, progress=False)

@@ -18,12 +18,12 @@ import torch
 import ssmtp
 from distributed import run_ranks as _run_ranks
 from ssmtp.engine import LLM
-from tiny_models import build_zamba, build_zamba2
+from tiny_models import build_zamba, build_zamba2, prompts as make_prompts
 
 NEW = 32
 K = 8  # prefix interval: prompts span several blocks
 MAX_LEN = 96  # K/V per slot (longest prompt 21 + 32 new tokens fits)
-LENGTHS = (13, 5, 21, 1, 9, 17)  # more prompts than the 4 slots: requests queue and join as others finish
+pytestmark = pytest.mark.usefixtures("one_thread")
 BUILD = {"zamba": build_zamba, "zamba2": build_zamba2}
 # (family, config, TP degrees): Zamba "hf-tester" splits its 2 mamba heads at TP 4; Zamba2 "odd" has RoPE, adapters,
 # biases and a B/C group spanning 2 ranks at TP 4; "g1" one B/C group (replicated), 2 shared blocks
@@ -34,19 +34,6 @@ FULL = {("zamba", "odd"), ("zamba2", "odd")}  # the configs that also get the ch
 
 def run_ranks(world, fn, *args, timeout=600.0):
     _run_ranks(world, fn, *args, timeout=timeout, preload=["transformers", "ssmtp", "tiny_models", __name__])
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _prompts(seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(3, 99, (n,), generator=g).tolist() for n in LENGTHS]
 
 
 def _close(a, b, rel, what):
@@ -62,7 +49,7 @@ def _hf_reference(family, config):
     model = BUILD[family](config)
     out = []
     with torch.no_grad():
-        for p in _prompts():
+        for p in make_prompts():
             g = model.generate(torch.tensor([p]), max_new_tokens=NEW, do_sample=False, output_logits=True,
                                return_dict_in_generate=True)
             out.append((g.sequences[0, len(p):].tolist(), torch.stack([lg[0] for lg in g.logits])))
@@ -96,7 +83,7 @@ def _same_as_cold(llm, prompt, out, what, rel=1e-5):
 
 
 def _prefix_checks(llm, what):
-    prompts = _prompts()
+    prompts = make_prompts()
     shared = prompts[2]  # 21 tokens: block boundaries at 8 and 16 inside it
     llm.generate([shared + [7] * 9], max_new_tokens=2)
     p = shared + [8] * 12
@@ -125,7 +112,7 @@ def _prefix_checks(llm, what):
 
 def _reuse_check(model, what):
     """One slot: a long request then a short one in the same slot == the short one in a fresh engine."""
-    prompts = _prompts()
+    prompts = make_prompts()
     fresh = _engine(model, num_slots=1, prefix_cache=False).generate([prompts[1]], max_new_tokens=NEW,
                                                                       return_logits=True)[0]
     llm = _engine(model, num_slots=1, prefix_cache=False)
@@ -185,7 +172,7 @@ def _padding_check(llm, what):
 def _checks(rank, world, family, config, ref, preset_tokens):
     what = f"{family}/{config} tp={world}"
     model = BUILD[family](config)
-    prompts = _prompts()
+    prompts = make_prompts()
 
     # 1. greedy == HF, continuous batching (6 prompts, 4 slots), prefix cache on
     llm = _engine(model)

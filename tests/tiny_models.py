@@ -107,3 +107,12 @@ def build_zamba2(config: str, dtype=torch.float32, seed: int = 0, **overrides):
     model.generation_config.eos_token_id = None  # always generate the full length
     model.generation_config.pad_token_id = 0
     return model
+
+
+PROMPT_LENGTHS = (13, 5, 21, 1, 9, 17)  # engine tests: more prompts than their 4 slots, so requests queue and join
+
+
+def prompts(seed: int = 1) -> list:
+    """Random token-id prompts of PROMPT_LENGTHS (ids 3..98: inside every tiny config's vocabulary)."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, 99, (n,), generator=g).tolist() for n in PROMPT_LENGTHS]
