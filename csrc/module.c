@@ -86,6 +86,23 @@ static PyObject *py_conv1d_fwd(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* The SSM ops' tensor arguments, in the order ssmtp.ops passes them (scan and ssd: SSM_TENSORS; the decode steps:
+ * STEP_TENSORS, without seq_lens). The param structs share these member names. */
+static const char *const SSM_NAMES[] = {"x", "dt", "A", "B", "C", "D", "z", "dt_bias", "state", "state_idx",
+                                        "seq_lens", "out"};
+static const char *const STEP_NAMES[] = {"x", "dt", "A", "B", "C", "D", "z", "dt_bias", "state", "state_idx", "out"};
+#define SSM_TENSORS(p)                                                                                               \
+    {&(p).x, &(p).dt, &(p).A, &(p).B, &(p).C, &(p).D, &(p).z, &(p).dt_bias, &(p).state, &(p).state_idx,            \
+     &(p).seq_lens, &(p).out}
+#define STEP_TENSORS(p)                                                                                              \
+    {&(p).x, &(p).dt, &(p).A, &(p).B, &(p).C, &(p).D, &(p).z, &(p).dt_bias, &(p).state, &(p).state_idx, &(p).out}
+
+static int parse_tensors(PyObject *const *o, ssmtp_tensor_t *const *t, const char *const *names, int n) {
+    for (int i = 0; i < n; i++)
+        if (!parse_tensor(o[i], t[i], names[i])) return 0;
+    return 1;
+}
+
 static PyObject *py_scan_fwd(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *o[12];
@@ -95,12 +112,8 @@ static PyObject *py_scan_fwd(PyObject *self, PyObject *args) {
                           &o[9], &o[10], &o[11], &softplus, &load_state, &stream))
         return NULL;
     ssmtp_scan_params_t p;
-    if (!parse_tensor(o[0], &p.x, "x") || !parse_tensor(o[1], &p.dt, "dt") || !parse_tensor(o[2], &p.A, "A") ||
-        !parse_tensor(o[3], &p.B, "B") || !parse_tensor(o[4], &p.C, "C") || !parse_tensor(o[5], &p.D, "D") ||
-        !parse_tensor(o[6], &p.z, "z") || !parse_tensor(o[7], &p.dt_bias, "dt_bias") ||
-        !parse_tensor(o[8], &p.state, "state") || !parse_tensor(o[9], &p.state_idx, "state_idx") ||
-        !parse_tensor(o[10], &p.seq_lens, "seq_lens") || !parse_tensor(o[11], &p.out, "out"))
-        return NULL;
+    ssmtp_tensor_t *const t[] = SSM_TENSORS(p);
+    if (!parse_tensors(o, t, SSM_NAMES, 12)) return NULL;
     p.dt_softplus = softplus;
     p.load_state = load_state;
     CALL_C(ssmtp_scan_fwd(&p, (void *)(uintptr_t)stream));
@@ -116,12 +129,8 @@ static PyObject *py_step_fwd(PyObject *self, PyObject *args) {
                           &o[9], &o[10], &softplus, &stream))
         return NULL;
     ssmtp_step_params_t p;
-    if (!parse_tensor(o[0], &p.x, "x") || !parse_tensor(o[1], &p.dt, "dt") || !parse_tensor(o[2], &p.A, "A") ||
-        !parse_tensor(o[3], &p.B, "B") || !parse_tensor(o[4], &p.C, "C") || !parse_tensor(o[5], &p.D, "D") ||
-        !parse_tensor(o[6], &p.z, "z") || !parse_tensor(o[7], &p.dt_bias, "dt_bias") ||
-        !parse_tensor(o[8], &p.state, "state") || !parse_tensor(o[9], &p.state_idx, "state_idx") ||
-        !parse_tensor(o[10], &p.out, "out"))
-        return NULL;
+    ssmtp_tensor_t *const t[] = STEP_TENSORS(p);
+    if (!parse_tensors(o, t, STEP_NAMES, 11)) return NULL;
     p.dt_softplus = softplus;
     CALL_C(ssmtp_step_fwd(&p, (void *)(uintptr_t)stream));
     Py_RETURN_NONE;
@@ -137,12 +146,8 @@ static PyObject *py_ssd_fwd(PyObject *self, PyObject *args) {
                           &o[9], &o[10], &o[11], &softplus, &load_state, &chunk, &dt_min, &dt_max, &stream))
         return NULL;
     ssmtp_ssd_params_t p;
-    if (!parse_tensor(o[0], &p.x, "x") || !parse_tensor(o[1], &p.dt, "dt") || !parse_tensor(o[2], &p.A, "A") ||
-        !parse_tensor(o[3], &p.B, "B") || !parse_tensor(o[4], &p.C, "C") || !parse_tensor(o[5], &p.D, "D") ||
-        !parse_tensor(o[6], &p.z, "z") || !parse_tensor(o[7], &p.dt_bias, "dt_bias") ||
-        !parse_tensor(o[8], &p.state, "state") || !parse_tensor(o[9], &p.state_idx, "state_idx") ||
-        !parse_tensor(o[10], &p.seq_lens, "seq_lens") || !parse_tensor(o[11], &p.out, "out"))
-        return NULL;
+    ssmtp_tensor_t *const t[] = SSM_TENSORS(p);
+    if (!parse_tensors(o, t, SSM_NAMES, 12)) return NULL;
     p.dt_softplus = softplus;
     p.load_state = load_state;
     p.chunk_size = chunk;
@@ -162,12 +167,8 @@ static PyObject *py_ssd_step(PyObject *self, PyObject *args) {
                           &o[9], &o[10], &softplus, &dt_min, &dt_max, &stream))
         return NULL;
     ssmtp_ssd_step_params_t p;
-    if (!parse_tensor(o[0], &p.x, "x") || !parse_tensor(o[1], &p.dt, "dt") || !parse_tensor(o[2], &p.A, "A") ||
-        !parse_tensor(o[3], &p.B, "B") || !parse_tensor(o[4], &p.C, "C") || !parse_tensor(o[5], &p.D, "D") ||
-        !parse_tensor(o[6], &p.z, "z") || !parse_tensor(o[7], &p.dt_bias, "dt_bias") ||
-        !parse_tensor(o[8], &p.state, "state") || !parse_tensor(o[9], &p.state_idx, "state_idx") ||
-        !parse_tensor(o[10], &p.out, "out"))
-        return NULL;
+    ssmtp_tensor_t *const t[] = STEP_TENSORS(p);
+    if (!parse_tensors(o, t, STEP_NAMES, 11)) return NULL;
     p.dt_softplus = softplus;
     p.dt_min = dt_min;
     p.dt_max = dt_max;
@@ -196,9 +197,9 @@ static PyObject *py_linear_small(PyObject *self, PyObject *args) {
     unsigned long long stream = 0;
     if (!PyArg_ParseTuple(args, "OOOOK", &o[0], &o[1], &o[2], &o[3], &stream)) return NULL;
     ssmtp_linear_params_t p;
-    if (!parse_tensor(o[0], &p.x, "x") || !parse_tensor(o[1], &p.weight, "weight") ||
-        !parse_tensor(o[2], &p.bias, "bias") || !parse_tensor(o[3], &p.out, "out"))
-        return NULL;
+    ssmtp_tensor_t *const t[] = {&p.x, &p.weight, &p.bias, &p.out};
+    static const char *const names[] = {"x", "weight", "bias", "out"};
+    if (!parse_tensors(o, t, names, 4)) return NULL;
     CALL_C(ssmtp_linear_small(&p, (void *)(uintptr_t)stream));
     Py_RETURN_NONE;
 }
