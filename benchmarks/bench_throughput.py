@@ -67,6 +67,10 @@ CASES = {
         "full": [(1, 512, 128), (64, 512, 128), (16, 2048, 128)],
         "quick": [(64, 512, 128)],
     },
+    "zamba2-2.7b": {
+        "full": [(1, 512, 128), (64, 512, 128), (16, 2048, 128)],
+        "quick": [(64, 512, 128)],
+    },
     # CPU dry runs
     "tiny": {"full": [(1, 64, 16), (4, 64, 16), (16, 64, 16), (4, 256, 16)], "quick": [(1, 32, 8), (4, 32, 8)]},
     "tiny-falcon": {"full": [(1, 64, 16), (16, 64, 16)], "quick": [(4, 32, 8)]},
@@ -86,6 +90,11 @@ VALIDATE_WITH = {
                    layers_block_type=["mamba", "hybrid", "mamba", "hybrid"], num_attention_heads=8,
                    num_key_value_heads=4, n_mamba_heads=2, intermediate_size=48, hidden_act="gelu",
                    use_mamba_kernels=False, attn_implementation="eager")),
+    "zamba2": ("Zamba2ForCausalLM", "Zamba2Config",
+               dict(vocab_size=512, hidden_size=64, num_hidden_layers=4, mamba_d_state=16,
+                    layers_block_type=["mamba", "hybrid", "mamba", "hybrid"], n_mamba_heads=8, mamba_ngroups=1,
+                    intermediate_size=128, num_attention_heads=4, num_mem_blocks=2, adapter_rank=8,
+                    use_mem_rope=True, chunk_size=32, use_mamba_kernels=False, attn_implementation="eager")),
 }
 TARGETS = {"tp2_over_tp1_at_batch_ge_64": 1.9, "tp2_over_tp1_min": 1.0}
 
