@@ -30,7 +30,8 @@ run env SSMTP_CUDA_ARCHS=${SSMTP_CUDA_ARCHS:-90} python setup.py build_ext --inp
 python -c "import ssmtp; print('built:', ssmtp.ops.build_info())" | tee -a "$LOG"
 
 if want tests; then
-  run python -m pytest -q -m "cuda or multigpu" tests -p no:cacheprovider
+  # TESTS: test files to run instead of the whole suite (e.g. "tests/test_engine_gpu.py tests/test_ops_saves.py")
+  run python -m pytest -q -m "cuda or multigpu" ${TESTS:-tests} -p no:cacheprovider
 fi
 if want ops; then
   run python benchmarks/bench_ops.py --out "$OUT/ops.json"

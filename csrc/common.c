@@ -159,6 +159,47 @@ ssmtp_status_t ssmtp_check_dense(const char *op, const char *name, const ssmtp_t
     return SSMTP_OK;
 }
 
+ssmtp_status_t ssmtp_check_saves(const char *op, const ssmtp_tensor_t *save_pos, const ssmtp_tensor_t *save_idx,
+                                 const ssmtp_tensor_t *state, int64_t batch) {
+    if (ssmtp_present(save_pos) != ssmtp_present(save_idx))
+        return ssmtp_fail(SSMTP_ERR_INVALID, "%s: save_pos and save_idx must be given together", op);
+    if (!ssmtp_present(save_pos)) return SSMTP_OK;
+    if (!ssmtp_present(state)) return ssmtp_fail(SSMTP_ERR_INVALID, "%s: save_pos given without state", op);
+    SSMTP_TRY(ssmtp_check_tensor(op, "save_pos", save_pos, 0, 2, SSMTP_DTYPE_I32, (int64_t[]){batch, -1}));
+    SSMTP_TRY(ssmtp_check_tensor(op, "save_idx", save_idx, 0, 2, SSMTP_DTYPE_I32,
+                                 (int64_t[]){batch, save_pos->shape[1]}));
+    return SSMTP_OK;
+}
+
+ssmtp_status_t ssmtp_check_save_values(const char *op, const ssmtp_tensor_t *save_pos, const ssmtp_tensor_t *save_idx,
+                                       const ssmtp_tensor_t *state_idx, int64_t batch, int64_t b, int64_t n,
+                                       int64_t nslots) {
+    if (!ssmtp_present(save_pos)) return SSMTP_OK;
+    int64_t prev = 0;
+    for (int64_t j = 0; j < save_pos->shape[1]; j++) {
+        const int64_t slot = ssmtp_i32_at(save_idx, b, j), pos = ssmtp_i32_at(save_pos, b, j);
+        if (slot < 0) continue;
+        if (slot >= nslots)
+            return ssmtp_fail(SSMTP_ERR_INVALID, "%s: save_idx[%lld][%lld]=%lld >= nslots=%lld", op, (long long)b,
+                              (long long)j, (long long)slot, (long long)nslots);
+        if (pos < 1 || pos > n)
+            return ssmtp_fail(SSMTP_ERR_INVALID, "%s: save_pos[%lld][%lld]=%lld outside 1..%lld (the row's length)",
+                              op, (long long)b, (long long)j, (long long)pos, (long long)n);
+        if (pos <= prev)
+            return ssmtp_fail(SSMTP_ERR_INVALID, "%s: save_pos[%lld] is not strictly ascending (%lld after %lld)", op,
+                              (long long)b, (long long)pos, (long long)prev);
+        prev = pos;
+        for (int64_t r = 0; r < batch; r++) {
+            const int64_t own = ssmtp_present(state_idx) ? ((const int32_t *)state_idx->data)[r * state_idx->stride[0]]
+                                                         : r;
+            if (own == slot)
+                return ssmtp_fail(SSMTP_ERR_INVALID, "%s: save_idx[%lld][%lld]=%lld is the slot of row %lld", op,
+                                  (long long)b, (long long)j, (long long)slot, (long long)r);
+        }
+    }
+    return SSMTP_OK;
+}
+
 ssmtp_status_t ssmtp_check_devices(const char *op, const ssmtp_tensor_t *const *ts, const char *const *names, int n,
                                    int32_t *device) {
     int first = -1;

@@ -7,8 +7,9 @@
 #define OP "conv1d_fwd"
 
 static ssmtp_status_t conv1d_check(const ssmtp_conv1d_params_t *p, int32_t *device) {
-    const ssmtp_tensor_t *ts[] = {&p->x, &p->weight, &p->bias, &p->state, &p->state_idx, &p->seq_lens, &p->out};
-    const char *names[] = {"x", "weight", "bias", "state", "state_idx", "seq_lens", "out"};
+    const ssmtp_tensor_t *ts[] = {&p->x,        &p->weight, &p->bias,     &p->state,   &p->state_idx,
+                                  &p->seq_lens, &p->out,    &p->save_pos, &p->save_idx};
+    const char *names[] = {"x", "weight", "bias", "state", "state_idx", "seq_lens", "out", "save_pos", "save_idx"};
     SSMTP_TRY(ssmtp_check_tensor(OP, "x", &p->x, 0, 3, -1, NULL));
     SSMTP_TRY(ssmtp_check_float_dtype(OP, "x", &p->x));
     const int64_t batch = p->x.shape[0], dim = p->x.shape[1], len = p->x.shape[2];
@@ -31,7 +32,8 @@ static ssmtp_status_t conv1d_check(const ssmtp_conv1d_params_t *p, int32_t *devi
                           (long long)p->state.shape[0], (long long)batch);
     SSMTP_TRY(ssmtp_check_tensor(OP, "seq_lens", &p->seq_lens, 1, 1, SSMTP_DTYPE_I32, (int64_t[]){batch}));
     SSMTP_TRY(ssmtp_check_tensor(OP, "out", &p->out, 0, 3, dt, (int64_t[]){batch, dim, len}));
-    SSMTP_TRY(ssmtp_check_devices(OP, ts, names, 7, device));
+    SSMTP_TRY(ssmtp_check_saves(OP, &p->save_pos, &p->save_idx, &p->state, batch));
+    SSMTP_TRY(ssmtp_check_devices(OP, ts, names, 9, device));
     if (*device >= 0) { /* the CUDA kernels read contiguous time and tap axes */
         SSMTP_TRY(ssmtp_check_inner_contiguous(OP, "weight", &p->weight));
         SSMTP_TRY(ssmtp_check_inner_contiguous(OP, "state", &p->state));
@@ -58,6 +60,9 @@ static ssmtp_status_t conv1d_cpu(const ssmtp_conv1d_params_t *p) {
         if (n < 0 || n > len)
             return ssmtp_fail(SSMTP_ERR_INVALID, OP ": seq_lens[%lld]=%lld outside 0..%lld", (long long)b,
                               (long long)n, (long long)len);
+        if (slot >= 0)
+            SSMTP_TRY(ssmtp_check_save_values(OP, &p->save_pos, &p->save_idx, &p->state_idx, batch, b, n,
+                                              ssmtp_present(&p->state) ? p->state.shape[0] : 0));
     }
     for (int64_t b = 0; b < batch; b++) {
         int64_t slot = b, n = len;
@@ -91,6 +96,19 @@ static ssmtp_status_t conv1d_cpu(const ssmtp_conv1d_params_t *p) {
                     newstate[j] = ssmtp_load(p->state.data, dt, so + (slen + src) * p->state.stride[2]);
                 else
                     newstate[j] = 0.0f;
+            }
+            /* intermediate states: the same window at save_pos (reads x and the old history, so also before out) */
+            for (int64_t j = 0; ssmtp_present(&p->save_pos) && j < p->save_pos.shape[1]; j++) {
+                const int64_t sv = ssmtp_i32_at(&p->save_idx, b, j), pos = ssmtp_i32_at(&p->save_pos, b, j);
+                if (sv < 0) continue;
+                const int64_t vo = sv * p->state.stride[0] + c * p->state.stride[1];
+                for (int64_t k = 0; k < slen; k++) {
+                    const int64_t src = pos - slen + k;
+                    float v = 0.0f;
+                    if (src >= 0) v = ssmtp_load(p->x.data, dt, xo + src * p->x.stride[2]);
+                    else if (p->load_state) v = ssmtp_load(p->state.data, dt, so + (slen + src) * p->state.stride[2]);
+                    ssmtp_store(p->state.data, dt, vo + k * p->state.stride[2], v);
+                }
             }
             for (int64_t t = 0; t < len; t++) {
                 if (t >= n) {

@@ -48,6 +48,16 @@ ssmtp_status_t ssmtp_check_devices(const char *op, const ssmtp_tensor_t *const *
 /* Last dimension contiguous (stride 1) unless size 1. */
 ssmtp_status_t ssmtp_check_inner_contiguous(const char *op, const char *name, const ssmtp_tensor_t *t);
 ssmtp_status_t ssmtp_check_float_dtype(const char *op, const char *name, const ssmtp_tensor_t *t);
+/* Intermediate-state saves of conv1d / scan (ssmtp.h): shapes (both or neither, (batch, nsave) int32, a state). */
+ssmtp_status_t ssmtp_check_saves(const char *op, const ssmtp_tensor_t *save_pos, const ssmtp_tensor_t *save_idx,
+                                 const ssmtp_tensor_t *state, int64_t batch);
+/* CPU path: the values of row b's saves (n valid positions; state_idx as given to the op, NULL = slot b). */
+ssmtp_status_t ssmtp_check_save_values(const char *op, const ssmtp_tensor_t *save_pos, const ssmtp_tensor_t *save_idx,
+                                       const ssmtp_tensor_t *state_idx, int64_t batch, int64_t b, int64_t n,
+                                       int64_t nslots);
+static inline int32_t ssmtp_i32_at(const ssmtp_tensor_t *t, int64_t i, int64_t j) {
+    return ((const int32_t *)t->data)[i * t->stride[0] + j * t->stride[1]];
+}
 
 /* Scalar conversions (CPU side; round-to-nearest-even on the way down, as torch does). */
 static inline float ssmtp_bf16_to_f32(uint16_t h) {

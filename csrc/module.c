@@ -66,20 +66,26 @@ static PyObject *raise_status(ssmtp_status_t st) {
         Py_END_ALLOW_THREADS if (st_ != SSMTP_OK) return raise_status(st_);                                          \
     } while (0)
 
+static int parse_tensors(PyObject *const *o, ssmtp_tensor_t *const *t, const char *const *names, int n) {
+    for (int i = 0; i < n; i++)
+        if (!parse_tensor(o[i], t[i], names[i])) return 0;
+    return 1;
+}
+
 static PyObject *py_conv1d_fwd(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *o[7];
+    PyObject *o[9];
     int silu = 0, load_state = 0;
     unsigned long long stream = 0;
-    if (!PyArg_ParseTuple(args, "OOOOOOOiiK", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &silu, &load_state,
-                          &stream))
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOiiK", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8], &silu,
+                          &load_state, &stream))
         return NULL;
     ssmtp_conv1d_params_t p;
-    if (!parse_tensor(o[0], &p.x, "x") || !parse_tensor(o[1], &p.weight, "weight") ||
-        !parse_tensor(o[2], &p.bias, "bias") || !parse_tensor(o[3], &p.state, "state") ||
-        !parse_tensor(o[4], &p.state_idx, "state_idx") || !parse_tensor(o[5], &p.seq_lens, "seq_lens") ||
-        !parse_tensor(o[6], &p.out, "out"))
-        return NULL;
+    static const char *const names[] = {"x", "weight", "bias", "state", "state_idx", "seq_lens", "out", "save_pos",
+                                        "save_idx"};
+    ssmtp_tensor_t *const t[] = {&p.x,        &p.weight, &p.bias,     &p.state,   &p.state_idx,
+                                 &p.seq_lens, &p.out,    &p.save_pos, &p.save_idx};
+    if (!parse_tensors(o, t, names, 9)) return NULL;
     p.silu = silu;
     p.load_state = load_state;
     CALL_C(ssmtp_conv1d_fwd(&p, (void *)(uintptr_t)stream));
@@ -97,23 +103,20 @@ static const char *const STEP_NAMES[] = {"x", "dt", "A", "B", "C", "D", "z", "dt
 #define STEP_TENSORS(p)                                                                                              \
     {&(p).x, &(p).dt, &(p).A, &(p).B, &(p).C, &(p).D, &(p).z, &(p).dt_bias, &(p).state, &(p).state_idx, &(p).out}
 
-static int parse_tensors(PyObject *const *o, ssmtp_tensor_t *const *t, const char *const *names, int n) {
-    for (int i = 0; i < n; i++)
-        if (!parse_tensor(o[i], t[i], names[i])) return 0;
-    return 1;
-}
 
 static PyObject *py_scan_fwd(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *o[12];
+    PyObject *o[14];
     int softplus = 0, load_state = 0;
     unsigned long long stream = 0;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOiiK", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8],
-                          &o[9], &o[10], &o[11], &softplus, &load_state, &stream))
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOOOiiK", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8],
+                          &o[9], &o[10], &o[11], &o[12], &o[13], &softplus, &load_state, &stream))
         return NULL;
     ssmtp_scan_params_t p;
     ssmtp_tensor_t *const t[] = SSM_TENSORS(p);
-    if (!parse_tensors(o, t, SSM_NAMES, 12)) return NULL;
+    if (!parse_tensors(o, t, SSM_NAMES, 12) || !parse_tensor(o[12], &p.save_pos, "save_pos") ||
+        !parse_tensor(o[13], &p.save_idx, "save_idx"))
+        return NULL;
     p.dt_softplus = softplus;
     p.load_state = load_state;
     CALL_C(ssmtp_scan_fwd(&p, (void *)(uintptr_t)stream));
@@ -395,9 +398,10 @@ static PyObject *py_ar_free(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"conv1d_fwd", py_conv1d_fwd, METH_VARARGS,
-     "conv1d_fwd(x, weight, bias, state, state_idx, seq_lens, out, silu, load_state, stream)"},
+     "conv1d_fwd(x, weight, bias, state, state_idx, seq_lens, out, save_pos, save_idx, silu, load_state, stream)"},
     {"scan_fwd", py_scan_fwd, METH_VARARGS,
-     "scan_fwd(x, dt, A, B, C, D, z, dt_bias, state, state_idx, seq_lens, out, dt_softplus, load_state, stream)"},
+     "scan_fwd(x, dt, A, B, C, D, z, dt_bias, state, state_idx, seq_lens, out, save_pos, save_idx, dt_softplus, "
+     "load_state, stream)"},
     {"step_fwd", py_step_fwd, METH_VARARGS,
      "step_fwd(x, dt, A, B, C, D, z, dt_bias, state, state_idx, out, dt_softplus, stream)"},
     {"ssd_fwd", py_ssd_fwd, METH_VARARGS,

@@ -81,6 +81,9 @@ static ssmtp_status_t scan_cpu(const ssmtp_scan_params_t *p) {
         if (ssmtp_present(&p->state) && slot >= p->state.shape[0])
             return ssmtp_fail(SSMTP_ERR_INVALID, SCAN ": state_idx[%lld]=%lld >= nslots=%lld", (long long)b,
                               (long long)slot, (long long)p->state.shape[0]);
+        if (slot >= 0)
+            SSMTP_TRY(ssmtp_check_save_values(SCAN, &p->save_pos, &p->save_idx, &p->state_idx, batch, b, n,
+                                              ssmtp_present(&p->state) ? p->state.shape[0] : 0));
     }
     for (int64_t b = 0; b < batch; b++) {
         const int64_t slot = ssmtp_present(&p->state) ? slot_of(&p->state_idx, b) : b;
@@ -105,6 +108,8 @@ static ssmtp_status_t scan_cpu(const ssmtp_scan_params_t *p) {
             const float bias =
                 ssmtp_present(&p->dt_bias) ? ssmtp_load(p->dt_bias.data, p->dt_bias.dtype, c * p->dt_bias.stride[0]) : 0.0f;
             const int64_t bo = b * p->B.stride[0] + g * p->B.stride[1], co = b * p->C.stride[0] + g * p->C.stride[1];
+            const int64_t nsave = ssmtp_present(&p->save_pos) ? p->save_pos.shape[1] : 0;
+            int64_t js = 0; /* next save of this row (entries are ascending, checked above) */
             for (int64_t t = 0; t < len; t++) {
                 if (t >= n) {
                     ssmtp_store(p->out.data, ty, oo + t * p->out.stride[2], 0.0f);
@@ -127,6 +132,14 @@ static ssmtp_status_t scan_cpu(const ssmtp_scan_params_t *p) {
                     y *= ssmtp_silu(zt);
                 }
                 ssmtp_store(p->out.data, ty, oo + t * p->out.stride[2], y);
+                while (js < nsave && (ssmtp_i32_at(&p->save_idx, b, js) < 0 || ssmtp_i32_at(&p->save_pos, b, js) <= t))
+                    js++;
+                if (js < nsave && ssmtp_i32_at(&p->save_pos, b, js) == t + 1) {
+                    float *sv = (float *)p->state.data + (int64_t)ssmtp_i32_at(&p->save_idx, b, js) * p->state.stride[0] +
+                                c * p->state.stride[1];
+                    for (int64_t s = 0; s < N; s++) sv[s * p->state.stride[2]] = h[s];
+                    js++;
+                }
             }
             if (st)
                 for (int64_t s = 0; s < N; s++) st[s * p->state.stride[2]] = h[s];
@@ -140,13 +153,16 @@ ssmtp_status_t ssmtp_scan_fwd(const ssmtp_scan_params_t *p, void *stream) {
     SSMTP_TRY(check_common(SCAN, &p->x, &p->dt, &p->A, &p->B, &p->C, &p->D, &p->z, &p->dt_bias, &p->state,
                            &p->state_idx, &p->out, 1));
     SSMTP_TRY(ssmtp_check_tensor(SCAN, "seq_lens", &p->seq_lens, 1, 1, SSMTP_DTYPE_I32, (int64_t[]){p->x.shape[0]}));
+    SSMTP_TRY(ssmtp_check_saves(SCAN, &p->save_pos, &p->save_idx, &p->state, p->x.shape[0]));
     if (p->load_state && !ssmtp_present(&p->state))
         return ssmtp_fail(SSMTP_ERR_INVALID, SCAN ": load_state=1 needs a state tensor");
-    const ssmtp_tensor_t *ts[] = {&p->x, &p->dt, &p->A, &p->B, &p->C, &p->D, &p->z,
-                                  &p->dt_bias, &p->state, &p->state_idx, &p->seq_lens, &p->out};
-    const char *names[] = {"x", "dt", "A", "B", "C", "D", "z", "dt_bias", "state", "state_idx", "seq_lens", "out"};
+    const ssmtp_tensor_t *ts[] = {&p->x,         &p->dt,    &p->A,         &p->B,        &p->C,
+                                  &p->D,         &p->z,     &p->dt_bias,   &p->state,    &p->state_idx,
+                                  &p->seq_lens,  &p->out,   &p->save_pos,  &p->save_idx};
+    const char *names[] = {"x",         "dt",       "A",   "B",        "C",        "D",       "z",
+                           "dt_bias",   "state",    "state_idx", "seq_lens", "out", "save_pos", "save_idx"};
     int32_t device;
-    SSMTP_TRY(device_of(SCAN, ts, names, 12, &device));
+    SSMTP_TRY(device_of(SCAN, ts, names, 14, &device));
     if (device == SSMTP_DEVICE_CPU) return scan_cpu(p);
 #ifdef SSMTP_WITH_CUDA
     return ssmtp_cuda_scan_fwd(p, stream);

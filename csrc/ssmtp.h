@@ -79,9 +79,16 @@ const char *ssmtp_build_info(void);
  * Positions t >= n are written as zero. When state is given, state[slot][:, j] (j < state_len) is then set to the
  * last state_len columns of [history ; x[0:n]] (the history holds state_len columns: the old state, or zeros).
  * Decode is the same op with seqlen = 1 and load_state = 1.
+ * Intermediate states (optional; save_pos and save_idx both given or both absent, state required):
+ *   save_pos, save_idx (batch, nsave) int32: for each b and j with save_idx[b][j] >= 0, state[save_idx[b][j]] is set
+ *   to the state after the first save_pos[b][j] positions of this call (the last state_len columns of
+ *   [history ; x[0:save_pos]]), i.e. what a call over x[0:save_pos] alone would leave. Per row, the entries with
+ *   save_idx >= 0 must have 1 <= save_pos <= n, strictly ascending, and name slots < nslots that no row of this call
+ *   uses as its own slot. The CPU path rejects violations before writing anything; the CUDA path (no host-side
+ *   read of device indices) skips the entries that break them.
  */
 typedef struct {
-    ssmtp_tensor_t x, weight, bias, state, state_idx, seq_lens, out;
+    ssmtp_tensor_t x, weight, bias, state, state_idx, seq_lens, out, save_pos, save_idx;
     int32_t silu;
     int32_t load_state;
 } ssmtp_conv1d_params_t;
@@ -103,9 +110,11 @@ ssmtp_status_t ssmtp_conv1d_fwd(const ssmtp_conv1d_params_t *p, void *stream);
  * Math per (b, c): delta = dt + dt_bias, softplus when dt_softplus (log1p(exp(v)), v > 20 passes through);
  *   h = exp(delta * A[c]) * h + delta * B[t] * x[t];   y[t] = <h, C[t]> + D[c] x[t];   y *= silu(z[t]).
  * Positions t >= n are written as zero.
+ *   save_pos, save_idx (batch, nsave) int32   optional intermediate states, as for conv1d: state[save_idx[b][j]] =
+ *                                          h after the first save_pos[b][j] positions (same rules and checks)
  */
 typedef struct {
-    ssmtp_tensor_t x, dt, A, B, C, D, z, dt_bias, state, state_idx, seq_lens, out;
+    ssmtp_tensor_t x, dt, A, B, C, D, z, dt_bias, state, state_idx, seq_lens, out, save_pos, save_idx;
     int32_t dt_softplus;
     int32_t load_state;
 } ssmtp_scan_params_t;

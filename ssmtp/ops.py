@@ -86,16 +86,17 @@ def build_info() -> str:
 @torch.library.custom_op("ssmtp::causal_conv1d", mutates_args=("state",))
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], state: Optional[torch.Tensor],
                   state_idx: Optional[torch.Tensor], seq_lens: Optional[torch.Tensor], silu: bool,
-                  load_state: bool) -> torch.Tensor:
+                  load_state: bool, save_pos: Optional[torch.Tensor] = None,
+                  save_idx: Optional[torch.Tensor] = None) -> torch.Tensor:
     out = _out_like(x)
     _C.conv1d_fwd(desc(x, "x"), desc(weight, "weight"), desc(bias, "bias"), desc(state, "state"),
-                  desc(state_idx, "state_idx"), desc(seq_lens, "seq_lens"), desc(out, "out"), int(silu),
-                  int(load_state), stream_of(x))
+                  desc(state_idx, "state_idx"), desc(seq_lens, "seq_lens"), desc(out, "out"),
+                  desc(save_pos, "save_pos"), desc(save_idx, "save_idx"), int(silu), int(load_state), stream_of(x))
     return out
 
 
 @causal_conv1d.register_fake
-def _(x, weight, bias, state, state_idx, seq_lens, silu, load_state):
+def _(x, weight, bias, state, state_idx, seq_lens, silu, load_state, save_pos=None, save_idx=None):
     return _out_like(x)
 
 
@@ -105,16 +106,19 @@ def _(x, weight, bias, state, state_idx, seq_lens, silu, load_state):
 def selective_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                    D: Optional[torch.Tensor], z: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor],
                    state: Optional[torch.Tensor], state_idx: Optional[torch.Tensor],
-                   seq_lens: Optional[torch.Tensor], dt_softplus: bool, load_state: bool) -> torch.Tensor:
+                   seq_lens: Optional[torch.Tensor], dt_softplus: bool, load_state: bool,
+                   save_pos: Optional[torch.Tensor] = None, save_idx: Optional[torch.Tensor] = None) -> torch.Tensor:
     out = _out_like(x)
     _C.scan_fwd(desc(x, "x"), desc(dt, "dt"), desc(A, "A"), desc(B, "B"), desc(C, "C"), desc(D, "D"), desc(z, "z"),
                 desc(dt_bias, "dt_bias"), desc(state, "state"), desc(state_idx, "state_idx"),
-                desc(seq_lens, "seq_lens"), desc(out, "out"), int(dt_softplus), int(load_state), stream_of(x))
+                desc(seq_lens, "seq_lens"), desc(out, "out"), desc(save_pos, "save_pos"), desc(save_idx, "save_idx"),
+                int(dt_softplus), int(load_state), stream_of(x))
     return out
 
 
 @selective_scan.register_fake
-def _(x, dt, A, B, C, D, z, dt_bias, state, state_idx, seq_lens, dt_softplus, load_state):
+def _(x, dt, A, B, C, D, z, dt_bias, state, state_idx, seq_lens, dt_softplus, load_state, save_pos=None,
+      save_idx=None):
     return _out_like(x)
 
 

@@ -19,7 +19,14 @@ def _lens(batch: int, seqlen: int, seq_lens: Optional[torch.Tensor]) -> list[int
     return [seqlen] * batch if seq_lens is None else [int(n) for n in seq_lens.tolist()]
 
 
-def causal_conv1d(x, weight, bias, state, state_idx, seq_lens, silu, load_state):
+def _saves(b: int, save_pos, save_idx) -> list[tuple[int, int]]:
+    """Row b's (position, slot) saves, slot >= 0 only."""
+    if save_pos is None:
+        return []
+    return [(int(p), int(i)) for p, i in zip(save_pos[b].tolist(), save_idx[b].tolist()) if i >= 0]
+
+
+def causal_conv1d(x, weight, bias, state, state_idx, seq_lens, silu, load_state, save_pos=None, save_idx=None):
     batch, dim, seqlen = x.shape
     width = weight.shape[1]
     out = torch.zeros(batch, dim, seqlen, dtype=torch.float32)
@@ -33,6 +40,8 @@ def causal_conv1d(x, weight, bias, state, state_idx, seq_lens, silu, load_state)
         y = F.conv1d(xin[None], w[:, None, :], bias.float() if bias is not None else None, groups=dim)[0]
         y = y[:, -n:] if n > 0 else y[:, :0]
         out[b, :, :n] = F.silu(y) if silu else y
+        for p, sv in _saves(b, save_pos, save_idx):  # the window after p positions
+            state[sv].copy_(xin[:, p:slen + p].to(state.dtype))
         if state is not None:
             state[slot].copy_(xin[:, -slen:].to(state.dtype))
     return out.to(x.dtype)
@@ -59,19 +68,23 @@ def _delta(dt, dt_bias, dt_softplus):
     return F.softplus(d) if dt_softplus else d
 
 
-def selective_scan(x, dt, A, B, C, D, z, dt_bias, state, state_idx, seq_lens, dt_softplus, load_state):
+def selective_scan(x, dt, A, B, C, D, z, dt_bias, state, state_idx, seq_lens, dt_softplus, load_state, save_pos=None,
+                   save_idx=None):
     batch, dim, seqlen = x.shape
     groups, N = B.shape[1], A.shape[1]
     out = torch.zeros(batch, dim, seqlen, dtype=torch.float32)
     for b, (slot, n) in enumerate(zip(_slots(batch, state_idx), _lens(batch, seqlen, seq_lens))):
         if state is not None and slot < 0:
             continue
-        h = state[slot].float() if load_state else torch.zeros(dim, N)
+        h0 = h = state[slot].float() if load_state else torch.zeros(dim, N)
         Bx = B[b, :, :, :n].float().repeat_interleave(dim // groups, 0)
         Cx = C[b, :, :, :n].float().repeat_interleave(dim // groups, 0)
         delta = _delta(dt[b, :, :n], dt_bias, dt_softplus)
-        y, h = _scan_one(x[b, :, :n].float(), delta, A.float(), Bx, Cx, None if D is None else D.float(),
-                         None if z is None else z[b, :, :n].float(), h)
+        xb, zb, Df = x[b, :, :n].float(), None if z is None else z[b, :, :n].float(), None if D is None else D.float()
+        y, h = _scan_one(xb, delta, A.float(), Bx, Cx, Df, zb, h)
+        for p, sv in _saves(b, save_pos, save_idx):  # the state after p positions: the scan of the first p alone
+            state[sv].copy_(_scan_one(xb[:, :p], delta[:, :p], A.float(), Bx[..., :p], Cx[..., :p], Df,
+                                      None if zb is None else zb[:, :p], h0)[1])
         out[b, :, :n] = y
         if state is not None:
             state[slot].copy_(h)

@@ -156,7 +156,7 @@ def _conv_inputs(case, dname):
 
 
 def _conv_cuda(x, w, bias, state, idx, sl, silu, load, out):
-    _C.conv1d_fwd(D(x), D(w), D(bias), D(state), D(idx), D(sl), desc(out), int(silu), int(load),
+    _C.conv1d_fwd(D(x), D(w), D(bias), D(state), D(idx), D(sl), desc(out), None, None, int(silu), int(load),
                   ops.stream_of(x.gpu))
 
 
@@ -273,8 +273,8 @@ def _scan_inputs(case, dname):
 
 def _scan_cuda(args, out):
     x, dt, A, B, C, Dp, z, dtb, state, idx, sl, sp, load = args
-    _C.scan_fwd(D(x), D(dt), D(A), D(B), D(C), D(Dp), D(z), D(dtb), D(state), D(idx), D(sl), desc(out), int(sp),
-                int(load), ops.stream_of(x.gpu))
+    _C.scan_fwd(D(x), D(dt), D(A), D(B), D(C), D(Dp), D(z), D(dtb), D(state), D(idx), D(sl), desc(out), None, None,
+                int(sp), int(load), ops.stream_of(x.gpu))
 
 
 def _scan_cpu(args, st_cpu):

@@ -142,6 +142,33 @@ def _prefix_checks(llm):
     for j, o in enumerate(os_):
         _same_as_cold(llm, sib[j], o, f"sibling {j}")
 
+    # in-pass saves (Mamba runners): a cold prompt with five save points inside is ONE prefill step (not six), and a
+    # resume from one of those points equals a cold prefill
+    assert llm.inner_saves > 0
+    Q = _rand(45, 30)
+    s0 = llm.steps["prefill"]
+    llm.generate([Q], max_new_tokens=1)
+    assert llm.steps["prefill"] - s0 == 1, f"{llm.steps['prefill'] - s0} prefill steps for one cold prompt"
+    q2 = Q[:42] + _rand(9, 31)
+    o = llm.generate([q2], max_new_tokens=NEW, return_logits=True)[0]
+    assert o.cached_tokens == 40, f"resume after an in-pass save: {o.cached_tokens} cached, expected 40"
+    _same_as_cold(llm, q2, o, "resume from an in-pass save")
+    # more save points than spare slots: the chunk ends at the first point past them; with inner saves off, every
+    # save point ends a chunk
+    spare, llm.inner_saves = llm.inner_saves, 2
+    R, R2 = _rand(50, 32), _rand(50, 34)  # save points 8, 16, ..., 48 and the end
+    for prompt, inner, steps in ((R, 2, 3), (R2, 0, 7)):  # 2: chunks [0, 24) [24, 48) [48, 50)
+        llm.inner_saves = inner
+        s0 = llm.steps["prefill"]
+        llm.generate([prompt], max_new_tokens=1)
+        assert llm.steps["prefill"] - s0 == steps, f"{llm.steps['prefill'] - s0} prefill steps, expected {steps}"
+    llm.inner_saves = spare
+    for prompt, cut, what in ((R, 33, "an in-pass save"), (R2, 41, "a chunk-end save")):
+        q = prompt[:cut] + _rand(5, 35)
+        o = llm.generate([q], max_new_tokens=NEW, return_logits=True)[0]
+        assert o.cached_tokens == cut - 1, f"{what}: {o.cached_tokens} cached, expected {cut - 1}"
+        _same_as_cold(llm, q, o, f"resume from {what}")
+
     # a generated continuation is cached too (multi-turn): prompt + output[:-1] resumes with its logits
     turn = llm.generate([P2], max_new_tokens=6)[0]
     follow = P2 + turn.token_ids[:-1]

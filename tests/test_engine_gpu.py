@@ -76,6 +76,25 @@ def _graph_vs_eager(device, family, config, dtype, hf_check):
     _close(torch.stack(hit.logits), torch.stack(cold.logits), rel, "prefix hit vs cold")
     g.close()
 
+    # in-pass prefix saves inside a graph-replayed chunk (K = 64: four save points inside one 300-token chunk, bucket
+    # 320) == the eager engine's, and a resume from one of them == a cold prefill
+    P = torch.randint(3, 99, (300,), generator=torch.Generator().manual_seed(3)).tolist()
+    q = P[:200] + [9] * 20
+    hits = []
+    for graphs in (True, False):
+        eng = LLM(model, device=device, cuda_graphs=graphs, max_batch=2, prefix_interval=64, progress=False)
+        eng.generate([P], max_new_tokens=1)
+        assert eng.steps["prefill"] == 1, eng.steps
+        if graphs:
+            assert 320 in eng.prefill_graphs.captured, eng.prefill_graphs.captured
+        hits.append(eng.generate([q], **kw)[0])
+        cold = eng.generate([q], use_prefix_cache=False, **kw)[0]
+        assert hits[-1].cached_tokens == 192, hits[-1].cached_tokens
+        assert hits[-1].token_ids == cold.token_ids, f"graphs={graphs}: resume from an in-pass save != cold"
+        _close(torch.stack(hits[-1].logits), torch.stack(cold.logits), rel, f"graphs={graphs}: in-pass save resume")
+        eng.close()
+    assert hits[0].token_ids == hits[1].token_ids
+
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("family,config", [("mamba", "odd"), ("falcon_mamba", "hf-tester")])

@@ -5,6 +5,9 @@
 // Two kernels, chosen per call by SSMTP_SCAN_KERNEL: "loop" (the default; below) and "chunked" (further down: blocks
 // walk chunks of steps that P lanes per channel scan in parallel). Both take the same ScanArgs and have the same
 // semantics; tests/test_cuda_ops.py runs every case through both and benchmarks/bench_ops.py times them side by side.
+// Calls with intermediate-state saves (save_pos / save_idx) always take the loop kernel: its final pass writes h to
+// the save slot right after the step that completes a save position (a uniform branch per step: one sequence per
+// block), in whichever time chunk that step falls.
 //
 // Loop kernel. Work mapping. A thread owns one channel and NS <= 16 of its states (TPC = ceil(N/16) threads per
 // channel when d_state > 16, adjacent lanes, y summed with xor shuffles) and walks time. Consecutive threads are
@@ -70,7 +73,26 @@ struct ScanArgs {
     int nchunks;   // K
     int cb_per_group;
     int D_dtype, bias_dtype, softplus, load_state;
+    const int32_t *save_pos, *save_idx; // optional intermediate states (nsave per sequence), see ssmtp.h
+    int64_t nsave, ssp0, ssp1, ssi0, ssi1;
 };
+
+// The first save of sequence b at or after entry j whose position is > after (and whose slot is a valid other row):
+// *pos = its position (-1 when none), *slot = its slot; returns its entry index.
+__device__ __forceinline__ int64_t next_save(const ScanArgs &a, int64_t b, int64_t j, int64_t after, int64_t own,
+                                             int64_t *pos, int64_t *slot) {
+    for (; j < a.nsave; j++) {
+        const int64_t sv = a.save_idx[b * a.ssi0 + j * a.ssi1], p = a.save_pos[b * a.ssp0 + j * a.ssp1];
+        if (sv >= 0 && sv < a.nslots && sv != own && p > after) {
+            *pos = p;
+            *slot = sv;
+            return j;
+        }
+    }
+    *pos = -1;
+    *slot = -1;
+    return j;
+}
 
 constexpr int THREADS = 128;
 
@@ -186,6 +208,9 @@ __global__ void __launch_bounds__(THREADS, TPC == 1 ? 5 : 4) scan_kernel(const S
     const bool softplus = a.softplus != 0;
     const bool store = active && part == 0;
     float sum_delta = 0.f;
+    // intermediate-state saves falling in this chunk's steps (FINAL pass only; positions count steps, 1-based)
+    int64_t sv_j = 0, sv_pos = -1, sv_slot = -1;
+    if (FINAL && a.save_pos) sv_j = next_save(a, b, 0, t_beg, slot, &sv_pos, &sv_slot);
 
     // One time step at tile row tt (absolute step t).
     auto step = [&](float xv, float dtv, float zv, int tt, int64_t t) {
@@ -227,6 +252,16 @@ __global__ void __launch_bounds__(THREADS, TPC == 1 ? 5 : 4) scan_kernel(const S
         if constexpr (!FINAL) {
             sum_delta += delta;
         } else {
+            if (t + 1 == sv_pos) { // uniform across the block (one sequence per block)
+                if (active) {
+#pragma unroll
+                    for (int j = 0; j < NS; j++) {
+                        const int64_t s = (int64_t)part * NS + j;
+                        if (s < a.N) a.state[sv_slot * a.ss0 + c * a.ss1 + s * a.ss2] = h[j];
+                    }
+                }
+                sv_j = next_save(a, b, sv_j + 1, t + 1, slot, &sv_pos, &sv_slot);
+            }
 #pragma unroll
             for (int o = TPC / 2; o > 0; o >>= 1) y += __shfl_xor_sync(0xffffffffu, y, o);
             if (store) {
@@ -867,6 +902,13 @@ extern "C" ssmtp_status_t ssmtp_cuda_scan_fwd(const ssmtp_scan_params_t *p, void
     if (a.seq_lens) a.slens = p->seq_lens.stride[0];
     a.softplus = p->dt_softplus;
     a.load_state = p->load_state;
+    if (p->save_pos.data) {
+        a.save_pos = (const int32_t *)p->save_pos.data;
+        a.save_idx = (const int32_t *)p->save_idx.data;
+        a.nsave = p->save_pos.shape[1];
+        a.ssp0 = p->save_pos.stride[0]; a.ssp1 = p->save_pos.stride[1];
+        a.ssi0 = p->save_idx.stride[0]; a.ssi1 = p->save_idx.stride[1];
+    }
     if (a.batch == 0 || a.dim == 0) return SSMTP_OK;
     // seqlen == 0 still launches: the final state is then the initial one (zeros when !load_state).
     cudaStream_t st = (cudaStream_t)stream;
@@ -881,7 +923,7 @@ extern "C" ssmtp_status_t ssmtp_cuda_scan_fwd(const ssmtp_scan_params_t *p, void
         else if (strcmp(kenv, "loop") != 0)
             return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": SSMTP_SCAN_KERNEL=%s (loop or chunked)", kenv);
     }
-    if (chunked) {
+    if (chunked && !a.save_pos) { // intermediate saves: the loop kernel only
         SSMTP_DISPATCH_FLOAT(p->x.dtype, T, OP, { return dispatch_chunked<T>(a, p->x.device, st); });
     } else {
         SSMTP_DISPATCH_FLOAT(p->x.dtype, T, OP, { return dispatch_n<T>(a, p->x.device, st); });

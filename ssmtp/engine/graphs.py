@@ -13,7 +13,7 @@ are capturable). Every rank captures the same buckets in the same order (decided
 collectives line up. Graphs share one memory pool; the larger buckets are captured first when pre-capturing.
 
 GraphPrefill does the same for single-request prefill chunks (time to first token): one graph per chunk-length bucket
-(16 ... 512 tokens), the chunk right-padded to its bucket and masked by seq_lens (the ops ignore positions past it).
+(16 ... 1024 tokens), the chunk right-padded to its bucket and masked by seq_lens (the ops ignore positions past it).
 Eager, one prefill forward of mamba-2.8b costs ~40 ms of host time (Python + op dispatch for 64 layers, measured on
 the H200 machine: B=1 L=512 took 44 ms for ~10 ms of GPU work), which would make every prefix-cache checkpoint
 boundary, and every short resumed prefill, cost 40 ms; replayed, a chunk costs its GPU time.
@@ -162,14 +162,19 @@ class GraphDecoder:
         return bs
 
 
-DEFAULT_PREFILL_BUCKETS = (16, 32, 64, 128, 192, 256, 320, 384, 448, 512)
+DEFAULT_PREFILL_BUCKETS = (16, 32, 64, 128, 192, 256, 320, 384, 448, 512, 640, 768, 896, 1024)
+# prefix-cache save points one prefill chunk saves in-pass (each into a spare slot, copied to the cache after the
+# forward; ssmtp/engine/llm.py); the slot pool holds this many slots beyond num_slots for it when the prefix cache is
+# on. A prompt with more save points inside one chunk ends the chunk at the first one past these.
+INNER_SAVES = 16
 
 
 class GraphPrefill:
     """CUDA graphs of runner.prefill for ONE request's chunk, per chunk-length bucket (see the module docstring).
 
-    Static input buffer (3 + max_len,) int64 = [valid length, start position, slot, ids ...] (one host-to-device copy
-    per chunk), and the logits of the chunk's last valid position (1, V) fp32 (computed every time: one lm_head
+    Static input buffer (3 + 2 S + max_len,) int64 = [valid length, start position, slot, S in-pass save positions,
+    S save slots (-1 = none), ids ...] (one host-to-device copy per chunk; S = INNER_SAVES when the runner has inner
+    saves, else 0), and the logits of the chunk's last valid position (1, V) fp32 (computed every time: one lm_head
     row)."""
 
     def __init__(self, runner, pool: SlotPool, sizes: Optional[Sequence[int]] = None):
@@ -180,7 +185,9 @@ class GraphPrefill:
         self.device = pool.device
         self.sizes = sorted({int(s) for s in (sizes or DEFAULT_PREFILL_BUCKETS) if int(s) > 0})
         self.max_len = self.sizes[-1]
-        self._buf = torch.zeros(3 + self.max_len, dtype=torch.int64, device=self.device)
+        self.S = INNER_SAVES if getattr(runner, "inner_saves", False) else 0
+        self._o = 3 + 2 * self.S  # offset of the ids
+        self._buf = torch.zeros(self._o + self.max_len, dtype=torch.int64, device=self.device)
         self._rows = torch.zeros(1, dtype=torch.long, device=self.device)
         self._graphs: dict[int, tuple] = {}
         self._mempool = torch.cuda.graph_pool_handle()
@@ -194,11 +201,14 @@ class GraphPrefill:
         return sorted(self._graphs)
 
     def _body(self, L: int):
-        ids = self._buf[3:3 + L].view(1, L)
+        ids = self._buf[self._o:self._o + L].view(1, L)
         seq_lens = self._buf[0:1].to(torch.int32)
         start = self._buf[1:2]
         idx = self._buf[2:3].to(torch.int32)
-        return self.runner.prefill(ids, seq_lens, start, idx, self.pool, self._rows)
+        if not self.S:
+            return self.runner.prefill(ids, seq_lens, start, idx, self.pool, self._rows)
+        saves = self._buf[3:self._o].view(2, 1, self.S).to(torch.int32).unbind(0)
+        return self.runner.prefill(ids, seq_lens, start, idx, self.pool, self._rows, saves)
 
     @torch.no_grad()
     def capture(self, L: int) -> None:
@@ -207,6 +217,7 @@ class GraphPrefill:
         self._buf.zero_()
         self._buf[0] = L
         self._buf[2] = -1  # warm-up: the row is padding, no slot is touched
+        self._buf[3 + self.S:self._o] = -1  # and saves nothing
         s = torch.cuda.Stream(self.device)
         s.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(s):
@@ -223,19 +234,27 @@ class GraphPrefill:
         for L in sorted(self.sizes, reverse=True):
             self.capture(L)
 
-    def run(self, tokens, start: int, slot: int) -> torch.Tensor:
+    def run(self, tokens, start: int, slot: int, saves: Sequence = ()) -> torch.Tensor:
         """Prefill one chunk (tokens: a 1-D int sequence of n <= max_len ids) for the request in ``slot`` that has
-        ``start`` tokens in its state already. Returns the logits (1, V) fp32 of its last token - a view of the
-        graph's output buffer, valid until the next run."""
+        ``start`` tokens in its state already; saves: up to S (position in the chunk, spare slot) in-pass saves.
+        Returns the logits (1, V) fp32 of its last token - a view of the graph's output buffer, valid until the next
+        run."""
         n = len(tokens)
         L = self.bucket(n)
+        if len(saves) > self.S:
+            raise ValueError(f"{len(saves)} in-pass saves, this runner's prefill graphs take {self.S}")
         if L not in self._graphs:
             self.capture(L)
-        st = torch.empty(3 + L, dtype=torch.int64, pin_memory=True)
+        o = self._o
+        st = torch.empty(o + L, dtype=torch.int64, pin_memory=True)
         st[0], st[1], st[2] = n, start, slot
-        st[3:3 + n] = torch.as_tensor(tokens, dtype=torch.int64)
-        st[3 + n:] = 0
-        self._buf[:3 + L].copy_(st, non_blocking=True)
+        st[3:o] = 0
+        st[3 + self.S:o] = -1
+        for j, (q, sv) in enumerate(saves):
+            st[3 + j], st[3 + self.S + j] = q, sv
+        st[o:o + n] = torch.as_tensor(tokens, dtype=torch.int64)
+        st[o + n:] = 0
+        self._buf[:o + L].copy_(st, non_blocking=True)
         g, logits = self._graphs[L]
         g.replay()
         return logits

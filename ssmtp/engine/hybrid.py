@@ -385,7 +385,8 @@ class HybridRunner(ModelRunner):
         return h
 
     @torch.no_grad()
-    def prefill(self, ids, seq_lens, start, state_idx, pool: SlotPool, logit_rows: Optional[torch.Tensor]):
+    def prefill(self, ids, seq_lens, start, state_idx, pool: SlotPool, logit_rows: Optional[torch.Tensor],
+                saves: Optional[tuple] = None):
         h = self._forward(ids, seq_lens, state_idx, pool, decode=False)
         if logit_rows is None or logit_rows.numel() == 0:
             return None

@@ -14,7 +14,10 @@ One engine step (``step()``):
      the max_prefill_tokens limit). A request whose shared prefix another running prefill is about to save waits one
      step for it instead of recomputing it.
   2. one prefill chunk for the prefilling requests (right-padded batch, seq_lens, state_idx; every row continues from
-     its slot); save states at save points; requests whose prompt is done sample their first token.
+     its slot); save states at save points; requests whose prompt is done sample their first token. Runners with
+     inner saves (Mamba / Falcon-Mamba) write the states of up to INNER_SAVES save points inside the chunk to spare
+     slots in the same forward, so save points do not cut the prefill into K-token chunks; the hybrid runners end a
+     chunk at each save point.
   3. one decode step for every decoding request (a CUDA graph of the bucket's batch size, or eager), sample, and
      retire finished requests (their slots are freed and zeroed when handed out again).
 """
@@ -31,7 +34,7 @@ import torch
 import torch.distributed as dist
 
 from ..parallel.comm import Communicator, get_communicator
-from .graphs import GraphDecoder, GraphPrefill
+from .graphs import INNER_SAVES, GraphDecoder, GraphPrefill
 from .prefix_cache import BranchIndex, PrefixCache, as_tokens, chain_hashes
 from .runner import runner_class
 from .sampling import SamplingParams, sample
@@ -123,7 +126,7 @@ class LLM:
                         and at most prefix_cache_entries entries
     cache_generated     also save the state at the end of each finished request (multi-turn prompts then hit)
     cuda_graphs         capture decode graphs per batch bucket (default: on for CUDA); graph_batch_sizes
-    prefill_graphs      replay single-request prefill chunks (<= 512 tokens, padded to a bucket of
+    prefill_graphs      replay single-request prefill chunks (<= 1024 tokens, padded to a bucket of
                         prefill_graph_sizes) from CUDA graphs: cuts ~40 ms of host time per chunk off TTFT
                         (default: as cuda_graphs, unless SSMTP_PREFILL_GRAPHS=0)
     max_prefill_tokens  padded tokens per prefill step (batch x longest chunk); also the longest chunk
@@ -215,7 +218,8 @@ class LLM:
                                      f"{bytes_per_slot(specs) / 2**20:.2f} MiB on this rank")
         self.num_slots = self._agree_min(num_slots)
         self.max_batch = min(max_batch, self.num_slots)
-        self.pool = SlotPool(specs, self.num_slots, device)
+        self.inner_saves = INNER_SAVES if (prefix_cache and getattr(self.runner, "inner_saves", False)) else 0
+        self.pool = SlotPool(specs, self.num_slots + self.inner_saves, device)
 
         entry = PrefixCache.entry_bytes(specs, self.vocab_size)
         cap = 0
@@ -482,26 +486,41 @@ class LLM:
             self._accept(r, toks[0], logits)
         return True
 
-    def _next_boundary(self, r: _Request) -> int:
-        nxt = min((p for p in r.save_points if p > r.progress), default=r.length)
-        return min(nxt, r.length, r.progress + self.max_prefill_tokens)
+    def _next_boundary(self, r: _Request, inner: int = 0) -> int:
+        """End of r's next chunk: the prompt's end or the max_prefill_tokens limit, cut at the first save point past
+        the ``inner`` ones saved inside the chunk."""
+        end = min(r.length, r.progress + self.max_prefill_tokens)
+        pts = sorted(p for p in r.save_points if r.progress < p < end)
+        return pts[inner] if len(pts) > inner else end
+
+    def _inner_points(self, r: _Request, seg: int) -> list:
+        return sorted(p for p in r.save_points if r.progress < p < r.progress + seg)
 
     def _prefill_step(self, pre: list) -> None:
         sel, segs, lmax = [], [], 0
+        spare = min(self.inner_saves, self.pool.num_free)  # slots for in-pass saves this step
         for r in pre:
-            seg = self._next_boundary(r) - r.progress
+            seg = self._next_boundary(r, spare) - r.progress
             if sel and (len(sel) + 1) * max(lmax, seg) > self.max_prefill_tokens:
                 continue
             sel.append(r)
             segs.append(seg)
             lmax = max(lmax, seg)
+            spare -= len(self._inner_points(r, seg))
         B = len(sel)
         ends = [i for i, (r, s) in enumerate(zip(sel, segs)) if r.progress + s == r.length]
+        # in-pass saves: per row, (position in the chunk, spare slot, key)
+        inner = [[(p - r.progress, None, r.save_points[p]) for p in self._inner_points(r, s)]
+                 for r, s in zip(sel, segs)]
+        tmp = self.pool.allocate(sum(map(len, inner)), zero=False) if any(inner) else []
+        it = iter(tmp)
+        inner = [[(q, next(it), key) for q, _, key in row] for row in inner]
         graph = B == 1 and self.prefill_graphs is not None and self.prefill_graphs.bucket(lmax) is not None
         if graph:
             r = sel[0]
             try:
-                logits = self.prefill_graphs.run(r.prompt[r.progress:r.progress + lmax], r.progress, r.slot)
+                logits = self.prefill_graphs.run(r.prompt[r.progress:r.progress + lmax], r.progress, r.slot,
+                                                 [(q, slot) for q, slot, _ in inner[0]])
             except Exception as e:  # a failed capture: say so once and prefill eagerly from now on
                 if torch.cuda.is_current_stream_capturing():
                     raise
@@ -509,16 +528,19 @@ class LLM:
                 self.prefill_graphs = None
                 graph = False
         if not graph:
-            logits = self._prefill_eager(sel, segs, lmax, ends)
+            logits = self._prefill_eager(sel, segs, lmax, ends, inner)
         self.steps["prefill"] += 1
         row_of = {i: j for j, i in enumerate(ends)}
         saves = []
         for i, (r, s) in enumerate(zip(sel, segs)):
+            saves.extend((slot, key, None, r) for _, slot, key in inner[i])
             r.progress += s
             key = r.save_points.get(r.progress)
             if key is not None:
                 saves.append((r.slot, key, logits[row_of[i]] if i in row_of else None, r))
         self.prefix.save(self.pool, saves)
+        if tmp:
+            self.pool.free(tmp)  # stream-ordered after the copies into the cache
         if ends:
             done = [sel[i] for i in ends]
             toks = self._sample(done, logits)
@@ -526,17 +548,24 @@ class LLM:
                 self.prefix.drop_promises(r)
                 self._accept(r, toks[j], logits[j])
 
-    def _prefill_eager(self, sel: list, segs: list, lmax: int, ends: list):
+    def _prefill_eager(self, sel: list, segs: list, lmax: int, ends: list, inner: list):
         """One right-padded prefill forward; inputs go over in one host-to-device copy (pinned on CUDA)."""
         B = len(sel)
+        S = max(map(len, inner))  # in-pass saves: (B, S) positions and slots, -1 = none
         pin = self.device.type == "cuda"
-        st = torch.empty(3 * B + len(ends) + B * lmax, dtype=torch.int64, pin_memory=pin)
+        o = 3 * B + len(ends) + 2 * B * S
+        st = torch.empty(o + B * lmax, dtype=torch.int64, pin_memory=pin)
         a = st.numpy()
         a[0:B] = segs
         a[B:2 * B] = [r.progress for r in sel]
         a[2 * B:3 * B] = [r.slot for r in sel]
         a[3 * B:3 * B + len(ends)] = ends
-        ids = a[3 * B + len(ends):].reshape(B, lmax)
+        sv = a[3 * B + len(ends):o].reshape(2, B, S)
+        sv[0], sv[1] = 0, -1
+        for i, row in enumerate(inner):
+            for j, (q, slot, _) in enumerate(row):
+                sv[0, i, j], sv[1, i, j] = q, slot
+        ids = a[o:].reshape(B, lmax)
         ids[:] = 0
         for i, (r, s) in enumerate(zip(sel, segs)):
             ids[i, :s] = r.prompt[r.progress:r.progress + s]
@@ -544,8 +573,9 @@ class LLM:
         seq_lens = dev[0:B].to(torch.int32)
         state_idx = dev[2 * B:3 * B].to(torch.int32)
         rows = dev[3 * B:3 * B + len(ends)]
-        ids_t = dev[3 * B + len(ends):].view(B, lmax)
-        return self.runner.prefill(ids_t, seq_lens, dev[B:2 * B], state_idx, self.pool, rows)
+        saves = dev[3 * B + len(ends):o].view(2, B, S).to(torch.int32).unbind(0) if S else None
+        ids_t = dev[o:].view(B, lmax)
+        return self.runner.prefill(ids_t, seq_lens, dev[B:2 * B], state_idx, self.pool, rows, saves)
 
     def warmup(self) -> float:
         """Capture every decode and prefill graph now (otherwise each is captured on first use); returns seconds."""

@@ -4,12 +4,14 @@ A runner is built from a weight source (ssmtp/loading.py: a safetensors director
 model, or a random-weight preset) and owns this rank's shard of the model. The engine needs four things of it:
 
     state_specs()                                  name -> StateSpec: what one sequence's state is (per layer)
-    prefill(ids, seq_lens, start, state_idx, pool, logit_rows) -> logits (len(logit_rows), V) fp32 or None
+    prefill(ids, seq_lens, start, state_idx, pool, logit_rows, saves=None) -> logits (len(logit_rows), V) fp32 or None
         ids (B, L) int64 right-padded, seq_lens (B,) int32 valid lengths, start (B,) int64 tokens already in the
         state (positions; Mamba ignores them, attention needs them), state_idx (B,) int32 slots (-1 = padding row).
         Continues every row from its slot (the engine zeroes a slot when it hands it out, which equals a cold start)
         and writes the final states back. Only the rows in logit_rows get the final norm + lm_head, at their last
-        valid position.
+        valid position. saves (runners with inner_saves only): (save_pos, save_idx) (B, S) int32 - the states after
+        save_pos[b][j] tokens of the chunk are also written to slot save_idx[b][j] (-1 = none), so prefix-cache
+        save points need not end a chunk.
     decode(ids, pos, state_idx, pool) -> logits (B, V) fp32
         one token per row, in place on the slots; no host sync, no data-dependent Python: CUDA-graph capturable.
     vocab_size, device, dtype
@@ -94,11 +96,13 @@ class ModelRunner(nn.Module):
 
     vocab_size: int
     family: str
+    inner_saves = False  # prefill(..., saves=) supported: intermediate states saved inside one chunk
 
     def state_specs(self) -> dict:
         raise NotImplementedError
 
-    def prefill(self, ids, seq_lens, start, state_idx, pool: SlotPool, logit_rows: Optional[torch.Tensor]):
+    def prefill(self, ids, seq_lens, start, state_idx, pool: SlotPool, logit_rows: Optional[torch.Tensor],
+                saves: Optional[tuple] = None):
         raise NotImplementedError
 
     def decode(self, ids, pos, state_idx, pool: SlotPool) -> torch.Tensor:
@@ -121,6 +125,8 @@ class MambaRunner(ModelRunner):
     """Mamba-1 family (Mamba, Falcon-Mamba), numerically as HF computes it: blocks x -> x + mixer(norm(x)) with an
     fp32 residual stream (residual_in_fp32), final norm, lm_head on the last position only, fp32 logits.
     Embeddings, norms and lm_head are replicated on every rank; the mixers are TPMambaMixer shards."""
+
+    inner_saves = True
 
     def __init__(self, config, comm: Communicator, embed: torch.Tensor, norms: list, mixers: list,
                  norm_f: torch.Tensor, lm_head: Optional[torch.Tensor], falcon: bool):
@@ -225,13 +231,16 @@ class MambaRunner(ModelRunner):
     # ------------------------------------------------------------------ forward
 
     @torch.no_grad()
-    def prefill(self, ids, seq_lens, start, state_idx, pool: SlotPool, logit_rows: Optional[torch.Tensor]):
+    def prefill(self, ids, seq_lens, start, state_idx, pool: SlotPool, logit_rows: Optional[torch.Tensor],
+                saves: Optional[tuple] = None):
         eps, dt, fp32 = self.eps, self.dtype, self.residual_in_fp32
+        save_pos, save_idx = saves if saves is not None else (None, None)
         res = F.embedding(ids, self.embed)  # (B, L, H)
         x = self._k_norm(res, self.norms[0], eps, dt)
         n = len(self.mixers)
         for i, mixer in enumerate(self.mixers):
-            out = mixer.mix(x, pool.layer("conv", i), pool.layer("ssm", i), state_idx, seq_lens, True)
+            out = mixer.mix(x, pool.layer("conv", i), pool.layer("ssm", i), state_idx, seq_lens, True,
+                            save_pos=save_pos, save_idx=save_idx)
             if i + 1 < n:
                 res, x = self._k_add_norm(res, out, self.norms[i + 1], eps, dt, fp32)
         if logit_rows is None or logit_rows.numel() == 0:

@@ -137,20 +137,24 @@ class TPMambaMixer(nn.Module):
 
     def mix(self, h: torch.Tensor, conv_state: Optional[torch.Tensor] = None, ssm_state: Optional[torch.Tensor] = None,
             state_idx: Optional[torch.Tensor] = None, seq_lens: Optional[torch.Tensor] = None,
-            load_state: bool = False, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+            load_state: bool = False, attention_mask: Optional[torch.Tensor] = None,
+            save_pos: Optional[torch.Tensor] = None, save_idx: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Prefill (any length). h (B, L, H). States (slots, dl, W) and (slots, dl, N) fp32 are read when load_state and
-        written with the final states; state_idx (B,) int32 picks slots; seq_lens (B,) int32 for right padding."""
+        written with the final states; state_idx (B,) int32 picks slots; seq_lens (B,) int32 for right padding.
+        save_pos / save_idx (B, S) int32: also write the states after save_pos[b][j] tokens into slots save_idx[b][j]
+        (-1 = none; the ops' intermediate saves, see csrc/ssmtp.h)."""
         dl = self.d_local
         h = _mask(h, attention_mask)
         xz = F.linear(h, self.in_proj_weight, self.in_proj_bias)  # (B, L, 2dl)
         x = xz[..., :dl].transpose(1, 2)  # (B, dl, L) channel-contiguous views
         z = xz[..., dl:].transpose(1, 2)
-        xc = ops.causal_conv1d(x, self.conv_weight, self.conv_bias, conv_state, state_idx, seq_lens, True, load_state)
+        xc = ops.causal_conv1d(x, self.conv_weight, self.conv_bias, conv_state, state_idx, seq_lens, True, load_state,
+                               save_pos, save_idx)
         xc_tok = _mask(xc.transpose(1, 2), attention_mask)
         dt, B, C = self._dt_B_C(xc_tok)
         y = ops.selective_scan(xc_tok.transpose(1, 2), dt.transpose(1, 2), self.A, B.transpose(1, 2)[:, None],
                                C.transpose(1, 2)[:, None], self.D, z, self.dt_bias, ssm_state, state_idx, seq_lens,
-                               True, load_state)
+                               True, load_state, save_pos, save_idx)
         return self._out(y.transpose(1, 2), h.dtype)
 
     def mix_step(self, h: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor,

@@ -318,6 +318,70 @@ static int mutate_indices(ssmtp_tensor_t *idx, ssmtp_tensor_t *lens, int64_t bat
     return 0;
 }
 
+
+/* Intermediate-state saves (conv1d, scan): (batch, nsave) int32 positions and slots, valid by construction: per row
+ * ascending positions in 1..n, holes (-1), slots no row of the call uses. Returns 1 when saves were made. */
+static int32_t *at2(ssmtp_tensor_t *t, int64_t i, int64_t j) {
+    return (int32_t *)t->data + i * t->stride[0] + j * t->stride[1];
+}
+static int64_t row_slot(const ssmtp_tensor_t *idx, int64_t b) { return idx->data ? get_i32(idx, b) : b; }
+static int64_t row_len(const ssmtp_tensor_t *lens, int64_t b, int64_t len) { return lens->data ? get_i32(lens, b) : len; }
+static int make_saves(ssmtp_tensor_t *pos, ssmtp_tensor_t *sidx, int64_t batch, int64_t nslots,
+                      const ssmtp_tensor_t *idx, const ssmtp_tensor_t *lens, int64_t len) {
+    const int64_t nsave = rint_in(0, 4);
+    mk(pos, SSMTP_DTYPE_I32, 2, (int64_t[]){batch, nsave}, ROLE_OUT, 0);
+    mk(sidx, SSMTP_DTYPE_I32, 2, (int64_t[]){batch, nsave}, ROLE_OUT, 0);
+    int32_t spare[8];
+    int nspare = 0;
+    for (int64_t sv = 0; sv < nslots && nspare < 8; sv++) {
+        int used = 0;
+        for (int64_t b = 0; b < batch; b++) used |= row_slot(idx, b) == sv;
+        if (!used) spare[nspare++] = (int32_t)sv;
+    }
+    for (int64_t b = 0; b < batch; b++) {
+        const int64_t n = row_len(lens, b, len);
+        int64_t p = 0;
+        for (int64_t j = 0; j < nsave; j++) {
+            *at2(pos, b, j) = (int32_t)rint_in(-2, 9);
+            *at2(sidx, b, j) = -1;
+            if (nspare == 0 || p >= n || chance(25)) continue;
+            p = rint_in(p + 1, n);
+            *at2(pos, b, j) = (int32_t)p;
+            *at2(sidx, b, j) = spare[rnd() % (uint64_t)nspare];
+        }
+    }
+    return 1;
+}
+/* Break the saves of a row that has a slot (padding rows are not checked). */
+static int mutate_saves(ssmtp_tensor_t *pos, ssmtp_tensor_t *sidx, int64_t batch, int64_t nslots,
+                        const ssmtp_tensor_t *idx, const ssmtp_tensor_t *lens, int64_t len, char *what, size_t wn) {
+    if (!pos->data) return 0;
+    if (chance(20)) {
+        sidx->data = NULL;
+        snprintf(what, wn, "save_pos without save_idx");
+        return 1;
+    }
+    const int64_t nsave = pos->shape[1];
+    for (int64_t b = 0; b < batch && nsave > 0; b++) {
+        const int64_t own = row_slot(idx, b), n = row_len(lens, b, len);
+        if (own < 0) continue;
+        const int64_t j = rint_in(0, nsave - 1);
+        switch (rnd() % 4) {
+        case 0: *at2(sidx, b, j) = (int32_t)nslots; *at2(pos, b, j) = 1; break;
+        case 1: *at2(sidx, b, j) = (int32_t)own; *at2(pos, b, j) = 1; break;
+        case 2: *at2(sidx, b, j) = 0; *at2(pos, b, j) = chance(50) ? 0 : (int32_t)(n + 1); break;
+        default:
+            if (nsave < 2) return 0;
+            *at2(sidx, b, 0) = *at2(sidx, b, 1) = (int32_t)(own == 0 ? 1 : 0);
+            *at2(pos, b, 0) = *at2(pos, b, 1) = 1;
+            break;
+        }
+        snprintf(what, wn, "bad save in row %lld", (long long)b);
+        return 1;
+    }
+    return 0;
+}
+
 static ssmtp_conv1d_params_t g_conv;
 static ssmtp_scan_params_t g_scan;
 static ssmtp_ssd_params_t g_ssd;
@@ -348,6 +412,8 @@ static void prep_conv1d(call_t *c, int *invalid, char *what, size_t wn) {
         mk(&g_conv.seq_lens, SSMTP_DTYPE_I32, 1, (int64_t[]){batch}, ROLE_OUT, 0);
         fill_lens(&g_conv.seq_lens, batch, len);
     }
+    if (g_conv.state.data && chance(40))
+        make_saves(&g_conv.save_pos, &g_conv.save_idx, batch, nslots, &g_conv.state_idx, &g_conv.seq_lens, len);
     if (alias)
         g_conv.out = g_conv.x;
     else
@@ -360,11 +426,17 @@ static void prep_conv1d(call_t *c, int *invalid, char *what, size_t wn) {
     add(c, &g_conv.state_idx, "state_idx", 0, 0, 0, 0);
     add(c, &g_conv.seq_lens, "seq_lens", 0, 0, 0, 0);
     if (!alias) add(c, &g_conv.out, "out", 1, 0, 0, 0);
+    add(c, &g_conv.save_pos, "save_pos", 0, 0, 0, 0);
+    add(c, &g_conv.save_idx, "save_idx", 0, 0, 0, 0);
     *invalid = chance(75);
     if (*invalid) {
         int ok = 0;
         for (int k = 0; k < 10 && !ok; k++) {
-            switch (rnd() % 8) {
+            switch (rnd() % 9) {
+            case 8:
+                ok = mutate_saves(&g_conv.save_pos, &g_conv.save_idx, batch, nslots, &g_conv.state_idx,
+                                  &g_conv.seq_lens, len, what, wn);
+                break;
             case 0: ok = mutate_generic(c->s, c->ns, what, wn); break;
             case 1: {
                 const int64_t alt[] = {0, 1, 5, (int64_t)1 << 40};
@@ -441,6 +513,8 @@ static void prep_scan(call_t *c, int has_time, int *invalid, char *what, size_t 
         mk(&g_scan.seq_lens, SSMTP_DTYPE_I32, 1, (int64_t[]){batch}, ROLE_OUT, 0);
         fill_lens(&g_scan.seq_lens, batch, len);
     }
+    if (has_time && g_scan.state.data && chance(40))
+        make_saves(&g_scan.save_pos, &g_scan.save_idx, batch, nslots, &g_scan.state_idx, &g_scan.seq_lens, len);
     mk(&g_scan.out, dt, nd, xs, ROLE_OUT, 0);
     g_scan.dt_softplus = (int32_t)rint_in(0, 1);
     add(c, &g_scan.x, "x", 1, 0, 1, 0);
@@ -455,11 +529,19 @@ static void prep_scan(call_t *c, int has_time, int *invalid, char *what, size_t 
     add(c, &g_scan.state_idx, "state_idx", 0, 0, 0, 0);
     if (has_time) add(c, &g_scan.seq_lens, "seq_lens", 0, 0, 0, 0);
     add(c, &g_scan.out, "out", 1, 0, 0, 0);
+    if (has_time) {
+        add(c, &g_scan.save_pos, "save_pos", 0, 0, 0, 0);
+        add(c, &g_scan.save_idx, "save_idx", 0, 0, 0, 0);
+    }
     *invalid = chance(75);
     if (*invalid) {
         int ok = 0;
         for (int k = 0; k < 10 && !ok; k++) {
-            switch (rnd() % 7) {
+            switch (rnd() % 8) {
+            case 7:
+                ok = mutate_saves(&g_scan.save_pos, &g_scan.save_idx, batch, nslots, &g_scan.state_idx,
+                                  &g_scan.seq_lens, len, what, wn);
+                break;
             case 0: ok = mutate_generic(c->s, c->ns, what, wn); break;
             case 1: {
                 const int64_t alt[] = {0, SSMTP_MAX_DSTATE + 1, 300, (int64_t)1 << 40};
