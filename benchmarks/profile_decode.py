@@ -59,6 +59,9 @@ def main() -> int:
     ap.add_argument("--prefill", default="", help="comma-separated BxL prefill forwards to profile (default none)")
     ap.add_argument("--steps", type=int, default=20, help="graph replays profiled per batch size (default 20)")
     ap.add_argument("--top", type=int, default=15, help="kernels listed per batch size (default 15)")
+    ap.add_argument("--kv-len", type=int, default=None,
+                    help="hybrid models (Zamba): keys attended per decode step, rounded up to the engine's key-length "
+                         "bucket (default: the full max_model_len graph)")
     ap.add_argument("--out", default=None, help="JSON output path (rank 0)")
     args = ap.parse_args()
 
@@ -77,22 +80,24 @@ def main() -> int:
     V = llm.vocab_size
     res = {"meta": {"commit": _git_commit(), "device": torch.cuda.get_device_name(dev), "tp": world,
                     "model": args.model, "dtype": args.dtype, "torch": torch.__version__}, "batches": {}}
+    T = llm.graphs.kv_bucket(args.kv_len) if args.kv_len else None
+    res["meta"]["kv_len"] = T
     for B in batches:
         bs = llm.graphs.bucket(B)
-        llm.graphs.capture(bs)
+        llm.graphs.capture(bs, T)
         slots = llm.pool.allocate(B)
         llm.graphs.set_inputs(torch.randint(3, V, (B,)).tolist(), slots)
         for _ in range(5):
-            llm.graphs.replay(bs)
+            llm.graphs.replay(bs, T)
         torch.cuda.synchronize()
         e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         e0.record()
         for _ in range(args.steps):
-            llm.graphs.replay(bs)
+            llm.graphs.replay(bs, T)
         e1.record()
         e1.synchronize()
         step_us = e0.elapsed_time(e1) * 1e3 / args.steps
-        res["batches"][str(B)] = _kernels(lambda: llm.graphs.replay(bs), args.steps, step_us, args.top)
+        res["batches"][str(B)] = _kernels(lambda: llm.graphs.replay(bs, T), args.steps, step_us, args.top)
         llm.pool.free(slots)
         if rank == 0:
             _print(f"decode B={B} tp={world}", res["batches"][str(B)])

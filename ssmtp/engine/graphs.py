@@ -147,9 +147,10 @@ class GraphDecoder:
         g.replay()
         return logits[:n], greedy[:n]
 
-    def replay(self, bs: int) -> None:
-        """Replay a captured bucket on whatever its input buffer holds (benchmarks)."""
-        self._graphs[bs][0].replay()
+    def replay(self, bs: int, kv_len: Optional[int] = None) -> None:
+        """Replay a captured bucket (and key-length bucket, hybrid runners) on whatever its input buffer holds
+        (benchmarks)."""
+        (self._graphs[bs] if kv_len is None else self._graphs_kv[(bs, kv_len)])[0].replay()
 
     def set_inputs(self, ids: Sequence[int], slots: Sequence[int]) -> int:
         """Fill the input buffers for a batch (benchmarks); returns the bucket."""
@@ -162,7 +163,7 @@ class GraphDecoder:
         return bs
 
 
-DEFAULT_PREFILL_BUCKETS = (16, 32, 64, 128, 192, 256, 320, 384, 448, 512, 640, 768, 896, 1024)
+DEFAULT_PREFILL_BUCKETS = (16, 32, 64, 128, 192, 256, 320, 384, 448, 512, 576, 640, 704, 768, 832, 896, 960, 1024)
 # prefix-cache save points one prefill chunk saves in-pass (each into a spare slot, copied to the cache after the
 # forward; ssmtp/engine/llm.py); the slot pool holds this many slots beyond num_slots for it when the prefix cache is
 # on. A prompt with more save points inside one chunk ends the chunk at the first one past these.
