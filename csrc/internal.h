@@ -106,6 +106,7 @@ ssmtp_status_t ssmtp_cuda_step_fwd(const ssmtp_step_params_t *p, void *stream);
 ssmtp_status_t ssmtp_cuda_quantize(const ssmtp_quant_params_t *p, void *stream);
 ssmtp_status_t ssmtp_cuda_dequantize(const ssmtp_quant_params_t *p, void *stream);
 ssmtp_status_t ssmtp_cuda_linear_small(const ssmtp_linear_params_t *p, void *stream);
+ssmtp_status_t ssmtp_cuda_decode_attention(const ssmtp_attn_params_t *p, void *stream);
 /* Custom all-reduce (csrc/cuda/allreduce.cu); csrc/allreduce.c validates arguments first. */
 ssmtp_status_t ssmtp_cuda_ar_init(ssmtp_ar_t **out, const ssmtp_ar_config_t *cfg);
 ssmtp_status_t ssmtp_cuda_ar_ipc_handle(const ssmtp_ar_t *ar, void *out);

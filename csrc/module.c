@@ -206,6 +206,20 @@ static PyObject *py_linear_small(PyObject *self, PyObject *args) {
     CALL_C(ssmtp_linear_small(&p, (void *)(uintptr_t)stream));
     Py_RETURN_NONE;
 }
+static PyObject *py_decode_attention(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *o[6];
+    double scale = 1.0;
+    unsigned long long stream = 0;
+    if (!PyArg_ParseTuple(args, "OOOOOOdK", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &scale, &stream)) return NULL;
+    ssmtp_attn_params_t p;
+    ssmtp_tensor_t *const t[] = {&p.q, &p.k, &p.v, &p.state_idx, &p.lengths, &p.out};
+    static const char *const names[] = {"q", "k", "v", "state_idx", "lengths", "out"};
+    if (!parse_tensors(o, t, names, 6)) return NULL;
+    p.scale = (float)scale;
+    CALL_C(ssmtp_decode_attention(&p, (void *)(uintptr_t)stream));
+    Py_RETURN_NONE;
+}
 static PyObject *py_quantize(PyObject *self, PyObject *args) {
     (void)self;
     return quant_common(args, 0);
@@ -412,6 +426,8 @@ static PyMethodDef methods[] = {
     {"quantize", py_quantize, METH_VARARGS, "quantize(x, q, scales, block, stream)"},
     {"dequantize", py_dequantize, METH_VARARGS, "dequantize(x, q, scales, block, stream)"},
     {"linear_small", py_linear_small, METH_VARARGS, "linear_small(x, weight, bias, out, stream)"},
+    {"decode_attention", py_decode_attention, METH_VARARGS,
+     "decode_attention(q, k, v, state_idx, lengths, out, scale, stream)"},
     {"cuda_built", py_cuda_built, METH_NOARGS, "True when the CUDA kernels were compiled in"},
     {"build_info", py_build_info, METH_NOARGS, "what was built"},
     /* @@COMM-METHODS@@ */

@@ -167,6 +167,28 @@ typedef struct {
 } ssmtp_linear_params_t;
 ssmtp_status_t ssmtp_linear_small(const ssmtp_linear_params_t *p, void *stream);
 
+/*
+ * Decode attention over slot-indexed K/V caches: one query token per sequence (the hybrid models' attention layers
+ * in the decode step), reading each sequence's keys in place (no gather) and only as many as it has.
+ *   q         (batch, nheads, head_dim)          f32/f16/bf16, head_dim <= SSMTP_MAX_HEAD_DIM
+ *   k, v      (nslots, max_len, nkv, head_dim)   same dtype as q; nheads % nkv == 0: query head h reads kv head
+ *                                                h / (nheads / nkv) (grouped-query attention)
+ *   state_idx (batch,) int32                     slot of each sequence; -1 = padding row (its out row is zero)
+ *   lengths   (batch,) int32                     keys attended: positions 0 .. lengths[b]-1 of the slot, 1..max_len
+ *   out       (batch, nheads, head_dim)          same dtype as q
+ *   scale     the score scale (e.g. 1/sqrt(head_dim))
+ * Math per (b, h), fp32: s_t = scale * <q, k[slot, t, kvh]>, p = softmax(s) over t < lengths[b],
+ * out = sum_t p_t v[slot, t, kvh], rounded once to the dtype of q. The CPU path rejects slots >= nslots and lengths
+ * outside 1..max_len before writing anything; the CUDA path (no host-side read of device indices) writes NaN rows
+ * for them.
+ */
+#define SSMTP_MAX_HEAD_DIM 512
+typedef struct {
+    ssmtp_tensor_t q, k, v, state_idx, lengths, out;
+    float scale;
+} ssmtp_attn_params_t;
+ssmtp_status_t ssmtp_decode_attention(const ssmtp_attn_params_t *p, void *stream);
+
 /* ================================================================================================================
  * Communication (csrc/nccl.c, csrc/allreduce.c, csrc/cuda/allreduce.cu)
  * ================================================================================================================

@@ -246,6 +246,25 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     return torch.nn.functional.linear(x, weight, bias)
 
 
+
+# ------------------------------------------------------------------------------------------------ decode attention
+
+@torch.library.custom_op("ssmtp::decode_attention", mutates_args=())
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state_idx: torch.Tensor,
+                     lengths: torch.Tensor, scale: float) -> torch.Tensor:
+    """One query token per sequence against its slot's first lengths[b] keys (csrc/ssmtp.h: ssmtp_decode_attention).
+    q (B, H, D); k, v (slots, max_len, Hkv, D); state_idx, lengths (B,) int32. Returns (B, H, D)."""
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    _C.decode_attention(desc(q, "q"), desc(k, "k"), desc(v, "v"), desc(state_idx, "state_idx"),
+                        desc(lengths, "lengths"), desc(out, "out"), float(scale), stream_of(q))
+    return out
+
+
+@decode_attention.register_fake
+def _(q, k, v, state_idx, lengths, scale):
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
 # ------------------------------------------------------------------------------------------------ Mamba-2 SSD
 # ssd_scan(x, dt, A, B, C, D, z, dt_bias, state, state_idx, seq_lens, dt_softplus, load_state, chunk_size, dt_min,
 #          dt_max) -> out  (mutates state);  ssd_step(x, dt, A, B, C, D, z, dt_bias, state, state_idx, dt_softplus,

@@ -108,6 +108,21 @@ def selective_state_update(x, dt, A, B, C, D, z, dt_bias, state, state_idx, dt_s
     return out.to(x.dtype)
 
 
+def decode_attention(q, k, v, state_idx, lengths, scale):
+    """Plain softmax attention per row over its slot's first lengths[b] keys (fp32); padding rows are zero."""
+    B, H, D = q.shape
+    group = H // k.shape[2]
+    out = torch.zeros(B, H, D, dtype=torch.float32)
+    for b, (slot, n) in enumerate(zip(state_idx.tolist(), lengths.tolist())):
+        if slot < 0:
+            continue
+        kk = k[slot, :n].float().repeat_interleave(group, dim=1)  # (n, H, D)
+        vv = v[slot, :n].float().repeat_interleave(group, dim=1)
+        p = torch.softmax(torch.einsum("hd,nhd->hn", q[b].float(), kk) * scale, dim=-1)
+        out[b] = torch.einsum("hn,nhd->hd", p, vv)
+    return out.to(q.dtype)
+
+
 _QMAX = {"int8": 127.0, "fp8": 448.0, "float8_e4m3fn": 448.0}
 
 

@@ -266,13 +266,21 @@ def test_hybrid_max_model_len_bounds_requests_and_sizes_the_kv():
     assert LLM("tiny-zamba2", progress=False, num_slots=1, prefix_cache=False).max_model_len == 1024  # the config
 
 
-def test_hybrid_decode_attends_over_key_buckets():
-    """Decode attends over the keys in use rounded up to a bucket (256, 512, ..., max_model_len): a request crossing
-    a bucket boundary still gives HF's tokens and logits."""
+@pytest.mark.parametrize("attn_op", [True, False], ids=["decode-attention-op", "key-buckets"])
+def test_hybrid_decode_attends_over_the_keys_in_use(attn_op, monkeypatch):
+    """Decode attends over each row's own keys (ssmtp::decode_attention), or, with SSMTP_DECODE_ATTN=0, over the keys
+    in use rounded up to a bucket (256, 512, ..., max_model_len): either way a request crossing 256 keys still gives
+    HF's tokens and logits."""
+    from ssmtp.engine.hybrid import HybridRunner
+
+    monkeypatch.setattr(HybridRunner, "attn_op", attn_op)
     model = build_zamba2("odd")
     p = torch.randint(3, 99, (250,), generator=torch.Generator().manual_seed(4)).tolist()
     llm = LLM(model, progress=False, max_model_len=600, num_slots=1, prefix_cache=False)
-    assert llm.runner.kv_buckets == [256, 512, 600] and llm.runner.kv_bucket(257) == 512
+    if attn_op:
+        assert llm.runner.kv_buckets == []
+    else:
+        assert llm.runner.kv_buckets == [256, 512, 600] and llm.runner.kv_bucket(257) == 512
     out = llm.generate([p], max_new_tokens=12, return_logits=True)[0]
     with torch.no_grad():
         g = model.generate(torch.tensor([p]), max_new_tokens=12, do_sample=False, output_logits=True,

@@ -138,10 +138,14 @@ def test_hybrid_graph_decode_equals_eager_tp1_fp32(family, config):
 
 
 @pytest.mark.cuda
-def test_hybrid_graph_decode_key_buckets():
-    """A request crossing the 256-key bucket replays the bucketed graphs (captured on first use), == eager == HF."""
+@pytest.mark.parametrize("attn_op", [True, False], ids=["decode-attention-op", "key-buckets"])
+def test_hybrid_graph_decode_key_buckets(attn_op, monkeypatch):
+    """A request crossing 256 keys: with the decode attention op one graph per batch bucket serves every length;
+    with SSMTP_DECODE_ATTN=0 it replays the bucketed graphs (captured on first use). Either way == eager == HF."""
     from ssmtp.engine import LLM
+    from ssmtp.engine.hybrid import HybridRunner
 
+    monkeypatch.setattr(HybridRunner, "attn_op", attn_op)
     dev = torch.device("cuda", 0)
     model = build_zamba2("odd").to(dev)
     p = torch.randint(3, 99, (250,), generator=torch.Generator().manual_seed(4)).tolist()
@@ -150,7 +154,10 @@ def test_hybrid_graph_decode_key_buckets():
     e = LLM(model, cuda_graphs=False, **common)
     x = g.generate([p], max_new_tokens=12, return_logits=True)[0]
     y = e.generate([p], max_new_tokens=12, return_logits=True)[0]
-    assert (1, 256) in g.graphs.captured_kv and (1, 512) in g.graphs.captured_kv, g.graphs.captured_kv
+    if attn_op:
+        assert g.graphs.captured_kv == [], g.graphs.captured_kv
+    else:
+        assert (1, 256) in g.graphs.captured_kv and (1, 512) in g.graphs.captured_kv, g.graphs.captured_kv
     assert x.token_ids == y.token_ids
     _close(torch.stack(x.logits), torch.stack(y.logits), 1e-4, "graph vs eager across a key bucket")
     with torch.no_grad():

@@ -244,6 +244,8 @@ def run(args) -> dict:
                        "cold_s": med(t_cold), "cold_no_prefix_cache_s": med(t_nocache),
                        "first_sibling_s": med(t_sib), "first_sibling_cached_tokens": c_sib[-1],
                        "hit_s": med(t_hit), "hit_cached_tokens": c_hit[-1],
+                       "all_s": {"cold": t_cold, "cold_no_prefix_cache": t_nocache, "first_sibling": t_sib,
+                                 "hit": t_hit},
                        "hit_over_cold": med(t_hit) / med(t_cold),
                        "hit_over_cold_no_prefix_cache": med(t_hit) / med(t_nocache),
                        "target_hit_over_cold": 0.15}

@@ -20,9 +20,11 @@ row touches no live K/V position and ``len`` of no slot; it is never attended (k
 A slot is zeroed when handed out (len = 0), a prefix-cache entry restores K/V up to its prefix together with len.
 
 Positions come from ``len``, never from the engine's ``start`` / ``pos`` arguments: decode is then a function of
-static buffers only (CUDA-graph capturable; attention runs over a static key length T with a length mask: the engine
-passes the longest live row's length, and the graph decoder rounds it up to a bucket of kv_buckets, so a step reads
-the K/V in use, not all max_len). Prefill reads the longest row's length back to the host once per call to attend
+static buffers only (CUDA-graph capturable). Decode attention is ssmtp::decode_attention: each row reads its own
+slot's first len + 1 keys in place (no gather, no padding to a common length), so one graph per batch bucket serves
+every length. SSMTP_DECODE_ATTN=0 selects the previous path instead (for comparison): gather the rows' K/V up to a
+static key length T with a length mask, the engine passing the longest live row's length, rounded up by the graph
+decoder to a bucket of kv_buckets. Prefill reads the longest row's length back to the host once per call to attend
 over only the keys in use (prefill is eager).
 """
 from __future__ import annotations
@@ -34,6 +36,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import os
+
+from .. import ops
 from ..parallel.comm import Communicator
 from .runner import ModelRunner, _rms_norm
 from .state_cache import SlotPool, StateSpec
@@ -137,9 +142,14 @@ class HybridRunner(ModelRunner):
         self.max_len = int(n)
         return self.max_len
 
+    attn_op = os.environ.get("SSMTP_DECODE_ATTN", "1") != "0"  # decode attention by ssmtp::decode_attention
+
     @property
     def kv_buckets(self) -> list[int]:
-        """Key lengths decode graphs are captured for: powers of two from 256, then max_len (the last one)."""
+        """Key lengths decode graphs are captured for: powers of two from 256, then max_len (the last one); none
+        with the decode attention op (it reads each row's own length)."""
+        if self.attn_op:
+            return []
         out, b = [], 256
         while b < self.max_len:
             out.append(b)
@@ -341,6 +351,7 @@ class HybridRunner(ModelRunner):
             ok = valid[:, None].expand(B, L)
             T = min(int(kv_len), self.max_len) if kv_len else self.max_len  # static: graph-capturable
             new = valid.to(torch.long)
+            idx32, n_keys = state_idx.to(torch.int32), (start + 1).to(torch.int32)
         else:
             sl = seq_lens.to(torch.long)
             ok = (t[None, :] < sl[:, None]) & valid[:, None]
@@ -350,7 +361,7 @@ class HybridRunner(ModelRunner):
         # scratch column: an index past the K/V would be a device-side error inside a graph
         wpos = torch.where(ok & (pos < self.max_len), pos, torch.full_like(pos, self.max_len))
         wslot = slot[:, None].expand(B, L)
-        allowed = torch.arange(T, device=dev)[None, None, :] <= pos[:, :, None]  # (B, L, T)
+        allowed = None if (decode and self.attn_op) else torch.arange(T, device=dev)[None, None, :] <= pos[:, :, None]
         cos = sin = None
         if self.inv_freq is not None:
             freqs = pos[..., None].float() * self.inv_freq
@@ -370,7 +381,11 @@ class HybridRunner(ModelRunner):
                 kc, vc = pool.layer("k", j), pool.layer("v", j)  # (nslots, max_len + 1, kvl, hd)
                 kc.index_put_((wslot, wpos), k)
                 vc.index_put_((wslot, wpos), v)
-                a = attend(q, kc[slot, :T], vc[slot, :T], allowed, self.scaling, sdpa)
+                if decode and self.attn_op:  # each row: its slot's first pos + 1 keys, read in place
+                    a = ops.decode_attention(q[:, 0], kc[:, :self.max_len], vc[:, :self.max_len], idx32, n_keys,
+                                             self.scaling).reshape(B, 1, -1)
+                else:
+                    a = attend(q, kc[slot, :T], vc[slot, :T], allowed, self.scaling, sdpa)
                 tr = blk.ffn(_rms_norm(blk.attn.out(a), blk.ff_norm, eps), i)
                 x = _rms_norm(h + F.linear(tr, self.linears[j]), self.norms[i], eps)
             else:

@@ -767,13 +767,66 @@ static void prep_linear(call_t *c, int *invalid, char *what, size_t wn) {
         if (!ok) *invalid = 0;
     }
 }
-#define N_OPS 8
+#define N_OPS 9
 #else
 #define N_OPS 7
 #endif
 
+static ssmtp_attn_params_t g_attn;
+
+static void prep_attention(call_t *c, int *invalid, char *what, size_t wn) {
+    memset(&g_attn, 0, sizeof g_attn);
+    const int32_t dt = float_dtype();
+    const int64_t B = rint_in(0, 3), nkv = rint_in(1, 3), H = nkv * rint_in(1, 2), S = rint_in(1, 4), T = rint_in(1, 6);
+    const int64_t D = chance(5) ? SSMTP_MAX_HEAD_DIM : rint_in(1, 9);
+    mk(&g_attn.q, dt, 3, (int64_t[]){B, H, D}, ROLE_IN, 0);
+    mk(&g_attn.k, dt, 4, (int64_t[]){S, T, nkv, D}, ROLE_IN, 0);
+    mk(&g_attn.v, dt, 4, (int64_t[]){S, T, nkv, D}, ROLE_IN, 0);
+    mk(&g_attn.state_idx, SSMTP_DTYPE_I32, 1, (int64_t[]){B}, ROLE_OUT, 0);
+    fill_slots(&g_attn.state_idx, B, S);
+    mk(&g_attn.lengths, SSMTP_DTYPE_I32, 1, (int64_t[]){B}, ROLE_OUT, 0);
+    for (int64_t b = 0; b < B; b++) set_i32(&g_attn.lengths, b, (int32_t)rint_in(1, T));
+    mk(&g_attn.out, dt, 3, (int64_t[]){B, H, D}, ROLE_OUT, 0);
+    g_attn.scale = rfloat();
+    add(c, &g_attn.q, "q", 1, 0, 1, 0);
+    add(c, &g_attn.k, "k", 1, 1 | 2, 0, 0);
+    add(c, &g_attn.v, "v", 1, 0, 0, 0);
+    add(c, &g_attn.state_idx, "state_idx", 1, 0, 0, 0);
+    add(c, &g_attn.lengths, "lengths", 1, 0, 0, 0);
+    add(c, &g_attn.out, "out", 1, 0, 0, 0);
+    *invalid = chance(75);
+    if (*invalid) {
+        int ok = 0;
+        for (int k = 0; k < 10 && !ok; k++) {
+            const int64_t b = B > 0 ? rint_in(0, B - 1) : 0;
+            switch (rnd() % 4) {
+            case 0: ok = mutate_generic(c->s, c->ns, what, wn); break;
+            case 1:
+                if (B == 0) break;
+                set_i32(&g_attn.state_idx, b, (int32_t)(S + rint_in(0, 3)));
+                snprintf(what, wn, "state_idx[%lld] >= nslots %lld", (long long)b, (long long)S);
+                ok = 1;
+                break;
+            case 2:
+                if (B == 0 || get_i32(&g_attn.state_idx, b) < 0) break;
+                set_i32(&g_attn.lengths, b, chance(50) ? 0 : (int32_t)(T + 1));
+                snprintf(what, wn, "lengths[%lld] outside 1..%lld", (long long)b, (long long)T);
+                ok = 1;
+                break;
+            default:
+                if (H < 2) break;
+                g_attn.k.shape[2] = g_attn.v.shape[2] = H + 1;
+                snprintf(what, wn, "nkv=%lld > nheads %lld", (long long)(H + 1), (long long)H);
+                ok = 1;
+                break;
+            }
+        }
+        if (!ok) *invalid = 0;
+    }
+}
+
 static const char *const OPS[] = {"conv1d_fwd", "scan_fwd", "step_fwd", "ssd_fwd", "ssd_step", "quantize",
-                                  "dequantize", "linear_small"};
+                                  "dequantize", "linear_small", "decode_attention"};
 
 static ssmtp_status_t call_op(int which, void *stream) {
     switch (which) {
@@ -801,12 +854,13 @@ static ssmtp_status_t call_op(int which, void *stream) {
     case 5: return ssmtp_quantize(&g_quant, stream);
 #ifdef SSMTP_LINEAR_SMALL_MAX_M
     case 7: return ssmtp_linear_small(&g_linear, stream);
+    case 8: return ssmtp_decode_attention(&g_attn, stream);
 #endif
     default: return ssmtp_dequantize(&g_quant, stream);
     }
 }
 
-static uint64_t g_count[8][2], g_status[8];
+static uint64_t g_count[N_OPS][2], g_status[8];
 
 static void check_error(ssmtp_status_t st, const char *prefix) {
     if (st == SSMTP_OK) die("an invalid call returned SSMTP_OK (%s%s)", g_call, "");
@@ -832,6 +886,7 @@ static void one_op(int which) {
     case 4: prep_ssd(&c, 0, &invalid, what, sizeof what); break;
 #ifdef SSMTP_LINEAR_SMALL_MAX_M
     case 7: prep_linear(&c, &invalid, what, sizeof what); break;
+    case 8: prep_attention(&c, &invalid, what, sizeof what); break;
 #endif
     default: prep_quant(&c, &invalid, what, sizeof what); break;
     }
