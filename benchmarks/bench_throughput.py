@@ -11,7 +11,8 @@ last two also as multiples of the physical floor. TP degree = WORLD_SIZE; run TP
     torchrun --nproc_per_node 2 benchmarks/bench_throughput.py --model tiny --quick --device cpu   # CPU dry run
 
 Floors (per rank; constants and byte/parameter counts from ssmtp/engine/bench.py):
-  decode step  >= (weight bytes read per step + 2 x B x state bytes per slot) / 4.26 TB/s   (states read + written)
+  decode step  >= (weight bytes read per step + B x (2 x recurrent state bytes + K/V bytes of the tokens a sequence
+                  holds, on average prompt + output / 2; hybrids only)) / 4.26 TB/s   (states read + written)
   prefill      >= 2 x params x prompt tokens / (tp x 790 TFLOP/s)
   end to end   >= prefill floor + (output - 1) x decode-step floor
 Measured per case (all requests submitted together, prefix cache off, one engine as a user would build it):
@@ -228,9 +229,20 @@ def build_llm(run: Run, model: str, dtype, cases: list, args):
     return llm, load_s, cap_s
 
 
+def _state_traffic(llm) -> tuple:
+    """(recurrent state bytes per sequence: read and written every decode step; K/V bytes per token: only the tokens a
+    sequence holds are read, not the slot's whole max_model_len allocation) on this rank."""
+    specs = llm.runner.state_specs()
+    kv = sum(s.nbytes / s.shape[1] for n, s in specs.items() if n in ("k", "v"))  # shape (layers, len + 1, ...)
+    rec = sum(s.nbytes for n, s in specs.items() if n not in ("k", "v", "len"))
+    return rec, kv
+
+
 def model_info(llm, run: Run, load_s: float, cap_s: float) -> dict:
+    rec, kv = _state_traffic(llm)
     return {"status": "ok", "load_s": load_s, "graph_capture_s": cap_s,
             "weight_bytes_per_rank": _decode_weight_bytes(llm), "state_bytes_per_slot_per_rank": llm.pool.slot_bytes,
+            "recurrent_state_bytes_per_seq_per_rank": rec, "kv_bytes_per_token_per_rank": kv,
             "params": _model_params(llm), "family": getattr(llm.config, "model_type", "?"),
             "allreduce": repr(llm.comm), "graphs": llm.graphs.sizes if llm.graphs is not None else None,
             "max_prefill_tokens": llm.max_prefill_tokens, "slots": llm.num_slots}
@@ -259,7 +271,10 @@ def time_case(run: Run, llm, info: dict, b: int, p: int, o: int, g: torch.Genera
     prefill_s = last.ttft_s
     step_s = (last.latency_s - last.ttft_s) / (o - 1) if o > 1 else None
     tp = run.world
-    dec_floor_s = (info["weight_bytes_per_rank"] + 2 * b * info["state_bytes_per_slot_per_rank"]) / HBM_BPS
+    # decode floor: the weights once, every sequence's recurrent state read and written, and its K/V (hybrids) read
+    # for the tokens it holds, on average prompt + output / 2 over the decode
+    per_seq = 2 * info["recurrent_state_bytes_per_seq_per_rank"] + info["kv_bytes_per_token_per_rank"] * (p + o / 2)
+    dec_floor_s = (info["weight_bytes_per_rank"] + b * per_seq) / HBM_BPS
     pre_floor_s = 2 * info["params"] * b * p / (tp * GEMM_FLOPS)
     e2e_floor_s = pre_floor_s + (o - 1) * dec_floor_s
     return {"status": "ok" if complete else "incomplete", "wall_s": wall, "req_s": b / wall,

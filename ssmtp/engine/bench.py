@@ -249,6 +249,33 @@ def run(args) -> dict:
                        "hit_over_cold": med(t_hit) / med(t_cold),
                        "hit_over_cold_no_prefix_cache": med(t_hit) / med(t_nocache),
                        "target_hit_over_cold": 0.15}
+        if args.ttft_profile:
+            # where a hit's time goes: one more hit under torch.profiler (host ops by self CPU time, kernels by
+            # device time); the timed repetitions above ran without it
+            from torch.profiler import ProfilerActivity, profile
+
+            pre = _prompts(g, 1, P, V)[0]
+            llm.generate([pre + _prompts(g, 1, L - P, V)[0]], max_new_tokens=1, ignore_eos=True)
+            hit = [pre + _prompts(g, 1, L - P, V)[0]]
+            cuda = device.type == "cuda"
+            sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)  # noqa: E731
+            sync()
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+            with profile(activities=acts) as prof:
+                t0 = time.perf_counter()
+                llm.generate(hit, max_new_tokens=1, ignore_eos=True)
+                sync()
+                wall = time.perf_counter() - t0
+            ev = prof.key_averages()
+            dev_us = lambda e: getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0))  # noqa
+            res["ttft"]["hit_profile"] = {
+                "wall_s_profiled": wall,
+                "kernels_us": sum(dev_us(e) for e in ev),
+                "top_host": [{"name": e.key[:80], "self_cpu_us": e.self_cpu_time_total, "calls": e.count}
+                             for e in sorted(ev, key=lambda e: -e.self_cpu_time_total)[:15]],
+                "top_device": [{"name": e.key[:80], "device_us": dev_us(e), "calls": e.count}
+                               for e in sorted(ev, key=lambda e: -dev_us(e))[:10]]}
+            log(f"[bench] ttft hit profile: {res['ttft']['hit_profile']}")
         log(f"[bench] ttft: {res['ttft']}")
 
     guarded("ttft", sec_ttft)
@@ -486,6 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--ttft-len", type=int, default=8192, help="prompt length for the TTFT figures")
     ap.add_argument("--ttft-hit", type=float, default=0.9, help="fraction of the prompt shared with an earlier one")
     ap.add_argument("--ttft-reps", type=int, default=3, help="repetitions of each TTFT case (median)")
+    ap.add_argument("--ttft-profile", action="store_true",
+                    help="also profile one prefix hit (torch.profiler: host ops, kernels) into the JSON")
     ap.add_argument("--prefix-interval", type=int, default=512, help="prefix-cache checkpoint interval K")
     ap.add_argument("--prefix-cache-gib", type=float, default=4.0, help="prefix cache budget per rank, GiB")
     ap.add_argument("--no-graphs", action="store_true", help="eager decode and prefill (no CUDA graphs)")
