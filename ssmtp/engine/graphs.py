@@ -163,7 +163,9 @@ class GraphDecoder:
         return bs
 
 
-DEFAULT_PREFILL_BUCKETS = (16, 32, 64, 128, 192, 256, 320, 384, 448, 512, 576, 640, 704, 768, 832, 896, 960, 1024)
+# 128-token steps above 512: 64-token steps measured slower on H200 (TTFT of a resumed 819-token prefill: 17.5 ms
+# padded to 896, 19.3-21.0 ms padded to 832; profiled, the projections' GEMMs at M = 832 took as long as at 1024)
+DEFAULT_PREFILL_BUCKETS = (16, 32, 64, 128, 192, 256, 320, 384, 448, 512, 640, 768, 896, 1024)
 # prefix-cache save points one prefill chunk saves in-pass (each into a spare slot, copied to the cache after the
 # forward; ssmtp/engine/llm.py); the slot pool holds this many slots beyond num_slots for it when the prefix cache is
 # on. A prompt with more save points inside one chunk ends the chunk at the first one past these.

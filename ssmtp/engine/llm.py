@@ -116,7 +116,9 @@ class LLM:
     device, dtype       default: this rank's current CUDA device and bfloat16, else CPU and float32 (an HF model
                         object keeps its own dtype)
     max_batch           most requests running at once (prefill + decode); also the largest decode graph
-    num_slots           state slots (default max_batch); or state_memory: bytes, or a fraction of free memory
+    num_slots           state slots (default max_batch); or state_memory: bytes, or a fraction of free memory;
+                        with the prefix cache on, Mamba / Falcon-Mamba pools hold INNER_SAVES (16) more, the spare
+                        slots prefix-cache states are saved into inside a prefill chunk
     max_model_len       longest prompt + max_new_tokens accepted (SSMs have no positional limit; default 131072).
                         Zamba / Zamba2 (hybrid): also the K/V length preallocated per slot; default the config's
                         max_position_embeddings; without num_slots / state_memory on CUDA, slots = what 60% of free
