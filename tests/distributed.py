@@ -70,3 +70,28 @@ def run_ranks(world: int, fn, *args, backend: str = "gloo", timeout: float = 240
     bad = [(i, p.exitcode) for i, p in enumerate(procs) if p.exitcode != 0]
     if bad:
         raise AssertionError(f"ranks exited with non-zero codes {bad}")
+
+
+def run_tp(tp: int, fn, *args, preload=None, timeout: float = 240.0) -> None:
+    """fn(rank, world, *args) at TP degree tp: in this process with one torch thread for tp = 1 (as every spawned rank
+    runs; tiny GEMMs on a loaded 2-core machine crawl with two), else on tp gloo ranks (run_ranks)."""
+    if tp > 1:
+        run_ranks(tp, fn, *args, timeout=timeout, preload=preload)
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fn(0, 1, *args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+class FakeComm:
+    """A communicator stand-in for single-process construction checks (shard sizes, error messages): rank and world
+    size only; all_reduce is the identity."""
+
+    def __init__(self, world_size: int, rank: int = 0):
+        self.world_size, self.rank = world_size, rank
+
+    def all_reduce(self, t):
+        return t

@@ -5,7 +5,7 @@ import torch
 from transformers import DynamicCache
 
 import ssmtp
-from distributed import run_ranks
+from distributed import FakeComm, run_ranks, run_tp
 from tiny_models import build
 
 NEW_TOKENS = 32
@@ -111,27 +111,13 @@ def test_tp2_matches_hf_on_gpus(family):
 @pytest.mark.parametrize("config", ["hf-tester", "odd"])
 @pytest.mark.parametrize("family", ["mamba", "falcon_mamba"])
 def test_tp_matches_hf_fp32(family, config, tp):
-    if tp == 1:
-        _checks(0, 1, family, config, "float32")
-    else:
-        run_ranks(tp, _checks, family, config, "float32", preload=_PRELOAD)
+    run_tp(tp, _checks, family, config, "float32", preload=_PRELOAD)
 
 
 @pytest.mark.parametrize("tp", [1, 2])
 @pytest.mark.parametrize("family", ["mamba", "falcon_mamba"])
 def test_tp_matches_hf_bf16(family, tp):
-    if tp == 1:
-        _checks(0, 1, family, "odd", "bfloat16")
-    else:
-        run_ranks(tp, _checks, family, "odd", "bfloat16", preload=_PRELOAD)
-
-
-class _FakeComm:
-    def __init__(self, world_size, rank=0):
-        self.world_size, self.rank = world_size, rank
-
-    def all_reduce(self, t):
-        return t
+    run_tp(tp, _checks, family, "odd", "bfloat16", preload=_PRELOAD)
 
 
 def test_tp_not_dividing_d_inner_is_a_value_error():
@@ -139,7 +125,7 @@ def test_tp_not_dividing_d_inner_is_a_value_error():
 
     model = build("mamba", "odd")  # d_inner = 96
     with pytest.raises(ValueError, match=r"tensor parallel size 5 does not divide intermediate_size \(d_inner\)=96"):
-        TPMambaMixer.from_hf(model.backbone.layers[0].mixer, _FakeComm(5))
+        TPMambaMixer.from_hf(model.backbone.layers[0].mixer, FakeComm(5))
 
 
 def test_unsupported_model_lists_supported():

@@ -7,7 +7,7 @@ import torch
 from transformers import DynamicCache
 
 import ssmtp
-from distributed import run_ranks
+from distributed import FakeComm, run_tp
 from tiny_models import ZAMBA_CONFIGS, build_zamba
 
 NEW_TOKENS = 32
@@ -141,23 +141,8 @@ def _checks_all(rank, world):
 
 @pytest.mark.parametrize("tp", [1, 2, 4])
 def test_tp_matches_hf_fp32(tp):
-    if tp == 1:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # as in the spawned ranks: tiny GEMMs on a loaded 2-core machine crawl with 2 threads
-        try:
-            _checks_all(0, 1)
-        finally:
-            torch.set_num_threads(threads)
-    else:
-        run_ranks(tp, _checks_all, timeout=900, preload=["transformers", "ssmtp", "tiny_models", __name__])  # a loaded 2-core machine: TP 4 took up to 225 s
-
-
-class _FakeComm:
-    def __init__(self, world_size, rank=0):
-        self.world_size, self.rank = world_size, rank
-
-    def all_reduce(self, t):
-        return t
+    # a loaded 2-core machine: TP 4 took up to 225 s
+    run_tp(tp, _checks_all, timeout=900, preload=["transformers", "ssmtp", "tiny_models", __name__])
 
 
 def test_tp_not_dividing_attention_heads_is_a_value_error():
@@ -166,11 +151,11 @@ def test_tp_not_dividing_attention_heads_is_a_value_error():
     model = build_zamba("hf-tester")  # 4 heads, 4 kv heads
     attn = model.model.layers[2].shared_transf.self_attn
     with pytest.raises(ValueError, match=r"tensor parallel size 3 does not divide num_attention_heads=4"):
-        TPZambaAttention.from_hf(attn, _FakeComm(3))
+        TPZambaAttention.from_hf(attn, FakeComm(3))
     model = build_zamba("divisible")  # 8 heads, 4 kv heads
     attn = model.model.layers[1].shared_transf.self_attn
     with pytest.raises(ValueError, match=r"tensor parallel size 8 does not divide num_key_value_heads=4"):
-        TPZambaAttention.from_hf(attn, _FakeComm(8))
+        TPZambaAttention.from_hf(attn, FakeComm(8))
 
 
 def test_tp_not_fitting_mamba_heads_is_a_value_error():
@@ -178,10 +163,10 @@ def test_tp_not_fitting_mamba_heads_is_a_value_error():
 
     model = build_zamba("hf-tester")  # 2 mamba heads of 64 channels
     with pytest.raises(ValueError, match=r"tensor parallel size 3 cannot shard n_mamba_heads=2 \(head dim 64\)"):
-        TPZambaMambaMixer.from_hf(model.model.layers[0].mamba, _FakeComm(3))
+        TPZambaMambaMixer.from_hf(model.model.layers[0].mamba, FakeComm(3))
     model = build_zamba("odd")  # 4 mamba heads of 18 channels: tp 16 puts 4 ranks on a head, 18 % 4 != 0
     with pytest.raises(ValueError, match=r"tensor parallel size 16 cannot shard n_mamba_heads=4 \(head dim 18\)"):
-        TPZambaMambaMixer.from_hf(model.model.layers[0].mamba, _FakeComm(16))
+        TPZambaMambaMixer.from_hf(model.model.layers[0].mamba, FakeComm(16))
 
 
 def test_uneven_mlp_split_covers_every_row_once():
@@ -206,7 +191,7 @@ def test_slot_api_matches_per_sequence_runs():
     from ssmtp.models.zamba import TPZambaMambaMixer
 
     model = build_zamba("odd")
-    mixer = TPZambaMambaMixer.from_hf(model.model.layers[0].mamba, _FakeComm(1))
+    mixer = TPZambaMambaMixer.from_hf(model.model.layers[0].mamba, FakeComm(1))
     g = torch.Generator().manual_seed(3)
     lens, hidden = [9, 5], model.config.hidden_size
     h = torch.randn(2, max(lens), hidden, generator=g)

@@ -7,7 +7,7 @@ import torch
 from transformers import DynamicCache
 
 import ssmtp
-from distributed import run_ranks
+from distributed import FakeComm, run_tp
 from test_models_zamba import REL, _inputs, _rel_ok
 from tiny_models import ZAMBA2_CONFIGS, build_zamba2
 
@@ -169,23 +169,8 @@ def _checks_all(rank, world):
 
 @pytest.mark.parametrize("tp", [1, 2, 4])
 def test_tp_matches_hf_fp32(tp):
-    if tp == 1:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # as in the spawned ranks: tiny GEMMs on a loaded 2-core machine crawl with 2 threads
-        try:
-            _checks_all(0, 1)
-        finally:
-            torch.set_num_threads(threads)
-    else:
-        run_ranks(tp, _checks_all, timeout=900, preload=["transformers", "ssmtp", "tiny_models", __name__])  # a loaded 2-core machine: TP 4 took up to 225 s
-
-
-class _FakeComm:
-    def __init__(self, world_size, rank=0):
-        self.world_size, self.rank = world_size, rank
-
-    def all_reduce(self, t):
-        return t
+    # a loaded 2-core machine: TP 4 took up to 225 s
+    run_tp(tp, _checks_all, timeout=900, preload=["transformers", "ssmtp", "tiny_models", __name__])
 
 
 def test_tp_not_fitting_mamba_heads_or_groups_is_a_value_error():
@@ -194,9 +179,9 @@ def test_tp_not_fitting_mamba_heads_or_groups_is_a_value_error():
     model = build_zamba2("odd", n_mamba_heads=6, mamba_ngroups=3)  # 6 heads of 8 channels in 3 groups
     mixer = model.model.layers[0].mamba
     with pytest.raises(ValueError, match=r"tensor parallel size 2 cannot shard mamba_ngroups=3"):
-        TPZamba2MambaMixer.from_hf(mixer, _FakeComm(2))
+        TPZamba2MambaMixer.from_hf(mixer, FakeComm(2))
     with pytest.raises(ValueError, match=r"tensor parallel size 4 does not divide n_mamba_heads=6"):
-        TPZamba2MambaMixer.from_hf(mixer, _FakeComm(4))
+        TPZamba2MambaMixer.from_hf(mixer, FakeComm(4))
 
 
 def test_tp_not_dividing_attention_heads_is_a_value_error():
@@ -205,7 +190,7 @@ def test_tp_not_dividing_attention_heads_is_a_value_error():
     model = build_zamba2("hf-tester")  # 2 heads
     attn = model.model.layers[1].shared_transformer.self_attn
     with pytest.raises(ValueError, match=r"tensor parallel size 4 does not divide num_attention_heads=2"):
-        TPZamba2Attention.from_hf(attn, _FakeComm(4))
+        TPZamba2Attention.from_hf(attn, FakeComm(4))
 
 
 def test_unsupported_model_lists_zamba2():
@@ -220,7 +205,7 @@ def test_slot_api_matches_per_sequence_runs(impl):
     from ssmtp.models.zamba2 import TPZamba2MambaMixer
 
     model = build_zamba2("odd")
-    mixer = TPZamba2MambaMixer.from_hf(model.model.layers[0].mamba, _FakeComm(1))
+    mixer = TPZamba2MambaMixer.from_hf(model.model.layers[0].mamba, FakeComm(1))
     mixer.scan_impl = impl
     g = torch.Generator().manual_seed(3)
     lens, hidden = [9, 5], model.config.hidden_size

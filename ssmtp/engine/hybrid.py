@@ -30,15 +30,15 @@ over only the keys in use (prefill is eager).
 from __future__ import annotations
 
 import logging
+import os
 from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import os
-
 from .. import ops
+from ..parallel import shard
 from ..parallel.comm import Communicator
 from .runner import ModelRunner, _rms_norm
 from .state_cache import SlotPool, StateSpec
@@ -266,8 +266,8 @@ class HybridRunner(ModelRunner):
         cvt = lambda t: t.detach().to(device=device, dtype=dtype).clone()  # noqa: E731
 
         def getter(module):
-            params = {k: v.detach() for k, v in module.named_parameters()}
-            return lambda name: params[name].to(device=device, dtype=dtype)
+            get = shard.hf_params(module)
+            return lambda name: get(name).to(device=device, dtype=dtype)
 
         tp_mixer = zamba2.TPZamba2MambaMixer if family == "zamba2" else zamba.TPZambaMambaMixer
         norms, mixers, linears, blocks, seen = [], [], [], [], {}

@@ -108,13 +108,7 @@ class TPMambaMixer(nn.Module):
     @classmethod
     def from_hf(cls, hf_mixer: nn.Module, comm: Communicator, falcon: bool = False) -> "TPMambaMixer":
         """Shard an instantiated HF MambaMixer / FalconMambaMixer."""
-        params = dict(hf_mixer.named_parameters())
-
-        def get(name):
-            if name not in params:
-                raise KeyError(f"{type(hf_mixer).__name__} has no parameter {name!r}")
-            return params[name].detach()
-
+        get = shard.hf_params(hf_mixer)
         return cls(hf_mixer.config, hf_mixer.layer_idx, comm, get, falcon=falcon)
 
     # ------------------------------------------------------------------ shared pieces

@@ -136,13 +136,7 @@ class TPZambaMambaMixer(nn.Module):
     @classmethod
     def from_hf(cls, hf_mixer: nn.Module, comm: Communicator) -> "TPZambaMambaMixer":
         """Shard an instantiated HF ZambaMambaMixer."""
-        params = dict(hf_mixer.named_parameters())
-
-        def get(name):
-            if name not in params:
-                raise KeyError(f"{type(hf_mixer).__name__} has no parameter {name!r}")
-            return params[name].detach()
-
+        get = shard.hf_params(hf_mixer)
         return cls(hf_mixer.config, hf_mixer.layer_idx, comm, get)
 
     def state_shapes(self) -> dict:
@@ -240,8 +234,8 @@ class TPZambaAttention(nn.Module):
 
     @classmethod
     def from_hf(cls, hf_attn: nn.Module, comm: Communicator) -> "TPZambaAttention":
-        params = {n: p.detach() for n, p in hf_attn.named_parameters()}
-        return cls(hf_attn.config, comm, params.__getitem__, getattr(hf_attn, "layer_idx", None))
+        get = shard.hf_params(hf_attn)
+        return cls(hf_attn.config, comm, get, getattr(hf_attn, "layer_idx", None))
 
     def qkv(self, x: torch.Tensor, layer_idx: Optional[int] = None):
         """The engine's entry point: x (B, L, 2H) normed block input -> q (B, L, heads_local, hd), k and v
@@ -317,6 +311,6 @@ class TPGatedMLP(nn.Module):
 
 
 def zamba_mlp_from_hf(hf_mlp: nn.Module, comm: Communicator) -> TPGatedMLP:
-    params = {n: p.detach() for n, p in hf_mlp.named_parameters()}
-    return TPGatedMLP(hf_mlp.config, comm, params.__getitem__, hf_mlp.config.intermediate_size,
+    get = shard.hf_params(hf_mlp)
+    return TPGatedMLP(hf_mlp.config, comm, get, hf_mlp.config.intermediate_size,
                       ("gate_proj.weight", "up_proj.weight"), "down_proj.weight", hf_mlp.config.hidden_act)

@@ -125,13 +125,7 @@ class TPZamba2MambaMixer(nn.Module):
 
     @classmethod
     def from_hf(cls, hf_mixer: nn.Module, comm: Communicator) -> "TPZamba2MambaMixer":
-        params = dict(hf_mixer.named_parameters())
-
-        def get(name):
-            if name not in params:
-                raise KeyError(f"{type(hf_mixer).__name__} has no parameter {name!r}")
-            return params[name].detach()
-
+        get = shard.hf_params(hf_mixer)
         return cls(hf_mixer.config, hf_mixer.layer_idx, comm, get, norm_eps=hf_mixer.norm.variance_epsilon)
 
     # ------------------------------------------------------------------ shared pieces
@@ -320,11 +314,11 @@ class TPZamba2Attention(nn.Module):
 
     @classmethod
     def from_hf(cls, hf_attn: nn.Module, comm: Communicator) -> "TPZamba2Attention":
-        params = {n: p.detach() for n, p in hf_attn.named_parameters()}
+        get = shard.hf_params(hf_attn)
         kinds = None
         if hf_attn.config.use_shared_attention_adapter:
             kinds = {c: _adapter_kinds(getattr(hf_attn, f"linear_{c}_adapter_list")) for c in "qkv"}
-        return cls(hf_attn.config, comm, params.__getitem__, hf_attn.layer_dic, kinds,
+        return cls(hf_attn.config, comm, get, hf_attn.layer_dic, kinds,
                    getattr(hf_attn, "layer_idx", None))
 
     def qkv(self, x: torch.Tensor, layer_idx: int):
@@ -407,8 +401,8 @@ class TPZamba2MLP(nn.Module):
 
     @classmethod
     def from_hf(cls, hf_mlp: nn.Module, comm: Communicator) -> "TPZamba2MLP":
-        params = {n: p.detach() for n, p in hf_mlp.named_parameters()}
-        return cls(hf_mlp.config, comm, params.__getitem__, hf_mlp.layer_dic,
+        get = shard.hf_params(hf_mlp)
+        return cls(hf_mlp.config, comm, get, hf_mlp.layer_dic,
                    _adapter_kinds(hf_mlp.gate_up_proj_adapter_list))
 
     def forward(self, hidden_state: torch.Tensor, layer_idx=None) -> torch.Tensor:

@@ -1,6 +1,8 @@
 """Weight-slicing helpers: which rows/columns of a full tensor belong to this rank."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 
@@ -29,3 +31,16 @@ def cols(t: torch.Tensor, rank: int, tp: int, what: str) -> torch.Tensor:
 def param(t: torch.Tensor) -> torch.nn.Parameter:
     """A fresh contiguous parameter (no view keeps the full tensor alive)."""
     return torch.nn.Parameter(t.detach().contiguous().clone(), requires_grad=False)
+
+
+def hf_params(module: torch.nn.Module) -> Callable[[str], torch.Tensor]:
+    """get(name) -> the HF module's parameter `name`, detached (what the TP modules' constructors read their slices
+    from); KeyError naming the module's class when it has no such parameter."""
+    params = {n: p.detach() for n, p in module.named_parameters()}
+
+    def get(name: str) -> torch.Tensor:
+        if name not in params:
+            raise KeyError(f"{type(module).__name__} has no parameter {name!r}")
+        return params[name]
+
+    return get
