@@ -48,20 +48,3 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(flo
     default: return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, "%s: dtype %s unsupported on CUDA", OPNAME,                    \
                                ssmtp_dtype_name(code));                                                             \
     }
-
-// Intermediate-state saves of the prefill ops (ssmtp.h: save_pos / save_idx, (batch, n) int32), as kernels read them.
-struct SaveArgs {
-    const int32_t *pos, *idx; // null: no saves
-    int64_t n, sp0, sp1, si0, si1;
-};
-static inline SaveArgs ssmtp_save_args(const ssmtp_tensor_t &pos, const ssmtp_tensor_t &idx) {
-    SaveArgs s = {nullptr, nullptr, 0, 0, 0, 0, 0};
-    if (pos.data) {
-        s.pos = (const int32_t *)pos.data;
-        s.idx = (const int32_t *)idx.data;
-        s.n = pos.shape[1];
-        s.sp0 = pos.stride[0]; s.sp1 = pos.stride[1];
-        s.si0 = idx.stride[0]; s.si1 = idx.stride[1];
-    }
-    return s;
-}

@@ -29,7 +29,8 @@ struct ConvArgs {
     int64_t sx0, sx1, sx2, so0, so1, so2, sw0, sw1, sb0, ss0, ss1, ss2, sidx, slens;
     int64_t chunk; // time steps per prefill thread
     int silu, load_state;
-    SaveArgs sv; // optional intermediate states, see ssmtp.h
+    const int32_t *save_pos, *save_idx; // optional intermediate states (nsave per sequence), see ssmtp.h
+    int64_t nsave, ssp0, ssp1, ssi0, ssi1;
 };
 
 constexpr int PREFILL_THREADS = 128;
@@ -88,9 +89,9 @@ __global__ void __launch_bounds__(PREFILL_THREADS) conv1d_prefill_kernel(const C
         if (t >= 0) h[k] = t < n ? to_f32<T>(x[t * a.sx2]) : 0.f;
         else h[k] = a.load_state ? to_f32<T>(st[(a.slen + t) * a.ss2]) : 0.f;
     }
-    if (blockIdx.y == 0 && st && a.sv.pos) { // intermediate states: the window after pos steps (old history)
-        for (int64_t j = 0; j < a.sv.n; j++) {
-            const int64_t sv = a.sv.idx[b * a.sv.si0 + j * a.sv.si1], pos = a.sv.pos[b * a.sv.sp0 + j * a.sv.sp1];
+    if (blockIdx.y == 0 && st && a.save_pos) { // intermediate states: the window after pos steps (old history)
+        for (int64_t j = 0; j < a.nsave; j++) {
+            const int64_t sv = a.save_idx[b * a.ssi0 + j * a.ssi1], pos = a.save_pos[b * a.ssp0 + j * a.ssp1];
             if (sv < 0 || sv >= a.nslots || sv == slot || pos < 1 || pos > n) continue; // broken entries: skipped
             T *dst = (T *)a.state + sv * a.ss0 + c * a.ss1;
             for (int64_t k = 0; k < a.slen; k++) {
@@ -229,7 +230,7 @@ template <typename T, int W, int S> ssmtp_status_t launch_decode_fixed(const Con
 }
 
 template <typename T, int W> ssmtp_status_t launch(const ConvArgs &a, int64_t nchunks, cudaStream_t s) {
-    if (a.len == 1 && !a.sv.pos) {
+    if (a.len == 1 && !a.save_pos) {
         const int64_t nthreads = a.batch * a.dim;
         const int64_t grid = (nthreads + DECODE_THREADS - 1) / DECODE_THREADS;
         if (grid > 0x7fffffff) return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": batch*dim=%lld too large", (long long)nthreads);
@@ -274,7 +275,13 @@ extern "C" ssmtp_status_t ssmtp_cuda_conv1d_fwd(const ssmtp_conv1d_params_t *p, 
     if (a.seq_lens) a.slens = p->seq_lens.stride[0];
     a.silu = p->silu;
     a.load_state = p->load_state;
-    a.sv = ssmtp_save_args(p->save_pos, p->save_idx);
+    if (p->save_pos.data) {
+        a.save_pos = (const int32_t *)p->save_pos.data;
+        a.save_idx = (const int32_t *)p->save_idx.data;
+        a.nsave = p->save_pos.shape[1];
+        a.ssp0 = p->save_pos.stride[0]; a.ssp1 = p->save_pos.stride[1];
+        a.ssi0 = p->save_idx.stride[0]; a.ssi1 = p->save_idx.stride[1];
+    }
     if (a.batch == 0 || a.dim == 0 || a.len == 0) return SSMTP_OK;
     if (a.batch > 65535) return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": batch=%lld > 65535", (long long)a.batch);
 
