@@ -24,7 +24,7 @@ from ssmtp.engine import LLM, SamplingParams, SlotPool, SlotPoolExhausted
 from ssmtp.engine.prefix_cache import BranchIndex, PrefixCache, as_tokens, chain_hashes
 from ssmtp.engine.sampling import gumbel_noise, sample
 from ssmtp.engine.state_cache import StateSpec
-from tiny_models import build, prompts as make_prompts
+from tiny_models import build, close_rel, prompts as make_prompts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NEW = 10
@@ -49,13 +49,6 @@ def _hf_reference(family, config):
     return out
 
 
-def _close(a, b, rel, what):
-    a, b = torch.as_tensor(a).float(), torch.as_tensor(b).float()
-    err = (a - b).abs().max().item()
-    bound = rel * b.abs().max().item() + 1e-6
-    assert err <= bound, f"{what}: max abs error {err:.3e} > {bound:.3e}"
-
-
 def _rand(n, seed):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(3, 99, (n,), generator=g).tolist()
@@ -65,7 +58,7 @@ def _same_as_cold(llm, prompt, out, what, rel=1e-5):
     cold = llm.generate([prompt], max_new_tokens=NEW, return_logits=True, use_prefix_cache=False)[0]
     assert out.token_ids == cold.token_ids, f"{what}: tokens differ from a cold prefill"
     for i, (x, y) in enumerate(zip(out.logits, cold.logits)):
-        _close(x, y, rel, f"{what}: logits of token {i}")
+        close_rel(x, y, rel, f"{what}: logits of token {i}")
 
 
 ALL = ("hf", "chunked", "prefix", "reuse", "padding", "load", "preset")
@@ -80,7 +73,7 @@ def _engine_checks(rank, world, family, config, ref, tmpdir, preset_tokens, part
     outs = llm.generate(prompts, max_new_tokens=NEW, return_logits=True)
     for i, (o, (ref_tok, ref_logits)) in enumerate(zip(outs, ref)):
         assert o.token_ids == ref_tok, f"prompt {i} (len {len(prompts[i])}): engine {o.token_ids} != HF {ref_tok}"
-        _close(torch.stack(o.logits), ref_logits, 1e-4, f"prompt {i} logits vs HF")
+        close_rel(torch.stack(o.logits), ref_logits, 1e-4, f"prompt {i} logits vs HF")
         assert o.finish_reason == "length" and o.cached_tokens == 0
     assert llm.pool.num_used == 0, "slots leaked"
 
@@ -93,7 +86,7 @@ def _engine_checks(rank, world, family, config, ref, tmpdir, preset_tokens, part
         assert chunked.steps["prefill"] > one.steps["prefill"] + 5, "the prompts were not chunked"
         for i, (x, y) in enumerate(zip(a, b)):
             assert x.token_ids == y.token_ids
-            _close(torch.stack(y.logits), torch.stack(x.logits), 1e-5, f"chunked prefill, prompt {i}")
+            close_rel(torch.stack(y.logits), torch.stack(x.logits), 1e-5, f"chunked prefill, prompt {i}")
     if "prefix" in parts:
         _prefix_checks(llm)
     if "reuse" in parts:

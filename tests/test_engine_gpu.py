@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from distributed import run_ranks
-from tiny_models import build
+from tiny_models import build, close_rel
 
 NEW = 12
 LENGTHS = (13, 5, 21, 1, 9)  # 5 requests: graph bucket 8 with 3 padding rows, then smaller buckets as they finish
@@ -14,12 +14,6 @@ LENGTHS = (13, 5, 21, 1, 9)  # 5 requests: graph bucket 8 with 3 padding rows, t
 def _prompts():
     g = torch.Generator().manual_seed(1)
     return [torch.randint(3, 99, (n,), generator=g).tolist() for n in LENGTHS]
-
-
-def _close(a, b, rel, what):
-    err = (a.float() - b.float()).abs().max().item()
-    bound = rel * b.float().abs().max().item() + 1e-6
-    assert err <= bound, f"{what}: max abs error {err:.3e} > {bound:.3e}"
 
 
 def _graph_vs_eager(device, family, config, dtype, hf_check):
@@ -37,7 +31,7 @@ def _graph_vs_eager(device, family, config, dtype, hf_check):
     rel = 1e-4 if dtype == torch.float32 else 2e-2  # bucket padding changes GEMM shapes -> rounding, not results
     for i, (x, y) in enumerate(zip(og, oe)):
         assert x.token_ids == y.token_ids, f"prompt {i}: graph {x.token_ids} != eager {y.token_ids}"
-        _close(torch.stack(x.logits), torch.stack(y.logits), rel, f"prompt {i} graph vs eager logits")
+        close_rel(torch.stack(x.logits), torch.stack(y.logits), rel, f"prompt {i} graph vs eager logits")
     # single requests: prefill chunks replayed from graphs (padded to a bucket) == eager chunks; a long prompt spans
     # several 512-token chunks (prefill_interval 512: checkpoint boundaries)
     assert g.prefill_graphs is not None and e.prefill_graphs is None
@@ -46,7 +40,7 @@ def _graph_vs_eager(device, family, config, dtype, hf_check):
         x = g.generate([p], use_prefix_cache=False, **kw)[0]
         y = e.generate([p], use_prefix_cache=False, **kw)[0]
         assert x.token_ids == y.token_ids, f"single prompt {i}: graph prefill {x.token_ids} != eager {y.token_ids}"
-        _close(torch.stack(x.logits), torch.stack(y.logits), rel, f"single prompt {i} graph vs eager prefill")
+        close_rel(torch.stack(x.logits), torch.stack(y.logits), rel, f"single prompt {i} graph vs eager prefill")
     assert g.prefill_graphs.captured, "no prefill graph was captured"
     if hf_check:
         with torch.no_grad():
@@ -73,7 +67,7 @@ def _graph_vs_eager(device, family, config, dtype, hf_check):
     cold = g.generate([p], use_prefix_cache=False, **kw)[0]
     assert hit.cached_tokens >= len(shared), hit.cached_tokens
     assert hit.token_ids == cold.token_ids
-    _close(torch.stack(hit.logits), torch.stack(cold.logits), rel, "prefix hit vs cold")
+    close_rel(torch.stack(hit.logits), torch.stack(cold.logits), rel, "prefix hit vs cold")
     g.close()
 
     # in-pass prefix saves inside a graph-replayed chunk (K = 64: four save points inside one 300-token chunk, bucket
@@ -91,7 +85,7 @@ def _graph_vs_eager(device, family, config, dtype, hf_check):
         cold = eng.generate([q], use_prefix_cache=False, **kw)[0]
         assert hits[-1].cached_tokens == 192, hits[-1].cached_tokens
         assert hits[-1].token_ids == cold.token_ids, f"graphs={graphs}: resume from an in-pass save != cold"
-        _close(torch.stack(hits[-1].logits), torch.stack(cold.logits), rel, f"graphs={graphs}: in-pass save resume")
+        close_rel(torch.stack(hits[-1].logits), torch.stack(cold.logits), rel, f"graphs={graphs}: in-pass save resume")
         eng.close()
     assert hits[0].token_ids == hits[1].token_ids
 

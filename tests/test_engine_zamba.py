@@ -18,7 +18,7 @@ import torch
 import ssmtp
 from distributed import run_ranks as _run_ranks
 from ssmtp.engine import LLM
-from tiny_models import build_zamba, build_zamba2, prompts as make_prompts
+from tiny_models import build_zamba, build_zamba2, close_rel, prompts as make_prompts
 
 NEW = 32
 K = 8  # prefix interval: prompts span several blocks
@@ -34,13 +34,6 @@ FULL = {("zamba", "odd"), ("zamba2", "odd")}  # the configs that also get the ch
 
 def run_ranks(world, fn, *args, timeout=600.0):
     _run_ranks(world, fn, *args, timeout=timeout, preload=["transformers", "ssmtp", "tiny_models", __name__])
-
-
-def _close(a, b, rel, what):
-    a, b = torch.as_tensor(a).float(), torch.as_tensor(b).float()
-    err = (a - b).abs().max().item()
-    bound = rel * b.abs().max().item() + 1e-6
-    assert err <= bound, f"{what}: max abs error {err:.3e} > {bound:.3e}"
 
 
 @functools.lru_cache(maxsize=None)
@@ -73,13 +66,13 @@ def _check_vs_hf(outs, ref, prompts, what):
     for i, (o, (ref_tok, ref_logits)) in enumerate(zip(outs, ref)):
         assert o.token_ids == ref_tok, f"{what}, prompt {i} (len {len(prompts[i])}): engine {o.token_ids} != HF " \
                                        f"{ref_tok}"
-        _close(torch.stack(o.logits), ref_logits, 1e-4, f"{what}, prompt {i} logits vs HF")
+        close_rel(torch.stack(o.logits), ref_logits, 1e-4, f"{what}, prompt {i} logits vs HF")
 
 
 def _same_as_cold(llm, prompt, out, what, rel=1e-5):
     cold = llm.generate([prompt], max_new_tokens=NEW, return_logits=True, use_prefix_cache=False)[0]
     assert out.token_ids == cold.token_ids, f"{what}: tokens differ from a cold prefill"
-    _close(torch.stack(out.logits), torch.stack(cold.logits), rel, f"{what}: logits vs a cold prefill")
+    close_rel(torch.stack(out.logits), torch.stack(cold.logits), rel, f"{what}: logits vs a cold prefill")
 
 
 def _prefix_checks(llm, what):
@@ -101,7 +94,7 @@ def _prefix_checks(llm, what):
     assert nxt.cached_tokens == (len(p) + NEW - 1 if llm.cache_generated else len(p)), nxt.cached_tokens
     cold = llm.generate([turn2], max_new_tokens=8, return_logits=True, use_prefix_cache=False)[0]
     assert nxt.token_ids == cold.token_ids, f"{what}: multi-turn hit != cold"
-    _close(torch.stack(nxt.logits), torch.stack(cold.logits), 1e-5, f"{what}: multi-turn hit logits")
+    close_rel(torch.stack(nxt.logits), torch.stack(cold.logits), 1e-5, f"{what}: multi-turn hit logits")
     # siblings submitted together: the second waits for the first to save the branch point, then resumes there
     a, b = shared[:19] + [3, 4, 5], shared[:19] + [6]
     sib = llm.generate([a, b], max_new_tokens=NEW, return_logits=True)
@@ -126,7 +119,7 @@ def _reuse_check(model, what):
     llm.generate([prompts[2]], max_new_tokens=NEW)
     again = llm.generate([prompts[1]], max_new_tokens=NEW, return_logits=True)[0]
     assert again.token_ids == fresh.token_ids, f"{what}: stale state after slot reuse"
-    _close(torch.stack(again.logits), torch.stack(fresh.logits), 0.0, f"{what}: logits after slot reuse")
+    close_rel(torch.stack(again.logits), torch.stack(fresh.logits), 0.0, f"{what}: logits after slot reuse")
 
 
 def _padding_check(llm, what):
@@ -197,7 +190,7 @@ def _checks(rank, world, family, config, ref, preset_tokens):
     assert chunked.steps["prefill"] > one.steps["prefill"] + 5, "the prompts were not chunked"
     for i, (x, y) in enumerate(zip(a, b)):
         assert x.token_ids == y.token_ids, f"{what}: chunked prefill, prompt {i}"
-        _close(torch.stack(y.logits), torch.stack(x.logits), 1e-5, f"{what}: chunked prefill, prompt {i}")
+        close_rel(torch.stack(y.logits), torch.stack(x.logits), 1e-5, f"{what}: chunked prefill, prompt {i}")
 
     _prefix_checks(llm, what)
     _reuse_check(model, what)
@@ -286,4 +279,4 @@ def test_hybrid_decode_attends_over_the_keys_in_use(attn_op, monkeypatch):
         g = model.generate(torch.tensor([p]), max_new_tokens=12, do_sample=False, output_logits=True,
                            return_dict_in_generate=True)
     assert out.token_ids == g.sequences[0, len(p):].tolist()
-    _close(torch.stack(out.logits), torch.stack([lg[0] for lg in g.logits]), 1e-4, "logits across a key bucket")
+    close_rel(torch.stack(out.logits), torch.stack([lg[0] for lg in g.logits]), 1e-4, "logits across a key bucket")

@@ -8,7 +8,7 @@ import torch
 
 import ssmtp
 from distributed import run_ranks
-from tiny_models import build_zamba, build_zamba2
+from tiny_models import build_zamba, build_zamba2, close_rel
 
 BUILD = {"zamba": build_zamba, "zamba2": build_zamba2}
 CASES = [("zamba", "odd"), ("zamba", "hf-tester"), ("zamba2", "odd"), ("zamba2", "g1")]
@@ -20,12 +20,6 @@ LENGTHS = (13, 5, 21, 1, 9)  # 5 requests: graph bucket 8 with 3 padding rows
 def _prompts():
     g = torch.Generator().manual_seed(1)
     return [torch.randint(3, 99, (n,), generator=g).tolist() for n in LENGTHS]
-
-
-def _close(a, b, rel, what):
-    err = (a.float() - b.float()).abs().max().item()
-    bound = rel * b.float().abs().max().item() + 1e-6
-    assert err <= bound, f"{what}: max abs error {err:.3e} > {bound:.3e}"
 
 
 def _inputs(device):
@@ -52,9 +46,9 @@ def _model_checks(rank, world, family, config):
     ssmtp.parallelize(model)
     what = f"{family}/{config} tp={world}"
     with torch.no_grad():
-        _close(model(ids).logits, ref, 1e-4, f"{what}: logits")
+        close_rel(model(ids).logits, ref, 1e-4, f"{what}: logits")
         valid = mask.bool()
-        _close(model(ids_pad, attention_mask=mask).logits[valid], ref_pad[valid], 1e-4, f"{what}: left-padded logits")
+        close_rel(model(ids_pad, attention_mask=mask).logits[valid], ref_pad[valid], 1e-4, f"{what}: left-padded logits")
         assert torch.equal(model.generate(ids, max_new_tokens=NEW, do_sample=False), ref_gen), f"{what}: greedy"
         gen_pad = model.generate(ids_pad, attention_mask=mask, max_new_tokens=NEW, do_sample=False)
         assert torch.equal(gen_pad, ref_gen_pad), f"{what}: greedy with left padding"
@@ -95,7 +89,7 @@ def _graph_vs_eager(device, family, config, hf_check):
     assert g.graphs.captured, "no decode graph was captured"
     for i, (x, y) in enumerate(zip(og, oe)):
         assert x.token_ids == y.token_ids, f"prompt {i}: graph {x.token_ids} != eager {y.token_ids}"
-        _close(torch.stack(x.logits), torch.stack(y.logits), 1e-4, f"prompt {i} graph vs eager logits")
+        close_rel(torch.stack(x.logits), torch.stack(y.logits), 1e-4, f"prompt {i} graph vs eager logits")
     if hf_check:
         with torch.no_grad():
             for i, p in enumerate(prompts):
@@ -127,7 +121,7 @@ def _graph_vs_eager(device, family, config, hf_check):
     cold = g.generate([p], use_prefix_cache=False, **kw)[0]
     assert hit.cached_tokens >= 16, hit.cached_tokens
     assert hit.token_ids == cold.token_ids
-    _close(torch.stack(hit.logits), torch.stack(cold.logits), 1e-4, "prefix hit vs cold")
+    close_rel(torch.stack(hit.logits), torch.stack(cold.logits), 1e-4, "prefix hit vs cold")
     g.close()
 
 
@@ -159,7 +153,7 @@ def test_hybrid_graph_decode_key_buckets(attn_op, monkeypatch):
     else:
         assert (1, 256) in g.graphs.captured_kv and (1, 512) in g.graphs.captured_kv, g.graphs.captured_kv
     assert x.token_ids == y.token_ids
-    _close(torch.stack(x.logits), torch.stack(y.logits), 1e-4, "graph vs eager across a key bucket")
+    close_rel(torch.stack(x.logits), torch.stack(y.logits), 1e-4, "graph vs eager across a key bucket")
     with torch.no_grad():
         ref = model.generate(torch.tensor([p], device=dev), max_new_tokens=12, do_sample=False)
     assert x.token_ids == ref[0, len(p):].tolist()

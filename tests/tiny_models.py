@@ -116,3 +116,12 @@ def prompts(seed: int = 1) -> list:
     """Random token-id prompts of PROMPT_LENGTHS (ids 3..98: inside every tiny config's vocabulary)."""
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(3, 99, (n,), generator=g).tolist() for n in PROMPT_LENGTHS]
+
+
+def close_rel(a, b, rel: float, what: str) -> None:
+    """max |a - b| <= rel * max |b| + 1e-6 (logits of a model against a reference run of it), with the figures in the
+    message."""
+    a, b = torch.as_tensor(a).float(), torch.as_tensor(b).float()
+    err = (a - b).abs().max().item()
+    bound = rel * b.abs().max().item() + 1e-6
+    assert err <= bound, f"{what}: max abs error {err:.3e} > {bound:.3e}"
