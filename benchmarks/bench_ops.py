@@ -4,7 +4,8 @@ against HBM bandwidth and against HF transformers' pure-torch path on the same i
     python benchmarks/bench_ops.py [--out benchmarks/results/ops-<device>.json] [--quick] [--no-hf]
 
 Cases: mamba-2.8b (d_inner 5120), falcon-mamba-7b (d_inner 8192), zamba-7b (d_inner 7424 = 2 mamba heads, so
-ngroups 2), all N = 16, conv width 4 with HF's 4-column conv state, bf16, at TP=1 and at the per-rank shape of TP=2
+ngroups 2), all N = 16; zamba2-2.7b's Mamba-2 layers through the same ops (d_inner 5120, N = 64, one A per head: as a
+stride-0 per-channel view, the engine's layout, and materialised per state, "A per state"); conv width 4 with HF's 4-column conv state, bf16, at TP=1 and at the per-rank shape of TP=2
 (d_inner / 2; zamba: one head per rank). Prefill L = 512, 2048, 8192, 32768 at B=1 and L = 512, 2048 at B=8;
 decode B = 1, 8, 64, 256. Inputs use the model's layout: (batch, dim, seqlen) views of token-major projections.
 
@@ -51,7 +52,13 @@ MODELS = {
     "mamba-2.8b": (5120, 16, 4, 1, 160),
     "falcon-mamba-7b": (8192, 16, 4, 1, 256),
     "zamba-7b": (7424, 16, 4, 2, 232),
+    # Mamba-2 layers through the selective ops: one A per head, passed per channel as a stride-0 (d, N) view
+    # (one exp per channel and step); "A per state" = the same values materialised (d, N), one exp per state element
+    "zamba2-2.7b": (5120, 64, 4, 1, 80),
+    "zamba2-2.7b A per state": (5120, 64, 4, 1, 80),
 }
+ONE_A = {"zamba2-2.7b"}  # models whose A is one value per channel (stride-0 view)
+PER_HEAD_A = {"zamba2-2.7b", "zamba2-2.7b A per state"}  # A constant over a head's states (either layout)
 PREFILL = [(1, 512), (1, 2048), (1, 8192), (1, 32768), (8, 512), (8, 2048)]
 DECODE = [1, 8, 64, 256]
 DTYPE = torch.bfloat16
@@ -59,6 +66,11 @@ ESZ = 2
 # Kernels timed side by side per op (the env knob each launcher reads; the first is the default).
 KERNELS = {"scan": ["loop", "chunked"], "step": ["block", "pipe"]}
 KERNEL_ENV = {"scan": "SSMTP_SCAN_KERNEL", "step": "SSMTP_STEP_KERNEL"}
+
+
+def matches(flt: str, label: str) -> bool:
+    """--filter: empty matches all; else any of its comma-separated substrings."""
+    return not flt or any(f and f in label for f in flt.split(","))
 
 
 def case_table(quick=False):
@@ -71,11 +83,13 @@ def case_table(quick=False):
                     continue
                 for op in ("conv", "scan"):
                     cases.append(dict(label=f"{model} tp{tp} {op} prefill B={B} L={L}", model=model, tp=tp, op=op,
-                                      phase="prefill", B=B, L=L, dim=dl, N=N, K=K, G=gl, R=R))
+                                      phase="prefill", B=B, L=L, dim=dl, N=N, K=K, G=gl, R=R,
+                                      one_A=model in ONE_A, per_head_A=model in PER_HEAD_A))
             for B in DECODE:
                 for op in ("conv", "step"):
                     cases.append(dict(label=f"{model} tp{tp} {op} decode B={B}", model=model, tp=tp, op=op,
-                                      phase="decode", B=B, L=1, dim=dl, N=N, K=K, G=gl, R=R))
+                                      phase="decode", B=B, L=1, dim=dl, N=N, K=K, G=gl, R=R,
+                                      one_A=model in ONE_A, per_head_A=model in PER_HEAD_A))
     return cases
 
 
@@ -118,6 +132,9 @@ def make_params(c, dev="cuda"):
          "conv_b": torch.randn(d, generator=g).to(DTYPE).to(dev),
          "A": (-(torch.arange(1, N + 1).float()[None, :] * torch.exp(0.3 * torch.randn(d, N, generator=g)))).to(dev),
          "D": torch.randn(d, generator=g).to(dev)}
+    if c.get("per_head_A"):  # Mamba-2: one A per head of 64 channels, the same for all its states
+        a_ch = (-torch.exp(0.5 * torch.randn(d // 64, generator=g))).repeat_interleave(64)[:, None].to(dev)
+        p["A"] = a_ch.expand(-1, N) if c.get("one_A") else a_ch.expand(-1, N).contiguous()
     d0 = torch.exp(torch.rand(d, generator=g) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
     p["dt_bias"] = (d0 + torch.log(-torch.expm1(-d0))).to(dev)
     return p
@@ -150,7 +167,8 @@ def mufu_floor_s(c):
     if c["op"] not in ("scan", "step"):
         return 0.0
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    return c["B"] * c["dim"] * c["L"] * c["N"] / (sms * MUFU_PER_CLK_SM * CLOCK_HZ)
+    per_step = 1 if c.get("one_A") else c["N"]  # ex2 per channel and step
+    return c["B"] * c["dim"] * c["L"] * per_step / (sms * MUFU_PER_CLK_SM * CLOCK_HZ)
 
 
 # ------------------------------------------------------------------------------------------------ validation
@@ -341,7 +359,7 @@ def chunk_sweep(flt=""):
         d, N, K, G, R = MODELS[model]
         c = dict(label=f"{model} tp{tp} scan prefill B={B} L={L}", model=model, tp=tp, op="scan", phase="prefill",
                  B=B, L=L, dim=d // tp, N=N, K=K, G=max(1, G // tp), R=R)
-        if flt and flt not in c["label"]:
+        if not matches(flt, c["label"]):
             continue
         p = make_params(c)
         nbytes = bytes_moved(c)
@@ -398,7 +416,7 @@ def bench_linear(flt=""):
     (bf16: within 2 ulp plus fp32 summation slack). Floor: weight bytes / 4.26 TB/s."""
     out = []
     for label, K, N in LINEAR_SHAPES:
-        if flt and flt not in label:
+        if not matches(flt, label):
             continue
         wbytes = N * K * ESZ
         nsets = int(max(1, min(128, math.ceil(3 * L2_BYTES / wbytes))))
@@ -438,7 +456,7 @@ def main():
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/ops-<device>.json)")
     ap.add_argument("--quick", action="store_true", help="skip L > 2048")
     ap.add_argument("--no-hf", action="store_true", help="skip the HF pure-torch baseline")
-    ap.add_argument("--filter", default="", help="only cases whose label contains this")
+    ap.add_argument("--filter", default="", help="only cases whose label contains this (comma: any of these)")
     ap.add_argument("--no-sweep", action="store_true", help="skip the scan chunk-count sweep")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -452,7 +470,7 @@ def main():
     t_start = time.time()
     rows = []
     for c in case_table(args.quick):
-        if args.filter and args.filter not in c["label"]:
+        if not matches(args.filter, c["label"]):
             continue
         p = make_params(c)
         nbytes = bytes_moved(c)

@@ -34,7 +34,8 @@ if want tests; then
   run python -m pytest -q -m "cuda or multigpu" ${TESTS:-tests} -p no:cacheprovider
 fi
 if want ops; then
-  run python benchmarks/bench_ops.py --out "$OUT/ops.json"
+  # OPS_ARGS: e.g. "--quick --no-hf --no-sweep --filter zamba2,mamba-2.8b tp1 scan"
+  run python benchmarks/bench_ops.py --out "$OUT/ops.json" ${OPS_ARGS:-}
 fi
 if want pick && [ -f "$OUT/ops.json" ]; then
   # choose the scan and decode-step kernels for the steps that follow from this run's ops.json: per op, among the
@@ -68,6 +69,9 @@ fi
 if want engine; then
   # ENGINE_ARGS: extra bench_engine.py options for a shorter run, e.g. "--ttft-reps 2 --graph-iters 30"
   run torchrun --nproc_per_node 1 benchmarks/bench_engine.py --out "$OUT/engine-tp1.json" ${ENGINE_ARGS:-}
+  # ENGINE_ALT_ENV: the TP=1 run again with these settings, side by side (e.g. "SSMTP_PDL=0")
+  [ -n "${ENGINE_ALT_ENV:-}" ] && run env $ENGINE_ALT_ENV torchrun --nproc_per_node 1 benchmarks/bench_engine.py \
+    --out "$OUT/engine-tp1-alt.json" ${ENGINE_ARGS:-}
   [ "$ngpu" -ge 2 ] && run torchrun --nproc_per_node 2 benchmarks/bench_engine.py --out "$OUT/engine-tp2.json" \
     --no-hf ${ENGINE_ARGS:-}
 fi

@@ -219,7 +219,8 @@ SCAN_TOL = {"f32": (1e-4, 5e-4), "f16": (2e-3, 4e-3), "bf16": (4e-3, 1.6e-2)}
 STATE_TOL = (1e-4, 5e-4)
 
 # label: batch, dim, L, N, ngroups, layout, state mode, slots, seq_lens, flags, chunks
-#   flags: z (gate), D, b (dt_bias), s (softplus), p (D and dt_bias in the dtype of x instead of f32)
+#   flags: z (gate), D, b (dt_bias), s (softplus), p (D and dt_bias in the dtype of x instead of f32),
+#          a (one A per channel, passed as a stride-0 (dim, N) view, as Mamba-2 layers pass it: the SA kernels)
 #   chunks: None = the launcher's choice; an int forces SSMTP_SCAN_CHUNKS (capped by the launcher at L / 64)
 SCAN_CASES = [
     ("mamba-like-chan", 2, 100, 37, 16, 1, "chan", "load", "perm", None, "zDbs", None),
@@ -241,7 +242,18 @@ SCAN_CASES = [
     ("param-dtype-x", 2, 64, 40, 16, 1, "chan", "load", None, None, "zDbsp", None),
     ("strided-long-chunks", 1, 40, 900, 16, 1, "strided", "load", None, None, "zDbs", 3),
     ("seqlen-0", 2, 32, 0, 16, 1, "contig", "fresh", "perm", None, "zDbs", None),
+    ("one-A-dstate-16", 2, 40, 200, 16, 1, "chan", "load", "perm", [200, 77], "zDbsa", None),
+    ("one-A-dstate-64-B1-chunks", 1, 128, 900, 64, 1, "chan", "load", None, None, "zDbsa", None),
+    ("one-A-dstate-64-groups", 3, 96, 130, 64, 2, "wide", "load", "pad", [130, 130, 9], "zDbsa", 2),
+    ("one-A-dstate-128", 1, 24, 70, 128, 1, "chan", "fresh", None, None, "Dsa", None),
 ]
+
+
+def _A(dim, N, flags, g):
+    """A like a trained Mamba: -(1..N) with noise; flag a: one value per channel as a stride-0 (dim, N) view."""
+    if "a" in flags:
+        return Pair(-torch.exp(0.5 * torch.randn(dim, 1, generator=g)) - 0.05, lambda t: t.expand(-1, N))
+    return same(-(torch.arange(1, N + 1).float()[None, :] * torch.exp(0.3 * torch.randn(dim, N, generator=g))))
 
 
 def _scan_inputs(case, dname):
@@ -256,8 +268,8 @@ def _scan_inputs(case, dname):
     z = bdl(batch, dim, L, dtype, layout, g) if "z" in flags else None
     B = bgnl(batch, G, N, L, dtype, layout, g)
     C = bgnl(batch, G, N, L, dtype, layout, g)
-    # A like a trained Mamba: -(1..N) with noise; dt_bias = softplus^-1 of U[1e-3, 1e-1] as Mamba initialises it.
-    A = same(-(torch.arange(1, N + 1).float()[None, :] * torch.exp(0.3 * torch.randn(dim, N, generator=g))))
+    # dt_bias = softplus^-1 of U[1e-3, 1e-1] as Mamba initialises it.
+    A = _A(dim, N, flags, g)
     pdt = dtype if "p" in flags else torch.float32
     Dp = same(torch.randn(dim, generator=g).to(pdt)) if "D" in flags else None
     dtb = None
@@ -438,6 +450,10 @@ STEP_CASES = [
     ("zamba-heads", 8, 74, 16, 2, "wide", "pad", "zDbs", "plain"),
     ("no-extras", 3, 45, 16, 1, "contig", None, "", "plain"),
     ("no-softplus", 3, 45, 16, 1, "contig", "perm", "zDb", "plain"),
+    ("one-A-N64", 6, 128, 64, 2, "wide", "pad", "zDbsa", "plain"),
+    ("one-A-N16", 5, 40, 16, 1, "contig", "perm", "zDbsa", "plain"),
+    ("one-A-N256", 3, 12, 256, 1, "contig", "pad", "zDbsa", "plain"),
+    ("one-A-N12-scalar", 2, 36, 12, 3, "contig", "perm", "zDbsa", "plain"),
 ]
 
 
@@ -465,7 +481,7 @@ def _step_inputs(case, dname):
     else:
         B = same(torch.randn(batch, G, N, generator=g).to(dtype))
         C = same(torch.randn(batch, G, N, generator=g).to(dtype))
-    A = same(-(torch.arange(1, N + 1).float()[None, :] * torch.exp(0.3 * torch.randn(dim, N, generator=g))))
+    A = _A(dim, N, flags, g)
     pdt = dtype if "p" in flags else torch.float32
     Dp = same(torch.randn(dim, generator=g).to(pdt)) if "D" in flags else None
     dtb = None
@@ -508,6 +524,35 @@ def test_step_cuda_vs_cpu(case, dname, kernel, monkeypatch):
     torch.cuda.synchronize()
     close(out, ref, *STEP_TOL[dname], "out")
     close(state.gpu, st_cpu, *STEP_STATE_TOL, "state")
+
+
+@pytest.mark.parametrize("op", ["scan", "step"])
+def test_one_A_kernels_equal_general(op):
+    """A per channel (stride-0 view, the SA kernels: one exp per channel and step) gives bit for bit what the general
+    kernels give for the same values stored per state."""
+    if op == "scan":
+        case = next(c for c in SCAN_CASES if c[0] == "one-A-dstate-64-B1-chunks")
+        args = list(_scan_inputs(case, "bf16"))
+        run = _scan_cuda
+    else:
+        case = next(c for c in STEP_CASES if c[0] == "one-A-N64")
+        args = list(_step_inputs(case, "bf16"))
+        run = _step_cuda
+    i_state = 8  # the state's place in both argument lists
+    A = args[2]
+    assert A.gpu.stride(1) == 0
+    results = []
+    for a_gpu in (A.gpu, A.gpu.contiguous()):
+        a = list(args)
+        a[2] = Pair.__new__(Pair)
+        a[2].cpu, a[2].gpu = A.cpu, a_gpu
+        a[i_state] = same(args[i_state].cpu.clone())
+        out = nan_like(args[0].gpu)
+        run(a, out)
+        torch.cuda.synchronize()
+        results.append((out, a[i_state].gpu))
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
 
 
 @pytest.mark.parametrize("dname", list(DT))

@@ -8,6 +8,8 @@
 // chunks of VEC elements, a shuffle sum) and folds them into a running (max, sum, accumulator) - the online softmax.
 // The warps' partial results are merged through shared memory at the end. fp32 throughout, one rounding of out.
 // Traffic: each key and value row is read once (no gather copy, no key past the sequence's length).
+// Launched with PDL (sm_90+): it reads no parameters, so griddepcontrol.wait comes first; only the launch of the next
+// kernel (launch_dependents) is signalled before it.
 #include "common.cuh"
 
 #include <math.h>
@@ -52,6 +54,8 @@ __global__ void __launch_bounds__(WARPS * 32) attn_kernel(const AttnArgs a) {
     __shared__ float sm_acc[WARPS][SSMTP_MAX_HEAD_DIM];
     const int64_t h = blockIdx.x, b = blockIdx.y;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    ssm_pdl_trigger();
+    ssm_pdl_wait(); // q, k, v, idx and len may come from the kernels before
     const int64_t slot = a.idx[b * a.sidx], n = a.len[b * a.slen];
     T *out = (T *)a.out + b * a.so0 + h * a.so1;
     if (slot < 0 || slot >= a.nslots || n < 1 || n > a.maxlen) { // padding: zeros; bad index: NaN
@@ -152,22 +156,25 @@ __global__ void __launch_bounds__(WARPS * 32) attn_kernel(const AttnArgs a) {
     }
 }
 
-template <typename T, int VEC, int NCH, int U> ssmtp_status_t launch(const AttnArgs &a, int64_t B, int64_t H,
-                                                                    cudaStream_t st) {
-    attn_kernel<T, VEC, NCH, U><<<dim3((unsigned)H, (unsigned)B), WARPS * 32, 0, st>>>(a);
-    SSMTP_CUDA_CHECK_LAUNCH(OP);
+template <typename T, int VEC, int NCH, int U>
+ssmtp_status_t launch(const AttnArgs &a, int64_t B, int64_t H, bool pdl, cudaStream_t st) {
+    const cudaError_t e = ssmtp_launch(attn_kernel<T, VEC, NCH, U>, dim3((unsigned)H, (unsigned)B), WARPS * 32, 0, st,
+                                       pdl, a);
+    SSMTP_CUDA_CHECK_LAUNCH(OP); // first: also clears the error of a failed launch
+    SSMTP_CUDA_TRY(e);
     return SSMTP_OK;
 }
 
-template <typename T> ssmtp_status_t dispatch(const AttnArgs &a, int64_t B, int64_t H, bool vec, cudaStream_t st) {
+template <typename T>
+ssmtp_status_t dispatch(const AttnArgs &a, int64_t B, int64_t H, bool vec, bool pdl, cudaStream_t st) {
     if (vec) { // 4 elements per load; up to 2 key groups of 4 rows in flight per warp for head_dim <= 256
-        if (a.D <= 128) return launch<T, 4, 1, 4>(a, B, H, st);
-        if (a.D <= 256) return launch<T, 4, 2, 4>(a, B, H, st);
-        return launch<T, 4, 4, 2>(a, B, H, st);
+        if (a.D <= 128) return launch<T, 4, 1, 4>(a, B, H, pdl, st);
+        if (a.D <= 256) return launch<T, 4, 2, 4>(a, B, H, pdl, st);
+        return launch<T, 4, 4, 2>(a, B, H, pdl, st);
     }
-    if (a.D <= 128) return launch<T, 1, 4, 2>(a, B, H, st);
-    if (a.D <= 256) return launch<T, 1, 8, 1>(a, B, H, st);
-    return launch<T, 1, 16, 1>(a, B, H, st);
+    if (a.D <= 128) return launch<T, 1, 4, 2>(a, B, H, pdl, st);
+    if (a.D <= 256) return launch<T, 1, 8, 1>(a, B, H, pdl, st);
+    return launch<T, 1, 16, 1>(a, B, H, pdl, st);
 }
 
 } // namespace
@@ -204,6 +211,7 @@ extern "C" ssmtp_status_t ssmtp_cuda_decode_attention(const ssmtp_attn_params_t 
     for (int i = 0; i < 8; i++) vec = vec && strides[i] % 4 == 0;
     vec = vec && (uintptr_t)a.q % (4 * es) == 0 && (uintptr_t)a.k % (4 * es) == 0 && (uintptr_t)a.v % (4 * es) == 0;
     cudaStream_t st = (cudaStream_t)stream;
-    SSMTP_DISPATCH_FLOAT(p->q.dtype, T, OP, { return dispatch<T>(a, B, H, vec, st); });
+    const bool pdl = ssmtp_pdl_enabled(p->q.device);
+    SSMTP_DISPATCH_FLOAT(p->q.dtype, T, OP, { return dispatch<T>(a, B, H, vec, pdl, st); });
     return SSMTP_OK;
 }

@@ -6,6 +6,9 @@
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 #include <stdint.h>
+#include <stdlib.h>
+
+#include <utility>
 
 #include "internal.h"
 
@@ -48,3 +51,55 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(flo
     default: return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, "%s: dtype %s unsupported on CUDA", OPNAME,                    \
                                ssmtp_dtype_name(code));                                                             \
     }
+
+// Programmatic dependent launch (sm_90+). A kernel launched with ssmtp_launch(..., pdl = true, ...) may start while
+// the kernel before it on the stream is still running: it may read memory no earlier kernel of the stream writes
+// (weights, parameters) before ssm_pdl_wait(), and must call ssm_pdl_wait() before it reads anything an earlier kernel
+// wrote or writes anything at all (wait returns once every earlier kernel has completed and its writes are visible;
+// without the launch attribute it returns at once). ssm_pdl_trigger() lets the next kernel's blocks be scheduled
+// before this one's exit (the hardware launches them only once every block of this grid has started and triggered,
+// so they never take the place of this grid's own unscheduled blocks). Under stream capture the launch attribute
+// becomes a programmatic edge of the CUDA graph.
+__device__ __forceinline__ void ssm_pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void ssm_pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Whether launches on this device use programmatic dependent launch: compute capability >= 9.0 and SSMTP_PDL unset
+// or not "0" (read once per device; SSMTP_PDL=0 gives the plain stream order, for comparisons).
+static inline bool ssmtp_pdl_enabled(int device) {
+    static int cache[64]; // 0 unknown, 1 off, 2 on (a benign race: every writer stores the same)
+    if (device >= 0 && device < 64 && cache[device]) return cache[device] == 2;
+    int major = 0;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+        (void)cudaGetLastError();
+        major = 0;
+    }
+    const char *env = getenv("SSMTP_PDL");
+    const bool on = major >= 9 && !(env && env[0] == '0' && env[1] == 0);
+    if (device >= 0 && device < 64) cache[device] = on ? 2 : 1;
+    return on;
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...), with the programmatic-stream-serialization attribute when pdl.
+template <typename... KArgs, typename... Args>
+static inline cudaError_t ssmtp_launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,
+                                       bool pdl, Args &&...args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = s;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = pdl ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+}

@@ -11,6 +11,8 @@
 //   decode:  seqlen == 1: one thread per (sequence, channel): read the state row, write one output, shift the row.
 //            A state of width-1 or width columns (ours, HF's) takes a variant with the row length fixed at compile
 //            time (the whole row loaded at once, vectorised when aligned); other lengths a generic loop.
+//            Launched with PDL (sm_90+): conv weights and bias are loaded before griddepcontrol.wait; state_idx,
+//            seq_lens, x and the state are read, and out and the state written, only after it.
 // Bytes (bf16): prefill 2+2 B per (channel, step) plus state; at ~16 B/clk/SM of HBM bandwidth this leaves ~30
 // instructions per element, hence the MUFU-based SiLU.
 #include "common.cuh"
@@ -140,9 +142,15 @@ __global__ void __launch_bounds__(PREFILL_THREADS) conv1d_prefill_kernel(const C
 // seqlen == 1 (decode, or a one-token prefill). One thread per (sequence, channel), channel fastest.
 template <typename T, int W>
 __global__ void __launch_bounds__(DECODE_THREADS) conv1d_decode_kernel(const ConvArgs a) {
+    ssm_pdl_trigger();
     const int64_t i = (int64_t)blockIdx.x * DECODE_THREADS + threadIdx.x;
     if (i >= a.batch * a.dim) return;
     const int64_t b = i / a.dim, c = i - b * a.dim;
+    float w[W]; // parameters: read before the wait
+#pragma unroll
+    for (int k = 0; k < W; k++) w[k] = to_f32<T>(((const T *)a.w)[c * a.sw0 + k * a.sw1]);
+    const float bias = a.bias ? to_f32<T>(((const T *)a.bias)[c * a.sb0]) : 0.f;
+    ssm_pdl_wait();
     int64_t slot, n;
     seq_info(a, b, &slot, &n);
     T *out = (T *)a.out + b * a.so0 + c * a.so1;
@@ -152,14 +160,14 @@ __global__ void __launch_bounds__(DECODE_THREADS) conv1d_decode_kernel(const Con
     }
     const T *x = (const T *)a.x + b * a.sx0 + c * a.sx1;
     const T xraw = *x;
-    float acc = a.bias ? to_f32<T>(((const T *)a.bias)[c * a.sb0]) : 0.f;
+    float acc = bias;
     T *st = a.state ? (T *)a.state + slot * a.ss0 + c * a.ss1 : nullptr;
 #pragma unroll
     for (int k = 0; k < W - 1; k++) {
         const float hk = a.load_state ? to_f32<T>(st[(a.slen - (W - 1) + k) * a.ss2]) : 0.f;
-        acc = fmaf(to_f32<T>(((const T *)a.w)[c * a.sw0 + k * a.sw1]), hk, acc);
+        acc = fmaf(w[k], hk, acc);
     }
-    acc = fmaf(to_f32<T>(((const T *)a.w)[c * a.sw0 + (W - 1) * a.sw1]), to_f32<T>(xraw), acc);
+    acc = fmaf(w[W - 1], to_f32<T>(xraw), acc);
     if (st) write_state<T>(a, st, x, n);
     *out = from_f32<T>(n > 0 ? (a.silu ? ssm_silu_out<T>(acc) : acc) : 0.f);
 }
@@ -174,9 +182,15 @@ template <> struct VecOf<16> { using type = uint4; };
 
 template <typename T, int W, int S, int VB>
 __global__ void __launch_bounds__(DECODE_THREADS) conv1d_decode_fixed_kernel(const ConvArgs a) {
+    ssm_pdl_trigger();
     const int64_t i = (int64_t)blockIdx.x * DECODE_THREADS + threadIdx.x;
     if (i >= a.batch * a.dim) return;
     const int64_t b = i / a.dim, c = i - b * a.dim;
+    float w[W]; // parameters: read before the wait
+#pragma unroll
+    for (int k = 0; k < W; k++) w[k] = to_f32<T>(((const T *)a.w)[c * a.sw0 + k * a.sw1]);
+    const float bias = a.bias ? to_f32<T>(((const T *)a.bias)[c * a.sb0]) : 0.f;
+    ssm_pdl_wait();
     int64_t slot, n;
     seq_info(a, b, &slot, &n);
     T *out = (T *)a.out + b * a.so0 + c * a.so1;
@@ -198,10 +212,10 @@ __global__ void __launch_bounds__(DECODE_THREADS) conv1d_decode_fixed_kernel(con
 #pragma unroll
         for (int j = 0; j < S; j++) old[j] = st[j * a.ss2];
     }
-    float acc = a.bias ? to_f32<T>(((const T *)a.bias)[c * a.sb0]) : 0.f;
+    float acc = bias;
 #pragma unroll
-    for (int k = 0; k < W - 1; k++) acc = fmaf(to_f32<T>(((const T *)a.w)[c * a.sw0 + k * a.sw1]), to_f32<T>(old[S - (W - 1) + k]), acc);
-    acc = fmaf(to_f32<T>(((const T *)a.w)[c * a.sw0 + (W - 1) * a.sw1]), to_f32<T>(xraw), acc);
+    for (int k = 0; k < W - 1; k++) acc = fmaf(w[k], to_f32<T>(old[S - (W - 1) + k]), acc);
+    acc = fmaf(w[W - 1], to_f32<T>(xraw), acc);
     T nw[S];
 #pragma unroll
     for (int j = 0; j < S; j++) nw[j] = n > 0 ? (j == S - 1 ? xraw : old[j + 1 < S ? j + 1 : j]) : old[j];
@@ -217,26 +231,32 @@ __global__ void __launch_bounds__(DECODE_THREADS) conv1d_decode_fixed_kernel(con
     *out = from_f32<T>(n > 0 ? (a.silu ? ssm_silu_out<T>(acc) : acc) : 0.f);
 }
 
-template <typename T, int W, int S> ssmtp_status_t launch_decode_fixed(const ConvArgs &a, unsigned grid, cudaStream_t s) {
+template <typename T, int W, int S>
+ssmtp_status_t launch_decode_fixed(const ConvArgs &a, unsigned grid, bool pdl, cudaStream_t s) {
     constexpr int bytes = S * (int)sizeof(T);
     constexpr int VB = (bytes == 4 || bytes == 8 || bytes == 16) ? bytes : 0;
     const bool aligned = a.ss2 == 1 && ((uintptr_t)a.state % (VB ? VB : 1)) == 0 &&
                          (a.ss0 * (int64_t)sizeof(T)) % (VB ? VB : 1) == 0 &&
                          (a.ss1 * (int64_t)sizeof(T)) % (VB ? VB : 1) == 0;
-    if (VB > 0 && aligned) conv1d_decode_fixed_kernel<T, W, S, VB><<<grid, DECODE_THREADS, 0, s>>>(a);
-    else conv1d_decode_fixed_kernel<T, W, S, 0><<<grid, DECODE_THREADS, 0, s>>>(a);
-    SSMTP_CUDA_CHECK_LAUNCH(OP);
+    const cudaError_t e = ssmtp_launch(VB > 0 && aligned ? conv1d_decode_fixed_kernel<T, W, S, VB>
+                                                         : conv1d_decode_fixed_kernel<T, W, S, 0>,
+                                       grid, DECODE_THREADS, 0, s, pdl, a);
+    SSMTP_CUDA_CHECK_LAUNCH(OP); // first: also clears the error of a failed launch
+    SSMTP_CUDA_TRY(e);
     return SSMTP_OK;
 }
 
-template <typename T, int W> ssmtp_status_t launch(const ConvArgs &a, int64_t nchunks, cudaStream_t s) {
+template <typename T, int W> ssmtp_status_t launch(const ConvArgs &a, int64_t nchunks, bool pdl, cudaStream_t s) {
     if (a.len == 1 && !a.save_pos) {
         const int64_t nthreads = a.batch * a.dim;
         const int64_t grid = (nthreads + DECODE_THREADS - 1) / DECODE_THREADS;
         if (grid > 0x7fffffff) return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": batch*dim=%lld too large", (long long)nthreads);
-        if (a.state && a.slen == W) return launch_decode_fixed<T, W, W>(a, (unsigned)grid, s);
-        if (a.state && a.slen == W - 1) return launch_decode_fixed<T, W, W - 1>(a, (unsigned)grid, s);
-        conv1d_decode_kernel<T, W><<<(unsigned)grid, DECODE_THREADS, 0, s>>>(a);
+        if (a.state && a.slen == W) return launch_decode_fixed<T, W, W>(a, (unsigned)grid, pdl, s);
+        if (a.state && a.slen == W - 1) return launch_decode_fixed<T, W, W - 1>(a, (unsigned)grid, pdl, s);
+        const cudaError_t e = ssmtp_launch(conv1d_decode_kernel<T, W>, (unsigned)grid, DECODE_THREADS, 0, s, pdl, a);
+        SSMTP_CUDA_CHECK_LAUNCH(OP); // first: also clears the error of a failed launch
+        SSMTP_CUDA_TRY(e);
+        return SSMTP_OK;
     } else {
         const dim3 grid((unsigned)((a.dim + PREFILL_THREADS - 1) / PREFILL_THREADS), (unsigned)nchunks,
                         (unsigned)a.batch);
@@ -303,12 +323,13 @@ extern "C" ssmtp_status_t ssmtp_cuda_conv1d_fwd(const ssmtp_conv1d_params_t *p, 
     if (nchunks > 65535) return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": seqlen=%lld too long", (long long)a.len);
 
     cudaStream_t s = (cudaStream_t)stream;
+    const bool pdl = ssmtp_pdl_enabled(p->x.device);
     const int width = (int)p->weight.shape[1];
     SSMTP_DISPATCH_FLOAT(p->x.dtype, T, OP, {
         switch (width) {
-        case 2: return launch<T, 2>(a, nchunks, s);
-        case 3: return launch<T, 3>(a, nchunks, s);
-        case 4: return launch<T, 4>(a, nchunks, s);
+        case 2: return launch<T, 2>(a, nchunks, pdl, s);
+        case 3: return launch<T, 3>(a, nchunks, pdl, s);
+        case 4: return launch<T, 4>(a, nchunks, pdl, s);
         default: return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": width=%d unsupported on CUDA", width);
         }
     });

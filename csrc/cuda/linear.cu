@@ -12,6 +12,8 @@
 // same K elements for every weight row; x is at most 8 x 20 KiB). Partial sums: warp shuffle, then the KS warps of a
 // row through shared memory; the first warp of the row adds the bias and writes the M outputs.
 // Bytes moved per call: N x K x elem (weights, once) + M x (K + N) x elem; the floor is weights / HBM bandwidth.
+// Launched with PDL (sm_90+): each thread issues its first UNROLL weight packs before griddepcontrol.wait, so the
+// weight stream starts while the previous kernel finishes; x is read and out written only after the wait.
 #include "common.cuh"
 
 #include <nvtx3/nvToolsExt.h>
@@ -83,20 +85,49 @@ __global__ void __launch_bounds__(LIN_THREADS)
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, kw = warp % KS;
     const int64_t row = (int64_t)blockIdx.x * RPB + warp / KS;
     const int64_t npk = K / P, step = KS * 32;
+    ssm_pdl_trigger();
     float acc[M];
 #pragma unroll
     for (int m = 0; m < M; m++) acc[m] = 0.f;
-    if (row < N) {
-        const uint4 *wr = reinterpret_cast<const uint4 *>(w + row * K);
+    if constexpr (M > 4) { // the rotated loop below costs registers: 3 blocks per SM instead of 4 at M = 8
+        ssm_pdl_wait();
+        if (row < N) {
+            const uint4 *wr = reinterpret_cast<const uint4 *>(w + row * K);
+            int64_t k = kw * 32 + lane;
+            for (; k + (LIN_UNROLL - 1) * step < npk; k += LIN_UNROLL * step) {
+                uint4 wv[LIN_UNROLL];
+#pragma unroll
+                for (int u = 0; u < LIN_UNROLL; u++) wv[u] = ld_stream(wr + k + u * step);
+#pragma unroll
+                for (int u = 0; u < LIN_UNROLL; u++) fma_pack<T, M>(wv[u], x, sx, k + u * step, acc);
+            }
+            for (; k < npk; k += step) fma_pack<T, M>(ld_stream(wr + k), x, sx, k, acc);
+        }
+    } else {
+        // The first LIN_UNROLL weight packs are in flight before the wait (no earlier kernel writes weights); each
+        // iteration then consumes its packs and issues the next ones.
+        const uint4 *wr = row < N ? reinterpret_cast<const uint4 *>(w + row * K) : nullptr;
         int64_t k = kw * 32 + lane;
-        for (; k + (LIN_UNROLL - 1) * step < npk; k += LIN_UNROLL * step) {
-            uint4 wv[LIN_UNROLL];
+        bool more = row < N && k + (LIN_UNROLL - 1) * step < npk;
+        uint4 wv[LIN_UNROLL];
+        if (more) {
 #pragma unroll
             for (int u = 0; u < LIN_UNROLL; u++) wv[u] = ld_stream(wr + k + u * step);
-#pragma unroll
-            for (int u = 0; u < LIN_UNROLL; u++) fma_pack<T, M>(wv[u], x, sx, k + u * step, acc);
         }
-        for (; k < npk; k += step) fma_pack<T, M>(ld_stream(wr + k), x, sx, k, acc);
+        ssm_pdl_wait();
+        if (row < N) {
+            while (more) {
+#pragma unroll
+                for (int u = 0; u < LIN_UNROLL; u++) fma_pack<T, M>(wv[u], x, sx, k + u * step, acc);
+                k += LIN_UNROLL * step;
+                more = k + (LIN_UNROLL - 1) * step < npk;
+                if (more) {
+#pragma unroll
+                    for (int u = 0; u < LIN_UNROLL; u++) wv[u] = ld_stream(wr + k + u * step);
+                }
+            }
+            for (; k < npk; k += step) fma_pack<T, M>(ld_stream(wr + k), x, sx, k, acc);
+        }
     }
 #pragma unroll
     for (int m = 0; m < M; m++)
@@ -118,7 +149,7 @@ __global__ void __launch_bounds__(LIN_THREADS)
 }
 
 template <typename T, int M>
-static void launch_m(const ssmtp_linear_params_t *p, int ks, cudaStream_t s) {
+static cudaError_t launch_m(const ssmtp_linear_params_t *p, int ks, bool pdl, cudaStream_t s) {
     const int64_t N = p->weight.shape[0], K = p->x.shape[1];
     const unsigned grid = (unsigned)((N + LIN_WARPS / ks - 1) / (LIN_WARPS / ks));
     const T *x = (const T *)p->x.data, *w = (const T *)p->weight.data;
@@ -126,10 +157,10 @@ static void launch_m(const ssmtp_linear_params_t *p, int ks, cudaStream_t s) {
     T *o = (T *)p->out.data;
     const int64_t sx = p->x.stride[0], so = p->out.stride[0];
     switch (ks) {
-    case 1: linear_small_kernel<T, M, 1><<<grid, LIN_THREADS, 0, s>>>(x, sx, w, b, o, so, N, K); break;
-    case 2: linear_small_kernel<T, M, 2><<<grid, LIN_THREADS, 0, s>>>(x, sx, w, b, o, so, N, K); break;
-    case 4: linear_small_kernel<T, M, 4><<<grid, LIN_THREADS, 0, s>>>(x, sx, w, b, o, so, N, K); break;
-    default: linear_small_kernel<T, M, 8><<<grid, LIN_THREADS, 0, s>>>(x, sx, w, b, o, so, N, K); break;
+    case 1: return ssmtp_launch(linear_small_kernel<T, M, 1>, grid, LIN_THREADS, 0, s, pdl, x, sx, w, b, o, so, N, K);
+    case 2: return ssmtp_launch(linear_small_kernel<T, M, 2>, grid, LIN_THREADS, 0, s, pdl, x, sx, w, b, o, so, N, K);
+    case 4: return ssmtp_launch(linear_small_kernel<T, M, 4>, grid, LIN_THREADS, 0, s, pdl, x, sx, w, b, o, so, N, K);
+    default: return ssmtp_launch(linear_small_kernel<T, M, 8>, grid, LIN_THREADS, 0, s, pdl, x, sx, w, b, o, so, N, K);
     }
 }
 
@@ -165,20 +196,23 @@ extern "C" ssmtp_status_t ssmtp_cuda_linear_small(const ssmtp_linear_params_t *p
     }
     const int ks = pick_ks(N, K * es / 16, sms);
     cudaStream_t s = (cudaStream_t)stream;
+    const bool pdl = ssmtp_pdl_enabled(dev);
+    cudaError_t err = cudaSuccess;
     nvtxRangePushA("ssmtp::linear_small");
     SSMTP_DISPATCH_FLOAT(p->x.dtype, T, op, {
         switch (M) {
-        case 1: launch_m<T, 1>(p, ks, s); break;
-        case 2: launch_m<T, 2>(p, ks, s); break;
-        case 3: launch_m<T, 3>(p, ks, s); break;
-        case 4: launch_m<T, 4>(p, ks, s); break;
-        case 5: launch_m<T, 5>(p, ks, s); break;
-        case 6: launch_m<T, 6>(p, ks, s); break;
-        case 7: launch_m<T, 7>(p, ks, s); break;
-        default: launch_m<T, 8>(p, ks, s); break;
+        case 1: err = launch_m<T, 1>(p, ks, pdl, s); break;
+        case 2: err = launch_m<T, 2>(p, ks, pdl, s); break;
+        case 3: err = launch_m<T, 3>(p, ks, pdl, s); break;
+        case 4: err = launch_m<T, 4>(p, ks, pdl, s); break;
+        case 5: err = launch_m<T, 5>(p, ks, pdl, s); break;
+        case 6: err = launch_m<T, 6>(p, ks, pdl, s); break;
+        case 7: err = launch_m<T, 7>(p, ks, pdl, s); break;
+        default: err = launch_m<T, 8>(p, ks, pdl, s); break;
         }
     });
     nvtxRangePop();
-    SSMTP_CUDA_CHECK_LAUNCH(op);
+    SSMTP_CUDA_CHECK_LAUNCH(op); // first: also clears the error of a failed launch
+    SSMTP_CUDA_TRY(err);
     return SSMTP_OK;
 }

@@ -139,7 +139,9 @@ template <int NS, int TPC> struct Tile {
 // Passes 1 (FINAL = false: local chunk states) and 3 (FINAL = true: outputs, final state).
 // grid: (ngroups * cb_per_group, chunks, batch); block: THREADS = (THREADS/TPC channels) x TPC parts.
 // U: steps whose x/dt/z loads are issued together (8 for d_state 9..16, the models'; 4 otherwise).
-template <typename T, int NS, int TPC, bool FINAL, int U = 4>
+// SA: A is the same for every state of a channel (a.sA1 == 0, Mamba-2 layers run through this op): exp(delta A) is
+// evaluated once per (channel, step) instead of once per state element (the same value, so the same results).
+template <typename T, int NS, int TPC, bool FINAL, int U = 4, bool SA = false>
 __global__ void __launch_bounds__(THREADS, TPC == 1 ? 5 : 4) scan_kernel(const ScanArgs a) {
     using G = Tile<NS, TPC>;
     constexpr int CPB = THREADS / TPC;
@@ -217,6 +219,7 @@ __global__ void __launch_bounds__(THREADS, TPC == 1 ? 5 : 4) scan_kernel(const S
         float delta = dtv + bias;
         if (softplus) delta = ssm_softplus_fast(delta);
         const float dx = delta * xv;
+        const float dAs = SA ? ssm_ex2(delta * A2[0]) : 0.f;
         const float *Bt = smB + tt * G::RS + part * G::PART;
         const float *Ct = smC + (FINAL ? tt * G::RS + part * G::PART : 0);
         float y = 0.f, y1 = 0.f; // two partial sums: half the serial FMA chain
@@ -232,7 +235,7 @@ __global__ void __launch_bounds__(THREADS, TPC == 1 ? 5 : 4) scan_kernel(const S
                 }
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
-                    const float dA = ssm_ex2(delta * A2[j + e]);
+                    const float dA = SA ? dAs : ssm_ex2(delta * A2[j + e]);
                     h[j + e] = fmaf(dA, h[j + e], dx * bb[e]);
                     if (FINAL) {
                         if (e & 1) y1 = fmaf(h[j + e], cc[e], y1);
@@ -243,7 +246,7 @@ __global__ void __launch_bounds__(THREADS, TPC == 1 ? 5 : 4) scan_kernel(const S
         } else {
 #pragma unroll
             for (int j = 0; j < NS; j++) {
-                const float dA = ssm_ex2(delta * A2[j]);
+                const float dA = SA ? dAs : ssm_ex2(delta * A2[j]);
                 h[j] = fmaf(dA, h[j], dx * Bt[j]);
                 if (FINAL) y = fmaf(h[j], Ct[j], y);
             }
@@ -332,46 +335,48 @@ __global__ void __launch_bounds__(THREADS, TPC == 1 ? 5 : 4) scan_kernel(const S
 }
 
 // Pass 2: one thread per (seq, channel, state), channel fastest; sequential over the chunks holding valid steps.
-// Loads of up to 8 chunks are issued before their (dependent) updates.
+// Loads of up to CU chunks are issued before their (dependent) updates. Register-capped at 4 blocks of 256 per SM
+// (uncapped, ptxas gave it 214 registers: one block per SM, and at B=1 a third of the scan's time).
+constexpr int CU = 4;
 template <typename T>
-__global__ void __launch_bounds__(256) scan_combine_kernel(const ScanArgs a) {
-    const int64_t i = (int64_t)blockIdx.x * 256 + threadIdx.x;
-    if (i >= a.batch * a.dim * a.N) return;
-    const int64_t c = i % a.dim, s = (i / a.dim) % a.N, b = i / (a.dim * a.N);
+__global__ void __launch_bounds__(256, 4) scan_combine_kernel(const ScanArgs a) {
+    // 32-bit index arithmetic (the launcher checks batch x dim x N < 2^32): a 64-bit division is a called subroutine
+    const uint32_t i = blockIdx.x * 256u + threadIdx.x, dim = (uint32_t)a.dim, N = (uint32_t)a.N;
+    if (i >= (uint32_t)(a.batch * a.dim * a.N)) return;
+    const int64_t c = i % dim, s = (i / dim) % N, b = i / (dim * N);
     int64_t slot, n;
     seq_info(a, b, &slot, &n);
     const bool has_state = a.state != nullptr;
     if (has_state && (slot < 0 || slot >= a.nslots)) return;
     if (n == 0) return;
-    const int64_t kv = min((n - 1) / a.chunk, (int64_t)a.nchunks - 1) + 1; // chunks holding valid steps
+    const int kv = (int)min((n - 1) / a.chunk, (int64_t)a.nchunks - 1) + 1; // chunks holding valid steps
     float H = (has_state && a.load_state) ? a.state[slot * a.ss0 + c * a.ss1 + s * a.ss2] : 0.f;
     const float As = a.A[c * a.sA0 + s * a.sA1];
     T *row = (T *)a.out + b * a.so0 + c * a.so1;
-    for (int64_t k0 = 0; k0 < kv; k0 += 8) {
-        float hl[8], sd[8];
+    const int64_t cs = a.chunk * a.so2; // elements from one chunk's first row to the next's
+    for (int k0 = 0; k0 < kv; k0 += CU) {
+        float hl[CU], sd[CU];
 #pragma unroll
-        for (int u = 0; u < 8; u++) {
-            const int64_t k = k0 + u;
+        for (int u = 0; u < CU; u++) {
             hl[u] = 0.f;
             sd[u] = 0.f;
-            if (k < kv - 1) {
-                const T *r = row + k * a.chunk * a.so2;
+            if (k0 + u < kv - 1) {
+                const T *r = row + (k0 + u) * cs;
                 hl[u] = scr_get<T>(r, a.so2, s);
                 sd[u] = scr_get<T>(r, a.so2, a.N);
             }
         }
 #pragma unroll
-        for (int u = 0; u < 8; u++) {
-            const int64_t k = k0 + u;
-            if (k < kv) {
-                scr_put<T>(row + k * a.chunk * a.so2, a.so2, s, H);
+        for (int u = 0; u < CU; u++) {
+            if (k0 + u < kv) {
+                scr_put<T>(row + (k0 + u) * cs, a.so2, s, H);
                 H = fmaf(expf(As * sd[u]), H, hl[u]);
             }
         }
     }
 }
 
-template <typename T, int NS, int TPC, int U = 4> struct Launch {
+template <typename T, int NS, int TPC, int U = 4, bool SA = false> struct Launch {
     static ssmtp_status_t run(ScanArgs &a, int device, cudaStream_t st) {
         constexpr int CPB = THREADS / TPC;
         using G = Tile<NS, TPC>;
@@ -386,7 +391,8 @@ template <typename T, int NS, int TPC, int U = 4> struct Launch {
         static int occ = 0; // per instantiation; the same on every device of one model
         if (occ == 0) {
             int o = 0;
-            SSMTP_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o, scan_kernel<T, NS, TPC, true, U>, THREADS, 0));
+            SSMTP_CUDA_TRY(
+                cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o, scan_kernel<T, NS, TPC, true, U, SA>, THREADS, 0));
             occ = o > 0 ? o : 1;
         }
         int sms = 132;
@@ -411,13 +417,16 @@ template <typename T, int NS, int TPC, int U = 4> struct Launch {
 
         const dim3 block(THREADS);
         if (K > 1) {
-            scan_kernel<T, NS, TPC, false, U><<<dim3((unsigned)nblk, (unsigned)(K - 1), (unsigned)a.batch), block, 0, st>>>(a);
+            scan_kernel<T, NS, TPC, false, U, SA>
+                <<<dim3((unsigned)nblk, (unsigned)(K - 1), (unsigned)a.batch), block, 0, st>>>(a);
             SSMTP_CUDA_CHECK_LAUNCH(OP);
             const int64_t nc = a.batch * a.dim * a.N;
+            if (nc > 0xffffffffLL)
+                return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": batch x dim x d_state = %lld >= 2^32", (long long)nc);
             scan_combine_kernel<T><<<(unsigned)((nc + 255) / 256), 256, 0, st>>>(a);
             SSMTP_CUDA_CHECK_LAUNCH(OP);
         }
-        scan_kernel<T, NS, TPC, true, U><<<dim3((unsigned)nblk, (unsigned)K, (unsigned)a.batch), block, 0, st>>>(a);
+        scan_kernel<T, NS, TPC, true, U, SA><<<dim3((unsigned)nblk, (unsigned)K, (unsigned)a.batch), block, 0, st>>>(a);
         SSMTP_CUDA_CHECK_LAUNCH(OP);
         return SSMTP_OK;
     }
@@ -425,6 +434,8 @@ template <typename T, int NS, int TPC, int U = 4> struct Launch {
 
 template <typename T> ssmtp_status_t dispatch_n(ScanArgs &a, int device, cudaStream_t st) {
     const int64_t N = a.N;
+    // One A per channel (state stride 0) with d_state > 8: the SA kernels (one exp per channel and step).
+    const bool sa = a.sA1 == 0 && N > 8;
     if (N <= 1) return Launch<T, 1, 1>::run(a, device, st);
     if (N <= 2) return Launch<T, 2, 1>::run(a, device, st);
     if (N <= 4) return Launch<T, 4, 1>::run(a, device, st);
@@ -442,12 +453,13 @@ template <typename T> ssmtp_status_t dispatch_n(ScanArgs &a, int device, cudaStr
         // occupancy); SSMTP_SCAN_U=4 selects 4 (benchmarks, tests).
         const char *envu = getenv("SSMTP_SCAN_U");
         if (envu && atoi(envu) == 4) return Launch<T, 16, 1, 4>::run(a, device, st);
+        if (sa) return Launch<T, 16, 1, 8, true>::run(a, device, st);
         return Launch<T, 16, 1, 8>::run(a, device, st);
     }
-    if (N <= 32) return Launch<T, 16, 2>::run(a, device, st);
-    if (N <= 64) return Launch<T, 16, 4>::run(a, device, st);
-    if (N <= 128) return Launch<T, 16, 8>::run(a, device, st);
-    if (N <= 256) return Launch<T, 16, 16>::run(a, device, st);
+    if (N <= 32) return sa ? Launch<T, 16, 2, 4, true>::run(a, device, st) : Launch<T, 16, 2>::run(a, device, st);
+    if (N <= 64) return sa ? Launch<T, 16, 4, 4, true>::run(a, device, st) : Launch<T, 16, 4>::run(a, device, st);
+    if (N <= 128) return sa ? Launch<T, 16, 8, 4, true>::run(a, device, st) : Launch<T, 16, 8>::run(a, device, st);
+    if (N <= 256) return sa ? Launch<T, 16, 16, 4, true>::run(a, device, st) : Launch<T, 16, 16>::run(a, device, st);
     return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": d_state=%lld > 256", (long long)N);
 }
 

@@ -12,6 +12,8 @@
 // the state), and every load of the rows (state, x, dt, z, B, C) is issued before the first is used: one memory
 // round trip per block instead of two. With TPC >= BPB, lane p evaluates softplus and the output tail (D, SiLU) for
 // row p only, and shares delta by shuffles.
+// The vector kernel is launched with programmatic dependent launch (common.cuh): it loads its parameters (A, dt_bias,
+// D) while the kernel before it finishes.
 // Scalar path (anything else): one thread per (sequence, channel), strided loops over N.
 // Pipe path (SSMTP_STEP_KERNEL=pipe; default "block" = the vector path above): the vector path's lane layout for
 // N % 4 == 0 and N <= 128, walked by a grid of 3 blocks per SM that loads its next item while it computes the
@@ -40,6 +42,7 @@ struct StepArgs {
     int64_t sx0, sx1, sdt0, sdt1, sz0, sz1, so0, so1, sB0, sB1, sB2, sC0, sC1, sC2;
     int64_t sA0, sA1, sD, sbias, ss0, ss1, ss2, sidx;
     int D_dtype, bias_dtype, softplus;
+    int device;
 };
 
 constexpr int THREADS = 256;
@@ -51,9 +54,13 @@ __device__ __forceinline__ int64_t slot_of(const StepArgs &a, int64_t b) {
     return a.state_idx ? (int64_t)a.state_idx[b * a.sidx] : b;
 }
 
-// h <- exp(delta*A)*h + (delta*B)*x, exactly as the CPU reference evaluates it (no contraction).
+// h <- exp(delta*A)*h + (delta*B)*x, exactly as the CPU reference evaluates it (no contraction); update_e takes
+// eA = expf(delta*A) evaluated by the caller (once per channel when A is the same for all its states).
+__device__ __forceinline__ float update_e(float h, float eA, float delta, float Bs, float xt) {
+    return __fadd_rn(__fmul_rn(eA, h), __fmul_rn(__fmul_rn(delta, Bs), xt));
+}
 __device__ __forceinline__ float update(float h, float A, float delta, float Bs, float xt) {
-    return __fadd_rn(__fmul_rn(expf(__fmul_rn(delta, A)), h), __fmul_rn(__fmul_rn(delta, Bs), xt));
+    return update_e(h, expf(__fmul_rn(delta, A)), delta, Bs, xt);
 }
 
 template <typename T>
@@ -70,7 +77,8 @@ __device__ __forceinline__ float delta_of(const StepArgs &a, int64_t b, int64_t 
     return a.softplus ? ssm_softplus_exact(d) : d;
 }
 
-template <typename T, int TPC, int NV>
+// SA: one A per channel (a.sA1 == 0, Mamba-2 layers): expf(delta*A) once per (row, channel), not per state.
+template <typename T, int TPC, int NV, bool SA = false>
 __global__ void __launch_bounds__(THREADS, 3) step_vec_kernel(const StepArgs a) {
     constexpr int CPB = THREADS / TPC;
     constexpr int NS = 4 * NV; // states per thread
@@ -83,10 +91,23 @@ __global__ void __launch_bounds__(THREADS, 3) step_vec_kernel(const StepArgs a) 
     const int64_t g = c / a.per_group;
     const int64_t b0 = (int64_t)blockIdx.y * BPB;
 
-    // Phase 1: every load of the block's BPB rows is issued before anything is computed (one round trip).
+    // Parameters (A, dt_bias, D) before the wait for the previous kernel (programmatic dependent launch).
+    ssm_pdl_trigger();
     float4 Av[NV];
 #pragma unroll
-    for (int j = 0; j < NV; j++) Av[j] = *(const float4 *)(a.A + c * a.sA0 + 4 * (part + j * TPC));
+    for (int j = 0; j < NV; j++) {
+        if constexpr (SA) {
+            const float a0 = a.A[c * a.sA0];
+            Av[j] = make_float4(a0, a0, a0, a0);
+        } else {
+            Av[j] = *(const float4 *)(a.A + c * a.sA0 + 4 * (part + j * TPC));
+        }
+    }
+    const float bias = a.dt_bias ? ssm_load_param(a.dt_bias, a.bias_dtype, c * a.sbias) : 0.f;
+    const float Dc = a.D ? ssm_load_param(a.D, a.D_dtype, c * a.sD) : 0.f;
+    ssm_pdl_wait();
+
+    // Phase 1: every load of the block's BPB rows is issued before anything is computed (one round trip).
     int64_t slot[BPB];
     bool ok[BPB];
     float4 h[BPB][NV];
@@ -113,8 +134,6 @@ __global__ void __launch_bounds__(THREADS, 3) step_vec_kernel(const StepArgs a) 
                 Cr[i][4 * j + e] = Cp[s * a.sC2];
             }
     }
-    const float bias = a.dt_bias ? ssm_load_param(a.dt_bias, a.bias_dtype, c * a.sbias) : 0.f;
-    const float Dc = a.D ? ssm_load_param(a.D, a.D_dtype, c * a.sD) : 0.f;
 
     // delta per row. With TPC >= BPB lanes, lane `part` evaluates softplus (log1pf(expf)) for row part % BPB only
     // and the rows are exchanged by shuffles: a quarter of the transcendental work at N = 16.
@@ -140,6 +159,7 @@ __global__ void __launch_bounds__(THREADS, 3) step_vec_kernel(const StepArgs a) 
 #pragma unroll
     for (int i = 0; i < BPB; i++) {
         const float xt = to_f32<T>(xr[i]);
+        const float eA = SA ? expf(__fmul_rn(delta[i], Av[0].x)) : 0.f;
         float acc = 0.f;
 #pragma unroll
         for (int j = 0; j < NV; j++) {
@@ -147,7 +167,8 @@ __global__ void __launch_bounds__(THREADS, 3) step_vec_kernel(const StepArgs a) 
             const float av[4] = {Av[j].x, Av[j].y, Av[j].z, Av[j].w};
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                hv[e] = update(hv[e], av[e], delta[i], to_f32<T>(Br[i][4 * j + e]), xt);
+                const float Bs = to_f32<T>(Br[i][4 * j + e]);
+                hv[e] = SA ? update_e(hv[e], eA, delta[i], Bs, xt) : update(hv[e], av[e], delta[i], Bs, xt);
                 acc = __fadd_rn(acc, __fmul_rn(hv[e], to_f32<T>(Cr[i][4 * j + e])));
             }
             if (active && ok[i])
@@ -387,7 +408,7 @@ __global__ void __launch_bounds__(THREADS, 3) step_pipe_kernel(const StepArgs a,
     }
 }
 
-template <typename T, int TPC, int NV> ssmtp_status_t launch_vec(const StepArgs &a, cudaStream_t s);
+template <typename T, int TPC, int NV, bool SA = false> ssmtp_status_t launch_vec(const StepArgs &a, cudaStream_t s);
 
 template <typename T, int TPC> ssmtp_status_t launch_pipe(const StepArgs &a, int device, cudaStream_t s) {
     constexpr int CPB = THREADS / TPC;
@@ -409,17 +430,30 @@ template <typename T, int TPC> ssmtp_status_t launch_pipe(const StepArgs &a, int
     return SSMTP_OK;
 }
 
-template <typename T, int TPC, int NV> ssmtp_status_t launch_vec(const StepArgs &a, cudaStream_t s) {
+template <typename T, int TPC, int NV, bool SA> ssmtp_status_t launch_vec(const StepArgs &a, cudaStream_t s) {
     constexpr int CPB = THREADS / TPC;
     constexpr int BPB = bpb_of<NV>();
     const dim3 grid((unsigned)((a.dim + CPB - 1) / CPB), (unsigned)((a.batch + BPB - 1) / BPB));
-    step_vec_kernel<T, TPC, NV><<<grid, THREADS, 0, s>>>(a);
-    SSMTP_CUDA_CHECK_LAUNCH(OP);
+    SSMTP_CUDA_TRY(ssmtp_launch(step_vec_kernel<T, TPC, NV, SA>, grid, dim3(THREADS), 0, s,
+                                ssmtp_pdl_enabled(a.device), a));
     return SSMTP_OK;
 }
 
-template <typename T> ssmtp_status_t dispatch(const StepArgs &a, bool vec, bool pipe, int device, cudaStream_t s) {
-    if (vec && pipe) {
+template <typename T, bool SA> ssmtp_status_t dispatch_vec(const StepArgs &a, cudaStream_t s) {
+    switch (a.N / 4) {
+    case 1: return launch_vec<T, 1, 1, SA>(a, s);
+    case 2: return launch_vec<T, 2, 1, SA>(a, s);
+    case 4: return launch_vec<T, 4, 1, SA>(a, s);
+    case 8: return launch_vec<T, 8, 1, SA>(a, s);
+    case 16: return launch_vec<T, 16, 1, SA>(a, s);
+    case 32: return launch_vec<T, 32, 1, SA>(a, s);
+    default: return launch_vec<T, 32, 2, SA>(a, s); // N = 256 (the caller checked N / 4 is one of these)
+    }
+}
+
+template <typename T>
+ssmtp_status_t dispatch(const StepArgs &a, bool vec, bool pipe, bool sa, int device, cudaStream_t s) {
+    if (vec && pipe && !sa) {
         switch (a.N / 4) {
         case 1: return launch_pipe<T, 1>(a, device, s);
         case 2: return launch_pipe<T, 2>(a, device, s);
@@ -430,18 +464,9 @@ template <typename T> ssmtp_status_t dispatch(const StepArgs &a, bool vec, bool 
         default: break; // N = 256: the block kernel
         }
     }
-    if (vec) {
-        switch (a.N / 4) {
-        case 1: return launch_vec<T, 1, 1>(a, s);
-        case 2: return launch_vec<T, 2, 1>(a, s);
-        case 4: return launch_vec<T, 4, 1>(a, s);
-        case 8: return launch_vec<T, 8, 1>(a, s);
-        case 16: return launch_vec<T, 16, 1>(a, s);
-        case 32: return launch_vec<T, 32, 1>(a, s);
-        case 64: return launch_vec<T, 32, 2>(a, s);
-        default: break; // other N take the scalar path
-        }
-    }
+    const int64_t q = a.N / 4;
+    if (vec && (q == 1 || q == 2 || q == 4 || q == 8 || q == 16 || q == 32 || q == 64)) // other N: the scalar path
+        return sa ? dispatch_vec<T, true>(a, s) : dispatch_vec<T, false>(a, s);
     const int64_t n = a.batch * a.dim;
     step_scalar_kernel<T><<<(unsigned)((n + THREADS - 1) / THREADS), THREADS, 0, s>>>(a);
     SSMTP_CUDA_CHECK_LAUNCH(OP);
@@ -482,13 +507,17 @@ extern "C" ssmtp_status_t ssmtp_cuda_step_fwd(const ssmtp_step_params_t *p, void
     a.ss0 = p->state.stride[0]; a.ss1 = p->state.stride[1]; a.ss2 = p->state.stride[2];
     if (a.state_idx) a.sidx = p->state_idx.stride[0];
     a.softplus = p->dt_softplus;
+    a.device = p->x.device;
     if (a.batch == 0 || a.dim == 0) return SSMTP_OK;
     if ((a.batch + 1) / 2 > 65535)
         return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": batch=%lld > %d", (long long)a.batch, 65535 * 2);
 
-    // float4 state and A rows: 16-byte aligned bases and row strides, contiguous state axis.
-    const bool vec = a.N % 4 == 0 && a.ss2 == 1 && a.sA1 == 1 && a.ss0 % 4 == 0 && a.ss1 % 4 == 0 &&
-                     a.sA0 % 4 == 0 && ((uintptr_t)a.state % 16) == 0 && ((uintptr_t)a.A % 16) == 0;
+    // float4 state rows: 16-byte aligned bases and row strides, contiguous state axis; A rows likewise, or one A per
+    // channel (state stride 0: the SA kernels).
+    const bool sa = a.sA1 == 0;
+    const bool vec = a.N % 4 == 0 && a.ss2 == 1 && a.ss0 % 4 == 0 && a.ss1 % 4 == 0 &&
+                     ((uintptr_t)a.state % 16) == 0 &&
+                     (sa || (a.sA1 == 1 && a.sA0 % 4 == 0 && ((uintptr_t)a.A % 16) == 0));
     // Kernel choice (SSMTP_STEP_KERNEL): "block" (default) or "pipe"; anything else is an error, not a fallback.
     // Measured on H200 (2026-11-22, bench_ops.py, bf16, both validated): pipe was slower at B >= 8 on every model
     // (mamba-2.8b tp1 B=256: 92.7 us vs 72.7, 45% vs 58% of HBM), equal at B=1. So block stays the default.
@@ -500,6 +529,6 @@ extern "C" ssmtp_status_t ssmtp_cuda_step_fwd(const ssmtp_step_params_t *p, void
             return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": SSMTP_STEP_KERNEL=%s (block or pipe)", kenv);
     }
     cudaStream_t s = (cudaStream_t)stream;
-    SSMTP_DISPATCH_FLOAT(p->x.dtype, T, OP, { return dispatch<T>(a, vec, pipe, p->x.device, s); });
+    SSMTP_DISPATCH_FLOAT(p->x.dtype, T, OP, { return dispatch<T>(a, vec, pipe, sa, p->x.device, s); });
     return SSMTP_OK;
 }

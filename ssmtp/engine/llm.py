@@ -117,8 +117,8 @@ class LLM:
                         object keeps its own dtype)
     max_batch           most requests running at once (prefill + decode); also the largest decode graph
     num_slots           state slots (default max_batch); or state_memory: bytes, or a fraction of free memory;
-                        with the prefix cache on, Mamba / Falcon-Mamba pools hold INNER_SAVES (16) more, the spare
-                        slots prefix-cache states are saved into inside a prefill chunk
+                        with a prefix cache of >= 1 entry, Mamba / Falcon-Mamba pools hold INNER_SAVES (16) more,
+                        the spare slots prefix-cache states are saved into inside a prefill chunk
     max_model_len       longest prompt + max_new_tokens accepted (SSMs have no positional limit; default 131072).
                         Zamba / Zamba2 (hybrid): also the K/V length preallocated per slot; default the config's
                         max_position_embeddings; without num_slots / state_memory on CUDA, slots = what 60% of free
@@ -220,9 +220,6 @@ class LLM:
                                      f"{bytes_per_slot(specs) / 2**20:.2f} MiB on this rank")
         self.num_slots = self._agree_min(num_slots)
         self.max_batch = min(max_batch, self.num_slots)
-        self.inner_saves = INNER_SAVES if (prefix_cache and getattr(self.runner, "inner_saves", False)) else 0
-        self.pool = SlotPool(specs, self.num_slots + self.inner_saves, device)
-
         entry = PrefixCache.entry_bytes(specs, self.vocab_size)
         cap = 0
         if prefix_cache:
@@ -234,6 +231,9 @@ class LLM:
             # at most 4096 entries by default: a small model's entries are tiny, and a byte budget alone would then
             # preallocate millions of them
             cap = self._agree_min(min(budget // entry, prefix_cache_entries))
+        # spare slots for in-pass saves only when there is a cache to save into
+        self.inner_saves = INNER_SAVES if (cap > 0 and getattr(self.runner, "inner_saves", False)) else 0
+        self.pool = SlotPool(specs, self.num_slots + self.inner_saves, device)
         self.prefix = PrefixCache(specs, cap, prefix_interval, self.vocab_size, device)
         self.branches = BranchIndex(prefix_interval)
         if cache_generated and prefix_cache and not getattr(self.runner, "decode_state_matches_prefill", True):

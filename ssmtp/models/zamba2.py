@@ -116,7 +116,9 @@ class TPZamba2MambaMixer(nn.Module):
         self.register_buffer("A_head", -torch.exp(get("A_log")[heads].detach().float()).contiguous())  # (nhl,)
         self.D_head = shard.param(get("D")[heads].float())  # (nhl,)
         # per-channel copies for the "selective" (Mamba-1) ops
-        self.register_buffer("A", self.A_head[:, None, None].expand(nhl, hd, N).reshape(dl, N).contiguous())
+        # (dl, 1): passed as a stride-0 (dl, N) view, which the CUDA kernels take as one A per channel (one exp per
+        # channel and step instead of per state)
+        self.register_buffer("A_ch", self.A_head.repeat_interleave(hd)[:, None].contiguous())
         self.register_buffer("dt_bias_ch", self.dt_bias.detach().repeat_interleave(hd))  # (dl,)
         self.register_buffer("D_ch", self.D_head.detach().repeat_interleave(hd))  # (dl,)
         self.norm_weight = shard.param(get("norm.weight")[lo:hi])
@@ -203,7 +205,8 @@ class TPZamba2MambaMixer(nn.Module):
             return self._out(y.flatten(-2), gate, h.dtype)
         delta = F.softplus(dt.float() + self.dt_bias).clamp(min=self.time_step_min)
         delta = delta.repeat_interleave(self.head_dim, dim=-1).to(x.dtype)  # (B, L, dl), per head -> its channels
-        y = ops.selective_scan(x.transpose(1, 2), delta.transpose(1, 2), self.A, B.permute(0, 2, 3, 1),
+        A = self.A_ch.expand(-1, self.ssm_state_size)
+        y = ops.selective_scan(x.transpose(1, 2), delta.transpose(1, 2), A, B.permute(0, 2, 3, 1),
                                C.permute(0, 2, 3, 1), self.D_ch, None, None, ssm_state, state_idx, seq_lens, False,
                                load_state)
         return self._out(y.transpose(1, 2), gate, h.dtype)
@@ -221,7 +224,8 @@ class TPZamba2MambaMixer(nn.Module):
                              ssm_state.view(-1, nhl, hd, N), state_idx, True, 0.0, float("inf"))
             return self._out(y.flatten(-2)[:, None], gate, h.dtype)
         dt_ch = dt[:, 0].repeat_interleave(self.head_dim, dim=-1)  # (B, dl)
-        y = ops.selective_state_update(x, dt_ch, self.A, B, C, self.D_ch, None, self.dt_bias_ch, ssm_state, state_idx,
+        A = self.A_ch.expand(-1, self.ssm_state_size)
+        y = ops.selective_state_update(x, dt_ch, A, B, C, self.D_ch, None, self.dt_bias_ch, ssm_state, state_idx,
                                        True)
         return self._out(y[:, None], gate, h.dtype)
 
