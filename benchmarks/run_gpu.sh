@@ -34,8 +34,9 @@ if want tests; then
   run python -m pytest -q -m "cuda or multigpu" ${TESTS:-tests} -p no:cacheprovider
 fi
 if want ops; then
-  # OPS_ARGS: e.g. "--quick --no-hf --no-sweep --filter zamba2,mamba-2.8b tp1 scan"
-  run python benchmarks/bench_ops.py --out "$OUT/ops.json" ${OPS_ARGS:-}
+  # OPS_ARGS: e.g. "--quick --no-hf --no-sweep"; OPS_FILTER: case labels containing any of these (comma-separated,
+  # spaces allowed), e.g. "zamba2-2.7b tp1,mamba-2.8b tp1 scan"
+  run python benchmarks/bench_ops.py --out "$OUT/ops.json" ${OPS_ARGS:-} --filter "${OPS_FILTER:-}"
 fi
 if want pick && [ -f "$OUT/ops.json" ]; then
   # choose the scan and decode-step kernels for the steps that follow from this run's ops.json: per op, among the

@@ -49,10 +49,13 @@ static ssmtp_status_t device_of(const char *op, const ssmtp_tensor_t *const *ts,
                                 int32_t *device) {
     SSMTP_TRY(ssmtp_check_devices(op, ts, names, n, device));
     if (*device >= 0) { /* CUDA kernels assume a contiguous state row and contiguous index vectors */
-        for (int i = 0; i < n; i++)
+        for (int i = 0; i < n; i++) {
+            /* A: contiguous rows, or one value per channel (state stride 0: the kernels' one-exp-per-channel path) */
+            if (!strcmp(names[i], "A") && ts[i]->ndim == 2 && ts[i]->stride[1] == 0) continue;
             if (!strcmp(names[i], "state") || !strcmp(names[i], "state_idx") || !strcmp(names[i], "seq_lens") ||
                 !strcmp(names[i], "A"))
                 SSMTP_TRY(ssmtp_check_inner_contiguous(op, names[i], ts[i]));
+        }
     }
     return SSMTP_OK;
 }
