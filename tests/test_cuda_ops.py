@@ -527,10 +527,13 @@ def test_step_cuda_vs_cpu(case, dname, kernel, monkeypatch):
 
 
 @pytest.mark.parametrize("op", ["scan", "step"])
-def test_one_A_kernels_equal_general(op):
-    """A per channel (stride-0 view, the SA kernels: one exp per channel and step) gives bit for bit what the general
-    kernels give for the same values stored per state."""
+def test_one_A_kernels_equal_general(op, monkeypatch):
+    """A per channel (stride-0 view, the SA kernels: one exp per channel and step) gives bit for bit the states the
+    general kernels give for the same values stored per state; the step's output too (same lane layout). The scan's
+    SA kernel at d_state 33..64 holds all states of a channel in one thread (the general one: 4 threads of 16), so
+    its y is summed in another order: equal to one rounding of the output dtype."""
     if op == "scan":
+        monkeypatch.setenv("SSMTP_SCAN_CHUNKS", "3")  # the same time chunks for both (the launcher's choice differs)
         case = next(c for c in SCAN_CASES if c[0] == "one-A-dstate-64-B1-chunks")
         args = list(_scan_inputs(case, "bf16"))
         run = _scan_cuda
@@ -551,7 +554,10 @@ def test_one_A_kernels_equal_general(op):
         run(a, out)
         torch.cuda.synchronize()
         results.append((out, a[i_state].gpu))
-    assert torch.equal(results[0][0], results[1][0])
+    if op == "step":
+        assert torch.equal(results[0][0], results[1][0])
+    else:
+        torch.testing.assert_close(results[0][0].float(), results[1][0].float(), rtol=8e-3, atol=1e-3)
     assert torch.equal(results[0][1], results[1][1])
 
 

@@ -142,7 +142,7 @@ template <int NS, int TPC> struct Tile {
 // SA: A is the same for every state of a channel (a.sA1 == 0, Mamba-2 layers run through this op): exp(delta A) is
 // evaluated once per (channel, step) instead of once per state element (the same value, so the same results).
 template <typename T, int NS, int TPC, bool FINAL, int U = 4, bool SA = false>
-__global__ void __launch_bounds__(THREADS, TPC == 1 ? 5 : 4) scan_kernel(const ScanArgs a) {
+__global__ void __launch_bounds__(THREADS, NS > 16 ? 3 : (TPC == 1 ? 5 : 4)) scan_kernel(const ScanArgs a) {
     using G = Tile<NS, TPC>;
     constexpr int CPB = THREADS / TPC;
     __shared__ __align__(16) float smB[G::TT * G::RS];
@@ -434,7 +434,10 @@ template <typename T, int NS, int TPC, int U = 4, bool SA = false> struct Launch
 
 template <typename T> ssmtp_status_t dispatch_n(ScanArgs &a, int device, cudaStream_t st) {
     const int64_t N = a.N;
-    // One A per channel (state stride 0) with d_state > 8: the SA kernels (one exp per channel and step).
+    // One A per channel (state stride 0) with d_state > 8: the SA kernels (one exp per channel and step). At d_state
+    // 33..64 (Mamba-2: 64) one thread holds all states of its channel (no per-state A to keep, so they fit in registers
+    // unspilled at 3 blocks per SM): B/C tiles are shared by 128 channels per block instead of 32, and y needs no
+    // shuffles.
     const bool sa = a.sA1 == 0 && N > 8;
     if (N <= 1) return Launch<T, 1, 1>::run(a, device, st);
     if (N <= 2) return Launch<T, 2, 1>::run(a, device, st);
@@ -457,7 +460,7 @@ template <typename T> ssmtp_status_t dispatch_n(ScanArgs &a, int device, cudaStr
         return Launch<T, 16, 1, 8>::run(a, device, st);
     }
     if (N <= 32) return sa ? Launch<T, 16, 2, 4, true>::run(a, device, st) : Launch<T, 16, 2>::run(a, device, st);
-    if (N <= 64) return sa ? Launch<T, 16, 4, 4, true>::run(a, device, st) : Launch<T, 16, 4>::run(a, device, st);
+    if (N <= 64) return sa ? Launch<T, 64, 1, 4, true>::run(a, device, st) : Launch<T, 16, 4>::run(a, device, st);
     if (N <= 128) return sa ? Launch<T, 16, 8, 4, true>::run(a, device, st) : Launch<T, 16, 8>::run(a, device, st);
     if (N <= 256) return sa ? Launch<T, 16, 16, 4, true>::run(a, device, st) : Launch<T, 16, 16>::run(a, device, st);
     return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": d_state=%lld > 256", (long long)N);
