@@ -46,6 +46,11 @@
 //   - this loop again (commit 9332f75, benchmarks/results/ops-h200.json): B=8 L=2048 1065 us (30% of the MUFU bound),
 //     B=1 L=32768 2889 us. Its sweep then set two defaults: 8 steps per load group (B=8 L=512 275 -> 254 us, B=1
 //     L=8192 755 -> 708 us) and the chunk count rounded down to one wave (B=1 L=2048 218 -> 174 us with both).
+//   - one A per channel (stride-0 A, Zamba2's Mamba-2 layers; 2026-11-23, zamba2-2.7b shapes d_inner 5120 d_state
+//     64): B=8 L=2048 5149 us with A stored per state, 4529 us with one exp per channel and step at 4 threads of 16
+//     states per channel, 1691 us with all 64 states in one thread (B=1 L=2048: 843 / 707 / 340 us).
+//   - the combine pass capped at 48 registers (was 214, one block per SM): 751 -> 425 us summed over the 64 layers of
+//     the mamba-2.8b 8192-token prefix hit (819 tokens, 16 chunks).
 //   The remaining gap to the MUFU bound is latency per warp (a load group costs ~a memory round trip, and 1-5 warps
 //   share an SM sub-partition); staging x/dt/z through shared memory with cp.async, tiles ahead, is the next step.
 #include "common.cuh"
