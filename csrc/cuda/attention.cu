@@ -158,11 +158,7 @@ __global__ void __launch_bounds__(WARPS * 32) attn_kernel(const AttnArgs a) {
 
 template <typename T, int VEC, int NCH, int U>
 ssmtp_status_t launch(const AttnArgs &a, int64_t B, int64_t H, bool pdl, cudaStream_t st) {
-    const cudaError_t e = ssmtp_launch(attn_kernel<T, VEC, NCH, U>, dim3((unsigned)H, (unsigned)B), WARPS * 32, 0, st,
-                                       pdl, a);
-    SSMTP_CUDA_CHECK_LAUNCH(OP); // first: also clears the error of a failed launch
-    SSMTP_CUDA_TRY(e);
-    return SSMTP_OK;
+    return ssmtp_launch(OP, attn_kernel<T, VEC, NCH, U>, dim3((unsigned)H, (unsigned)B), WARPS * 32, 0, st, pdl, a);
 }
 
 template <typename T>

@@ -1,4 +1,5 @@
-// common.cuh - shared device helpers for the CUDA sources: error checks, dtype load/store, NVTX ranges.
+// common.cuh - shared helpers for the CUDA sources: error checks, SM count, dtype load/store, kernel launches (with
+// programmatic dependent launch), the prefill ops' save arguments.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -29,6 +30,18 @@ static inline ssmtp_status_t ssmtp_cuda_set_device(int device) {
     int cur = -1;
     SSMTP_CUDA_TRY(cudaGetDevice(&cur));
     if (cur != device) SSMTP_CUDA_TRY(cudaSetDevice(device));
+    return SSMTP_OK;
+}
+
+// SM count of a device, cached (host side; safe during graph capture).
+static inline ssmtp_status_t ssm_sm_count(int device, int *sms) {
+    static int cache[64];
+    if (device >= 0 && device < 64 && cache[device] > 0) {
+        *sms = cache[device];
+        return SSMTP_OK;
+    }
+    SSMTP_CUDA_TRY(cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, device));
+    if (device >= 0 && device < 64) cache[device] = *sms;
     return SSMTP_OK;
 }
 
@@ -87,10 +100,11 @@ static inline bool ssmtp_pdl_enabled(int device) {
     return on;
 }
 
-// kernel<<<grid, block, smem, stream>>>(args...), with the programmatic-stream-serialization attribute when pdl.
+// kernel<<<grid, block, smem, stream>>>(args...), with the programmatic-stream-serialization attribute when pdl;
+// a failed launch is reported (and cleared) as SSMTP_ERR_CUDA naming op.
 template <typename... KArgs, typename... Args>
-static inline cudaError_t ssmtp_launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,
-                                       bool pdl, Args &&...args) {
+static inline ssmtp_status_t ssmtp_launch(const char *op, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                                          cudaStream_t s, bool pdl, Args &&...args) {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
     cfg.blockDim = block;
@@ -101,5 +115,27 @@ static inline cudaError_t ssmtp_launch(void (*kernel)(KArgs...), dim3 grid, dim3
     attr[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attr;
     cfg.numAttrs = pdl ? 1 : 0;
-    return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+    const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+    (void)cudaGetLastError();
+    if (e != cudaSuccess) return ssmtp_fail(SSMTP_ERR_CUDA, "%s: kernel launch: %s", op, cudaGetErrorString(e));
+    return SSMTP_OK;
+}
+
+// The optional intermediate-state saves of the prefill ops (save_pos / save_idx, see ssmtp.h) as kernels read them.
+struct SaveArgs {
+    const int32_t *pos, *idx; // null: no saves
+    int64_t n, sp0, sp1, si0, si1;
+    __device__ __forceinline__ int64_t pos_at(int64_t b, int64_t j) const { return pos[b * sp0 + j * sp1]; }
+    __device__ __forceinline__ int64_t slot_at(int64_t b, int64_t j) const { return idx[b * si0 + j * si1]; }
+};
+static inline SaveArgs ssm_save_args(const ssmtp_tensor_t &pos, const ssmtp_tensor_t &idx) {
+    SaveArgs v = {};
+    if (pos.data) {
+        v.pos = (const int32_t *)pos.data;
+        v.idx = (const int32_t *)idx.data;
+        v.n = pos.shape[1];
+        v.sp0 = pos.stride[0]; v.sp1 = pos.stride[1];
+        v.si0 = idx.stride[0]; v.si1 = idx.stride[1];
+    }
+    return v;
 }

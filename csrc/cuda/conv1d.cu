@@ -31,8 +31,7 @@ struct ConvArgs {
     int64_t sx0, sx1, sx2, so0, so1, so2, sw0, sw1, sb0, ss0, ss1, ss2, sidx, slens;
     int64_t chunk; // time steps per prefill thread
     int silu, load_state;
-    const int32_t *save_pos, *save_idx; // optional intermediate states (nsave per sequence), see ssmtp.h
-    int64_t nsave, ssp0, ssp1, ssi0, ssi1;
+    SaveArgs sv; // optional intermediate states, see ssmtp.h
 };
 
 constexpr int PREFILL_THREADS = 128;
@@ -91,9 +90,9 @@ __global__ void __launch_bounds__(PREFILL_THREADS) conv1d_prefill_kernel(const C
         if (t >= 0) h[k] = t < n ? to_f32<T>(x[t * a.sx2]) : 0.f;
         else h[k] = a.load_state ? to_f32<T>(st[(a.slen + t) * a.ss2]) : 0.f;
     }
-    if (blockIdx.y == 0 && st && a.save_pos) { // intermediate states: the window after pos steps (old history)
-        for (int64_t j = 0; j < a.nsave; j++) {
-            const int64_t sv = a.save_idx[b * a.ssi0 + j * a.ssi1], pos = a.save_pos[b * a.ssp0 + j * a.ssp1];
+    if (blockIdx.y == 0 && st && a.sv.pos) { // intermediate states: the window after pos steps (old history)
+        for (int64_t j = 0; j < a.sv.n; j++) {
+            const int64_t sv = a.sv.slot_at(b, j), pos = a.sv.pos_at(b, j);
             if (sv < 0 || sv >= a.nslots || sv == slot || pos < 1 || pos > n) continue; // broken entries: skipped
             T *dst = (T *)a.state + sv * a.ss0 + c * a.ss1;
             for (int64_t k = 0; k < a.slen; k++) {
@@ -238,25 +237,19 @@ ssmtp_status_t launch_decode_fixed(const ConvArgs &a, unsigned grid, bool pdl, c
     const bool aligned = a.ss2 == 1 && ((uintptr_t)a.state % (VB ? VB : 1)) == 0 &&
                          (a.ss0 * (int64_t)sizeof(T)) % (VB ? VB : 1) == 0 &&
                          (a.ss1 * (int64_t)sizeof(T)) % (VB ? VB : 1) == 0;
-    const cudaError_t e = ssmtp_launch(VB > 0 && aligned ? conv1d_decode_fixed_kernel<T, W, S, VB>
-                                                         : conv1d_decode_fixed_kernel<T, W, S, 0>,
-                                       grid, DECODE_THREADS, 0, s, pdl, a);
-    SSMTP_CUDA_CHECK_LAUNCH(OP); // first: also clears the error of a failed launch
-    SSMTP_CUDA_TRY(e);
-    return SSMTP_OK;
+    return ssmtp_launch(OP, VB > 0 && aligned ? conv1d_decode_fixed_kernel<T, W, S, VB>
+                                              : conv1d_decode_fixed_kernel<T, W, S, 0>,
+                        grid, DECODE_THREADS, 0, s, pdl, a);
 }
 
 template <typename T, int W> ssmtp_status_t launch(const ConvArgs &a, int64_t nchunks, bool pdl, cudaStream_t s) {
-    if (a.len == 1 && !a.save_pos) {
+    if (a.len == 1 && !a.sv.pos) {
         const int64_t nthreads = a.batch * a.dim;
         const int64_t grid = (nthreads + DECODE_THREADS - 1) / DECODE_THREADS;
         if (grid > 0x7fffffff) return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": batch*dim=%lld too large", (long long)nthreads);
         if (a.state && a.slen == W) return launch_decode_fixed<T, W, W>(a, (unsigned)grid, pdl, s);
         if (a.state && a.slen == W - 1) return launch_decode_fixed<T, W, W - 1>(a, (unsigned)grid, pdl, s);
-        const cudaError_t e = ssmtp_launch(conv1d_decode_kernel<T, W>, (unsigned)grid, DECODE_THREADS, 0, s, pdl, a);
-        SSMTP_CUDA_CHECK_LAUNCH(OP); // first: also clears the error of a failed launch
-        SSMTP_CUDA_TRY(e);
-        return SSMTP_OK;
+        return ssmtp_launch(OP, conv1d_decode_kernel<T, W>, (unsigned)grid, DECODE_THREADS, 0, s, pdl, a);
     } else {
         const dim3 grid((unsigned)((a.dim + PREFILL_THREADS - 1) / PREFILL_THREADS), (unsigned)nchunks,
                         (unsigned)a.batch);
@@ -295,13 +288,7 @@ extern "C" ssmtp_status_t ssmtp_cuda_conv1d_fwd(const ssmtp_conv1d_params_t *p, 
     if (a.seq_lens) a.slens = p->seq_lens.stride[0];
     a.silu = p->silu;
     a.load_state = p->load_state;
-    if (p->save_pos.data) {
-        a.save_pos = (const int32_t *)p->save_pos.data;
-        a.save_idx = (const int32_t *)p->save_idx.data;
-        a.nsave = p->save_pos.shape[1];
-        a.ssp0 = p->save_pos.stride[0]; a.ssp1 = p->save_pos.stride[1];
-        a.ssi0 = p->save_idx.stride[0]; a.ssi1 = p->save_idx.stride[1];
-    }
+    a.sv = ssm_save_args(p->save_pos, p->save_idx);
     if (a.batch == 0 || a.dim == 0 || a.len == 0) return SSMTP_OK;
     if (a.batch > 65535) return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": batch=%lld > 65535", (long long)a.batch);
 

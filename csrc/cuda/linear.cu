@@ -18,6 +18,7 @@
 
 #include <nvtx3/nvToolsExt.h>
 
+#define OP "linear_small"
 #define LIN_THREADS 256
 #define LIN_WARPS (LIN_THREADS / 32)
 #define LIN_UNROLL 4
@@ -149,18 +150,21 @@ __global__ void __launch_bounds__(LIN_THREADS)
 }
 
 template <typename T, int M>
-static cudaError_t launch_m(const ssmtp_linear_params_t *p, int ks, bool pdl, cudaStream_t s) {
+static ssmtp_status_t launch_m(const ssmtp_linear_params_t *p, int ks, bool pdl, cudaStream_t s) {
     const int64_t N = p->weight.shape[0], K = p->x.shape[1];
     const unsigned grid = (unsigned)((N + LIN_WARPS / ks - 1) / (LIN_WARPS / ks));
     const T *x = (const T *)p->x.data, *w = (const T *)p->weight.data;
     const T *b = p->bias.data ? (const T *)p->bias.data : nullptr;
     T *o = (T *)p->out.data;
     const int64_t sx = p->x.stride[0], so = p->out.stride[0];
+    auto go = [&](auto kernel) {
+        return ssmtp_launch(OP, kernel, grid, LIN_THREADS, 0, s, pdl, x, sx, w, b, o, so, N, K);
+    };
     switch (ks) {
-    case 1: return ssmtp_launch(linear_small_kernel<T, M, 1>, grid, LIN_THREADS, 0, s, pdl, x, sx, w, b, o, so, N, K);
-    case 2: return ssmtp_launch(linear_small_kernel<T, M, 2>, grid, LIN_THREADS, 0, s, pdl, x, sx, w, b, o, so, N, K);
-    case 4: return ssmtp_launch(linear_small_kernel<T, M, 4>, grid, LIN_THREADS, 0, s, pdl, x, sx, w, b, o, so, N, K);
-    default: return ssmtp_launch(linear_small_kernel<T, M, 8>, grid, LIN_THREADS, 0, s, pdl, x, sx, w, b, o, so, N, K);
+    case 1: return go(linear_small_kernel<T, M, 1>);
+    case 2: return go(linear_small_kernel<T, M, 2>);
+    case 4: return go(linear_small_kernel<T, M, 4>);
+    default: return go(linear_small_kernel<T, M, 8>);
     }
 }
 
@@ -175,7 +179,7 @@ static int pick_ks(int64_t N, int64_t npk, int sms) {
 } // namespace
 
 extern "C" ssmtp_status_t ssmtp_cuda_linear_small(const ssmtp_linear_params_t *p, void *stream) {
-    const char *op = "linear_small";
+    const char *op = OP;
     const int64_t M = p->x.shape[0], K = p->x.shape[1], N = p->weight.shape[0];
     if (M < 1 || M > SSMTP_LINEAR_SMALL_MAX_M)
         return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, "%s: M=%lld rows of x on CUDA, supported 1..%d", op, (long long)M,
@@ -187,17 +191,13 @@ extern "C" ssmtp_status_t ssmtp_cuda_linear_small(const ssmtp_linear_params_t *p
                           "of x and weight on CUDA", op, (long long)K, (long long)(K * es), (long long)p->x.stride[0]);
     if (N == 0) return SSMTP_OK;
     SSMTP_TRY(ssmtp_cuda_set_device(p->x.device));
-    static int sms_of[64]; // multiprocessors per device, asked once (a benign race: every writer stores the same)
     const int dev = p->x.device;
-    int sms = dev < 64 ? sms_of[dev] : 0;
-    if (sms == 0) {
-        SSMTP_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-        if (dev < 64) sms_of[dev] = sms;
-    }
+    int sms = 132;
+    SSMTP_TRY(ssm_sm_count(dev, &sms));
     const int ks = pick_ks(N, K * es / 16, sms);
     cudaStream_t s = (cudaStream_t)stream;
     const bool pdl = ssmtp_pdl_enabled(dev);
-    cudaError_t err = cudaSuccess;
+    ssmtp_status_t err = SSMTP_OK;
     nvtxRangePushA("ssmtp::linear_small");
     SSMTP_DISPATCH_FLOAT(p->x.dtype, T, op, {
         switch (M) {
@@ -212,7 +212,5 @@ extern "C" ssmtp_status_t ssmtp_cuda_linear_small(const ssmtp_linear_params_t *p
         }
     });
     nvtxRangePop();
-    SSMTP_CUDA_CHECK_LAUNCH(op); // first: also clears the error of a failed launch
-    SSMTP_CUDA_TRY(err);
-    return SSMTP_OK;
+    return err;
 }

@@ -78,16 +78,15 @@ struct ScanArgs {
     int nchunks;   // K
     int cb_per_group;
     int D_dtype, bias_dtype, softplus, load_state;
-    const int32_t *save_pos, *save_idx; // optional intermediate states (nsave per sequence), see ssmtp.h
-    int64_t nsave, ssp0, ssp1, ssi0, ssi1;
+    SaveArgs sv; // optional intermediate states, see ssmtp.h
 };
 
 // The first save of sequence b at or after entry j whose position is > after (and whose slot is a valid other row):
 // *pos = its position (-1 when none), *slot = its slot; returns its entry index.
 __device__ __forceinline__ int64_t next_save(const ScanArgs &a, int64_t b, int64_t j, int64_t after, int64_t own,
                                              int64_t *pos, int64_t *slot) {
-    for (; j < a.nsave; j++) {
-        const int64_t sv = a.save_idx[b * a.ssi0 + j * a.ssi1], p = a.save_pos[b * a.ssp0 + j * a.ssp1];
+    for (; j < a.sv.n; j++) {
+        const int64_t sv = a.sv.slot_at(b, j), p = a.sv.pos_at(b, j);
         if (sv >= 0 && sv < a.nslots && sv != own && p > after) {
             *pos = p;
             *slot = sv;
@@ -217,7 +216,7 @@ __global__ void __launch_bounds__(THREADS, NS > 16 ? 3 : (TPC == 1 ? 5 : 4)) sca
     float sum_delta = 0.f;
     // intermediate-state saves falling in this chunk's steps (FINAL pass only; positions count steps, 1-based)
     int64_t sv_j = 0, sv_pos = -1, sv_slot = -1;
-    if (FINAL && a.save_pos) sv_j = next_save(a, b, 0, t_beg, slot, &sv_pos, &sv_slot);
+    if (FINAL && a.sv.pos) sv_j = next_save(a, b, 0, t_beg, slot, &sv_pos, &sv_slot);
 
     // One time step at tile row tt (absolute step t).
     auto step = [&](float xv, float dtv, float zv, int tt, int64_t t) {
@@ -922,13 +921,7 @@ extern "C" ssmtp_status_t ssmtp_cuda_scan_fwd(const ssmtp_scan_params_t *p, void
     if (a.seq_lens) a.slens = p->seq_lens.stride[0];
     a.softplus = p->dt_softplus;
     a.load_state = p->load_state;
-    if (p->save_pos.data) {
-        a.save_pos = (const int32_t *)p->save_pos.data;
-        a.save_idx = (const int32_t *)p->save_idx.data;
-        a.nsave = p->save_pos.shape[1];
-        a.ssp0 = p->save_pos.stride[0]; a.ssp1 = p->save_pos.stride[1];
-        a.ssi0 = p->save_idx.stride[0]; a.ssi1 = p->save_idx.stride[1];
-    }
+    a.sv = ssm_save_args(p->save_pos, p->save_idx);
     if (a.batch == 0 || a.dim == 0) return SSMTP_OK;
     // seqlen == 0 still launches: the final state is then the initial one (zeros when !load_state).
     cudaStream_t st = (cudaStream_t)stream;
@@ -943,7 +936,7 @@ extern "C" ssmtp_status_t ssmtp_cuda_scan_fwd(const ssmtp_scan_params_t *p, void
         else if (strcmp(kenv, "loop") != 0)
             return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": SSMTP_SCAN_KERNEL=%s (loop or chunked)", kenv);
     }
-    if (chunked && !a.save_pos) { // intermediate saves: the loop kernel only
+    if (chunked && !a.sv.pos) { // intermediate saves: the loop kernel only
         SSMTP_DISPATCH_FLOAT(p->x.dtype, T, OP, { return dispatch_chunked<T>(a, p->x.device, st); });
     } else {
         SSMTP_DISPATCH_FLOAT(p->x.dtype, T, OP, { return dispatch_n<T>(a, p->x.device, st); });

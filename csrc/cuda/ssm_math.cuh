@@ -81,15 +81,3 @@ __device__ __forceinline__ float ssm_load_param(const void *p, int dtype, int64_
     default: return __int_as_float(0x7fc00000);
     }
 }
-
-// SM count of a device, cached (host side; safe during graph capture).
-static inline ssmtp_status_t ssm_sm_count(int device, int *sms) {
-    static int cache[64];
-    if (device >= 0 && device < 64 && cache[device] > 0) {
-        *sms = cache[device];
-        return SSMTP_OK;
-    }
-    SSMTP_CUDA_TRY(cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, device));
-    if (device >= 0 && device < 64) cache[device] = *sms;
-    return SSMTP_OK;
-}

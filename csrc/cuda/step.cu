@@ -434,9 +434,7 @@ template <typename T, int TPC, int NV, bool SA> ssmtp_status_t launch_vec(const 
     constexpr int CPB = THREADS / TPC;
     constexpr int BPB = bpb_of<NV>();
     const dim3 grid((unsigned)((a.dim + CPB - 1) / CPB), (unsigned)((a.batch + BPB - 1) / BPB));
-    SSMTP_CUDA_TRY(ssmtp_launch(step_vec_kernel<T, TPC, NV, SA>, grid, dim3(THREADS), 0, s,
-                                ssmtp_pdl_enabled(a.device), a));
-    return SSMTP_OK;
+    return ssmtp_launch(OP, step_vec_kernel<T, TPC, NV, SA>, grid, dim3(THREADS), 0, s, ssmtp_pdl_enabled(a.device), a);
 }
 
 template <typename T, bool SA> ssmtp_status_t dispatch_vec(const StepArgs &a, cudaStream_t s) {

@@ -488,32 +488,29 @@ class LLM:
             self._accept(r, toks[0], logits)
         return True
 
-    def _next_boundary(self, r: _Request, inner: int = 0) -> int:
-        """End of r's next chunk: the prompt's end or the max_prefill_tokens limit, cut at the first save point past
-        the ``inner`` ones saved inside the chunk."""
+    def _next_chunk(self, r: _Request, inner: int = 0) -> tuple:
+        """r's next chunk: (its length, the save points inside it). It ends at the prompt's end or the
+        max_prefill_tokens limit, cut at the first save point past the ``inner`` ones saved inside the chunk."""
         end = min(r.length, r.progress + self.max_prefill_tokens)
         pts = sorted(p for p in r.save_points if r.progress < p < end)
-        return pts[inner] if len(pts) > inner else end
-
-    def _inner_points(self, r: _Request, seg: int) -> list:
-        return sorted(p for p in r.save_points if r.progress < p < r.progress + seg)
+        stop = pts[inner] if len(pts) > inner else end
+        return stop - r.progress, pts[:inner]
 
     def _prefill_step(self, pre: list) -> None:
-        sel, segs, lmax = [], [], 0
+        sel, segs, inner, lmax = [], [], [], 0
         spare = min(self.inner_saves, self.pool.num_free)  # slots for in-pass saves this step
         for r in pre:
-            seg = self._next_boundary(r, spare) - r.progress
+            seg, pts = self._next_chunk(r, spare)
             if sel and (len(sel) + 1) * max(lmax, seg) > self.max_prefill_tokens:
                 continue
             sel.append(r)
             segs.append(seg)
+            # in-pass saves: (position in the chunk, spare slot (allocated below), key)
+            inner.append([(p - r.progress, None, r.save_points[p]) for p in pts])
             lmax = max(lmax, seg)
-            spare -= len(self._inner_points(r, seg))
+            spare -= len(pts)
         B = len(sel)
         ends = [i for i, (r, s) in enumerate(zip(sel, segs)) if r.progress + s == r.length]
-        # in-pass saves: per row, (position in the chunk, spare slot, key)
-        inner = [[(p - r.progress, None, r.save_points[p]) for p in self._inner_points(r, s)]
-                 for r, s in zip(sel, segs)]
         tmp = self.pool.allocate(sum(map(len, inner)), zero=False) if any(inner) else []
         it = iter(tmp)
         inner = [[(q, next(it), key) for q, _, key in row] for row in inner]
