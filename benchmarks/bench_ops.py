@@ -441,6 +441,87 @@ def bench_linear(flt=""):
     return out
 
 
+def bench_decode_fused(flt=""):
+    """The fused Mamba-1 decode kernels vs the unfused ops the engine otherwise runs, per layer, mamba-2.8b shapes at
+    TP=1 and TP=2 (per-rank d_inner), M = 1, 2, 4 rows, inside a CUDA graph rotating over weight sets (>= 3 x L2):
+      in:   ops.mamba_decode_in vs residual add + RMSNorm (torch.compile'd, as the engine) + in_proj (ops.linear:
+            cuBLAS at these shapes) + the conv step;
+      step: the state update with dt_proj fused vs ops.linear(dt, dt_proj) + the state update.
+    Validated against each other first (the unfused result as reference, bf16: a few roundings). Floor: weight bytes /
+    4.26 TB/s (in_proj, resp. dt_proj + the state read and written)."""
+    from ssmtp.engine.runner import _Fused, add_block_norm
+
+    norm = _Fused(add_block_norm, True)
+    out = []
+    for tp in (1, 2):
+        d, N, W, _, R = MODELS["mamba-2.8b"]
+        H, dl = 2560, d // tp
+        for M in (1, 2, 4):
+            label = f"mamba-2.8b tp{tp} decode layer M={M}"
+            if not matches(flt, label):
+                continue
+            g = torch.Generator(device="cuda").manual_seed(M + 10 * tp)
+            rnd = lambda *sh, sc=1.0: (torch.randn(*sh, device="cuda", generator=g) * sc).to(DTYPE)  # noqa: E731
+            wbytes = 2 * dl * H * ESZ
+            nsets = int(max(1, min(64, math.ceil(3 * L2_BYTES / wbytes))))
+            sets = [dict(w=rnd(2 * dl, H, sc=H ** -0.5), nw=rnd(H, sc=0.1) + 1, cw=rnd(dl, W, sc=0.5), cb=rnd(dl),
+                         cs=rnd(M, dl, W), dtw=rnd(dl, R, sc=R ** -0.5), st=torch.randn(M, dl, N, device="cuda"))
+                    for _ in range(nsets)]
+            res = torch.randn(M, H, device="cuda", generator=g)
+            add = rnd(M, H)
+            A = -torch.rand(dl, N, device="cuda", generator=g) - 0.1
+            Dp, bias = torch.randn(dl, device="cuda", generator=g), torch.randn(dl, device="cuda", generator=g) * 0.1
+            x, z, dtr = rnd(M, dl), rnd(M, dl), rnd(M, R, sc=0.3)
+            Bm, Cm = rnd(M, 1, N), rnd(M, 1, N)
+
+            def fused_in(i):
+                t = sets[i % nsets]
+                return ops.mamba_decode_in(res, add, t["nw"], t["w"], None, t["cw"], t["cb"], t["cs"], None, 1e-5,
+                                           True)
+
+            def plain_in(i):
+                t = sets[i % nsets]
+                r, h = norm(res, add, t["nw"], 1e-5, DTYPE, True)
+                xz = ops.linear(h, t["w"])
+                xc = ops.causal_conv1d(xz[:, :dl, None], t["cw"], t["cb"], t["cs"], None, None, True, True)
+                return r, xc[..., 0], xz[:, dl:]
+
+            def fused_step(i):
+                t = sets[i % nsets]
+                return ops.selective_state_update(x, dtr, A, Bm, Cm, Dp, z, bias, t["st"], None, True, t["dtw"])
+
+            def plain_step(i):
+                t = sets[i % nsets]
+                dt = ops.linear(dtr, t["dtw"])
+                return ops.selective_state_update(x, dt, A, Bm, Cm, Dp, z, bias, t["st"], None, True)
+
+            # validation on copies of set 0's states (the timed calls update them in place)
+            cs0, st0 = sets[0]["cs"].clone(), sets[0]["st"].clone()
+            a = [v.float() for v in fused_in(0)]
+            sets[0]["cs"].copy_(cs0)
+            b = [v.float() for v in plain_in(0)]
+            ok = all(bool(((u - v).abs() <= 2 ** -5 * v.abs() + 2e-2).all()) for u, v in zip(a, b))
+            sa = fused_step(0).float()
+            sets[0]["st"].copy_(st0)
+            sb = plain_step(0).float()
+            ok = ok and bool(((sa - sb).abs() <= 2 ** -5 * sb.abs() + 2e-2).all())
+            row = dict(label=label, tp=tp, M=M, H=H, d_local=dl, valid=ok,
+                       in_floor_us=wbytes / HBM_BPS * 1e6,
+                       step_floor_us=(dl * R * ESZ + 2 * M * dl * N * 4) / HBM_BPS * 1e6)
+            calls = max(nsets, 64)
+            row["in_fused_us"] = graph_time(fused_in, nsets, calls, replays=7) * 1e6
+            row["in_unfused_us"] = graph_time(plain_in, nsets, calls, replays=7) * 1e6
+            row["step_fused_us"] = graph_time(fused_step, nsets, calls, replays=7) * 1e6
+            row["step_unfused_us"] = graph_time(plain_step, nsets, calls, replays=7) * 1e6
+            out.append(row)
+            print(f"{label:<40} in: fused {row['in_fused_us']:6.1f} us, unfused {row['in_unfused_us']:6.1f} "
+                  f"(floor {row['in_floor_us']:5.1f});  step: fused {row['step_fused_us']:5.1f}, unfused "
+                  f"{row['step_unfused_us']:5.1f} {'ok' if ok else 'INVALID'}", flush=True)
+            sets = None
+            torch.cuda.empty_cache()
+    return out
+
+
 def git_commit():
     if os.environ.get("SSMTP_GIT_COMMIT"):  # set by whoever copies the tree to a machine without .git
         return os.environ["SSMTP_GIT_COMMIT"]
@@ -514,12 +595,14 @@ def main():
         torch.cuda.empty_cache()
     sweeps = [] if args.no_sweep else chunk_sweep(args.filter)
     linear_rows = bench_linear(args.filter)
+    fused_rows = bench_decode_fused(args.filter)
     meta = dict(git_commit=git_commit(), date=datetime.datetime.now(datetime.timezone.utc).isoformat(),
                 device=dev_name, torch=torch.__version__, build=ops.build_info(), hbm_Bps=HBM_BPS,
                 clock_hz_assumed=CLOCK_HZ, dtype=str(DTYPE), seconds=time.time() - t_start)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     with open(out_path, "w") as f:
-        json.dump(dict(meta=meta, cases=rows, scan_chunk_sweep=sweeps, linear=linear_rows), f, indent=1)
+        json.dump(dict(meta=meta, cases=rows, scan_chunk_sweep=sweeps, linear=linear_rows, decode_fused=fused_rows),
+                  f, indent=1)
     try:
         import matplotlib
         matplotlib.use("Agg")

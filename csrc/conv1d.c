@@ -43,6 +43,21 @@ static ssmtp_status_t conv1d_check(const ssmtp_conv1d_params_t *p, int32_t *devi
     return SSMTP_OK;
 }
 
+/* Shared with the fused decode input (decode.c); see internal.h. */
+void ssmtp_conv_channel_load(const ssmtp_tensor_t *weight, const ssmtp_tensor_t *bias, const ssmtp_tensor_t *state,
+                             int64_t c, int64_t so, int load_state, float w[4], float h[3], float *b) {
+    const int64_t width = weight->shape[1];
+    for (int64_t k = 0; k < width; k++)
+        w[k] = ssmtp_load(weight->data, weight->dtype, c * weight->stride[0] + k * weight->stride[1]);
+    *b = ssmtp_present(bias) ? ssmtp_load(bias->data, bias->dtype, c * bias->stride[0]) : 0.0f;
+    for (int64_t k = 0; k < 3; k++) h[k] = 0.0f;
+    if (load_state) {
+        const int64_t slen = state->shape[2];
+        for (int64_t k = 0; k < width - 1; k++)
+            h[k] = ssmtp_load(state->data, state->dtype, so + (slen - (width - 1) + k) * state->stride[2]);
+    }
+}
+
 /* Indices (slot, valid length) are read on the host in the CPU path only; the CUDA path reads them on the device. */
 static ssmtp_status_t conv1d_cpu(const ssmtp_conv1d_params_t *p) {
     const int64_t batch = p->x.shape[0], dim = p->x.shape[1], len = p->x.shape[2], width = p->weight.shape[1];
@@ -77,13 +92,8 @@ static ssmtp_status_t conv1d_cpu(const ssmtp_conv1d_params_t *p) {
                 continue;
             }
             const int64_t so = ssmtp_present(&p->state) ? slot * p->state.stride[0] + c * p->state.stride[1] : 0;
-            float w[4], h[3] = {0, 0, 0}; /* h: the width-1 inputs before t, oldest first */
-            for (int64_t k = 0; k < width; k++)
-                w[k] = ssmtp_load(p->weight.data, dt, c * p->weight.stride[0] + k * p->weight.stride[1]);
-            const float bias = ssmtp_present(&p->bias) ? ssmtp_load(p->bias.data, dt, c * p->bias.stride[0]) : 0.0f;
-            if (p->load_state)
-                for (int64_t k = 0; k < width - 1; k++)
-                    h[k] = ssmtp_load(p->state.data, dt, so + (slen - (width - 1) + k) * p->state.stride[2]);
+            float w[4], h[3], bias; /* h: the width-1 inputs before t, oldest first */
+            ssmtp_conv_channel_load(&p->weight, &p->bias, &p->state, c, so, p->load_state, w, h, &bias);
             /* Final state: last slen columns of [old history (slen cols, or zeros); x[0:n]]. Computed before out
              * is written, because out may alias x. */
             float newstate[256]; /* slen <= 256, checked above */
@@ -116,9 +126,7 @@ static ssmtp_status_t conv1d_cpu(const ssmtp_conv1d_params_t *p) {
                     continue;
                 }
                 const float xt = ssmtp_load(p->x.data, dt, xo + t * p->x.stride[2]);
-                float acc = bias;
-                for (int64_t k = 0; k < width - 1; k++) acc += w[k] * h[k];
-                acc += w[width - 1] * xt;
+                const float acc = ssmtp_conv_tap_sum(w, h, width, bias, xt);
                 for (int64_t k = 0; k + 1 < width - 1; k++) h[k] = h[k + 1];
                 h[width - 2] = xt;
                 ssmtp_store(p->out.data, dt, oo + t * p->out.stride[2], p->silu ? ssmtp_silu(acc) : acc);

@@ -95,8 +95,31 @@ static inline void ssmtp_store(void *base, int32_t dtype, int64_t i, float v) {
     default: break;
     }
 }
+/* v rounded to the given float dtype and back (what a store and a load through that dtype give). */
+static inline float ssmtp_round(float v, int32_t dtype) {
+    switch (dtype) {
+    case SSMTP_DTYPE_BF16: return ssmtp_bf16_to_f32(ssmtp_f32_to_bf16(v));
+    case SSMTP_DTYPE_F16: return ssmtp_f16_to_f32(ssmtp_f32_to_f16(v));
+    default: return v;
+    }
+}
 static inline float ssmtp_silu(float v) { return v / (1.0f + expf(-v)); }
 static inline float ssmtp_softplus(float v) { return v > 20.0f ? v : log1pf(expf(v)); }
+
+/*
+ * One channel of the causal depthwise conv (csrc/conv1d.c), shared with the fused decode input (csrc/decode.c) so
+ * that both compute the same bits. ssmtp_conv_channel_load reads channel c's width taps (weight (dim, width)), its
+ * bias (0 when absent) and its history h: the last width-1 columns of the state row at element offset so when
+ * load_state (zeros otherwise), oldest first. ssmtp_conv_tap_sum is one output position before the activation:
+ * bias + sum_k w[k] h[k] + w[width-1] x, accumulated in fp32 in that order.
+ */
+void ssmtp_conv_channel_load(const ssmtp_tensor_t *weight, const ssmtp_tensor_t *bias, const ssmtp_tensor_t *state,
+                             int64_t c, int64_t so, int load_state, float w[4], float h[3], float *b);
+static inline float ssmtp_conv_tap_sum(const float *w, const float *h, int64_t width, float bias, float x) {
+    float acc = bias;
+    for (int64_t k = 0; k < width - 1; k++) acc += w[k] * h[k];
+    return acc + w[width - 1] * x;
+}
 
 /* CUDA launchers (csrc/cuda/ (one .cu file per op)). Arguments are validated by the C entry point before these are called. */
 #ifdef SSMTP_WITH_CUDA
@@ -106,6 +129,7 @@ ssmtp_status_t ssmtp_cuda_step_fwd(const ssmtp_step_params_t *p, void *stream);
 ssmtp_status_t ssmtp_cuda_quantize(const ssmtp_quant_params_t *p, void *stream);
 ssmtp_status_t ssmtp_cuda_dequantize(const ssmtp_quant_params_t *p, void *stream);
 ssmtp_status_t ssmtp_cuda_linear_small(const ssmtp_linear_params_t *p, void *stream);
+ssmtp_status_t ssmtp_cuda_mamba_decode_in(const ssmtp_decode_in_params_t *p, void *stream);
 ssmtp_status_t ssmtp_cuda_decode_attention(const ssmtp_attn_params_t *p, void *stream);
 /* Custom all-reduce (csrc/cuda/allreduce.cu); csrc/allreduce.c validates arguments first. */
 ssmtp_status_t ssmtp_cuda_ar_init(ssmtp_ar_t **out, const ssmtp_ar_config_t *cfg);

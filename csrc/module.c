@@ -125,15 +125,15 @@ static PyObject *py_scan_fwd(PyObject *self, PyObject *args) {
 
 static PyObject *py_step_fwd(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *o[11];
+    PyObject *o[12];
     int softplus = 0;
     unsigned long long stream = 0;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOiK", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8],
-                          &o[9], &o[10], &softplus, &stream))
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOiK", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8],
+                          &o[9], &o[10], &o[11], &softplus, &stream))
         return NULL;
     ssmtp_step_params_t p;
     ssmtp_tensor_t *const t[] = STEP_TENSORS(p);
-    if (!parse_tensors(o, t, STEP_NAMES, 11)) return NULL;
+    if (!parse_tensors(o, t, STEP_NAMES, 11) || !parse_tensor(o[11], &p.dt_proj, "dt_proj")) return NULL;
     p.dt_softplus = softplus;
     CALL_C(ssmtp_step_fwd(&p, (void *)(uintptr_t)stream));
     Py_RETURN_NONE;
@@ -204,6 +204,24 @@ static PyObject *py_linear_small(PyObject *self, PyObject *args) {
     static const char *const names[] = {"x", "weight", "bias", "out"};
     if (!parse_tensors(o, t, names, 4)) return NULL;
     CALL_C(ssmtp_linear_small(&p, (void *)(uintptr_t)stream));
+    Py_RETURN_NONE;
+}
+static PyObject *py_mamba_decode_in(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *o[12];
+    double eps = 0.0;
+    unsigned long long stream = 0;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOdK", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8],
+                          &o[9], &o[10], &o[11], &eps, &stream))
+        return NULL;
+    ssmtp_decode_in_params_t p;
+    ssmtp_tensor_t *const t[] = {&p.res,    &p.add,    &p.res_out,    &p.norm_w,    &p.weight, &p.bias,
+                                 &p.conv_w, &p.conv_b, &p.conv_state, &p.state_idx, &p.xc,     &p.z};
+    static const char *const names[] = {"res",    "add",    "res_out",    "norm_w",    "weight", "bias",
+                                        "conv_w", "conv_b", "conv_state", "state_idx", "xc",     "z"};
+    if (!parse_tensors(o, t, names, 12)) return NULL;
+    p.eps = (float)eps;
+    CALL_C(ssmtp_mamba_decode_in(&p, (void *)(uintptr_t)stream));
     Py_RETURN_NONE;
 }
 static PyObject *py_decode_attention(PyObject *self, PyObject *args) {
@@ -417,7 +435,7 @@ static PyMethodDef methods[] = {
      "scan_fwd(x, dt, A, B, C, D, z, dt_bias, state, state_idx, seq_lens, out, save_pos, save_idx, dt_softplus, "
      "load_state, stream)"},
     {"step_fwd", py_step_fwd, METH_VARARGS,
-     "step_fwd(x, dt, A, B, C, D, z, dt_bias, state, state_idx, out, dt_softplus, stream)"},
+     "step_fwd(x, dt, A, B, C, D, z, dt_bias, state, state_idx, out, dt_proj, dt_softplus, stream)"},
     {"ssd_fwd", py_ssd_fwd, METH_VARARGS,
      "ssd_fwd(x, dt, A, B, C, D, z, dt_bias, state, state_idx, seq_lens, out, dt_softplus, load_state, chunk_size, "
      "dt_min, dt_max, stream)"},
@@ -426,6 +444,9 @@ static PyMethodDef methods[] = {
     {"quantize", py_quantize, METH_VARARGS, "quantize(x, q, scales, block, stream)"},
     {"dequantize", py_dequantize, METH_VARARGS, "dequantize(x, q, scales, block, stream)"},
     {"linear_small", py_linear_small, METH_VARARGS, "linear_small(x, weight, bias, out, stream)"},
+    {"mamba_decode_in", py_mamba_decode_in, METH_VARARGS,
+     "mamba_decode_in(res, add, res_out, norm_w, weight, bias, conv_w, conv_b, conv_state, state_idx, xc, z, eps, "
+     "stream): residual add + RMSNorm + in_proj + conv decode step, fused"},
     {"decode_attention", py_decode_attention, METH_VARARGS,
      "decode_attention(q, k, v, state_idx, lengths, out, scale, stream)"},
     {"cuda_built", py_cuda_built, METH_NOARGS, "True when the CUDA kernels were compiled in"},

@@ -4,19 +4,25 @@
  */
 #include "internal.h"
 
-/* Shared shape checks of the scan and the step. seq = 1 for the step (its tensors have no time axis). */
+/* Shared shape checks of the scan and the step. seq = 1 for the step (its tensors have no time axis). dt_proj: the
+ * step's optional fused projection (NULL for the scan); when present dt is (batch, R), R = dt_proj.shape[1]. */
 static ssmtp_status_t check_common(const char *op, const ssmtp_tensor_t *x, const ssmtp_tensor_t *dt,
                                    const ssmtp_tensor_t *A, const ssmtp_tensor_t *B, const ssmtp_tensor_t *C,
                                    const ssmtp_tensor_t *D, const ssmtp_tensor_t *z, const ssmtp_tensor_t *dt_bias,
                                    const ssmtp_tensor_t *state, const ssmtp_tensor_t *state_idx,
-                                   const ssmtp_tensor_t *out, int has_time) {
+                                   const ssmtp_tensor_t *out, const ssmtp_tensor_t *dt_proj, int has_time) {
     const int nd = has_time ? 3 : 2;
     SSMTP_TRY(ssmtp_check_tensor(op, "x", x, 0, nd, -1, NULL));
     SSMTP_TRY(ssmtp_check_float_dtype(op, "x", x));
     const int64_t batch = x->shape[0], dim = x->shape[1], len = has_time ? x->shape[2] : 1;
     const int32_t ty = x->dtype;
     const int64_t xs[3] = {batch, dim, len};
-    SSMTP_TRY(ssmtp_check_tensor(op, "dt", dt, 0, nd, ty, xs));
+    if (dt_proj && ssmtp_present(dt_proj)) {
+        SSMTP_TRY(ssmtp_check_tensor(op, "dt_proj", dt_proj, 0, 2, ty, (int64_t[]){dim, -1}));
+        SSMTP_TRY(ssmtp_check_tensor(op, "dt", dt, 0, 2, ty, (int64_t[]){batch, dt_proj->shape[1]}));
+    } else {
+        SSMTP_TRY(ssmtp_check_tensor(op, "dt", dt, 0, nd, ty, xs));
+    }
     SSMTP_TRY(ssmtp_check_tensor(op, "A", A, 0, 2, SSMTP_DTYPE_F32, (int64_t[]){dim, -1}));
     const int64_t dstate = A->shape[1];
     if (dstate < 1 || dstate > SSMTP_MAX_DSTATE)
@@ -154,7 +160,7 @@ static ssmtp_status_t scan_cpu(const ssmtp_scan_params_t *p) {
 ssmtp_status_t ssmtp_scan_fwd(const ssmtp_scan_params_t *p, void *stream) {
     if (!p) return ssmtp_fail(SSMTP_ERR_INVALID, SCAN ": params is NULL");
     SSMTP_TRY(check_common(SCAN, &p->x, &p->dt, &p->A, &p->B, &p->C, &p->D, &p->z, &p->dt_bias, &p->state,
-                           &p->state_idx, &p->out, 1));
+                           &p->state_idx, &p->out, NULL, 1));
     SSMTP_TRY(ssmtp_check_tensor(SCAN, "seq_lens", &p->seq_lens, 1, 1, SSMTP_DTYPE_I32, (int64_t[]){p->x.shape[0]}));
     SSMTP_TRY(ssmtp_check_saves(SCAN, &p->save_pos, &p->save_idx, &p->state, p->x.shape[0]));
     if (p->load_state && !ssmtp_present(&p->state))
@@ -179,6 +185,15 @@ ssmtp_status_t ssmtp_scan_fwd(const ssmtp_scan_params_t *p, void *stream) {
 
 #define STEP "step_fwd"
 
+/* The CUDA step reads a row of dt_proj as consecutive elements (16-byte packs when R * element size, the row stride
+ * and the pointers allow, else one element at a time); dt may have any strides. */
+static ssmtp_status_t step_dt_proj_cuda_layout(const ssmtp_tensor_t *dt_proj) {
+    if (dt_proj->shape[1] > 1 && dt_proj->stride[1] != 1)
+        return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, STEP ": dt_proj rows must be contiguous on CUDA (strides %lld, %lld)",
+                          (long long)dt_proj->stride[0], (long long)dt_proj->stride[1]);
+    return SSMTP_OK;
+}
+
 static ssmtp_status_t step_cpu(const ssmtp_step_params_t *p) {
     const int64_t batch = p->x.shape[0], dim = p->x.shape[1], N = p->A.shape[1];
     const int64_t per_group = dim / p->B.shape[1];
@@ -200,7 +215,16 @@ static ssmtp_status_t step_cpu(const ssmtp_step_params_t *p) {
             const int64_t g = c / per_group;
             float *st = (float *)p->state.data + slot * p->state.stride[0] + c * p->state.stride[1];
             const float xt = ssmtp_load(p->x.data, ty, b * p->x.stride[0] + c * p->x.stride[1]);
-            float delta = ssmtp_load(p->dt.data, ty, b * p->dt.stride[0] + c * p->dt.stride[1]);
+            float delta;
+            if (ssmtp_present(&p->dt_proj)) { /* rounded to the dtype of x, as a separate dt_proj product would be */
+                float acc = 0.0f;
+                for (int64_t r = 0; r < p->dt_proj.shape[1]; r++)
+                    acc += ssmtp_load(p->dt_proj.data, ty, c * p->dt_proj.stride[0] + r * p->dt_proj.stride[1]) *
+                           ssmtp_load(p->dt.data, ty, b * p->dt.stride[0] + r * p->dt.stride[1]);
+                delta = ssmtp_round(acc, ty);
+            } else {
+                delta = ssmtp_load(p->dt.data, ty, b * p->dt.stride[0] + c * p->dt.stride[1]);
+            }
             if (ssmtp_present(&p->dt_bias)) delta += ssmtp_load(p->dt_bias.data, p->dt_bias.dtype, c * p->dt_bias.stride[0]);
             if (p->dt_softplus) delta = ssmtp_softplus(delta);
             float y = 0.0f;
@@ -224,13 +248,14 @@ static ssmtp_status_t step_cpu(const ssmtp_step_params_t *p) {
 ssmtp_status_t ssmtp_step_fwd(const ssmtp_step_params_t *p, void *stream) {
     if (!p) return ssmtp_fail(SSMTP_ERR_INVALID, STEP ": params is NULL");
     SSMTP_TRY(check_common(STEP, &p->x, &p->dt, &p->A, &p->B, &p->C, &p->D, &p->z, &p->dt_bias, &p->state,
-                           &p->state_idx, &p->out, 0));
-    const ssmtp_tensor_t *ts[] = {&p->x, &p->dt, &p->A, &p->B, &p->C, &p->D,
-                                  &p->z, &p->dt_bias, &p->state, &p->state_idx, &p->out};
-    const char *names[] = {"x", "dt", "A", "B", "C", "D", "z", "dt_bias", "state", "state_idx", "out"};
+                           &p->state_idx, &p->out, &p->dt_proj, 0));
+    const ssmtp_tensor_t *ts[] = {&p->x, &p->dt,      &p->A,     &p->B,         &p->C,   &p->D,
+                                  &p->z, &p->dt_bias, &p->state, &p->state_idx, &p->out, &p->dt_proj};
+    const char *names[] = {"x", "dt", "A", "B", "C", "D", "z", "dt_bias", "state", "state_idx", "out", "dt_proj"};
     int32_t device;
-    SSMTP_TRY(device_of(STEP, ts, names, 11, &device));
+    SSMTP_TRY(device_of(STEP, ts, names, 12, &device));
     if (device == SSMTP_DEVICE_CPU) return step_cpu(p);
+    if (ssmtp_present(&p->dt_proj)) SSMTP_TRY(step_dt_proj_cuda_layout(&p->dt_proj));
 #ifdef SSMTP_WITH_CUDA
     return ssmtp_cuda_step_fwd(p, stream);
 #else

@@ -125,9 +125,14 @@ ssmtp_status_t ssmtp_scan_fwd(const ssmtp_scan_params_t *p, void *stream);
  *   x, dt, z (batch, dim); B, C (batch, ngroups, dstate); A (dim, dstate) f32; D, dt_bias (dim,);
  *   state (nslots, dim, dstate) f32; state_idx (batch,) int32 optional (-1 = padding: state untouched, out zero);
  *   out (batch, dim). Same math as one step of ssmtp_scan_fwd with load_state = 1.
+ * Optional fused dt_proj (decode at small batch: one kernel instead of a GEMV + the step):
+ *   dt_proj (dim, R) same dtype as x: then dt is (batch, R), the low-rank time step before dt_proj, and the raw time
+ *   step of channel c is dt_proj[c] . dt[b] (fp32 accumulation, rounded to the dtype of x as a separate product
+ *   would be), then + dt_bias and softplus as above. Any strides; on CUDA the fast path wants R * element size a
+ *   multiple of 16 bytes and 16-byte aligned, contiguous rows of dt and dt_proj (else a plain per-element loop).
  */
 typedef struct {
-    ssmtp_tensor_t x, dt, A, B, C, D, z, dt_bias, state, state_idx, out;
+    ssmtp_tensor_t x, dt, A, B, C, D, z, dt_bias, state, state_idx, out, dt_proj;
     int32_t dt_softplus;
 } ssmtp_step_params_t;
 ssmtp_status_t ssmtp_step_fwd(const ssmtp_step_params_t *p, void *stream);
@@ -149,6 +154,34 @@ typedef struct {
 } ssmtp_quant_params_t;
 ssmtp_status_t ssmtp_quantize(const ssmtp_quant_params_t *p, void *stream);
 ssmtp_status_t ssmtp_dequantize(const ssmtp_quant_params_t *p, void *stream);
+
+/*
+ * The input half of a Mamba-1 block's decode step, fused (one token per sequence, small batch): residual add,
+ * RMSNorm, in_proj, conv step + SiLU. The engine's decode runs per layer: this op, x_proj, the step with dt_proj
+ * fused, out_proj (the previous layer's out_proj output is this op's `add`).
+ *   res        (M, H) f32 or T (T = the dtype of weight: f32/f16/bf16): the residual stream entering the block
+ *   add        (M, H) T, optional: added to res (the previous block's mixer output)
+ *   res_out    (M, H) f32 or T: written with r = res + add (res when add is absent); no overlap with res or add
+ *   norm_w     (H,) T: the block's RMSNorm weight; eps: its epsilon
+ *   weight     (2 dl, H) T, contiguous: in_proj, rows [0, dl) give the conv input x, rows [dl, 2 dl) give z
+ *   bias       (2 dl,) T, optional
+ *   conv_w     (dl, W) T, 2 <= W <= 4; conv_b (dl,) T, optional
+ *   conv_state (nslots, dl, S) T, S >= W - 1: read and shifted in place (conv1d's decode: seqlen 1, load_state)
+ *   state_idx  (M,) int32, optional: slot of each row (else row m); -1 = padding: state untouched, xc row zero
+ *   xc         (M, dl) T: SiLU(conv) output;  z (M, dl) T: the gate
+ * Math per row (as HF's MambaBlock with the engine's fp32 residual): r = res + add in fp32, stored rounded to
+ * res_out's dtype; v = (T) r; s = 1 / sqrt(mean(v^2) + eps) in fp32; h = (T)(norm_w * (T)(v * s));
+ * xz = h weight^T + bias (fp32 accumulation, one rounding to T); xc = conv1d decode step of xz[:, :dl] with SiLU
+ * (ssmtp_conv1d_fwd), z = xz[:, dl:]. CPU: any M; CUDA: 1 <= M <= SSMTP_DECODE_IN_MAX_M, H * element size a
+ * multiple of 16 bytes, 16-byte aligned weight, S = W or W - 1, M x H x element size <= 160 KiB (else
+ * SSMTP_ERR_UNSUPPORTED: callers run the unfused ops).
+ */
+#define SSMTP_DECODE_IN_MAX_M 4
+typedef struct {
+    ssmtp_tensor_t res, add, res_out, norm_w, weight, bias, conv_w, conv_b, conv_state, state_idx, xc, z;
+    float eps;
+} ssmtp_decode_in_params_t;
+ssmtp_status_t ssmtp_mamba_decode_in(const ssmtp_decode_in_params_t *p, void *stream);
 
 /*
  * Small-batch linear layer, the decode step's GEMV: out = x W^T (+ bias), fp32 accumulation, one rounding.

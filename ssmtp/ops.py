@@ -5,7 +5,10 @@ Ops (semantics in csrc/ssmtp.h; pure-torch twins in ssmtp/ref.py):
   causal_conv1d(x, weight, bias, state, state_idx, seq_lens, silu, load_state) -> out          (mutates state)
   selective_scan(x, dt, A, B, C, D, z, dt_bias, state, state_idx, seq_lens, dt_softplus, load_state) -> out
                                                                                                (mutates state)
-  selective_state_update(x, dt, A, B, C, D, z, dt_bias, state, state_idx, dt_softplus) -> out  (mutates state)
+  selective_state_update(x, dt, A, B, C, D, z, dt_bias, state, state_idx, dt_softplus, dt_proj=None) -> out
+                                                                                               (mutates state)
+  mamba_decode_in(res, add, norm_w, weight, bias, conv_w, conv_b, conv_state, state_idx, eps, res_fp32)
+      -> (res_out, xc, z)   a Mamba-1 block's decode input, fused (mutates conv_state); CUDA for M <= 4
   quantize_blocks(x, block, qdtype) -> (q, scales);  dequantize_blocks(q, scales, block, dtype) -> x
   linear_small(x, weight, bias) -> out       x (M, K) W (N, K)^T (+ bias); CUDA for M <= 8 (the decode GEMV)
 and ``linear(x, weight, bias)``, which the models call: linear_small where it applies, else F.linear.
@@ -125,17 +128,19 @@ def _(x, dt, A, B, C, D, z, dt_bias, state, state_idx, seq_lens, dt_softplus, lo
 @torch.library.custom_op("ssmtp::selective_state_update", mutates_args=("state",))
 def selective_state_update(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                            D: Optional[torch.Tensor], z: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor],
-                           state: torch.Tensor, state_idx: Optional[torch.Tensor],
-                           dt_softplus: bool) -> torch.Tensor:
+                           state: torch.Tensor, state_idx: Optional[torch.Tensor], dt_softplus: bool,
+                           dt_proj: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """dt_proj (dim, R), optional: dt is then the (batch, R) low-rank time step and the op applies dt_proj itself
+    (the same bits as linear_small(dt, dt_proj) followed by the step)."""
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     _C.step_fwd(desc(x, "x"), desc(dt, "dt"), desc(A, "A"), desc(B, "B"), desc(C, "C"), desc(D, "D"), desc(z, "z"),
                 desc(dt_bias, "dt_bias"), desc(state, "state"), desc(state_idx, "state_idx"), desc(out, "out"),
-                int(dt_softplus), stream_of(x))
+                desc(dt_proj, "dt_proj"), int(dt_softplus), stream_of(x))
     return out
 
 
 @selective_state_update.register_fake
-def _(x, dt, A, B, C, D, z, dt_bias, state, state_idx, dt_softplus):
+def _(x, dt, A, B, C, D, z, dt_bias, state, state_idx, dt_softplus, dt_proj=None):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
@@ -245,6 +250,59 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
         return linear_small(x2, weight, bias).view(*x.shape[:-1], weight.shape[0])
     return torch.nn.functional.linear(x, weight, bias)
 
+
+
+# ------------------------------------------------------------------------------------------------ fused decode input
+
+DECODE_IN_MAX_M = 4  # SSMTP_DECODE_IN_MAX_M in csrc/ssmtp.h
+
+
+def _decode_in_outputs(res: torch.Tensor, weight: torch.Tensor, res_fp32: bool):
+    if res.dim() != 2 or weight.dim() != 2:
+        raise ValueError(f"mamba_decode_in: res (M, H) and weight (2 d_inner, H) must be 2-D, got shapes "
+                         f"{tuple(res.shape)} and {tuple(weight.shape)}")
+    M, dl = res.shape[0], weight.shape[0] // 2
+    res_out = torch.empty(res.shape, dtype=torch.float32 if res_fp32 else weight.dtype, device=res.device)
+    xc = torch.empty(M, dl, dtype=weight.dtype, device=res.device)
+    z = torch.empty(M, dl, dtype=weight.dtype, device=res.device)
+    return res_out, xc, z
+
+
+@torch.library.custom_op("ssmtp::mamba_decode_in", mutates_args=("conv_state",))
+def mamba_decode_in(res: torch.Tensor, add: Optional[torch.Tensor], norm_w: torch.Tensor, weight: torch.Tensor,
+                    bias: Optional[torch.Tensor], conv_w: torch.Tensor, conv_b: Optional[torch.Tensor],
+                    conv_state: torch.Tensor, state_idx: Optional[torch.Tensor], eps: float,
+                    res_fp32: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The input half of a Mamba-1 block's decode step (csrc/ssmtp.h: ssmtp_mamba_decode_in): r = res + add (fp32),
+    h = RMSNorm(r in the model dtype), xz = in_proj(h), xc = SiLU(conv step of xz[:, :d_inner]) with conv_state
+    shifted in place, z = xz[:, d_inner:]. res (M, H) f32 or the weight dtype; weight (2 d_inner, H). Returns
+    res_out (M, H) (f32 when res_fp32, else the weight dtype), xc and z (M, d_inner)."""
+    res_out, xc, z = _decode_in_outputs(res, weight, res_fp32)
+    _C.mamba_decode_in(desc(res, "res"), desc(add, "add"), desc(res_out, "res_out"), desc(norm_w, "norm_w"),
+                       desc(weight, "weight"), desc(bias, "bias"), desc(conv_w, "conv_w"), desc(conv_b, "conv_b"),
+                       desc(conv_state, "conv_state"), desc(state_idx, "state_idx"), desc(xc, "xc"), desc(z, "z"),
+                       float(eps), stream_of(res, weight))
+    return res_out, xc, z
+
+
+@mamba_decode_in.register_fake
+def _(res, add, norm_w, weight, bias, conv_w, conv_b, conv_state, state_idx, eps, res_fp32):
+    return _decode_in_outputs(res, weight, res_fp32)
+
+
+def mamba_decode_in_applies(res: torch.Tensor, weight: torch.Tensor, add: Optional[torch.Tensor] = None) -> bool:
+    """Whether the CUDA kernel of mamba_decode_in takes these rows (ssmtp.h: 1 <= M <= 4, rows of whole 16-byte
+    packs, M x H x element size <= 160 KiB, a contiguous 16-byte aligned weight, res and add 16-byte aligned with
+    contiguous rows; the conv state must also have W or W - 1 columns); else the caller runs the unfused ops."""
+    if not (res.is_cuda and weight.is_cuda and weight.dtype in (torch.bfloat16, torch.float16, torch.float32)
+            and res.dtype in (torch.float32, weight.dtype) and res.dim() == 2 and weight.dim() == 2):
+        return False
+    M, H = res.shape
+    es = weight.element_size()
+    if not (1 <= M <= DECODE_IN_MAX_M and (H * es) % 16 == 0 and M * H * es <= 160 * 1024
+            and weight.is_contiguous() and weight.data_ptr() % 16 == 0):
+        return False
+    return all(t is None or (t.data_ptr() % 16 == 0 and (H <= 1 or t.stride(1) == 1)) for t in (res, add))
 
 
 # ------------------------------------------------------------------------------------------------ decode attention

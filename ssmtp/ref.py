@@ -91,8 +91,10 @@ def selective_scan(x, dt, A, B, C, D, z, dt_bias, state, state_idx, seq_lens, dt
     return out.to(x.dtype)
 
 
-def selective_state_update(x, dt, A, B, C, D, z, dt_bias, state, state_idx, dt_softplus):
+def selective_state_update(x, dt, A, B, C, D, z, dt_bias, state, state_idx, dt_softplus, dt_proj=None):
     batch, dim = x.shape
+    if dt_proj is not None:  # the low-rank time step through dt_proj, rounded to the dtype of x as its own op would
+        dt = (dt.float() @ dt_proj.float().t()).to(x.dtype)
     groups = B.shape[1]
     out = torch.zeros(batch, dim, dtype=torch.float32)
     for b, slot in enumerate(_slots(batch, state_idx)):
@@ -203,3 +205,34 @@ def linear_small(x, weight, bias):
     if bias is not None:
         out = out + bias.float()
     return out.to(x.dtype)
+
+
+def mamba_decode_in(res, add, norm_w, weight, bias, conv_w, conv_b, conv_state, state_idx, eps, res_fp32):
+    """The fused decode input of a Mamba-1 block, op by op: residual add in fp32, RMSNorm (HF MambaRMSNorm on the
+    model dtype), in_proj with fp32 accumulation, the conv decode step + SiLU on the x half (conv_state shifted in
+    place; padding rows leave it untouched and get zero), z the other half. Returns (res_out, xc, z)."""
+    T = weight.dtype
+    M, dl = res.shape[0], weight.shape[0] // 2
+    r = res.float() if add is None else res.float() + add.float()
+    res_out = r.to(torch.float32 if res_fp32 else T)
+    v = r.to(T).float()
+    s = 1.0 / torch.sqrt(v.pow(2).mean(-1, keepdim=True) + eps)
+    h = (norm_w.float() * (v * s).to(T).float()).to(T)
+    xz = h.float() @ weight.float().t()
+    if bias is not None:
+        xz = xz + bias.float()
+    xz = xz.to(T)
+    x, z = xz[:, :dl], xz[:, dl:]
+    slots = torch.arange(M, device=res.device) if state_idx is None else state_idx.long()
+    live = slots >= 0
+    W, S = conv_w.shape[1], conv_state.shape[2]
+    hist = conv_state[slots[live]]  # (rows, dl, S)
+    xl = x[live][:, :, None]
+    window = torch.cat([hist[:, :, S - (W - 1):], xl], dim=2).float()  # (rows, dl, W), oldest first
+    acc = (window * conv_w.float()).sum(-1)
+    if conv_b is not None:
+        acc = acc + conv_b.float()
+    xc = torch.zeros(M, dl, dtype=T, device=res.device)
+    xc[live] = F.silu(acc).to(T)
+    conv_state[slots[live]] = torch.cat([hist[:, :, 1:], xl], dim=2)
+    return res_out, xc, z.clone()

@@ -500,7 +500,7 @@ def _step_inputs(case, dname):
 
 def _step_cuda(args, out):
     x, dt, A, B, C, Dp, z, dtb, state, idx, sp = args
-    _C.step_fwd(D(x), D(dt), D(A), D(B), D(C), D(Dp), D(z), D(dtb), D(state), D(idx), desc(out), int(sp),
+    _C.step_fwd(D(x), D(dt), D(A), D(B), D(C), D(Dp), D(z), D(dtb), D(state), D(idx), desc(out), desc(None), int(sp),
                 ops.stream_of(x.gpu))
 
 

@@ -55,6 +55,47 @@ template <> __device__ __forceinline__ float from_f32<float>(float v) { return v
 template <> __device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
+// 16 bytes (one vector load) of T as floats.
+template <typename T> struct Pack16;
+template <> struct Pack16<float> {
+    static constexpr int N = 4;
+    static __device__ __forceinline__ void to_f32(const uint4 &u, float (&f)[4]) {
+        f[0] = __uint_as_float(u.x), f[1] = __uint_as_float(u.y), f[2] = __uint_as_float(u.z);
+        f[3] = __uint_as_float(u.w);
+    }
+};
+template <> struct Pack16<__nv_bfloat16> {
+    static constexpr int N = 8;
+    static __device__ __forceinline__ void to_f32(const uint4 &u, float (&f)[8]) {
+        const unsigned w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            f[2 * i] = __uint_as_float(w[i] << 16);
+            f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+        }
+    }
+};
+template <> struct Pack16<__half> {
+    static constexpr int N = 8;
+    static __device__ __forceinline__ void to_f32(const uint4 &u, float (&f)[8]) {
+        const unsigned w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const float2 v = __half22float2(*reinterpret_cast<const __half2 *>(&w[i]));
+            f[2 * i] = v.x, f[2 * i + 1] = v.y;
+        }
+    }
+};
+
+// A 16-byte load of read-once data (streamed weights): no L1 allocation.
+__device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
+
 // Dispatch a float dtype code to a C++ type; every switch ends in an "unsupported" default.
 #define SSMTP_DISPATCH_FLOAT(code, T, OPNAME, ...)                                                                  \
     switch (code) {                                                                                                 \

@@ -211,13 +211,12 @@ __global__ void __launch_bounds__(DECODE_THREADS) conv1d_decode_fixed_kernel(con
 #pragma unroll
         for (int j = 0; j < S; j++) old[j] = st[j * a.ss2];
     }
-    float acc = bias;
-#pragma unroll
-    for (int k = 0; k < W - 1; k++) acc = fmaf(w[k], to_f32<T>(old[S - (W - 1) + k]), acc);
-    acc = fmaf(w[W - 1], to_f32<T>(xraw), acc);
     T nw[S];
+    const float acc = ssm_conv_step<T, W, S>(w, bias, old, xraw, nw);
+    if (n <= 0) {
 #pragma unroll
-    for (int j = 0; j < S; j++) nw[j] = n > 0 ? (j == S - 1 ? xraw : old[j + 1 < S ? j + 1 : j]) : old[j];
+        for (int j = 0; j < S; j++) nw[j] = old[j];
+    }
     if constexpr (VB > 0) {
         using V = typename VecOf<VB>::type;
         V v;

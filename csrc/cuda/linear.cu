@@ -25,54 +25,15 @@
 
 namespace {
 
-template <typename T> struct Pack; // 16 bytes -> floats
-template <> struct Pack<float> {
-    static constexpr int N = 4;
-    static __device__ __forceinline__ void to_f32(const uint4 &u, float (&f)[4]) {
-        f[0] = __uint_as_float(u.x), f[1] = __uint_as_float(u.y), f[2] = __uint_as_float(u.z);
-        f[3] = __uint_as_float(u.w);
-    }
-};
-template <> struct Pack<__nv_bfloat16> {
-    static constexpr int N = 8;
-    static __device__ __forceinline__ void to_f32(const uint4 &u, float (&f)[8]) {
-        const unsigned w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            f[2 * i] = __uint_as_float(w[i] << 16);
-            f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-        }
-    }
-};
-template <> struct Pack<__half> {
-    static constexpr int N = 8;
-    static __device__ __forceinline__ void to_f32(const uint4 &u, float (&f)[8]) {
-        const unsigned w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const float2 v = __half22float2(*reinterpret_cast<const __half2 *>(&w[i]));
-            f[2 * i] = v.x, f[2 * i + 1] = v.y;
-        }
-    }
-};
-
-__device__ __forceinline__ uint4 ld_stream(const uint4 *p) { // read-once data: no L1 allocation
-    uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
-    return v;
-}
-
 template <typename T, int M>
 __device__ __forceinline__ void fma_pack(const uint4 &wv, const T *x, int64_t sx, int64_t k, float (&acc)[M]) {
-    constexpr int P = Pack<T>::N;
+    constexpr int P = Pack16<T>::N;
     float wf[P];
-    Pack<T>::to_f32(wv, wf);
+    Pack16<T>::to_f32(wv, wf);
 #pragma unroll
     for (int m = 0; m < M; m++) {
         float xf[P];
-        Pack<T>::to_f32(__ldg(reinterpret_cast<const uint4 *>(x + m * sx) + k), xf);
+        Pack16<T>::to_f32(__ldg(reinterpret_cast<const uint4 *>(x + m * sx) + k), xf);
 #pragma unroll
         for (int i = 0; i < P; i++) acc[m] = fmaf(wf[i], xf[i], acc[m]);
     }
@@ -82,7 +43,7 @@ template <typename T, int M, int KS>
 __global__ void __launch_bounds__(LIN_THREADS)
     linear_small_kernel(const T *__restrict__ x, int64_t sx, const T *__restrict__ w, const T *__restrict__ bias,
                         T *__restrict__ out, int64_t so, int64_t N, int64_t K) {
-    constexpr int P = Pack<T>::N, RPB = LIN_WARPS / KS;
+    constexpr int P = Pack16<T>::N, RPB = LIN_WARPS / KS;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, kw = warp % KS;
     const int64_t row = (int64_t)blockIdx.x * RPB + warp / KS;
     const int64_t npk = K / P, step = KS * 32;

@@ -81,3 +81,19 @@ __device__ __forceinline__ float ssm_load_param(const void *p, int dtype, int64_
     default: return __int_as_float(0x7fc00000);
     }
 }
+
+// One conv1d decode step of one channel (conv1d.cu's decode kernel, decode.cu's fused block input): the window is the
+// last W-1 of the S history columns `old` and x; acc = bias + sum_k w[k] * window[k] in that order (fmaf), returned
+// as is (SiLU applied by the caller); `nw` gets the history shifted left by one with x entering last.
+template <typename T, int W, int S>
+__device__ __forceinline__ float ssm_conv_step(const float (&w)[W], float bias, const T (&old)[S], T xraw,
+                                               T (&nw)[S]) {
+    static_assert(S >= W - 1, "the history holds at least width - 1 columns");
+    float acc = bias;
+#pragma unroll
+    for (int k = 0; k < W - 1; k++) acc = fmaf(w[k], to_f32<T>(old[S - (W - 1) + k]), acc);
+    acc = fmaf(w[W - 1], to_f32<T>(xraw), acc);
+#pragma unroll
+    for (int j = 0; j < S; j++) nw[j] = j == S - 1 ? xraw : old[j + 1 < S ? j + 1 : j];
+    return acc;
+}

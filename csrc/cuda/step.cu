@@ -38,7 +38,8 @@ struct StepArgs {
     float *state;
     const int32_t *state_idx;
     void *out;
-    int64_t batch, dim, N, per_group, nslots;
+    const void *dtw; // dt_proj (dim, R), optional: dt is then (batch, R)
+    int64_t batch, dim, N, per_group, nslots, R, sdw0;
     int64_t sx0, sx1, sdt0, sdt1, sz0, sz1, so0, so1, sB0, sB1, sB2, sC0, sC1, sC2;
     int64_t sA0, sA1, sD, sbias, ss0, ss1, ss2, sidx;
     int D_dtype, bias_dtype, softplus;
@@ -47,8 +48,9 @@ struct StepArgs {
 
 constexpr int THREADS = 256;
 // Sequences per block on the vector path: 4 (2 when each thread holds 8 states, N = 256, to stay unspilled at the
-// 3-blocks-per-SM register cap).
-template <int NV> constexpr int bpb_of() { return NV >= 2 ? 2 : 4; }
+// 3-blocks-per-SM register cap; 1 with dt_proj fused, whose dot products spill at 4 rows and which only runs at
+// batch <= 4, where more blocks per sequence are what fills the GPU).
+template <int NV, bool DTP = false> constexpr int bpb_of() { return DTP ? 1 : NV >= 2 ? 2 : 4; }
 
 __device__ __forceinline__ int64_t slot_of(const StepArgs &a, int64_t b) {
     return a.state_idx ? (int64_t)a.state_idx[b * a.sidx] : b;
@@ -70,19 +72,69 @@ __device__ __forceinline__ float finish(const StepArgs &a, float y, int64_t b, i
     return y;
 }
 
+// The raw time step of (b, c) as T: dt[b, c], or with dt_proj the product dt_proj[c] . dt[b] rounded to T (the
+// scalar path sums in order; the vector path by lanes, then shuffles).
+template <typename T> __device__ __forceinline__ T raw_dt(const StepArgs &a, int64_t b, int64_t c) {
+    if (!a.dtw) return ((const T *)a.dt)[b * a.sdt0 + c * a.sdt1];
+    float acc = 0.f;
+    for (int64_t r = 0; r < a.R; r++)
+        acc = fmaf(to_f32<T>(((const T *)a.dtw)[c * a.sdw0 + r]), to_f32<T>(((const T *)a.dt)[b * a.sdt0 + r * a.sdt1]),
+                   acc);
+    return from_f32<T>(acc);
+}
+
 template <typename T>
 __device__ __forceinline__ float delta_of(const StepArgs &a, int64_t b, int64_t c) {
-    float d = to_f32<T>(((const T *)a.dt)[b * a.sdt0 + c * a.sdt1]);
+    float d = to_f32<T>(raw_dt<T>(a, b, c));
     if (a.dt_bias) d = __fadd_rn(d, ssm_load_param(a.dt_bias, a.bias_dtype, c * a.sbias));
     return a.softplus ? ssm_softplus_exact(d) : d;
 }
 
+// With dt_proj (DTP): the TPC lanes of a channel split its dt_proj row into 16-byte packs (the first DTP_PRE per lane
+// loaded before the PDL wait: weights), each lane dots its packs with the BPB rows of dt, and xor shuffles sum the
+// lanes: the raw time step is ready in every lane of the channel, rounded to T as a separate GEMV would round it.
+constexpr int DTP_PRE = 4;
+
+template <typename T, int TPC, int BPB>
+__device__ __forceinline__ void dt_proj_rows(const StepArgs &a, int64_t c, int64_t b0, const uint4 (&wpre)[DTP_PRE],
+                                             T (&dr)[BPB]) {
+    constexpr int P = Pack16<T>::N;
+    const int part = threadIdx.x % TPC;
+    const int64_t npk = a.R / P;
+    const uint4 *wr = reinterpret_cast<const uint4 *>((const T *)a.dtw + c * a.sdw0);
+    float acc[BPB];
+#pragma unroll
+    for (int i = 0; i < BPB; i++) acc[i] = 0.f;
+    auto dot = [&](const uint4 &wv, int64_t k) {
+        float wf[P];
+        Pack16<T>::to_f32(wv, wf);
+#pragma unroll
+        for (int i = 0; i < BPB; i++) {
+            const int64_t b = b0 + i < a.batch ? b0 + i : b0;
+            float df[P];
+            Pack16<T>::to_f32(__ldg(reinterpret_cast<const uint4 *>((const T *)a.dt + b * a.sdt0) + k), df);
+#pragma unroll
+            for (int e = 0; e < P; e++) acc[i] = fmaf(wf[e], df[e], acc[i]);
+        }
+    };
+#pragma unroll
+    for (int j = 0; j < DTP_PRE; j++)
+        if (part + j * TPC < npk) dot(wpre[j], part + j * TPC);
+    for (int64_t k = part + DTP_PRE * TPC; k < npk; k += TPC) dot(ld_stream(wr + k), k);
+#pragma unroll
+    for (int i = 0; i < BPB; i++) {
+#pragma unroll
+        for (int o = TPC / 2; o > 0; o >>= 1) acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], o);
+        dr[i] = from_f32<T>(acc[i]);
+    }
+}
+
 // SA: one A per channel (a.sA1 == 0, Mamba-2 layers): expf(delta*A) once per (row, channel), not per state.
-template <typename T, int TPC, int NV, bool SA = false>
+template <typename T, int TPC, int NV, bool SA = false, bool DTP = false>
 __global__ void __launch_bounds__(THREADS, 3) step_vec_kernel(const StepArgs a) {
     constexpr int CPB = THREADS / TPC;
     constexpr int NS = 4 * NV; // states per thread
-    constexpr int BPB = bpb_of<NV>();
+    constexpr int BPB = bpb_of<NV, DTP>();
     const int part = threadIdx.x % TPC;
     const int lane = threadIdx.x % 32;
     const int64_t c0 = (int64_t)blockIdx.x * CPB + threadIdx.x / TPC;
@@ -105,6 +157,14 @@ __global__ void __launch_bounds__(THREADS, 3) step_vec_kernel(const StepArgs a) 
     }
     const float bias = a.dt_bias ? ssm_load_param(a.dt_bias, a.bias_dtype, c * a.sbias) : 0.f;
     const float Dc = a.D ? ssm_load_param(a.D, a.D_dtype, c * a.sD) : 0.f;
+    uint4 wpre[DTP_PRE];
+    if constexpr (DTP) {
+        const uint4 *wr = reinterpret_cast<const uint4 *>((const T *)a.dtw + c * a.sdw0);
+        const int64_t npk = a.R / Pack16<T>::N;
+#pragma unroll
+        for (int j = 0; j < DTP_PRE; j++)
+            if (part + j * TPC < npk) wpre[j] = ld_stream(wr + part + j * TPC);
+    }
     ssm_pdl_wait();
 
     // Phase 1: every load of the block's BPB rows is issued before anything is computed (one round trip).
@@ -122,7 +182,7 @@ __global__ void __launch_bounds__(THREADS, 3) step_vec_kernel(const StepArgs a) 
             h[i][j] = ok[i] ? *(const float4 *)(a.state + slot[i] * a.ss0 + c * a.ss1 + 4 * (part + j * TPC))
                             : make_float4(0.f, 0.f, 0.f, 0.f);
         xr[i] = ((const T *)a.x)[b * a.sx0 + c * a.sx1];
-        dr[i] = ((const T *)a.dt)[b * a.sdt0 + c * a.sdt1];
+        if constexpr (!DTP) dr[i] = ((const T *)a.dt)[b * a.sdt0 + c * a.sdt1];
         zr[i] = a.z ? ((const T *)a.z)[b * a.sz0 + c * a.sz1] : from_f32<T>(0.f);
         const T *Bp = (const T *)a.B + b * a.sB0 + g * a.sB1, *Cp = (const T *)a.C + b * a.sC0 + g * a.sC1;
 #pragma unroll
@@ -134,6 +194,8 @@ __global__ void __launch_bounds__(THREADS, 3) step_vec_kernel(const StepArgs a) 
                 Cr[i][4 * j + e] = Cp[s * a.sC2];
             }
     }
+
+    if constexpr (DTP) dt_proj_rows<T, TPC, BPB>(a, c, b0, wpre, dr);
 
     // delta per row. With TPC >= BPB lanes, lane `part` evaluates softplus (log1pf(expf)) for row part % BPB only
     // and the rows are exchanged by shuffles: a quarter of the transcendental work at N = 16.
@@ -408,7 +470,8 @@ __global__ void __launch_bounds__(THREADS, 3) step_pipe_kernel(const StepArgs a,
     }
 }
 
-template <typename T, int TPC, int NV, bool SA = false> ssmtp_status_t launch_vec(const StepArgs &a, cudaStream_t s);
+template <typename T, int TPC, int NV, bool SA = false, bool DTP = false>
+ssmtp_status_t launch_vec(const StepArgs &a, cudaStream_t s);
 
 template <typename T, int TPC> ssmtp_status_t launch_pipe(const StepArgs &a, int device, cudaStream_t s) {
     constexpr int CPB = THREADS / TPC;
@@ -430,28 +493,33 @@ template <typename T, int TPC> ssmtp_status_t launch_pipe(const StepArgs &a, int
     return SSMTP_OK;
 }
 
-template <typename T, int TPC, int NV, bool SA> ssmtp_status_t launch_vec(const StepArgs &a, cudaStream_t s) {
+template <typename T, int TPC, int NV, bool SA, bool DTP> ssmtp_status_t launch_vec(const StepArgs &a, cudaStream_t s) {
     constexpr int CPB = THREADS / TPC;
-    constexpr int BPB = bpb_of<NV>();
+    constexpr int BPB = bpb_of<NV, DTP>();
     const dim3 grid((unsigned)((a.dim + CPB - 1) / CPB), (unsigned)((a.batch + BPB - 1) / BPB));
-    return ssmtp_launch(OP, step_vec_kernel<T, TPC, NV, SA>, grid, dim3(THREADS), 0, s, ssmtp_pdl_enabled(a.device), a);
+    return ssmtp_launch(OP, step_vec_kernel<T, TPC, NV, SA, DTP>, grid, dim3(THREADS), 0, s,
+                        ssmtp_pdl_enabled(a.device), a);
 }
 
-template <typename T, bool SA> ssmtp_status_t dispatch_vec(const StepArgs &a, cudaStream_t s) {
+template <typename T, bool SA, bool DTP> ssmtp_status_t dispatch_vec(const StepArgs &a, cudaStream_t s) {
     switch (a.N / 4) {
-    case 1: return launch_vec<T, 1, 1, SA>(a, s);
-    case 2: return launch_vec<T, 2, 1, SA>(a, s);
-    case 4: return launch_vec<T, 4, 1, SA>(a, s);
-    case 8: return launch_vec<T, 8, 1, SA>(a, s);
-    case 16: return launch_vec<T, 16, 1, SA>(a, s);
-    case 32: return launch_vec<T, 32, 1, SA>(a, s);
-    default: return launch_vec<T, 32, 2, SA>(a, s); // N = 256 (the caller checked N / 4 is one of these)
+    case 1: return launch_vec<T, 1, 1, SA, DTP>(a, s);
+    case 2: return launch_vec<T, 2, 1, SA, DTP>(a, s);
+    case 4: return launch_vec<T, 4, 1, SA, DTP>(a, s);
+    case 8: return launch_vec<T, 8, 1, SA, DTP>(a, s);
+    case 16: return launch_vec<T, 16, 1, SA, DTP>(a, s);
+    case 32: return launch_vec<T, 32, 1, SA, DTP>(a, s);
+    default: return launch_vec<T, 32, 2, SA, DTP>(a, s); // N = 256 (the caller checked N / 4 is one of these)
     }
 }
 
 template <typename T>
 ssmtp_status_t dispatch(const StepArgs &a, bool vec, bool pipe, bool sa, int device, cudaStream_t s) {
-    if (vec && pipe && !sa) {
+    // dt_proj on the vector path: 16-byte packs of dt_proj rows and dt rows (else the scalar kernel's loop)
+    const int64_t es = (int64_t)sizeof(T);
+    const bool dtp_vec = a.dtw && (a.R * es) % 16 == 0 && a.sdt1 == 1 && (a.sdt0 * es) % 16 == 0 &&
+                         (a.sdw0 * es) % 16 == 0 && (uintptr_t)a.dt % 16 == 0 && (uintptr_t)a.dtw % 16 == 0;
+    if (vec && pipe && !sa && !a.dtw) {
         switch (a.N / 4) {
         case 1: return launch_pipe<T, 1>(a, device, s);
         case 2: return launch_pipe<T, 2>(a, device, s);
@@ -464,7 +532,9 @@ ssmtp_status_t dispatch(const StepArgs &a, bool vec, bool pipe, bool sa, int dev
     }
     const int64_t q = a.N / 4;
     if (vec && (q == 1 || q == 2 || q == 4 || q == 8 || q == 16 || q == 32 || q == 64)) // other N: the scalar path
-        return sa ? dispatch_vec<T, true>(a, s) : dispatch_vec<T, false>(a, s);
+        // dt_proj fused: Mamba-1 layers (A per state); with one A per channel (no model has both) the scalar kernel
+        if (a.dtw && !sa && dtp_vec) return dispatch_vec<T, false, true>(a, s);
+        if (!a.dtw) return sa ? dispatch_vec<T, true, false>(a, s) : dispatch_vec<T, false, false>(a, s);
     const int64_t n = a.batch * a.dim;
     step_scalar_kernel<T><<<(unsigned)((n + THREADS - 1) / THREADS), THREADS, 0, s>>>(a);
     SSMTP_CUDA_CHECK_LAUNCH(OP);
@@ -506,7 +576,15 @@ extern "C" ssmtp_status_t ssmtp_cuda_step_fwd(const ssmtp_step_params_t *p, void
     if (a.state_idx) a.sidx = p->state_idx.stride[0];
     a.softplus = p->dt_softplus;
     a.device = p->x.device;
+    if (p->dt_proj.data) {
+        a.dtw = p->dt_proj.data;
+        a.R = p->dt_proj.shape[1];
+        a.sdw0 = p->dt_proj.stride[0];
+    }
     if (a.batch == 0 || a.dim == 0) return SSMTP_OK;
+    if (a.dtw && a.batch > 65535)
+        return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": batch=%lld > 65535 with dt_proj fused (a small-batch path)",
+                          (long long)a.batch);
     if ((a.batch + 1) / 2 > 65535)
         return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": batch=%lld > %d", (long long)a.batch, 65535 * 2);
 

@@ -23,12 +23,14 @@ and the prefix cache carry them unchanged. runner_class maps HF model_type -> ru
 from __future__ import annotations
 
 import logging
+import os
 from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import ops
 from ..parallel.comm import Communicator
 from .state_cache import SlotPool, StateSpec
 
@@ -91,6 +93,17 @@ class _Fused:
         return self.fn(*args)
 
 
+def _decode_fused_on() -> bool:
+    v = os.environ.get("SSMTP_DECODE_FUSED", "1")
+    if v not in ("0", "1"):
+        raise ValueError(f"SSMTP_DECODE_FUSED={v!r}: expected 1 (fused Mamba decode layers at small batch) or 0")
+    return v == "1"
+
+
+_DECODE_FUSED = _decode_fused_on()
+DECODE_FUSED_MAX_BATCH = 4  # SSMTP_DECODE_IN_MAX_M in csrc/ssmtp.h
+
+
 class ModelRunner(nn.Module):
     """Interface every family runner implements (see the module docstring)."""
 
@@ -147,6 +160,7 @@ class MambaRunner(ModelRunner):
         self.n_layers = len(mixers)
         m0 = mixers[0]
         self.d_local, self.d_state, self.conv_kernel = m0.d_local, m0.ssm_state_size, m0.conv_kernel_size
+        self._fused_ok: dict = {}
         self.set_fused(False)
 
     def set_fused(self, enabled: bool) -> None:
@@ -251,10 +265,33 @@ class MambaRunner(ModelRunner):
         h = self._k_add_final(res[logit_rows, last], out[logit_rows, last], self.norm_f, eps, fp32, w.dtype)
         return F.linear(h, w).float()
 
+    def decode_fused_applies(self, batch: int) -> bool:
+        """Whether decode at this batch size takes the fused path (CUDA, SSMTP_DECODE_FUSED unset or 1, batch <=
+        DECODE_FUSED_MAX_BATCH, shapes the kernels take): per layer ops.mamba_decode_in (residual add + norm + in_proj
+        + conv step), x_proj, the state update with dt_proj fused, out_proj - 4 kernels instead of 7."""
+        if not (_DECODE_FUSED and self.embed.is_cuda and 1 <= batch <= DECODE_FUSED_MAX_BATCH):
+            return False
+        ok = self._fused_ok.get(batch)
+        if ok is None:  # decided once per batch size (decode is graph-captured per bucket)
+            res = self.embed.new_empty(batch, self.embed.shape[1])
+            ok = all(ops.mamba_decode_in_applies(res, mx.in_proj_weight) and mx.conv_kernel_size <= 4
+                     for mx in self.mixers)
+            self._fused_ok[batch] = ok
+        return ok
+
     @torch.no_grad()
     def decode(self, ids, pos, state_idx, pool: SlotPool) -> torch.Tensor:
         eps, dt, fp32 = self.eps, self.dtype, self.residual_in_fp32
         w = self.head_weight()
+        if self.decode_fused_applies(ids.shape[0]):
+            res, out = F.embedding(ids, self.embed), None  # (B, H)
+            for i, mixer in enumerate(self.mixers):
+                res, xc, z = ops.mamba_decode_in(res, out, self.norms[i], mixer.in_proj_weight, mixer.in_proj_bias,
+                                                 mixer.conv_weight, mixer.conv_bias, pool.layer("conv", i), state_idx,
+                                                 eps, fp32)
+                out = mixer.mix_step_fused(xc, z, pool.layer("ssm", i), state_idx)
+            h = self._k_add_final(res, out, self.norm_f, eps, fp32, w.dtype)
+            return F.linear(h, w).float()
         res = F.embedding(ids[:, None], self.embed)  # (B, 1, H)
         x = self._k_norm(res, self.norms[0], eps, dt)
         n = len(self.mixers)

@@ -164,6 +164,19 @@ class TPMambaMixer(nn.Module):
                                        xz[:, 0, dl:], self.dt_bias, ssm_state, state_idx, True)
         return self._out(y[:, None], h.dtype)
 
+    def mix_step_fused(self, xc: torch.Tensor, z: torch.Tensor, ssm_state: torch.Tensor,
+                       state_idx: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The rest of a decode step after ops.mamba_decode_in (which gave the conv output xc and the gate z, (B, dl)):
+        x_proj (+ all-reduce), the state update with dt_proj fused into it, out_proj (+ all-reduce). Returns (B, H)."""
+        R, N = self.time_step_rank, self.ssm_state_size
+        proj = self.comm.all_reduce(ops.linear(xc, self.x_proj_weight))
+        dt, B, C = torch.split(proj, [R, N, N], dim=-1)
+        if self.falcon:
+            dt, B, C = _rms(dt, self.rms_eps), _rms(B, self.rms_eps), _rms(C, self.rms_eps)
+        y = ops.selective_state_update(xc, dt, self.A, B[:, None], C[:, None], self.D, z, self.dt_bias, ssm_state,
+                                       state_idx, True, self.dt_proj_weight)
+        return self._out(y, xc.dtype)
+
     # ------------------------------------------------------------------ HF-compatible forward
 
     def forward(self, hidden_states: torch.Tensor, cache_params=None, attention_mask=None, **kwargs):

@@ -4,9 +4,10 @@
  * Built with the csrc C sources except module.c (no Python), under AddressSanitizer + UBSan (tests/fuzz/run.sh):
  *   fuzz_c_api [-s SEED] [-n ITERS] [-t SECONDS] [-l FAKE_NCCL.so] [-v]
  *
- * Each iteration picks an op (conv1d, scan, step, ssd, ssd_step, quantize, dequantize), draws a valid call (random
- * dtypes, small shapes including 0, padded / broadcast strides, optional tensors present or absent, slot indices
- * including -1 padding rows, right-padded seq_lens) with every buffer allocated to exactly the bytes its descriptor
+ * Each iteration picks an op (conv1d, scan, step with or without dt_proj, ssd, ssd_step, quantize, dequantize,
+ * linear_small, decode_attention, mamba_decode_in), draws a valid call (random dtypes, small shapes including 0,
+ * padded / broadcast strides, optional tensors present or absent, slot indices including -1 padding rows,
+ * right-padded seq_lens) with every buffer allocated to exactly the bytes its descriptor
  * claims, then, most of the time, breaks it in one or two ways chosen to be invalid for certain: NULL required
  * tensors, wrong ndim, unknown or mismatched dtypes, negative / mismatched / huge shapes, negative strides, strides
  * whose extent overflows, mixed or CUDA devices, d_state > 256, bad conv width / state length, groups that do not
@@ -384,6 +385,7 @@ static int mutate_saves(ssmtp_tensor_t *pos, ssmtp_tensor_t *sidx, int64_t batch
 
 static ssmtp_conv1d_params_t g_conv;
 static ssmtp_scan_params_t g_scan;
+static ssmtp_tensor_t g_dt_proj; /* the step's optional fused dt_proj (the scan has none) */
 static ssmtp_ssd_params_t g_ssd;
 static ssmtp_quant_params_t g_quant;
 
@@ -483,6 +485,7 @@ static void prep_conv1d(call_t *c, int *invalid, char *what, size_t wn) {
 /* The scan and the step share their tensors; has_time selects the scan. */
 static void prep_scan(call_t *c, int has_time, int *invalid, char *what, size_t wn) {
     memset(&g_scan, 0, sizeof g_scan);
+    memset(&g_dt_proj, 0, sizeof g_dt_proj);
     const int32_t dt = float_dtype();
     const int64_t groups = rint_in(1, 3), batch = rint_in(0, 3), dim = groups * rint_in(0, 3);
     const int64_t len = has_time ? rint_in(0, 7) : 1;
@@ -491,7 +494,13 @@ static void prep_scan(call_t *c, int has_time, int *invalid, char *what, size_t 
     const int nd = has_time ? 3 : 2;
     const int64_t xs[3] = {batch, dim, len}, bs[4] = {batch, groups, dstate, len};
     mk(&g_scan.x, dt, nd, xs, ROLE_IN, 0);
-    mk(&g_scan.dt, dt, nd, xs, ROLE_IN, 0);
+    if (!has_time && chance(40)) { /* the step with dt_proj (dim, R) fused: dt is (batch, R) */
+        const int64_t R = rint_in(0, 5);
+        mk(&g_dt_proj, dt, 2, (int64_t[]){dim, R}, ROLE_IN, 0);
+        mk(&g_scan.dt, dt, 2, (int64_t[]){batch, R}, ROLE_IN, 0);
+    } else {
+        mk(&g_scan.dt, dt, nd, xs, ROLE_IN, 0);
+    }
     mk(&g_scan.A, SSMTP_DTYPE_F32, 2, (int64_t[]){dim, dstate}, ROLE_IN, 0);
     mk(&g_scan.B, dt, nd + 1, bs, ROLE_IN, 0);
     mk(&g_scan.C, dt, nd + 1, bs, ROLE_IN, 0);
@@ -529,6 +538,7 @@ static void prep_scan(call_t *c, int has_time, int *invalid, char *what, size_t 
     add(c, &g_scan.state_idx, "state_idx", 0, 0, 0, 0);
     if (has_time) add(c, &g_scan.seq_lens, "seq_lens", 0, 0, 0, 0);
     add(c, &g_scan.out, "out", 1, 0, 0, 0);
+    if (!has_time) add(c, &g_dt_proj, "dt_proj", 0, 0, 0, 0);
     if (has_time) {
         add(c, &g_scan.save_pos, "save_pos", 0, 0, 0, 0);
         add(c, &g_scan.save_idx, "save_idx", 0, 0, 0, 0);
@@ -825,8 +835,84 @@ static void prep_attention(call_t *c, int *invalid, char *what, size_t wn) {
     }
 }
 
+#ifdef SSMTP_DECODE_IN_MAX_M
+static ssmtp_decode_in_params_t g_dec;
+
+static void prep_decode_in(call_t *c, int *invalid, char *what, size_t wn) {
+    memset(&g_dec, 0, sizeof g_dec);
+    const int32_t ty = float_dtype();
+    const int64_t M = rint_in(0, 5), H = rint_in(0, 9), dl = rint_in(0, 5), W = rint_in(2, 4);
+    const int with_idx = chance(60);
+    const int64_t nslots = with_idx ? rint_in(1, 4) : M + rint_in(0, 2), S = W - 1 + rint_in(0, 3);
+    mk(&g_dec.res, chance(50) ? SSMTP_DTYPE_F32 : ty, 2, (int64_t[]){M, H}, ROLE_IN, 2);
+    if (chance(60)) mk(&g_dec.add, ty, 2, (int64_t[]){M, H}, ROLE_IN, 2);
+    mk(&g_dec.res_out, chance(50) ? SSMTP_DTYPE_F32 : ty, 2, (int64_t[]){M, H}, ROLE_OUT, 2);
+    mk(&g_dec.norm_w, ty, 1, (int64_t[]){H}, ROLE_IN, 0);
+    mk(&g_dec.weight, ty, 2, (int64_t[]){2 * dl, H}, ROLE_IN, 1);
+    if (chance(50)) mk(&g_dec.bias, ty, 1, (int64_t[]){2 * dl}, ROLE_IN, 0);
+    mk(&g_dec.conv_w, ty, 2, (int64_t[]){dl, W}, ROLE_IN, 0);
+    if (chance(50)) mk(&g_dec.conv_b, ty, 1, (int64_t[]){dl}, ROLE_IN, 0);
+    mk(&g_dec.conv_state, ty, 3, (int64_t[]){nslots, dl, S}, ROLE_OUT, 0);
+    if (with_idx) {
+        mk(&g_dec.state_idx, SSMTP_DTYPE_I32, 1, (int64_t[]){M}, ROLE_OUT, 0);
+        fill_slots(&g_dec.state_idx, M, nslots);
+    }
+    mk(&g_dec.xc, ty, 2, (int64_t[]){M, dl}, ROLE_OUT, 2);
+    mk(&g_dec.z, ty, 2, (int64_t[]){M, dl}, ROLE_OUT, 2);
+    g_dec.eps = chance(90) ? 1e-5f : rfloat();
+    add(c, &g_dec.res, "res", 1, 0, 1, 1); /* f32 or T: only a non-float dtype is wrong for certain */
+    add(c, &g_dec.add, "add", 0, 0, 0, 1);
+    add(c, &g_dec.res_out, "res_out", 1, 0, 1, 1);
+    add(c, &g_dec.norm_w, "norm_w", 1, 0, 0, 0);
+    add(c, &g_dec.weight, "weight", 1, 0, 0, 1);
+    add(c, &g_dec.bias, "bias", 0, 0, 0, 0);
+    add(c, &g_dec.conv_w, "conv_w", 1, 2, 0, 0);
+    add(c, &g_dec.conv_b, "conv_b", 0, 0, 0, 0);
+    add(c, &g_dec.conv_state, "conv_state", 1, 1 | 4, 0, 0);
+    add(c, &g_dec.state_idx, "state_idx", 0, 0, 0, 0);
+    add(c, &g_dec.xc, "xc", 1, 0, 0, 1);
+    add(c, &g_dec.z, "z", 1, 0, 0, 1);
+    *invalid = chance(75);
+    if (*invalid) {
+        int ok = 0;
+        for (int k = 0; k < 10 && !ok; k++) {
+            switch (rnd() % 6) {
+            case 0: ok = mutate_generic(c->s, c->ns, what, wn); break;
+            case 1: {
+                const int64_t alt[] = {0, 1, 5, (int64_t)1 << 40};
+                g_dec.conv_w.shape[1] = alt[rnd() % 4];
+                snprintf(what, wn, "width=%lld", (long long)g_dec.conv_w.shape[1]);
+                ok = 1;
+                break;
+            }
+            case 2:
+                g_dec.conv_state.shape[2] = W - 2;
+                snprintf(what, wn, "conv state length %lld (width %lld)", (long long)(W - 2), (long long)W);
+                ok = 1;
+                break;
+            case 3:
+                g_dec.weight.shape[0] = 2 * dl + 1;
+                snprintf(what, wn, "weight rows %lld (odd)", (long long)(2 * dl + 1));
+                ok = 1;
+                break;
+            case 4:
+                if (with_idx || M < 1) break;
+                g_dec.conv_state.shape[0] = M - 1;
+                snprintf(what, wn, "nslots=%lld < M, no state_idx", (long long)(M - 1));
+                ok = 1;
+                break;
+            default: ok = mutate_indices(&g_dec.state_idx, NULL, M, nslots, 1, what, wn); break;
+            }
+        }
+        if (!ok) *invalid = 0;
+    }
+}
+#undef N_OPS
+#define N_OPS 10
+#endif
+
 static const char *const OPS[] = {"conv1d_fwd", "scan_fwd", "step_fwd", "ssd_fwd", "ssd_step", "quantize",
-                                  "dequantize", "linear_small", "decode_attention"};
+                                  "dequantize", "linear_small", "decode_attention", "mamba_decode_in"};
 
 static ssmtp_status_t call_op(int which, void *stream) {
     switch (which) {
@@ -838,6 +924,7 @@ static ssmtp_status_t call_op(int which, void *stream) {
         const ssmtp_scan_params_t *p = &g_scan;
         q.x = p->x, q.dt = p->dt, q.A = p->A, q.B = p->B, q.C = p->C, q.D = p->D, q.z = p->z;
         q.dt_bias = p->dt_bias, q.state = p->state, q.state_idx = p->state_idx, q.out = p->out;
+        q.dt_proj = g_dt_proj;
         q.dt_softplus = p->dt_softplus;
         return ssmtp_step_fwd(&q, stream);
     }
@@ -855,6 +942,9 @@ static ssmtp_status_t call_op(int which, void *stream) {
 #ifdef SSMTP_LINEAR_SMALL_MAX_M
     case 7: return ssmtp_linear_small(&g_linear, stream);
     case 8: return ssmtp_decode_attention(&g_attn, stream);
+#endif
+#ifdef SSMTP_DECODE_IN_MAX_M
+    case 9: return ssmtp_mamba_decode_in(&g_dec, stream);
 #endif
     default: return ssmtp_dequantize(&g_quant, stream);
     }
@@ -887,6 +977,9 @@ static void one_op(int which) {
 #ifdef SSMTP_LINEAR_SMALL_MAX_M
     case 7: prep_linear(&c, &invalid, what, sizeof what); break;
     case 8: prep_attention(&c, &invalid, what, sizeof what); break;
+#endif
+#ifdef SSMTP_DECODE_IN_MAX_M
+    case 9: prep_decode_in(&c, &invalid, what, sizeof what); break;
 #endif
     default: prep_quant(&c, &invalid, what, sizeof what); break;
     }

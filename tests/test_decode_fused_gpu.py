@@ -1,0 +1,168 @@
+"""The fused Mamba-1 decode kernels on CUDA: ssmtp::mamba_decode_in (residual add + RMSNorm + in_proj + conv step)
+and the decode state update with dt_proj fused, each against the C CPU op on the same inputs; then the engine's fused
+decode layer against the unfused ops (runner.decode with SSMTP_DECODE_FUSED off) on the same slot states.
+
+Shapes cover each kernel path: one warp per in_proj row with two row groups per block (2 dl >= 8 x 4 x SMs rows),
+several warps per row (few rows, long rows), row counts that leave a partial row group, conv states of width and
+width - 1 columns, padding rows (slot -1) and shuffled slots. Outputs are pre-filled with NaN so an element a kernel
+does not write fails. Tolerances: the GPU sums the GEMV in another order than the CPU (fp32 accumulation, one
+rounding to T), so a bf16/f16 output may differ by one rounding of T (2^-8 / 2^-11 relative) and the conv and the
+state update carry that on; f32 differs by the summation order only."""
+import pytest
+import torch
+
+import ssmtp.ops as ops
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+DT = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
+REL = {"f32": 1e-4, "bf16": 2e-2, "f16": 4e-3}
+
+
+def _close(got, want, rel, what):
+    got, want = got.float().cpu(), want.float().cpu()
+    assert not torch.isnan(got).any(), f"{what}: NaN (an element was not written)"
+    err = (got - want).abs()
+    bound = rel * (want.abs() + want.abs().mean() + 1e-6)
+    assert (err <= bound).all(), f"{what}: max err {err.max():.3g} (rel {rel})"
+
+
+# (label, M, H, dl, W, S): the kernel picks one warp per row and 2 row groups per block when 2 dl is large
+DEC_IN = [
+    ("mamba-2.8b rows", 1, 2560, 5120, 4, 4),
+    ("batch 4, width-1 state", 4, 512, 1280, 4, 3),
+    ("few long rows (8 warps per row)", 2, 4096, 40, 4, 4),
+    ("partial row group", 3, 128, 37, 3, 3),
+    ("width 2", 2, 64, 96, 2, 1),
+]
+
+
+@pytest.mark.parametrize("case", DEC_IN, ids=[c[0] for c in DEC_IN])
+@pytest.mark.parametrize("dname", list(DT))
+@pytest.mark.parametrize("variant", ["full", "bare"])
+def test_decode_in_matches_cpu(case, dname, variant):
+    _, M, H, dl, W, S = case
+    dt = DT[dname]
+    g = torch.Generator().manual_seed(hash((case[0], dname, variant)) % 2**31)
+    full = variant == "full"
+    nslots = M + 3
+    res = torch.randn(M, H, generator=g) * 2
+    res = res if full else res.to(dt)  # f32 residual stream (residual_in_fp32) or the model dtype
+    add = (torch.randn(M, H, generator=g)).to(dt) if full else None
+    norm_w = (1 + 0.1 * torch.randn(H, generator=g)).to(dt)
+    weight = (torch.randn(2 * dl, H, generator=g) / H ** 0.5).to(dt)
+    bias = (0.1 * torch.randn(2 * dl, generator=g)).to(dt) if full else None
+    conv_w = (0.5 * torch.randn(dl, W, generator=g)).to(dt)
+    conv_b = (0.1 * torch.randn(dl, generator=g)).to(dt) if full else None
+    conv_state = torch.randn(nslots, dl, S, generator=g).to(dt)
+    idx = torch.randperm(nslots, generator=g)[:M].to(torch.int32)
+    if full and M > 1:
+        idx[1] = -1  # a padding row: its state untouched, xc zero
+    state_idx = idx if full else None
+    if not full:
+        conv_state = conv_state[:M].clone()
+    fp32 = full
+
+    cpu_state = conv_state.clone()
+    want = ops.mamba_decode_in(res, add, norm_w, weight, bias, conv_w, conv_b, cpu_state, state_idx, 1e-5, fp32)
+    cu = lambda t: None if t is None else t.cuda()  # noqa: E731
+    gpu_state = conv_state.cuda()
+    got = ops.mamba_decode_in(cu(res), cu(add), cu(norm_w), cu(weight), cu(bias), cu(conv_w), cu(conv_b), gpu_state,
+                              cu(state_idx), 1e-5, fp32)
+    torch.cuda.synchronize()
+    rel = REL[dname]
+    assert torch.equal(got[0].cpu(), want[0]), "res_out: the same fp32 add on both sides"
+    for name, a, b in (("xc", got[1], want[1]), ("z", got[2], want[2]), ("conv_state", gpu_state, cpu_state)):
+        _close(a, b, 4 * rel, f"{case[0]} {dname} {variant}: {name}")
+    if full and M > 1:
+        assert (got[1][1] == 0).all(), "padding row: xc must be zero"
+
+
+# (label, batch, dim, N, R)
+STEP = [
+    ("mamba-2.8b", 1, 5120, 16, 160),
+    ("batch 4", 4, 1024, 16, 64),
+    ("falcon-like rank", 3, 512, 16, 256),
+    ("N 8, odd batch", 5, 96, 8, 32),
+    ("scalar path (N 12)", 2, 64, 12, 48),
+]
+
+
+@pytest.mark.parametrize("case", STEP, ids=[c[0] for c in STEP])
+@pytest.mark.parametrize("dname", list(DT))
+def test_step_dt_proj_matches_cpu_and_unfused(case, dname):
+    _, Bn, dim, N, R = case
+    dt_ = DT[dname]
+    g = torch.Generator().manual_seed(hash((case[0], dname, "dtp")) % 2**31)
+    x = torch.randn(Bn, dim, generator=g).to(dt_)
+    z = torch.randn(Bn, dim, generator=g).to(dt_)
+    dtr = (0.3 * torch.randn(Bn, R, generator=g)).to(dt_)
+    dtw = (torch.randn(dim, R, generator=g) / R ** 0.5).to(dt_)
+    A = -torch.rand(dim, N, generator=g) - 0.1
+    B = torch.randn(Bn, 1, N, generator=g).to(dt_)
+    C = torch.randn(Bn, 1, N, generator=g).to(dt_)
+    D = torch.randn(dim, generator=g)
+    bias = 0.1 * torch.randn(dim, generator=g)
+    nslots = Bn + 2
+    state = torch.randn(nslots, dim, N, generator=g)
+    idx = torch.randperm(nslots, generator=g)[:Bn].to(torch.int32)
+    if Bn > 2:
+        idx[2] = -1
+
+    s_cpu = state.clone()
+    want = ops.selective_state_update(x, dtr, A, B, C, D, z, bias, s_cpu, idx, True, dtw)
+    c = lambda t: t.cuda()  # noqa: E731
+    s_gpu = state.cuda()
+    got = ops.selective_state_update(c(x), c(dtr), c(A), c(B), c(C), c(D), c(z), c(bias), s_gpu, c(idx), True, c(dtw))
+    # unfused on the GPU: the GEMV, then the plain step
+    s_un = state.cuda()
+    dt_full = ops.linear(c(dtr), c(dtw))
+    un = ops.selective_state_update(c(x), dt_full, c(A), c(B), c(C), c(D), c(z), c(bias), s_un, c(idx), True)
+    torch.cuda.synchronize()
+    rel = REL[dname]
+    _close(got, want, 4 * rel, f"{case[0]} {dname}: out vs CPU")
+    _close(s_gpu, s_cpu, 4 * rel, f"{case[0]} {dname}: state vs CPU")
+    _close(got, un, 4 * rel, f"{case[0]} {dname}: out vs unfused")
+    _close(s_gpu, s_un, 4 * rel, f"{case[0]} {dname}: state vs unfused")
+    if Bn > 2:
+        assert (got[2] == 0).all() and torch.equal(s_gpu.cpu()[~torch.isin(torch.arange(nslots), idx.long())],
+                                                    state[~torch.isin(torch.arange(nslots), idx.long())])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch", [1, 3, 4])
+def test_engine_fused_decode_equals_unfused(monkeypatch, dtype, batch):
+    """runner.decode on the fused path vs the unfused ops, from the same slot states, for a few steps: logits and
+    both states agree to the tolerance of one rounding per GEMV."""
+    import ssmtp.engine.runner as runner_mod
+    from ssmtp.engine.runner import MambaRunner
+    from ssmtp.engine.state_cache import SlotPool
+    from ssmtp.parallel.comm import Communicator
+    from tiny_models import build
+
+    model = build("mamba", "odd", dtype).cuda()
+    runner = MambaRunner.from_hf(model, Communicator(), dtype, "cuda")
+    assert runner.decode_fused_applies(batch), "the tiny model's shapes should take the fused path"
+    pools = []
+    for _ in range(2):
+        pools.append(SlotPool(runner.state_specs(), batch + 2, torch.device("cuda")))
+    g = torch.Generator(device="cuda").manual_seed(3)
+    for t in pools[0].tensors.values():
+        t.copy_(torch.randn(t.shape, device="cuda", generator=g).to(t.dtype) * 0.5)
+    for k, t in pools[1].tensors.items():
+        t.copy_(pools[0].tensors[k])
+    idx = torch.arange(batch, dtype=torch.int32, device="cuda").flip(0) + 1
+    ids = torch.randint(3, 99, (batch,), device="cuda", generator=g)
+    rel = 1e-3 if dtype == torch.float32 else 5e-2
+    for step in range(4):
+        fused = runner.decode(ids, None, idx, pools[0])
+        monkeypatch.setattr(runner_mod, "_DECODE_FUSED", False)
+        plain = runner.decode(ids, None, idx, pools[1])
+        monkeypatch.setattr(runner_mod, "_DECODE_FUSED", True)
+        _close(fused, plain, rel, f"step {step} logits")
+        for k in pools[0].tensors:
+            _close(pools[0].tensors[k], pools[1].tensors[k], rel, f"step {step} state {k}")
+        ids = plain.argmax(-1)
