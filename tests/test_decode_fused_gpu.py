@@ -2,9 +2,10 @@
 and the decode state update with dt_proj fused, each against the C CPU op on the same inputs; then the engine's fused
 decode layer against the unfused ops (runner.decode with SSMTP_DECODE_FUSED off) on the same slot states.
 
-Shapes cover each kernel path: one warp per in_proj row with two row groups per block (2 dl >= 8 x 4 x SMs rows),
-several warps per row (few rows, long rows), row counts that leave a partial row group, conv states of width and
-width - 1 columns, padding rows (slot -1) and shuffled slots. Outputs are pre-filled with NaN so an element a kernel
+Shapes cover each kernel path: many more row groups than blocks (the persistent grid's stride loop), fewer groups
+than blocks, two packs per thread (rows over 512 packs: f32 at H = 4096), a block narrower than a warp's multiple of
+packs (H = 128 bf16: 16 packs), conv widths 2-4 with states of width and width - 1 columns, padding rows (slot -1)
+and shuffled slots. Outputs are pre-filled with NaN so an element a kernel
 does not write fails. Tolerances: the GPU sums the GEMV in another order than the CPU (fp32 accumulation, one
 rounding to T), so a bf16/f16 output may differ by one rounding of T (2^-8 / 2^-11 relative) and the conv and the
 state update carry that on; f32 differs by the summation order only."""
@@ -30,12 +31,12 @@ def _close(got, want, rel, what):
     assert (err <= bound).all(), f"{what}: max err {err.max():.3g} (rel {rel})"
 
 
-# (label, M, H, dl, W, S): the kernel picks one warp per row and 2 row groups per block when 2 dl is large
+# (label, M, H, dl, W, S)
 DEC_IN = [
     ("mamba-2.8b rows", 1, 2560, 5120, 4, 4),
     ("batch 4, width-1 state", 4, 512, 1280, 4, 3),
-    ("few long rows (8 warps per row)", 2, 4096, 40, 4, 4),
-    ("partial row group", 3, 128, 37, 3, 3),
+    ("long rows, few groups", 2, 4096, 40, 4, 4),
+    ("odd channels", 3, 128, 37, 3, 3),
     ("width 2", 2, 64, 96, 2, 1),
 ]
 
@@ -135,8 +136,9 @@ def test_step_dt_proj_matches_cpu_and_unfused(case, dname):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("batch", [1, 3, 4])
 def test_engine_fused_decode_equals_unfused(monkeypatch, dtype, batch):
-    """runner.decode on the fused path vs the unfused ops, from the same slot states, for a few steps: logits and
-    both states agree to the tolerance of one rounding per GEMV."""
+    """runner.decode with SSMTP_DECODE_FUSED = 1 (decode_in + the dt_proj step) and = step (the dt_proj step only) vs
+    0 (the unfused ops), from the same slot states, for a few steps: logits and both states agree to the tolerance of
+    one rounding per GEMV."""
     import ssmtp.engine.runner as runner_mod
     from ssmtp.engine.runner import MambaRunner
     from ssmtp.engine.state_cache import SlotPool
@@ -144,25 +146,26 @@ def test_engine_fused_decode_equals_unfused(monkeypatch, dtype, batch):
     from tiny_models import build
 
     model = build("mamba", "odd", dtype).cuda()
-    runner = MambaRunner.from_hf(model, Communicator(), dtype, "cuda")
+    runner = MambaRunner.from_hf(model, Communicator(), dtype, torch.device("cuda", torch.cuda.current_device()))
+    modes = ("0", "1", "step")
+    monkeypatch.setattr(runner_mod, "_DECODE_FUSED", "1")
     assert runner.decode_fused_applies(batch), "the tiny model's shapes should take the fused path"
-    pools = []
-    for _ in range(2):
-        pools.append(SlotPool(runner.state_specs(), batch + 2, torch.device("cuda")))
+    pools = {m: SlotPool(runner.state_specs(), batch + 2, torch.device("cuda")) for m in modes}
     g = torch.Generator(device="cuda").manual_seed(3)
-    for t in pools[0].tensors.values():
+    for k, t in pools["0"].tensors.items():
         t.copy_(torch.randn(t.shape, device="cuda", generator=g).to(t.dtype) * 0.5)
-    for k, t in pools[1].tensors.items():
-        t.copy_(pools[0].tensors[k])
+        for m in modes[1:]:
+            pools[m].tensors[k].copy_(t)
     idx = torch.arange(batch, dtype=torch.int32, device="cuda").flip(0) + 1
     ids = torch.randint(3, 99, (batch,), device="cuda", generator=g)
     rel = 1e-3 if dtype == torch.float32 else 5e-2
     for step in range(4):
-        fused = runner.decode(ids, None, idx, pools[0])
-        monkeypatch.setattr(runner_mod, "_DECODE_FUSED", False)
-        plain = runner.decode(ids, None, idx, pools[1])
-        monkeypatch.setattr(runner_mod, "_DECODE_FUSED", True)
-        _close(fused, plain, rel, f"step {step} logits")
-        for k in pools[0].tensors:
-            _close(pools[0].tensors[k], pools[1].tensors[k], rel, f"step {step} state {k}")
-        ids = plain.argmax(-1)
+        logits = {}
+        for m in modes:
+            monkeypatch.setattr(runner_mod, "_DECODE_FUSED", m)
+            logits[m] = runner.decode(ids, None, idx, pools[m])
+        for m in modes[1:]:
+            _close(logits[m], logits["0"], rel, f"mode {m} step {step} logits")
+            for k in pools["0"].tensors:
+                _close(pools[m].tensors[k], pools["0"].tensors[k], rel, f"mode {m} step {step} state {k}")
+        ids = logits["0"].argmax(-1)

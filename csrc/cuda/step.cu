@@ -531,10 +531,11 @@ ssmtp_status_t dispatch(const StepArgs &a, bool vec, bool pipe, bool sa, int dev
         }
     }
     const int64_t q = a.N / 4;
-    if (vec && (q == 1 || q == 2 || q == 4 || q == 8 || q == 16 || q == 32 || q == 64)) // other N: the scalar path
+    if (vec && (q == 1 || q == 2 || q == 4 || q == 8 || q == 16 || q == 32 || q == 64)) { // other N: scalar path
         // dt_proj fused: Mamba-1 layers (A per state); with one A per channel (no model has both) the scalar kernel
         if (a.dtw && !sa && dtp_vec) return dispatch_vec<T, false, true>(a, s);
         if (!a.dtw) return sa ? dispatch_vec<T, true, false>(a, s) : dispatch_vec<T, false, false>(a, s);
+    }
     const int64_t n = a.batch * a.dim;
     step_scalar_kernel<T><<<(unsigned)((n + THREADS - 1) / THREADS), THREADS, 0, s>>>(a);
     SSMTP_CUDA_CHECK_LAUNCH(OP);

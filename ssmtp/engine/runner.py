@@ -93,14 +93,15 @@ class _Fused:
         return self.fn(*args)
 
 
-def _decode_fused_on() -> bool:
+def _decode_fused_mode() -> str:
     v = os.environ.get("SSMTP_DECODE_FUSED", "1")
-    if v not in ("0", "1"):
-        raise ValueError(f"SSMTP_DECODE_FUSED={v!r}: expected 1 (fused Mamba decode layers at small batch) or 0")
-    return v == "1"
+    if v not in ("0", "1", "step"):
+        raise ValueError(f"SSMTP_DECODE_FUSED={v!r}: expected 1 (fused Mamba decode layers at small batch), step "
+                         "(only dt_proj fused into the state update) or 0")
+    return v
 
 
-_DECODE_FUSED = _decode_fused_on()
+_DECODE_FUSED = _decode_fused_mode()
 DECODE_FUSED_MAX_BATCH = 4  # SSMTP_DECODE_IN_MAX_M in csrc/ssmtp.h
 
 
@@ -265,12 +266,16 @@ class MambaRunner(ModelRunner):
         h = self._k_add_final(res[logit_rows, last], out[logit_rows, last], self.norm_f, eps, fp32, w.dtype)
         return F.linear(h, w).float()
 
-    def decode_fused_applies(self, batch: int) -> bool:
-        """Whether decode at this batch size takes the fused path (CUDA, SSMTP_DECODE_FUSED unset or 1, batch <=
-        DECODE_FUSED_MAX_BATCH, shapes the kernels take): per layer ops.mamba_decode_in (residual add + norm + in_proj
-        + conv step), x_proj, the state update with dt_proj fused, out_proj - 4 kernels instead of 7."""
-        if not (_DECODE_FUSED and self.embed.is_cuda and 1 <= batch <= DECODE_FUSED_MAX_BATCH):
+    def decode_fused_applies(self, batch: int, part: str = "in") -> bool:
+        """Whether decode at this batch size takes the fused kernels (CUDA, batch <= DECODE_FUSED_MAX_BATCH):
+        part "step": dt_proj fused into the state update (SSMTP_DECODE_FUSED 1 or step); part "in": also
+        ops.mamba_decode_in (residual add + norm + in_proj + conv step; SSMTP_DECODE_FUSED 1, shapes it takes).
+        Fully fused, a layer is 4 kernels (decode_in, x_proj, the update, out_proj) instead of 7."""
+        if (_DECODE_FUSED == "0" or (part == "in" and _DECODE_FUSED != "1") or not self.embed.is_cuda
+                or not 1 <= batch <= DECODE_FUSED_MAX_BATCH):
             return False
+        if part == "step":
+            return True
         ok = self._fused_ok.get(batch)
         if ok is None:  # decided once per batch size (decode is graph-captured per bucket)
             res = self.embed.new_empty(batch, self.embed.shape[1])
@@ -289,14 +294,15 @@ class MambaRunner(ModelRunner):
                 res, xc, z = ops.mamba_decode_in(res, out, self.norms[i], mixer.in_proj_weight, mixer.in_proj_bias,
                                                  mixer.conv_weight, mixer.conv_bias, pool.layer("conv", i), state_idx,
                                                  eps, fp32)
-                out = mixer.mix_step_fused(xc, z, pool.layer("ssm", i), state_idx)
+                out = mixer.step_tail(xc, z, pool.layer("ssm", i), state_idx)
             h = self._k_add_final(res, out, self.norm_f, eps, fp32, w.dtype)
             return F.linear(h, w).float()
+        fuse_dt = self.decode_fused_applies(ids.shape[0], "step")
         res = F.embedding(ids[:, None], self.embed)  # (B, 1, H)
         x = self._k_norm(res, self.norms[0], eps, dt)
         n = len(self.mixers)
         for i, mixer in enumerate(self.mixers):
-            out = mixer.mix_step(x, pool.layer("conv", i), pool.layer("ssm", i), state_idx)
+            out = mixer.mix_step(x, pool.layer("conv", i), pool.layer("ssm", i), state_idx, fuse_dt)
             if i + 1 < n:
                 res, x = self._k_add_norm(res, out, self.norms[i + 1], eps, dt, fp32)
             else:

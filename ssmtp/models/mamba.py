@@ -152,29 +152,32 @@ class TPMambaMixer(nn.Module):
         return self._out(y.transpose(1, 2), h.dtype)
 
     def mix_step(self, h: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor,
-                 state_idx: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """One decode token per sequence. h (B, 1, H); states updated in place."""
+                 state_idx: Optional[torch.Tensor] = None, fuse_dt: bool = False) -> torch.Tensor:
+        """One decode token per sequence. h (B, 1, H); states updated in place. fuse_dt: dt_proj inside the state
+        update (one kernel instead of a GEMV and the update; the engine's choice at small batch on CUDA)."""
         dl = self.d_local
         xz = ops.linear(h, self.in_proj_weight, self.in_proj_bias)  # (B, 1, 2dl)
         x = xz[..., :dl].transpose(1, 2)
         xc = ops.causal_conv1d(x, self.conv_weight, self.conv_bias, conv_state, state_idx, None, True, True)
-        xc_tok = xc.transpose(1, 2)  # (B, 1, dl)
-        dt, B, C = self._dt_B_C(xc_tok)
-        y = ops.selective_state_update(xc_tok[:, 0], dt[:, 0], self.A, B[:, 0, None], C[:, 0, None], self.D,
-                                       xz[:, 0, dl:], self.dt_bias, ssm_state, state_idx, True)
-        return self._out(y[:, None], h.dtype)
+        return self.step_tail(xc[..., 0], xz[:, 0, dl:], ssm_state, state_idx, fuse_dt)[:, None]
 
-    def mix_step_fused(self, xc: torch.Tensor, z: torch.Tensor, ssm_state: torch.Tensor,
-                       state_idx: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The rest of a decode step after ops.mamba_decode_in (which gave the conv output xc and the gate z, (B, dl)):
-        x_proj (+ all-reduce), the state update with dt_proj fused into it, out_proj (+ all-reduce). Returns (B, H)."""
+    def step_tail(self, xc: torch.Tensor, z: torch.Tensor, ssm_state: torch.Tensor,
+                  state_idx: Optional[torch.Tensor] = None, fuse_dt: bool = True) -> torch.Tensor:
+        """A decode step after the conv (xc, the conv output, and z, the gate, (B, dl); from mix_step or from
+        ops.mamba_decode_in): x_proj (+ all-reduce), the state update (dt_proj fused into it when fuse_dt), out_proj
+        (+ all-reduce). Returns (B, H)."""
         R, N = self.time_step_rank, self.ssm_state_size
-        proj = self.comm.all_reduce(ops.linear(xc, self.x_proj_weight))
-        dt, B, C = torch.split(proj, [R, N, N], dim=-1)
-        if self.falcon:
-            dt, B, C = _rms(dt, self.rms_eps), _rms(B, self.rms_eps), _rms(C, self.rms_eps)
+        if fuse_dt:
+            proj = self.comm.all_reduce(ops.linear(xc, self.x_proj_weight))
+            dt, B, C = torch.split(proj, [R, N, N], dim=-1)
+            if self.falcon:
+                dt, B, C = _rms(dt, self.rms_eps), _rms(B, self.rms_eps), _rms(C, self.rms_eps)
+            dt_proj = self.dt_proj_weight
+        else:
+            dt, B, C = self._dt_B_C(xc)
+            dt_proj = None
         y = ops.selective_state_update(xc, dt, self.A, B[:, None], C[:, None], self.D, z, self.dt_bias, ssm_state,
-                                       state_idx, True, self.dt_proj_weight)
+                                       state_idx, True, dt_proj)
         return self._out(y, xc.dtype)
 
     # ------------------------------------------------------------------ HF-compatible forward
