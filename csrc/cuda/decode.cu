@@ -14,8 +14,10 @@
 // block reduction over the thread's own elements (no shared copy of the input, no conversion per use). Rows go in
 // groups of RPB = 2; the grid is persistent (blocks per SM x SMs, from the occupancy calculator) and walks the groups
 // with a stride, so the prologue is paid once per block and the tail is one group (~1/13 of a block's work at
-// mamba-2.8b's 5120 groups), not a wave. The next group's weight packs are loaded before the current group is
-// multiplied (2 x RPB x PPT packs in flight per thread); the first group's before the PDL wait. Per group the RPB x M
+// mamba-2.8b's 5120 groups), not a wave. The weight packs of the next two groups are in flight while a group is
+// multiplied (3 x RPB x PPT packs per thread; the first two groups' are issued before the PDL wait), and the conv
+// operands of a group's epilogue are loaded at the top of the group: per group, only the barrier and the epilogue's
+// arithmetic and stores are serial. Per group the RPB x M
 // sums are reduced by warp shuffles and a double-buffered shared array (one barrier per group), and threads t < RPB M
 // finish one (row, m) each: the bias and one rounding to T, then the conv step of channel `row` (ssm_conv_step, the
 // arithmetic of conv1d.cu's decode kernel) for x rows, or the store for z rows.
@@ -47,31 +49,47 @@ struct DecInArgs {
 
 template <typename T> __device__ __forceinline__ float round_t(float v) { return to_f32<T>(from_f32<T>(v)); }
 
-// The conv step of channel c for one row, xz its in_proj output (W, S from the launcher: a switch here keeps one
-// kernel per (T, M, KS) instead of one per conv shape; it runs on M lanes per row).
-template <typename T, int W, int S>
-__device__ __forceinline__ float conv_one(const DecInArgs &a, T *st, int64_t c, T xz) {
-    float cw[W];
+// The conv operands of one (row, m) of a group: loaded at the top of the group, so that their latency overlaps the
+// group's products instead of following its barrier (up to 4 columns: W, S <= 4 from the launcher).
+template <typename T> struct ConvOps {
+    float w[4], b;
+    T old[4];
+    T *st; // null: not an x row of a live slot
+};
+
+template <typename T> __device__ __forceinline__ void conv_load(const DecInArgs &a, int64_t c, int64_t slot,
+                                                                ConvOps<T> &o) {
+    o.st = (T *)a.conv_state + slot * a.ss0 + c * a.ss1;
 #pragma unroll
-    for (int j = 0; j < W; j++) cw[j] = to_f32<T>(((const T *)a.conv_w)[c * a.scw0 + j * a.scw1]);
-    const float cb = a.conv_b ? to_f32<T>(((const T *)a.conv_b)[c * a.scb]) : 0.f;
+    for (int j = 0; j < 4; j++) {
+        o.w[j] = j < a.W ? to_f32<T>(((const T *)a.conv_w)[c * a.scw0 + j * a.scw1]) : 0.f;
+        o.old[j] = j < a.S ? o.st[j * a.ss2] : from_f32<T>(0.f);
+    }
+    o.b = a.conv_b ? to_f32<T>(((const T *)a.conv_b)[c * a.scb]) : 0.f;
+}
+
+// The conv step on loaded operands (W, S at compile time: one kernel per (T, M, PPT), a switch per conv shape).
+template <typename T, int W, int S> __device__ __forceinline__ float conv_one(ConvOps<T> &o, T xz, int64_t ss2) {
+    float w[W];
     T old[S], nw[S];
 #pragma unroll
-    for (int j = 0; j < S; j++) old[j] = st[j * a.ss2];
-    const float y = ssm_conv_step<T, W, S>(cw, cb, old, xz, nw);
+    for (int j = 0; j < W; j++) w[j] = o.w[j];
 #pragma unroll
-    for (int j = 0; j < S; j++) st[j * a.ss2] = nw[j];
+    for (int j = 0; j < S; j++) old[j] = o.old[j];
+    const float y = ssm_conv_step<T, W, S>(w, o.b, old, xz, nw);
+#pragma unroll
+    for (int j = 0; j < S; j++) o.st[j * ss2] = nw[j];
     return y;
 }
 
-template <typename T> __device__ __forceinline__ float conv_any(const DecInArgs &a, T *st, int64_t c, T xz) {
+template <typename T> __device__ __forceinline__ float conv_any(const DecInArgs &a, ConvOps<T> &o, T xz) {
     switch (a.W * 8 + a.S) {
-    case 2 * 8 + 1: return conv_one<T, 2, 1>(a, st, c, xz);
-    case 2 * 8 + 2: return conv_one<T, 2, 2>(a, st, c, xz);
-    case 3 * 8 + 2: return conv_one<T, 3, 2>(a, st, c, xz);
-    case 3 * 8 + 3: return conv_one<T, 3, 3>(a, st, c, xz);
-    case 4 * 8 + 3: return conv_one<T, 4, 3>(a, st, c, xz);
-    default: return conv_one<T, 4, 4>(a, st, c, xz);
+    case 2 * 8 + 1: return conv_one<T, 2, 1>(o, xz, a.ss2);
+    case 2 * 8 + 2: return conv_one<T, 2, 2>(o, xz, a.ss2);
+    case 3 * 8 + 2: return conv_one<T, 3, 2>(o, xz, a.ss2);
+    case 3 * 8 + 3: return conv_one<T, 3, 3>(o, xz, a.ss2);
+    case 4 * 8 + 3: return conv_one<T, 4, 3>(o, xz, a.ss2);
+    default: return conv_one<T, 4, 4>(o, xz, a.ss2);
     }
 }
 
@@ -101,9 +119,15 @@ __global__ void __launch_bounds__(512) decode_in_kernel(const DecInArgs a) {
         }
     };
     int64_t g = blockIdx.x;
-    uint4 cur[RPB][PPT], nxt[RPB][PPT];
+    const int64_t gs = gridDim.x;
+    uint4 cur[RPB][PPT], nx1[RPB][PPT], nx2[RPB][PPT]; // this group's packs and the next two groups'
     if (g < ngroups) load(g, cur);
+    if (g + gs < ngroups) load(g + gs, nx1);
     ssm_pdl_wait();
+    // this thread's (row, m) of every group's epilogue (threads t < RPB x M) and its row's slot
+    const int er = threadIdx.x / M, em = threadIdx.x % M;
+    int64_t eslot = -1;
+    if (threadIdx.x < RM) eslot = a.state_idx ? (int64_t)a.state_idx[em * a.sidx] : em;
 
     // Prologue: r = res + add (fp32), v = (T) r, s = 1 / sqrt(mean(v^2) + eps) (IEEE, as the CPU reference),
     // h = (T)(norm_w * (T)(v s)), for this thread's elements only.
@@ -155,8 +179,12 @@ __global__ void __launch_bounds__(512) decode_in_kernel(const DecInArgs a) {
         }
     }
 
-    for (int buf = 0; g < ngroups; g += gridDim.x, buf ^= 1) {
-        if (g + gridDim.x < ngroups) load(g + gridDim.x, nxt); // in flight while this group is multiplied
+    for (int buf = 0; g < ngroups; g += gs, buf ^= 1) {
+        if (g + 2 * gs < ngroups) load(g + 2 * gs, nx2); // in flight while this group and the next are multiplied
+        ConvOps<T> co;
+        co.st = nullptr;
+        const int64_t erow = g * RPB + er;
+        if (threadIdx.x < RM && erow < a.dl && eslot >= 0 && eslot < a.nslots) conv_load<T>(a, erow, eslot, co);
         float acc[RPB][M];
 #pragma unroll
         for (int r = 0; r < RPB; r++)
@@ -183,33 +211,26 @@ __global__ void __launch_bounds__(512) decode_in_kernel(const DecInArgs a) {
                 if (lane == 0) red[buf][warp][r * M + m] = v;
             }
         __syncthreads(); // red[buf] complete; red[buf ^ 1] was last read before this barrier
-        if (threadIdx.x < RM) {
-            const int r = threadIdx.x / M, m = threadIdx.x % M;
-            const int64_t row = g * RPB + r;
-            if (row < N) {
-                float s = 0.f;
-                for (int i = 0; i < nw; i++) s += red[buf][i][threadIdx.x];
-                if (a.bias) s = __fadd_rn(s, to_f32<T>(((const T *)a.bias)[row]));
-                const T xz = from_f32<T>(s);
-                if (row >= a.dl) {
-                    ((T *)a.z)[m * a.sz + (row - a.dl)] = xz;
-                } else {
-                    const int64_t c = row;
-                    const int64_t slot = a.state_idx ? (int64_t)a.state_idx[m * a.sidx] : m;
-                    T *out = (T *)a.xc + m * a.sxc + c;
-                    if (slot < 0 || slot >= a.nslots) {
-                        *out = from_f32<T>(slot < 0 ? 0.f : __int_as_float(0x7fc00000));
-                    } else {
-                        const float y = conv_any<T>(a, (T *)a.conv_state + slot * a.ss0 + c * a.ss1, c, xz);
-                        *out = from_f32<T>(ssm_silu_out<T>(y));
-                    }
-                }
+        if (threadIdx.x < RM && erow < N) {
+            float s = 0.f;
+            for (int i = 0; i < nw; i++) s += red[buf][i][threadIdx.x];
+            if (a.bias) s = __fadd_rn(s, to_f32<T>(((const T *)a.bias)[erow]));
+            const T xz = from_f32<T>(s);
+            if (erow >= a.dl) {
+                ((T *)a.z)[em * a.sz + (erow - a.dl)] = xz;
+            } else {
+                T *out = (T *)a.xc + em * a.sxc + erow;
+                if (co.st) *out = from_f32<T>(ssm_silu_out<T>(conv_any<T>(a, co, xz)));
+                else *out = from_f32<T>(eslot < 0 ? 0.f : __int_as_float(0x7fc00000));
             }
         }
 #pragma unroll
         for (int r = 0; r < RPB; r++)
 #pragma unroll
-            for (int j = 0; j < PPT; j++) cur[r][j] = nxt[r][j];
+            for (int j = 0; j < PPT; j++) {
+                cur[r][j] = nx1[r][j];
+                nx1[r][j] = nx2[r][j];
+            }
     }
 }
 

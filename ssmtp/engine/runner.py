@@ -102,7 +102,11 @@ def _decode_fused_mode() -> str:
 
 
 _DECODE_FUSED = _decode_fused_mode()
-DECODE_FUSED_MAX_BATCH = 4  # SSMTP_DECODE_IN_MAX_M in csrc/ssmtp.h
+# Batch sizes that take the fused kernels (decode_fused_applies). On one H200 (mamba-2.8b, bench_ops "decode layer"):
+# the dt_proj step 3.3-3.9 us vs 6.2-6.7 for GEMV + update at 1-4 rows; decode_in ahead of the three unfused kernels at
+# 1-2 rows, behind at 4 (its registers leave one block per SM there).
+DECODE_FUSED_MAX_BATCH = 4
+DECODE_IN_MAX_BATCH = 2  # <= SSMTP_DECODE_IN_MAX_M in csrc/ssmtp.h
 
 
 class ModelRunner(nn.Module):
@@ -267,12 +271,13 @@ class MambaRunner(ModelRunner):
         return F.linear(h, w).float()
 
     def decode_fused_applies(self, batch: int, part: str = "in") -> bool:
-        """Whether decode at this batch size takes the fused kernels (CUDA, batch <= DECODE_FUSED_MAX_BATCH):
-        part "step": dt_proj fused into the state update (SSMTP_DECODE_FUSED 1 or step); part "in": also
-        ops.mamba_decode_in (residual add + norm + in_proj + conv step; SSMTP_DECODE_FUSED 1, shapes it takes).
+        """Whether decode at this batch size takes the fused kernels on CUDA: part "step": dt_proj fused into the
+        state update (SSMTP_DECODE_FUSED 1 or step, batch <= DECODE_FUSED_MAX_BATCH); part "in": also
+        ops.mamba_decode_in (residual add + norm + in_proj + conv step; SSMTP_DECODE_FUSED 1, batch <=
+        DECODE_IN_MAX_BATCH, shapes it takes).
         Fully fused, a layer is 4 kernels (decode_in, x_proj, the update, out_proj) instead of 7."""
         if (_DECODE_FUSED == "0" or (part == "in" and _DECODE_FUSED != "1") or not self.embed.is_cuda
-                or not 1 <= batch <= DECODE_FUSED_MAX_BATCH):
+                or not 1 <= batch <= (DECODE_FUSED_MAX_BATCH if part == "step" else DECODE_IN_MAX_BATCH)):
             return False
         if part == "step":
             return True
