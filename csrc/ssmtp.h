@@ -173,7 +173,7 @@ ssmtp_status_t ssmtp_dequantize(const ssmtp_quant_params_t *p, void *stream);
  * res_out's dtype; v = (T) r; s = 1 / sqrt(mean(v^2) + eps) in fp32; h = (T)(norm_w * (T)(v * s));
  * xz = h weight^T + bias (fp32 accumulation, one rounding to T); xc = conv1d decode step of xz[:, :dl] with SiLU
  * (ssmtp_conv1d_fwd), z = xz[:, dl:]. CPU: any M; CUDA: 1 <= M <= SSMTP_DECODE_IN_MAX_M, H * element size a
- * multiple of 16 bytes, M x H x element size <= 160 KiB, 16-byte aligned weight, S = W or W - 1 (else
+ * multiple of 16 bytes and at most 16 KiB, 16-byte aligned weight, S = W or W - 1 (else
  * SSMTP_ERR_UNSUPPORTED: callers run the unfused ops).
  */
 #define SSMTP_DECODE_IN_MAX_M 4

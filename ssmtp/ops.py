@@ -292,14 +292,14 @@ def _(res, add, norm_w, weight, bias, conv_w, conv_b, conv_state, state_idx, eps
 
 def mamba_decode_in_applies(res: torch.Tensor, weight: torch.Tensor, add: Optional[torch.Tensor] = None) -> bool:
     """Whether the CUDA kernel of mamba_decode_in takes these rows (ssmtp.h: 1 <= M <= 4, rows of whole 16-byte
-    packs, M x H x element size <= 160 KiB, a contiguous 16-byte aligned weight, res and add 16-byte aligned with
+    packs of at most 16 KiB, a contiguous 16-byte aligned weight, res and add 16-byte aligned with
     contiguous rows; the conv state must also have W or W - 1 columns); else the caller runs the unfused ops."""
     if not (res.is_cuda and weight.is_cuda and weight.dtype in (torch.bfloat16, torch.float16, torch.float32)
             and res.dtype in (torch.float32, weight.dtype) and res.dim() == 2 and weight.dim() == 2):
         return False
     M, H = res.shape
     es = weight.element_size()
-    if not (1 <= M <= DECODE_IN_MAX_M and (H * es) % 16 == 0 and M * H * es <= 160 * 1024
+    if not (1 <= M <= DECODE_IN_MAX_M and (H * es) % 16 == 0 and H * es <= 16 * 1024
             and weight.is_contiguous() and weight.data_ptr() % 16 == 0):
         return False
     return all(t is None or (t.data_ptr() % 16 == 0 and (H <= 1 or t.stride(1) == 1)) for t in (res, add))

@@ -8,17 +8,17 @@
 // the conv step; fused it is one, launched with PDL so that its weight stream starts while the kernel before it (the
 // previous layer's out_proj, or its all-reduce) finishes.
 //
-// Work layout: 8 warps per block; every warp streams `rpw` whole in_proj rows (lane l reads packs l, l + 32, ...
-// of a row: each load instruction of a warp reads 512 contiguous bytes), the rows of a warp adjacent. rpw is the
-// fewest rows that let every warp be resident at once (occupancy calculator), and the grid has exactly the warps
-// that needs: every warp does the same work, there is no second wave and no tail. A warp's packs form one stream:
-// RING = 8 packs per lane in flight, the first 8 issued before the PDL wait. Per row only warp shuffles: no barrier
-// after the prologue.
-// Prologue, once per block (one wave of blocks): the block reads the whole residual (M x H), sums the squares with a
-// block reduction and keeps h = norm(res + add) in shared memory as T (every warp needs all of it); block 0 writes
-// res_out. Epilogue per row: lane m < M finishes batch row m: the bias and one rounding to T, then the conv step of
-// channel `row` (ssm_conv_step, the arithmetic of conv1d.cu's decode kernel, its operands loaded when the row
-// starts) for x rows, or the store for z rows.
+// Work layout: a block of NT = 32 * ceil(npk / PPT / 32) <= 512 threads (npk = H / (16 / elem) 16-byte packs per
+// in_proj row, PPT = 1, or 2 when npk > 512; rows of at most 16 KiB) gives thread t the packs t, t + NT of EVERY row. So each thread
+// needs the normalised input at its own packs only, and keeps it in registers as floats: the RMSNorm prologue is a
+// block reduction over the thread's own elements (no shared copy of the input, no conversion per use). Rows go in
+// groups of RPB = 2; the grid is persistent (blocks per SM x SMs, from the occupancy calculator) and walks the groups
+// with a stride, so the prologue is paid once per block and the tail is one group (~1/13 of a block's work at
+// mamba-2.8b's 5120 groups), not a wave. The next group's weight packs are loaded before the current group is
+// multiplied (2 x RPB x PPT packs in flight per thread); the first group's before the PDL wait. Per group the RPB x M
+// sums are reduced by warp shuffles and a double-buffered shared array (one barrier per group), and threads t < RPB M
+// finish one (row, m) each: the bias and one rounding to T, then the conv step of channel `row` (ssm_conv_step, the
+// arithmetic of conv1d.cu's decode kernel) for x rows, or the store for z rows.
 // Bytes: the in_proj weight once (2 dl x H x elem: 52 MB of mamba-2.8b's 87 MB per layer) + the residual (a few KB
 // per block, from L2).
 
@@ -39,7 +39,7 @@ struct DecInArgs {
     void *conv_state;
     const int32_t *state_idx;
     void *xc, *z;
-    int64_t H, dl, nslots, W, S, rpw;
+    int64_t H, dl, nslots, W, S;
     int64_t sres, sadd, sro, sxc, sz, scw0, scw1, scb, ss0, ss1, ss2, sidx;
     int res_f32, out_f32;
     float eps;
@@ -47,129 +47,90 @@ struct DecInArgs {
 
 template <typename T> __device__ __forceinline__ float round_t(float v) { return to_f32<T>(from_f32<T>(v)); }
 
-// The conv operands of one (row, m) of a group: loaded at the top of the group, so that their latency overlaps the
-// group's products instead of following its barrier (up to 4 columns: W, S <= 4 from the launcher).
-template <typename T> struct ConvOps {
-    float w[4], b;
-    T old[4];
-    T *st; // null: not an x row of a live slot
-};
-
-template <typename T> __device__ __forceinline__ void conv_load(const DecInArgs &a, int64_t c, int64_t slot,
-                                                                ConvOps<T> &o) {
-    o.st = (T *)a.conv_state + slot * a.ss0 + c * a.ss1;
+// The conv step of channel c for one row, xz its in_proj output (W, S from the launcher: a switch here keeps one
+// kernel per (T, M, KS) instead of one per conv shape; it runs on M lanes per row).
+template <typename T, int W, int S>
+__device__ __forceinline__ float conv_one(const DecInArgs &a, T *st, int64_t c, T xz) {
+    float cw[W];
 #pragma unroll
-    for (int j = 0; j < 4; j++) {
-        o.w[j] = j < a.W ? to_f32<T>(((const T *)a.conv_w)[c * a.scw0 + j * a.scw1]) : 0.f;
-        o.old[j] = j < a.S ? o.st[j * a.ss2] : from_f32<T>(0.f);
-    }
-    o.b = a.conv_b ? to_f32<T>(((const T *)a.conv_b)[c * a.scb]) : 0.f;
-}
-
-// The conv step on loaded operands (W, S at compile time: one kernel per (T, M, PPT), a switch per conv shape).
-template <typename T, int W, int S> __device__ __forceinline__ float conv_one(ConvOps<T> &o, T xz, int64_t ss2) {
-    float w[W];
+    for (int j = 0; j < W; j++) cw[j] = to_f32<T>(((const T *)a.conv_w)[c * a.scw0 + j * a.scw1]);
+    const float cb = a.conv_b ? to_f32<T>(((const T *)a.conv_b)[c * a.scb]) : 0.f;
     T old[S], nw[S];
 #pragma unroll
-    for (int j = 0; j < W; j++) w[j] = o.w[j];
+    for (int j = 0; j < S; j++) old[j] = st[j * a.ss2];
+    const float y = ssm_conv_step<T, W, S>(cw, cb, old, xz, nw);
 #pragma unroll
-    for (int j = 0; j < S; j++) old[j] = o.old[j];
-    const float y = ssm_conv_step<T, W, S>(w, o.b, old, xz, nw);
-#pragma unroll
-    for (int j = 0; j < S; j++) o.st[j * ss2] = nw[j];
+    for (int j = 0; j < S; j++) st[j * a.ss2] = nw[j];
     return y;
 }
 
-template <typename T> __device__ __forceinline__ float conv_any(const DecInArgs &a, ConvOps<T> &o, T xz) {
+template <typename T> __device__ __forceinline__ float conv_any(const DecInArgs &a, T *st, int64_t c, T xz) {
     switch (a.W * 8 + a.S) {
-    case 2 * 8 + 1: return conv_one<T, 2, 1>(o, xz, a.ss2);
-    case 2 * 8 + 2: return conv_one<T, 2, 2>(o, xz, a.ss2);
-    case 3 * 8 + 2: return conv_one<T, 3, 2>(o, xz, a.ss2);
-    case 3 * 8 + 3: return conv_one<T, 3, 3>(o, xz, a.ss2);
-    case 4 * 8 + 3: return conv_one<T, 4, 3>(o, xz, a.ss2);
-    default: return conv_one<T, 4, 4>(o, xz, a.ss2);
+    case 2 * 8 + 1: return conv_one<T, 2, 1>(a, st, c, xz);
+    case 2 * 8 + 2: return conv_one<T, 2, 2>(a, st, c, xz);
+    case 3 * 8 + 2: return conv_one<T, 3, 2>(a, st, c, xz);
+    case 3 * 8 + 3: return conv_one<T, 3, 3>(a, st, c, xz);
+    case 4 * 8 + 3: return conv_one<T, 4, 3>(a, st, c, xz);
+    default: return conv_one<T, 4, 4>(a, st, c, xz);
     }
 }
 
-constexpr int THREADS = 256, WARPS = THREADS / 32;
-constexpr int RING = 8; // weight packs in flight per lane
+constexpr int RPB = 2; // in_proj rows per group
 
-// The in_proj row `row` of this warp is done: sum the lanes, then lane m < M finishes row m of the batch (bias, one
-// rounding to T, then the conv step for an x row, the store for a z row).
-template <typename T, int M>
-__device__ __forceinline__ void finish_row(const DecInArgs &a, int64_t row, float (&acc)[M], ConvOps<T> &co,
-                                           int64_t slot) {
-    const int lane = threadIdx.x % 32;
-    float mine = 0.f;
-#pragma unroll
-    for (int m = 0; m < M; m++) {
-        float v = acc[m];
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-        if (lane == m) mine = v;
-        acc[m] = 0.f;
-    }
-    if (lane >= M) return;
-    if (a.bias) mine = __fadd_rn(mine, to_f32<T>(((const T *)a.bias)[row]));
-    const T xz = from_f32<T>(mine);
-    if (row >= a.dl) {
-        ((T *)a.z)[lane * a.sz + (row - a.dl)] = xz;
-    } else {
-        T *out = (T *)a.xc + lane * a.sxc + row;
-        if (co.st) *out = from_f32<T>(ssm_silu_out<T>(conv_any<T>(a, co, xz)));
-        else *out = from_f32<T>(slot < 0 ? 0.f : __int_as_float(0x7fc00000));
-    }
-}
-
-template <typename T, int M>
-__global__ void __launch_bounds__(THREADS) decode_in_kernel(const DecInArgs a) {
-    extern __shared__ __align__(16) unsigned char smem_raw[];
-    T *xs = reinterpret_cast<T *>(smem_raw); // (M, H): the normalised block input
-    __shared__ float ssr[WARPS][M];
-    constexpr int P = Pack16<T>::N;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    // 32-bit counters (the launcher checked 2 dl x steps per row < 2^31): fewer registers in the streaming loop
-    const int H = (int)a.H, N = (int)(2 * a.dl), npk = H / P, spr = (npk + 31) / 32; // 32-pack steps per row
-    // this warp's rows: [r0, r1), a.rpw of them (the last warp fewer)
-    const int r0 = (int)(((int64_t)blockIdx.x * WARPS + warp) * a.rpw);
-    const int r1 = r0 + (int)a.rpw < N ? r0 + (int)a.rpw : N;
-    const int nsteps = r0 < N ? (r1 - r0) * spr : 0;
+template <typename T, int M, int PPT>
+__global__ void __launch_bounds__(512) decode_in_kernel(const DecInArgs a) {
+    constexpr int P = Pack16<T>::N, RM = RPB * M;
+    __shared__ float red[2][16][RM]; // per-warp partial sums (<= 16 warps), double-buffered across groups
+    __shared__ float ssr[16][M];
+    const int nt = blockDim.x, nw = nt / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int64_t H = a.H, N = 2 * a.dl, npk = H / P, ngroups = (N + RPB - 1) / RPB;
     const uint4 *w = reinterpret_cast<const uint4 *>(a.w);
+    bool own[PPT];
+#pragma unroll
+    for (int j = 0; j < PPT; j++) own[j] = threadIdx.x + j * nt < npk;
     ssm_pdl_trigger();
 
-    // The warp's packs as one stream of steps s = (row - r0) * spr + j: lane reads pack j * 32 + lane of the row
-    // (nothing past the row's end). The first RING steps are issued before the PDL wait (weights: nothing earlier on
-    // the stream writes them); each step consumed issues step s + RING.
-    uint4 ring[RING];
-    int lrow = r0, lj = 0; // the load cursor
-    auto issue = [&](uint4 &dst) {
-        const int k = lj * 32 + lane;
-        dst = k < npk ? ld_stream(w + (int64_t)lrow * npk + k) : make_uint4(0, 0, 0, 0);
-        if (++lj == spr) { lj = 0; lrow++; }
-    };
+    // weights of group g (rows past N read as zero packs)
+    auto load = [&](int64_t g, uint4 (&wv)[RPB][PPT]) {
 #pragma unroll
-    for (int u = 0; u < RING; u++)
-        if (u < nsteps) issue(ring[u]);
+        for (int r = 0; r < RPB; r++) {
+            const int64_t row = g * RPB + r;
+#pragma unroll
+            for (int j = 0; j < PPT; j++)
+                wv[r][j] = own[j] && row < N ? ld_stream(w + row * npk + threadIdx.x + j * nt) : make_uint4(0, 0, 0, 0);
+        }
+    };
+    int64_t g = blockIdx.x;
+    uint4 cur[RPB][PPT], nxt[RPB][PPT];
+    if (g < ngroups) load(g, cur);
     ssm_pdl_wait();
 
-    // Prologue (every block, whole rows): r = res + add (fp32), v = (T) r, s = 1 / sqrt(mean(v^2) + eps) (IEEE, as
-    // the CPU reference), h = (T)(norm_w * (T)(v s)) into shared memory; block 0 writes res_out.
+    // Prologue: r = res + add (fp32), v = (T) r, s = 1 / sqrt(mean(v^2) + eps) (IEEE, as the CPU reference),
+    // h = (T)(norm_w * (T)(v s)), for this thread's elements only.
+    float x[M][PPT][P];
     float ss[M];
 #pragma unroll
     for (int m = 0; m < M; m++) ss[m] = 0.f;
-    for (int e = threadIdx.x; e < H; e += THREADS) {
+#pragma unroll
+    for (int j = 0; j < PPT; j++) {
+        const int64_t e0 = (threadIdx.x + j * (int64_t)nt) * P;
 #pragma unroll
         for (int m = 0; m < M; m++) {
-            float r = a.res_f32 ? ((const float *)a.res)[m * a.sres + e] : to_f32<T>(((const T *)a.res)[m * a.sres + e]);
-            if (a.add) r = __fadd_rn(r, to_f32<T>(((const T *)a.add)[m * a.sadd + e]));
-            if (blockIdx.x == 0) {
-                if (a.out_f32) ((float *)a.res_out)[m * a.sro + e] = r;
-                else ((T *)a.res_out)[m * a.sro + e] = from_f32<T>(r);
+#pragma unroll
+            for (int i = 0; i < P; i++) {
+                x[m][j][i] = 0.f; // a pack past the row (the last threads) multiplies zero weights
+                if (!own[j]) continue;
+                const int64_t e = e0 + i;
+                float r = a.res_f32 ? ((const float *)a.res)[m * a.sres + e] : to_f32<T>(((const T *)a.res)[m * a.sres + e]);
+                if (a.add) r = __fadd_rn(r, to_f32<T>(((const T *)a.add)[m * a.sadd + e]));
+                if (blockIdx.x == 0) {
+                    if (a.out_f32) ((float *)a.res_out)[m * a.sro + e] = r;
+                    else ((T *)a.res_out)[m * a.sro + e] = from_f32<T>(r);
+                }
+                const float v = round_t<T>(r);
+                x[m][j][i] = v;
+                ss[m] = fmaf(v, v, ss[m]);
             }
-            const T v = from_f32<T>(r);
-            xs[m * H + e] = v;
-            const float vf = to_f32<T>(v);
-            ss[m] = fmaf(vf, vf, ss[m]);
         }
     }
 #pragma unroll
@@ -179,98 +140,109 @@ __global__ void __launch_bounds__(THREADS) decode_in_kernel(const DecInArgs a) {
         if (lane == 0) ssr[warp][m] = ss[m];
     }
     __syncthreads();
-    float sc[M];
 #pragma unroll
     for (int m = 0; m < M; m++) {
         float t = 0.f;
+        for (int i = 0; i < nw; i++) t += ssr[i][m];
+        const float sc = __fdiv_rn(1.f, __fsqrt_rn(__fadd_rn(__fdiv_rn(t, (float)H), a.eps)));
 #pragma unroll
-        for (int i = 0; i < WARPS; i++) t += ssr[i][m];
-        sc[m] = __fdiv_rn(1.f, __fsqrt_rn(__fadd_rn(__fdiv_rn(t, (float)H), a.eps)));
-    }
-    for (int e = threadIdx.x; e < H; e += THREADS) {
-        const float nw = to_f32<T>(((const T *)a.norm_w)[e]);
+        for (int j = 0; j < PPT; j++) {
+            if (!own[j]) continue;
+            const int64_t e0 = (threadIdx.x + j * (int64_t)nt) * P;
 #pragma unroll
-        for (int m = 0; m < M; m++)
-            xs[m * H + e] = from_f32<T>(__fmul_rn(nw, round_t<T>(__fmul_rn(to_f32<T>(xs[m * H + e]), sc[m]))));
+            for (int i = 0; i < P; i++)
+                x[m][j][i] = round_t<T>(__fmul_rn(to_f32<T>(((const T *)a.norm_w)[e0 + i]), round_t<T>(__fmul_rn(x[m][j][i], sc))));
+        }
     }
-    __syncthreads(); // no barrier after this: warps stream their own rows
 
-    // lane m < M: the slot of batch row m, and the conv operands of the current row (loaded at the row's start)
-    const int64_t slot = lane < M ? (a.state_idx ? (int64_t)a.state_idx[lane * a.sidx] : lane) : -1;
-    ConvOps<T> co;
-    auto row_start = [&](int row) {
-        co.st = nullptr;
-        if (lane < M && row < a.dl && slot >= 0 && slot < a.nslots) conv_load<T>(a, row, slot, co);
-    };
-    float acc[M];
+    for (int buf = 0; g < ngroups; g += gridDim.x, buf ^= 1) {
+        if (g + gridDim.x < ngroups) load(g + gridDim.x, nxt); // in flight while this group is multiplied
+        float acc[RPB][M];
 #pragma unroll
-    for (int m = 0; m < M; m++) acc[m] = 0.f;
-    int crow = r0, cj = 0; // the compute cursor
-    if (nsteps > 0) row_start(crow);
-    for (int base = 0; base < nsteps; base += RING) {
+        for (int r = 0; r < RPB; r++)
 #pragma unroll
-        for (int u = 0; u < RING; u++) {
-            if (base + u < nsteps) {
-                const uint4 wv = ring[u];
-                if (base + u + RING < nsteps) issue(ring[u]);
-                const int k = cj * 32 + lane;
-                if (k < npk) {
-                    float wf[P];
-                    Pack16<T>::to_f32(wv, wf);
+            for (int m = 0; m < M; m++) acc[r][m] = 0.f;
 #pragma unroll
-                    for (int m = 0; m < M; m++) {
-                        float xf[P];
-                        Pack16<T>::to_f32(reinterpret_cast<const uint4 *>(xs + m * H)[k], xf);
+        for (int r = 0; r < RPB; r++)
 #pragma unroll
-                        for (int i = 0; i < P; i++) acc[m] = fmaf(wf[i], xf[i], acc[m]);
+            for (int j = 0; j < PPT; j++) {
+                float wf[P];
+                Pack16<T>::to_f32(cur[r][j], wf);
+#pragma unroll
+                for (int m = 0; m < M; m++)
+#pragma unroll
+                    for (int i = 0; i < P; i++) acc[r][m] = fmaf(wf[i], x[m][j][i], acc[r][m]);
+            }
+#pragma unroll
+        for (int r = 0; r < RPB; r++)
+#pragma unroll
+            for (int m = 0; m < M; m++) {
+                float v = acc[r][m];
+#pragma unroll
+                for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+                if (lane == 0) red[buf][warp][r * M + m] = v;
+            }
+        __syncthreads(); // red[buf] complete; red[buf ^ 1] was last read before this barrier
+        if (threadIdx.x < RM) {
+            const int r = threadIdx.x / M, m = threadIdx.x % M;
+            const int64_t row = g * RPB + r;
+            if (row < N) {
+                float s = 0.f;
+                for (int i = 0; i < nw; i++) s += red[buf][i][threadIdx.x];
+                if (a.bias) s = __fadd_rn(s, to_f32<T>(((const T *)a.bias)[row]));
+                const T xz = from_f32<T>(s);
+                if (row >= a.dl) {
+                    ((T *)a.z)[m * a.sz + (row - a.dl)] = xz;
+                } else {
+                    const int64_t c = row;
+                    const int64_t slot = a.state_idx ? (int64_t)a.state_idx[m * a.sidx] : m;
+                    T *out = (T *)a.xc + m * a.sxc + c;
+                    if (slot < 0 || slot >= a.nslots) {
+                        *out = from_f32<T>(slot < 0 ? 0.f : __int_as_float(0x7fc00000));
+                    } else {
+                        const float y = conv_any<T>(a, (T *)a.conv_state + slot * a.ss0 + c * a.ss1, c, xz);
+                        *out = from_f32<T>(ssm_silu_out<T>(y));
                     }
-                }
-                if (++cj == spr) {
-                    finish_row<T, M>(a, crow, acc, co, slot);
-                    cj = 0;
-                    if (++crow < r1) row_start(crow);
                 }
             }
         }
+#pragma unroll
+        for (int r = 0; r < RPB; r++)
+#pragma unroll
+            for (int j = 0; j < PPT; j++) cur[r][j] = nxt[r][j];
     }
 }
 
-// Blocks per SM of a kernel (occupancy calculator; cached per kernel and dynamic shared memory size).
-template <typename K> int blocks_per_sm(K kernel, size_t smem) {
-    static size_t cache_smem[4];
-    static int cache_v[4];
-    for (int i = 0; i < 4; i++)
-        if (cache_v[i] > 0 && cache_smem[i] == smem) return cache_v[i];
+// Blocks per SM of a kernel at nt threads (occupancy calculator; cached per kernel and block size).
+template <typename K> int blocks_per_sm(K kernel, int nt) {
+    static int cache_nt[2] = {0, 0}, cache_v[2] = {0, 0};
+    for (int i = 0; i < 2; i++)
+        if (cache_nt[i] == nt) return cache_v[i];
     int v = 1;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, kernel, THREADS, smem) != cudaSuccess || v < 1) {
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, kernel, nt, 0) != cudaSuccess || v < 1) {
         (void)cudaGetLastError();
         v = 1;
     }
-    for (int i = 0; i < 4; i++)
-        if (cache_v[i] == 0) {
-            cache_smem[i] = smem;
-            cache_v[i] = v;
-            break;
-        }
+    const int slot = cache_nt[0] == 0 ? 0 : 1; // two block sizes per kernel (TP shapes) kept; later ones recomputed
+    cache_nt[slot] = nt;
+    cache_v[slot] = v;
     return v;
 }
 
+template <typename T, int M, int PPT>
+ssmtp_status_t launch_p(const DecInArgs &a, int nt, int64_t ngroups, int sms, cudaStream_t s, bool pdl) {
+    auto kernel = decode_in_kernel<T, M, PPT>;
+    int64_t grid = (int64_t)blocks_per_sm(kernel, nt) * sms;
+    const char *env = getenv("SSMTP_DECODE_IN_BLOCKS"); // override (benchmarks)
+    if (env && *env && atoi(env) > 0) grid = atoi(env);
+    if (grid > ngroups) grid = ngroups;
+    return ssmtp_launch(OP, kernel, dim3((unsigned)grid), dim3(nt), 0, s, pdl, a);
+}
+
 template <typename T, int M>
-ssmtp_status_t launch_m(DecInArgs a, size_t smem, int sms, cudaStream_t s, bool pdl) {
-    auto kernel = decode_in_kernel<T, M>;
-    if (smem > 48 * 1024)
-        SSMTP_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    // Rows per warp: the fewest that fit every warp in one wave (SSMTP_DECODE_IN_RPW overrides, for benchmarks);
-    // then exactly as many warps as that needs, so every warp streams the same number of rows.
-    const int64_t N = 2 * a.dl, resident = (int64_t)blocks_per_sm(kernel, smem) * sms * WARPS;
-    int64_t rpw = (N + resident - 1) / resident;
-    const char *env = getenv("SSMTP_DECODE_IN_RPW");
-    if (env && *env && atoi(env) > 0) rpw = atoi(env);
-    a.rpw = rpw;
-    const int64_t warps = (N + rpw - 1) / rpw, grid = (warps + WARPS - 1) / WARPS;
-    if (N * ((a.H / Pack16<T>::N + 31) / 32 + RING) > 0x7fffffff)
-        return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": %lld x %lld in_proj", (long long)N, (long long)a.H);
-    return ssmtp_launch(OP, kernel, dim3((unsigned)grid), dim3(THREADS), smem, s, pdl, a);
+ssmtp_status_t launch_m(const DecInArgs &a, int ppt, int nt, int64_t ngroups, int sms, cudaStream_t s, bool pdl) {
+    if (ppt == 1) return launch_p<T, M, 1>(a, nt, ngroups, sms, s, pdl);
+    return launch_p<T, M, 2>(a, nt, ngroups, sms, s, pdl);
 }
 
 } // namespace
@@ -288,9 +260,9 @@ extern "C" ssmtp_status_t ssmtp_cuda_mamba_decode_in(const ssmtp_decode_in_param
     if (W < 2 || W > 4 || (S != W && S != W - 1))
         return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": conv width %lld with a %lld-column state on CUDA (width 2..4, "
                           "state width or width - 1 columns)", (long long)W, (long long)S);
-    if (M * H * es > 160 * 1024)
-        return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": M x H = %lld x %lld (%lld bytes of input) on CUDA: at most "
-                          "160 KiB", (long long)M, (long long)H, (long long)(M * H * es));
+    if (H * es > 1024 * 16)
+        return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": H=%lld (%lld-byte rows) on CUDA: at most 16 KiB rows",
+                          (long long)H, (long long)(H * es));
     if (dl == 0) return SSMTP_OK;
     SSMTP_TRY(ssmtp_cuda_set_device(p->weight.device));
     const int dev = p->weight.device;
@@ -331,15 +303,17 @@ extern "C" ssmtp_status_t ssmtp_cuda_mamba_decode_in(const ssmtp_decode_in_param
     a.W = W;
     a.S = S;
 
-    const size_t smem = (size_t)(M * H * es);
+    const int64_t npk = H * es / 16, ngroups = (2 * dl + RPB - 1) / RPB;
+    const int ppt = npk <= 512 ? 1 : 2;
+    const int nt = (int)(((npk + ppt - 1) / ppt + 31) / 32 * 32);
     cudaStream_t s = (cudaStream_t)stream;
     const bool pdl = ssmtp_pdl_enabled(dev);
     SSMTP_DISPATCH_FLOAT(p->weight.dtype, T, OP, {
         switch (M) {
-        case 1: return launch_m<T, 1>(a, smem, sms, s, pdl);
-        case 2: return launch_m<T, 2>(a, smem, sms, s, pdl);
-        case 3: return launch_m<T, 3>(a, smem, sms, s, pdl);
-        default: return launch_m<T, 4>(a, smem, sms, s, pdl);
+        case 1: return launch_m<T, 1>(a, ppt, nt, ngroups, sms, s, pdl);
+        case 2: return launch_m<T, 2>(a, ppt, nt, ngroups, sms, s, pdl);
+        case 3: return launch_m<T, 3>(a, ppt, nt, ngroups, sms, s, pdl);
+        default: return launch_m<T, 4>(a, ppt, nt, ngroups, sms, s, pdl);
         }
     });
     return SSMTP_OK;
