@@ -448,7 +448,10 @@ def bench_decode_fused(flt=""):
             cuBLAS at these shapes) + the conv step;
       step: the state update with dt_proj fused vs ops.linear(dt, dt_proj) + the state update.
     Validated against each other first (the unfused result as reference, bf16: a few roundings). Floor: weight bytes /
-    4.26 TB/s (in_proj, resp. dt_proj + the state read and written)."""
+    4.26 TB/s (in_proj, resp. dt_proj + the state read and written).
+    Caveat: back to back in one graph, a kernel launched with programmatic dependent launch starts its weight stream
+    during the previous call, which flatters the fused kernels against the unfused chain (cuBLAS and the compiled norm
+    do not take part): the engine's decode step (bench_engine, SSMTP_DECODE_FUSED) is the figure that decides."""
     from ssmtp.engine.runner import _Fused, add_block_norm
 
     norm = _Fused(add_block_norm, True)

@@ -94,17 +94,21 @@ class _Fused:
 
 
 def _decode_fused_mode() -> str:
-    v = os.environ.get("SSMTP_DECODE_FUSED", "1")
+    v = os.environ.get("SSMTP_DECODE_FUSED", "step")
     if v not in ("0", "1", "step"):
-        raise ValueError(f"SSMTP_DECODE_FUSED={v!r}: expected 1 (fused Mamba decode layers at small batch), step "
-                         "(only dt_proj fused into the state update) or 0")
+        raise ValueError(f"SSMTP_DECODE_FUSED={v!r}: expected step (default: dt_proj fused into the state update at "
+                         "small batch), 1 (also ops.mamba_decode_in) or 0 (unfused)")
     return v
 
 
 _DECODE_FUSED = _decode_fused_mode()
-# Batch sizes that take the fused kernels (decode_fused_applies). On one H200 (mamba-2.8b, bench_ops "decode layer"):
-# the dt_proj step 3.3-3.9 us vs 6.2-6.7 for GEMV + update at 1-4 rows; decode_in ahead of the three unfused kernels at
-# 1-2 rows, behind at 4 (its registers leave one block per SM there).
+# The fused decode kernels and where they apply (decode_fused_applies; SSMTP_DECODE_FUSED picks the mode). Measured on
+# one H200, mamba-2.8b, CUDA-graph decode (benchmarks/results/decode-fused-h200-*.json):
+#   step (default): dt_proj inside the state update at batch <= 4: 2.28 / 2.34 / 2.64 ms per step at B = 1 / 2 / 4,
+#     against 2.44 / 2.54 / 2.95 unfused (0), same run;
+#   1: also ops.mamba_decode_in (add + norm + in_proj + conv step in one kernel) at batch <= 2: not faster than step
+#     (2.43 ms at B=1 in the same run; profiled without PDL, 19.6 us per layer against 19.9 for the triton norm +
+#     cuBLAS in_proj + conv step it replaces: its GEMV streams at ~2.7 TB/s where cuBLAS's reaches ~3.4), so opt-in.
 DECODE_FUSED_MAX_BATCH = 4
 DECODE_IN_MAX_BATCH = 2  # <= SSMTP_DECODE_IN_MAX_M in csrc/ssmtp.h
 
@@ -272,10 +276,9 @@ class MambaRunner(ModelRunner):
 
     def decode_fused_applies(self, batch: int, part: str = "in") -> bool:
         """Whether decode at this batch size takes the fused kernels on CUDA: part "step": dt_proj fused into the
-        state update (SSMTP_DECODE_FUSED 1 or step, batch <= DECODE_FUSED_MAX_BATCH); part "in": also
-        ops.mamba_decode_in (residual add + norm + in_proj + conv step; SSMTP_DECODE_FUSED 1, batch <=
-        DECODE_IN_MAX_BATCH, shapes it takes).
-        Fully fused, a layer is 4 kernels (decode_in, x_proj, the update, out_proj) instead of 7."""
+        state update (SSMTP_DECODE_FUSED step or 1, batch <= DECODE_FUSED_MAX_BATCH: 6 kernels per layer instead of
+        7); part "in": also ops.mamba_decode_in (residual add + norm + in_proj + conv step; SSMTP_DECODE_FUSED=1,
+        batch <= DECODE_IN_MAX_BATCH, shapes it takes: 4 kernels per layer)."""
         if (_DECODE_FUSED == "0" or (part == "in" and _DECODE_FUSED != "1") or not self.embed.is_cuda
                 or not 1 <= batch <= (DECODE_FUSED_MAX_BATCH if part == "step" else DECODE_IN_MAX_BATCH)):
             return False
