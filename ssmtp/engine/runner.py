@@ -103,12 +103,13 @@ def _decode_fused_mode() -> str:
 
 _DECODE_FUSED = _decode_fused_mode()
 # The fused decode kernels and where they apply (decode_fused_applies; SSMTP_DECODE_FUSED picks the mode). Measured on
-# one H200, mamba-2.8b, CUDA-graph decode (benchmarks/results/decode-fused-h200-*.json):
-#   step (default): dt_proj inside the state update at batch <= 4: 2.28 / 2.34 / 2.64 ms per step at B = 1 / 2 / 4,
-#     against 2.44 / 2.54 / 2.95 unfused (0), same run;
-#   1: also ops.mamba_decode_in (add + norm + in_proj + conv step in one kernel) at batch <= 2: not faster than step
-#     (2.43 ms at B=1 in the same run; profiled without PDL, 19.6 us per layer against 19.9 for the triton norm +
-#     cuBLAS in_proj + conv step it replaces: its GEMV streams at ~2.7 TB/s where cuBLAS's reaches ~3.4), so opt-in.
+# H200, mamba-2.8b, CUDA-graph decode step (benchmarks/results/):
+#   step (default): dt_proj inside the state update at batch <= 4: 2.27 / 2.34 / 2.66 ms at B = 1 / 2 / 4 against
+#     2.41 / 2.51 / 2.93 unfused (0) in the same run (engine-h200-tp1.json, engine-h200-tp1-46ca1f9-fused-off.json);
+#   1: also ops.mamba_decode_in (add + norm + in_proj + conv step in one kernel) at batch <= 2: slower than step
+#     (B=1 2.43 ms against 2.29 with step and 2.44 unfused, engine-h200-tp1-58dc596-fused-*.json; profiled without
+#     PDL, 19.6 us per layer against 19.9 us for the compiled norm + cuBLAS in_proj + conv step it replaces: its GEMV
+#     streams 52 MB at ~2.7 TB/s where cuBLAS's reaches ~3.4, profile-decode-h200-5ab6aff-*.json), so opt-in.
 DECODE_FUSED_MAX_BATCH = 4
 DECODE_IN_MAX_BATCH = 2  # <= SSMTP_DECODE_IN_MAX_M in csrc/ssmtp.h
 
