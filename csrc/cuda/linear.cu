@@ -16,6 +16,8 @@
 // weight stream starts while the previous kernel finishes; x is read and out written only after the wait.
 #include "common.cuh"
 
+#include <stdlib.h>
+
 #include <nvtx3/nvToolsExt.h>
 
 #define OP "linear_small"
@@ -110,31 +112,67 @@ __global__ void __launch_bounds__(LIN_THREADS)
     }
 }
 
-template <typename T, int M>
-static ssmtp_status_t launch_m(const ssmtp_linear_params_t *p, int ks, bool pdl, cudaStream_t s) {
+// Blocks of linear_small_kernel<T, M, KS> resident per SM (occupancy calculator, cached per instantiation).
+template <typename T, int M, int KS> static int resident_per_sm() {
+    static int v = 0; // a benign race: every writer stores the same
+    if (v == 0) {
+        int b = 1;
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, linear_small_kernel<T, M, KS>, LIN_THREADS, 0) !=
+                cudaSuccess || b < 1) {
+            (void)cudaGetLastError();
+            b = 1;
+        }
+        v = b;
+    }
+    return v;
+}
+
+template <typename T, int M, int KS>
+static ssmtp_status_t launch_ks(const ssmtp_linear_params_t *p, bool pdl, cudaStream_t s) {
     const int64_t N = p->weight.shape[0], K = p->x.shape[1];
-    const unsigned grid = (unsigned)((N + LIN_WARPS / ks - 1) / (LIN_WARPS / ks));
+    const unsigned grid = (unsigned)((N + LIN_WARPS / KS - 1) / (LIN_WARPS / KS));
     const T *x = (const T *)p->x.data, *w = (const T *)p->weight.data;
     const T *b = p->bias.data ? (const T *)p->bias.data : nullptr;
     T *o = (T *)p->out.data;
     const int64_t sx = p->x.stride[0], so = p->out.stride[0];
-    auto go = [&](auto kernel) {
-        return ssmtp_launch(OP, kernel, grid, LIN_THREADS, 0, s, pdl, x, sx, w, b, o, so, N, K);
-    };
-    switch (ks) {
-    case 1: return go(linear_small_kernel<T, M, 1>);
-    case 2: return go(linear_small_kernel<T, M, 2>);
-    case 4: return go(linear_small_kernel<T, M, 4>);
-    default: return go(linear_small_kernel<T, M, 8>);
-    }
+    return ssmtp_launch(OP, linear_small_kernel<T, M, KS>, grid, LIN_THREADS, 0, s, pdl, x, sx, w, b, o, so, N, K);
 }
 
-// Warps per weight row: the fewest that give >= 2 x (SMs x 32) warps in all, while every lane of a row still has at
-// least one 16-byte pack to read.
+// Warps per weight row (KS). One wave: the largest KS whose grid is resident all at once while every lane of a row
+// still reads at least one 16-byte pack: all blocks stream together and none waits for a second wave, whose partial
+// tail costs up to a block's lifetime. When no KS fits one wave (large N): the fewest warps per row that give
+// >= 2 x (SMs x 32) warps in all. SSMTP_LINEAR_ONE_WAVE=0: always the latter (for comparisons).
 static int pick_ks(int64_t N, int64_t npk, int sms) {
     int ks = 1;
     while (ks < 8 && N * ks < 2LL * sms * 32 && npk >= 2LL * ks * 32) ks *= 2;
     return ks;
+}
+
+template <typename T, int M>
+static ssmtp_status_t launch_m(const ssmtp_linear_params_t *p, int sms, bool pdl, cudaStream_t s) {
+    const int64_t N = p->weight.shape[0], npk = p->x.shape[1] * (int64_t)sizeof(T) / 16;
+    static int one_wave = -1;
+    if (one_wave < 0) {
+        const char *env = getenv("SSMTP_LINEAR_ONE_WAVE");
+        one_wave = !(env && env[0] == '0' && env[1] == 0);
+    }
+    int ks = 0;
+    if (one_wave) {
+        const int res[4] = {resident_per_sm<T, M, 1>(), resident_per_sm<T, M, 2>(), resident_per_sm<T, M, 4>(),
+                            resident_per_sm<T, M, 8>()};
+        for (int i = 3; i >= 0 && !ks; i--) {
+            const int k = 1 << i;
+            const int64_t grid = (N + LIN_WARPS / k - 1) / (LIN_WARPS / k);
+            if (npk >= 32LL * k && grid <= (int64_t)res[i] * sms) ks = k;
+        }
+    }
+    if (!ks) ks = pick_ks(N, npk, sms);
+    switch (ks) {
+    case 1: return launch_ks<T, M, 1>(p, pdl, s);
+    case 2: return launch_ks<T, M, 2>(p, pdl, s);
+    case 4: return launch_ks<T, M, 4>(p, pdl, s);
+    default: return launch_ks<T, M, 8>(p, pdl, s);
+    }
 }
 
 } // namespace
@@ -155,21 +193,20 @@ extern "C" ssmtp_status_t ssmtp_cuda_linear_small(const ssmtp_linear_params_t *p
     const int dev = p->x.device;
     int sms = 132;
     SSMTP_TRY(ssm_sm_count(dev, &sms));
-    const int ks = pick_ks(N, K * es / 16, sms);
     cudaStream_t s = (cudaStream_t)stream;
     const bool pdl = ssmtp_pdl_enabled(dev);
     ssmtp_status_t err = SSMTP_OK;
     nvtxRangePushA("ssmtp::linear_small");
     SSMTP_DISPATCH_FLOAT(p->x.dtype, T, op, {
         switch (M) {
-        case 1: err = launch_m<T, 1>(p, ks, pdl, s); break;
-        case 2: err = launch_m<T, 2>(p, ks, pdl, s); break;
-        case 3: err = launch_m<T, 3>(p, ks, pdl, s); break;
-        case 4: err = launch_m<T, 4>(p, ks, pdl, s); break;
-        case 5: err = launch_m<T, 5>(p, ks, pdl, s); break;
-        case 6: err = launch_m<T, 6>(p, ks, pdl, s); break;
-        case 7: err = launch_m<T, 7>(p, ks, pdl, s); break;
-        default: err = launch_m<T, 8>(p, ks, pdl, s); break;
+        case 1: err = launch_m<T, 1>(p, sms, pdl, s); break;
+        case 2: err = launch_m<T, 2>(p, sms, pdl, s); break;
+        case 3: err = launch_m<T, 3>(p, sms, pdl, s); break;
+        case 4: err = launch_m<T, 4>(p, sms, pdl, s); break;
+        case 5: err = launch_m<T, 5>(p, sms, pdl, s); break;
+        case 6: err = launch_m<T, 6>(p, sms, pdl, s); break;
+        case 7: err = launch_m<T, 7>(p, sms, pdl, s); break;
+        default: err = launch_m<T, 8>(p, sms, pdl, s); break;
         }
     });
     nvtxRangePop();
