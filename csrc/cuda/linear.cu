@@ -138,10 +138,14 @@ static ssmtp_status_t launch_ks(const ssmtp_linear_params_t *p, bool pdl, cudaSt
     return ssmtp_launch(OP, linear_small_kernel<T, M, KS>, grid, LIN_THREADS, 0, s, pdl, x, sx, w, b, o, so, N, K);
 }
 
-// Warps per weight row (KS). One wave: the largest KS whose grid is resident all at once while every lane of a row
-// still reads at least one 16-byte pack: all blocks stream together and none waits for a second wave, whose partial
-// tail costs up to a block's lifetime. When no KS fits one wave (large N): the fewest warps per row that give
-// >= 2 x (SMs x 32) warps in all. SSMTP_LINEAR_ONE_WAVE=0: always the latter (for comparisons).
+// Warps per weight row (KS). At M <= 2, one wave: the largest KS whose grid is resident all at once while every lane
+// of a row still reads at least one 16-byte pack: all blocks stream together and none waits for a second wave, whose
+// partial tail costs up to a block's lifetime. Otherwise (M > 2, or no KS fits one wave): the fewest warps per row
+// that give >= 2 x (SMs x 32) warps in all. SSMTP_LINEAR_ONE_WAVE=0: always the latter (for comparisons).
+// Measured on H200 (bench_ops, bf16, linear-one-wave-h200-6b32f74-*.json, same run): out_proj 5120 -> 2560 at M = 1
+// 7.2 us (KS 2, one wave) vs 7.6 (KS 4); 2560 -> 2560 (TP=2) 4.2 vs 5.6 us; mamba-2.8b decode step at B=1 2.23 vs
+// 2.26 ms. At M = 4 and 8 the one-wave choice was slower (14.1 vs 11.9 us): more rows per block there cost the
+// register-heavier kernel more than the tail, hence M <= 2.
 static int pick_ks(int64_t N, int64_t npk, int sms) {
     int ks = 1;
     while (ks < 8 && N * ks < 2LL * sms * 32 && npk >= 2LL * ks * 32) ks *= 2;
@@ -157,7 +161,7 @@ static ssmtp_status_t launch_m(const ssmtp_linear_params_t *p, int sms, bool pdl
         one_wave = !(env && env[0] == '0' && env[1] == 0);
     }
     int ks = 0;
-    if (one_wave) {
+    if (one_wave && M <= 2) {
         const int res[4] = {resident_per_sm<T, M, 1>(), resident_per_sm<T, M, 2>(), resident_per_sm<T, M, 4>(),
                             resident_per_sm<T, M, 8>()};
         for (int i = 3; i >= 0 && !ks; i--) {
