@@ -105,6 +105,12 @@ __device__ void ar_raise(const ar_ptrs &a, uint32_t code) {
 __device__ __forceinline__ bool ar_begin(const ar_ptrs &a, uint64_t &call) {
     __shared__ uint64_t s_call;
     __shared__ uint32_t s_err;
+    // Launched with programmatic dependent launch (the exact algorithms, see launch_plain): wait for the kernels
+    // before this one (the input's producer, and transitively the previous all-reduce, whose last block bumped the
+    // call counter read below), then let the next kernel's blocks be scheduled while this one exchanges data.
+    // Without the launch attribute both are no-ops.
+    ssm_pdl_wait();
+    ssm_pdl_trigger();
     if (threadIdx.x == 0) {
         s_err = ld_volatile(&a.sig[a.rank]->error);
         s_call = *(const volatile uint64_t *)&a.sig[a.rank]->calls;
@@ -884,20 +890,33 @@ static uint64_t mix64(uint64_t h, uint64_t v) {
     return h ^ (h >> 29);
 }
 
+// The exact algorithms, launched with programmatic dependent launch on sm_90+ (ssmtp_pdl_enabled; SSMTP_AR_PDL=0
+// turns it off for these alone): the launch latency overlaps the producer's tail, and the kernel after the all-reduce
+// (the decode step's next GEMV or state update) starts its weight loads while the exchange runs.
+static bool ar_pdl(int device) {
+    static int env = -1;
+    if (env < 0) {
+        const char *v = getenv("SSMTP_AR_PDL");
+        env = (v && v[0] == '0' && v[1] == 0) ? 0 : 1;
+    }
+    return env && ssmtp_pdl_enabled(device);
+}
+
 template <typename T>
-static void launch_plain(const ar_ptrs &a, int32_t algo, const T *in, T *out, int64_t n, int max_blocks, bool al,
-                         cudaStream_t s) {
+static ssmtp_status_t launch_plain(const ar_ptrs &a, int32_t algo, const T *in, T *out, int64_t n, int max_blocks,
+                                   bool al, bool pdl, cudaStream_t s) {
     constexpr int N = ET<T>::N;
+    const char *op = "ar_all_reduce";
     if (algo == SSMTP_AR_ONESHOT || algo == SSMTP_AR_LAMPORT) {
         const int64_t npk = (n + N - 1) / N;
         const int grid = (int)std::min<int64_t>(max_blocks, std::max<int64_t>(1, (npk + AR_THREADS - 1) / AR_THREADS));
-        if (algo == SSMTP_AR_LAMPORT) ar_lamport_kernel<T><<<grid, AR_THREADS, 0, s>>>(a, in, out, n, al);
-        else ar_oneshot_kernel<T><<<grid, AR_THREADS, 0, s>>>(a, in, out, n, al);
-    } else {
-        const int64_t seg = round_up((n + a.ws - 1) / a.ws, N), segpk = seg / N;
-        const int grid = (int)std::min<int64_t>(max_blocks, std::max<int64_t>(1, (segpk + AR_THREADS - 1) / AR_THREADS));
-        ar_twoshot_kernel<T><<<grid, AR_THREADS, 0, s>>>(a, in, out, n, seg, al);
+        if (algo == SSMTP_AR_LAMPORT)
+            return ssmtp_launch(op, ar_lamport_kernel<T>, dim3(grid), dim3(AR_THREADS), 0, s, pdl, a, in, out, n, al);
+        return ssmtp_launch(op, ar_oneshot_kernel<T>, dim3(grid), dim3(AR_THREADS), 0, s, pdl, a, in, out, n, al);
     }
+    const int64_t seg = round_up((n + a.ws - 1) / a.ws, N), segpk = seg / N;
+    const int grid = (int)std::min<int64_t>(max_blocks, std::max<int64_t>(1, (segpk + AR_THREADS - 1) / AR_THREADS));
+    return ssmtp_launch(op, ar_twoshot_kernel<T>, dim3(grid), dim3(AR_THREADS), 0, s, pdl, a, in, out, n, seg, al);
 }
 
 template <typename T, bool I8, int L>
@@ -958,7 +977,8 @@ extern "C" ssmtp_status_t ssmtp_cuda_ar_run(ssmtp_ar_t *ar, const ssmtp_tensor_t
         char *ob = (char *)out->data + c0 * es;
         if (qdtype < 0) {
             SSMTP_DISPATCH_FLOAT(in->dtype, T, op,
-                                 launch_plain<T>(a, algo, (const T *)ib, (T *)ob, m, ar->max_blocks, al, s));
+                                 st = launch_plain<T>(a, algo, (const T *)ib, (T *)ob, m, ar->max_blocks, al,
+                                                      ar_pdl(ar->device), s));
         } else {
             const bool i8 = qdtype == SSMTP_DTYPE_I8;
             SSMTP_DISPATCH_FLOAT(in->dtype, T, op, {
