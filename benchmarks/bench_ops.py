@@ -21,6 +21,10 @@ Kernels side by side: every scan case is run with SSMTP_SCAN_KERNEL=loop and =ch
 SSMTP_STEP_KERNEL=block and =pipe, on the same input sets in the same run (the "kernel" field of each row); the scan
 sweep also times the chunked kernel at 4, 8 and 16 lanes per channel (SSMTP_SCAN_P).
 
+Also (filtered by label like the cases): the decode GEMV (ssmtp::linear_small vs cuBLAS, "mamba-2.8b tp1 out_proj
+M=1", ...) and the fused Mamba-1 decode kernels against the unfused ops they replace ("mamba-2.8b tp1 decode layer
+M=1", ...): see bench_linear and bench_decode_fused.
+
 HF baseline: transformers' MambaMixer.slow_forward, written out inline (discrete_A = exp(A*dt), deltaB_u, a Python
 loop over time; decode: the cache path; conv: nn.Conv1d / roll-and-sum), prefill only for B*L <= 4096.
 """

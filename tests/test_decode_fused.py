@@ -386,3 +386,31 @@ def test_cuda_layout_rejections():
     s[11] = torch.randn(3, 8, device=dev).t()  # rows of dt_proj not contiguous
     with pytest.raises(NotImplementedError, match="dt_proj rows must be contiguous on CUDA"):
         ops.selective_state_update(*s)
+
+
+@pytest.mark.parametrize("family", ["mamba", "falcon_mamba"])
+def test_mixer_step_with_fused_dt_proj_equals_plain_step(family):
+    """TPMambaMixer.mix_step(fuse_dt=True) (the engine's choice at small batch on CUDA: the low-rank dt goes into the
+    state update with dt_proj) vs the plain step (dt_proj as its own GEMV), CPU fp32, from the same states: the same
+    output and states up to the GEMV's summation order (Falcon-Mamba: its dt/B/C norms run before either)."""
+    from ssmtp.models.mamba import TPMambaMixer
+    from ssmtp.parallel.comm import Communicator
+    from tiny_models import build
+
+    model = build(family, "odd", torch.float32)
+    mixer = TPMambaMixer.from_hf(model.backbone.layers[1].mixer, Communicator(), falcon=family == "falcon_mamba")
+    g = torch.Generator().manual_seed(5)
+    B, dl = 3, mixer.d_local
+    h = torch.randn(B, 1, mixer.hidden_size, generator=g)
+    conv = torch.randn(B + 1, dl, mixer.conv_kernel_size, generator=g)
+    ssm = torch.randn(B + 1, dl, mixer.ssm_state_size, generator=g)
+    idx = torch.tensor([2, -1, 0], dtype=torch.int32)
+    outs, states = [], []
+    for fuse in (False, True):
+        c, s = conv.clone(), ssm.clone()
+        outs.append(mixer.mix_step(h, c, s, idx, fuse_dt=fuse))
+        states.append((c, s))
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(states[1][1], states[0][1], rtol=1e-5, atol=1e-5)
+    assert torch.equal(states[1][0], states[0][0])  # the conv step is the same op either way
+    assert torch.equal(states[1][1][1], ssm[1]) and torch.equal(states[1][1][3], ssm[3])  # unused slots untouched

@@ -113,15 +113,16 @@ class TPMambaMixer(nn.Module):
 
     # ------------------------------------------------------------------ shared pieces
 
-    def _dt_B_C(self, xc_tok: torch.Tensor):
-        """xc_tok (B, L, dl) conv output -> dt (B, L, dl) before bias, B and C (B, L, N), after the all-reduce."""
+    def _dt_B_C(self, xc_tok: torch.Tensor, project_dt: bool = True):
+        """xc_tok (..., dl) conv output -> dt (..., dl) before bias (with project_dt; else the (..., R) low-rank dt
+        that the fused state update projects itself), B and C (..., N), after the all-reduce."""
         R, N = self.time_step_rank, self.ssm_state_size
         proj = ops.linear(xc_tok, self.x_proj_weight)  # partial sums over this rank's channels
         proj = self.comm.all_reduce(proj)
         dt, B, C = torch.split(proj, [R, N, N], dim=-1)
         if self.falcon:
             dt, B, C = _rms(dt, self.rms_eps), _rms(B, self.rms_eps), _rms(C, self.rms_eps)
-        return ops.linear(dt, self.dt_proj_weight), B, C
+        return (ops.linear(dt, self.dt_proj_weight) if project_dt else dt), B, C
 
     def _out(self, y_tok: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         out = self.comm.all_reduce(ops.linear(y_tok.to(dtype), self.out_proj_weight))
@@ -166,18 +167,9 @@ class TPMambaMixer(nn.Module):
         """A decode step after the conv (xc, the conv output, and z, the gate, (B, dl); from mix_step or from
         ops.mamba_decode_in): x_proj (+ all-reduce), the state update (dt_proj fused into it when fuse_dt), out_proj
         (+ all-reduce). Returns (B, H)."""
-        R, N = self.time_step_rank, self.ssm_state_size
-        if fuse_dt:
-            proj = self.comm.all_reduce(ops.linear(xc, self.x_proj_weight))
-            dt, B, C = torch.split(proj, [R, N, N], dim=-1)
-            if self.falcon:
-                dt, B, C = _rms(dt, self.rms_eps), _rms(B, self.rms_eps), _rms(C, self.rms_eps)
-            dt_proj = self.dt_proj_weight
-        else:
-            dt, B, C = self._dt_B_C(xc)
-            dt_proj = None
+        dt, B, C = self._dt_B_C(xc, project_dt=not fuse_dt)
         y = ops.selective_state_update(xc, dt, self.A, B[:, None], C[:, None], self.D, z, self.dt_bias, ssm_state,
-                                       state_idx, True, dt_proj)
+                                       state_idx, True, self.dt_proj_weight if fuse_dt else None)
         return self._out(y, xc.dtype)
 
     # ------------------------------------------------------------------ HF-compatible forward
