@@ -14,6 +14,9 @@
 // row p only, and shares delta by shuffles.
 // The vector kernel is launched with programmatic dependent launch (common.cuh): it loads its parameters (A, dt_bias,
 // D) while the kernel before it finishes.
+// With dt_proj (the decode step at small batch, ssmtp.h): the vector path computes each channel's raw time step from
+// the (batch, R) low-rank dt and its dt_proj row (dt_proj_rows below), one sequence per block; unaligned layouts take
+// the scalar path's per-element loop.
 // Scalar path (anything else): one thread per (sequence, channel), strided loops over N.
 // Pipe path (SSMTP_STEP_KERNEL=pipe; default "block" = the vector path above): the vector path's lane layout for
 // N % 4 == 0 and N <= 128, walked by a grid of 3 blocks per SM that loads its next item while it computes the
