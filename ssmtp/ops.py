@@ -131,7 +131,8 @@ def selective_state_update(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B
                            state: torch.Tensor, state_idx: Optional[torch.Tensor], dt_softplus: bool,
                            dt_proj: Optional[torch.Tensor] = None) -> torch.Tensor:
     """dt_proj (dim, R), optional: dt is then the (batch, R) low-rank time step and the op applies dt_proj itself
-    (the same bits as linear_small(dt, dt_proj) followed by the step)."""
+    (on the CPU the same bits as linear_small(dt, dt_proj) followed by the step; on CUDA the dot is summed in another
+    order, so the time step may differ by one rounding)."""
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     _C.step_fwd(desc(x, "x"), desc(dt, "dt"), desc(A, "A"), desc(B, "B"), desc(C, "C"), desc(D, "D"), desc(z, "z"),
                 desc(dt_bias, "dt_bias"), desc(state, "state"), desc(state_idx, "state_idx"), desc(out, "out"),

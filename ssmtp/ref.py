@@ -209,30 +209,15 @@ def linear_small(x, weight, bias):
 
 def mamba_decode_in(res, add, norm_w, weight, bias, conv_w, conv_b, conv_state, state_idx, eps, res_fp32):
     """The fused decode input of a Mamba-1 block, op by op: residual add in fp32, RMSNorm (HF MambaRMSNorm on the
-    model dtype), in_proj with fp32 accumulation, the conv decode step + SiLU on the x half (conv_state shifted in
-    place; padding rows leave it untouched and get zero), z the other half. Returns (res_out, xc, z)."""
+    model dtype), in_proj (linear_small), the conv decode step + SiLU on the x half (causal_conv1d with seqlen 1:
+    conv_state shifted in place, padding rows untouched and zero), z the other half. Returns (res_out, xc, z)."""
     T = weight.dtype
-    M, dl = res.shape[0], weight.shape[0] // 2
+    dl = weight.shape[0] // 2
     r = res.float() if add is None else res.float() + add.float()
     res_out = r.to(torch.float32 if res_fp32 else T)
     v = r.to(T).float()
     s = 1.0 / torch.sqrt(v.pow(2).mean(-1, keepdim=True) + eps)
     h = (norm_w.float() * (v * s).to(T).float()).to(T)
-    xz = h.float() @ weight.float().t()
-    if bias is not None:
-        xz = xz + bias.float()
-    xz = xz.to(T)
-    x, z = xz[:, :dl], xz[:, dl:]
-    slots = torch.arange(M, device=res.device) if state_idx is None else state_idx.long()
-    live = slots >= 0
-    W, S = conv_w.shape[1], conv_state.shape[2]
-    hist = conv_state[slots[live]]  # (rows, dl, S)
-    xl = x[live][:, :, None]
-    window = torch.cat([hist[:, :, S - (W - 1):], xl], dim=2).float()  # (rows, dl, W), oldest first
-    acc = (window * conv_w.float()).sum(-1)
-    if conv_b is not None:
-        acc = acc + conv_b.float()
-    xc = torch.zeros(M, dl, dtype=T, device=res.device)
-    xc[live] = F.silu(acc).to(T)
-    conv_state[slots[live]] = torch.cat([hist[:, :, 1:], xl], dim=2)
-    return res_out, xc, z.clone()
+    xz = linear_small(h, weight, bias)
+    xc = causal_conv1d(xz[:, :dl, None], conv_w, conv_b, conv_state, state_idx, None, True, True)[:, :, 0]
+    return res_out, xc, xz[:, dl:].clone()

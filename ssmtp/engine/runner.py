@@ -303,7 +303,7 @@ class MambaRunner(ModelRunner):
                 res, xc, z = ops.mamba_decode_in(res, out, self.norms[i], mixer.in_proj_weight, mixer.in_proj_bias,
                                                  mixer.conv_weight, mixer.conv_bias, pool.layer("conv", i), state_idx,
                                                  eps, fp32)
-                out = mixer.step_tail(xc, z, pool.layer("ssm", i), state_idx)
+                out = mixer.step_tail(xc, z, pool.layer("ssm", i), state_idx, fuse_dt=True)
             h = self._k_add_final(res, out, self.norm_f, eps, fp32, w.dtype)
             return F.linear(h, w).float()
         fuse_dt = self.decode_fused_applies(ids.shape[0], "step")

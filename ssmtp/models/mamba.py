@@ -162,8 +162,8 @@ class TPMambaMixer(nn.Module):
         xc = ops.causal_conv1d(x, self.conv_weight, self.conv_bias, conv_state, state_idx, None, True, True)
         return self.step_tail(xc[..., 0], xz[:, 0, dl:], ssm_state, state_idx, fuse_dt)[:, None]
 
-    def step_tail(self, xc: torch.Tensor, z: torch.Tensor, ssm_state: torch.Tensor,
-                  state_idx: Optional[torch.Tensor] = None, fuse_dt: bool = True) -> torch.Tensor:
+    def step_tail(self, xc: torch.Tensor, z: torch.Tensor, ssm_state: torch.Tensor, state_idx: Optional[torch.Tensor],
+                  fuse_dt: bool) -> torch.Tensor:
         """A decode step after the conv (xc, the conv output, and z, the gate, (B, dl); from mix_step or from
         ops.mamba_decode_in): x_proj (+ all-reduce), the state update (dt_proj fused into it when fuse_dt), out_proj
         (+ all-reduce). Returns (B, H)."""
