@@ -31,7 +31,6 @@
 
 namespace {
 
-
 struct DecInArgs {
     const void *res, *add;
     void *res_out;
@@ -48,7 +47,7 @@ struct DecInArgs {
 template <typename T> __device__ __forceinline__ float round_t(float v) { return to_f32<T>(from_f32<T>(v)); }
 
 // The conv step of channel c for one row, xz its in_proj output (W, S from the launcher: a switch here keeps one
-// kernel per (T, M, KS) instead of one per conv shape; it runs on M lanes per row).
+// kernel per (T, M, PPT) instead of one per conv shape; it runs on M lanes per row).
 template <typename T, int W, int S>
 __device__ __forceinline__ float conv_one(const DecInArgs &a, T *st, int64_t c, T xz) {
     float cw[W];
