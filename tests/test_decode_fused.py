@@ -414,3 +414,43 @@ def test_mixer_step_with_fused_dt_proj_equals_plain_step(family):
     torch.testing.assert_close(states[1][1], states[0][1], rtol=1e-5, atol=1e-5)
     assert torch.equal(states[1][0], states[0][0])  # the conv step is the same op either way
     assert torch.equal(states[1][1][1], ssm[1]) and torch.equal(states[1][1][3], ssm[3])  # unused slots untouched
+
+
+def test_runner_fused_decode_branch_on_cpu(monkeypatch):
+    """MambaRunner.decode's fused branch (decode_in + step_tail with dt_proj: CUDA-only in the engine) run with the
+    CPU ops, against the unfused decode from the same slot states: the same logits and states to within one bf16
+    rounding, and both fused ops called once per layer."""
+    from ssmtp.engine.runner import MambaRunner
+    from ssmtp.engine.state_cache import SlotPool
+    from ssmtp.parallel.comm import Communicator
+    from tiny_models import build
+
+    model = build("mamba", "odd", torch.bfloat16)
+    r = MambaRunner.from_hf(model, Communicator(), torch.bfloat16, torch.device("cpu"))
+    pools = [SlotPool(r.state_specs(), 4, torch.device("cpu")) for _ in range(2)]
+    g = torch.Generator().manual_seed(9)
+    for k, t in pools[0].tensors.items():
+        t.copy_(torch.randn(t.shape, generator=g).to(t.dtype))
+        pools[1].tensors[k].copy_(t)
+    ids, idx = torch.tensor([5, 7, 11]), torch.tensor([2, -1, 0], dtype=torch.int32)
+    plain = r.decode(ids, None, idx, pools[0])
+    calls = {"in": 0, "dt_proj": 0}
+    real_in, real_step = ops.mamba_decode_in, ops.selective_state_update
+
+    def count_in(*a, **k):
+        calls["in"] += 1
+        return real_in(*a, **k)
+
+    def count_step(*a, **k):
+        calls["dt_proj"] += a[11] is not None if len(a) > 11 else k.get("dt_proj") is not None
+        return real_step(*a, **k)
+
+    monkeypatch.setattr(ops, "mamba_decode_in", count_in)
+    monkeypatch.setattr(ops, "selective_state_update", count_step)
+    monkeypatch.setattr(r, "decode_fused_applies", lambda batch, part="in": True)
+    fused = r.decode(ids, None, idx, pools[1])
+    assert calls == {"in": r.n_layers, "dt_proj": r.n_layers}
+    torch.testing.assert_close(fused, plain, rtol=2e-2, atol=2e-2)
+    for k in pools[0].tensors:
+        torch.testing.assert_close(pools[1].tensors[k].float(), pools[0].tensors[k].float(), rtol=2e-2, atol=2e-2)
+    assert torch.equal(pools[1].tensors["ssm"][:, 1], pools[0].tensors["ssm"][:, 1])  # slot 1: no row uses it
