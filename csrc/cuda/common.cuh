@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include <mutex>
 #include <utility>
 
 #include "internal.h"
@@ -43,6 +44,26 @@ static inline ssmtp_status_t ssm_sm_count(int device, int *sms) {
     SSMTP_CUDA_TRY(cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, device));
     if (device >= 0 && device < 64) cache[device] = *sms;
     return SSMTP_OK;
+}
+
+// Resident blocks per SM of `kernel` at `threads` threads and `smem` bytes of dynamic shared memory (occupancy
+// calculator; at least 1), cached per (kernel, threads, smem): launchers that size a grid to one wave call it per
+// launch (host side; safe during graph capture).
+static inline int ssm_blocks_per_sm(const void *kernel, int threads, size_t smem) {
+    struct Entry { const void *kernel; int threads; size_t smem; int blocks; };
+    static Entry cache[128];
+    static int n = 0;
+    static std::mutex mu;
+    std::lock_guard<std::mutex> lock(mu);
+    for (int i = 0; i < n; i++)
+        if (cache[i].kernel == kernel && cache[i].threads == threads && cache[i].smem == smem) return cache[i].blocks;
+    int b = 1;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, kernel, threads, smem) != cudaSuccess || b < 1) {
+        (void)cudaGetLastError();
+        b = 1;
+    }
+    if (n < 128) cache[n++] = Entry{kernel, threads, smem, b};
+    return b;
 }
 
 template <typename T> __device__ __forceinline__ float to_f32(T v);

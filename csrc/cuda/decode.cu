@@ -212,26 +212,10 @@ __global__ void __launch_bounds__(512) decode_in_kernel(const DecInArgs a) {
     }
 }
 
-// Blocks per SM of a kernel at nt threads (occupancy calculator; cached per kernel and block size).
-template <typename K> int blocks_per_sm(K kernel, int nt) {
-    static int cache_nt[2] = {0, 0}, cache_v[2] = {0, 0};
-    for (int i = 0; i < 2; i++)
-        if (cache_nt[i] == nt) return cache_v[i];
-    int v = 1;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, kernel, nt, 0) != cudaSuccess || v < 1) {
-        (void)cudaGetLastError();
-        v = 1;
-    }
-    const int slot = cache_nt[0] == 0 ? 0 : 1; // two block sizes per kernel (TP shapes) kept; later ones recomputed
-    cache_nt[slot] = nt;
-    cache_v[slot] = v;
-    return v;
-}
-
 template <typename T, int M, int PPT>
 ssmtp_status_t launch_p(const DecInArgs &a, int nt, int64_t ngroups, int sms, cudaStream_t s, bool pdl) {
     auto kernel = decode_in_kernel<T, M, PPT>;
-    int64_t grid = (int64_t)blocks_per_sm(kernel, nt) * sms;
+    int64_t grid = (int64_t)ssm_blocks_per_sm((const void *)kernel, nt, 0) * sms;
     const char *env = getenv("SSMTP_DECODE_IN_BLOCKS"); // override (benchmarks)
     if (env && *env && atoi(env) > 0) grid = atoi(env);
     if (grid > ngroups) grid = ngroups;

@@ -112,21 +112,6 @@ __global__ void __launch_bounds__(LIN_THREADS)
     }
 }
 
-// Blocks of linear_small_kernel<T, M, KS> resident per SM (occupancy calculator, cached per instantiation).
-template <typename T, int M, int KS> static int resident_per_sm() {
-    static int v = 0; // a benign race: every writer stores the same
-    if (v == 0) {
-        int b = 1;
-        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, linear_small_kernel<T, M, KS>, LIN_THREADS, 0) !=
-                cudaSuccess || b < 1) {
-            (void)cudaGetLastError();
-            b = 1;
-        }
-        v = b;
-    }
-    return v;
-}
-
 template <typename T, int M, int KS>
 static ssmtp_status_t launch_ks(const ssmtp_linear_params_t *p, bool pdl, cudaStream_t s) {
     const int64_t N = p->weight.shape[0], K = p->x.shape[1];
@@ -152,22 +137,25 @@ static int pick_ks(int64_t N, int64_t npk, int sms) {
     return ks;
 }
 
+static bool one_wave_on() {
+    static const int on = [] {
+        const char *env = getenv("SSMTP_LINEAR_ONE_WAVE");
+        return !(env && env[0] == '0' && env[1] == 0);
+    }();
+    return on;
+}
+
 template <typename T, int M>
 static ssmtp_status_t launch_m(const ssmtp_linear_params_t *p, int sms, bool pdl, cudaStream_t s) {
     const int64_t N = p->weight.shape[0], npk = p->x.shape[1] * (int64_t)sizeof(T) / 16;
-    static int one_wave = -1;
-    if (one_wave < 0) {
-        const char *env = getenv("SSMTP_LINEAR_ONE_WAVE");
-        one_wave = !(env && env[0] == '0' && env[1] == 0);
-    }
     int ks = 0;
-    if (one_wave && M <= 2) {
-        const int res[4] = {resident_per_sm<T, M, 1>(), resident_per_sm<T, M, 2>(), resident_per_sm<T, M, 4>(),
-                            resident_per_sm<T, M, 8>()};
+    if (one_wave_on() && M <= 2) {
+        const void *kern[4] = {(const void *)linear_small_kernel<T, M, 1>, (const void *)linear_small_kernel<T, M, 2>,
+                               (const void *)linear_small_kernel<T, M, 4>, (const void *)linear_small_kernel<T, M, 8>};
         for (int i = 3; i >= 0 && !ks; i--) {
             const int k = 1 << i;
             const int64_t grid = (N + LIN_WARPS / k - 1) / (LIN_WARPS / k);
-            if (npk >= 32LL * k && grid <= (int64_t)res[i] * sms) ks = k;
+            if (npk >= 32LL * k && grid <= (int64_t)ssm_blocks_per_sm(kern[i], LIN_THREADS, 0) * sms) ks = k;
         }
     }
     if (!ks) ks = pick_ks(N, npk, sms);

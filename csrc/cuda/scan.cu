@@ -392,13 +392,7 @@ template <typename T, int NS, int TPC, int U = 4, bool SA = false> struct Launch
                               (long long)a.dim);
 
         // Chunk count. target = blocks resident on the whole GPU at full occupancy.
-        static int occ = 0; // per instantiation; the same on every device of one model
-        if (occ == 0) {
-            int o = 0;
-            SSMTP_CUDA_TRY(
-                cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o, scan_kernel<T, NS, TPC, true, U, SA>, THREADS, 0));
-            occ = o > 0 ? o : 1;
-        }
+        const int occ = ssm_blocks_per_sm((const void *)scan_kernel<T, NS, TPC, true, U, SA>, THREADS, 0);
         int sms = 132;
         SSMTP_TRY(ssm_sm_count(device, &sms));
         const int64_t target = (int64_t)sms * occ;
@@ -843,13 +837,8 @@ template <typename T> ssmtp_status_t dispatch_chunked(ScanArgs &a, int device, c
         // wave then); the smallest wins. SSMTP_SCAN_P overrides (benchmarks, tests).
         int sms = 132;
         SSMTP_TRY(ssm_sm_count(device, &sms));
-        static int occ = 0; // resident blocks per SM, the same for the three P (the register cap decides)
-        if (occ == 0) {
-            int o = 0;
-            SSMTP_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o, scan_chunked_kernel<T, 8, 1>,
-                                                                         CK_THREADS, 0));
-            occ = o > 0 ? o : 1;
-        }
+        // resident blocks per SM, the same for the three P (the register cap decides)
+        const int occ = ssm_blocks_per_sm((const void *)scan_chunked_kernel<T, 8, 1>, CK_THREADS, 0);
         const double slots = (double)sms * occ;
         const int64_t ngroups = a.dim / a.per_group;
         int p = 4;
