@@ -8,7 +8,7 @@ Backends (bf16 unless noted; "graph" = N back-to-back calls captured in one CUDA
   symm-1shot    torch symmetric memory one_shot_all_reduce / two_shot_all_reduce_ on a symmetric buffer
   symm-2shot    (no staging copies: torch's best case; multicast stays off)
   custom-1shot  ssmtp custom P2P all-reduce (eager and graph); custom-1shot-strong: with SSMTP_AR_FENCE=strong
-  custom-2shot
+  custom-2shot  (all-gather by pushes: the default); custom-2shot-pull: SSMTP_AR_GATHER=pull (loads over NVLink)
   custom-lamport one-shot without flags (up to 4 MiB)
   q-int8-b32-2shot, ...  quantized P2P all-reduce (int8 / fp8, block 32 / 128, one- and two-shot; graph)
   q-int8-b32-gather      quantized all-reduce over an NCCL all-gather (eager; the path for hosts without P2P)
@@ -17,6 +17,9 @@ an ulp of sum |x_r| per intermediate bf16 partial sum at more than 2 ranks;
 custom: bitwise against the fp32 rank-order sum; quantized: bitwise against the NCCL all-gather implementation).
 Writes JSON (commit, date, device, every figure, quantized error statistics, the targets of issue 4, suggested
 thresholds) and a PNG plot next to it, and prints a short table last. busbw = algbw * 2 (n - 1) / n.
+The floor: rank 0 also times plain copy-engine transfers between GPUs 0 and 1 (one direction, then both at once;
+what NVLink carries here), and the report gives every large-message figure as a multiple of the time those bytes
+take at that rate.
 """
 from __future__ import annotations
 
@@ -169,6 +172,7 @@ def main():
     p.add_argument("--thresholds-out", default=None,
                    help="write a thresholds candidate here (JSON: the TABLE of ssmtp/parallel/thresholds.py)")
     p.add_argument("--time-budget", type=float, default=0, help="stop adding sizes after this many seconds (0: none)")
+    p.add_argument("--no-p2p-probe", action="store_true", help="skip the copy-engine GPU0<->GPU1 bandwidth probe")
     args = p.parse_args()
     t_start = time.time()
 
@@ -184,6 +188,9 @@ def main():
     ca_strong = CustomAllReduce(None, dev, buffer_bytes=8 * MiB)
     del os.environ["SSMTP_AR_FENCE"]
     ca_lam = CustomAllReduce(None, dev, buffer_bytes=8 * MiB, timeout_s=5.0)  # own handle: a failure cannot poison the others
+    os.environ["SSMTP_AR_GATHER"] = "pull"
+    ca_pull = CustomAllReduce(None, dev)  # same buffer as ca: same chunking
+    del os.environ["SSMTP_AR_GATHER"]
     try:
         symm = SymmAllReduce(None, dev)
     except Exception as e:  # noqa: BLE001
@@ -269,6 +276,9 @@ def main():
         for algo in ("1shot", "2shot"):
             B.run(f"custom-{algo}", nbytes, lambda: ca.all_reduce(x, out=y, algo=algo), ("eager", "graph"),
                   lambda: bitwise_exact(ca.all_reduce(x, out=torch.empty_like(x), algo=algo)))
+        if nbytes >= MiB:
+            B.run("custom-2shot-pull", nbytes, lambda: ca_pull.all_reduce(x, out=y, algo="2shot"), ("graph",),
+                  lambda: bitwise_exact(ca_pull.all_reduce(x, out=torch.empty_like(x), algo="2shot")))
         if nbytes <= 4 * MiB:
             B.run("custom-lamport", nbytes, lambda: ca_lam.all_reduce(x, out=y, algo="lamport"), ("eager", "graph"),
                   lambda: bitwise_exact(ca_lam.all_reduce(x, out=torch.empty_like(x), algo="lamport")))
@@ -286,6 +296,13 @@ def main():
                             "differs from the NCCL all-gather implementation"
                     B.run(f"q-{qd}-b{blk}-{algo}", nbytes, lambda: ca.quant_all_reduce(x, qd, blk, algo, out=y),
                           ("graph",), chk_q)
+                if qd == "int8" and blk == 32 and nbytes >= MiB:
+                    def chk_qp():
+                        o = ca_pull.quant_all_reduce(x, qd, blk, "2shot", out=torch.empty_like(x))
+                        return None if torch.equal(o.view(torch.int16), gref.view(torch.int16)) else \
+                            "differs from the NCCL all-gather implementation"
+                    B.run("q-int8-b32-2shot-pull", nbytes,
+                          lambda: ca_pull.quant_all_reduce(x, qd, blk, "2shot", out=y), ("graph",), chk_qp)
                 if nbytes in (MiB, 64 * MiB) or nbytes == sizes[-1]:
                     e = (gref.double() - ref.double())
                     nb = n // blk
@@ -301,6 +318,7 @@ def main():
         torch.cuda.empty_cache()
 
     sizes = done_sizes
+    B.p2p = p2p_probe(dev) if world == 2 and not args.no_p2p_probe else None
     if rank == 0:  # raw figures first, so that a problem in the report below loses nothing
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
@@ -315,10 +333,55 @@ def main():
     ca.close()
     ca_strong.close()
     ca_lam.close()
+    ca_pull.close()
     if symm is not None:
         symm.close()
     nc.close()
     dist.destroy_process_group()
+
+
+def p2p_probe(dev, nbytes=256 * MiB, iters=10):
+    """Copy-engine bandwidth between GPUs 0 and 1 (GB/s), measured by rank 0 alone while rank 1 waits: one direction,
+    then both directions at once (what an all-reduce needs). Collective: every rank calls it."""
+    res = None
+    if dist.get_rank() == 0:
+        try:
+            d0, d1 = torch.device("cuda", 0), torch.device("cuda", 1)
+            a0, b0 = torch.empty(nbytes, dtype=torch.uint8, device=d0), torch.empty(nbytes, dtype=torch.uint8, device=d0)
+            a1, b1 = torch.empty(nbytes, dtype=torch.uint8, device=d1), torch.empty(nbytes, dtype=torch.uint8, device=d1)
+            s0, s1 = torch.cuda.Stream(d0), torch.cuda.Stream(d1)
+
+            def timed(both):
+                for _ in range(2):
+                    with torch.cuda.stream(s0):
+                        a1.copy_(a0, non_blocking=True)
+                    if both:
+                        with torch.cuda.stream(s1):
+                            b0.copy_(b1, non_blocking=True)
+                torch.cuda.synchronize(d0)
+                torch.cuda.synchronize(d1)
+                t0 = time.perf_counter()
+                for _ in range(iters):
+                    with torch.cuda.stream(s0):
+                        a1.copy_(a0, non_blocking=True)
+                    if both:
+                        with torch.cuda.stream(s1):
+                            b0.copy_(b1, non_blocking=True)
+                torch.cuda.synchronize(d0)
+                torch.cuda.synchronize(d1)
+                return nbytes * iters / (time.perf_counter() - t0) / 1e9
+            res = dict(bytes=nbytes, one_way_GBs=round(timed(False), 1), each_way_both_GBs=round(timed(True), 1),
+                       how="tensor.copy_ between cuda:0 and cuda:1 (cudaMemcpyPeer, copy engines), wall clock over "
+                           f"{iters} copies; 'both': the two directions at once, GB/s per direction")
+            del a0, b0, a1, b1
+            torch.cuda.empty_cache()
+            log0(f"p2p copy engines: {res}")
+        except Exception as e:  # noqa: BLE001
+            res = dict(error=f"{type(e).__name__}: {e}")
+            log0(f"p2p probe failed: {res['error']}")
+    got = [res]
+    dist.broadcast_object_list(got, src=0)
+    return got[0]
 
 
 def report(args, B, nc, ca, sizes, qerr, dev):
@@ -332,18 +395,26 @@ def report(args, B, nc, ca, sizes, qerr, dev):
         vals = [v for v in keys if v]
         return min(vals) if vals else None
 
-    targets = []
+    targets, floors = [], []
     small = [s for s in sizes if s <= 64 * KiB]
     big = [s for s in sizes if s >= 16 * MiB]
     worst_small = max(best(get("custom-1shot", "graph", s), get("custom-lamport", "graph", s)) or 1e9
                       for s in small) if small else None
     targets.append(dict(target="custom bf16 <= 5 us for <= 64 KiB inside a graph", value_us=worst_small,
                         ok=worst_small is not None and worst_small <= 5.0))
+    p2p = getattr(B, "p2p", None) or {}
+    bw = p2p.get("each_way_both_GBs")
     for s in big:
         nccl = get("nccl", "graph", s)
         cu = best(get("custom-1shot", "graph", s), get("custom-2shot", "graph", s))
         q = best(get("q-int8-b32-2shot", "graph", s), get("q-int8-b32-1shot", "graph", s),
                  get("q-int8-b128-2shot", "graph", s), get("q-int8-b128-1shot", "graph", s))
+        if bw and world == 2:  # an exact 2-rank all-reduce sends S bytes each way; int8 + block-32 scales S * 0.5625
+            fl = s / (bw * 1e3)
+            floors.append(dict(bytes=s, floor_us=round(fl, 1), int8_b32_floor_us=round(fl * 0.5625, 1),
+                               nccl_x_floor=round(nccl / fl, 2) if nccl else None,
+                               custom_x_floor=round(cu / fl, 2) if cu else None,
+                               int8_x_floor=round(q / (fl * 0.5625), 2) if q else None))
         sp = round(nccl / cu, 3) if nccl and cu else None
         targets.append(dict(target=f"custom >= 1.2x NCCL (graph) at {fmt_size(s)}", speedup=sp,
                             ok=bool(sp and sp >= 1.2)))
@@ -397,7 +468,7 @@ def report(args, B, nc, ca, sizes, qerr, dev):
                                "source": "benchmarks/bench_allreduce.py (graph latency, bf16)"},
                   "world_sizes": {str(world): {"rules": rules, "quant_rules": qrules}}}
     rep = dict(meta=meta, results=B.results, skipped=B.skipped, quant_error=qerr, targets=targets,
-               suggested_thresholds=thresholds)
+               p2p_copy_engines=p2p or None, floors=floors, suggested_thresholds=thresholds)
     if rank == 0:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
@@ -444,7 +515,8 @@ def plot(report, path):
 def table(report, sizes):
     cols = [("nccl", "eager"), ("nccl", "graph"), ("nccl-c", "graph"), ("symm-1shot", "graph"),
             ("symm-2shot", "graph"), ("custom-lamport", "graph"), ("custom-1shot", "graph"), ("custom-2shot", "graph"),
-            ("q-int8-b32-2shot", "graph"), ("q-int8-b128-2shot", "graph"), ("q-fp8-b32-2shot", "graph")]
+            ("custom-2shot-pull", "graph"), ("q-int8-b32-2shot", "graph"), ("q-int8-b32-2shot-pull", "graph"),
+            ("q-int8-b128-2shot", "graph"), ("q-fp8-b32-2shot", "graph")]
     look = {(r["backend"], r["mode"], r["bytes"]): r["us"] for r in report["results"]}
     print("\nlatency (us) per all-reduce, bf16; g = inside a CUDA graph, e = eager")
     head = "size      " + "".join(f"{(b + ('/g' if m == 'graph' else '/e'))[:15]:>16}" for b, m in cols)
@@ -455,6 +527,11 @@ def table(report, sizes):
     for q in report["quant_error"]:
         print(f"  {q['qdtype']} block {q['block']:>3} {fmt_size(q['bytes']):>8}: rel {q['rel_err_global']:.4f}, "
               f"block mean {q['rel_err_block_mean']:.4f}, block max {q['rel_err_block_max']:.4f}")
+    if report.get("p2p_copy_engines"):
+        print("\np2p copy engines:", json.dumps(report["p2p_copy_engines"]))
+    for f in report.get("floors") or []:
+        print(f"  floor {fmt_size(f['bytes'])}: {f['floor_us']} us (int8 {f['int8_b32_floor_us']}); NCCL "
+              f"x{f['nccl_x_floor']}, custom x{f['custom_x_floor']}, int8 x{f['int8_x_floor']}")
     print("\ntargets:")
     for t in report["targets"]:
         print("  " + ("PASS " if t["ok"] else "MISS ") + json.dumps({k: v for k, v in t.items() if k != "ok"}))

@@ -7,7 +7,10 @@
 //     is a device-side counter of the rank (bumped by the last block of each launch), so CUDA-graph replays advance
 //     it too. Why no closing barrier is needed: a block of call k+1 only passes its first barrier when every peer
 //     has started call k+1, i.e. finished call k; so when call k+2 writes half (k & 1) again, no peer still reads it.
-//   * Two-shot: reduce-scatter by pushes into the owner's slots, all-gather by loads from the owners' buffers.
+//   * Two-shot: reduce-scatter by pushes into the owner's slots; all-gather by pushes too: the owner stores its
+//     reduced segment into part [slot/2, slot) of slot[owner] of every peer, and each rank copies the segments out
+//     of its own buffer (SSMTP_AR_GATHER=pull: the owner keeps the segment in its own buffer and the others load it
+//     over NVLink; stores measured faster, see benchmarks/bench_allreduce.py).
 //   * Lamport one-shot: 3 sets x ws small slots filled with a sentinel; senders push data (never the sentinel),
 //     receivers poll the data, sum, and reset the slot to the sentinel. Set = calls % 3 (a peer can be at most
 //     one call ahead, and it writes set s again only after it has our data of 2 calls later).
@@ -55,6 +58,7 @@ struct ar_ptrs {
     uint32_t *host_err;                 // mapped pinned host word (device view)
     int rank, ws;
     int strong_fence; // 1: every thread fences (system scope) its pushes before the block signals (SSMTP_AR_FENCE)
+    int ag_pull;      // two-shot all-gather: 0 = owners push their segments, 1 = ranks load them (SSMTP_AR_GATHER)
     int64_t slot_bytes;
     uint64_t timeout_ns;
     uint64_t desc; // message descriptor (hash of sizes, dtype, algorithm, quantization)
@@ -243,6 +247,13 @@ template <typename T> __device__ __forceinline__ T *slot_ptr(const ar_ptrs &a, i
     return reinterpret_cast<T *>(a.data[dst] + half_off + (int64_t)slot * a.slot_bytes + part_off);
 }
 
+// Where the two-shot all-gather finds owner q's reduced segment: slot[q] of our own buffer (pushed there by q), or
+// with a.ag_pull slot[q] of q's buffer, over NVLink.
+template <typename T> __device__ __forceinline__ const T *ag_src(const ar_ptrs &a, int64_t half_off, int q,
+                                                                 int64_t ag_off) {
+    return slot_ptr<T>(a, a.ag_pull ? q : a.rank, half_off, q, ag_off);
+}
+
 // ------------------------------------------------------------------------------------------------ plain kernels
 
 template <typename T> __device__ __forceinline__ int pk_cnt(int64_t len, int64_t k) {
@@ -326,8 +337,9 @@ __global__ void __launch_bounds__(AR_THREADS) ar_oneshot_kernel(ar_ptrs a, const
 }
 
 // Two-shot: segment q (seg elements, a multiple of N) is reduced by rank q. Reduce-scatter: push into part
-// [0, slot/2) of the owner's slot[rank]; the owner writes the reduced segment into part [slot/2, slot) of its own
-// slot[owner]; all-gather: every rank loads the other segments from their owners' buffers.
+// [0, slot/2) of the owner's slot[rank]. All-gather: the owner stores the reduced segment into part [slot/2, slot)
+// of slot[owner] of every peer and every rank copies the others' segments out of its own buffer (a.ag_pull: the
+// owner writes it into its own buffer only, and the others load it from there over NVLink).
 template <typename T>
 __global__ void __launch_bounds__(AR_THREADS)
     ar_twoshot_kernel(ar_ptrs a, const T *in, T *out, int64_t n, int64_t seg, bool al) {
@@ -346,7 +358,6 @@ __global__ void __launch_bounds__(AR_THREADS)
     {
         const int64_t base = a.rank * seg, len = max((int64_t)0, min(seg, n - base)),
                       kend = min(k1, (len + N - 1) / N);
-        T *mine = slot_ptr<T>(a, a.rank, half_off, a.rank, ag_off);
         for (int64_t kb = k0 + threadIdx.x; kb < kend; kb += stride * AR_UNROLL) {
             Pk<T> o[AR_UNROLL];
             reduce_packs<T>(a, in + base, len, al, kb, kend,
@@ -358,8 +369,11 @@ __global__ void __launch_bounds__(AR_THREADS)
             for (int u = 0; u < AR_UNROLL; u++) {
                 const int64_t k = kb + u * stride;
                 if (k < kend) {
-                    st_user<T>(out + base + k * N, pk_cnt<T>(len, k), al, o[u]);
-                    st_buf<T>(mine + k * N, pk_cnt<T>(len, k), o[u]);
+                    const int cnt = pk_cnt<T>(len, k);
+                    st_user<T>(out + base + k * N, cnt, al, o[u]);
+                    for (int p = 0; p < a.ws; p++)
+                        if (a.ag_pull ? p == a.rank : p != a.rank)
+                            st_buf<T>(slot_ptr<T>(a, p, half_off, a.rank, ag_off) + k * N, cnt, o[u]);
                 }
             }
         }
@@ -368,7 +382,7 @@ __global__ void __launch_bounds__(AR_THREADS)
     for (int q = 0; q < a.ws; q++) {
         if (q == a.rank) continue;
         const int64_t base = q * seg, len = max((int64_t)0, min(seg, n - base)), kend = min(k1, (len + N - 1) / N);
-        const T *src = slot_ptr<T>(a, q, half_off, q, ag_off); // the owner's buffer, over NVLink
+        const T *src = ag_src<T>(a, half_off, q, ag_off);
         for (int64_t kb = k0 + threadIdx.x; kb < kend; kb += stride * AR_UNROLL) {
             Pk<T> v[AR_UNROLL];
 #pragma unroll
@@ -657,9 +671,9 @@ __global__ void __launch_bounds__(AR_THREADS) ar_q1_kernel(ar_ptrs a, const T *i
     ar_end(a, call);
 }
 
-// Quantized two-shot: quantized reduce-scatter (pushed to the owner), fp32 sum, requantize into the owner's own
-// buffer, quantized all-gather (loaded from the owners' buffers). seg is a multiple of AR_TILE, so segments start on
-// quantization-block boundaries of the whole message.
+// Quantized two-shot: quantized reduce-scatter (pushed to the owner), fp32 sum, requantize, quantized all-gather
+// (pushed by the owner, or loaded from its buffer with a.ag_pull, as in the plain two-shot). seg is a multiple of
+// AR_TILE, so segments start on quantization-block boundaries of the whole message.
 template <typename T, bool I8, int L>
 __global__ void __launch_bounds__(AR_THREADS)
     ar_q2_kernel(ar_ptrs a, const T *in, T *out, int64_t n, int64_t seg, bool al) {
@@ -694,14 +708,16 @@ __global__ void __launch_bounds__(AR_THREADS)
             float o[16];
             const float s2 = qreduce16<T, I8, L>(a, in + base, half_off, 0, sc_off, e0, cnt, al, q2, o);
             if (cnt > 0) st16<T>(out + base + e0, cnt, al, o);
-            qstore<L>(qpart{slot_ptr<char>(a, a.rank, half_off, a.rank, ag_off), sc_off}, e0, cnt, q2, s2);
+            for (int p = 0; p < a.ws; p++)
+                if (a.ag_pull ? p == a.rank : p != a.rank)
+                    qstore<L>(qpart{slot_ptr<char>(a, p, half_off, a.rank, ag_off), sc_off}, e0, cnt, q2, s2);
         }
     }
     ar_barrier(a, 2 * call + 2, false);
     for (int q = 0; q < a.ws; q++) {
         if (q == a.rank) continue;
         const int64_t base = q * seg, len = max((int64_t)0, min(seg, n - base));
-        const qpart src{slot_ptr<char>(a, q, half_off, q, ag_off), sc_off}; // the owner's buffer, over NVLink
+        const qpart src{(char *)ag_src<char>(a, half_off, q, ag_off), sc_off};
         for (int64_t t = t0 + warp; t < t1 && t * AR_TILE < len; t += nwarps) {
             const int64_t e0 = t * AR_TILE + lane * 16;
             const int cnt = (int)max((int64_t)0, min((int64_t)16, len - e0));
@@ -851,6 +867,8 @@ extern "C" ssmtp_status_t ssmtp_cuda_ar_open_peers(ssmtp_ar_t *ar, const void *h
          * wrote before the bar.sync); SSMTP_AR_FENCE=strong adds a system-scope fence in every thread. */
         const char *f = getenv("SSMTP_AR_FENCE");
         ar->ptrs.strong_fence = f && strcmp(f, "strong") == 0;
+        const char *g = getenv("SSMTP_AR_GATHER"); /* two-shot all-gather: push (default) or pull */
+        ar->ptrs.ag_pull = g && strcmp(g, "pull") == 0;
     }
     ar->opened = 1;
     return SSMTP_OK;
