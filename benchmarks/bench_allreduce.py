@@ -8,7 +8,8 @@ Backends (bf16 unless noted; "graph" = N back-to-back calls captured in one CUDA
   symm-1shot    torch symmetric memory one_shot_all_reduce / two_shot_all_reduce_ on a symmetric buffer
   symm-2shot    (no staging copies: torch's best case; multicast stays off)
   custom-1shot  ssmtp custom P2P all-reduce (eager and graph); custom-1shot-strong: with SSMTP_AR_FENCE=strong
-  custom-2shot  (all-gather by pushes: the default); custom-2shot-pull: SSMTP_AR_GATHER=pull (loads over NVLink)
+  custom-2shot  (pipelined in rounds of 32 KiB per block); custom-2shot-r0 / -r16 / -r64: SSMTP_AR_ROUND_KB=0 (one
+                round: reduce-scatter, reduce, all-gather, copy-out one after the other) / 16 / 64, from 1 MiB
   custom-lamport one-shot without flags (up to 4 MiB)
   q-int8-b32-2shot, ...  quantized P2P all-reduce (int8 / fp8, block 32 / 128, one- and two-shot; graph)
   q-int8-b32-gather      quantized all-reduce over an NCCL all-gather (eager; the path for hosts without P2P)
@@ -17,9 +18,9 @@ an ulp of sum |x_r| per intermediate bf16 partial sum at more than 2 ranks;
 custom: bitwise against the fp32 rank-order sum; quantized: bitwise against the NCCL all-gather implementation).
 Writes JSON (commit, date, device, every figure, quantized error statistics, the targets of issue 4, suggested
 thresholds) and a PNG plot next to it, and prints a short table last. busbw = algbw * 2 (n - 1) / n.
-The floor: rank 0 also times plain copy-engine transfers between GPUs 0 and 1 (one direction, then both at once;
-what NVLink carries here), and the report gives every large-message figure as a multiple of the time those bytes
-take at that rate.
+The floor: plain transfers between the two GPUs (copy engine, SM stores, SM copy; one way, then both ways at once)
+give what NVLink carries here; the report gives every large-message figure as a multiple of the time its bytes take
+at the best both-ways rate.
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ from ssmtp.parallel.nccl import NcclComm  # noqa: E402
 from ssmtp.parallel.quant_ar import quant_all_reduce_gather  # noqa: E402
 
 KiB, MiB = 1 << 10, 1 << 20
+ROUND_VARIANTS = (0, 16, 64)  # SSMTP_AR_ROUND_KB values timed beside the default (32)
 
 
 def log0(*a):
@@ -172,7 +174,7 @@ def main():
     p.add_argument("--thresholds-out", default=None,
                    help="write a thresholds candidate here (JSON: the TABLE of ssmtp/parallel/thresholds.py)")
     p.add_argument("--time-budget", type=float, default=0, help="stop adding sizes after this many seconds (0: none)")
-    p.add_argument("--no-p2p-probe", action="store_true", help="skip the copy-engine GPU0<->GPU1 bandwidth probe")
+    p.add_argument("--no-p2p-probe", action="store_true", help="skip the NVLink bandwidth probe (2 ranks)")
     args = p.parse_args()
     t_start = time.time()
 
@@ -188,9 +190,11 @@ def main():
     ca_strong = CustomAllReduce(None, dev, buffer_bytes=8 * MiB)
     del os.environ["SSMTP_AR_FENCE"]
     ca_lam = CustomAllReduce(None, dev, buffer_bytes=8 * MiB, timeout_s=5.0)  # own handle: a failure cannot poison the others
-    os.environ["SSMTP_AR_GATHER"] = "pull"
-    ca_pull = CustomAllReduce(None, dev)  # same buffer as ca: same chunking
-    del os.environ["SSMTP_AR_GATHER"]
+    ca_rounds = {}  # two-shot pipeline round sizes other than the default (same buffer as ca: same chunking)
+    for kb in ROUND_VARIANTS:
+        os.environ["SSMTP_AR_ROUND_KB"] = str(kb)
+        ca_rounds[kb] = CustomAllReduce(None, dev)
+    os.environ.pop("SSMTP_AR_ROUND_KB", None)
     try:
         symm = SymmAllReduce(None, dev)
     except Exception as e:  # noqa: BLE001
@@ -276,9 +280,9 @@ def main():
         for algo in ("1shot", "2shot"):
             B.run(f"custom-{algo}", nbytes, lambda: ca.all_reduce(x, out=y, algo=algo), ("eager", "graph"),
                   lambda: bitwise_exact(ca.all_reduce(x, out=torch.empty_like(x), algo=algo)))
-        if nbytes >= MiB:
-            B.run("custom-2shot-pull", nbytes, lambda: ca_pull.all_reduce(x, out=y, algo="2shot"), ("graph",),
-                  lambda: bitwise_exact(ca_pull.all_reduce(x, out=torch.empty_like(x), algo="2shot")))
+        for kb, h in ca_rounds.items() if nbytes >= MiB else ():
+            B.run(f"custom-2shot-r{kb}", nbytes, lambda: h.all_reduce(x, out=y, algo="2shot"), ("graph",),
+                  lambda: bitwise_exact(h.all_reduce(x, out=torch.empty_like(x), algo="2shot")))
         if nbytes <= 4 * MiB:
             B.run("custom-lamport", nbytes, lambda: ca_lam.all_reduce(x, out=y, algo="lamport"), ("eager", "graph"),
                   lambda: bitwise_exact(ca_lam.all_reduce(x, out=torch.empty_like(x), algo="lamport")))
@@ -296,13 +300,13 @@ def main():
                             "differs from the NCCL all-gather implementation"
                     B.run(f"q-{qd}-b{blk}-{algo}", nbytes, lambda: ca.quant_all_reduce(x, qd, blk, algo, out=y),
                           ("graph",), chk_q)
-                if qd == "int8" and blk == 32 and nbytes >= MiB:
-                    def chk_qp():
-                        o = ca_pull.quant_all_reduce(x, qd, blk, "2shot", out=torch.empty_like(x))
+                for kb, h in ca_rounds.items() if qd == "int8" and blk == 32 and nbytes >= MiB else ():
+                    def chk_qr():
+                        o = h.quant_all_reduce(x, qd, blk, "2shot", out=torch.empty_like(x))
                         return None if torch.equal(o.view(torch.int16), gref.view(torch.int16)) else \
                             "differs from the NCCL all-gather implementation"
-                    B.run("q-int8-b32-2shot-pull", nbytes,
-                          lambda: ca_pull.quant_all_reduce(x, qd, blk, "2shot", out=y), ("graph",), chk_qp)
+                    B.run(f"q-int8-b32-2shot-r{kb}", nbytes,
+                          lambda: h.quant_all_reduce(x, qd, blk, "2shot", out=y), ("graph",), chk_qr)
                 if nbytes in (MiB, 64 * MiB) or nbytes == sizes[-1]:
                     e = (gref.double() - ref.double())
                     nb = n // blk
@@ -318,7 +322,12 @@ def main():
         torch.cuda.empty_cache()
 
     sizes = done_sizes
-    B.p2p = p2p_probe(dev) if world == 2 and not args.no_p2p_probe else None
+    B.p2p = None
+    if world == 2 and not args.no_p2p_probe:
+        try:
+            B.p2p = p2p_probe(dev)
+        except Exception as e:  # noqa: BLE001 - every rank raises alike (collective steps)
+            log0(f"NVLink probe failed: {type(e).__name__}: {e}")
     if rank == 0:  # raw figures first, so that a problem in the report below loses nothing
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
@@ -333,55 +342,47 @@ def main():
     ca.close()
     ca_strong.close()
     ca_lam.close()
-    ca_pull.close()
+    for h in ca_rounds.values():
+        h.close()
     if symm is not None:
         symm.close()
     nc.close()
     dist.destroy_process_group()
 
 
-def p2p_probe(dev, nbytes=256 * MiB, iters=10):
-    """Copy-engine bandwidth between GPUs 0 and 1 (GB/s), measured by rank 0 alone while rank 1 waits: one direction,
-    then both directions at once (what an all-reduce needs). Collective: every rank calls it."""
-    res = None
-    if dist.get_rank() == 0:
-        try:
-            d0, d1 = torch.device("cuda", 0), torch.device("cuda", 1)
-            a0, b0 = torch.empty(nbytes, dtype=torch.uint8, device=d0), torch.empty(nbytes, dtype=torch.uint8, device=d0)
-            a1, b1 = torch.empty(nbytes, dtype=torch.uint8, device=d1), torch.empty(nbytes, dtype=torch.uint8, device=d1)
-            s0, s1 = torch.cuda.Stream(d0), torch.cuda.Stream(d1)
-
-            def timed(both):
+def p2p_probe(dev, nbytes=128 * MiB, iters=10):
+    """NVLink bandwidth between ranks 0 and 1 (GB/s per direction), through a dedicated custom all-reduce handle's
+    IPC mapping: copy engine, SM stores, SM copy (local loads + remote stores: what the custom kernels do), each one
+    way (rank 0 alone, rank 1 waiting) and both ways at once (what an all-reduce needs). Collective."""
+    probe = CustomAllReduce(None, dev, buffer_bytes=2 * nbytes)
+    res = dict(bytes=nbytes, how="ssmtp ar_probe over the CUDA IPC mapping (ce = cudaMemcpyAsync; store = SM stores "
+               f"of zeros, one block of 512 threads per SM; copy = SM loads + remote stores); {iters} transfers timed "
+               "with CUDA events; both = the two directions at once, GB/s per direction (slower rank)")
+    rank = dist.get_rank()
+    for mode in ("ce", "store", "copy"):
+        for both in (False, True):
+            active = both or rank == 0
+            if active:
                 for _ in range(2):
-                    with torch.cuda.stream(s0):
-                        a1.copy_(a0, non_blocking=True)
-                    if both:
-                        with torch.cuda.stream(s1):
-                            b0.copy_(b1, non_blocking=True)
-                torch.cuda.synchronize(d0)
-                torch.cuda.synchronize(d1)
-                t0 = time.perf_counter()
+                    probe.probe(mode, nbytes)
+            torch.cuda.synchronize()
+            dist.barrier()
+            ms = 0.0
+            if active:
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record()
                 for _ in range(iters):
-                    with torch.cuda.stream(s0):
-                        a1.copy_(a0, non_blocking=True)
-                    if both:
-                        with torch.cuda.stream(s1):
-                            b0.copy_(b1, non_blocking=True)
-                torch.cuda.synchronize(d0)
-                torch.cuda.synchronize(d1)
-                return nbytes * iters / (time.perf_counter() - t0) / 1e9
-            res = dict(bytes=nbytes, one_way_GBs=round(timed(False), 1), each_way_both_GBs=round(timed(True), 1),
-                       how="tensor.copy_ between cuda:0 and cuda:1 (cudaMemcpyPeer, copy engines), wall clock over "
-                           f"{iters} copies; 'both': the two directions at once, GB/s per direction")
-            del a0, b0, a1, b1
-            torch.cuda.empty_cache()
-            log0(f"p2p copy engines: {res}")
-        except Exception as e:  # noqa: BLE001
-            res = dict(error=f"{type(e).__name__}: {e}")
-            log0(f"p2p probe failed: {res['error']}")
-    got = [res]
-    dist.broadcast_object_list(got, src=0)
-    return got[0]
+                    probe.probe(mode, nbytes)
+                b.record()
+                b.synchronize()
+                ms = a.elapsed_time(b)
+            t = torch.tensor([ms], device=dev)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            res[f"{mode}_{'both' if both else 'one_way'}_GBs"] = round(nbytes * iters / (t.item() * 1e-3) / 1e9, 1)
+    torch.cuda.synchronize()
+    probe.close()
+    log0(f"NVLink probe: {res}")
+    return res
 
 
 def report(args, B, nc, ca, sizes, qerr, dev):
@@ -403,7 +404,7 @@ def report(args, B, nc, ca, sizes, qerr, dev):
     targets.append(dict(target="custom bf16 <= 5 us for <= 64 KiB inside a graph", value_us=worst_small,
                         ok=worst_small is not None and worst_small <= 5.0))
     p2p = getattr(B, "p2p", None) or {}
-    bw = p2p.get("each_way_both_GBs")
+    bw = max((v for k, v in p2p.items() if k.endswith("_both_GBs")), default=None)
     for s in big:
         nccl = get("nccl", "graph", s)
         cu = best(get("custom-1shot", "graph", s), get("custom-2shot", "graph", s))
@@ -468,7 +469,7 @@ def report(args, B, nc, ca, sizes, qerr, dev):
                                "source": "benchmarks/bench_allreduce.py (graph latency, bf16)"},
                   "world_sizes": {str(world): {"rules": rules, "quant_rules": qrules}}}
     rep = dict(meta=meta, results=B.results, skipped=B.skipped, quant_error=qerr, targets=targets,
-               p2p_copy_engines=p2p or None, floors=floors, suggested_thresholds=thresholds)
+               nvlink_probe=p2p or None, floors=floors, suggested_thresholds=thresholds)
     if rank == 0:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
@@ -515,7 +516,7 @@ def plot(report, path):
 def table(report, sizes):
     cols = [("nccl", "eager"), ("nccl", "graph"), ("nccl-c", "graph"), ("symm-1shot", "graph"),
             ("symm-2shot", "graph"), ("custom-lamport", "graph"), ("custom-1shot", "graph"), ("custom-2shot", "graph"),
-            ("custom-2shot-pull", "graph"), ("q-int8-b32-2shot", "graph"), ("q-int8-b32-2shot-pull", "graph"),
+            ("custom-2shot-r0", "graph"), ("q-int8-b32-2shot", "graph"), ("q-int8-b32-2shot-r0", "graph"),
             ("q-int8-b128-2shot", "graph"), ("q-fp8-b32-2shot", "graph")]
     look = {(r["backend"], r["mode"], r["bytes"]): r["us"] for r in report["results"]}
     print("\nlatency (us) per all-reduce, bf16; g = inside a CUDA graph, e = eager")
@@ -527,8 +528,8 @@ def table(report, sizes):
     for q in report["quant_error"]:
         print(f"  {q['qdtype']} block {q['block']:>3} {fmt_size(q['bytes']):>8}: rel {q['rel_err_global']:.4f}, "
               f"block mean {q['rel_err_block_mean']:.4f}, block max {q['rel_err_block_max']:.4f}")
-    if report.get("p2p_copy_engines"):
-        print("\np2p copy engines:", json.dumps(report["p2p_copy_engines"]))
+    if report.get("nvlink_probe"):
+        print("\nNVLink probe:", json.dumps(report["nvlink_probe"]))
     for f in report.get("floors") or []:
         print(f"  floor {fmt_size(f['bytes'])}: {f['floor_us']} us (int8 {f['int8_b32_floor_us']}); NCCL "
               f"x{f['nccl_x_floor']}, custom x{f['custom_x_floor']}, int8 x{f['int8_x_floor']}")

@@ -166,6 +166,18 @@ ssmtp_status_t ssmtp_ar_check(ssmtp_ar_t *ar, int32_t sync) {
 #endif
 }
 
+ssmtp_status_t ssmtp_ar_probe(ssmtp_ar_t *ar, int32_t mode, int64_t bytes, void *stream) {
+    if (!ar) return ssmtp_fail(SSMTP_ERR_INVALID, "ar_probe: handle is NULL");
+    if (mode < 0 || mode > 2) return ssmtp_fail(SSMTP_ERR_INVALID, "ar_probe: mode %d (0, 1 or 2)", (int)mode);
+    if (bytes < 0) return ssmtp_fail(SSMTP_ERR_INVALID, "ar_probe: bytes = %lld", (long long)bytes);
+#ifdef SSMTP_WITH_CUDA
+    return ssmtp_cuda_ar_probe(ar, mode, bytes, stream);
+#else
+    (void)stream;
+    return NOT_BUILT("ar_probe");
+#endif
+}
+
 ssmtp_status_t ssmtp_ar_free(ssmtp_ar_t *ar) {
     if (!ar) return SSMTP_OK;
 #ifdef SSMTP_WITH_CUDA

@@ -142,6 +142,7 @@ ssmtp_status_t ssmtp_cuda_ar_chunk_elems(const ssmtp_ar_t *ar, int32_t dtype, in
 ssmtp_status_t ssmtp_cuda_ar_run(ssmtp_ar_t *ar, const ssmtp_tensor_t *in, ssmtp_tensor_t *out, int32_t qdtype,
                                  int32_t block, int32_t algo, void *stream);
 ssmtp_status_t ssmtp_cuda_ar_check(ssmtp_ar_t *ar, int32_t sync);
+ssmtp_status_t ssmtp_cuda_ar_probe(ssmtp_ar_t *ar, int32_t mode, int64_t bytes, void *stream);
 ssmtp_status_t ssmtp_cuda_ar_free(ssmtp_ar_t *ar);
 #endif
 

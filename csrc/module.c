@@ -419,6 +419,15 @@ static PyObject *py_ar_check(PyObject *self, PyObject *args) {
     CALL_C(ssmtp_ar_check((ssmtp_ar_t *)HANDLE(h), sync));
     Py_RETURN_NONE;
 }
+static PyObject *py_ar_probe(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long h = 0, stream = 0;
+    int mode = 0;
+    long long bytes = 0;
+    if (!PyArg_ParseTuple(args, "KiLK", &h, &mode, &bytes, &stream)) return NULL;
+    CALL_C(ssmtp_ar_probe((ssmtp_ar_t *)HANDLE(h), mode, (int64_t)bytes, HANDLE(stream)));
+    Py_RETURN_NONE;
+}
 static PyObject *py_ar_free(PyObject *self, PyObject *args) {
     (void)self;
     unsigned long long h = 0;
@@ -470,6 +479,7 @@ static PyMethodDef methods[] = {
     {"ar_quant_all_reduce", py_ar_quant_all_reduce, METH_VARARGS,
      "ar_quant_all_reduce(handle, in, out, qdtype, block, algo, stream)"},
     {"ar_check", py_ar_check, METH_VARARGS, "ar_check(handle, sync): raise the recorded timeout/mismatch"},
+    {"ar_probe", py_ar_probe, METH_VARARGS, "ar_probe(handle, mode, bytes, stream): NVLink bandwidth probe (benchmarks)"},
     {"ar_free", py_ar_free, METH_VARARGS, "ar_free(handle)"},
     {NULL, NULL, 0, NULL}};
 

@@ -315,6 +315,13 @@ ssmtp_status_t ssmtp_ar_quant_all_reduce(ssmtp_ar_t *ar, const ssmtp_tensor_t *i
                                          int32_t qdtype, int32_t block, int32_t algo, void *stream);
 /* SSMTP_OK, or the recorded timeout/mismatch. sync = 1 also reads the device's error word (a blocking copy). */
 ssmtp_status_t ssmtp_ar_check(ssmtp_ar_t *ar, int32_t sync);
+/*
+ * Measurement aid (benchmarks): move `bytes` from the first half of this rank's receive buffer into the second half
+ * of rank (rank + 1) % ws's, on `stream`: mode 0 = copy engine (cudaMemcpyAsync over the IPC mapping), 1 = SM stores
+ * of zeros (one block per multiprocessor), 2 = SM copy (local loads, remote stores). No cross-rank synchronisation;
+ * it overwrites the peer's buffer, so only on a handle that no all-reduce is using. bytes <= half the buffer.
+ */
+ssmtp_status_t ssmtp_ar_probe(ssmtp_ar_t *ar, int32_t mode, int64_t bytes, void *stream);
 ssmtp_status_t ssmtp_ar_free(ssmtp_ar_t *ar);
 
 /*

@@ -184,23 +184,24 @@ def _main(rank, world):
     for s in stats:
         _log(rank, "quant error %s block=%d %s: rel %.4f, max err/bound %.2f" % s)
 
-    # ---- the two-shot all-gather by loads (SSMTP_AR_GATHER=pull) instead of the default pushes: same bits
-    os.environ["SSMTP_AR_GATHER"] = "pull"
-    cap = CustomAllReduce(None, dev, buffer_bytes=1 << 20, timeout_s=10.0)
-    del os.environ["SSMTP_AR_GATHER"]
-    for dtype in (torch.float32, torch.bfloat16):
-        for n in (31, 4099, 300001):
-            xs = _inputs(world, n, dtype, seed=n + 11, device=dev)
-            if not _same(cap.all_reduce(xs[rank].clone(), algo="2shot"), _rank_order_sum(xs)):
-                failures.append(f"pull two-shot {dtype} n={n}: not bitwise the fp32 rank-order sum")
-            xq = [v.cpu() for v in xs]
-            if not _same(cap.quant_all_reduce(xs[rank].clone(), "int8", 32, "2shot"),
-                         quant_reduce_reference(xq, "int8", 32)):
-                failures.append(f"pull quant two-shot {dtype} n={n}: differs from the oracle")
-    cap.close()
+    # ---- two-shot pipeline round sizes: one round (stages one after the other), the smallest (one pack or tile per
+    # round: many rounds per block, messages chunked through the 1 MiB buffer): same bits
+    for kb in ("0", "1"):
+        os.environ["SSMTP_AR_ROUND_KB"] = kb
+        cr = CustomAllReduce(None, dev, buffer_bytes=1 << 20, timeout_s=10.0)
+        del os.environ["SSMTP_AR_ROUND_KB"]
+        for dtype in (torch.float32, torch.bfloat16):
+            for n in (31, 4099, 300001):
+                xs = _inputs(world, n, dtype, seed=n + 11, device=dev)
+                if not _same(cr.all_reduce(xs[rank].clone(), algo="2shot"), _rank_order_sum(xs)):
+                    failures.append(f"two-shot round {kb} KiB {dtype} n={n}: not bitwise the fp32 rank-order sum")
+                if not _same(cr.quant_all_reduce(xs[rank].clone(), "int8", 32, "2shot"),
+                             quant_reduce_reference([v.cpu() for v in xs], "int8", 32)):
+                    failures.append(f"quant two-shot round {kb} KiB {dtype} n={n}: differs from the oracle")
+        cr.close()
     torch.cuda.synchronize()
     assert not failures, "\n".join(failures[:20])
-    _log(rank, "two-shot with the pulled all-gather: exact")
+    _log(rank, "two-shot with one round and with 1 KiB rounds: exact")
 
     # ---- one handle, algorithms interleaved the way Communicator(auto) uses them (lamport shares the call counter
     # with the flag-based kernels): 60 calls of random algorithm and size (same sequence on every rank), each exact
