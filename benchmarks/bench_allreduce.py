@@ -8,8 +8,7 @@ Backends (bf16 unless noted; "graph" = N back-to-back calls captured in one CUDA
   symm-1shot    torch symmetric memory one_shot_all_reduce / two_shot_all_reduce_ on a symmetric buffer
   symm-2shot    (no staging copies: torch's best case; multicast stays off)
   custom-1shot  ssmtp custom P2P all-reduce (eager and graph); custom-1shot-strong: with SSMTP_AR_FENCE=strong
-  custom-2shot  (pipelined in rounds of 32 KiB per block); custom-2shot-r0 / -r16 / -r64: SSMTP_AR_ROUND_KB=0 (one
-                round: reduce-scatter, reduce, all-gather, copy-out one after the other) / 16 / 64, from 1 MiB
+  custom-2shot
   custom-lamport one-shot without flags (up to 4 MiB)
   q-int8-b32-2shot, ...  quantized P2P all-reduce (int8 / fp8, block 32 / 128, one- and two-shot; graph)
   q-int8-b32-gather      quantized all-reduce over an NCCL all-gather (eager; the path for hosts without P2P)
@@ -47,7 +46,6 @@ from ssmtp.parallel.nccl import NcclComm  # noqa: E402
 from ssmtp.parallel.quant_ar import quant_all_reduce_gather  # noqa: E402
 
 KiB, MiB = 1 << 10, 1 << 20
-ROUND_VARIANTS = (0, 16, 64)  # SSMTP_AR_ROUND_KB values timed beside the default (32)
 
 
 def log0(*a):
@@ -190,11 +188,6 @@ def main():
     ca_strong = CustomAllReduce(None, dev, buffer_bytes=8 * MiB)
     del os.environ["SSMTP_AR_FENCE"]
     ca_lam = CustomAllReduce(None, dev, buffer_bytes=8 * MiB, timeout_s=5.0)  # own handle: a failure cannot poison the others
-    ca_rounds = {}  # two-shot pipeline round sizes other than the default (same buffer as ca: same chunking)
-    for kb in ROUND_VARIANTS:
-        os.environ["SSMTP_AR_ROUND_KB"] = str(kb)
-        ca_rounds[kb] = CustomAllReduce(None, dev)
-    os.environ.pop("SSMTP_AR_ROUND_KB", None)
     try:
         symm = SymmAllReduce(None, dev)
     except Exception as e:  # noqa: BLE001
@@ -280,9 +273,6 @@ def main():
         for algo in ("1shot", "2shot"):
             B.run(f"custom-{algo}", nbytes, lambda: ca.all_reduce(x, out=y, algo=algo), ("eager", "graph"),
                   lambda: bitwise_exact(ca.all_reduce(x, out=torch.empty_like(x), algo=algo)))
-        for kb, h in ca_rounds.items() if nbytes >= MiB else ():
-            B.run(f"custom-2shot-r{kb}", nbytes, lambda: h.all_reduce(x, out=y, algo="2shot"), ("graph",),
-                  lambda: bitwise_exact(h.all_reduce(x, out=torch.empty_like(x), algo="2shot")))
         if nbytes <= 4 * MiB:
             B.run("custom-lamport", nbytes, lambda: ca_lam.all_reduce(x, out=y, algo="lamport"), ("eager", "graph"),
                   lambda: bitwise_exact(ca_lam.all_reduce(x, out=torch.empty_like(x), algo="lamport")))
@@ -300,13 +290,6 @@ def main():
                             "differs from the NCCL all-gather implementation"
                     B.run(f"q-{qd}-b{blk}-{algo}", nbytes, lambda: ca.quant_all_reduce(x, qd, blk, algo, out=y),
                           ("graph",), chk_q)
-                for kb, h in ca_rounds.items() if qd == "int8" and blk == 32 and nbytes >= MiB else ():
-                    def chk_qr():
-                        o = h.quant_all_reduce(x, qd, blk, "2shot", out=torch.empty_like(x))
-                        return None if torch.equal(o.view(torch.int16), gref.view(torch.int16)) else \
-                            "differs from the NCCL all-gather implementation"
-                    B.run(f"q-int8-b32-2shot-r{kb}", nbytes,
-                          lambda: h.quant_all_reduce(x, qd, blk, "2shot", out=y), ("graph",), chk_qr)
                 if nbytes in (MiB, 64 * MiB) or nbytes == sizes[-1]:
                     e = (gref.double() - ref.double())
                     nb = n // blk
@@ -342,8 +325,6 @@ def main():
     ca.close()
     ca_strong.close()
     ca_lam.close()
-    for h in ca_rounds.values():
-        h.close()
     if symm is not None:
         symm.close()
     nc.close()
@@ -516,7 +497,7 @@ def plot(report, path):
 def table(report, sizes):
     cols = [("nccl", "eager"), ("nccl", "graph"), ("nccl-c", "graph"), ("symm-1shot", "graph"),
             ("symm-2shot", "graph"), ("custom-lamport", "graph"), ("custom-1shot", "graph"), ("custom-2shot", "graph"),
-            ("custom-2shot-r0", "graph"), ("q-int8-b32-2shot", "graph"), ("q-int8-b32-2shot-r0", "graph"),
+            ("q-int8-b32-2shot", "graph"), ("q-int8-b32-1shot", "graph"),
             ("q-int8-b128-2shot", "graph"), ("q-fp8-b32-2shot", "graph")]
     look = {(r["backend"], r["mode"], r["bytes"]): r["us"] for r in report["results"]}
     print("\nlatency (us) per all-reduce, bf16; g = inside a CUDA graph, e = eager")

@@ -430,6 +430,24 @@ def ops_section(op_path, ops, ar_path, ar, readme_dir) -> list:
         if q and n16:
             bits.append(f"int8 block-32 quantized all-reduce {n16 / min(q):.2f}x NCCL at 16 MiB"
                         + (f" with {max(e['rel_err_global'] for e in err) * 100:.2f}% relative error" if err else ""))
+        ratios = []
+        for size in (16 << 20, 64 << 20, 256 << 20):
+            n = us("nccl", lambda b: b == size).get(size)
+            cu = [v for bk in ("custom-1shot", "custom-2shot") for v in us(bk, lambda b: b == size).values()]
+            qi = [r["us"] for r in rs if r["backend"].startswith("q-int8") and r["mode"] == "graph"
+                  and r["bytes"] == size]
+            if n and cu:
+                ratios.append(f"{size >> 20} MiB: exact {n / min(cu):.2f}x" + (f", int8 {n / min(qi):.2f}x" if qi else ""))
+        if ratios:
+            bits.append("large messages against NCCL (graph): " + "; ".join(ratios))
+        probe = ar.get("nvlink_probe") or {}
+        fl = {f["bytes"]: f for f in ar.get("floors") or []}
+        if probe.get("copy_both_GBs") and fl:
+            f256 = fl.get(256 << 20) or fl[max(fl)]
+            bits.append(f"NVLink measured {probe['copy_both_GBs']:.0f} GB/s each way by SM copies "
+                        f"({probe.get('ce_both_GBs', 0):.0f} by copy engines), both directions at once; at "
+                        f"{f256['bytes'] >> 20} MiB the exact custom all-reduce takes {f256['custom_x_floor']}x and "
+                        f"NCCL {f256['nccl_x_floor']}x the time its bytes need at the best of those rates")
         ar_txt = "Collectives (bf16, 2 GPUs): " + "; ".join(bits) + "."
     out = ["### Ops and collectives", "", "Sources: " + ", ".join(s for s in (_src(op_path, ops), _src(ar_path, ar))
                                                                    if s) + ".", ""]

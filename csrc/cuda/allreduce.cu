@@ -9,10 +9,9 @@
 //     has started call k+1, i.e. finished call k; so when call k+2 writes half (k & 1) again, no peer still reads it.
 //   * Two-shot: reduce-scatter by pushes into the owner's slots; all-gather by pushes too: the owner stores its
 //     reduced segment into part [slot/2, slot) of slot[owner] of every peer, and each rank copies the segments out
-//     of its own buffer (stores over NVLink measured faster than loads). Pipelined in rounds (SSMTP_AR_ROUND_KB of
-//     input per block, 0 = one round): round i's reduce-scatter pushes are in flight while round i-1 is reduced and
-//     round i-2 copied out, so the local passes hide behind the NVLink traffic. Each stage of a round pairs with
-//     the same block on every peer through its own flags (rs, ag), epochs (call << 12) + round + 1.
+//     of its own buffer. Stores over NVLink measured faster than loads (2x H200, 16 MiB bf16: 60.8 us vs 68.7 with
+//     the all-gather loading from the owners' buffers). Splitting a block's range into pipelined rounds with a flag
+//     pair per round measured slower at every round size tried (16-64 KiB), so the phases run once per launch.
 //   * Lamport one-shot: 3 sets x ws small slots filled with a sentinel; senders push data (never the sentinel),
 //     receivers poll the data, sum, and reset the slot to the sentinel. Set = calls % 3 (a peer can be at most
 //     one call ahead, and it writes set s again only after it has our data of 2 calls later).
@@ -44,8 +43,6 @@ enum { AR_ERR_TIMEOUT = 1, AR_ERR_MISMATCH = 2 };
 
 struct ar_signal {
     uint64_t flags[AR_MAX_BLOCKS][SSMTP_AR_MAX_RANKS]; // flags[b][q]: last epoch rank q signalled to block b
-    uint64_t rs[AR_MAX_BLOCKS][SSMTP_AR_MAX_RANKS];    // two-shot rounds: rank q pushed round r (reduce-scatter)
-    uint64_t ag[AR_MAX_BLOCKS][SSMTP_AR_MAX_RANKS];    //                  rank q pushed round r (all-gather)
     uint64_t hdr[2][SSMTP_AR_MAX_RANKS];               // hdr[call & 1][q]: message descriptor rank q sent
     uint32_t error;                                    // 0, or kind | peer << 4 | block << 8 | reporter << 16
     uint32_t done_blocks;                              // local: blocks of the running launch that finished
@@ -62,7 +59,6 @@ struct ar_ptrs {
     uint32_t *host_err;                 // mapped pinned host word (device view)
     int rank, ws;
     int strong_fence; // 1: every thread fences (system scope) its pushes before the block signals (SSMTP_AR_FENCE)
-    int64_t round_bytes; // two-shot: input bytes per block per pipeline round (SSMTP_AR_ROUND_KB; huge = one round)
     int64_t slot_bytes;
     uint64_t timeout_ns;
     uint64_t desc; // message descriptor (hash of sizes, dtype, algorithm, quantization)
@@ -145,91 +141,41 @@ __device__ __forceinline__ void ar_end(const ar_ptrs &a, uint64_t call) {
     }
 }
 
-enum { AR_FLAGS = 0, AR_RS = 1, AR_AG = 2 };
-__device__ __forceinline__ uint64_t *pair_flag(ar_signal *s, int which, int b, int q) {
-    return which == AR_RS ? &s->rs[b][q] : which == AR_AG ? &s->ag[b][q] : &s->flags[b][q];
-}
-
-// Cross-rank sync of block blockIdx.x with the same block of every peer (all threads call it). Threads 0..ws-1
-// (one per peer): with `signal`, store the epoch into the peer's flag (release, after the block's writes: bar.sync
-// first); with `wait`, spin until our flag from that peer reaches the epoch (acquire; bounded by the timeout).
-// hdr_par >= 0: the signal also carries the message descriptor, and the wait checks the peer's against ours.
-__device__ void ar_sync(const ar_ptrs &a, int which, uint64_t epoch, bool signal, bool wait, int hdr_par) {
-    if (signal) {
-        if (a.strong_fence) __threadfence_system();
-        __syncthreads();
-    }
+// Cross-rank barrier of block blockIdx.x (all threads call it). Threads 1..ws (one per peer) signal and wait.
+__device__ void ar_barrier(const ar_ptrs &a, uint64_t epoch, bool with_hdr) {
+    if (a.strong_fence) __threadfence_system();
+    __syncthreads();
     const int q = threadIdx.x;
     if (q < a.ws && q != a.rank) {
         ar_signal *own = a.sig[a.rank];
-        if (signal) {
-            if (hdr_par >= 0) *(volatile uint64_t *)&a.sig[q]->hdr[hdr_par][a.rank] = a.desc;
-            st_release_sys(pair_flag(a.sig[q], which, blockIdx.x, a.rank), epoch);
-        }
-        if (wait) {
-            const uint64_t *f = pair_flag(own, which, blockIdx.x, q);
-            bool arrived = (int64_t)(ld_acquire_sys(f) - epoch) >= 0;
-            if (!arrived) {
-                const uint64_t t0 = global_ns();
-                for (uint32_t spin = 1;; spin++) {
-                    if ((int64_t)(ld_acquire_sys(f) - epoch) >= 0) {
-                        arrived = true;
+        const int par = (int)((epoch >> 1) & 1);
+        if (with_hdr) *(volatile uint64_t *)&a.sig[q]->hdr[par][a.rank] = a.desc;
+        st_release_sys(&a.sig[q]->flags[blockIdx.x][a.rank], epoch);
+        const uint64_t *f = &own->flags[blockIdx.x][q];
+        bool arrived = (int64_t)(ld_acquire_sys(f) - epoch) >= 0;
+        if (!arrived) {
+            const uint64_t t0 = global_ns();
+            for (uint32_t spin = 1;; spin++) {
+                if ((int64_t)(ld_acquire_sys(f) - epoch) >= 0) {
+                    arrived = true;
+                    break;
+                }
+                if ((spin & 255) == 0) {
+                    if (ld_volatile(&own->error)) break;
+                    if (global_ns() - t0 > a.timeout_ns) {
+                        ar_raise(a, AR_ERR_TIMEOUT | (uint32_t)q << 4 | (blockIdx.x & 0xffu) << 8 |
+                                        (uint32_t)a.rank << 16);
                         break;
-                    }
-                    if ((spin & 255) == 0) {
-                        if (ld_volatile(&own->error)) break;
-                        if (global_ns() - t0 > a.timeout_ns) {
-                            ar_raise(a, AR_ERR_TIMEOUT | (uint32_t)q << 4 | (blockIdx.x & 0xffu) << 8 |
-                                            (uint32_t)a.rank << 16);
-                            break;
-                        }
                     }
                 }
             }
-            if (arrived && hdr_par >= 0) {
-                const uint64_t h = *(const volatile uint64_t *)&own->hdr[hdr_par][q];
-                if (h != a.desc) ar_raise(a, AR_ERR_MISMATCH | (uint32_t)q << 4 | (uint32_t)a.rank << 16);
-            }
+        }
+        if (arrived && with_hdr) {
+            const uint64_t h = *(const volatile uint64_t *)&own->hdr[par][q];
+            if (h != a.desc) ar_raise(a, AR_ERR_MISMATCH | (uint32_t)q << 4 | (uint32_t)a.rank << 16);
         }
     }
     __syncthreads();
-}
-
-// Barrier of the one-shot kernels: epoch 2*call+1, the descriptor checked when with_hdr.
-__device__ __forceinline__ void ar_barrier(const ar_ptrs &a, uint64_t call, bool with_hdr) {
-    ar_sync(a, AR_FLAGS, 2 * call + 1, true, true, with_hdr ? (int)(call & 1) : -1);
-}
-
-// The two-shot pipeline of one block over `rounds` rounds: stage rs(r) pushes round r's reduce-scatter data, red(r)
-// reduces round r of our own segment and pushes the result to every peer, cp(r) copies the peers' results of
-// round r out of our buffer. A stage waits only for the peers' pushes of the round it consumes, signalled one
-// stage earlier, so their latency hides behind the next round's pushes. Block 0 checks the descriptor on round 0.
-template <class RS, class RED, class CP>
-__device__ __forceinline__ void ar_pipeline(const ar_ptrs &a, uint64_t call, int64_t rounds, RS rs, RED red, CP cp) {
-    const uint64_t e0 = call << 12; // rounds < 4096 (two_shot_round_units)
-    const int hdr = blockIdx.x == 0 ? (int)(call & 1) : -1;
-    for (int64_t i = 0; i < rounds + 2; i++) {
-        if (i < rounds) {
-            rs(i);
-            ar_sync(a, AR_RS, e0 + i + 1, true, false, i == 0 ? hdr : -1);
-        }
-        if (i >= 1 && i <= rounds) {
-            ar_sync(a, AR_RS, e0 + i, false, true, i == 1 ? hdr : -1);
-            red(i - 1);
-            ar_sync(a, AR_AG, e0 + i, true, false, -1);
-        }
-        if (i >= 2) {
-            ar_sync(a, AR_AG, e0 + i - 1, false, true, -1);
-            cp(i - 2);
-        }
-    }
-}
-
-// Units (packs or tiles) per round for a block range of `range` units of `unit_bytes` input each: round_bytes of
-// input, at least one unit, and at most 4095 rounds (the epoch encoding). Same on every rank (same launch).
-__device__ __forceinline__ int64_t two_shot_round_units(const ar_ptrs &a, int64_t range, int64_t unit_bytes) {
-    const int64_t u = max((int64_t)1, a.round_bytes / unit_bytes);
-    return max(u, (range + 4094) / 4095);
 }
 
 // ------------------------------------------------------------------------------------------------ element access
@@ -366,7 +312,7 @@ __global__ void __launch_bounds__(AR_THREADS) ar_oneshot_kernel(ar_ptrs a, const
     const int64_t k0 = (int64_t)blockIdx.x * per, k1 = min(k0 + per, npk), stride = blockDim.x;
     for (int p = 0; p < a.ws; p++)
         if (p != a.rank) push_packs<T>(in, slot_ptr<T>(a, p, half_off, a.rank, 0), n, k0, k1, al);
-    ar_barrier(a, call, blockIdx.x == 0);
+    ar_barrier(a, 2 * call + 1, blockIdx.x == 0);
     for (int64_t kb = k0 + threadIdx.x; kb < k1; kb += stride * AR_UNROLL) {
         Pk<T> o[AR_UNROLL];
         reduce_packs<T>(a, in, n, al, kb, k1,
@@ -385,8 +331,7 @@ __global__ void __launch_bounds__(AR_THREADS) ar_oneshot_kernel(ar_ptrs a, const
 
 // Two-shot: segment q (seg elements, a multiple of N) is reduced by rank q. Reduce-scatter: push into part
 // [0, slot/2) of the owner's slot[rank]. All-gather: the owner stores the reduced segment into part [slot/2, slot)
-// of slot[owner] of every peer, and every rank copies the others' segments out of its own buffer. In rounds
-// (ar_pipeline); each stage covers packs [u0, u1) of every segment.
+// of slot[owner] of every peer, and every rank copies the others' segments out of its own buffer.
 template <typename T>
 __global__ void __launch_bounds__(AR_THREADS)
     ar_twoshot_kernel(ar_ptrs a, const T *in, T *out, int64_t n, int64_t seg, bool al) {
@@ -396,24 +341,18 @@ __global__ void __launch_bounds__(AR_THREADS)
     const int64_t half_off = (int64_t)(call & 1) * a.ws * a.slot_bytes, ag_off = a.slot_bytes / 2;
     const int64_t segpk = seg / N, per = (segpk + gridDim.x - 1) / gridDim.x;
     const int64_t k0 = (int64_t)blockIdx.x * per, k1 = min(k0 + per, segpk), stride = blockDim.x;
-    const int64_t ru = two_shot_round_units(a, max(k1 - k0, (int64_t)0), 16);
-    const int64_t rounds = k1 > k0 ? (k1 - k0 + ru - 1) / ru : 0;
-    auto seg_len = [&](int q) { return max((int64_t)0, min(seg, n - q * seg)); };
-    auto rs = [&](int64_t r) {
-        const int64_t u0 = k0 + r * ru, u1 = min(u0 + ru, k1);
-        for (int q = 0; q < a.ws; q++) {
-            if (q == a.rank) continue;
-            const int64_t len = seg_len(q);
-            push_packs<T>(in + q * seg, slot_ptr<T>(a, q, half_off, a.rank, 0), len, u0, min(u1, (len + N - 1) / N),
-                          al);
-        }
-    };
-    auto red = [&](int64_t r) {
-        const int64_t base = a.rank * seg, len = seg_len(a.rank);
-        const int64_t u0 = k0 + r * ru, u1 = min(min(u0 + ru, k1), (len + N - 1) / N);
-        for (int64_t kb = u0 + threadIdx.x; kb < u1; kb += stride * AR_UNROLL) {
+    for (int q = 0; q < a.ws; q++) {
+        if (q == a.rank) continue;
+        const int64_t base = q * seg, len = max((int64_t)0, min(seg, n - base)), kend = min(k1, (len + N - 1) / N);
+        push_packs<T>(in + base, slot_ptr<T>(a, q, half_off, a.rank, 0), len, k0, kend, al);
+    }
+    ar_barrier(a, 2 * call + 1, blockIdx.x == 0);
+    {
+        const int64_t base = a.rank * seg, len = max((int64_t)0, min(seg, n - base)),
+                      kend = min(k1, (len + N - 1) / N);
+        for (int64_t kb = k0 + threadIdx.x; kb < kend; kb += stride * AR_UNROLL) {
             Pk<T> o[AR_UNROLL];
-            reduce_packs<T>(a, in + base, len, al, kb, u1,
+            reduce_packs<T>(a, in + base, len, al, kb, kend,
                             [&](int q, int64_t k) {
                                 return ld_buf<T>(slot_ptr<T>(a, a.rank, half_off, q, 0) + k * N, pk_cnt<T>(len, k));
                             },
@@ -421,7 +360,7 @@ __global__ void __launch_bounds__(AR_THREADS)
 #pragma unroll
             for (int u = 0; u < AR_UNROLL; u++) {
                 const int64_t k = kb + u * stride;
-                if (k < u1) {
+                if (k < kend) {
                     const int cnt = pk_cnt<T>(len, k);
                     st_user<T>(out + base + k * N, cnt, al, o[u]);
                     for (int p = 0; p < a.ws; p++)
@@ -429,29 +368,26 @@ __global__ void __launch_bounds__(AR_THREADS)
                 }
             }
         }
-    };
-    auto cp = [&](int64_t r) {
-        const int64_t u0 = k0 + r * ru;
-        for (int q = 0; q < a.ws; q++) {
-            if (q == a.rank) continue;
-            const int64_t base = q * seg, len = seg_len(q), u1 = min(min(u0 + ru, k1), (len + N - 1) / N);
-            const T *src = slot_ptr<T>(a, a.rank, half_off, q, ag_off);
-            for (int64_t kb = u0 + threadIdx.x; kb < u1; kb += stride * AR_UNROLL) {
-                Pk<T> v[AR_UNROLL];
+    }
+    ar_barrier(a, 2 * call + 2, false);
+    for (int q = 0; q < a.ws; q++) {
+        if (q == a.rank) continue;
+        const int64_t base = q * seg, len = max((int64_t)0, min(seg, n - base)), kend = min(k1, (len + N - 1) / N);
+        const T *src = slot_ptr<T>(a, a.rank, half_off, q, ag_off); // pushed here by the owner
+        for (int64_t kb = k0 + threadIdx.x; kb < kend; kb += stride * AR_UNROLL) {
+            Pk<T> v[AR_UNROLL];
 #pragma unroll
-                for (int u = 0; u < AR_UNROLL; u++) {
-                    const int64_t k = kb + u * stride;
-                    if (k < u1) v[u] = ld_buf<T>(src + k * N, pk_cnt<T>(len, k));
-                }
+            for (int u = 0; u < AR_UNROLL; u++) {
+                const int64_t k = kb + u * stride;
+                if (k < kend) v[u] = ld_buf<T>(src + k * N, pk_cnt<T>(len, k));
+            }
 #pragma unroll
-                for (int u = 0; u < AR_UNROLL; u++) {
-                    const int64_t k = kb + u * stride;
-                    if (k < u1) st_user<T>(out + base + k * N, pk_cnt<T>(len, k), al, v[u]);
-                }
+            for (int u = 0; u < AR_UNROLL; u++) {
+                const int64_t k = kb + u * stride;
+                if (k < kend) st_user<T>(out + base + k * N, pk_cnt<T>(len, k), al, v[u]);
             }
         }
-    };
-    ar_pipeline(a, call, rounds, rs, red, cp);
+    }
     ar_end(a, call);
 }
 
@@ -714,7 +650,7 @@ __global__ void __launch_bounds__(AR_THREADS) ar_q1_kernel(ar_ptrs a, const T *i
         for (int p = 0; p < a.ws; p++)
             if (p != a.rank) qstore<L>(qpart{slot_ptr<char>(a, p, half_off, a.rank, 0), sc_off}, e0, cnt, qv, s);
     }
-    ar_barrier(a, call, blockIdx.x == 0);
+    ar_barrier(a, 2 * call + 1, blockIdx.x == 0);
     for (int64_t t = t0 + warp; t < t1; t += nwarps) {
         const int64_t e0 = t * AR_TILE + lane * 16;
         const int cnt = (int)max((int64_t)0, min((int64_t)16, n - e0));
@@ -727,8 +663,8 @@ __global__ void __launch_bounds__(AR_THREADS) ar_q1_kernel(ar_ptrs a, const T *i
 }
 
 // Quantized two-shot: quantized reduce-scatter (pushed to the owner), fp32 sum, requantize, quantized all-gather
-// (pushed by the owner into every peer's buffer), in rounds of tiles as the plain two-shot. seg is a multiple of
-// AR_TILE, so segments start on quantization-block boundaries of the whole message.
+// (pushed by the owner into every peer's buffer, as in the plain two-shot). seg is a multiple of AR_TILE, so
+// segments start on quantization-block boundaries of the whole message.
 template <typename T, bool I8, int L>
 __global__ void __launch_bounds__(AR_THREADS)
     ar_q2_kernel(ar_ptrs a, const T *in, T *out, int64_t n, int64_t seg, bool al) {
@@ -739,30 +675,24 @@ __global__ void __launch_bounds__(AR_THREADS)
     const int64_t sc_off = seg;
     const int64_t ntiles = seg / AR_TILE, per = (ntiles + gridDim.x - 1) / gridDim.x;
     const int64_t t0 = (int64_t)blockIdx.x * per, t1 = min(t0 + per, ntiles);
-    const int64_t ru = two_shot_round_units(a, max(t1 - t0, (int64_t)0), AR_TILE * (int64_t)sizeof(T));
-    const int64_t rounds = t1 > t0 ? (t1 - t0 + ru - 1) / ru : 0;
-    auto seg_len = [&](int q) { return max((int64_t)0, min(seg, n - q * seg)); };
-    auto rs = [&](int64_t r) {
-        const int64_t u0 = t0 + r * ru, u1 = min(u0 + ru, t1);
-        for (int q = 0; q < a.ws; q++) {
-            if (q == a.rank) continue;
-            const int64_t base = q * seg, len = seg_len(q);
-            const qpart dst{slot_ptr<char>(a, q, half_off, a.rank, 0), sc_off};
-            for (int64_t t = u0 + warp; t < u1 && t * AR_TILE < len; t += nwarps) {
-                const int64_t e0 = t * AR_TILE + lane * 16;
-                const int cnt = (int)max((int64_t)0, min((int64_t)16, len - e0));
-                float v[16];
-                ld16<T>(in + base + e0, cnt, al, v);
-                uint4 qv;
-                const float s = quant16<I8, L>(v, cnt, qv);
-                qstore<L>(dst, e0, cnt, qv, s);
-            }
+    for (int q = 0; q < a.ws; q++) {
+        if (q == a.rank) continue;
+        const int64_t base = q * seg, len = max((int64_t)0, min(seg, n - base));
+        const qpart dst{slot_ptr<char>(a, q, half_off, a.rank, 0), sc_off};
+        for (int64_t t = t0 + warp; t < t1 && t * AR_TILE < len; t += nwarps) {
+            const int64_t e0 = t * AR_TILE + lane * 16;
+            const int cnt = (int)max((int64_t)0, min((int64_t)16, len - e0));
+            float v[16];
+            ld16<T>(in + base + e0, cnt, al, v);
+            uint4 qv;
+            const float s = quant16<I8, L>(v, cnt, qv);
+            qstore<L>(dst, e0, cnt, qv, s);
         }
-    };
-    auto red = [&](int64_t r) {
-        const int64_t base = a.rank * seg, len = seg_len(a.rank);
-        const int64_t u0 = t0 + r * ru, u1 = min(u0 + ru, t1);
-        for (int64_t t = u0 + warp; t < u1 && t * AR_TILE < len; t += nwarps) {
+    }
+    ar_barrier(a, 2 * call + 1, blockIdx.x == 0);
+    {
+        const int64_t base = a.rank * seg, len = max((int64_t)0, min(seg, n - base));
+        for (int64_t t = t0 + warp; t < t1 && t * AR_TILE < len; t += nwarps) {
             const int64_t e0 = t * AR_TILE + lane * 16;
             const int cnt = (int)max((int64_t)0, min((int64_t)16, len - e0));
             uint4 q2;
@@ -773,26 +703,23 @@ __global__ void __launch_bounds__(AR_THREADS)
                 if (p != a.rank)
                     qstore<L>(qpart{slot_ptr<char>(a, p, half_off, a.rank, ag_off), sc_off}, e0, cnt, q2, s2);
         }
-    };
-    auto cp = [&](int64_t r) {
-        const int64_t u0 = t0 + r * ru, u1 = min(u0 + ru, t1);
-        for (int q = 0; q < a.ws; q++) {
-            if (q == a.rank) continue;
-            const int64_t base = q * seg, len = seg_len(q);
-            const qpart src{slot_ptr<char>(a, a.rank, half_off, q, ag_off), sc_off};
-            for (int64_t t = u0 + warp; t < u1 && t * AR_TILE < len; t += nwarps) {
-                const int64_t e0 = t * AR_TILE + lane * 16;
-                const int cnt = (int)max((int64_t)0, min((int64_t)16, len - e0));
-                if (cnt <= 0) continue;
-                uint4 qv;
-                const float s = qload<L>(src, e0, cnt, qv);
-                float o[16];
-                deq16<I8>(qv, s, o);
-                st16<T>(out + base + e0, cnt, al, o);
-            }
+    }
+    ar_barrier(a, 2 * call + 2, false);
+    for (int q = 0; q < a.ws; q++) {
+        if (q == a.rank) continue;
+        const int64_t base = q * seg, len = max((int64_t)0, min(seg, n - base));
+        const qpart src{slot_ptr<char>(a, a.rank, half_off, q, ag_off), sc_off}; // pushed here by the owner
+        for (int64_t t = t0 + warp; t < t1 && t * AR_TILE < len; t += nwarps) {
+            const int64_t e0 = t * AR_TILE + lane * 16;
+            const int cnt = (int)max((int64_t)0, min((int64_t)16, len - e0));
+            if (cnt <= 0) continue;
+            uint4 qv;
+            const float s = qload<L>(src, e0, cnt, qv);
+            float o[16];
+            deq16<I8>(qv, s, o);
+            st16<T>(out + base + e0, cnt, al, o);
         }
-    };
-    ar_pipeline(a, call, rounds, rs, red, cp);
+    }
     ar_end(a, call);
 }
 
@@ -931,10 +858,6 @@ extern "C" ssmtp_status_t ssmtp_cuda_ar_open_peers(ssmtp_ar_t *ar, const void *h
          * wrote before the bar.sync); SSMTP_AR_FENCE=strong adds a system-scope fence in every thread. */
         const char *f = getenv("SSMTP_AR_FENCE");
         ar->ptrs.strong_fence = f && strcmp(f, "strong") == 0;
-        /* two-shot pipeline rounds: KiB of input per block per round (default 32; 0 = one round, no pipelining) */
-        const char *r = getenv("SSMTP_AR_ROUND_KB");
-        const long kb = r && *r ? strtol(r, NULL, 10) : 32;
-        ar->ptrs.round_bytes = kb > 0 ? (int64_t)kb << 10 : ((int64_t)1 << 62);
     }
     ar->opened = 1;
     return SSMTP_OK;

@@ -9,9 +9,7 @@ Knobs (environment, or constructor arguments): SSMTP_AR_BUFFER_MB (receive buffe
 SSMTP_AR_TIMEOUT_S (longest wait for a peer, default 30), SSMTP_AR_MAX_BLOCKS (default: one per multiprocessor),
 SSMTP_AR_DEBUG=1 (synchronize and check after every call, so a size/dtype disagreement or a missing rank raises at
 the call that caused it instead of at the next one), SSMTP_AR_FENCE=strong (a system-scope fence in every thread
-before a block signals; the default relies on bar.sync + a release store, see allreduce.cu), SSMTP_AR_ROUND_KB
-(two-shot pipeline rounds: KiB of input per block and round, default 32; 0 = one round, the stages one after the
-other).
+before a block signals; the default relies on bar.sync + a release store, see allreduce.cu),
 
 Algorithms: "1shot", "2shot", "lamport" (one-shot without flags, for small messages; it sends +0.0 for -0.0, so a
 sum of negative zeros comes out as +0.0), "auto" (one-shot up to 1 MiB, else two-shot).
@@ -87,8 +85,7 @@ class CustomAllReduce:
         self.max_blocks = int(max_blocks if max_blocks is not None else _env_num("SSMTP_AR_MAX_BLOCKS", 0, int))
         self.debug = os.environ.get("SSMTP_AR_DEBUG", "") not in ("", "0")
         self.handle: Optional[int] = None
-        config = (self.buffer_bytes, self.max_blocks, int(oneshot_max_bytes), os.environ.get("SSMTP_AR_FENCE", ""),
-                  os.environ.get("SSMTP_AR_ROUND_KB", ""))
+        config = (self.buffer_bytes, self.max_blocks, int(oneshot_max_bytes), os.environ.get("SSMTP_AR_FENCE", ""))
         err, ipc = None, b""
         try:
             self.handle = _C.ar_init(self.rank, self.world_size, self.device.index, self.buffer_bytes,
@@ -100,7 +97,7 @@ class CustomAllReduce:
         dist.all_gather_object(got, (err, ipc, config), group=self.group)
         problems = [f"rank {r}: {g[0]}" for r, g in enumerate(got) if g[0]]
         if not problems and len({g[2] for g in got}) != 1:
-            problems = [f"ranks disagree on the configuration (buffer, blocks, one-shot limit, fence, round size): "
+            problems = [f"ranks disagree on the configuration (buffer, blocks, one-shot limit, fence): "
                         f"{[g[2] for g in got]}"]
         if not problems:
             try:
