@@ -35,12 +35,6 @@
 #define AR_THREADS 512
 #define AR_DATA_OFFSET 65536        // signal area size; the receive buffer starts here
 #define AR_TILE 512                 // quantized kernels: one warp handles 32 lanes x 16 elements
-#ifndef AR_QJ
-#define AR_QJ 2                     // quantized two-shot: tiles per warp and iteration (pushes and copy-out)
-#endif
-#ifndef AR_QJR
-#define AR_QJR 1                    // ... in the reduction (2 spills at 128 registers per thread)
-#endif
 #define AR_UNROLL 4                 // packs in flight per thread (plain kernels): enough loads outstanding for HBM/NVLink
 #define AR_LAM_SLOT (512 * 1024)    // bytes per lamport slot (messages above are reduced in chunks of this)
 #define AR_LAM_WORD 0x80008000u     // lamport sentinel as a 32-bit word (two bf16/f16 -0.0, or one f32 subnormal)
@@ -610,53 +604,30 @@ template <int L> __device__ __forceinline__ float qload(qpart d, int64_t e0, int
     return __ldcg(reinterpret_cast<const float *>(d.p + d.sc_off) + e0 / (16 * L));
 }
 
-// For J tiles' 16 elements each (at e0[j] of a part, cnt[j] valid): acc = sum over ranks (order 0..ws-1) of
-// dequantize(quantize(x_q)), then requantize: the scales of the reduced blocks in s2, their q bytes in q2, the
-// dequantized values in o. The J tiles' loads are issued together (more bytes in flight per warp).
-template <typename T, bool I8, int L, int J>
-__device__ __forceinline__ void qreduce(const ar_ptrs &a, const T *own_in, int64_t half_off, int64_t part_off,
-                                        int64_t sc_off, const int64_t (&e0)[J], const int (&cnt)[J], bool al,
-                                        uint4 (&q2)[J], float (&o)[J][16], float (&s2)[J]) {
-    float acc[J][16];
+// acc = sum over ranks (order 0..ws-1) of dequantize(quantize(x_q)) for the 16 elements at e0 of a part, then
+// requantize: returns the scale of the reduced block, its q bytes in q2, and the dequantized values in o.
+template <typename T, bool I8, int L>
+__device__ __forceinline__ float qreduce16(const ar_ptrs &a, const T *own_in, int64_t half_off, int64_t part_off,
+                                           int64_t sc_off, int64_t e0, int cnt, bool al, uint4 &q2, float (&o)[16]) {
+    float acc[16];
     for (int q = 0; q < a.ws; q++) {
-        uint4 qv[J];
-        float s[J];
+        float d[16];
+        uint4 qv;
+        float s;
         if (q == a.rank) {
-            float v[J][16];
-#pragma unroll
-            for (int j = 0; j < J; j++) ld16<T>(own_in + e0[j], max(cnt[j], 0), al, v[j]);
-#pragma unroll
-            for (int j = 0; j < J; j++) s[j] = quant16<I8, L>(v[j], cnt[j], qv[j]);
+            float v[16];
+            ld16<T>(own_in + e0, max(cnt, 0), al, v);
+            s = quant16<I8, L>(v, cnt, qv);
         } else {
-            const qpart src{(char *)slot_ptr<char>(a, a.rank, half_off, q, part_off), sc_off};
-#pragma unroll
-            for (int j = 0; j < J; j++) s[j] = qload<L>(src, e0[j], cnt[j], qv[j]);
+            s = qload<L>(qpart{(char *)slot_ptr<char>(a, a.rank, half_off, q, part_off), sc_off}, e0, cnt, qv);
         }
+        deq16<I8>(qv, s, d);
 #pragma unroll
-        for (int j = 0; j < J; j++) {
-            float d[16];
-            deq16<I8>(qv[j], s[j], d);
-#pragma unroll
-            for (int i = 0; i < 16; i++) acc[j][i] = q == 0 ? d[i] : __fadd_rn(acc[j][i], d[i]);
-        }
+        for (int i = 0; i < 16; i++) acc[i] = q == 0 ? d[i] : __fadd_rn(acc[i], d[i]);
     }
-#pragma unroll
-    for (int j = 0; j < J; j++) {
-        s2[j] = quant16<I8, L>(acc[j], cnt[j], q2[j]);
-        deq16<I8>(q2[j], s2[j], o[j]);
-    }
-}
-
-// Tiles t + j * nwarps (j < J) of a warp's iteration: element offsets and valid counts (0 outside [.., t1) or len).
-template <int J>
-__device__ __forceinline__ void tiles_of(int64_t t, int nwarps, int64_t t1, int64_t len, int lane, int64_t (&e0)[J],
-                                         int (&cnt)[J]) {
-#pragma unroll
-    for (int j = 0; j < J; j++) {
-        const int64_t tj = t + (int64_t)j * nwarps;
-        e0[j] = tj * AR_TILE + lane * 16;
-        cnt[j] = tj < t1 ? (int)max((int64_t)0, min((int64_t)16, len - e0[j])) : 0;
-    }
+    const float s2 = quant16<I8, L>(acc, cnt, q2);
+    deq16<I8>(q2, s2, o);
+    return s2;
 }
 
 // Quantized one-shot: quantize the whole chunk and push it to every peer; every rank reduces everything.
@@ -681,25 +652,22 @@ __global__ void __launch_bounds__(AR_THREADS) ar_q1_kernel(ar_ptrs a, const T *i
     }
     ar_barrier(a, 2 * call + 1, blockIdx.x == 0);
     for (int64_t t = t0 + warp; t < t1; t += nwarps) {
-        int64_t e0[1];
-        int cnt[1];
-        tiles_of<1>(t, nwarps, t1, n, lane, e0, cnt);
-        uint4 q2[1];
-        float o[1][16], s2[1];
-        qreduce<T, I8, L, 1>(a, in, half_off, 0, sc_off, e0, cnt, al, q2, o, s2);
-        if (cnt[0] > 0) st16<T>(out + e0[0], cnt[0], al, o[0]);
+        const int64_t e0 = t * AR_TILE + lane * 16;
+        const int cnt = (int)max((int64_t)0, min((int64_t)16, n - e0));
+        uint4 q2;
+        float o[16];
+        qreduce16<T, I8, L>(a, in, half_off, 0, sc_off, e0, cnt, al, q2, o);
+        if (cnt > 0) st16<T>(out + e0, cnt, al, o);
     }
     ar_end(a, call);
 }
 
 // Quantized two-shot: quantized reduce-scatter (pushed to the owner), fp32 sum, requantize, quantized all-gather
 // (pushed by the owner into every peer's buffer, as in the plain two-shot). seg is a multiple of AR_TILE, so
-// segments start on quantization-block boundaries of the whole message. In the push and copy-out loops each warp
-// takes AR_QJ tiles per iteration, loads first, so that more bytes are in flight per warp.
+// segments start on quantization-block boundaries of the whole message.
 template <typename T, bool I8, int L>
 __global__ void __launch_bounds__(AR_THREADS)
     ar_q2_kernel(ar_ptrs a, const T *in, T *out, int64_t n, int64_t seg, bool al) {
-    constexpr int J = AR_QJ;
     uint64_t call;
     if (!ar_begin(a, call)) return;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
@@ -711,40 +679,29 @@ __global__ void __launch_bounds__(AR_THREADS)
         if (q == a.rank) continue;
         const int64_t base = q * seg, len = max((int64_t)0, min(seg, n - base));
         const qpart dst{slot_ptr<char>(a, q, half_off, a.rank, 0), sc_off};
-        for (int64_t t = t0 + warp; t < t1 && t * AR_TILE < len; t += J * nwarps) {
-            int64_t e0[J];
-            int cnt[J];
-            tiles_of<J>(t, nwarps, t1, len, lane, e0, cnt);
-            float v[J][16];
-#pragma unroll
-            for (int j = 0; j < J; j++) ld16<T>(in + base + e0[j], cnt[j], al, v[j]);
-#pragma unroll
-            for (int j = 0; j < J; j++) {
-                uint4 qv;
-                const float s = quant16<I8, L>(v[j], cnt[j], qv);
-                qstore<L>(dst, e0[j], cnt[j], qv, s);
-            }
+        for (int64_t t = t0 + warp; t < t1 && t * AR_TILE < len; t += nwarps) {
+            const int64_t e0 = t * AR_TILE + lane * 16;
+            const int cnt = (int)max((int64_t)0, min((int64_t)16, len - e0));
+            float v[16];
+            ld16<T>(in + base + e0, cnt, al, v);
+            uint4 qv;
+            const float s = quant16<I8, L>(v, cnt, qv);
+            qstore<L>(dst, e0, cnt, qv, s);
         }
     }
     ar_barrier(a, 2 * call + 1, blockIdx.x == 0);
     {
-        constexpr int JR = AR_QJR;
         const int64_t base = a.rank * seg, len = max((int64_t)0, min(seg, n - base));
-        for (int64_t t = t0 + warp; t < t1 && t * AR_TILE < len; t += JR * nwarps) {
-            int64_t e0[JR];
-            int cnt[JR];
-            tiles_of<JR>(t, nwarps, t1, len, lane, e0, cnt);
-            uint4 q2[JR];
-            float o[JR][16], s2[JR];
-            qreduce<T, I8, L, JR>(a, in + base, half_off, 0, sc_off, e0, cnt, al, q2, o, s2);
-#pragma unroll
-            for (int j = 0; j < JR; j++) {
-                if (cnt[j] > 0) st16<T>(out + base + e0[j], cnt[j], al, o[j]);
-                for (int p = 0; p < a.ws; p++)
-                    if (p != a.rank)
-                        qstore<L>(qpart{slot_ptr<char>(a, p, half_off, a.rank, ag_off), sc_off}, e0[j], cnt[j], q2[j],
-                                  s2[j]);
-            }
+        for (int64_t t = t0 + warp; t < t1 && t * AR_TILE < len; t += nwarps) {
+            const int64_t e0 = t * AR_TILE + lane * 16;
+            const int cnt = (int)max((int64_t)0, min((int64_t)16, len - e0));
+            uint4 q2;
+            float o[16];
+            const float s2 = qreduce16<T, I8, L>(a, in + base, half_off, 0, sc_off, e0, cnt, al, q2, o);
+            if (cnt > 0) st16<T>(out + base + e0, cnt, al, o);
+            for (int p = 0; p < a.ws; p++)
+                if (p != a.rank)
+                    qstore<L>(qpart{slot_ptr<char>(a, p, half_off, a.rank, ag_off), sc_off}, e0, cnt, q2, s2);
         }
     }
     ar_barrier(a, 2 * call + 2, false);
@@ -752,21 +709,15 @@ __global__ void __launch_bounds__(AR_THREADS)
         if (q == a.rank) continue;
         const int64_t base = q * seg, len = max((int64_t)0, min(seg, n - base));
         const qpart src{slot_ptr<char>(a, a.rank, half_off, q, ag_off), sc_off}; // pushed here by the owner
-        for (int64_t t = t0 + warp; t < t1 && t * AR_TILE < len; t += J * nwarps) {
-            int64_t e0[J];
-            int cnt[J];
-            tiles_of<J>(t, nwarps, t1, len, lane, e0, cnt);
-            uint4 qv[J];
-            float s[J];
-#pragma unroll
-            for (int j = 0; j < J; j++) s[j] = qload<L>(src, e0[j], cnt[j], qv[j]);
-#pragma unroll
-            for (int j = 0; j < J; j++) {
-                if (cnt[j] <= 0) continue;
-                float o[16];
-                deq16<I8>(qv[j], s[j], o);
-                st16<T>(out + base + e0[j], cnt[j], al, o);
-            }
+        for (int64_t t = t0 + warp; t < t1 && t * AR_TILE < len; t += nwarps) {
+            const int64_t e0 = t * AR_TILE + lane * 16;
+            const int cnt = (int)max((int64_t)0, min((int64_t)16, len - e0));
+            if (cnt <= 0) continue;
+            uint4 qv;
+            const float s = qload<L>(src, e0, cnt, qv);
+            float o[16];
+            deq16<I8>(qv, s, o);
+            st16<T>(out + base + e0, cnt, al, o);
         }
     }
     ar_end(a, call);
