@@ -437,7 +437,8 @@ def ops_section(op_path, ops, ar_path, ar, readme_dir) -> list:
             qi = [r["us"] for r in rs if r["backend"].startswith("q-int8") and r["mode"] == "graph"
                   and r["bytes"] == size]
             if n and cu:
-                ratios.append(f"{size >> 20} MiB: exact {n / min(cu):.2f}x" + (f", int8 {n / min(qi):.2f}x" if qi else ""))
+                ratios.append(f"{size >> 20} MiB: exact {n / min(cu):.2f}x"
+                              + (f", int8 (block 32 or 128) {n / min(qi):.2f}x" if qi else ""))
         if ratios:
             bits.append("large messages against NCCL (graph): " + "; ".join(ratios))
         probe = ar.get("nvlink_probe") or {}

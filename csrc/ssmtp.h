@@ -263,9 +263,9 @@ ssmtp_status_t ssmtp_nccl_all_gather(ssmtp_nccl_t *c, const ssmtp_tensor_t *x, s
  * registered per call, so a call can be captured in a CUDA graph and replayed.
  *   one-shot  every rank pushes its whole input into every peer's slot (remote stores), raises a per-block flag
  *             (release), waits for the peers' flags (acquire) and sums the local slots (1 barrier).
- *   two-shot  reduce-scatter (push segment q to rank q; rank q sums it into its own buffer), barrier, all-gather
- *             (every rank reads the reduced segments from the peers' buffers: remote loads); 2 barriers; moves
- *             2(N-1)/N of the message per rank instead of N-1 times it.
+ *   two-shot  reduce-scatter (push segment q to rank q; rank q sums it), barrier, all-gather (rank q pushes its
+ *             reduced segment into every peer's buffer: remote stores), barrier, each rank copies the segments out
+ *             of its own buffer; moves 2(N-1)/N of the message per rank instead of N-1 times it.
  *   lamport   the one-shot without flags (see SSMTP_AR_LAMPORT).
  * Sums are fp32, in rank order 0..N-1, and each element's result is computed once and copied (two-shot) or
  * computed identically (one-shot) on every rank: all ranks hold bitwise-identical results.
