@@ -319,7 +319,8 @@ ssmtp_status_t ssmtp_ar_check(ssmtp_ar_t *ar, int32_t sync);
  * Measurement aid (benchmarks): move `bytes` from the first half of this rank's receive buffer into the second half
  * of rank (rank + 1) % ws's, on `stream`: mode 0 = copy engine (cudaMemcpyAsync over the IPC mapping), 1 = SM stores
  * of zeros (one block per multiprocessor), 2 = SM copy (local loads, remote stores). No cross-rank synchronisation;
- * it overwrites the peer's buffer, so only on a handle that no all-reduce is using. bytes <= half the buffer.
+ * it overwrites the peer's buffer, so only on a handle that no all-reduce is using. bytes <= half the buffer (the SM
+ * modes move it rounded down to a multiple of 16).
  */
 ssmtp_status_t ssmtp_ar_probe(ssmtp_ar_t *ar, int32_t mode, int64_t bytes, void *stream);
 ssmtp_status_t ssmtp_ar_free(ssmtp_ar_t *ar);
