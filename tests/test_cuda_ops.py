@@ -504,10 +504,9 @@ def _step_cuda(args, out):
                 ops.stream_of(x.gpu))
 
 
-# The decode-step kernels (SSMTP_STEP_KERNEL): "block" (one round trip per block of rows), "pipe" (grid-stride
-# items, next item's loads in flight during the compute; N % 4 == 0 and N <= 128, else the same paths as "block") and
-# "block8" (the block kernel with 8 rows per block, B/C packed; N <= 32, else as "block").
-STEP_KERNELS = ["block", "pipe", "block8"]
+# The decode-step kernels (SSMTP_STEP_KERNEL): "block" (one round trip per block of rows) and "pipe" (grid-stride
+# items, next item's loads in flight during the compute; N % 4 == 0 and N <= 128, else the same paths as "block").
+STEP_KERNELS = ["block", "pipe"]
 
 
 @pytest.mark.parametrize("kernel", STEP_KERNELS)

@@ -46,7 +46,6 @@ struct StepArgs {
     int64_t sx0, sx1, sdt0, sdt1, sz0, sz1, so0, so1, sB0, sB1, sB2, sC0, sC1, sC2;
     int64_t sA0, sA1, sD, sbias, ss0, ss1, ss2, sidx;
     int D_dtype, bias_dtype, softplus;
-    int vecbc; // B and C readable as one vector per 4 states (state-contiguous, vector-aligned bases and strides)
     int device;
 };
 
@@ -67,41 +66,6 @@ __device__ __forceinline__ float update_e(float h, float eA, float delta, float 
 }
 __device__ __forceinline__ float update(float h, float A, float delta, float Bs, float xt) {
     return update_e(h, expf(__fmul_rn(delta, A)), delta, Bs, xt);
-}
-
-// Four consecutive B or C values of one row, kept packed (two 32-bit words for 16-bit types).
-template <typename T> struct Quad {
-    uint32_t w[sizeof(T)];
-    __device__ __forceinline__ float get(int e) const {
-        if constexpr (sizeof(T) == 4) {
-            return __uint_as_float(w[e]);
-        } else {
-            return ssm_bits16_to_f32<T>((w[e >> 1] >> (16 * (e & 1))) & 0xffffu);
-        }
-    }
-};
-
-template <typename T> __device__ __forceinline__ Quad<T> quad_load(const T *p, int64_t s, bool vec) {
-    Quad<T> q;
-    if constexpr (sizeof(T) == 4) {
-        if (vec) {
-            const uint4 u = __ldg((const uint4 *)p);
-            q.w[0] = u.x; q.w[1] = u.y; q.w[2] = u.z; q.w[3] = u.w;
-        } else {
-#pragma unroll
-            for (int e = 0; e < 4; e++) q.w[e] = __float_as_uint(p[e * s]);
-        }
-    } else {
-        if (vec) {
-            const uint2 u = __ldg((const uint2 *)p);
-            q.w[0] = u.x; q.w[1] = u.y;
-        } else {
-            const uint16_t *u = (const uint16_t *)p; // the same elements as bits
-            q.w[0] = (uint32_t)u[0] | ((uint32_t)u[s] << 16);
-            q.w[1] = (uint32_t)u[2 * s] | ((uint32_t)u[3 * s] << 16);
-        }
-    }
-    return q;
 }
 
 template <typename T>
@@ -169,13 +133,11 @@ __device__ __forceinline__ void dt_proj_rows(const StepArgs &a, int64_t c, int64
 }
 
 // SA: one A per channel (a.sA1 == 0, Mamba-2 layers): expf(delta*A) once per (row, channel), not per state.
-// BPBX > 0: that many sequences per block at 2 blocks per SM instead (SSMTP_STEP_KERNEL=block8: more state bytes in
-// flight per SM during the load phase).
-template <typename T, int TPC, int NV, bool SA = false, bool DTP = false, int BPBX = 0>
-__global__ void __launch_bounds__(THREADS, BPBX > 0 ? 2 : 3) step_vec_kernel(const StepArgs a) {
+template <typename T, int TPC, int NV, bool SA = false, bool DTP = false>
+__global__ void __launch_bounds__(THREADS, 3) step_vec_kernel(const StepArgs a) {
     constexpr int CPB = THREADS / TPC;
     constexpr int NS = 4 * NV; // states per thread
-    constexpr int BPB = BPBX > 0 ? BPBX : bpb_of<NV, DTP>();
+    constexpr int BPB = bpb_of<NV, DTP>();
     const int part = threadIdx.x % TPC;
     const int lane = threadIdx.x % 32;
     const int64_t c0 = (int64_t)blockIdx.x * CPB + threadIdx.x / TPC;
@@ -212,11 +174,7 @@ __global__ void __launch_bounds__(THREADS, BPBX > 0 ? 2 : 3) step_vec_kernel(con
     int64_t slot[BPB];
     bool ok[BPB];
     float4 h[BPB][NV];
-    T xr[BPB], dr[BPB], zr[BPB];
-    // B and C: scalars, or with BPBX packed per 4 states (half the registers for 16-bit types)
-    constexpr int NSS = BPBX > 0 ? 1 : NS, NVQ = BPBX > 0 ? NV : 1;
-    T Br[BPB][NSS], Cr[BPB][NSS];
-    Quad<T> Bq[BPB][NVQ], Cq[BPB][NVQ];
+    T xr[BPB], dr[BPB], zr[BPB], Br[BPB][NS], Cr[BPB][NS];
 #pragma unroll
     for (int i = 0; i < BPB; i++) {
         const int64_t b = b0 + i < a.batch ? b0 + i : b0;
@@ -231,20 +189,13 @@ __global__ void __launch_bounds__(THREADS, BPBX > 0 ? 2 : 3) step_vec_kernel(con
         zr[i] = a.z ? ((const T *)a.z)[b * a.sz0 + c * a.sz1] : from_f32<T>(0.f);
         const T *Bp = (const T *)a.B + b * a.sB0 + g * a.sB1, *Cp = (const T *)a.C + b * a.sC0 + g * a.sC1;
 #pragma unroll
-        for (int j = 0; j < NV; j++) {
-            if constexpr (BPBX > 0) {
-                const int64_t s = 4 * (part + j * TPC);
-                Bq[i][j] = quad_load<T>(Bp + s * a.sB2, a.sB2, a.vecbc);
-                Cq[i][j] = quad_load<T>(Cp + s * a.sC2, a.sC2, a.vecbc);
-            } else {
+        for (int j = 0; j < NV; j++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int64_t s = 4 * (part + j * TPC) + e;
-                    Br[i][4 * j + e] = Bp[s * a.sB2];
-                    Cr[i][4 * j + e] = Cp[s * a.sC2];
-                }
+            for (int e = 0; e < 4; e++) {
+                const int64_t s = 4 * (part + j * TPC) + e;
+                Br[i][4 * j + e] = Bp[s * a.sB2];
+                Cr[i][4 * j + e] = Cp[s * a.sC2];
             }
-        }
     }
 
     if constexpr (DTP) dt_proj_rows<T, TPC, BPB>(a, c, b0, wpre, dr);
@@ -281,16 +232,9 @@ __global__ void __launch_bounds__(THREADS, BPBX > 0 ? 2 : 3) step_vec_kernel(con
             const float av[4] = {Av[j].x, Av[j].y, Av[j].z, Av[j].w};
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                float Bs, Cs;
-                if constexpr (BPBX > 0) {
-                    Bs = Bq[i][j].get(e);
-                    Cs = Cq[i][j].get(e);
-                } else {
-                    Bs = to_f32<T>(Br[i][4 * j + e]);
-                    Cs = to_f32<T>(Cr[i][4 * j + e]);
-                }
+                const float Bs = to_f32<T>(Br[i][4 * j + e]);
                 hv[e] = SA ? update_e(hv[e], eA, delta[i], Bs, xt) : update(hv[e], av[e], delta[i], Bs, xt);
-                acc = __fadd_rn(acc, __fmul_rn(hv[e], Cs));
+                acc = __fadd_rn(acc, __fmul_rn(hv[e], to_f32<T>(Cr[i][4 * j + e])));
             }
             if (active && ok[i])
                 *(float4 *)(a.state + slot[i] * a.ss0 + c * a.ss1 + 4 * (part + j * TPC)) =
@@ -368,6 +312,41 @@ __global__ void __launch_bounds__(THREADS) step_scalar_kernel(const StepArgs a) 
 // Bytes in flight (N = 16, TPC = 4): 2 rows x 16 B per thread while it computes the previous item, 768 threads per
 // SM: ~24 KB per SM, against ~16 B/clk/SM x ~1000-1500 clk of loaded DRAM latency = 16-24 KB needed for the copy
 // rate; the block kernel's 48 KB per SM are in flight only during its load phase.
+
+// Four consecutive B or C values of one row, kept packed (two 32-bit words for 16-bit types).
+template <typename T> struct Quad {
+    uint32_t w[sizeof(T)];
+    __device__ __forceinline__ float get(int e) const {
+        if constexpr (sizeof(T) == 4) {
+            return __uint_as_float(w[e]);
+        } else {
+            return ssm_bits16_to_f32<T>((w[e >> 1] >> (16 * (e & 1))) & 0xffffu);
+        }
+    }
+};
+
+template <typename T> __device__ __forceinline__ Quad<T> quad_load(const T *p, int64_t s, bool vec) {
+    Quad<T> q;
+    if constexpr (sizeof(T) == 4) {
+        if (vec) {
+            const uint4 u = __ldg((const uint4 *)p);
+            q.w[0] = u.x; q.w[1] = u.y; q.w[2] = u.z; q.w[3] = u.w;
+        } else {
+#pragma unroll
+            for (int e = 0; e < 4; e++) q.w[e] = __float_as_uint(p[e * s]);
+        }
+    } else {
+        if (vec) {
+            const uint2 u = __ldg((const uint2 *)p);
+            q.w[0] = u.x; q.w[1] = u.y;
+        } else {
+            const uint16_t *u = (const uint16_t *)p; // the same elements as bits
+            q.w[0] = (uint32_t)u[0] | ((uint32_t)u[s] << 16);
+            q.w[1] = (uint32_t)u[2 * s] | ((uint32_t)u[3 * s] << 16);
+        }
+    }
+    return q;
+}
 
 constexpr int PIPE_BPB = 2; // sequences per item (4 spilled at the 3-blocks-per-SM register cap)
 
@@ -494,7 +473,7 @@ __global__ void __launch_bounds__(THREADS, 3) step_pipe_kernel(const StepArgs a,
     }
 }
 
-template <typename T, int TPC, int NV, bool SA = false, bool DTP = false, int BPBX = 0>
+template <typename T, int TPC, int NV, bool SA = false, bool DTP = false>
 ssmtp_status_t launch_vec(const StepArgs &a, cudaStream_t s);
 
 template <typename T, int TPC> ssmtp_status_t launch_pipe(const StepArgs &a, int device, cudaStream_t s) {
@@ -508,17 +487,20 @@ template <typename T, int TPC> ssmtp_status_t launch_pipe(const StepArgs &a, int
     const char *env = getenv("SSMTP_STEP_BLOCKS_PER_SM");
     if (env && *env) per_sm = atoi(env) > 0 ? atoi(env) : 3;
     const int64_t grid = nitems < (int64_t)sms * per_sm ? nitems : (int64_t)sms * per_sm;
-    step_pipe_kernel<T, TPC><<<(unsigned)grid, THREADS, 0, s>>>(a, ncb, nitems, a.vecbc);
+    // B/C as one vector per 4 states: state-contiguous, vector-aligned bases and strides.
+    const int64_t al = 4 * (int64_t)sizeof(T);
+    const int vecbc = a.sB2 == 1 && a.sC2 == 1 && ((uintptr_t)a.B % al) == 0 && ((uintptr_t)a.C % al) == 0 &&
+                      a.sB0 % 4 == 0 && a.sB1 % 4 == 0 && a.sC0 % 4 == 0 && a.sC1 % 4 == 0;
+    step_pipe_kernel<T, TPC><<<(unsigned)grid, THREADS, 0, s>>>(a, ncb, nitems, vecbc);
     SSMTP_CUDA_CHECK_LAUNCH(OP);
     return SSMTP_OK;
 }
 
-template <typename T, int TPC, int NV, bool SA, bool DTP, int BPBX>
-ssmtp_status_t launch_vec(const StepArgs &a, cudaStream_t s) {
+template <typename T, int TPC, int NV, bool SA, bool DTP> ssmtp_status_t launch_vec(const StepArgs &a, cudaStream_t s) {
     constexpr int CPB = THREADS / TPC;
-    constexpr int BPB = BPBX > 0 ? BPBX : bpb_of<NV, DTP>();
+    constexpr int BPB = bpb_of<NV, DTP>();
     const dim3 grid((unsigned)((a.dim + CPB - 1) / CPB), (unsigned)((a.batch + BPB - 1) / BPB));
-    return ssmtp_launch(OP, step_vec_kernel<T, TPC, NV, SA, DTP, BPBX>, grid, dim3(THREADS), 0, s,
+    return ssmtp_launch(OP, step_vec_kernel<T, TPC, NV, SA, DTP>, grid, dim3(THREADS), 0, s,
                         ssmtp_pdl_enabled(a.device), a);
 }
 
@@ -535,7 +517,7 @@ template <typename T, bool SA, bool DTP> ssmtp_status_t dispatch_vec(const StepA
 }
 
 template <typename T>
-ssmtp_status_t dispatch(const StepArgs &a, bool vec, bool pipe, bool b8, bool sa, int device, cudaStream_t s) {
+ssmtp_status_t dispatch(const StepArgs &a, bool vec, bool pipe, bool sa, int device, cudaStream_t s) {
     // dt_proj on the vector path: 16-byte packs of dt_proj rows and dt rows (else the scalar kernel's loop)
     const int64_t es = (int64_t)sizeof(T);
     const bool dtp_vec = a.dtw && (a.R * es) % 16 == 0 && a.sdt1 == 1 && (a.sdt0 * es) % 16 == 0 &&
@@ -549,15 +531,6 @@ ssmtp_status_t dispatch(const StepArgs &a, bool vec, bool pipe, bool b8, bool sa
         case 16: return launch_pipe<T, 16>(a, device, s);
         case 32: return launch_pipe<T, 32>(a, device, s);
         default: break; // N = 256: the block kernel
-        }
-    }
-    if (vec && b8 && !sa && !a.dtw) {
-        switch (a.N / 4) {
-        case 1: return launch_vec<T, 1, 1, false, false, 8>(a, s);
-        case 2: return launch_vec<T, 2, 1, false, false, 8>(a, s);
-        case 4: return launch_vec<T, 4, 1, false, false, 8>(a, s);
-        case 8: return launch_vec<T, 8, 1, false, false, 8>(a, s);
-        default: break; // N > 32: the block kernel
         }
     }
     const int64_t q = a.N / 4;
@@ -607,11 +580,6 @@ extern "C" ssmtp_status_t ssmtp_cuda_step_fwd(const ssmtp_step_params_t *p, void
     if (a.state_idx) a.sidx = p->state_idx.stride[0];
     a.softplus = p->dt_softplus;
     a.device = p->x.device;
-    {
-        const int64_t al = 4 * (int64_t)ssmtp_dtype_size(p->B.dtype);
-        a.vecbc = a.sB2 == 1 && a.sC2 == 1 && ((uintptr_t)a.B % al) == 0 && ((uintptr_t)a.C % al) == 0 &&
-                  a.sB0 % 4 == 0 && a.sB1 % 4 == 0 && a.sC0 % 4 == 0 && a.sC1 % 4 == 0;
-    }
     if (p->dt_proj.data) {
         a.dtw = p->dt_proj.data;
         a.R = p->dt_proj.shape[1];
@@ -630,19 +598,20 @@ extern "C" ssmtp_status_t ssmtp_cuda_step_fwd(const ssmtp_step_params_t *p, void
     const bool vec = a.N % 4 == 0 && a.ss2 == 1 && a.ss0 % 4 == 0 && a.ss1 % 4 == 0 &&
                      ((uintptr_t)a.state % 16) == 0 &&
                      (sa || (a.sA1 == 1 && a.sA0 % 4 == 0 && ((uintptr_t)a.A % 16) == 0));
-    // Kernel choice (SSMTP_STEP_KERNEL): "block" (default), "pipe" or "block8" (the block kernel with 8 sequences per
-    // block at 2 blocks per SM, N <= 32); anything else is an error, not a fallback.
+    // Kernel choice (SSMTP_STEP_KERNEL): "block" (default) or "pipe"; anything else is an error, not a fallback.
     // Measured on H200 (2026-11-22, bench_ops.py, bf16, both validated): pipe was slower at B >= 8 on every model
-    // (mamba-2.8b tp1 B=256: 92.7 us vs 72.7, 45% vs 58% of HBM), equal at B=1. So block stays the default.
-    bool pipe = false, b8 = false;
+    // (mamba-2.8b tp1 B=256: 92.7 us vs 72.7, 45% vs 58% of HBM), equal at B=1. So block stays the default. A third
+    // variant, 8 sequences per block at 2 blocks per SM with B/C packed, validated and measured slower too (2026-11-23:
+    // 93.4 us vs 71.6 at mamba-2.8b tp1 B=256, 26.8 vs 20.1 at B=64; benchmarks/results/block8-step-h200-9d46302.json)
+    // and was removed.
+    bool pipe = false;
     const char *kenv = getenv("SSMTP_STEP_KERNEL");
     if (kenv && *kenv) {
         if (strcmp(kenv, "pipe") == 0) pipe = true;
-        else if (strcmp(kenv, "block8") == 0) b8 = true;
         else if (strcmp(kenv, "block") != 0)
-            return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": SSMTP_STEP_KERNEL=%s (block, pipe or block8)", kenv);
+            return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": SSMTP_STEP_KERNEL=%s (block or pipe)", kenv);
     }
     cudaStream_t s = (cudaStream_t)stream;
-    SSMTP_DISPATCH_FLOAT(p->x.dtype, T, OP, { return dispatch<T>(a, vec, pipe, b8, sa, p->x.device, s); });
+    SSMTP_DISPATCH_FLOAT(p->x.dtype, T, OP, { return dispatch<T>(a, vec, pipe, sa, p->x.device, s); });
     return SSMTP_OK;
 }
