@@ -58,7 +58,17 @@ def _fixtures(folder):
            "results": {"reference (unsharded fp32, HF)": {"ppl": 3.1715, "top1_agreement": 1.0},
                        "tp=2 bf16-cast": {"ppl": 3.1716, "top1_agreement": 0.9994},
                        "tp=2 int8-b32": {"ppl": 3.1716, "top1_agreement": 0.9973}}}
-    files = {"engine-x-tp1.json": engine(1, 3.16), "engine-x-tp2.json": engine(2, 3.09),
+    M = 1 << 20
+    ar_rows = [dict(backend=b, mode="graph", bytes=n, us=us) for b, n, us in (
+        ("custom-lamport", 4096, 3.6), ("custom-1shot", 4096, 5.7), ("nccl", 4096, 10.1),
+        ("nccl", 16 * M, 76.0), ("custom-1shot", 16 * M, 69.0), ("custom-2shot", 16 * M, 60.8),
+        ("q-int8-b32-2shot", 16 * M, 42.2), ("q-int8-b128-2shot", 16 * M, 42.0),
+        ("nccl", 256 * M, 894.0), ("custom-2shot", 256 * M, 876.5), ("q-int8-b32-2shot", 256 * M, 584.3))]
+    ar = {"meta": _meta(2), "results": ar_rows,
+          "quant_error": [dict(qdtype="int8", block=32, bytes=M, rel_err_global=0.0077)],
+          "nvlink_probe": {"copy_both_GBs": 360.2, "ce_both_GBs": 386.4},
+          "floors": [dict(bytes=256 * M, floor_us=694.7, custom_x_floor=1.26, nccl_x_floor=1.29)]}
+    files = {"engine-x-tp1.json": engine(1, 3.16), "engine-x-tp2.json": engine(2, 3.09), "allreduce-x.json": ar,
              "throughput-x-tp1.json": thr(1, 1.0), "throughput-x-tp2.json": thr(2, 1.95),
              "quant-ablation-x-tp2.json": abl, "accuracy-x.json": acc}
     for name, d in files.items():
@@ -82,7 +92,12 @@ def test_report_writes_the_marked_section_and_is_idempotent(report, tmp_path):
                  "| prefill 1x512 | 50.0k tok/s | 100k tok/s | 2.00x", "**1.95x**", "**60x**",
                  "skipped: not yet supported", "met (min 1.95x over 1 cases)", "met (min 1.95x over 2 cases)",
                  "115k tok/s (+15.0%)",
-                 "ppl 3.1716, top-1 99.73%", "| int8, block 32 | 3.1716 | 99.73% |"):
+                 "ppl 3.1716, top-1 99.73%", "| int8, block 32 | 3.1716 | 99.73% |",
+                 "custom lamport one-shot all-reduce 3.6 us for <= 64 KiB",
+                 "int8 block-32 quantized all-reduce 1.80x NCCL at 16 MiB with 0.77% relative error",
+                 "16 MiB: exact 1.25x, int8 (block 32 or 128) 1.81x; 256 MiB: exact 1.02x, int8 (block 32 or 128) 1.53x",
+                 "NVLink measured 360 GB/s each way by SM copies (386 by copy engines)",
+                 "at 256 MiB the exact custom all-reduce takes 1.26x and NCCL 1.29x"):
         assert want in sec, want
     assert report.main(args + ["--check"]) == 0
     readme.write_text(text.replace("3.16 ms", "9.99 ms"))
