@@ -506,7 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default=None, help="cuda (this rank's GPU, default when present) or cpu")
     ap.add_argument("--out", default=None, help="folder for engine-tp{N}.json and .png, or a .json file path (the "
                     "plot goes next to it); TP > 1 runs add ratios to engine-tp1.json found in the same folder")
-    ap.add_argument("--decode-batches", default="1,8,64,256", help="decode batch sizes, comma-separated")
+    ap.add_argument("--decode-batches", default="1,2,4,8,64,256",
+                    help="decode batch sizes, comma-separated (2 and 4: the fused small-batch decode)")
     ap.add_argument("--decode-tokens", type=int, default=32, help="tokens per engine decode timing")
     ap.add_argument("--graph-iters", type=int, default=50, help="graph replays timed per batch size (median)")
     ap.add_argument("--prefill", default="1x512,8x512,32x2048", help="prefill cases BxL, comma-separated")
