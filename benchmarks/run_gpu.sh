@@ -75,6 +75,9 @@ if want engine; then
     --out "$OUT/engine-tp1-alt.json" ${ENGINE_ARGS:-}
   [ "$ngpu" -ge 2 ] && run torchrun --nproc_per_node 2 benchmarks/bench_engine.py --out "$OUT/engine-tp2.json" \
     --no-hf ${ENGINE_ARGS:-}
+  # ENGINE_ALT_ENV_TP2: the TP=2 run again with these settings, side by side (e.g. "SSMTP_AR_PDL=0")
+  [ "$ngpu" -ge 2 ] && [ -n "${ENGINE_ALT_ENV_TP2:-}" ] && run env $ENGINE_ALT_ENV_TP2 torchrun --nproc_per_node 2 \
+    benchmarks/bench_engine.py --out "$OUT/engine-tp2-alt.json" --no-hf ${ENGINE_ARGS:-}
 fi
 if want throughput; then
   # batch-request throughput at TP=1 (+ HF transformers on a small subset) and TP=2, then the TP2/TP1 ratios
