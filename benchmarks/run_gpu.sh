@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension, run the GPU tests, run the benchmarks.
 # Everything lands under $OUT (default benchmarks/results/latest): logs, JSON, PNG.
-#   bash benchmarks/run_gpu.sh [tests|ops|pick|allreduce|engine|throughput|ablation|leak|profile|train|all ...]   (default: all)
+#   bash benchmarks/run_gpu.sh [tests|sanitize|ops|pick|allreduce|engine|throughput|ablation|leak|profile|train|all ...]
+#   (default: all; "all" leaves out sanitize)
 # Budget knobs (seconds; 0 = no limit): THROUGHPUT_BUDGET_S (per TP run, default 120), THROUGHPUT_ARGS (e.g.
 # "--quick" or "--model mamba-2.8b"), ABLATION_BUDGET_S (default 90), ABLATION_ARGS (e.g. "--quick"),
 # ABLATION_BACKENDS (default auto,nccl,custom,quant-int8,quant-fp8; the first is the baseline).
@@ -16,7 +17,8 @@ mkdir -p "$OUT"
 LOG="$OUT/run.log"
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(all)
-want() { for s in "${steps[@]}"; do [ "$s" = all ] || [ "$s" = "$1" ] && return 0; done; return 1; }
+want() { for s in "${steps[@]}"; do { [ "$s" = all ] && [ "$1" != sanitize ]; } || [ "$s" = "$1" ] && return 0; done
+         return 1; }
 ngpu=$(python -c "import torch; print(torch.cuda.device_count())")
 status=0
 run() { echo "== $*" | tee -a "$LOG"; local t0=$SECONDS; "$@" 2>&1 | tee -a "$LOG"; local rc=${PIPESTATUS[0]};
@@ -32,6 +34,21 @@ python -c "import ssmtp; print('built:', ssmtp.ops.build_info())" | tee -a "$LOG
 if want tests; then
   # TESTS: test files to run instead of the whole suite (e.g. "tests/test_engine_gpu.py tests/test_ops_saves.py")
   run python -m pytest -q -m "cuda or multigpu" ${TESTS:-tests} -p no:cacheprovider
+fi
+if want sanitize; then
+  # compute-sanitizer over the GPU op tests (not part of "all": slow). memcheck: out-of-bounds and misaligned device
+  # accesses, with torch's caching allocator off so that every tensor is its own allocation; racecheck: shared-memory
+  # hazards in the kernels that share data through shared memory (scan, decode_in, SSD, attention). SANITIZE_TESTS /
+  # SANITIZE_RACE_TESTS: other test files; SANITIZE_K: a pytest -k filter; SANITIZE_TIMEOUT: seconds per tool (300).
+  # Needs a machine whose runtime lets the sanitizer at the device (device/KINDS.md: Firecracker yes, gVisor no).
+  cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+  st=${SANITIZE_TESTS:-tests/test_cuda_ops.py tests/test_decode_fused_gpu.py tests/test_linear.py tests/test_ssd_gpu.py tests/test_attention.py}
+  rt=${SANITIZE_RACE_TESTS:-tests/test_ssd_gpu.py tests/test_decode_fused_gpu.py tests/test_attention.py}
+  st=$(for f in $st; do [ -f "$f" ] && echo "$f"; done); rt=$(for f in $rt; do [ -f "$f" ] && echo "$f"; done)
+  run timeout "${SANITIZE_TIMEOUT:-300}" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$cs" --tool memcheck --error-exitcode 99 \
+    --print-limit 20 python -m pytest -q -x -m cuda $st -k "${SANITIZE_K:-}" -p no:cacheprovider
+  run timeout "${SANITIZE_TIMEOUT:-300}" "$cs" --tool racecheck --error-exitcode 99 --print-limit 20 \
+    python -m pytest -q -x -m cuda $rt -k "${SANITIZE_K:-}" -p no:cacheprovider
 fi
 if want ops; then
   # OPS_ARGS: e.g. "--quick --no-hf --no-sweep"; OPS_FILTER: case labels containing any of these (comma-separated,
