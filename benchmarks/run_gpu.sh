@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension, run the GPU tests, run the benchmarks.
 # Everything lands under $OUT (default benchmarks/results/latest): logs, JSON, PNG.
-#   bash benchmarks/run_gpu.sh [tests|sanitize|ops|pick|allreduce|engine|throughput|ablation|leak|profile|train|all ...]
-#   (default: all; "all" leaves out sanitize)
+#   bash benchmarks/run_gpu.sh [tests|sanitize|ncu|ops|pick|allreduce|engine|throughput|ablation|leak|profile|train|
+#   all ...]   (default: all; "all" leaves out sanitize and ncu)
 # Budget knobs (seconds; 0 = no limit): THROUGHPUT_BUDGET_S (per TP run, default 120), THROUGHPUT_ARGS (e.g.
 # "--quick" or "--model mamba-2.8b"), ABLATION_BUDGET_S (default 90), ABLATION_ARGS (e.g. "--quick"),
 # ABLATION_BACKENDS (default auto,nccl,custom,quant-int8,quant-fp8; the first is the baseline).
@@ -17,7 +17,8 @@ mkdir -p "$OUT"
 LOG="$OUT/run.log"
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(all)
-want() { for s in "${steps[@]}"; do { [ "$s" = all ] && [ "$1" != sanitize ]; } || [ "$s" = "$1" ] && return 0; done
+want() { for s in "${steps[@]}"; do { [ "$s" = all ] && [ "$1" != sanitize ] && [ "$1" != ncu ]; } || [ "$s" = "$1" ] &&
+         return 0; done
          return 1; }
 ngpu=$(python -c "import torch; print(torch.cuda.device_count())")
 status=0
@@ -49,6 +50,21 @@ if want sanitize; then
     --print-limit 20 python -m pytest -q -x -m cuda $st -k "${SANITIZE_K:-}" -p no:cacheprovider
   run timeout "${SANITIZE_TIMEOUT:-300}" "$cs" --tool racecheck --error-exitcode 99 --print-limit 20 \
     python -m pytest -q -x -m cuda $rt -k "${SANITIZE_K:-}" -p no:cacheprovider
+fi
+if want ncu; then
+  # Nsight Compute counters of one launch of each hot kernel (benchmarks/ncu_kernels.py; not part of "all"): time,
+  # DRAM / SM / issue / MUFU throughput, occupancy, registers and the warp stall reasons, clocks left alone.
+  # NCU_FILTER: case labels (comma-separated substrings). Without the stall regex if this ncu refuses it.
+  ncu_bin=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+  ncu_run() { "$ncu_bin" --clock-control none --profile-from-start off --csv --page raw --metrics "$1" \
+                python benchmarks/ncu_kernels.py --filter "${NCU_FILTER:-}" > "$OUT/ncu.csv"; }
+  m=$(python benchmarks/ncu_kernels.py --metrics)
+  echo "== ncu (metrics: $m)" | tee -a "$LOG"
+  if ! ncu_run "$m" 2>>"$LOG" || ! grep -q '^"ID"' "$OUT/ncu.csv"; then
+    echo "== ncu failed with the stall regex: again without it" | tee -a "$LOG"
+    run ncu_run "$(echo "$m" | tr ',' '\n' | grep -v '^regex:' | paste -sd,)"
+  fi
+  run python benchmarks/ncu_kernels.py --summarize "$OUT/ncu.csv" --out "$OUT/ncu.json"
 fi
 if want ops; then
   # OPS_ARGS: e.g. "--quick --no-hf --no-sweep"; OPS_FILTER: case labels containing any of these (comma-separated,
