@@ -135,9 +135,14 @@ def summarize(path: str) -> dict:
     with open(path, newline="") as f:
         lines = [ln for ln in f if ln.startswith('"')]  # ncu prints its own '==PROF==' lines around the CSV
     rows = list(csv.reader(lines))
-    if len(rows) < 2:
+    if len(rows) < 2 or not rows[0]:
         return {"meta": {"source": os.path.basename(path)}, "launches": []}
-    head, units, data = rows[0], rows[1], rows[2:]
+    head = rows[0]
+    id_col = head.index("ID") if "ID" in head else 0
+    if rows[1][id_col] == "":  # the units row (ncu prints one unless told --print-units base ... or not at all)
+        units, data = rows[1], rows[2:]
+    else:
+        units, data = [""] * len(head), rows[1:]
     out = []
     for r in data:
         rec = dict(zip(head, r))

@@ -38,3 +38,12 @@ def test_summarize_raw_csv(tmp_path):
 def test_metrics_argument_names_the_stall_regex():
     arg = _mod().ncu_metrics_arg()
     assert "gpu__time_duration.sum" in arg and "regex:smsp__average_warps_issue_stalled_" in arg
+
+
+def test_summarize_without_units_row(tmp_path):
+    lines = [ln for ln in CSV.splitlines() if not ln.startswith('"",')]
+    p = tmp_path / "ncu.csv"
+    p.write_text("\n".join(lines) + "\n")
+    s = _mod().summarize(str(p))
+    assert len(s["launches"]) == 2
+    assert s["launches"][0]["metrics"]["gpu__time_duration.sum"] == 1065120.0
