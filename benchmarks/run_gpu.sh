@@ -14,6 +14,7 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 export USE_HUB_KERNELS=0 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
 OUT=${OUT:-benchmarks/results/latest}
 mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
 LOG="$OUT/run.log"
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(all)
@@ -29,7 +30,18 @@ run() { echo "== $*" | tee -a "$LOG"; local t0=$SECONDS; "$@" 2>&1 | tee -a "$LO
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader;
   python -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__)"; } | tee -a "$LOG"
 
+# REF_TREE: a second source tree built in parallel with this one; the engine step then runs its bench_engine too,
+# side by side, as engine-*-ref.json (an A/B of two commits in one run). E.g. `mkdir ref && git archive <commit> |
+# tar -x -C ref` (ref/ is git-ignored: hand it to the GPU machine with the tree), then REF_TREE=ref.
+if [ -n "${REF_TREE:-}" ]; then
+  (cd "$REF_TREE" && SSMTP_CUDA_ARCHS=${SSMTP_CUDA_ARCHS:-90} python setup.py build_ext --inplace -q) \
+    > "$OUT/build-ref.log" 2>&1 &
+  ref_pid=$!
+fi
 run env SSMTP_CUDA_ARCHS=${SSMTP_CUDA_ARCHS:-90} python setup.py build_ext --inplace -q
+if [ -n "${REF_TREE:-}" ]; then
+  wait "$ref_pid"; rc=$?; echo "== reference tree $REF_TREE built: rc=$rc" | tee -a "$LOG"; [ "$rc" -eq 0 ] || status=1
+fi
 python -c "import ssmtp; print('built:', ssmtp.ops.build_info())" | tee -a "$LOG"
 
 if want tests; then
@@ -106,8 +118,12 @@ if want engine; then
   # ENGINE_ALT_ENV: the TP=1 run again with these settings, side by side (e.g. "SSMTP_PDL=0")
   [ -n "${ENGINE_ALT_ENV:-}" ] && run env $ENGINE_ALT_ENV torchrun --nproc_per_node 1 benchmarks/bench_engine.py \
     --out "$OUT/engine-tp1-alt.json" ${ENGINE_ARGS:-}
+  [ -n "${REF_TREE:-}" ] && run env -C "$REF_TREE" torchrun --nproc_per_node 1 benchmarks/bench_engine.py \
+    --out "$OUT/engine-tp1-ref.json" ${ENGINE_ARGS:-}
   [ "$ngpu" -ge 2 ] && run torchrun --nproc_per_node 2 benchmarks/bench_engine.py --out "$OUT/engine-tp2.json" \
     --no-hf ${ENGINE_ARGS:-}
+  [ "$ngpu" -ge 2 ] && [ -n "${REF_TREE:-}" ] && run env -C "$REF_TREE" torchrun --nproc_per_node 2 \
+    benchmarks/bench_engine.py --out "$OUT/engine-tp2-ref.json" --no-hf ${ENGINE_ARGS:-}
   # ENGINE_ALT_ENV_TP2: the TP=2 run again with these settings, side by side (e.g. "SSMTP_AR_PDL=0")
   [ "$ngpu" -ge 2 ] && [ -n "${ENGINE_ALT_ENV_TP2:-}" ] && run env $ENGINE_ALT_ENV_TP2 torchrun --nproc_per_node 2 \
     benchmarks/bench_engine.py --out "$OUT/engine-tp2-alt.json" --no-hf ${ENGINE_ARGS:-}
