@@ -22,8 +22,6 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
 
 def cases():
     """(label, fn) pairs: one op call each, on mamba-2.8b / zamba2-2.7b shapes (bf16)."""
@@ -188,6 +186,7 @@ def main() -> None:
         return
     if not torch.cuda.is_available():
         sys.exit("ncu_kernels: needs a CUDA GPU")
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # the checkout's ssmtp
     run(args.filter)
 
 

@@ -3,6 +3,7 @@ row, one row per launch; ncu's own ==PROF== lines around it; numbers with thousa
 are kept with their units, the stall reasons are named by their reason and sorted. CPU only."""
 import importlib.util
 import os
+import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,9 +18,13 @@ CSV = '''==PROF== Connected to process 123 (/usr/bin/python3.12)
 
 
 def _mod():
+    """The script as a module; it must leave sys.path alone (a checkout first on sys.path would shadow the installed
+    package in every later test)."""
+    path = list(sys.path)
     spec = importlib.util.spec_from_file_location("ncu_kernels", os.path.join(ROOT, "benchmarks", "ncu_kernels.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    assert sys.path == path, "importing benchmarks/ncu_kernels.py changed sys.path"
     return mod
 
 
