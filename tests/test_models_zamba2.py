@@ -63,7 +63,7 @@ def _set_impl(model, impl):
 
 
 def _checks(rank, world, config, impl="auto"):
-    """impl: the mixers' scan_impl ("auto" = the SSD ops on the CPU; "selective" = the Mamba-1 ops used on CUDA)."""
+    """impl: the mixers' scan_impl ("auto" = the SSD ops on the CPU; "selective" = the Mamba-1 ops CUDA decodes with)."""
     model = build_zamba2(config)
     cfg = model.config
     ids, ids_pad, mask = _inputs()
@@ -152,7 +152,8 @@ def _bf16_check(rank, world, config):
 
 def _checks_all(rank, world):
     """Every config in one spawned run: starting ranks costs more than the checks. The Mamba-1-op scan path (what
-    CUDA runs until the SSD ops have a kernel) is checked on one config at TP 1 and 2."""
+    CUDA runs for decode, and for prefill where the SSD kernel does not take the shapes) is checked on one config at
+    TP 1 and 2."""
     runs = [(c, "auto") for c in ZAMBA2_CONFIGS] + ([("g1", "selective")] if world <= 2 else [])
     for config, impl in runs:
         try:
