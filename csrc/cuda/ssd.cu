@@ -27,6 +27,8 @@
 #include <mma.h>
 #include <stdlib.h>
 
+#include <nvtx3/nvToolsExt.h>
+
 #define OP "ssd_fwd"
 
 namespace {
@@ -356,7 +358,12 @@ extern "C" ssmtp_status_t ssmtp_cuda_ssd_fwd(const ssmtp_ssd_params_t *p, void *
     const char *env = getenv("SSMTP_SSD_PT"); // override (benchmarks): 32 or 64
     const int pt = env && atoi(env) == 32 ? 32 : (env && atoi(env) == 64 && P % 64 == 0 ? 64 : (narrow ? 32 : 64));
     cudaStream_t s = (cudaStream_t)stream;
+    nvtxRangePushA("ssmtp::ssd_fwd");
+    ssmtp_status_t err;
     if (p->x.dtype == SSMTP_DTYPE_BF16)
-        return pt == 32 ? launch_pt<__nv_bfloat16, 32>(a, s) : launch_pt<__nv_bfloat16, 64>(a, s);
-    return pt == 32 ? launch_pt<__half, 32>(a, s) : launch_pt<__half, 64>(a, s);
+        err = pt == 32 ? launch_pt<__nv_bfloat16, 32>(a, s) : launch_pt<__nv_bfloat16, 64>(a, s);
+    else
+        err = pt == 32 ? launch_pt<__half, 32>(a, s) : launch_pt<__half, 64>(a, s);
+    nvtxRangePop();
+    return err;
 }
