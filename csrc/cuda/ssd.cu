@@ -315,18 +315,8 @@ extern "C" ssmtp_status_t ssmtp_cuda_ssd_fwd(const ssmtp_ssd_params_t *p, void *
     SSMTP_TRY(ssmtp_cuda_set_device(p->x.device));
 
     SsdArgs a = {};
-    a.x = p->x.data;
-    a.dt = p->dt.data;
-    a.B = p->B.data;
-    a.C = p->C.data;
-    a.z = p->z.data;
-    a.D = p->D.data;
-    a.dt_bias = p->dt_bias.data;
-    a.A = (const float *)p->A.data;
-    a.state = (float *)p->state.data;
-    a.state_idx = (const int32_t *)p->state_idx.data;
+    ssm_fill_ptrs(a, p);
     a.seq_lens = (const int32_t *)p->seq_lens.data;
-    a.out = p->out.data;
     a.batch = batch;
     a.len = len;
     a.nheads = nheads;
