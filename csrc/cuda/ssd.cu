@@ -341,10 +341,11 @@ extern "C" ssmtp_status_t ssmtp_cuda_ssd_fwd(const ssmtp_ssd_params_t *p, void *
     a.dt_min = p->dt_min;
     a.dt_max = p->dt_max;
 
-    // 64 columns per block, or 32 when that leaves the GPU less than half full (more blocks, C B^T computed twice)
+    // 64 columns per block, or 32 when 64 would leave multiprocessors without a block (twice the blocks; C B^T is
+    // then computed twice per head and chunk)
     int sms = 132;
     SSMTP_TRY(ssm_sm_count(p->x.device, &sms));
-    const bool narrow = P % 64 || batch * nheads * (P / 64) < sms / 2;
+    const bool narrow = P % 64 || batch * nheads * (P / 64) < sms;
     const char *env = getenv("SSMTP_SSD_PT"); // override (benchmarks): 32 or 64
     const int pt = env && atoi(env) == 32 ? 32 : (env && atoi(env) == 64 && P % 64 == 0 ? 64 : (narrow ? 32 : 64));
     cudaStream_t s = (cudaStream_t)stream;
