@@ -76,6 +76,19 @@ template <typename Frag> __device__ __forceinline__ void split_tf32(Frag &f, Fra
     }
 }
 
+// Walks the elements e = tid, tid + THREADS, ... of a rows x N array as (row, column) without a division per element
+// (N is a run-time multiple of 16): f(row, col) for each.
+template <class F> __device__ __forceinline__ void for_rows_cols(int rows, int N, F f) {
+    const int dq = THREADS / N, dr = THREADS % N;
+    int r = threadIdx.x / N, c = threadIdx.x % N;
+    while (r < rows) {
+        f(r, c);
+        r += dq;
+        c += dr;
+        if (c >= N) c -= N, r++;
+    }
+}
+
 // Shared memory (floats), each array a multiple of 16 rows of ld floats (ld % 4 == 0: 32-byte aligned tiles).
 template <int PT> struct Smem {
     int N;
@@ -128,10 +141,9 @@ __global__ void __launch_bounds__(THREADS) ssd_chunk_kernel(const SsdArgs a) {
     float *st = has_state ? a.state + slot * a.ss0 + h * a.ss1 : nullptr;
 
     // the state carried in (zeros unless load_state)
-    for (int e = tid; e < PT * N; e += THREADS) {
-        const int i = e / N, s = e % N;
+    for_rows_cols(PT, N, [&](int i, int s) {
         Hs[i * ldn + s] = (st && a.load_state) ? st[(p0 + i) * a.ss2 + s * a.ss3] : 0.f;
-    }
+    });
 
     const T *xb = (const T *)a.x + b * a.sx0 + h * a.sx2;
     const T *Bb = (const T *)a.B + b * a.sB0 + g * a.sB2, *Cb = (const T *)a.C + b * a.sC0 + g * a.sC2;
@@ -142,12 +154,11 @@ __global__ void __launch_bounds__(THREADS) ssd_chunk_kernel(const SsdArgs a) {
     for (int64_t t0 = 0; t0 < n; t0 += Q) {
         const int q = (int)(n - t0 < Q ? n - t0 : Q);
         // ---- load the chunk (rows >= q zero) and the time steps
-        for (int e = tid; e < Q * N; e += THREADS) {
-            const int j = e / N, s = e % N;
+        for_rows_cols(Q, N, [&](int j, int s) {
             const bool in = j < q;
             Bs[j * ldn + s] = in ? to_f32<T>(Bb[(t0 + j) * a.sB1 + s * a.sB3]) : 0.f;
             Cs[j * ldn + s] = in ? to_f32<T>(Cb[(t0 + j) * a.sC1 + s * a.sC3]) : 0.f;
-        }
+        });
         for (int e = tid; e < Q * PT; e += THREADS) {
             const int j = e / PT, i = e % PT;
             Xs[j * LDX + i] = j < q ? to_f32<T>(xb[(t0 + j) * a.sx1 + (p0 + i) * a.sx3]) : 0.f;
@@ -207,10 +218,7 @@ __global__ void __launch_bounds__(THREADS) ssd_chunk_kernel(const SsdArgs a) {
             const int t = e / Q, s = e % Q;
             Ss[t * LDS + s] = s <= t ? Ss[t * LDS + s] * expf(cs[t] - cs[s]) * dl[s] : 0.f;
         }
-        for (int e = tid; e < Q * N; e += THREADS) {
-            const int t = e / N, s = e % N;
-            Cs[t * ldn + s] *= expf(cs[t]);
-        }
+        for_rows_cols(Q, N, [&](int t, int s) { Cs[t * ldn + s] *= expf(cs[t]); });
         __syncthreads();
 
         // ---- 3. Y = S' X + C' H^T, kept in registers until every warp is done reading S
@@ -266,7 +274,7 @@ __global__ void __launch_bounds__(THREADS) ssd_chunk_kernel(const SsdArgs a) {
             Xs[j * LDX + i] = xv * expf(last - cs[j]) * dl[j];
         }
         const float dec = expf(last);
-        for (int e = tid; e < PT * N; e += THREADS) Hs[(e / N) * ldn + e % N] *= dec;
+        for_rows_cols(PT, N, [&](int i, int s) { Hs[i * ldn + s] *= dec; });
         __syncthreads();
 
         // ---- 5. H += X'^T B
@@ -291,11 +299,7 @@ __global__ void __launch_bounds__(THREADS) ssd_chunk_kernel(const SsdArgs a) {
 
     // right padding, and the final state
     for (int64_t e = n * PT + tid; e < a.len * PT; e += THREADS) out_at(e / PT, e % PT) = from_f32<T>(0.f);
-    if (st)
-        for (int e = tid; e < PT * N; e += THREADS) {
-            const int i = e / N, s = e % N;
-            st[(p0 + i) * a.ss2 + s * a.ss3] = Hs[i * ldn + s];
-        }
+    if (st) for_rows_cols(PT, N, [&](int i, int s) { st[(p0 + i) * a.ss2 + s * a.ss3] = Hs[i * ldn + s]; });
 }
 
 template <typename T, int PT> ssmtp_status_t launch_pt(const SsdArgs &a, cudaStream_t s) {
