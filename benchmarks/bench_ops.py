@@ -22,8 +22,9 @@ SSMTP_STEP_KERNEL=block and =pipe, on the same input sets in the same run (the "
 sweep also times the chunked kernel at 4, 8 and 16 lanes per channel (SSMTP_SCAN_P).
 
 Also (filtered by label like the cases): the decode GEMV (ssmtp::linear_small vs cuBLAS, "mamba-2.8b tp1 out_proj
-M=1", ...) and the fused Mamba-1 decode kernels against the unfused ops they replace ("mamba-2.8b tp1 decode layer
-M=1", ...): see bench_linear and bench_decode_fused.
+M=1", ...), the fused Mamba-1 decode kernels against the unfused ops they replace ("mamba-2.8b tp1 decode layer
+M=1", ...) and the Mamba-2 SSD prefill kernel against the selective scan ("zamba2-2.7b tp1 ssd prefill B=8 L=2048",
+...): see bench_linear, bench_decode_fused and bench_ssd.
 
 HF baseline: transformers' MambaMixer.slow_forward, written out inline (discrete_A = exp(A*dt), deltaB_u, a Python
 loop over time; decode: the cache path; conv: nn.Conv1d / roll-and-sum), prefill only for B*L <= 4096.
@@ -445,6 +446,68 @@ def bench_linear(flt=""):
     return out
 
 
+SSD_SHAPES = [  # (label prefix, heads per rank, headdim, groups, d_state): zamba2-2.7b's Mamba-2 layers
+    ("zamba2-2.7b tp1", 80, 64, 1, 64), ("zamba2-2.7b tp2", 40, 64, 1, 64),
+]
+SSD_PREFILL = [(1, 512), (1, 2048), (1, 8192), (8, 512), (8, 2048)]
+
+
+def bench_ssd(flt=""):
+    """The Mamba-2 prefill scan two ways on the same inputs, per layer: ssmtp::ssd_scan (the chunked SSD kernel, tensor
+    cores) vs ssmtp::selective_scan with one A per channel (what Zamba2 ran on CUDA before; exact fp32). The selective
+    result is the reference (bf16 output: within a few roundings). Bytes: x, z, dt, B, C read, out written, the state
+    read and written; the floor is those bytes / 4.26 TB/s. Labels "zamba2-2.7b tp1 ssd prefill B=8 L=2048"."""
+    out = []
+    for prefix, nh, hd, G, N in SSD_SHAPES:
+        d = nh * hd
+        for B, L in SSD_PREFILL:
+            label = f"{prefix} ssd prefill B={B} L={L}"
+            if not matches(flt, label):
+                continue
+            g = torch.Generator(device="cuda").manual_seed(B * 7 + L)
+            rnd = lambda *sh: torch.randn(*sh, device="cuda", generator=g).to(DTYPE)  # noqa: E731
+            x, z = rnd(B, L, nh, hd), rnd(B, L, nh, hd)
+            dt = rnd(B, L, nh) * 0.5
+            bc = rnd(B, L, 2 * G * N)
+            Bm, Cm = bc[..., :G * N].unflatten(-1, (G, N)), bc[..., G * N:].unflatten(-1, (G, N))
+            A = -torch.exp(0.5 * torch.randn(nh, device="cuda", generator=g))
+            Dh = torch.randn(nh, device="cuda", generator=g)
+            bias = torch.randn(nh, device="cuda", generator=g) * 0.5
+            st = torch.zeros(B, nh, hd, N, device="cuda")
+            # the selective path's views of the same data (as the Zamba2 module builds them)
+            A_ch = A.repeat_interleave(hd)[:, None].expand(-1, N)
+            D_ch, bias_ch = Dh.repeat_interleave(hd), bias.repeat_interleave(hd)
+            dt_ch = dt.repeat_interleave(hd, dim=-1)
+
+            def ssd(i):
+                return ops.ssd_scan(x, dt, A, Bm, Cm, Dh, z, bias, st, None, None, True, False, 256, 0.0, float("inf"))
+
+            def sel(i):
+                return ops.selective_scan(x.flatten(-2).transpose(1, 2), dt_ch.transpose(1, 2), A_ch,
+                                          Bm.permute(0, 2, 3, 1), Cm.permute(0, 2, 3, 1), D_ch,
+                                          z.flatten(-2).transpose(1, 2), bias_ch, st.view(B, d, N), None, None,
+                                          True, False)
+
+            a, r = ssd(0).float().flatten(-2), sel(0).float().transpose(1, 2)
+            err = (a - r).abs().max().item()
+            ok = bool(((a - r).abs() <= 2e-2 * (r.abs() + r.abs().mean())).all())
+            nbytes = (3 * B * L * d + B * L * nh + 2 * B * L * G * N) * ESZ + 2 * B * d * N * 4
+            row = dict(label=label, B=B, L=L, heads=nh, headdim=hd, dstate=N, groups=G, valid=ok, max_abs_err=err,
+                       bytes=nbytes, floor_us=nbytes / HBM_BPS * 1e6)
+            R = 4 if B * L >= 8192 else 16
+            row["ssd_us"] = graph_time(ssd, 1, R, replays=5) * 1e6
+            row["selective_us"] = graph_time(sel, 1, R, replays=5) * 1e6
+            row["speedup_vs_selective"] = row["selective_us"] / row["ssd_us"]
+            row["frac_hbm"] = row["floor_us"] / row["ssd_us"]
+            out.append(row)
+            print(f"{label:<44} ssd {row['ssd_us']:8.1f} us  selective {row['selective_us']:8.1f} us  "
+                  f"x{row['speedup_vs_selective']:.2f}  {100 * row['frac_hbm']:5.1f}% HBM  max err {err:.3g} "
+                  f"{'ok' if ok else 'INVALID'}", flush=True)
+            del x, z, dt, bc, st
+            torch.cuda.empty_cache()
+    return out
+
+
 def bench_decode_fused(flt=""):
     """The fused Mamba-1 decode kernels vs the unfused ops the engine otherwise runs, per layer, mamba-2.8b shapes at
     TP=1 and TP=2 (per-rank d_inner), M = 1, 2, 4 rows, inside a CUDA graph rotating over weight sets (>= 3 x L2):
@@ -603,12 +666,14 @@ def main():
     sweeps = [] if args.no_sweep else chunk_sweep(args.filter)
     linear_rows = bench_linear(args.filter)
     fused_rows = bench_decode_fused(args.filter)
+    ssd_rows = bench_ssd(args.filter)
     meta = dict(git_commit=git_commit(), date=datetime.datetime.now(datetime.timezone.utc).isoformat(),
                 device=dev_name, torch=torch.__version__, build=ops.build_info(), hbm_Bps=HBM_BPS,
                 clock_hz_assumed=CLOCK_HZ, dtype=str(DTYPE), seconds=time.time() - t_start)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     with open(out_path, "w") as f:
-        json.dump(dict(meta=meta, cases=rows, scan_chunk_sweep=sweeps, linear=linear_rows, decode_fused=fused_rows),
+        json.dump(dict(meta=meta, cases=rows, scan_chunk_sweep=sweeps, linear=linear_rows, decode_fused=fused_rows,
+                       ssd=ssd_rows),
                   f, indent=1)
     try:
         import matplotlib

@@ -125,6 +125,7 @@ static inline float ssmtp_conv_tap_sum(const float *w, const float *h, int64_t w
 #ifdef SSMTP_WITH_CUDA
 ssmtp_status_t ssmtp_cuda_conv1d_fwd(const ssmtp_conv1d_params_t *p, void *stream);
 ssmtp_status_t ssmtp_cuda_scan_fwd(const ssmtp_scan_params_t *p, void *stream);
+ssmtp_status_t ssmtp_cuda_ssd_fwd(const ssmtp_ssd_params_t *p, void *stream);
 ssmtp_status_t ssmtp_cuda_step_fwd(const ssmtp_step_params_t *p, void *stream);
 ssmtp_status_t ssmtp_cuda_quantize(const ssmtp_quant_params_t *p, void *stream);
 ssmtp_status_t ssmtp_cuda_dequantize(const ssmtp_quant_params_t *p, void *stream);

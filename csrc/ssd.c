@@ -8,7 +8,9 @@
  *   y_t  = sum_{s <= t} (C_t . B_s) exp(seg(t, s)) dt_s x_s  +  exp(seg(t, t0 - 1)) (H C_t)      (intra + inter)
  *   H   <- exp(seg(last, t0 - 1)) H + sum_s exp(seg(last, s)) dt_s x_s B_s^T                      (state passing)
  * with seg(t, s) = sum_{k = s+1 .. t} dt_k A, accumulated as a running sum (never a difference of two cumulative
- * sums, which loses precision when the sums are large). There are no CUDA kernels for these ops yet.
+ * sums, which loses precision when the sums are large). The prefill has a CUDA kernel (csrc/cuda/ssd.cu: the same
+ * chunks on tensor cores, f16/bf16, headdim % 32 == 0, d_state % 16 == 0 and <= 128); the decode step does not (the
+ * selective state update computes the same step on the GPU).
  */
 #include "internal.h"
 
@@ -71,13 +73,20 @@ static ssmtp_status_t ssd_check(const char *op, const ssmtp_tensor_t *x, const s
     return SSMTP_OK;
 }
 
-static ssmtp_status_t ssd_device(const char *op, const ssmtp_tensor_t *const *ts, const char *const *names, int n) {
-    int32_t device;
-    SSMTP_TRY(ssmtp_check_devices(op, ts, names, n, &device));
-    if (device != SSMTP_DEVICE_CPU)
-        return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, "%s: tensors are on cuda:%d; the SSD ops have no CUDA kernel yet",
-                          op, (int)device);
+/* The device of the op's tensors: CPU, or a CUDA device when `cuda_ok` (the op has a CUDA kernel) and this build has
+ * CUDA; anything else is refused naming why. */
+static ssmtp_status_t ssd_device(const char *op, const ssmtp_tensor_t *const *ts, const char *const *names, int n,
+                                 int cuda_ok, int32_t *device) {
+    SSMTP_TRY(ssmtp_check_devices(op, ts, names, n, device));
+    if (*device == SSMTP_DEVICE_CPU) return SSMTP_OK;
+    if (!cuda_ok)
+        return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, "%s: tensors are on cuda:%d; this op has no CUDA kernel (the "
+                          "selective ops compute the same recurrence)", op, (int)*device);
+#ifndef SSMTP_WITH_CUDA
+    return ssmtp_fail(SSMTP_ERR_NOT_BUILT, "%s: tensors are on cuda:%d but this build has no CUDA", op, (int)*device);
+#else
     return SSMTP_OK;
+#endif
 }
 
 /* ---------------------------------------------------------------- chunked prefill scan */
@@ -220,7 +229,6 @@ static ssmtp_status_t ssd_cpu(const ssmtp_ssd_params_t *p) {
 }
 
 ssmtp_status_t ssmtp_ssd_fwd(const ssmtp_ssd_params_t *p, void *stream) {
-    (void)stream;
     if (!p) return ssmtp_fail(SSMTP_ERR_INVALID, SSD ": params is NULL");
     SSMTP_TRY(ssd_check(SSD, &p->x, &p->dt, &p->A, &p->B, &p->C, &p->D, &p->z, &p->dt_bias, &p->state,
                         &p->state_idx, &p->out, 1, p->dt_min, p->dt_max));
@@ -232,7 +240,11 @@ ssmtp_status_t ssmtp_ssd_fwd(const ssmtp_ssd_params_t *p, void *stream) {
     const ssmtp_tensor_t *ts[] = {&p->x, &p->dt, &p->A, &p->B, &p->C, &p->D, &p->z,
                                   &p->dt_bias, &p->state, &p->state_idx, &p->seq_lens, &p->out};
     const char *names[] = {"x", "dt", "A", "B", "C", "D", "z", "dt_bias", "state", "state_idx", "seq_lens", "out"};
-    SSMTP_TRY(ssd_device(SSD, ts, names, 12));
+    int32_t device;
+    SSMTP_TRY(ssd_device(SSD, ts, names, 12, 1, &device));
+#ifdef SSMTP_WITH_CUDA
+    if (device != SSMTP_DEVICE_CPU) return ssmtp_cuda_ssd_fwd(p, stream);
+#endif
     return ssd_cpu(p);
 }
 
@@ -295,6 +307,7 @@ ssmtp_status_t ssmtp_ssd_step(const ssmtp_ssd_step_params_t *p, void *stream) {
     const ssmtp_tensor_t *ts[] = {&p->x, &p->dt, &p->A, &p->B, &p->C, &p->D,
                                   &p->z, &p->dt_bias, &p->state, &p->state_idx, &p->out};
     const char *names[] = {"x", "dt", "A", "B", "C", "D", "z", "dt_bias", "state", "state_idx", "out"};
-    SSMTP_TRY(ssd_device(SSD_STEP, ts, names, 11));
+    int32_t device;
+    SSMTP_TRY(ssd_device(SSD_STEP, ts, names, 11, 0, &device));
     return ssd_step_cpu(p);
 }

@@ -327,7 +327,10 @@ ssmtp_status_t ssmtp_ar_free(ssmtp_ar_t *ar);
 
 /*
  * Mamba-2 SSD scan over a sequence (prefill; csrc/ssd.c): one scalar A and one dt per head, evaluated chunk by chunk
- * as the SSD algorithm does; fp32 state and accumulation. CPU only for now (a CUDA tensor is SSMTP_ERR_UNSUPPORTED).
+ * as the SSD algorithm does; fp32 state and accumulation. CUDA (csrc/cuda/ssd.cu): f16/bf16, headdim % 32 == 0,
+ * d_state % 16 == 0 and <= 128 (else SSMTP_ERR_UNSUPPORTED), products on tensor cores in TF32 (see there); the
+ * GPU path does not check slots or lengths on the host: seq_lens are clamped to 0..seqlen, a slot >= nslots gives NaN
+ * outputs and leaves the state untouched.
  *   x        (batch, seqlen, nheads, headdim)   f32/f16/bf16
  *   dt       (batch, seqlen, nheads)            same dtype as x; raw time step
  *   A        (nheads,) f32                      (= -exp(A_log))
@@ -337,8 +340,8 @@ ssmtp_status_t ssmtp_ar_free(ssmtp_ar_t *ar);
  *   dt_bias  (nheads,)                          optional, f32 or the dtype of x
  *   state    (nslots, nheads, headdim, dstate) f32  optional: initial state read when load_state, final written
  *   state_idx, seq_lens, out                    as for ssmtp_scan_fwd (out: the shape of x)
- *   chunk_size >= 1 tokens per chunk; dt_min <= dt_max: the time step is clamped to [dt_min, dt_max] after the bias
- *   and the softplus (HF Mamba-2/Zamba2 prefill: dt_min = time_step_min, dt_max = +inf; no clamp: 0 and +inf).
+ *   chunk_size >= 1 tokens per chunk (the CPU's; the CUDA kernel chunks by its own tile); dt_min <= dt_max: the time
+ *   step is clamped to [dt_min, dt_max] after the bias and the softplus (HF Mamba-2/Zamba2 prefill: dt_min = time_step_min, dt_max = +inf; no clamp: 0 and +inf).
  * Math per (b, h): delta_t = clamp(softplus?(dt_t + dt_bias)); H_t = exp(delta_t A) H_{t-1} + delta_t x_t B_t^T
  *   (headdim x dstate); y_t = H_t C_t + D x_t; y *= silu(z). Positions t >= n are written as zero.
  */
@@ -352,7 +355,8 @@ typedef struct {
 ssmtp_status_t ssmtp_ssd_fwd(const ssmtp_ssd_params_t *p, void *stream);
 
 /*
- * Mamba-2 decode step, in place on a slot-indexed fp32 state (csrc/ssd.c; CPU only for now).
+ * Mamba-2 decode step, in place on a slot-indexed fp32 state (csrc/ssd.c; CPU only: on the GPU the selective state
+ * update computes the same step, A/dt/D expanded per channel).
  *   x, z (batch, nheads, headdim); dt (batch, nheads); B, C (batch, ngroups, dstate); A (nheads,) f32;
  *   D, dt_bias (nheads,); state (nslots, nheads, headdim, dstate) f32; state_idx (batch,) int32 optional (-1 =
  *   padding: state untouched, out zero); out (batch, nheads, headdim). One step of ssmtp_ssd_fwd's recurrence with

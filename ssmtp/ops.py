@@ -327,7 +327,15 @@ def _(q, k, v, state_idx, lengths, scale):
 # ------------------------------------------------------------------------------------------------ Mamba-2 SSD
 # ssd_scan(x, dt, A, B, C, D, z, dt_bias, state, state_idx, seq_lens, dt_softplus, load_state, chunk_size, dt_min,
 #          dt_max) -> out  (mutates state);  ssd_step(x, dt, A, B, C, D, z, dt_bias, state, state_idx, dt_softplus,
-#          dt_min, dt_max) -> out  (mutates state). Per-head A/dt; x (batch, [seqlen,] nheads, headdim). CPU only.
+#          dt_min, dt_max) -> out  (mutates state). Per-head A/dt; x (batch, [seqlen,] nheads, headdim). ssd_scan has a
+#          CUDA kernel for the shapes ssd_cuda_supports accepts; ssd_step is CPU only (on the GPU the selective state
+#          update computes the same step).
+
+
+def ssd_cuda_supports(dtype: torch.dtype, headdim: int, dstate: int) -> bool:
+    """Whether ssmtp::ssd_scan runs on CUDA tensors of this dtype and shape (the C launcher's conditions: f16/bf16,
+    headdim a multiple of 32, d_state a multiple of 16 up to 128); otherwise it raises NotImplementedError there."""
+    return dtype in (torch.float16, torch.bfloat16) and headdim % 32 == 0 and dstate % 16 == 0 and 0 < dstate <= 128
 
 @torch.library.custom_op("ssmtp::ssd_scan", mutates_args=("state",))
 def ssd_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,

@@ -63,7 +63,7 @@ def _set_impl(model, impl):
 
 
 def _checks(rank, world, config, impl="auto"):
-    """impl: the mixers' scan_impl ("auto" = the SSD ops on the CPU; "selective" = the Mamba-1 ops used on CUDA)."""
+    """impl: the mixers' scan_impl ("auto" = the SSD ops on the CPU; "selective" = the Mamba-1 ops CUDA decodes with)."""
     model = build_zamba2(config)
     cfg = model.config
     ids, ids_pad, mask = _inputs()
@@ -152,7 +152,8 @@ def _bf16_check(rank, world, config):
 
 def _checks_all(rank, world):
     """Every config in one spawned run: starting ranks costs more than the checks. The Mamba-1-op scan path (what
-    CUDA runs until the SSD ops have a kernel) is checked on one config at TP 1 and 2."""
+    CUDA runs for decode, and for prefill where the SSD kernel does not take the shapes) is checked on one config at
+    TP 1 and 2."""
     runs = [(c, "auto") for c in ZAMBA2_CONFIGS] + ([("g1", "selective")] if world <= 2 else [])
     for config, impl in runs:
         try:
@@ -225,3 +226,36 @@ def test_slot_api_matches_per_sequence_runs(impl):
             _rel_ok(step[b], mixer.mix_step(x1[b:b + 1], c1, s1)[0], what=f"decode row {b}")
             _rel_ok(conv[idx[b]], c1[0], what=f"conv state row {b}")
             _rel_ok(ssm[idx[b]], s1[0], what=f"ssm state row {b}")
+
+
+def test_auto_scan_choice_per_device_and_shape():
+    """scan_impl "auto": the SSD ops on the CPU; off the CPU (a meta tensor stands in for CUDA here) the SSD prefill
+    kernel where ops.ssd_cuda_supports the dtype and shapes, and the selective state update for every decode step."""
+    from ssmtp.models.zamba2 import TPZamba2MambaMixer
+    from ssmtp import ops
+
+    mixer = TPZamba2MambaMixer.from_hf(build_zamba2("odd").model.layers[0].mamba, FakeComm(1))
+    assert mixer.scan_impl == "auto"
+    cpu = torch.zeros(1)
+    assert mixer._use_ssd(cpu) and mixer._use_ssd(cpu, step=True)
+    for dtype in (torch.bfloat16, torch.float32):
+        dev = torch.zeros(1, dtype=dtype, device="meta")
+        want = ops.ssd_cuda_supports(dtype, mixer.head_dim, mixer.ssm_state_size)
+        assert mixer._use_ssd(dev) == want
+        assert not mixer._use_ssd(dev, step=True)
+    mixer.head_dim, mixer.ssm_state_size = 64, 64  # the 2.7B model's head and state sizes
+    assert mixer._use_ssd(torch.zeros(1, dtype=torch.bfloat16, device="meta"))
+    assert not mixer._use_ssd(torch.zeros(1, dtype=torch.float32, device="meta"))
+    for impl in ("ssd", "selective"):
+        mixer.scan_impl = impl
+        assert mixer._use_ssd(torch.zeros(1, device="meta"), step=True) == (impl == "ssd")
+
+
+@pytest.mark.parametrize("dtype,hd,N,ok", [
+    (torch.bfloat16, 64, 64, True), (torch.float16, 32, 128, True), (torch.bfloat16, 128, 16, True),
+    (torch.float32, 64, 64, False), (torch.bfloat16, 48, 64, False), (torch.bfloat16, 64, 24, False),
+    (torch.bfloat16, 64, 256, False), (torch.bfloat16, 64, 0, False),
+])
+def test_ssd_cuda_supports(dtype, hd, N, ok):
+    from ssmtp import ops
+    assert ops.ssd_cuda_supports(dtype, hd, N) is ok

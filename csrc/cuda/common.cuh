@@ -183,6 +183,22 @@ static inline ssmtp_status_t ssmtp_launch(const char *op, void (*kernel)(KArgs..
     return SSMTP_OK;
 }
 
+// The pointers every SSM op's kernel arguments carry (scan.cu, step.cu, ssd.cu: structs with these member names),
+// from its params (ssmtp.h: tensors of these names).
+template <class Args, class Params> static inline void ssm_fill_ptrs(Args &a, const Params *p) {
+    a.x = p->x.data;
+    a.dt = p->dt.data;
+    a.B = p->B.data;
+    a.C = p->C.data;
+    a.z = p->z.data;
+    a.D = p->D.data;
+    a.dt_bias = p->dt_bias.data;
+    a.A = (const float *)p->A.data;
+    a.state = (float *)p->state.data;
+    a.state_idx = (const int32_t *)p->state_idx.data;
+    a.out = p->out.data;
+}
+
 // The optional intermediate-state saves of the prefill ops (save_pos / save_idx, see ssmtp.h) as kernels read them.
 struct SaveArgs {
     const int32_t *pos, *idx; // null: no saves

@@ -551,17 +551,7 @@ extern "C" ssmtp_status_t ssmtp_cuda_step_fwd(const ssmtp_step_params_t *p, void
     SSMTP_TRY(ssmtp_cuda_set_device(p->x.device));
     StepArgs a;
     memset(&a, 0, sizeof a);
-    a.x = p->x.data;
-    a.dt = p->dt.data;
-    a.B = p->B.data;
-    a.C = p->C.data;
-    a.z = p->z.data;
-    a.D = p->D.data;
-    a.dt_bias = p->dt_bias.data;
-    a.A = (const float *)p->A.data;
-    a.state = (float *)p->state.data;
-    a.state_idx = (const int32_t *)p->state_idx.data;
-    a.out = p->out.data;
+    ssm_fill_ptrs(a, p);
     a.batch = p->x.shape[0];
     a.dim = p->x.shape[1];
     a.N = p->A.shape[1];

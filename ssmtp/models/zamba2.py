@@ -13,11 +13,13 @@ tp / G ranks sharing it (the 2.7B model has G = 1: B and C are replicated on eve
   out_proj row-parallel, all-reduce, bias added once
 The scan: Mamba-2's SSD recurrence with one scalar A and one dt per head, H = exp(dt*A) H + dt x B^T, y = H C + D x.
   "ssd"        ssmtp::ssd_scan (chunked SSD, chunk_size from the config, as HF evaluates it) and ssmtp::ssd_step:
-               per-head A/dt/D, x viewed as (.., nhl, hd). C CPU ops; no CUDA kernel yet.
+               per-head A/dt/D, x viewed as (.., nhl, hd). C CPU ops; ssd_scan also on CUDA (tensor cores, f16/bf16,
+               head_dim % 32 == 0, d_state % 16 == 0 and <= 128: ops.ssd_cuda_supports), ssd_step CPU only.
   "selective"  the Mamba-1 ops ssmtp::selective_scan / selective_state_update compute the same recurrence per channel
                (A, dt, D expanded over each head's hd channels; B/C as groups: channel c uses group c / (dl / Gl));
                they have CUDA kernels.
-  "auto" (default) picks "ssd" for CPU tensors and "selective" on CUDA (logged once). Both are tested on the CPU.
+  "auto" (default) picks "ssd" for CPU tensors; on CUDA ssd_scan for prefill where supported and the selective state
+               update for decode (logged once). Both are tested on the CPU.
 HF's quirks are reproduced: in prefill dt = clamp(softplus(dt + dt_bias), min=time_step_min); in decode
 dt = softplus(dt + dt_bias), no clamp. The scan runs without a gate: the gate goes through the norm (norm-after-gate).
 SSM state per rank (batch, nhl, hd, N) fp32 (HF: (batch, nh, hd, N)), passed to mix/mix_step flattened as
@@ -163,16 +165,21 @@ class TPZamba2MambaMixer(nn.Module):
         out = self.comm.all_reduce(F.linear(y.to(dtype), self.out_proj_weight))
         return out + self.out_proj_bias if self.out_proj_bias is not None else out
 
-    def _use_ssd(self, t: torch.Tensor) -> bool:
+    def _use_ssd(self, t: torch.Tensor, step: bool = False) -> bool:
         if self.scan_impl != "auto":
             return self.scan_impl == "ssd"
         if t.device.type == "cpu":
             return True
-        if "ssd-cuda" not in _LOGGED:
-            _LOGGED.add("ssd-cuda")
-            log.info("ssmtp Zamba2: the SSD ops have no CUDA kernel yet; running the Mamba-1 selective scan kernels "
-                     "(same recurrence, A/dt/D expanded per channel)")
-        return False
+        # CUDA: the SSD prefill kernel where it supports the shapes; the decode step is the selective state update
+        # (the same step; ssmtp::ssd_step has no CUDA kernel)
+        use = not step and ops.ssd_cuda_supports(t.dtype, self.head_dim, self.ssm_state_size)
+        key = f"ssd-cuda-{step}-{use}"
+        if key not in _LOGGED:
+            _LOGGED.add(key)
+            log.info("ssmtp Zamba2 on CUDA: %s runs %s", "decode" if step else "prefill",
+                     "ssmtp::ssd_scan (chunked SSD kernel)" if use else
+                     "the Mamba-1 selective kernels (same recurrence, A/dt/D expanded per channel)")
+        return use
 
     def _bc(self, xbc_tok: torch.Tensor):
         """xbc_tok (..., dl + 2 Gl N) -> x (..., dl), B, C (..., Gl, N)."""
@@ -218,7 +225,7 @@ class TPZamba2MambaMixer(nn.Module):
         xbc = ops.causal_conv1d(xbc.transpose(1, 2), self.conv_weight, self.conv_bias, conv_state, state_idx, None,
                                 True, True)
         x, B, C = self._bc(xbc[:, :, 0])
-        if self._use_ssd(x):
+        if self._use_ssd(x, step=True):
             nhl, hd, N = self.heads_local, self.head_dim, self.ssm_state_size
             y = ops.ssd_step(x.unflatten(-1, (nhl, hd)), dt[:, 0], self.A_head, B, C, self.D_head, None, self.dt_bias,
                              ssm_state.view(-1, nhl, hd, N), state_idx, True, 0.0, float("inf"))
