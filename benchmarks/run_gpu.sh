@@ -32,7 +32,8 @@ run() { echo "== $*" | tee -a "$LOG"; local t0=$SECONDS; "$@" 2>&1 | tee -a "$LO
 
 # REF_TREE: a second source tree built in parallel with this one; the engine step then runs its bench_engine too,
 # side by side, as engine-*-ref.json (an A/B of two commits in one run). E.g. `mkdir ref && git archive <commit> |
-# tar -x -C ref` (ref/ is git-ignored: hand it to the GPU machine with the tree), then REF_TREE=ref.
+# tar -x -C ref` (ref/ is git-ignored: hand it to the GPU machine with the tree), then REF_TREE=ref REF_COMMIT=<commit>
+# (the label its JSON carries).
 if [ -n "${REF_TREE:-}" ]; then
   (cd "$REF_TREE" && SSMTP_CUDA_ARCHS=${SSMTP_CUDA_ARCHS:-90} python setup.py build_ext --inplace -q) \
     > "$OUT/build-ref.log" 2>&1 &
@@ -118,11 +119,11 @@ if want engine; then
   # ENGINE_ALT_ENV: the TP=1 run again with these settings, side by side (e.g. "SSMTP_PDL=0")
   [ -n "${ENGINE_ALT_ENV:-}" ] && run env $ENGINE_ALT_ENV torchrun --nproc_per_node 1 benchmarks/bench_engine.py \
     --out "$OUT/engine-tp1-alt.json" ${ENGINE_ARGS:-}
-  [ -n "${REF_TREE:-}" ] && run env -C "$REF_TREE" torchrun --nproc_per_node 1 benchmarks/bench_engine.py \
+  [ -n "${REF_TREE:-}" ] && run env -C "$REF_TREE" SSMTP_GIT_COMMIT="${REF_COMMIT:-$REF_TREE}" torchrun --nproc_per_node 1 benchmarks/bench_engine.py \
     --out "$OUT/engine-tp1-ref.json" ${ENGINE_ARGS:-}
   [ "$ngpu" -ge 2 ] && run torchrun --nproc_per_node 2 benchmarks/bench_engine.py --out "$OUT/engine-tp2.json" \
     --no-hf ${ENGINE_ARGS:-}
-  [ "$ngpu" -ge 2 ] && [ -n "${REF_TREE:-}" ] && run env -C "$REF_TREE" torchrun --nproc_per_node 2 \
+  [ "$ngpu" -ge 2 ] && [ -n "${REF_TREE:-}" ] && run env -C "$REF_TREE" SSMTP_GIT_COMMIT="${REF_COMMIT:-$REF_TREE}" torchrun --nproc_per_node 2 \
     benchmarks/bench_engine.py --out "$OUT/engine-tp2-ref.json" --no-hf ${ENGINE_ARGS:-}
   # ENGINE_ALT_ENV_TP2: the TP=2 run again with these settings, side by side (e.g. "SSMTP_AR_PDL=0")
   [ "$ngpu" -ge 2 ] && [ -n "${ENGINE_ALT_ENV_TP2:-}" ] && run env $ENGINE_ALT_ENV_TP2 torchrun --nproc_per_node 2 \
