@@ -53,16 +53,18 @@ if want sanitize; then
   # compute-sanitizer over the GPU op tests (not part of "all": slow). memcheck: out-of-bounds and misaligned device
   # accesses, with torch's caching allocator off so that every tensor is its own allocation; racecheck: shared-memory
   # hazards in the kernels that share data through shared memory (scan, decode_in, SSD, attention). SANITIZE_TESTS /
-  # SANITIZE_RACE_TESTS: other test files; SANITIZE_K: a pytest -k filter; SANITIZE_TIMEOUT: seconds per tool (300).
+  # SANITIZE_RACE_TESTS: other test files; SANITIZE_K / SANITIZE_RACE_K: pytest -k filters (memcheck's default leaves
+  # out the graph-capture tests: capturing allocates through the caching allocator, which memcheck's run turns off);
+  # SANITIZE_TIMEOUT: seconds per tool (300).
   # Needs a machine whose runtime lets the sanitizer at the device (device/KINDS.md: Firecracker yes, gVisor no).
   cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
   st=${SANITIZE_TESTS:-tests/test_cuda_ops.py tests/test_decode_fused_gpu.py tests/test_linear.py tests/test_ssd_gpu.py tests/test_attention.py}
   rt=${SANITIZE_RACE_TESTS:-tests/test_ssd_gpu.py tests/test_decode_fused_gpu.py tests/test_attention.py}
   st=$(for f in $st; do [ -f "$f" ] && echo "$f"; done); rt=$(for f in $rt; do [ -f "$f" ] && echo "$f"; done)
   run timeout "${SANITIZE_TIMEOUT:-300}" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$cs" --tool memcheck --error-exitcode 99 \
-    --print-limit 20 python -m pytest -q -x -m cuda $st -k "${SANITIZE_K:-}" -p no:cacheprovider
+    --print-limit 20 python -m pytest -q -x -m cuda $st -k "${SANITIZE_K-not graph}" -p no:cacheprovider
   run timeout "${SANITIZE_TIMEOUT:-300}" "$cs" --tool racecheck --error-exitcode 99 --print-limit 20 \
-    python -m pytest -q -x -m cuda $rt -k "${SANITIZE_K:-}" -p no:cacheprovider
+    python -m pytest -q -x -m cuda $rt -k "${SANITIZE_RACE_K:-}" -p no:cacheprovider
 fi
 if want ncu; then
   # Nsight Compute counters of one launch of each hot kernel (benchmarks/ncu_kernels.py; not part of "all"): time,
