@@ -17,9 +17,9 @@ states read + written (conv: width-1 history columns read, state_len written). G
 device copy rate measured on this machine, shared/reference/measured-h200.md). The scan's arithmetic floor is
 reported too: one ex2 per state element per step at 16/clk/SM (sm_90 MUFU), at an assumed 1.98 GHz.
 
-Kernels side by side: every scan case is run with SSMTP_SCAN_KERNEL=loop, =prefetch and =chunked, every decode-step
-case with SSMTP_STEP_KERNEL=block and =pipe, on the same input sets in the same run (the "kernel" field of each row);
-the scan sweep also times the chunked kernel at 4, 8 and 16 lanes per channel (SSMTP_SCAN_P).
+Kernels side by side: every scan case is run with SSMTP_SCAN_KERNEL=loop and =chunked, every decode-step case with
+SSMTP_STEP_KERNEL=block and =pipe, on the same input sets in the same run (the "kernel" field of each row); the scan
+sweep also times the chunked kernel at 4, 8 and 16 lanes per channel (SSMTP_SCAN_P).
 
 Also (filtered by label like the cases): the decode GEMV (ssmtp::linear_small vs cuBLAS, "mamba-2.8b tp1 out_proj
 M=1", ...), the fused Mamba-1 decode kernels against the unfused ops they replace ("mamba-2.8b tp1 decode layer
@@ -69,7 +69,7 @@ DECODE = [1, 8, 64, 256]
 DTYPE = torch.bfloat16
 ESZ = 2
 # Kernels timed side by side per op (the env knob each launcher reads; the first is the default).
-KERNELS = {"scan": ["loop", "prefetch", "chunked"], "step": ["block", "pipe"]}
+KERNELS = {"scan": ["loop", "chunked"], "step": ["block", "pipe"]}
 KERNEL_ENV = {"scan": "SSMTP_SCAN_KERNEL", "step": "SSMTP_STEP_KERNEL"}
 
 

@@ -2,9 +2,8 @@
 // ngroups, D, z gating, dt_bias + softplus, initial/final state in slot-indexed rows, right-padded seq_lens.
 // Semantics: ssmtp_scan_fwd in csrc/ssmtp.h; CPU reference: csrc/scan.c.
 //
-// Two kernels, chosen per call by SSMTP_SCAN_KERNEL: "loop" (the default; below; "prefetch" = the loop with each
-// group's x/dt/z loads one group ahead) and "chunked" (further down: blocks walk chunks of steps that P lanes per
-// channel scan in parallel). Both take the same ScanArgs and have the same
+// Two kernels, chosen per call by SSMTP_SCAN_KERNEL: "loop" (the default; below) and "chunked" (further down: blocks
+// walk chunks of steps that P lanes per channel scan in parallel). Both take the same ScanArgs and have the same
 // semantics; tests/test_cuda_ops.py runs every case through both and benchmarks/bench_ops.py times them side by side.
 // Calls with intermediate-state saves (save_pos / save_idx) always take the loop kernel: its final pass writes h to
 // the save slot right after the step that completes a save position (a uniform branch per step: one sequence per
@@ -146,11 +145,8 @@ template <int NS, int TPC> struct Tile {
 // U: steps whose x/dt/z loads are issued together (8 for d_state 9..16, the models'; 4 otherwise).
 // SA: A is the same for every state of a channel (a.sA1 == 0, Mamba-2 layers run through this op): exp(delta A) is
 // evaluated once per (channel, step) instead of once per state element (the same value, so the same results).
-// PF (SSMTP_SCAN_KERNEL=prefetch): each group's x/dt/z loads are issued one group ahead, while the group before it
-// is scanned, instead of right before their own steps (the same arithmetic in the same order: the same bits).
-// PF holds a second group in registers: 4 blocks per SM at d_state <= 16 (128 registers; at 5 it spilled).
-template <typename T, int NS, int TPC, bool FINAL, int U = 4, bool SA = false, bool PF = false>
-__global__ void __launch_bounds__(THREADS, NS > 16 ? 3 : (TPC == 1 && !PF ? 5 : 4)) scan_kernel(const ScanArgs a) {
+template <typename T, int NS, int TPC, bool FINAL, int U = 4, bool SA = false>
+__global__ void __launch_bounds__(THREADS, NS > 16 ? 3 : (TPC == 1 ? 5 : 4)) scan_kernel(const ScanArgs a) {
     using G = Tile<NS, TPC>;
     constexpr int CPB = THREADS / TPC;
     __shared__ __align__(16) float smB[G::TT * G::RS];
@@ -283,20 +279,6 @@ __global__ void __launch_bounds__(THREADS, NS > 16 ? 3 : (TPC == 1 && !PF ? 5 : 
         }
     };
 
-    // PF: the U steps' x/dt/z from step t (zeros past t_val: not loaded)
-    auto load_group = [&](int64_t t, float (&gx)[U], float (&gd)[U], float (&gz)[U]) {
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int64_t tu = t + u;
-            const bool in = tu < t_val;
-            gx[u] = in ? to_f32<T>(xp[tu * a.sx2]) : 0.f;
-            gd[u] = in ? to_f32<T>(dtp[tu * a.sdt2]) : 0.f;
-            gz[u] = (in && zp && store) ? to_f32<T>(zp[tu * a.sz2]) : 0.f;
-        }
-    };
-    float pxv[PF ? U : 1], pdv[PF ? U : 1], pzv[PF ? U : 1];
-    if constexpr (PF) load_group(t_beg, pxv, pdv, pzv);
-
     for (int64_t t0 = t_beg; t0 < t_val; t0 += G::TT) {
         const int nt = (int)min((int64_t)G::TT, t_val - t0);
         __syncthreads(); // the previous tile's readers are done
@@ -311,19 +293,6 @@ __global__ void __launch_bounds__(THREADS, NS > 16 ? 3 : (TPC == 1 && !PF ? 5 : 
             if (FINAL) smC[G::at(tt, s)] = cv;
         }
         __syncthreads();
-        if constexpr (PF) { // groups of U steps never straddle a tile (TT % U == 0); the last group may be partial
-            static_assert(G::TT % U == 0, "a load group inside one tile");
-            for (int tt = 0; tt < nt; tt += U) {
-                float nx[U], nd[U], nz[U];
-                load_group(t0 + tt + U, nx, nd, nz); // the next group, in flight during this one
-#pragma unroll
-                for (int u = 0; u < U; u++)
-                    if (tt + u < nt) step(pxv[u], pdv[u], pzv[u], tt + u, t0 + tt + u);
-#pragma unroll
-                for (int u = 0; u < U; u++) pxv[u] = nx[u], pdv[u] = nd[u], pzv[u] = nz[u];
-            }
-            continue;
-        }
         int tt = 0;
         for (; tt + U <= nt; tt += U) {
             float xv[U], dv[U], zv[U];
@@ -411,7 +380,7 @@ __global__ void __launch_bounds__(256, 4) scan_combine_kernel(const ScanArgs a) 
     }
 }
 
-template <typename T, int NS, int TPC, int U = 4, bool SA = false, bool PF = false> struct Launch {
+template <typename T, int NS, int TPC, int U = 4, bool SA = false> struct Launch {
     static ssmtp_status_t run(ScanArgs &a, int device, cudaStream_t st) {
         constexpr int CPB = THREADS / TPC;
         using G = Tile<NS, TPC>;
@@ -423,7 +392,7 @@ template <typename T, int NS, int TPC, int U = 4, bool SA = false, bool PF = fal
                               (long long)a.dim);
 
         // Chunk count. target = blocks resident on the whole GPU at full occupancy.
-        const int occ = ssm_blocks_per_sm((const void *)scan_kernel<T, NS, TPC, true, U, SA, PF>, THREADS, 0);
+        const int occ = ssm_blocks_per_sm((const void *)scan_kernel<T, NS, TPC, true, U, SA>, THREADS, 0);
         int sms = 132;
         SSMTP_TRY(ssm_sm_count(device, &sms));
         const int64_t target = (int64_t)sms * occ;
@@ -446,7 +415,7 @@ template <typename T, int NS, int TPC, int U = 4, bool SA = false, bool PF = fal
 
         const dim3 block(THREADS);
         if (K > 1) {
-            scan_kernel<T, NS, TPC, false, U, SA, PF>
+            scan_kernel<T, NS, TPC, false, U, SA>
                 <<<dim3((unsigned)nblk, (unsigned)(K - 1), (unsigned)a.batch), block, 0, st>>>(a);
             SSMTP_CUDA_CHECK_LAUNCH(OP);
             const int64_t nc = a.batch * a.dim * a.N;
@@ -455,14 +424,13 @@ template <typename T, int NS, int TPC, int U = 4, bool SA = false, bool PF = fal
             scan_combine_kernel<T><<<(unsigned)((nc + 255) / 256), 256, 0, st>>>(a);
             SSMTP_CUDA_CHECK_LAUNCH(OP);
         }
-        scan_kernel<T, NS, TPC, true, U, SA, PF>
-            <<<dim3((unsigned)nblk, (unsigned)K, (unsigned)a.batch), block, 0, st>>>(a);
+        scan_kernel<T, NS, TPC, true, U, SA><<<dim3((unsigned)nblk, (unsigned)K, (unsigned)a.batch), block, 0, st>>>(a);
         SSMTP_CUDA_CHECK_LAUNCH(OP);
         return SSMTP_OK;
     }
 };
 
-template <typename T> ssmtp_status_t dispatch_n(ScanArgs &a, int device, cudaStream_t st, bool pf) {
+template <typename T> ssmtp_status_t dispatch_n(ScanArgs &a, int device, cudaStream_t st) {
     const int64_t N = a.N;
     // One A per channel (state stride 0) with d_state > 8: the SA kernels (one exp per channel and step). At d_state
     // 33..64 (Mamba-2: 64) one thread holds all states of its channel (no per-state A to keep, so they fit in registers
@@ -486,9 +454,7 @@ template <typename T> ssmtp_status_t dispatch_n(ScanArgs &a, int device, cudaStr
         // occupancy); SSMTP_SCAN_U=4 selects 4 (benchmarks, tests).
         const char *envu = getenv("SSMTP_SCAN_U");
         if (envu && atoi(envu) == 4) return Launch<T, 16, 1, 4>::run(a, device, st);
-        if (sa && pf) return Launch<T, 16, 1, 8, true, true>::run(a, device, st);
         if (sa) return Launch<T, 16, 1, 8, true>::run(a, device, st);
-        if (pf) return Launch<T, 16, 1, 8, false, true>::run(a, device, st);
         return Launch<T, 16, 1, 8>::run(a, device, st);
     }
     if (N <= 32) return sa ? Launch<T, 16, 2, 4, true>::run(a, device, st) : Launch<T, 16, 2>::run(a, device, st);
@@ -942,20 +908,17 @@ extern "C" ssmtp_status_t ssmtp_cuda_scan_fwd(const ssmtp_scan_params_t *p, void
     // Measured on H200 (2026-11-22, bench_ops.py, bf16, d_state 16, both validated): chunked was slower on 33 of 36
     // cases (mamba-2.8b tp1 B=1 L=8192: 1345 us vs 607; B=8 L=2048: 1692 vs 992; it held ~250 GB/s flat), faster
     // only at B=1 L=512 with half the channels (57 vs 60 us). So loop stays the default.
-    // "prefetch": the loop kernel with x/dt/z loaded one group of steps ahead, at 4 blocks per SM instead of 5 (the
-    // second group's registers); d_state 9..16 with one thread per channel, other shapes run the plain loop.
     const char *kenv = getenv("SSMTP_SCAN_KERNEL");
-    bool chunked = false, pf = false;
+    bool chunked = false;
     if (kenv && *kenv) {
         if (strcmp(kenv, "chunked") == 0) chunked = true;
-        else if (strcmp(kenv, "prefetch") == 0) pf = true;
         else if (strcmp(kenv, "loop") != 0)
-            return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": SSMTP_SCAN_KERNEL=%s (loop, prefetch or chunked)", kenv);
+            return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": SSMTP_SCAN_KERNEL=%s (loop or chunked)", kenv);
     }
     if (chunked && !a.sv.pos) { // intermediate saves: the loop kernel only
         SSMTP_DISPATCH_FLOAT(p->x.dtype, T, OP, { return dispatch_chunked<T>(a, p->x.device, st); });
     } else {
-        SSMTP_DISPATCH_FLOAT(p->x.dtype, T, OP, { return dispatch_n<T>(a, p->x.device, st, pf); });
+        SSMTP_DISPATCH_FLOAT(p->x.dtype, T, OP, { return dispatch_n<T>(a, p->x.device, st); });
     }
     return SSMTP_OK;
 }
