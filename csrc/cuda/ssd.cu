@@ -102,11 +102,31 @@ template <int PT> struct Smem {
     __device__ __forceinline__ float *S(float *base) const { return X(base) + Q * LDX; }    // Q x LDS
     __device__ __forceinline__ float *delta(float *base) const { return S(base) + Q * LDS; } // Q
     __device__ __forceinline__ float *cs(float *base) const { return delta(base) + Q; }      // Q
-    static size_t bytes(int N) { return sizeof(float) * (size_t)((2 * Q + PT) * (N + PAD) + Q * LDX + Q * LDS + 2 * Q); }
+    // z of the chunk as loaded (16-byte packs of the input type: Q x PT x 2 bytes), VEC only
+    __device__ __forceinline__ uint4 *z(float *base) const { return reinterpret_cast<uint4 *>(cs(base) + Q); }
+    static size_t bytes(int N, bool vec) {
+        return sizeof(float) * (size_t)((2 * Q + PT) * (N + PAD) + Q * LDX + Q * LDS + 2 * Q) + (vec ? Q * PT * 2 : 0);
+    }
 };
 
-template <typename T, int PT>
-__global__ void __launch_bounds__(THREADS) ssd_chunk_kernel(const SsdArgs a) {
+// 8 floats as one 16-byte pack of T (f16/bf16, round to nearest).
+template <typename T> __device__ __forceinline__ uint4 pack8(const float (&f)[8]) {
+    uint4 u;
+    unsigned *w = reinterpret_cast<unsigned *>(&u);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const T lo = from_f32<T>(f[2 * i]), hi = from_f32<T>(f[2 * i + 1]);
+        w[i] = (unsigned)*reinterpret_cast<const unsigned short *>(&lo) |
+               ((unsigned)*reinterpret_cast<const unsigned short *>(&hi) << 16);
+    }
+    return u;
+}
+
+// VEC: x, B, C, z and out have unit stride along their last dimension and 16-byte aligned rows (the launcher checks):
+// the chunk's inputs move as 16-byte packs, and the next chunk's are loaded into registers while this one is computed
+// (its loads in flight during steps 1-5). Otherwise element by element, each chunk loaded when it starts.
+template <typename T, int PT, bool VEC, int NMAX>
+__global__ void __launch_bounds__(THREADS, VEC ? 2 : 1) ssd_chunk_kernel(const SsdArgs a) {
     extern __shared__ __align__(128) float smem[];
     const Smem<PT> L{(int)a.N};
     float *Cs = L.C(smem), *Bs = L.B(smem), *Hs = L.H(smem), *Xs = L.X(smem), *Ss = L.S(smem);
@@ -152,17 +172,76 @@ __global__ void __launch_bounds__(THREADS) ssd_chunk_kernel(const SsdArgs a) {
     const T *zb = a.z ? (const T *)a.z + b * a.sz0 + h * a.sz2 : nullptr;
     const int qt = Q / 16; // row / column tiles of a chunk
 
+    // VEC: the chunk's packs in registers. Units of 8 elements: B and C Q x N/8 each (N <= NMAX: at most NMAX/32 per
+    // thread), x and z Q x PT/8 (PT/32 per thread); dt two steps per lane of warp 0.
+    constexpr int UBC = Q * NMAX / 8 / THREADS, UX = Q * PT / 8 / THREADS, XU = PT / 8;
+    const int nv = N / 8;
+    uint4 rb[UBC], rc[UBC], rx[UX], rz[UX];
+    uint4 *Zs = L.z(smem);
+    T rdt[2];
+    auto fetch = [&](int64_t t0) { // rows past the sequence read as zeros
+        const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+#pragma unroll
+        for (int k = 0; k < UBC; k++) {
+            const int v = tid + k * THREADS, j = v / nv, c = (v - j * nv) * 8;
+            const bool in = v < Q * nv && t0 + j < n;
+            rb[k] = in ? __ldg(reinterpret_cast<const uint4 *>(Bb + (t0 + j) * a.sB1 + c)) : zero;
+            rc[k] = in ? __ldg(reinterpret_cast<const uint4 *>(Cb + (t0 + j) * a.sC1 + c)) : zero;
+        }
+#pragma unroll
+        for (int k = 0; k < UX; k++) {
+            const int v = tid + k * THREADS, j = v / XU, c = (v % XU) * 8;
+            const bool in = t0 + j < n;
+            rx[k] = in ? __ldg(reinterpret_cast<const uint4 *>(xb + (t0 + j) * a.sx1 + p0 + c)) : zero;
+            rz[k] = in && zb ? __ldg(reinterpret_cast<const uint4 *>(zb + (t0 + j) * a.sz1 + p0 + c)) : zero;
+        }
+        if (warp == 0) {
+#pragma unroll
+            for (int u = 0; u < 2; u++) {
+                const int j = 2 * lane + u;
+                rdt[u] = t0 + j < n ? dtb[(t0 + j) * a.sdt1] : from_f32<T>(0.f);
+            }
+        }
+    };
+    auto store4 = [](float *dst, const float (&f)[8]) {
+        reinterpret_cast<float4 *>(dst)[0] = make_float4(f[0], f[1], f[2], f[3]);
+        reinterpret_cast<float4 *>(dst)[1] = make_float4(f[4], f[5], f[6], f[7]);
+    };
+    if constexpr (VEC) fetch(0);
+
     for (int64_t t0 = 0; t0 < n; t0 += Q) {
         const int q = (int)(n - t0 < Q ? n - t0 : Q);
-        // ---- load the chunk (rows >= q zero) and the time steps
-        for_rows_cols(Q, N, [&](int j, int s) {
-            const bool in = j < q;
-            Bs[j * ldn + s] = in ? to_f32<T>(Bb[(t0 + j) * a.sB1 + s * a.sB3]) : 0.f;
-            Cs[j * ldn + s] = in ? to_f32<T>(Cb[(t0 + j) * a.sC1 + s * a.sC3]) : 0.f;
-        });
-        for (int e = tid; e < Q * PT; e += THREADS) {
-            const int j = e / PT, i = e % PT;
-            Xs[j * LDX + i] = j < q ? to_f32<T>(xb[(t0 + j) * a.sx1 + (p0 + i) * a.sx3]) : 0.f;
+        // ---- the chunk (rows >= q zero) into shared memory, and the time steps
+        if constexpr (VEC) {
+#pragma unroll
+            for (int k = 0; k < UBC; k++) {
+                const int v = tid + k * THREADS, j = v / nv, c = (v - j * nv) * 8;
+                if (v < Q * nv) {
+                    float f[8];
+                    Pack16<T>::to_f32(rb[k], f);
+                    store4(Bs + j * ldn + c, f);
+                    Pack16<T>::to_f32(rc[k], f);
+                    store4(Cs + j * ldn + c, f);
+                }
+            }
+#pragma unroll
+            for (int k = 0; k < UX; k++) {
+                const int v = tid + k * THREADS, j = v / XU, c = (v % XU) * 8;
+                float f[8];
+                Pack16<T>::to_f32(rx[k], f);
+                store4(Xs + j * LDX + c, f);
+                Zs[v] = rz[k];
+            }
+        } else {
+            for_rows_cols(Q, N, [&](int j, int s) {
+                const bool in = j < q;
+                Bs[j * ldn + s] = in ? to_f32<T>(Bb[(t0 + j) * a.sB1 + s * a.sB3]) : 0.f;
+                Cs[j * ldn + s] = in ? to_f32<T>(Cb[(t0 + j) * a.sC1 + s * a.sC3]) : 0.f;
+            });
+            for (int e = tid; e < Q * PT; e += THREADS) {
+                const int j = e / PT, i = e % PT;
+                Xs[j * LDX + i] = j < q ? to_f32<T>(xb[(t0 + j) * a.sx1 + (p0 + i) * a.sx3]) : 0.f;
+            }
         }
         if (warp == 0) { // delta, and the inclusive running sum of delta * A (two steps per lane)
             float d[2], v[2];
@@ -171,7 +250,7 @@ __global__ void __launch_bounds__(THREADS) ssd_chunk_kernel(const SsdArgs a) {
                 const int j = 2 * lane + u;
                 float dv = 0.f;
                 if (j < q) {
-                    dv = __fadd_rn(to_f32<T>(dtb[(t0 + j) * a.sdt1]), bias);
+                    dv = __fadd_rn(to_f32<T>(VEC ? rdt[u] : dtb[(t0 + j) * a.sdt1]), bias);
                     if (a.softplus) dv = ssm_softplus_exact(dv);
                     dv = dv < a.dt_min ? a.dt_min : (dv > a.dt_max ? a.dt_max : dv); // as the CPU (NaN stays)
                 }
@@ -193,6 +272,9 @@ __global__ void __launch_bounds__(THREADS) ssd_chunk_kernel(const SsdArgs a) {
             cs[2 * lane + 1] = run;
         }
         __syncthreads();
+        if constexpr (VEC) {
+            if (t0 + Q < n) fetch(t0 + Q); // the next chunk's loads, in flight through steps 1-5
+        }
 
         // ---- 1. S = C B^T (tiles above the diagonal are masked out entirely: not computed)
         for (int tile = warp; tile < qt * qt; tile += WARPS) {
@@ -266,6 +348,23 @@ __global__ void __launch_bounds__(THREADS) ssd_chunk_kernel(const SsdArgs a) {
 
         // ---- 4. outputs; X'[s] = exp(cs_last - cs_s) delta_s X[s] in place; H *= exp(cs_last)
         const float last = cs[Q - 1];
+        if constexpr (VEC) {
+#pragma unroll
+            for (int k = 0; k < UX; k++) {
+                const int v = tid + k * THREADS, j = v / XU, c = (v % XU) * 8;
+                float zf[8], y[8];
+                Pack16<T>::to_f32(Zs[v], zf);
+                const float e = expf(last - cs[j]), dj = dl[j];
+#pragma unroll
+                for (int u = 0; u < 8; u++) {
+                    const float xv = Xs[j * LDX + c + u];
+                    y[u] = __fadd_rn(Ss[j * LDS + c + u], __fmul_rn(Dh, xv));
+                    if (zb) y[u] = __fmul_rn(y[u], ssm_silu_exact(zf[u]));
+                    Xs[j * LDX + c + u] = xv * e * dj;
+                }
+                if (j < q) *reinterpret_cast<uint4 *>(&out_at(t0 + j, c)) = pack8<T>(y);
+            }
+        } else {
         for (int e = tid; e < Q * PT; e += THREADS) {
             const int j = e / PT, i = e % PT;
             const float xv = Xs[j * LDX + i];
@@ -275,6 +374,7 @@ __global__ void __launch_bounds__(THREADS) ssd_chunk_kernel(const SsdArgs a) {
                 out_at(t0 + j, i) = from_f32<T>(y);
             }
             Xs[j * LDX + i] = xv * expf(last - cs[j]) * dl[j];
+        }
         }
         const float dec = expf(last);
         for_rows_cols(PT, N, [&](int i, int s) { Hs[i * ldn + s] *= dec; });
@@ -306,9 +406,10 @@ __global__ void __launch_bounds__(THREADS) ssd_chunk_kernel(const SsdArgs a) {
     if (st) for_rows_cols(PT, N, [&](int i, int s) { st[(p0 + i) * a.ss2 + s * a.ss3] = Hs[i * ldn + s]; });
 }
 
-template <typename T, int PT> ssmtp_status_t launch_pt(const SsdArgs &a, cudaStream_t s) {
-    auto kernel = ssd_chunk_kernel<T, PT>;
-    const size_t smem = Smem<PT>::bytes((int)a.N);
+template <typename T, int PT, bool VEC> ssmtp_status_t launch_pt(const SsdArgs &a, cudaStream_t s) {
+    // packs of B and C held per thread sized for d_state <= 64 or <= 128
+    auto kernel = a.N <= 64 ? ssd_chunk_kernel<T, PT, VEC, 64> : ssd_chunk_kernel<T, PT, VEC, 128>;
+    const size_t smem = Smem<PT>::bytes((int)a.N, VEC);
     const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (e != cudaSuccess) {
         (void)cudaGetLastError();
@@ -319,6 +420,21 @@ template <typename T, int PT> ssmtp_status_t launch_pt(const SsdArgs &a, cudaStr
         return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": %lld blocks (batch x heads x headdim / %d) on CUDA",
                           (long long)grid, PT);
     return ssmtp_launch(OP, kernel, dim3((unsigned)grid), dim3(THREADS), smem, s, false, a);
+}
+
+template <typename T> ssmtp_status_t launch(const SsdArgs &a, int pt, bool vec, cudaStream_t s) {
+    if (vec) return pt == 32 ? launch_pt<T, 32, true>(a, s) : launch_pt<T, 64, true>(a, s);
+    return pt == 32 ? launch_pt<T, 32, false>(a, s) : launch_pt<T, 64, false>(a, s);
+}
+
+// Unit stride along the last dimension, 16-byte aligned data, every other stride (of a dimension longer than 1) a
+// multiple of 8 elements: rows of 8-element packs start 16-byte aligned. An absent tensor qualifies.
+bool packs_aligned(const ssmtp_tensor_t &t) {
+    if (!t.data) return true;
+    if (((uintptr_t)t.data & 15) || t.stride[t.ndim - 1] != 1) return false;
+    for (int d = 0; d < t.ndim - 1; d++)
+        if (t.shape[d] > 1 && t.stride[d] % 8) return false;
+    return true;
 }
 
 } // namespace
@@ -369,13 +485,14 @@ extern "C" ssmtp_status_t ssmtp_cuda_ssd_fwd(const ssmtp_ssd_params_t *p, void *
     const bool narrow = P % 64 || batch * nheads * (P / 64) < sms;
     const char *env = getenv("SSMTP_SSD_PT"); // override (benchmarks): 32 or 64
     const int pt = env && atoi(env) == 32 ? 32 : (env && atoi(env) == 64 && P % 64 == 0 ? 64 : (narrow ? 32 : 64));
+    // 16-byte packs with the next chunk prefetched, when the layouts allow (SSMTP_SSD_VEC=0: element by element)
+    const char *venv = getenv("SSMTP_SSD_VEC");
+    const bool vec = !(venv && venv[0] == '0') && packs_aligned(p->x) && packs_aligned(p->B) &&
+                     packs_aligned(p->C) && packs_aligned(p->z) && packs_aligned(p->out);
     cudaStream_t s = (cudaStream_t)stream;
     nvtxRangePushA("ssmtp::ssd_fwd");
-    ssmtp_status_t err;
-    if (p->x.dtype == SSMTP_DTYPE_BF16)
-        err = pt == 32 ? launch_pt<__nv_bfloat16, 32>(a, s) : launch_pt<__nv_bfloat16, 64>(a, s);
-    else
-        err = pt == 32 ? launch_pt<__half, 32>(a, s) : launch_pt<__half, 64>(a, s);
+    const ssmtp_status_t err = p->x.dtype == SSMTP_DTYPE_BF16 ? launch<__nv_bfloat16>(a, pt, vec, s)
+                                                               : launch<__half>(a, pt, vec, s);
     nvtxRangePop();
     return err;
 }
