@@ -517,6 +517,23 @@ def test_bench_smoke_on_cpu(tmp_path):
     assert res["validation"]["prefix_hit_tokens_equal"] is True
     assert res["validation"]["prefix_hit_cached_tokens"] == res["validation"]["prefix_hit_expected_cached_tokens"]
     assert res["ttft"]["hit_cached_tokens"] == 58 and set(res["decode"]) == {"1", "2"}
+    # the summary's same-run HF line: ssmtp's 8x512 prefill over HF's
+    res["prefill"]["8x512"] = dict(res["prefill"]["1x32"], tok_s=60000.0)
+    res["hf"] = {"prefill_tok_s": 1000.0, "decode_step_ms": 40.0, "prefill_b8_tok_s": 1200.0}
+    assert "ssmtp 50.0x (target >= 50x)" in bench._table(res)
+
+
+def test_bench_hf_same_run_times_both_prefill_batches():
+    """The HF comparison (run on the GPU only by the benchmark) on the CPU with the tiny preset: its keys and sanity."""
+    import argparse
+
+    from ssmtp.engine import bench
+
+    llm = LLM("tiny", device="cpu", dtype=torch.float32, progress=False)
+    h = bench._hf_same_run(llm, argparse.Namespace(model="tiny"), torch.device("cpu"), torch.float32,
+                           torch.Generator().manual_seed(0))
+    assert "error" not in h, h
+    assert h["prefill_tok_s"] > 0 and h["prefill_b8_tok_s"] > 0 and h["decode_step_ms"] > 0
 
 
 def test_default_model_is_the_embedded_checkpoint_when_present(tmp_path, monkeypatch):

@@ -187,3 +187,38 @@ def _tp2(rank, world):
 @pytest.mark.multigpu
 def test_hybrid_graph_decode_equals_eager_tp2_nccl():
     run_ranks(2, _tp2, backend="nccl", timeout=600)
+
+
+@pytest.mark.cuda
+def test_zamba2_ssd_kernel_in_the_model_matches_the_selective_path_bf16(monkeypatch):
+    """scan_impl="ssd" (the chunked SSD prefill kernel; "auto" takes the selective kernels on CUDA) in a bf16 model
+    whose shapes the kernel takes (head_dim 32, d_state 16), prompts over several 64-token chunks with left padding:
+    logits as the selective path's within bf16 rounding, and the kernel really ran."""
+    from ssmtp import ops
+    from ssmtp.models.zamba2 import TPZamba2MambaMixer
+
+    dev = torch.device("cuda")
+    model = build_zamba2("g1", hidden_size=64, n_mamba_heads=4, mamba_d_state=16).to(dev, torch.bfloat16)
+    ssmtp.parallelize(model)
+    mixers = [m for m in model.modules() if isinstance(m, TPZamba2MambaMixer)]
+    assert mixers and ops.ssd_cuda_supports(torch.bfloat16, mixers[0].head_dim, mixers[0].ssm_state_size)
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(3, 99, (2, 150), generator=g).to(dev)
+    mask = torch.ones_like(ids)
+    mask[1, :37] = 0
+    calls = []
+    real = ops.ssd_scan
+    monkeypatch.setattr(ops, "ssd_scan", lambda *a: calls.append(1) or real(*a))
+
+    def run(impl):
+        for m in mixers:
+            m.scan_impl = impl
+        with torch.no_grad():
+            return model(ids, attention_mask=mask).logits.float()
+
+    want = run("selective")
+    assert not calls
+    got = run("ssd")
+    assert len(calls) == len(mixers)
+    valid = mask.bool()
+    close_rel(got[valid], want[valid], 3e-2, "zamba2 bf16 ssd vs selective: logits")

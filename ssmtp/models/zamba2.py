@@ -18,8 +18,9 @@ The scan: Mamba-2's SSD recurrence with one scalar A and one dt per head, H = ex
   "selective"  the Mamba-1 ops ssmtp::selective_scan / selective_state_update compute the same recurrence per channel
                (A, dt, D expanded over each head's hd channels; B/C as groups: channel c uses group c / (dl / Gl));
                they have CUDA kernels.
-  "auto" (default) picks "ssd" for CPU tensors; on CUDA ssd_scan for prefill where supported and the selective state
-               update for decode (logged once). Both are tested on the CPU.
+  "auto" (default) picks "ssd" for CPU tensors and "selective" on CUDA (logged once): on an H200 the selective scan
+               was faster than the SSD kernel on 8 of 10 zamba2-2.7b prefill shapes (benchmarks/bench_ops.py
+               bench_ssd; README). Both are tested on the CPU and on the GPU.
 HF's quirks are reproduced: in prefill dt = clamp(softplus(dt + dt_bias), min=time_step_min); in decode
 dt = softplus(dt + dt_bias), no clamp. The scan runs without a gate: the gate goes through the norm (norm-after-gate).
 SSM state per rank (batch, nhl, hd, N) fp32 (HF: (batch, nh, hd, N)), passed to mix/mix_step flattened as
@@ -170,16 +171,13 @@ class TPZamba2MambaMixer(nn.Module):
             return self.scan_impl == "ssd"
         if t.device.type == "cpu":
             return True
-        # CUDA: the SSD prefill kernel where it supports the shapes; the decode step is the selective state update
-        # (the same step; ssmtp::ssd_step has no CUDA kernel)
-        use = not step and ops.ssd_cuda_supports(t.dtype, self.head_dim, self.ssm_state_size)
-        key = f"ssd-cuda-{step}-{use}"
-        if key not in _LOGGED:
-            _LOGGED.add(key)
-            log.info("ssmtp Zamba2 on CUDA: %s runs %s", "decode" if step else "prefill",
-                     "ssmtp::ssd_scan (chunked SSD kernel)" if use else
-                     "the Mamba-1 selective kernels (same recurrence, A/dt/D expanded per channel)")
-        return use
+        # CUDA: the selective kernels, prefill and decode (the SSD prefill kernel measured slower on most shapes;
+        # scan_impl="ssd" takes it where ops.ssd_cuda_supports the shapes; ssmtp::ssd_step has no CUDA kernel)
+        if "ssd-cuda" not in _LOGGED:
+            _LOGGED.add("ssd-cuda")
+            log.info("ssmtp Zamba2 on CUDA: the Mamba-1 selective kernels (same recurrence, A/dt/D expanded per "
+                     "channel); scan_impl='ssd' for the chunked SSD prefill kernel")
+        return False
 
     def _bc(self, xbc_tok: torch.Tensor):
         """xbc_tok (..., dl + 2 Gl N) -> x (..., dl), B, C (..., Gl, N)."""
