@@ -190,35 +190,42 @@ def test_hybrid_graph_decode_equals_eager_tp2_nccl():
 
 
 @pytest.mark.cuda
-def test_zamba2_ssd_kernel_in_the_model_matches_the_selective_path_bf16(monkeypatch):
+def test_zamba2_ssd_kernel_in_the_model_as_accurate_as_the_selective_path_bf16(monkeypatch):
     """scan_impl="ssd" (the chunked SSD prefill kernel; "auto" takes the selective kernels on CUDA) in a bf16 model
-    whose shapes the kernel takes (head_dim 32, d_state 16), prompts over several 64-token chunks with left padding:
-    logits as the selective path's within bf16 rounding, and the kernel really ran."""
+    whose shapes the kernel takes (head_dim 32, d_state 16), prompts over several 64-token chunks with left padding,
+    against HF's fp32 model: within 3% of the logit range and no further off than the selective path (both bf16
+    models; HF's init scale, as the larger one of the other tests makes bf16 runs of this model chaotic), and the
+    kernel really ran."""
     from ssmtp import ops
     from ssmtp.models.zamba2 import TPZamba2MambaMixer
 
     dev = torch.device("cuda")
-    model = build_zamba2("g1", hidden_size=64, n_mamba_heads=4, mamba_d_state=16).to(dev, torch.bfloat16)
-    ssmtp.parallelize(model)
-    mixers = [m for m in model.modules() if isinstance(m, TPZamba2MambaMixer)]
-    assert mixers and ops.ssd_cuda_supports(torch.bfloat16, mixers[0].head_dim, mixers[0].ssm_state_size)
+    kw = dict(hidden_size=64, n_mamba_heads=4, mamba_d_state=16, initializer_range=0.02)
     g = torch.Generator().manual_seed(3)
     ids = torch.randint(3, 99, (2, 150), generator=g).to(dev)
     mask = torch.ones_like(ids)
     mask[1, :37] = 0
+    valid = mask.bool()
+    with torch.no_grad():
+        ref = build_zamba2("g1", **kw).to(dev)(ids, attention_mask=mask).logits.float()[valid]
+    model = build_zamba2("g1", **kw).to(dev, torch.bfloat16)
+    ssmtp.parallelize(model)
+    mixers = [m for m in model.modules() if isinstance(m, TPZamba2MambaMixer)]
+    assert mixers and ops.ssd_cuda_supports(torch.bfloat16, mixers[0].head_dim, mixers[0].ssm_state_size)
     calls = []
     real = ops.ssd_scan
     monkeypatch.setattr(ops, "ssd_scan", lambda *a: calls.append(1) or real(*a))
 
-    def run(impl):
+    def err(impl):
         for m in mixers:
             m.scan_impl = impl
         with torch.no_grad():
-            return model(ids, attention_mask=mask).logits.float()
+            got = model(ids, attention_mask=mask).logits.float()[valid]
+        close_rel(got, ref, 3e-2, f"zamba2 bf16 {impl} vs HF fp32: logits")
+        return (got - ref).abs().max().item()
 
-    want = run("selective")
+    e_sel = err("selective")
     assert not calls
-    got = run("ssd")
+    e_ssd = err("ssd")
     assert len(calls) == len(mixers)
-    valid = mask.bool()
-    close_rel(got[valid], want[valid], 3e-2, "zamba2 bf16 ssd vs selective: logits")
+    assert e_ssd <= 1.5 * e_sel + 2e-3 * ref.abs().max().item(), (e_ssd, e_sel)
