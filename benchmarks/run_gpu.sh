@@ -26,7 +26,7 @@ status=0
 run() { echo "== $*" | tee -a "$LOG"; local t0=$SECONDS; "$@" 2>&1 | tee -a "$LOG"; local rc=${PIPESTATUS[0]};
         echo "== rc=$rc in $((SECONDS - t0)) s: $*" | tee -a "$LOG"; [ "$rc" -eq 0 ] || status=1; }
 
-{ echo "commit $(git rev-parse HEAD 2>/dev/null || echo unknown) date $(date -u +%FT%TZ)";
+{ echo "commit ${SSMTP_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)} date $(date -u +%FT%TZ)";
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader;
   python -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__)"; } | tee -a "$LOG"
 
