@@ -229,3 +229,8 @@ def test_zamba2_ssd_kernel_in_the_model_as_accurate_as_the_selective_path_bf16(m
     e_ssd = err("ssd")
     assert len(calls) == len(mixers)
     assert e_ssd <= 1.5 * e_sel + 2e-3 * ref.abs().max().item(), (e_ssd, e_sel)
+    # generation with scan_impl="ssd": the prefill through the kernel, decode steps through the selective update
+    calls.clear()
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False)
+    assert out.shape == (2, 154) and len(calls) == len(mixers)

@@ -229,22 +229,26 @@ def test_slot_api_matches_per_sequence_runs(impl):
 
 
 def test_auto_scan_choice_per_device_and_shape():
-    """scan_impl "auto": the SSD ops on the CPU; off the CPU (a meta tensor stands in for CUDA here) the selective
-    kernels for prefill and decode, whatever the shapes; "ssd" / "selective" force one."""
+    """On the CPU: the SSD ops unless scan_impl="selective". Off the CPU (a meta tensor stands in for CUDA here): the
+    selective kernels, except prefill with scan_impl="ssd" on shapes ops.ssd_cuda_supports; decode steps always take
+    the selective state update (ssd_step has no CUDA kernel)."""
+    from ssmtp import ops
     from ssmtp.models.zamba2 import TPZamba2MambaMixer
 
     mixer = TPZamba2MambaMixer.from_hf(build_zamba2("odd").model.layers[0].mamba, FakeComm(1))
     assert mixer.scan_impl == "auto"
-    cpu = torch.zeros(1)
-    assert mixer._use_ssd(cpu) and mixer._use_ssd(cpu, step=True)
-    mixer.head_dim, mixer.ssm_state_size = 64, 64  # the 2.7B model's head and state sizes (the SSD kernel takes them)
-    for dtype in (torch.bfloat16, torch.float32):
-        dev = torch.zeros(1, dtype=dtype, device="meta")
-        assert not mixer._use_ssd(dev) and not mixer._use_ssd(dev, step=True)
-    for impl in ("ssd", "selective"):
+    shapes = ((mixer.head_dim, mixer.ssm_state_size), (64, 64))  # the odd config's, the 2.7B model's
+    for impl in ("auto", "ssd", "selective"):
         mixer.scan_impl = impl
         for step in (False, True):
-            assert mixer._use_ssd(torch.zeros(1, device="meta"), step=step) == (impl == "ssd")
+            assert mixer._use_ssd(torch.zeros(1), step=step) == (impl != "selective")
+            for hd_n in shapes:
+                mixer.head_dim, mixer.ssm_state_size = hd_n
+                for dtype in (torch.bfloat16, torch.float32):
+                    dev = torch.zeros(1, dtype=dtype, device="meta")
+                    want = impl == "ssd" and not step and ops.ssd_cuda_supports(dtype, *hd_n)
+                    assert mixer._use_ssd(dev, step=step) == want, (impl, step, hd_n, dtype)
+    assert ops.ssd_cuda_supports(torch.bfloat16, 64, 64)  # so the loop above saw a True
 
 
 @pytest.mark.parametrize("dtype,hd,N,ok", [

@@ -167,17 +167,20 @@ class TPZamba2MambaMixer(nn.Module):
         return out + self.out_proj_bias if self.out_proj_bias is not None else out
 
     def _use_ssd(self, t: torch.Tensor, step: bool = False) -> bool:
-        if self.scan_impl != "auto":
-            return self.scan_impl == "ssd"
         if t.device.type == "cpu":
-            return True
-        # CUDA: the selective kernels, prefill and decode (the SSD prefill kernel measured slower on most shapes;
-        # scan_impl="ssd" takes it where ops.ssd_cuda_supports the shapes; ssmtp::ssd_step has no CUDA kernel)
-        if "ssd-cuda" not in _LOGGED:
-            _LOGGED.add("ssd-cuda")
-            log.info("ssmtp Zamba2 on CUDA: the Mamba-1 selective kernels (same recurrence, A/dt/D expanded per "
-                     "channel); scan_impl='ssd' for the chunked SSD prefill kernel")
-        return False
+            return self.scan_impl != "selective"
+        # off the CPU: the selective kernels, prefill and decode, unless scan_impl="ssd" asks for the SSD prefill
+        # kernel (measured slower on most shapes) and it takes these shapes; ssmtp::ssd_step has no CUDA kernel, so
+        # decode steps always run the selective state update (the same step)
+        use = self.scan_impl == "ssd" and not step and ops.ssd_cuda_supports(t.dtype, self.head_dim,
+                                                                            self.ssm_state_size)
+        key = f"ssd-cuda-{self.scan_impl}-{step}-{use}"
+        if key not in _LOGGED:
+            _LOGGED.add(key)
+            log.info("ssmtp Zamba2 on CUDA (scan_impl=%r): %s runs %s", self.scan_impl, "decode" if step else "prefill",
+                     "ssmtp::ssd_scan (chunked SSD kernel)" if use else
+                     "the Mamba-1 selective kernels (same recurrence, A/dt/D expanded per channel)")
+        return use
 
     def _bc(self, xbc_tok: torch.Tensor):
         """xbc_tok (..., dl + 2 Gl N) -> x (..., dl), B, C (..., Gl, N)."""
