@@ -365,16 +365,16 @@ __global__ void __launch_bounds__(THREADS, VEC ? 2 : 1) ssd_chunk_kernel(const S
                 if (j < q) *reinterpret_cast<uint4 *>(&out_at(t0 + j, c)) = pack8<T>(y);
             }
         } else {
-        for (int e = tid; e < Q * PT; e += THREADS) {
-            const int j = e / PT, i = e % PT;
-            const float xv = Xs[j * LDX + i];
-            if (j < q) {
-                float y = __fadd_rn(Ss[j * LDS + i], __fmul_rn(Dh, xv));
-                if (zb) y = __fmul_rn(y, ssm_silu_exact(to_f32<T>(zb[(t0 + j) * a.sz1 + (p0 + i) * a.sz3])));
-                out_at(t0 + j, i) = from_f32<T>(y);
+            for (int e = tid; e < Q * PT; e += THREADS) {
+                const int j = e / PT, i = e % PT;
+                const float xv = Xs[j * LDX + i];
+                if (j < q) {
+                    float y = __fadd_rn(Ss[j * LDS + i], __fmul_rn(Dh, xv));
+                    if (zb) y = __fmul_rn(y, ssm_silu_exact(to_f32<T>(zb[(t0 + j) * a.sz1 + (p0 + i) * a.sz3])));
+                    out_at(t0 + j, i) = from_f32<T>(y);
+                }
+                Xs[j * LDX + i] = xv * expf(last - cs[j]) * dl[j];
             }
-            Xs[j * LDX + i] = xv * expf(last - cs[j]) * dl[j];
-        }
         }
         const float dec = expf(last);
         for_rows_cols(PT, N, [&](int i, int s) { Hs[i * ldn + s] *= dec; });
