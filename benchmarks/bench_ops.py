@@ -454,7 +454,7 @@ SSD_PREFILL = [(1, 512), (1, 2048), (1, 8192), (8, 512), (8, 2048)]
 
 def bench_ssd(flt=""):
     """The Mamba-2 prefill scan two ways on the same inputs, per layer: ssmtp::ssd_scan (the chunked SSD kernel, tensor
-    cores) vs ssmtp::selective_scan with one A per channel (what Zamba2 ran on CUDA before; exact fp32). The selective
+    cores) vs ssmtp::selective_scan with one A per channel (Zamba2's CUDA default; exact fp32). The selective
     result is the reference (bf16 output: within a few roundings). Bytes: x, z, dt, B, C read, out written, the state
     read and written; the floor is those bytes / 4.26 TB/s. Labels "zamba2-2.7b tp1 ssd prefill B=8 L=2048"."""
     out = []

@@ -328,9 +328,9 @@ ssmtp_status_t ssmtp_ar_free(ssmtp_ar_t *ar);
 /*
  * Mamba-2 SSD scan over a sequence (prefill; csrc/ssd.c): one scalar A and one dt per head, evaluated chunk by chunk
  * as the SSD algorithm does; fp32 state and accumulation. CUDA (csrc/cuda/ssd.cu): f16/bf16, headdim % 32 == 0,
- * d_state % 16 == 0 and <= 128 (else SSMTP_ERR_UNSUPPORTED), products on tensor cores in TF32 (see there); the
- * GPU path does not check slots or lengths on the host: seq_lens are clamped to 0..seqlen, a slot >= nslots gives NaN
- * outputs and leaves the state untouched.
+ * d_state % 16 == 0 and <= 128 (else SSMTP_ERR_UNSUPPORTED), products on tensor cores with fp32 operands as hi + lo
+ * TF32 terms (~fp32; see there); the GPU path does not check slots or lengths on the host: seq_lens are clamped to
+ * 0..seqlen, a slot >= nslots gives NaN outputs and leaves the state untouched.
  *   x        (batch, seqlen, nheads, headdim)   f32/f16/bf16
  *   dt       (batch, seqlen, nheads)            same dtype as x; raw time step
  *   A        (nheads,) f32                      (= -exp(A_log))
