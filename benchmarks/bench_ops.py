@@ -358,8 +358,8 @@ def chunk_sweep(flt=""):
     and the chunk count (SSMTP_SCAN_CHUNKS; "auto" = the launcher's choice; capped by the launcher at L/64) on a few
     shapes: the data behind the launcher's choices."""
     out = []
-    shapes = [("mamba-2.8b", 1, 1, 2048), ("mamba-2.8b", 1, 1, 8192), ("mamba-2.8b", 2, 1, 2048),
-              ("mamba-2.8b", 1, 8, 512), ("mamba-2.8b", 1, 4, 2048), ("mamba-2.8b", 1, 2, 2048)]
+    shapes = [("mamba-2.8b", 1, 1, 896), ("mamba-2.8b", 1, 1, 2048), ("mamba-2.8b", 1, 1, 8192),
+              ("mamba-2.8b", 2, 1, 2048), ("mamba-2.8b", 1, 8, 512), ("mamba-2.8b", 1, 4, 2048), ("mamba-2.8b", 1, 2, 2048)]
     for model, tp, B, L in shapes:
         d, N, K, G, R = MODELS[model]
         c = dict(label=f"{model} tp{tp} scan prefill B={B} L={L}", model=model, tp=tp, op="scan", phase="prefill",
@@ -398,6 +398,22 @@ def chunk_sweep(flt=""):
         os.environ.pop("SSMTP_SCAN_CHUNKS", None)
         os.environ.pop("SSMTP_SCAN_TPC", None)
         os.environ.pop("SSMTP_SCAN_U", None)
+        if L <= 1024:  # short prompts (a prefix-cache hit's suffix): the minimum chunk length decides the chunk count
+            for mc in (64, 48, 34):
+                os.environ["SSMTP_SCAN_MIN_CHUNK"] = str(mc)
+                for k in (0, 16, 24):
+                    if k:
+                        os.environ["SSMTP_SCAN_CHUNKS"] = str(k)
+                    else:
+                        os.environ.pop("SSMTP_SCAN_CHUNKS", None)
+                    ok, err, _ = validate(c, p)
+                    t, _ = time_graph(c, p, sets, 1e-3)
+                    out.append(dict(label=c["label"], kernel="loop", tpc=1, u=8, min_chunk=mc, chunks=k or "auto",
+                                    us=t * 1e6, GBps=nbytes / t / 1e9, valid=ok))
+                    print(f"sweep {c['label']:<40} min_chunk={mc} chunks={k or 'auto':>4} {t * 1e6:9.1f} us "
+                          f"{'ok' if ok else 'INVALID'}", flush=True)
+            os.environ.pop("SSMTP_SCAN_MIN_CHUNK", None)
+            os.environ.pop("SSMTP_SCAN_CHUNKS", None)
         os.environ.pop("SSMTP_SCAN_KERNEL", None)
         del sets
         torch.cuda.empty_cache()

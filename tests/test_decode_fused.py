@@ -454,3 +454,52 @@ def test_runner_fused_decode_branch_on_cpu(monkeypatch):
     for k in pools[0].tensors:
         torch.testing.assert_close(pools[1].tensors[k].float(), pools[0].tensors[k].float(), rtol=2e-2, atol=2e-2)
     assert torch.equal(pools[1].tensors["ssm"][:, 1], pools[0].tensors["ssm"][:, 1])  # slot 1: no row uses it
+
+
+# ------------------------------------------------------------------------------------------------ L2 prefetch plans
+
+
+def test_l2_plan_parsing():
+    from ssmtp.engine.runner import parse_l2_plan
+
+    assert parse_l2_plan(None) == {"out": False, "xp": False, "in_bytes": 0}
+    assert parse_l2_plan("0") == parse_l2_plan("") == parse_l2_plan(" off ") == parse_l2_plan(None)
+    assert parse_l2_plan("out") == {"out": True, "xp": False, "in_bytes": 0}
+    assert parse_l2_plan("out, xp,in:16") == {"out": True, "xp": True, "in_bytes": 16 << 20}
+    assert parse_l2_plan("in:0.5")["in_bytes"] == 1 << 19
+    for bad in ("outt", "in:", "in:-1", "in:x", "out;xp"):
+        with pytest.raises(ValueError, match="SSMTP_DECODE_L2"):
+            parse_l2_plan(bad)
+
+
+def test_l2_prefetch_on_the_cpu_checks_and_does_nothing():
+    x = torch.randn(10, 7)
+    before = x.clone()
+    ops.l2_prefetch(x)
+    ops.l2_prefetch(x, 0)
+    ops.l2_prefetch(x, 279)
+    assert torch.equal(x, before)
+    with pytest.raises(ValueError, match="more than"):
+        ops.l2_prefetch(x, 281)
+    with pytest.raises(ValueError, match="contiguous"):
+        ops.l2_prefetch(x.t())
+
+
+def test_l2_plan_is_inert_on_the_cpu():
+    """The runner issues prefetches only on CUDA: on the CPU a plan gives no prefetch list and the same logits."""
+    from ssmtp.engine.runner import MambaRunner, parse_l2_plan
+    from ssmtp.engine.state_cache import SlotPool
+    from ssmtp.parallel.comm import Communicator
+    from tiny_models import build
+
+    model = build("mamba", "odd", torch.float32)
+    runner = MambaRunner.from_hf(model, Communicator(), torch.float32, torch.device("cpu"))
+    pools = [SlotPool(runner.state_specs(), 3, torch.device("cpu")) for _ in range(2)]
+    ids = torch.tensor([5, 9])
+    idx = torch.tensor([2, 0], dtype=torch.int32)
+    runner.l2_plan = parse_l2_plan("out,xp,in:4")
+    assert runner._l2(0) is None
+    a = runner.decode(ids, None, idx, pools[0])
+    runner.l2_plan = parse_l2_plan("0")
+    b = runner.decode(ids, None, idx, pools[1])
+    assert torch.equal(a, b)

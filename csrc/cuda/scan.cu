@@ -403,9 +403,13 @@ template <typename T, int NS, int TPC, int U = 4, bool SA = false> struct Launch
         if (per_chunk * 3 < target) K = target / per_chunk;
         const char *env = getenv("SSMTP_SCAN_CHUNKS"); // tuning override (benchmarks): exact chunk count
         if (env && *env) K = atoll(env);
-        // Chunks hold their scratch (N+1 floats in out elements) and amortise the second pass: >= 64 steps.
+        // Chunks hold their scratch (N+1 floats in out elements) and amortise the second pass: >= 64 steps by
+        // default; SSMTP_SCAN_MIN_CHUNK overrides (benchmarks; never below the scratch).
         const int64_t scratch = (a.N + 1) * (int64_t)(4 / sizeof(T));
-        int64_t min_len = scratch > 64 ? scratch : 64;
+        int64_t min_chunk = 64;
+        const char *envm = getenv("SSMTP_SCAN_MIN_CHUNK");
+        if (envm && *envm && atoll(envm) > 0) min_chunk = atoll(envm);
+        int64_t min_len = scratch > min_chunk ? scratch : min_chunk;
         if (K > a.len / min_len) K = a.len / min_len;
         if (K < 1) K = 1;
         if (K > 65535) K = 65535;
