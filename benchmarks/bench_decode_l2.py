@@ -26,6 +26,35 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ssmtp.engine.bench import HBM_BPS, _decode_weight_bytes, _git_commit  # noqa: E402
 
 
+def _probe(dev) -> dict:
+    """GEMV time by where its weight lives: HBM (L2 flushed by writing 256 MB), L2 after ops.l2_prefetch (+ sync),
+    L2 after a previous read. Medians over 20 tries, CUDA events around the GEMV alone."""
+    from ssmtp import ops
+
+    w = torch.randn(2560, 5120, device=dev, dtype=torch.bfloat16)
+    x = torch.randn(1, 5120, device=dev, dtype=torch.bfloat16)
+    junk = torch.empty(256 << 20, dtype=torch.uint8, device=dev)
+    out = {}
+    for how in ("hbm", "prefetched", "reread"):
+        ts = []
+        for _ in range(20):
+            junk.fill_(1)
+            if how == "prefetched":
+                ops.l2_prefetch(w)
+            elif how == "reread":
+                ops.linear(x, w)
+            torch.cuda.synchronize()
+            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            e0.record()
+            ops.linear(x, w)
+            e1.record()
+            e1.synchronize()
+            ts.append(e0.elapsed_time(e1) * 1e3)
+        out[how + "_us"] = statistics.median(ts)
+    out["weight_MB"] = w.numel() * 2 / 1e6
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="mamba-2.8b", help="preset or HF directory (default mamba-2.8b)")
@@ -37,6 +66,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (median over rounds)")
     ap.add_argument("--replays", type=int, default=30, help="graph replays per round")
     ap.add_argument("--out", default=None, help="JSON output path")
+    ap.add_argument("--probe", action="store_true",
+                    help="also time one out_proj-shaped GEMV (ops.linear, 2560 x 5120 bf16) from HBM (L2 flushed), "
+                         "after an ops.l2_prefetch of its weight, and after a previous read of it")
     args = ap.parse_args(argv)
 
     from ssmtp.engine import runner as runner_mod
@@ -54,6 +86,9 @@ def main(argv=None) -> int:
     for m in modes:
         if m not in ("step", "in"):
             raise SystemExit(f"--modes: unknown mode {m!r} (step, in)")
+    if args.probe:
+        res_probe = _probe(dev)
+        print(f"probe: {res_probe}", flush=True)
     llm = LLM(args.model, device=dev, dtype=getattr(torch, args.dtype), max_batch=max(batches), cuda_graphs=False,
               prefill_graphs=False, progress=False)
     runner, pool = llm.runner, llm.pool
@@ -126,6 +161,8 @@ def main(argv=None) -> int:
         del graphs, snap
         pool.free(slots)
         torch.cuda.empty_cache()
+    if args.probe:
+        res["probe"] = res_probe
     bad = [c for c in res["cases"] if not c["logits_identical"]]
     res["all_identical"] = not bad
     if args.out:
