@@ -53,22 +53,3 @@ ssmtp_status_t ssmtp_linear_small(const ssmtp_linear_params_t *p, void *stream) 
                       (int)device);
 #endif
 }
-
-ssmtp_status_t ssmtp_l2_prefetch(const ssmtp_prefetch_params_t *p, void *stream) {
-    if (!p) return ssmtp_fail(SSMTP_ERR_INVALID, "l2_prefetch: params is NULL");
-    int64_t n;
-    SSMTP_TRY(ssmtp_check_dense("l2_prefetch", "x", &p->x, &n)); /* x present, contiguous */
-    if (ssmtp_dtype_size(p->x.dtype) == 0)
-        return ssmtp_fail(SSMTP_ERR_INVALID, "l2_prefetch: x has unknown dtype code %d", (int)p->x.dtype);
-    const int64_t size = n * (int64_t)ssmtp_dtype_size(p->x.dtype);
-    if (p->bytes < 0 || p->bytes > size)
-        return ssmtp_fail(SSMTP_ERR_INVALID, "l2_prefetch: bytes=%lld outside 0..%lld (x's size in bytes)",
-                          (long long)p->bytes, (long long)size);
-    if (p->x.device == SSMTP_DEVICE_CPU || p->bytes == 0) return SSMTP_OK;
-#ifdef SSMTP_WITH_CUDA
-    return ssmtp_cuda_l2_prefetch(p, stream);
-#else
-    (void)stream;
-    return ssmtp_fail(SSMTP_ERR_NOT_BUILT, "l2_prefetch: x is on cuda:%d but this build has no CUDA", (int)p->x.device);
-#endif
-}

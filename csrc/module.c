@@ -206,18 +206,6 @@ static PyObject *py_linear_small(PyObject *self, PyObject *args) {
     CALL_C(ssmtp_linear_small(&p, (void *)(uintptr_t)stream));
     Py_RETURN_NONE;
 }
-static PyObject *py_l2_prefetch(PyObject *self, PyObject *args) {
-    (void)self;
-    PyObject *o;
-    long long bytes = 0;
-    unsigned long long stream = 0;
-    if (!PyArg_ParseTuple(args, "OLK", &o, &bytes, &stream)) return NULL;
-    ssmtp_prefetch_params_t p;
-    if (!parse_tensor(o, &p.x, "x")) return NULL;
-    p.bytes = (int64_t)bytes;
-    CALL_C(ssmtp_l2_prefetch(&p, (void *)(uintptr_t)stream));
-    Py_RETURN_NONE;
-}
 static PyObject *py_mamba_decode_in(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *o[12];
@@ -465,7 +453,6 @@ static PyMethodDef methods[] = {
     {"quantize", py_quantize, METH_VARARGS, "quantize(x, q, scales, block, stream)"},
     {"dequantize", py_dequantize, METH_VARARGS, "dequantize(x, q, scales, block, stream)"},
     {"linear_small", py_linear_small, METH_VARARGS, "linear_small(x, weight, bias, out, stream)"},
-    {"l2_prefetch", py_l2_prefetch, METH_VARARGS, "l2_prefetch(x, bytes, stream)"},
     {"mamba_decode_in", py_mamba_decode_in, METH_VARARGS,
      "mamba_decode_in(res, add, res_out, norm_w, weight, bias, conv_w, conv_b, conv_state, state_idx, xc, z, eps, "
      "stream): residual add + RMSNorm + in_proj + conv decode step, fused"},

@@ -201,24 +201,6 @@ typedef struct {
 ssmtp_status_t ssmtp_linear_small(const ssmtp_linear_params_t *p, void *stream);
 
 /*
- * L2 prefetch: ask the GPU to bring the first `bytes` bytes of a tensor into its L2 cache ahead of a kernel that will
- * read them (a hint: no output, no effect on any value).
- *   x      any dense tensor (a weight, typically)
- *   bytes  0 <= bytes <= x's size in bytes; rounded down to a multiple of 16 (CUDA)
- * CPU: a no-op after the checks. CUDA: one small kernel (sm_90: cp.async.bulk.prefetch.L2, one 16 KiB piece per
- * thread; older GPUs: a prefetch.global.L2 per 128-byte line), no host sync, graph-capturable, launched with PDL
- * where the other kernels are: it issues its prefetches as soon as it is scheduled, then waits for the kernel before
- * it, so the kernel after it still sees every earlier write. Why: a decode step at batch 1 alternates weight streams
- * that keep HBM busy (in_proj, out_proj) with short latency-bound kernels (conv, x_proj, the state update) that leave
- * it idle; a prefetch issued before those pulls the next weight stream into L2 while they run.
- */
-typedef struct {
-    ssmtp_tensor_t x;
-    int64_t bytes;
-} ssmtp_prefetch_params_t;
-ssmtp_status_t ssmtp_l2_prefetch(const ssmtp_prefetch_params_t *p, void *stream);
-
-/*
  * Decode attention over slot-indexed K/V caches: one query token per sequence (the hybrid models' attention layers
  * in the decode step), reading each sequence's keys in place (no gather) and only as many as it has.
  *   q         (batch, nheads, head_dim)          f32/f16/bf16, head_dim <= SSMTP_MAX_HEAD_DIM

@@ -11,7 +11,6 @@ Ops (semantics in csrc/ssmtp.h; pure-torch twins in ssmtp/ref.py):
       -> (res_out, xc, z)   a Mamba-1 block's decode input, fused (mutates conv_state); CUDA for M <= 4
   quantize_blocks(x, block, qdtype) -> (q, scales);  dequantize_blocks(q, scales, block, dtype) -> x
   linear_small(x, weight, bias) -> out       x (M, K) W (N, K)^T (+ bias); CUDA for M <= 8 (the decode GEMV)
-  l2_prefetch(x, nbytes=-1)                  a hint: the first nbytes of x (all: -1) into the GPU's L2; no-op on CPU
 and ``linear(x, weight, bias)``, which the models call: linear_small where it applies, else F.linear.
 """
 from __future__ import annotations
@@ -252,25 +251,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
         return linear_small(x2, weight, bias).view(*x.shape[:-1], weight.shape[0])
     return torch.nn.functional.linear(x, weight, bias)
 
-
-
-@torch.library.custom_op("ssmtp::l2_prefetch", mutates_args=())
-def l2_prefetch(x: torch.Tensor, nbytes: int = -1) -> None:
-    """Ask the GPU to bring the first nbytes of x (all of it: -1) into its L2 cache ahead of a kernel that reads them
-    (csrc/ssmtp.h: ssmtp_l2_prefetch). A hint: no output, no value changes; stream-ordered and graph-capturable; a
-    no-op on the CPU. The decode step uses it to pull out_proj's weight (and the next layer's in_proj) into L2 while
-    its latency-bound kernels leave HBM idle (SSMTP_DECODE_L2, ssmtp/engine/runner.py)."""
-    size = x.numel() * x.element_size()
-    if nbytes < 0:
-        nbytes = size
-    if nbytes > size:
-        raise ValueError(f"l2_prefetch: nbytes={nbytes} is more than x's {size} bytes")
-    _C.l2_prefetch(desc(x, "x"), nbytes, stream_of(x))
-
-
-@l2_prefetch.register_fake
-def _(x, nbytes=-1):
-    return None
 
 
 # ------------------------------------------------------------------------------------------------ fused decode input

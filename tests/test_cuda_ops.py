@@ -246,20 +246,11 @@ SCAN_CASES = [
     ("one-A-dstate-64-B1-chunks", 1, 128, 900, 64, 1, "chan", "load", None, None, "zDbsa", None),
     ("one-A-dstate-64-groups", 3, 96, 130, 64, 2, "wide", "load", "pad", [130, 130, 9], "zDbsa", 2),
     ("one-A-dstate-128", 1, 24, 70, 128, 1, "chan", "fresh", None, None, "Dsa", None),
-    # x/dt/z staged through shared memory by cp.async (channel-contiguous, 16-byte aligned rows; see _staged):
-    ("staged-tail-block", 2, 136, 150, 16, 1, "chan", "load", "perm", [150, 77], "zDbs", None),
-    ("staged-groups-nogate", 2, 64, 300, 16, 2, "chan", "fresh", None, [300, 299], "Dbs", 3),
-    ("staged-dstate-8-chunks", 1, 128, 520, 8, 1, "chan", "load", None, None, "zDbs", None),
+    # a last block holding 8 of its 128 channels, groups of 32 channels without a gate, d_state 8 in chunks:
+    ("tail-block-8-channels", 2, 136, 150, 16, 1, "chan", "load", "perm", [150, 77], "zDbs", None),
+    ("groups-32-nogate", 2, 64, 300, 16, 2, "chan", "fresh", None, [300, 299], "Dbs", 3),
+    ("dstate-8-B1-chunks", 1, 128, 520, 8, 1, "chan", "load", None, None, "zDbs", None),
 ]
-
-
-def _staged(case, dname):
-    """Whether the loop kernel stages x/dt/z by cp.async for this case (scan.cu: Stage::ON and stage_ok): d_state <= 16,
-    one thread per channel (d_state > 8 with one A per channel takes the SA kernels: not staged), channel-contiguous
-    16-byte aligned rows, a group width of whole 16-byte packs."""
-    label, batch, dim, L, N, G, layout, smode, smap, lens, flags, _ = case
-    es = DT[dname].itemsize
-    return N <= 16 and not ("a" in flags and N > 8) and layout == "chan" and (dim // G * es) % 16 == 0
 
 
 def _A(dim, N, flags, g):
@@ -339,18 +330,6 @@ def _check_scan(case, dname, kernel, monkeypatch):
     close(out, ref, atol, rtol, "out")
     if state:
         close(state.gpu, st_cpu, *STATE_TOL, "final state")
-
-
-STAGED = [(c, d) for c in SCAN_CASES for d in DT if _staged(c, d)]
-
-
-@pytest.mark.parametrize("case,dname", STAGED, ids=[f"{c[0]}-{d}" for c, d in STAGED])
-def test_scan_cuda_unstaged(case, dname, monkeypatch):
-    """The cases the loop kernel stages by cp.async, again with SSMTP_SCAN_STAGE=0 (x/dt/z loaded by each thread):
-    both paths against the CPU op (test_scan_cuda_vs_cpu runs them staged)."""
-    assert len({c[0] for c, _ in STAGED}) >= 6, "the staged path must be covered"
-    monkeypatch.setenv("SSMTP_SCAN_STAGE", "0")
-    _check_scan(case, dname, "loop", monkeypatch)
 
 
 TPC_CASES = [c for c in SCAN_CASES if c[0] in ("mamba-like-chan", "long-chunks-lens-pad", "zamba-heads-2",

@@ -204,39 +204,3 @@ extern "C" ssmtp_status_t ssmtp_cuda_linear_small(const ssmtp_linear_params_t *p
     nvtxRangePop();
     return err;
 }
-
-// ---------------------------------------------------------------------------------------------------- L2 prefetch
-// Semantics: ssmtp_l2_prefetch in csrc/ssmtp.h. One thread per PF_PIECE bytes; the prefetches are issued before the
-// PDL wait (they read nothing an earlier kernel writes, and change no value), the wait keeps the stream order for the
-// kernel after this one.
-namespace {
-constexpr int64_t PF_PIECE = 16 * 1024;
-constexpr int PF_THREADS = 64;
-
-__global__ void __launch_bounds__(PF_THREADS) l2_prefetch_kernel(const char *base, int64_t bytes) {
-    ssm_pdl_trigger();
-    const int64_t off = ((int64_t)blockIdx.x * PF_THREADS + threadIdx.x) * PF_PIECE;
-    if (off < bytes) {
-        const int64_t n = bytes - off < PF_PIECE ? bytes - off : PF_PIECE;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(base + off), "r"((unsigned)n) : "memory");
-#else
-        for (int64_t o = 0; o < n; o += 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(base + off + o));
-#endif
-    }
-    ssm_pdl_wait();
-}
-} // namespace
-
-extern "C" ssmtp_status_t ssmtp_cuda_l2_prefetch(const ssmtp_prefetch_params_t *p, void *stream) {
-    const uintptr_t base = (uintptr_t)p->x.data, start = (base + 15) & ~(uintptr_t)15;
-    const int64_t skip = (int64_t)(start - base);
-    const int64_t bytes = p->bytes > skip ? (p->bytes - skip) & ~(int64_t)15 : 0; // 16-byte aligned, inside x
-    if (bytes == 0) return SSMTP_OK;
-    SSMTP_TRY(ssmtp_cuda_set_device(p->x.device));
-    const int64_t pieces = (bytes + PF_PIECE - 1) / PF_PIECE;
-    const int64_t grid = (pieces + PF_THREADS - 1) / PF_THREADS;
-    if (grid > 0x7fffffff) return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, "l2_prefetch: %lld bytes", (long long)bytes);
-    return ssmtp_launch("l2_prefetch", l2_prefetch_kernel, dim3((unsigned)grid), dim3(PF_THREADS), 0,
-                        (cudaStream_t)stream, ssmtp_pdl_enabled(p->x.device), (const char *)start, bytes);
-}

@@ -78,7 +78,6 @@ struct ScanArgs {
     int nchunks;   // K
     int cb_per_group;
     int D_dtype, bias_dtype, softplus, load_state;
-    int stage;   // loop kernel: x/dt/z staged through shared memory by cp.async (stage_ok; SSMTP_SCAN_STAGE=0: off)
     SaveArgs sv; // optional intermediate states, see ssmtp.h
 };
 
@@ -141,43 +140,6 @@ template <int NS, int TPC> struct Tile {
     }
 };
 
-// Staging of x, dt (and z in the final pass) through shared memory: sub-tiles of TS steps x the block's channels,
-// copied by cp.async (16-byte packs, no registers held while in flight), two buffers: the next sub-tile's copies are
-// in flight while this one is scanned, so a thread meets one memory round trip per chunk instead of one per U steps
-// (at B=1 few warps share an SM and nothing else hides those). Compiled for the d_state <= 16, one-thread-per-channel
-// kernels (the Mamba-1 models'); used when stage_ok (channel-contiguous rows, 16-byte aligned). Smem per block: 2 x 3
-// x TS x 128 channels x 2 bytes = 24 KiB (16-bit inputs, TS = 16; f32: TS = 8, the same bytes).
-template <typename T, int NS, int TPC, bool SA> struct Stage {
-    static constexpr bool ON = NS <= 16 && TPC == 1 && !SA;
-    static constexpr int TS = sizeof(T) == 4 ? 8 : 16;       // steps per sub-tile (divides every Tile::TT)
-    static constexpr int CPB = THREADS / TPC;                 // channels per block
-    static constexpr int EPP = 16 / (int)sizeof(T);           // elements per 16-byte pack
-    static constexpr int PPR = CPB / EPP;                     // packs per (tensor, step) row
-    static constexpr int ELEMS = ON ? 2 * 3 * TS * CPB : 8;   // [buf][tensor][step][channel]
-    static_assert(!ON || (PPR * EPP == CPB && 64 % TS == 0), "whole packs per row; sub-tiles divide the B/C tiles");
-    static __device__ __forceinline__ int at(int buf, int v, int r, int cl) { return ((buf * 3 + v) * TS + r) * CPB + cl; }
-};
-
-__device__ __forceinline__ void cp_async16(void *smem, const void *gmem) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"((unsigned)__cvta_generic_to_shared(smem)),
-                 "l"(__cvta_generic_to_global(gmem))
-                 : "memory");
-#else
-    *(uint4 *)smem = *(const uint4 *)gmem;
-#endif
-}
-__device__ __forceinline__ void cp_async_commit() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.commit_group;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void cp_async_wait_prev() { // all but the most recent group complete
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_group 1;" ::: "memory");
-#endif
-}
-
 // Passes 1 (FINAL = false: local chunk states) and 3 (FINAL = true: outputs, final state).
 // grid: (ngroups * cb_per_group, chunks, batch); block: THREADS = (THREADS/TPC channels) x TPC parts.
 // U: steps whose x/dt/z loads are issued together (8 for d_state 9..16, the models'; 4 otherwise).
@@ -189,8 +151,6 @@ __global__ void __launch_bounds__(THREADS, NS > 16 ? 3 : (TPC == 1 ? 5 : 4)) sca
     constexpr int CPB = THREADS / TPC;
     __shared__ __align__(16) float smB[G::TT * G::RS];
     __shared__ __align__(16) float smC[FINAL ? G::TT * G::RS : 4];
-    using SG = Stage<T, NS, TPC, SA>;
-    __shared__ __align__(16) T smX[SG::ELEMS];
 
     const int tid = threadIdx.x, part = tid % TPC;
     const int64_t grp = blockIdx.x / a.cb_per_group, cb = blockIdx.x % a.cb_per_group;
@@ -319,29 +279,6 @@ __global__ void __launch_bounds__(THREADS, NS > 16 ? 3 : (TPC == 1 ? 5 : 4)) sca
         }
     };
 
-    const bool staged = SG::ON && a.stage;
-    // cp.async of the sub-tile starting at step ts (steps past t_val not copied) into buffer buf, as one group
-    const int64_t c_blk = grp * a.per_group + cb * CPB; // the block's first channel
-    const int nv = (FINAL && zp) ? 3 : 2;
-    auto issue = [&](int64_t ts, int buf) {
-        if constexpr (SG::ON) {
-            const int rows = (int)min((int64_t)SG::TS, t_val - ts);
-            const int total = nv * rows * SG::PPR;
-            for (int i = tid; i < total; i += THREADS) {
-                const int v = i / (rows * SG::PPR), r = (i / SG::PPR) % rows, pk = i % SG::PPR;
-                if (cb * CPB + pk * SG::EPP >= a.per_group) continue; // past the group's channels (whole packs)
-                const int64_t t = ts + r;
-                const T *src = v == 0 ? (const T *)a.x + b * a.sx0 + c_blk + t * a.sx2
-                             : v == 1 ? (const T *)a.dt + b * a.sdt0 + c_blk + t * a.sdt2
-                                      : (const T *)a.z + b * a.sz0 + c_blk + t * a.sz2;
-                cp_async16(smX + SG::at(buf, v, r, pk * SG::EPP), src + pk * SG::EPP);
-            }
-        }
-        cp_async_commit();
-    };
-    int buf = 0;
-    if (staged && t_val > t_beg) issue(t_beg, 0);
-
     for (int64_t t0 = t_beg; t0 < t_val; t0 += G::TT) {
         const int nt = (int)min((int64_t)G::TT, t_val - t0);
         __syncthreads(); // the previous tile's readers are done
@@ -356,25 +293,6 @@ __global__ void __launch_bounds__(THREADS, NS > 16 ? 3 : (TPC == 1 ? 5 : 4)) sca
             if (FINAL) smC[G::at(tt, s)] = cv;
         }
         __syncthreads();
-        if (staged) {
-            const int cl = tid / TPC;
-            for (int s0 = 0; s0 < nt; s0 += SG::TS) {
-                if (t0 + s0 + SG::TS < t_val) issue(t0 + s0 + SG::TS, buf ^ 1); // the next sub-tile, in flight
-                else cp_async_commit();                                         // (an empty group: same count)
-                cp_async_wait_prev();
-                __syncthreads(); // every thread's copies of this sub-tile have landed
-                const int rows = min(SG::TS, nt - s0);
-                for (int r = 0; r < rows; r++) {
-                    const float xv = to_f32<T>(smX[SG::at(buf, 0, r, cl)]);
-                    const float dv = to_f32<T>(smX[SG::at(buf, 1, r, cl)]);
-                    const float zv = (zp && store) ? to_f32<T>(smX[SG::at(buf, 2, r, cl)]) : 0.f;
-                    step(xv, dv, zv, s0 + r, t0 + s0 + r);
-                }
-                __syncthreads(); // this buffer's readers are done before it is refilled
-                buf ^= 1;
-            }
-            continue;
-        }
         int tt = 0;
         for (; tt + U <= nt; tt += U) {
             float xv[U], dv[U], zv[U];
@@ -958,20 +876,6 @@ template <typename T> ssmtp_status_t dispatch_chunked(ScanArgs &a, int device, c
 
 } // namespace
 
-// Whether x, dt and z can be staged by 16-byte cp.async (Stage): channel-contiguous rows (stride 1 over channels, as
-// the models' token-major activations are), 16-byte aligned bases, batch/time strides and group widths.
-static int stage_ok(const ScanArgs &a, int64_t es) {
-    const char *env = getenv("SSMTP_SCAN_STAGE");
-    if (env && env[0] == '0' && env[1] == 0) return 0;
-    auto al = [&](const void *ptr, int64_t s0, int64_t s1, int64_t s2) {
-        return ptr && ((uintptr_t)ptr % 16) == 0 && (s1 == 1 || a.dim == 1) && (s0 * es) % 16 == 0 && (s2 * es) % 16 == 0;
-    };
-    if ((a.per_group * es) % 16) return 0;
-    if (!al(a.x, a.sx0, a.sx1, a.sx2) || !al(a.dt, a.sdt0, a.sdt1, a.sdt2)) return 0;
-    if (a.z && !al(a.z, a.sz0, a.sz1, a.sz2)) return 0;
-    return 1;
-}
-
 extern "C" ssmtp_status_t ssmtp_cuda_scan_fwd(const ssmtp_scan_params_t *p, void *stream) {
     SSMTP_TRY(ssmtp_cuda_set_device(p->x.device));
     ScanArgs a;
@@ -1001,7 +905,6 @@ extern "C" ssmtp_status_t ssmtp_cuda_scan_fwd(const ssmtp_scan_params_t *p, void
     a.softplus = p->dt_softplus;
     a.load_state = p->load_state;
     a.sv = ssm_save_args(p->save_pos, p->save_idx);
-    a.stage = stage_ok(a, (int64_t)ssmtp_dtype_size(p->x.dtype));
     if (a.batch == 0 || a.dim == 0) return SSMTP_OK;
     // seqlen == 0 still launches: the final state is then the initial one (zeros when !load_state).
     cudaStream_t st = (cudaStream_t)stream;

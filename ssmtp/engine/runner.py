@@ -114,29 +114,6 @@ DECODE_FUSED_MAX_BATCH = 4
 DECODE_IN_MAX_BATCH = 2  # <= SSMTP_DECODE_IN_MAX_M in csrc/ssmtp.h
 
 
-def parse_l2_plan(v: Optional[str]) -> dict:
-    """SSMTP_DECODE_L2: which weights the CUDA decode step asks L2 for ahead of use (ops.l2_prefetch), a comma list:
-      out      each layer's out_proj weight, right after its in_proj (fetched while the conv, x_proj and the state
-               update run: latency-bound kernels that leave HBM idle)
-      xp       each layer's x_proj and dt_proj weights at the same point
-      in:MIB   the first MIB MiB of the next layer's in_proj weight, right before out_proj (which then reads L2)
-    "" or "0": none. Returns {"out": bool, "xp": bool, "in_bytes": int}."""
-    plan = {"out": False, "xp": False, "in_bytes": 0}
-    v = (v or "").strip()
-    if v in ("", "0", "off"):
-        return plan
-    for part in v.split(","):
-        part = part.strip()
-        if part in ("out", "xp"):
-            plan[part] = True
-        elif part.startswith("in:") and part[3:].replace(".", "", 1).isdigit():
-            plan["in_bytes"] = int(float(part[3:]) * (1 << 20))
-        else:
-            raise ValueError(f"SSMTP_DECODE_L2={v!r}: unknown part {part!r} (expected a comma list of out, xp, "
-                             "in:MIB; or 0 for none)")
-    return plan
-
-
 class ModelRunner(nn.Module):
     """Interface every family runner implements (see the module docstring)."""
 
@@ -194,7 +171,6 @@ class MambaRunner(ModelRunner):
         m0 = mixers[0]
         self.d_local, self.d_state, self.conv_kernel = m0.d_local, m0.ssm_state_size, m0.conv_kernel_size
         self._fused_ok: dict = {}
-        self.l2_plan = parse_l2_plan(os.environ.get("SSMTP_DECODE_L2"))
         self.set_fused(False)
 
     def set_fused(self, enabled: bool) -> None:
@@ -317,22 +293,6 @@ class MambaRunner(ModelRunner):
             self._fused_ok[batch] = ok
         return ok
 
-    def _l2(self, i: int):
-        """Layer i's L2 prefetches (self.l2_plan; CUDA only): (after in_proj, before out_proj) lists of (tensor,
-        bytes), or None when there are none."""
-        plan = self.l2_plan
-        if not self.embed.is_cuda or not (plan["out"] or plan["xp"] or plan["in_bytes"]):
-            return None
-        mx = self.mixers[i]
-        after_in = [(mx.out_proj_weight, -1)] if plan["out"] else []
-        if plan["xp"]:
-            after_in += [(mx.x_proj_weight, -1), (mx.dt_proj_weight, -1)]
-        before_out = []
-        if plan["in_bytes"] and i + 1 < self.n_layers:
-            w = self.mixers[i + 1].in_proj_weight
-            before_out.append((w, min(plan["in_bytes"], w.numel() * w.element_size())))
-        return after_in, before_out
-
     @torch.no_grad()
     def decode(self, ids, pos, state_idx, pool: SlotPool) -> torch.Tensor:
         eps, dt, fp32 = self.eps, self.dtype, self.residual_in_fp32
@@ -343,12 +303,7 @@ class MambaRunner(ModelRunner):
                 res, xc, z = ops.mamba_decode_in(res, out, self.norms[i], mixer.in_proj_weight, mixer.in_proj_bias,
                                                  mixer.conv_weight, mixer.conv_bias, pool.layer("conv", i), state_idx,
                                                  eps, fp32)
-                l2 = self._l2(i)
-                if l2:
-                    for t, nb in l2[0]:
-                        ops.l2_prefetch(t, nb)
-                out = mixer.step_tail(xc, z, pool.layer("ssm", i), state_idx, fuse_dt=True,
-                                      prefetch=l2[1] if l2 else ())
+                out = mixer.step_tail(xc, z, pool.layer("ssm", i), state_idx, fuse_dt=True)
             h = self._k_add_final(res, out, self.norm_f, eps, fp32, w.dtype)
             return F.linear(h, w).float()
         fuse_dt = self.decode_fused_applies(ids.shape[0], "step")
@@ -356,7 +311,7 @@ class MambaRunner(ModelRunner):
         x = self._k_norm(res, self.norms[0], eps, dt)
         n = len(self.mixers)
         for i, mixer in enumerate(self.mixers):
-            out = mixer.mix_step(x, pool.layer("conv", i), pool.layer("ssm", i), state_idx, fuse_dt, self._l2(i))
+            out = mixer.mix_step(x, pool.layer("conv", i), pool.layer("ssm", i), state_idx, fuse_dt)
             if i + 1 < n:
                 res, x = self._k_add_norm(res, out, self.norms[i + 1], eps, dt, fp32)
             else:

@@ -153,30 +153,23 @@ class TPMambaMixer(nn.Module):
         return self._out(y.transpose(1, 2), h.dtype)
 
     def mix_step(self, h: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor,
-                 state_idx: Optional[torch.Tensor] = None, fuse_dt: bool = False,
-                 prefetch: Optional[tuple] = None) -> torch.Tensor:
+                 state_idx: Optional[torch.Tensor] = None, fuse_dt: bool = False) -> torch.Tensor:
         """One decode token per sequence. h (B, 1, H); states updated in place. fuse_dt: dt_proj inside the state
-        update (one kernel instead of a GEMV and the update; the engine's choice at small batch on CUDA). prefetch:
-        (after in_proj, before out_proj) lists of (tensor, bytes) for ops.l2_prefetch (the engine's SSMTP_DECODE_L2)."""
+        update (one kernel instead of a GEMV and the update; the engine's choice at small batch on CUDA)."""
         dl = self.d_local
         xz = ops.linear(h, self.in_proj_weight, self.in_proj_bias)  # (B, 1, 2dl)
-        for t, nb in prefetch[0] if prefetch else ():
-            ops.l2_prefetch(t, nb)
         x = xz[..., :dl].transpose(1, 2)
         xc = ops.causal_conv1d(x, self.conv_weight, self.conv_bias, conv_state, state_idx, None, True, True)
-        return self.step_tail(xc[..., 0], xz[:, 0, dl:], ssm_state, state_idx, fuse_dt,
-                              prefetch[1] if prefetch else ())[:, None]
+        return self.step_tail(xc[..., 0], xz[:, 0, dl:], ssm_state, state_idx, fuse_dt)[:, None]
 
     def step_tail(self, xc: torch.Tensor, z: torch.Tensor, ssm_state: torch.Tensor, state_idx: Optional[torch.Tensor],
-                  fuse_dt: bool, prefetch=()) -> torch.Tensor:
+                  fuse_dt: bool) -> torch.Tensor:
         """A decode step after the conv (xc, the conv output, and z, the gate, (B, dl); from mix_step or from
         ops.mamba_decode_in): x_proj (+ all-reduce), the state update (dt_proj fused into it when fuse_dt), out_proj
-        (+ all-reduce). prefetch: (tensor, bytes) pairs for ops.l2_prefetch right before out_proj. Returns (B, H)."""
+        (+ all-reduce). Returns (B, H)."""
         dt, B, C = self._dt_B_C(xc, project_dt=not fuse_dt)
         y = ops.selective_state_update(xc, dt, self.A, B[:, None], C[:, None], self.D, z, self.dt_bias, ssm_state,
                                        state_idx, True, self.dt_proj_weight if fuse_dt else None)
-        for t, nb in prefetch:
-            ops.l2_prefetch(t, nb)
         return self._out(y, xc.dtype)
 
     # ------------------------------------------------------------------ HF-compatible forward
