@@ -108,27 +108,6 @@ template <> struct Pack16<__half> {
     }
 };
 
-// cp.async of 16 bytes global -> shared (sm_80+; a plain copy before), its group commit and the wait for all groups.
-__device__ __forceinline__ void cp_async16(void *smem, const void *gmem) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"((unsigned)__cvta_generic_to_shared(smem)),
-                 "l"(__cvta_generic_to_global(gmem))
-                 : "memory");
-#else
-    *(uint4 *)smem = *(const uint4 *)gmem;
-#endif
-}
-__device__ __forceinline__ void cp_async_commit() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.commit_group;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void cp_async_wait_all() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_all;" ::: "memory");
-#endif
-}
-
 // A 16-byte load of read-once data (streamed weights): no L1 allocation.
 __device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
     uint4 v;
@@ -183,33 +162,6 @@ static inline bool ssmtp_pdl_enabled(int device) {
     return on;
 }
 
-// SSMTP_SMEM_CARVEOUT=max: kernels launched with PDL prefer the largest shared-memory carveout (set once per kernel
-// and device). An SM switches its L1 / shared split only when idle, so a kernel needing a large carveout (the staged
-// GEMV in linear.cu) can start beside kernels of a small one only if they run in the same split. Off by default.
-static inline void ssm_prefer_shared(const void *kernel) {
-    static const int on = [] {
-        const char *env = getenv("SSMTP_SMEM_CARVEOUT");
-        return env && env[0] == 'm' ? 1 : 0;
-    }();
-    if (!on) return;
-    static const void *seen[256];
-    static int seen_dev[256], nseen;
-    int dev = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess) {
-        (void)cudaGetLastError();
-        return;
-    }
-    for (int i = 0; i < nseen; i++)
-        if (seen[i] == kernel && seen_dev[i] == dev) return;
-    (void)cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
-    (void)cudaGetLastError();
-    if (nseen < 256) {
-        seen[nseen] = kernel;
-        seen_dev[nseen] = dev;
-        nseen++;
-    }
-}
-
 // kernel<<<grid, block, smem, stream>>>(args...), with the programmatic-stream-serialization attribute when pdl;
 // a failed launch is reported (and cleared) as SSMTP_ERR_CUDA naming op.
 template <typename... KArgs, typename... Args>
@@ -225,7 +177,6 @@ static inline ssmtp_status_t ssmtp_launch(const char *op, void (*kernel)(KArgs..
     attr[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attr;
     cfg.numAttrs = pdl ? 1 : 0;
-    if (pdl) ssm_prefer_shared((const void *)kernel);
     const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
     (void)cudaGetLastError();
     if (e != cudaSuccess) return ssmtp_fail(SSMTP_ERR_CUDA, "%s: kernel launch: %s", op, cudaGetErrorString(e));

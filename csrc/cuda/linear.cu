@@ -17,7 +17,6 @@
 #include "common.cuh"
 
 #include <stdlib.h>
-#include <string.h>
 
 #include <nvtx3/nvToolsExt.h>
 
@@ -113,100 +112,6 @@ __global__ void __launch_bounds__(LIN_THREADS)
     }
 }
 
-// Staged variant (large weights at small M, with PDL): one block per SM owns a contiguous range of rows and copies
-// them into shared memory (cp.async) BEFORE the PDL wait, i.e. while the kernels before it on the stream still run.
-// In a decode step those are latency-bound (the conv step, x_proj, the state update: a few us each, HBM mostly idle),
-// so out_proj's weight (26 MB of mamba-2.8b, 200 KiB per SM) streams in during them; after the wait the products read
-// shared memory. Rows that do not fit (stage_cap) are streamed from global memory after the wait.
-#define LST_THREADS 256
-#define LST_WARPS (LST_THREADS / 32)
-
-template <typename T, int M>
-__global__ void __launch_bounds__(LST_THREADS, 2)
-    linear_stage_kernel(const T *__restrict__ x, int64_t sx, const T *__restrict__ w, const T *__restrict__ bias,
-                        T *__restrict__ out, int64_t so, int64_t N, int64_t K, int S) {
-    extern __shared__ __align__(16) uint4 sw[];
-    constexpr int P = Pack16<T>::N;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int64_t r0 = (int64_t)blockIdx.x * N / gridDim.x, r1 = ((int64_t)blockIdx.x + 1) * N / gridDim.x;
-    const int nr = (int)(r1 - r0), ns = nr < S ? nr : S;
-    const int64_t npk = K / P;
-    const uint4 *wg = reinterpret_cast<const uint4 *>(w) + r0 * npk;
-    ssm_pdl_trigger();
-    for (int64_t i = threadIdx.x; i < (int64_t)ns * npk; i += LST_THREADS) cp_async16(sw + i, wg + i);
-    cp_async_commit();
-    ssm_pdl_wait();
-    cp_async_wait_all();
-    __syncthreads();
-    for (int r = warp; r < nr; r += LST_WARPS) {
-        float acc[M];
-#pragma unroll
-        for (int m = 0; m < M; m++) acc[m] = 0.f;
-        if (r < ns) {
-            const uint4 *src = sw + (int64_t)r * npk;
-            for (int64_t k = lane; k < npk; k += 32) fma_pack<T, M>(src[k], x, sx, k, acc);
-        } else { // streamed: LIN_UNROLL packs in flight per lane
-            const uint4 *src = wg + (int64_t)r * npk;
-            int64_t k = lane;
-            for (; k + (LIN_UNROLL - 1) * 32 < npk; k += LIN_UNROLL * 32) {
-                uint4 wv[LIN_UNROLL];
-#pragma unroll
-                for (int u = 0; u < LIN_UNROLL; u++) wv[u] = ld_stream(src + k + u * 32);
-#pragma unroll
-                for (int u = 0; u < LIN_UNROLL; u++) fma_pack<T, M>(wv[u], x, sx, k + u * 32, acc);
-            }
-            for (; k < npk; k += 32) fma_pack<T, M>(ld_stream(src + k), x, sx, k, acc);
-        }
-#pragma unroll
-        for (int m = 0; m < M; m++) {
-#pragma unroll
-            for (int o = 16; o > 0; o >>= 1) acc[m] += __shfl_xor_sync(0xffffffffu, acc[m], o);
-        }
-        if (lane == 0) {
-            const int64_t row = r0 + r;
-            const float bv = bias ? to_f32<T>(bias[row]) : 0.f;
-#pragma unroll
-            for (int m = 0; m < M; m++) out[m * so + row] = from_f32<T>(acc[m] + bv);
-        }
-    }
-}
-
-// SSMTP_LINEAR_STAGE: unset / "auto" = the staged kernel for weights of >= 4 MiB whose rows all fit one block per SM
-// (with PDL on); "1" = wherever at least one row per block fits (tests); "0" = never.
-static int stage_mode() {
-    const char *env = getenv("SSMTP_LINEAR_STAGE");
-    if (!env || !*env || strcmp(env, "auto") == 0) return 2;
-    return env[0] == '0' && env[1] == 0 ? 0 : 1;
-}
-#define LST_CAP (200 * 1024) // shared memory per block: leaves ~27 KiB of the SM for the kernels beside it
-
-template <typename T, int M>
-static ssmtp_status_t launch_stage(const ssmtp_linear_params_t *p, int sms, cudaStream_t s, bool *done) {
-    *done = false;
-    const int mode = stage_mode();
-    const int64_t N = p->weight.shape[0], K = p->x.shape[1], row_bytes = K * (int64_t)sizeof(T);
-    if (mode == 0) return SSMTP_OK;
-    const int64_t grid = N < sms ? N : sms, per_block = (N + grid - 1) / grid;
-    const int64_t fit = LST_CAP / row_bytes, S = per_block < fit ? per_block : fit;
-    if (S < 1 || (mode == 2 && (S < per_block || N * row_bytes < (4 << 20)))) return SSMTP_OK;
-    const size_t smem = (size_t)(S * row_bytes);
-    auto kernel = linear_stage_kernel<T, M>;
-    static bool attr_set[64];
-    const int dev = p->x.device;
-    if (dev < 0 || dev >= 64 || !attr_set[dev]) {
-        const cudaError_t e = cudaFuncSetAttribute((const void *)kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                   LST_CAP);
-        (void)cudaGetLastError();
-        if (e != cudaSuccess) return SSMTP_OK; // not available here: the regular kernel
-        if (dev >= 0 && dev < 64) attr_set[dev] = true;
-    }
-    const T *x = (const T *)p->x.data, *w = (const T *)p->weight.data;
-    const T *b = p->bias.data ? (const T *)p->bias.data : nullptr;
-    *done = true;
-    return ssmtp_launch(OP, kernel, dim3((unsigned)grid), dim3(LST_THREADS), smem, s, true, x, p->x.stride[0], w, b,
-                        (T *)p->out.data, p->out.stride[0], N, K, (int)S);
-}
-
 template <typename T, int M, int KS>
 static ssmtp_status_t launch_ks(const ssmtp_linear_params_t *p, bool pdl, cudaStream_t s) {
     const int64_t N = p->weight.shape[0], K = p->x.shape[1];
@@ -243,11 +148,6 @@ static bool one_wave_on() {
 template <typename T, int M>
 static ssmtp_status_t launch_m(const ssmtp_linear_params_t *p, int sms, bool pdl, cudaStream_t s) {
     const int64_t N = p->weight.shape[0], npk = p->x.shape[1] * (int64_t)sizeof(T) / 16;
-    if (pdl) {
-        bool done = false;
-        const ssmtp_status_t st = launch_stage<T, M>(p, sms, s, &done);
-        if (done || st != SSMTP_OK) return st;
-    }
     int ks = 0;
     if (one_wave_on() && M <= 2) {
         const void *kern[4] = {(const void *)linear_small_kernel<T, M, 1>, (const void *)linear_small_kernel<T, M, 2>,
