@@ -44,7 +44,10 @@ DEC_IN = [
 @pytest.mark.parametrize("case", DEC_IN, ids=[c[0] for c in DEC_IN])
 @pytest.mark.parametrize("dname", list(DT))
 @pytest.mark.parametrize("variant", ["full", "bare"])
-def test_decode_in_matches_cpu(case, dname, variant):
+@pytest.mark.parametrize("rpb", ["2", "4", "8"])
+def test_decode_in_matches_cpu(case, dname, variant, rpb, monkeypatch):
+    """rpb: in_proj rows per group of the kernel (SSMTP_DECODE_IN_RPB)."""
+    monkeypatch.setenv("SSMTP_DECODE_IN_RPB", rpb)
     _, M, H, dl, W, S = case
     dt = DT[dname]
     g = torch.Generator().manual_seed(hash((case[0], dname, variant)) % 2**31)

@@ -74,9 +74,8 @@ template <typename T> __device__ __forceinline__ float conv_any(const DecInArgs 
     }
 }
 
-constexpr int RPB = 2; // in_proj rows per group
-
-template <typename T, int M, int PPT>
+// RPB: in_proj rows per group (2 by default; SSMTP_DECODE_IN_RPB=4 or 8: fewer barriers per row, more registers)
+template <typename T, int M, int PPT, int RPB>
 __global__ void __launch_bounds__(512) decode_in_kernel(const DecInArgs a) {
     constexpr int P = Pack16<T>::N, RM = RPB * M;
     __shared__ float red[2][16][RM]; // per-warp partial sums (<= 16 warps), double-buffered across groups
@@ -212,9 +211,10 @@ __global__ void __launch_bounds__(512) decode_in_kernel(const DecInArgs a) {
     }
 }
 
-template <typename T, int M, int PPT>
-ssmtp_status_t launch_p(const DecInArgs &a, int nt, int64_t ngroups, int sms, cudaStream_t s, bool pdl) {
-    auto kernel = decode_in_kernel<T, M, PPT>;
+template <typename T, int M, int PPT, int RPB>
+ssmtp_status_t launch_p(const DecInArgs &a, int nt, int sms, cudaStream_t s, bool pdl) {
+    auto kernel = decode_in_kernel<T, M, PPT, RPB>;
+    const int64_t ngroups = (2 * a.dl + RPB - 1) / RPB;
     int64_t grid = (int64_t)ssm_blocks_per_sm((const void *)kernel, nt, 0) * sms;
     const char *env = getenv("SSMTP_DECODE_IN_BLOCKS"); // override (benchmarks)
     if (env && *env && atoi(env) > 0) grid = atoi(env);
@@ -222,10 +222,17 @@ ssmtp_status_t launch_p(const DecInArgs &a, int nt, int64_t ngroups, int sms, cu
     return ssmtp_launch(OP, kernel, dim3((unsigned)grid), dim3(nt), 0, s, pdl, a);
 }
 
+template <typename T, int M, int PPT>
+ssmtp_status_t launch_r(const DecInArgs &a, int rpb, int nt, int sms, cudaStream_t s, bool pdl) {
+    if (rpb == 8) return launch_p<T, M, PPT, 8>(a, nt, sms, s, pdl);
+    if (rpb == 4) return launch_p<T, M, PPT, 4>(a, nt, sms, s, pdl);
+    return launch_p<T, M, PPT, 2>(a, nt, sms, s, pdl);
+}
+
 template <typename T, int M>
-ssmtp_status_t launch_m(const DecInArgs &a, int ppt, int nt, int64_t ngroups, int sms, cudaStream_t s, bool pdl) {
-    if (ppt == 1) return launch_p<T, M, 1>(a, nt, ngroups, sms, s, pdl);
-    return launch_p<T, M, 2>(a, nt, ngroups, sms, s, pdl);
+ssmtp_status_t launch_m(const DecInArgs &a, int ppt, int rpb, int nt, int sms, cudaStream_t s, bool pdl) {
+    if (ppt == 1) return launch_r<T, M, 1>(a, rpb, nt, sms, s, pdl);
+    return launch_r<T, M, 2>(a, rpb, nt, sms, s, pdl);
 }
 
 } // namespace
@@ -286,17 +293,21 @@ extern "C" ssmtp_status_t ssmtp_cuda_mamba_decode_in(const ssmtp_decode_in_param
     a.W = W;
     a.S = S;
 
-    const int64_t npk = H * es / 16, ngroups = (2 * dl + RPB - 1) / RPB;
+    const int64_t npk = H * es / 16;
     const int ppt = npk <= 512 ? 1 : 2;
+    const char *renv = getenv("SSMTP_DECODE_IN_RPB");
+    const int rpb = renv && *renv ? atoi(renv) : 2;
+    if (rpb != 2 && rpb != 4 && rpb != 8)
+        return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": SSMTP_DECODE_IN_RPB=%s (2, 4 or 8)", renv);
     const int nt = (int)(((npk + ppt - 1) / ppt + 31) / 32 * 32);
     cudaStream_t s = (cudaStream_t)stream;
     const bool pdl = ssmtp_pdl_enabled(dev);
     SSMTP_DISPATCH_FLOAT(p->weight.dtype, T, OP, {
         switch (M) {
-        case 1: return launch_m<T, 1>(a, ppt, nt, ngroups, sms, s, pdl);
-        case 2: return launch_m<T, 2>(a, ppt, nt, ngroups, sms, s, pdl);
-        case 3: return launch_m<T, 3>(a, ppt, nt, ngroups, sms, s, pdl);
-        default: return launch_m<T, 4>(a, ppt, nt, ngroups, sms, s, pdl);
+        case 1: return launch_m<T, 1>(a, ppt, rpb, nt, sms, s, pdl);
+        case 2: return launch_m<T, 2>(a, ppt, rpb, nt, sms, s, pdl);
+        case 3: return launch_m<T, 3>(a, ppt, rpb, nt, sms, s, pdl);
+        default: return launch_m<T, 4>(a, ppt, rpb, nt, sms, s, pdl);
         }
     });
     return SSMTP_OK;
