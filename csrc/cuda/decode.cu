@@ -12,7 +12,7 @@
 // in_proj row, PPT = 1, or 2 when npk > 512; rows of at most 16 KiB) gives thread t the packs t, t + NT of EVERY row. So each thread
 // needs the normalised input at its own packs only, and keeps it in registers as floats: the RMSNorm prologue is a
 // block reduction over the thread's own elements (no shared copy of the input, no conversion per use). Rows go in
-// groups of RPB = 2; the grid is persistent (blocks per SM x SMs, from the occupancy calculator) and walks the groups
+// groups of RPB (8 at one row of x, 4 at more: below, at the launcher); the grid is persistent (blocks per SM x SMs, from the occupancy calculator) and walks the groups
 // with a stride, so the prologue is paid once per block and the tail is one group (~1/13 of a block's work at
 // mamba-2.8b's 5120 groups), not a wave. The next group's weight packs are loaded before the current group is
 // multiplied (2 x RPB x PPT packs in flight per thread); the first group's before the PDL wait. Per group the RPB x M
@@ -295,8 +295,12 @@ extern "C" ssmtp_status_t ssmtp_cuda_mamba_decode_in(const ssmtp_decode_in_param
 
     const int64_t npk = H * es / 16;
     const int ppt = npk <= 512 ? 1 : 2;
+    // Rows per group: 8 at one row of x, 4 at more. Measured on one H200 (mamba-2.8b CUDA-graph decode step, same run,
+    // engine-h200-tp1-6e168e7-*.json): B=1 2.198 / 2.038 / 2.011 ms at 2 / 4 / 8 rows per group, B=2 2.437 / 2.292 /
+    // 2.369 ms. Nsight Compute had shown the 2-row kernel at ~51% of the DRAM peak, stalled mostly on the per-group
+    // barrier (benchmarks/results/ncu-h200-1f9f31c.json). SSMTP_DECODE_IN_RPB=2|4|8 overrides.
     const char *renv = getenv("SSMTP_DECODE_IN_RPB");
-    const int rpb = renv && *renv ? atoi(renv) : 2;
+    const int rpb = renv && *renv ? atoi(renv) : (M == 1 ? 8 : 4);
     if (rpb != 2 && rpb != 4 && rpb != 8)
         return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": SSMTP_DECODE_IN_RPB=%s (2, 4 or 8)", renv);
     const int nt = (int)(((npk + ppt - 1) / ppt + 31) / 32 * 32);

@@ -94,22 +94,23 @@ class _Fused:
 
 
 def _decode_fused_mode() -> str:
-    v = os.environ.get("SSMTP_DECODE_FUSED", "step")
+    v = os.environ.get("SSMTP_DECODE_FUSED", "1")
     if v not in ("0", "1", "step"):
-        raise ValueError(f"SSMTP_DECODE_FUSED={v!r}: expected step (default: dt_proj fused into the state update at "
-                         "small batch), 1 (also ops.mamba_decode_in) or 0 (unfused)")
+        raise ValueError(f"SSMTP_DECODE_FUSED={v!r}: expected 1 (default: ops.mamba_decode_in at batch <= 2 and "
+                         "dt_proj fused into the state update at batch <= 4), step (the latter only) or 0 (unfused)")
     return v
 
 
 _DECODE_FUSED = _decode_fused_mode()
 # The fused decode kernels and where they apply (decode_fused_applies; SSMTP_DECODE_FUSED picks the mode). Measured on
 # H200, mamba-2.8b, CUDA-graph decode step (benchmarks/results/):
-#   step (default): dt_proj inside the state update at batch <= 4: 2.27 / 2.34 / 2.66 ms at B = 1 / 2 / 4 against
-#     2.41 / 2.51 / 2.93 unfused (0) in the same run (engine-h200-tp1.json, engine-h200-tp1-46ca1f9-fused-off.json);
-#   1: also ops.mamba_decode_in (add + norm + in_proj + conv step in one kernel) at batch <= 2: slower than step
-#     (B=1 2.43 ms against 2.29 with step and 2.44 unfused, engine-h200-tp1-58dc596-fused-*.json; profiled without
-#     PDL, 19.6 us per layer against 19.9 us for the compiled norm + cuBLAS in_proj + conv step it replaces: its GEMV
-#     streams 52 MB at ~2.7 TB/s where cuBLAS's reaches ~3.4, profile-decode-h200-5ab6aff-*.json), so opt-in.
+#   1 (default): ops.mamba_decode_in (residual add + norm + in_proj + conv step in one kernel) at batch <= 2, and the
+#     dt_proj step up to batch 4: 2.038 / 2.292 ms at B = 1 / 2 against 2.274 / 2.346 with step, same run
+#     (engine-h200-tp1-6e168e7-*.json; decode_in at 4 rows per group there, 8 at B=1 now: 2.011 ms). With 2 rows per
+#     group (until 6e168e7) decode_in lost to step at B=2 (2.437 ms) and was opt-in: its GEMV waited on a barrier
+#     per 2 rows (Nsight Compute, ncu-h200-1f9f31c.json);
+#   step: dt_proj inside the state update at batch <= 4: 2.27 / 2.34 / 2.66 ms at B = 1 / 2 / 4 against
+#     2.41 / 2.51 / 2.93 unfused (0) in the same run (engine-h200-tp1.json, engine-h200-tp1-46ca1f9-fused-off.json).
 DECODE_FUSED_MAX_BATCH = 4
 DECODE_IN_MAX_BATCH = 2  # <= SSMTP_DECODE_IN_MAX_M in csrc/ssmtp.h
 
