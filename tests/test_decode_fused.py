@@ -454,3 +454,34 @@ def test_runner_fused_decode_branch_on_cpu(monkeypatch):
     for k in pools[0].tensors:
         torch.testing.assert_close(pools[1].tensors[k].float(), pools[0].tensors[k].float(), rtol=2e-2, atol=2e-2)
     assert torch.equal(pools[1].tensors["ssm"][:, 1], pools[0].tensors["ssm"][:, 1])  # slot 1: no row uses it
+
+
+def test_decode_fused_mode_auto_picks_decode_in_at_tp1_only(monkeypatch):
+    """SSMTP_DECODE_FUSED=auto (the default): decode_in at TP=1, the dt_proj step only at TP>1 (decided per runner
+    from its communicator; on the CPU neither applies)."""
+    import ssmtp.engine.runner as runner_mod
+
+    class _Comm:
+        def __init__(self, n):
+            self.world_size = n
+
+    class _Emb:
+        is_cuda = True
+
+    r = runner_mod.MambaRunner.__new__(runner_mod.MambaRunner)
+    object.__setattr__(r, "_fused_ok", {1: True, 2: True})
+    object.__setattr__(r, "embed", _Emb())
+    monkeypatch.setattr(runner_mod, "_DECODE_FUSED", "auto")
+    object.__setattr__(r, "comm", _Comm(1))
+    assert r.decode_fused_applies(1) and r.decode_fused_applies(2) and not r.decode_fused_applies(3)
+    assert r.decode_fused_applies(4, "step") and not r.decode_fused_applies(5, "step")
+    object.__setattr__(r, "comm", _Comm(2))
+    assert not r.decode_fused_applies(1) and r.decode_fused_applies(1, "step")
+    monkeypatch.setattr(runner_mod, "_DECODE_FUSED", "1")
+    assert r.decode_fused_applies(1)
+    monkeypatch.setattr(runner_mod, "_DECODE_FUSED", "step")
+    object.__setattr__(r, "comm", _Comm(1))
+    assert not r.decode_fused_applies(1) and r.decode_fused_applies(1, "step")
+    monkeypatch.setenv("SSMTP_DECODE_FUSED", "nope")
+    with pytest.raises(ValueError, match="SSMTP_DECODE_FUSED"):
+        runner_mod._decode_fused_mode()
