@@ -381,39 +381,33 @@ def chunk_sweep(flt=""):
                   flush=True)
         os.environ.pop("SSMTP_SCAN_P", None)
         os.environ["SSMTP_SCAN_KERNEL"] = "loop"
+
+        def loop_case(k, desc, **fields):  # the loop kernel at chunk count k (0: the launcher's choice)
+            if k:
+                os.environ["SSMTP_SCAN_CHUNKS"] = str(k)
+            else:
+                os.environ.pop("SSMTP_SCAN_CHUNKS", None)
+            ok, err, _ = validate(c, p)
+            t, _ = time_graph(c, p, sets, 1e-3)
+            out.append(dict(label=c["label"], kernel="loop", **fields, chunks=k or "auto", us=t * 1e6,
+                            GBps=nbytes / t / 1e9, valid=ok))
+            print(f"sweep {c['label']:<40} {desc} chunks={k or 'auto':>4} {t * 1e6:9.1f} us "
+                  f"{'ok' if ok else 'INVALID'}", flush=True)
+
         for tpc, u in ((1, 8), (1, 4), (2, 4)):
             os.environ["SSMTP_SCAN_TPC"] = str(tpc)
             os.environ["SSMTP_SCAN_U"] = str(u)
             for k in (0, 1, 4, 8, 16, 32):
-                if k:
-                    os.environ["SSMTP_SCAN_CHUNKS"] = str(k)
-                else:
-                    os.environ.pop("SSMTP_SCAN_CHUNKS", None)
-                ok, err, _ = validate(c, p)
-                t, _ = time_graph(c, p, sets, 1e-3)
-                out.append(dict(label=c["label"], kernel="loop", tpc=tpc, u=u, chunks=k or "auto", us=t * 1e6,
-                                GBps=nbytes / t / 1e9, valid=ok))
-                print(f"sweep {c['label']:<40} tpc={tpc} u={u} chunks={k or 'auto':>4} {t * 1e6:9.1f} us "
-                      f"{'ok' if ok else 'INVALID'}", flush=True)
-        os.environ.pop("SSMTP_SCAN_CHUNKS", None)
+                loop_case(k, f"tpc={tpc} u={u}", tpc=tpc, u=u)
         os.environ.pop("SSMTP_SCAN_TPC", None)
         os.environ.pop("SSMTP_SCAN_U", None)
         if L <= 1024:  # short prompts (a prefix-cache hit's suffix): the minimum chunk length decides the chunk count
             for mc in (64, 48, 34):
                 os.environ["SSMTP_SCAN_MIN_CHUNK"] = str(mc)
                 for k in (0, 16, 24):
-                    if k:
-                        os.environ["SSMTP_SCAN_CHUNKS"] = str(k)
-                    else:
-                        os.environ.pop("SSMTP_SCAN_CHUNKS", None)
-                    ok, err, _ = validate(c, p)
-                    t, _ = time_graph(c, p, sets, 1e-3)
-                    out.append(dict(label=c["label"], kernel="loop", tpc=1, u=8, min_chunk=mc, chunks=k or "auto",
-                                    us=t * 1e6, GBps=nbytes / t / 1e9, valid=ok))
-                    print(f"sweep {c['label']:<40} min_chunk={mc} chunks={k or 'auto':>4} {t * 1e6:9.1f} us "
-                          f"{'ok' if ok else 'INVALID'}", flush=True)
+                    loop_case(k, f"min_chunk={mc}", tpc=1, u=8, min_chunk=mc)
             os.environ.pop("SSMTP_SCAN_MIN_CHUNK", None)
-            os.environ.pop("SSMTP_SCAN_CHUNKS", None)
+        os.environ.pop("SSMTP_SCAN_CHUNKS", None)
         os.environ.pop("SSMTP_SCAN_KERNEL", None)
         del sets
         torch.cuda.empty_cache()

@@ -177,14 +177,9 @@ def test_cuda_after_a_pdl_writer_eager_and_graph(M):
         body()
         torch.cuda.synchronize()
         check()
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        body()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        body()
+    from graph_capture import capture
+
+    g, _ = capture(body)
     for _ in range(5):
         x.normal_()
         g.replay()

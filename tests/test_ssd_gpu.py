@@ -170,14 +170,9 @@ def test_ssd_scan_cuda_graph_replay():
 
     want = call().clone()
     want_st = st.clone()
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        call()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        out = call()
+    from graph_capture import capture
+
+    g, out = capture(call)
     st.zero_()
     g.replay()
     torch.cuda.synchronize()
