@@ -359,7 +359,8 @@ def chunk_sweep(flt=""):
     shapes: the data behind the launcher's choices."""
     out = []
     shapes = [("mamba-2.8b", 1, 1, 896), ("mamba-2.8b", 1, 1, 2048), ("mamba-2.8b", 1, 1, 8192),
-              ("mamba-2.8b", 2, 1, 2048), ("mamba-2.8b", 1, 8, 512), ("mamba-2.8b", 1, 4, 2048), ("mamba-2.8b", 1, 2, 2048)]
+              ("mamba-2.8b", 2, 1, 2048), ("mamba-2.8b", 1, 8, 512), ("mamba-2.8b", 1, 4, 2048),
+              ("mamba-2.8b", 1, 2, 2048)]
     for model, tp, B, L in shapes:
         d, N, K, G, R = MODELS[model]
         c = dict(label=f"{model} tp{tp} scan prefill B={B} L={L}", model=model, tp=tp, op="scan", phase="prefill",

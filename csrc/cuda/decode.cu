@@ -9,12 +9,12 @@
 // previous layer's out_proj, or its all-reduce) finishes.
 //
 // Work layout: a block of NT = 32 * ceil(npk / PPT / 32) <= 512 threads (npk = H / (16 / elem) 16-byte packs per
-// in_proj row, PPT = 1, or 2 when npk > 512; rows of at most 16 KiB) gives thread t the packs t, t + NT of EVERY row. So each thread
-// needs the normalised input at its own packs only, and keeps it in registers as floats: the RMSNorm prologue is a
-// block reduction over the thread's own elements (no shared copy of the input, no conversion per use). Rows go in
-// groups of RPB (8 at one row of x, 4 at more: below, at the launcher); the grid is persistent (blocks per SM x SMs, from the occupancy calculator) and walks the groups
-// with a stride, so the prologue is paid once per block and the tail is one group (~1/13 of a block's work at
-// mamba-2.8b's 5120 groups), not a wave. The next group's weight packs are loaded before the current group is
+// in_proj row, PPT = 1, or 2 when npk > 512; rows of at most 16 KiB) gives thread t the packs t, t + NT of EVERY
+// row. So each thread needs the normalised input at its own packs only, and keeps it in registers as floats: the
+// RMSNorm prologue is a block reduction over the thread's own elements (no shared copy of the input, no conversion
+// per use). Rows go in groups of RPB (8 at one row of x, 4 at more: see the launcher); the grid is persistent (blocks
+// per SM x SMs, from the occupancy calculator) and walks the groups with a stride, so the prologue is paid once per
+// block and the tail is one group, not a wave. The next group's weight packs are loaded before the current group is
 // multiplied (2 x RPB x PPT packs in flight per thread); the first group's before the PDL wait. Per group the RPB x M
 // sums are reduced by warp shuffles and a double-buffered shared array (one barrier per group), and threads t < RPB M
 // finish one (row, m) each: the bias and one rounding to T, then the conv step of channel `row` (ssm_conv_step, the
@@ -74,7 +74,7 @@ template <typename T> __device__ __forceinline__ float conv_any(const DecInArgs 
     }
 }
 
-// RPB: in_proj rows per group (2 by default; SSMTP_DECODE_IN_RPB=4 or 8: fewer barriers per row, more registers)
+// RPB: in_proj rows per group (2, 4 or 8; more: fewer barriers per row, more registers; chosen by the launcher)
 template <typename T, int M, int PPT, int RPB>
 __global__ void __launch_bounds__(512) decode_in_kernel(const DecInArgs a) {
     constexpr int P = Pack16<T>::N, RM = RPB * M;
