@@ -359,8 +359,8 @@ def chunk_sweep(flt=""):
     shapes: the data behind the launcher's choices."""
     out = []
     shapes = [("mamba-2.8b", 1, 1, 896), ("mamba-2.8b", 1, 1, 2048), ("mamba-2.8b", 1, 1, 8192),
-              ("mamba-2.8b", 2, 1, 2048), ("mamba-2.8b", 1, 8, 512), ("mamba-2.8b", 1, 4, 2048),
-              ("mamba-2.8b", 1, 2, 2048)]
+              ("mamba-2.8b", 2, 1, 2048), ("mamba-2.8b", 1, 8, 512), ("mamba-2.8b", 1, 8, 2048),
+              ("mamba-2.8b", 1, 4, 2048), ("mamba-2.8b", 1, 2, 2048)]
     for model, tp, B, L in shapes:
         d, N, K, G, R = MODELS[model]
         c = dict(label=f"{model} tp{tp} scan prefill B={B} L={L}", model=model, tp=tp, op="scan", phase="prefill",
@@ -398,7 +398,7 @@ def chunk_sweep(flt=""):
         for tpc, u in ((1, 8), (1, 4), (2, 4)):
             os.environ["SSMTP_SCAN_TPC"] = str(tpc)
             os.environ["SSMTP_SCAN_U"] = str(u)
-            for k in (0, 1, 4, 8, 16, 32):
+            for k in (0, 1, 2, 4, 8, 16, 32):  # 2: B=8 fills ~2.4 of 5 block slots per SM unchunked (ncu)
                 loop_case(k, f"tpc={tpc} u={u}", tpc=tpc, u=u)
         os.environ.pop("SSMTP_SCAN_TPC", None)
         os.environ.pop("SSMTP_SCAN_U", None)
