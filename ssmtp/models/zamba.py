@@ -258,18 +258,23 @@ class TPZambaAttention(nn.Module):
         q = F.linear(hidden_states, self.q_proj_weight).view(hidden_shape).transpose(1, 2)
         k = F.linear(hidden_states, self.k_proj_weight).view(hidden_shape).transpose(1, 2)
         v = F.linear(hidden_states, self.v_proj_weight).view(hidden_shape).transpose(1, 2)
-        if past_key_values is not None:
-            k, v = past_key_values.update(k, v, layer_idx)
-        attention_interface = _attention_interface(self.config._attn_implementation, eager_attention_forward)
-        attn_output, attn_weights = attention_interface(
-            self, q, k, v, attention_mask, dropout=0.0 if not self.training else self.attention_dropout,
-            scaling=self.scaling, **kwargs)
-        attn_output = attn_output.reshape(*input_shape, -1).contiguous()
-        return self.comm.all_reduce(F.linear(attn_output, self.o_proj_weight)), attn_weights
+        return attend(self, q, k, v, attention_mask, past_key_values, layer_idx, eager_attention_forward, **kwargs)
 
     def extra_repr(self) -> str:
         return (f"heads={self.num_heads_local}/{self.num_heads}, kv_heads={self.num_kv_local}/"
                 f"{self.num_key_value_heads}, head_dim={self.head_dim}, tp={self.comm.world_size}")
+
+
+def attend(mod: nn.Module, q, k, v, attention_mask, past_key_values, layer_idx: int, eager: Callable, **kwargs):
+    """The HF attention layer's tail on this rank's heads: the cache updated with k, v; HF's attention function for
+    the configured implementation (`eager` for "eager"); then mod.out (o_proj, all-reduced). q, k, v (B, heads, L, hd).
+    Returns (out (B, L, H), attention weights or None)."""
+    if past_key_values is not None:
+        k, v = past_key_values.update(k, v, layer_idx)
+    fn = _attention_interface(mod.config._attn_implementation, eager)
+    out, weights = fn(mod, q, k, v, attention_mask, dropout=0.0 if not mod.training else mod.attention_dropout,
+                      scaling=mod.scaling, **kwargs)
+    return mod.out(out.reshape(*out.shape[:2], -1).contiguous()), weights  # HF returns (B, L, heads, hd)
 
 
 def _attention_interface(impl: Optional[str], default):

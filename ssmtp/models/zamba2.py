@@ -48,7 +48,7 @@ from .. import ops
 from ..parallel import shard
 from ..parallel.comm import Communicator
 from .mamba import hf_cache_forward
-from .zamba import _act, _attention_interface, _mask, uneven_range
+from .zamba import _act, _mask, attend, uneven_range
 
 log = logging.getLogger("ssmtp")
 _LOGGED: set = set()
@@ -372,14 +372,7 @@ class TPZamba2Attention(nn.Module):
         if self.config.use_mem_rope:
             cos, sin = position_embeddings
             q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        if past_key_values is not None:
-            k, v = past_key_values.update(k, v, layer_idx)
-        attention_interface = _attention_interface(self.config._attn_implementation, eager_attention_forward)
-        attn_output, attn_weights = attention_interface(
-            self, q, k, v, attention_mask, dropout=0.0 if not self.training else self.attention_dropout,
-            scaling=self.scaling, **kwargs)
-        attn_output = attn_output.reshape(*input_shape, -1).contiguous()
-        return self.comm.all_reduce(F.linear(attn_output, self.o_proj_weight)), attn_weights
+        return attend(self, q, k, v, attention_mask, past_key_values, layer_idx, eager_attention_forward, **kwargs)
 
     def extra_repr(self) -> str:
         return (f"heads={self.num_heads_local}/{self.num_heads}, kv_heads={self.num_kv_local}/"
