@@ -190,8 +190,7 @@ ssmtp_status_t ssmtp_check_save_values(const char *op, const ssmtp_tensor_t *sav
                               (long long)b, (long long)pos, (long long)prev);
         prev = pos;
         for (int64_t r = 0; r < batch; r++) {
-            const int64_t own = ssmtp_present(state_idx) ? ((const int32_t *)state_idx->data)[r * state_idx->stride[0]]
-                                                         : r;
+            const int64_t own = ssmtp_slot_of(state_idx, r);
             if (own == slot)
                 return ssmtp_fail(SSMTP_ERR_INVALID, "%s: save_idx[%lld][%lld]=%lld is the slot of row %lld", op,
                                   (long long)b, (long long)j, (long long)slot, (long long)r);
@@ -317,4 +316,18 @@ uint8_t ssmtp_f32_to_e4m3(float f) {
     }
     if (exp > 15 || (exp == 15 && q > 14.0f)) return sign | 0x7e;
     return sign | (uint8_t)(exp << 3) | (uint8_t)((int)q - 8);
+}
+
+ssmtp_status_t ssmtp_check_prefill_row(const char *op, const ssmtp_tensor_t *state, const ssmtp_tensor_t *state_idx,
+                                       const ssmtp_tensor_t *seq_lens, int64_t b, int64_t len, int64_t *slot,
+                                       int64_t *n) {
+    *slot = ssmtp_present(state) ? ssmtp_slot_of(state_idx, b) : b;
+    *n = ssmtp_present(seq_lens) ? ((const int32_t *)seq_lens->data)[b * seq_lens->stride[0]] : len;
+    if (*n < 0 || *n > len)
+        return ssmtp_fail(SSMTP_ERR_INVALID, "%s: seq_lens[%lld]=%lld outside 0..%lld", op, (long long)b,
+                          (long long)*n, (long long)len);
+    if (ssmtp_present(state) && *slot >= state->shape[0])
+        return ssmtp_fail(SSMTP_ERR_INVALID, "%s: state_idx[%lld]=%lld >= nslots=%lld", op, (long long)b,
+                          (long long)*slot, (long long)state->shape[0]);
+    return SSMTP_OK;
 }

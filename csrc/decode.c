@@ -13,10 +13,6 @@
 
 #define OP "mamba_decode_in"
 
-static inline int64_t slot_of(const ssmtp_tensor_t *state_idx, int64_t m) {
-    return ssmtp_present(state_idx) ? ((const int32_t *)state_idx->data)[m * state_idx->stride[0]] : m;
-}
-
 /* res and res_out hold the residual stream in fp32 or in T. */
 static ssmtp_status_t check_res_dtype(const char *name, const ssmtp_tensor_t *t, int32_t ty) {
     if (t->dtype != SSMTP_DTYPE_F32 && t->dtype != ty)
@@ -108,7 +104,7 @@ static ssmtp_status_t decode_in_cpu(const ssmtp_decode_in_params_t *p) {
     const int32_t ty = p->weight.dtype;
     const ssmtp_tensor_t *res = &p->res, *add = &p->add, *ro = &p->res_out, *cs = &p->conv_state;
     for (int64_t m = 0; m < M; m++) { /* all slots first: a rejected call changes nothing */
-        const int64_t slot = slot_of(&p->state_idx, m);
+        const int64_t slot = ssmtp_slot_of(&p->state_idx, m);
         if (slot >= nslots)
             return ssmtp_fail(SSMTP_ERR_INVALID, OP ": state_idx[%lld]=%lld >= nslots=%lld", (long long)m,
                               (long long)slot, (long long)nslots);
@@ -130,7 +126,7 @@ static ssmtp_status_t decode_in_cpu(const ssmtp_decode_in_params_t *p) {
             const float nw = ssmtp_load(p->norm_w.data, ty, k * p->norm_w.stride[0]);
             h[k] = ssmtp_round(nw * ssmtp_round(h[k] * s, ty), ty);
         }
-        const int64_t slot = slot_of(&p->state_idx, m);
+        const int64_t slot = ssmtp_slot_of(&p->state_idx, m);
         for (int64_t j = 0; j < 2 * dl; j++) {
             /* in_proj row j as linear.c computes it: sequential fp32 sum, then the bias, one rounding to T */
             float acc = 0.0f;

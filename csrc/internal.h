@@ -29,6 +29,10 @@ void ssmtp_clear_error(void);
     } while (0)
 
 static inline int ssmtp_present(const ssmtp_tensor_t *t) { return t->data != NULL; }
+/* The slot of batch row b: state_idx[b] (int32) when given, else b. */
+static inline int64_t ssmtp_slot_of(const ssmtp_tensor_t *state_idx, int64_t b) {
+    return ssmtp_present(state_idx) ? ((const int32_t *)state_idx->data)[b * state_idx->stride[0]] : b;
+}
 size_t ssmtp_dtype_size(int32_t dtype);
 const char *ssmtp_dtype_name(int32_t dtype);
 
@@ -55,6 +59,11 @@ ssmtp_status_t ssmtp_check_saves(const char *op, const ssmtp_tensor_t *save_pos,
 ssmtp_status_t ssmtp_check_save_values(const char *op, const ssmtp_tensor_t *save_pos, const ssmtp_tensor_t *save_idx,
                                        const ssmtp_tensor_t *state_idx, int64_t batch, int64_t b, int64_t n,
                                        int64_t nslots);
+/* Row b of a CPU prefill op (scan, SSD), checked before the op writes anything: its length (seq_lens[b] when given,
+ * else len) in 0..len and, when state is given, its slot (ssmtp_slot_of) below state's first dimension. */
+ssmtp_status_t ssmtp_check_prefill_row(const char *op, const ssmtp_tensor_t *state, const ssmtp_tensor_t *state_idx,
+                                       const ssmtp_tensor_t *seq_lens, int64_t b, int64_t len, int64_t *slot,
+                                       int64_t *n);
 static inline int32_t ssmtp_i32_at(const ssmtp_tensor_t *t, int64_t i, int64_t j) {
     return ((const int32_t *)t->data)[i * t->stride[0] + j * t->stride[1]];
 }

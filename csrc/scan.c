@@ -66,10 +66,6 @@ static ssmtp_status_t device_of(const char *op, const ssmtp_tensor_t *const *ts,
     return SSMTP_OK;
 }
 
-static inline int64_t slot_of(const ssmtp_tensor_t *state_idx, int64_t b) {
-    return ssmtp_present(state_idx) ? ((const int32_t *)state_idx->data)[b * state_idx->stride[0]] : b;
-}
-
 /* ---------------------------------------------------------------- prefill scan */
 
 #define SCAN "scan_fwd"
@@ -81,21 +77,14 @@ static ssmtp_status_t scan_cpu(const ssmtp_scan_params_t *p) {
     float h[SSMTP_MAX_DSTATE];
     /* every row's slot and length is checked before any output or state is written: a rejected call changes nothing */
     for (int64_t b = 0; b < batch; b++) {
-        const int64_t slot = ssmtp_present(&p->state) ? slot_of(&p->state_idx, b) : b;
-        int64_t n = len;
-        if (ssmtp_present(&p->seq_lens)) n = ((const int32_t *)p->seq_lens.data)[b * p->seq_lens.stride[0]];
-        if (n < 0 || n > len)
-            return ssmtp_fail(SSMTP_ERR_INVALID, SCAN ": seq_lens[%lld]=%lld outside 0..%lld", (long long)b,
-                              (long long)n, (long long)len);
-        if (ssmtp_present(&p->state) && slot >= p->state.shape[0])
-            return ssmtp_fail(SSMTP_ERR_INVALID, SCAN ": state_idx[%lld]=%lld >= nslots=%lld", (long long)b,
-                              (long long)slot, (long long)p->state.shape[0]);
+        int64_t slot, n;
+        SSMTP_TRY(ssmtp_check_prefill_row(SCAN, &p->state, &p->state_idx, &p->seq_lens, b, len, &slot, &n));
         if (slot >= 0)
             SSMTP_TRY(ssmtp_check_save_values(SCAN, &p->save_pos, &p->save_idx, &p->state_idx, batch, b, n,
                                               ssmtp_present(&p->state) ? p->state.shape[0] : 0));
     }
     for (int64_t b = 0; b < batch; b++) {
-        const int64_t slot = ssmtp_present(&p->state) ? slot_of(&p->state_idx, b) : b;
+        const int64_t slot = ssmtp_present(&p->state) ? ssmtp_slot_of(&p->state_idx, b) : b;
         const int64_t n = ssmtp_present(&p->seq_lens) ? ((const int32_t *)p->seq_lens.data)[b * p->seq_lens.stride[0]]
                                                       : len;
         for (int64_t c = 0; c < dim; c++) {
@@ -199,13 +188,13 @@ static ssmtp_status_t step_cpu(const ssmtp_step_params_t *p) {
     const int64_t per_group = dim / p->B.shape[1];
     const int32_t ty = p->x.dtype;
     for (int64_t b = 0; b < batch; b++) { /* all slots first: a rejected call changes nothing */
-        const int64_t slot = slot_of(&p->state_idx, b);
+        const int64_t slot = ssmtp_slot_of(&p->state_idx, b);
         if (slot >= p->state.shape[0])
             return ssmtp_fail(SSMTP_ERR_INVALID, STEP ": state_idx[%lld]=%lld >= nslots=%lld", (long long)b,
                               (long long)slot, (long long)p->state.shape[0]);
     }
     for (int64_t b = 0; b < batch; b++) {
-        const int64_t slot = slot_of(&p->state_idx, b);
+        const int64_t slot = ssmtp_slot_of(&p->state_idx, b);
         for (int64_t c = 0; c < dim; c++) {
             const int64_t oo = b * p->out.stride[0] + c * p->out.stride[1];
             if (slot < 0) {

@@ -16,10 +16,6 @@
 
 #include <stdlib.h>
 
-static inline int64_t ssd_slot(const ssmtp_tensor_t *state_idx, int64_t b) {
-    return ssmtp_present(state_idx) ? ((const int32_t *)state_idx->data)[b * state_idx->stride[0]] : b;
-}
-
 static inline float ssd_delta(float dt, float bias, int softplus, float lo, float hi) {
     float d = dt + bias;
     if (softplus) d = ssmtp_softplus(d);
@@ -189,15 +185,8 @@ static ssmtp_status_t ssd_cpu(const ssmtp_ssd_params_t *p) {
     const int64_t N = p->B.shape[3], Q = p->chunk_size;
     /* validate every row before touching any output or state */
     for (int64_t b = 0; b < batch; b++) {
-        const int64_t slot = ssmtp_present(&p->state) ? ssd_slot(&p->state_idx, b) : b;
-        int64_t n = len;
-        if (ssmtp_present(&p->seq_lens)) n = ((const int32_t *)p->seq_lens.data)[b * p->seq_lens.stride[0]];
-        if (n < 0 || n > len)
-            return ssmtp_fail(SSMTP_ERR_INVALID, SSD ": seq_lens[%lld]=%lld outside 0..%lld", (long long)b,
-                              (long long)n, (long long)len);
-        if (ssmtp_present(&p->state) && slot >= p->state.shape[0])
-            return ssmtp_fail(SSMTP_ERR_INVALID, SSD ": state_idx[%lld]=%lld >= nslots=%lld", (long long)b,
-                              (long long)slot, (long long)p->state.shape[0]);
+        int64_t slot, n;
+        SSMTP_TRY(ssmtp_check_prefill_row(SSD, &p->state, &p->state_idx, &p->seq_lens, b, len, &slot, &n));
     }
     const int64_t qn = Q < len ? Q : (len > 0 ? len : 1); /* a chunk never holds more than len tokens */
     float *buf = malloc(sizeof(float) * (size_t)(3 * qn + qn * P + 2 * qn * N + P * N));
@@ -211,7 +200,7 @@ static ssmtp_status_t ssd_cpu(const ssmtp_ssd_params_t *p) {
     w.Cc = w.Bc + qn * N;    /* (q, N) */
     w.H = w.Cc + qn * N;     /* (P, N) */
     for (int64_t b = 0; b < batch; b++) {
-        const int64_t slot = ssmtp_present(&p->state) ? ssd_slot(&p->state_idx, b) : b;
+        const int64_t slot = ssmtp_present(&p->state) ? ssmtp_slot_of(&p->state_idx, b) : b;
         int64_t n = ssmtp_present(&p->seq_lens) ? ((const int32_t *)p->seq_lens.data)[b * p->seq_lens.stride[0]] : len;
         if (slot < 0) n = 0; /* padding row: output zeros, state untouched */
         for (int64_t h = 0; h < nheads; h++) {
@@ -257,13 +246,13 @@ static ssmtp_status_t ssd_step_cpu(const ssmtp_ssd_step_params_t *p) {
     const int64_t per_group = nheads / p->B.shape[1];
     const int32_t ty = p->x.dtype;
     for (int64_t b = 0; b < batch; b++) {
-        const int64_t slot = ssd_slot(&p->state_idx, b);
+        const int64_t slot = ssmtp_slot_of(&p->state_idx, b);
         if (slot >= p->state.shape[0])
             return ssmtp_fail(SSMTP_ERR_INVALID, SSD_STEP ": state_idx[%lld]=%lld >= nslots=%lld", (long long)b,
                               (long long)slot, (long long)p->state.shape[0]);
     }
     for (int64_t b = 0; b < batch; b++) {
-        const int64_t slot = ssd_slot(&p->state_idx, b);
+        const int64_t slot = ssmtp_slot_of(&p->state_idx, b);
         for (int64_t h = 0; h < nheads; h++) {
             const int64_t oo = b * p->out.stride[0] + h * p->out.stride[1];
             if (slot < 0) {
