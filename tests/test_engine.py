@@ -555,3 +555,22 @@ def test_default_model_is_the_embedded_checkpoint_when_present(tmp_path, monkeyp
     assert llm.source_name == "tiny-mamba-bytes" and llm.vocab_size == 256
     out = llm.generate("hi", max_new_tokens=3, ignore_eos=True)[0]
     assert out.prompt_token_ids == [ord("h"), ord("i")] and len(out.token_ids) == 3 and isinstance(out.text, str)
+
+
+@pytest.mark.parametrize("family", ["mamba", "zamba", "zamba2"])
+def test_runner_from_a_parallelized_model_in_another_dtype_is_refused(family):
+    """A runner reuses a parallelized model's mixer shards in place: asked for another dtype than they hold, it raises
+    (naming both) instead of mixing dtypes."""
+    import ssmtp
+    from ssmtp.engine.hybrid import HybridRunner
+    from ssmtp.engine.runner import MambaRunner
+    from ssmtp.parallel.comm import Communicator
+    from tiny_models import build, build_zamba, build_zamba2
+
+    model = {"mamba": lambda: build("mamba", "odd"), "zamba": lambda: build_zamba("hf-tester"),
+             "zamba2": lambda: build_zamba2("hf-tester")}[family]()
+    ssmtp.parallelize(model)
+    cls = MambaRunner if family == "mamba" else HybridRunner
+    with pytest.raises(ValueError, match="mixers are torch.float32 on cpu; the engine was asked for torch.bfloat16"):
+        cls.from_hf(model, Communicator(), torch.bfloat16, torch.device("cpu"))
+    assert cls.from_hf(model, Communicator(), torch.float32, torch.device("cpu")) is not None

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from .. import ops
 from ..parallel import shard
 from ..parallel.comm import Communicator
-from .runner import ModelRunner, _rms_norm
+from .runner import ModelRunner, _rms_norm, check_mixers_on
 from .state_cache import SlotPool, StateSpec
 
 log = logging.getLogger("ssmtp")
@@ -314,11 +314,7 @@ class HybridRunner(ModelRunner):
             inv_freq, scale = rot.inv_freq.detach().to(device), float(rot.attention_scaling)
         runner = cls(cfg, comm, family, cvt(emb), norms, mixers, linears, blocks, cvt(model.model.final_layernorm.weight),
                      None if tied else cvt(lm), inv_freq, scale)
-        for mx in runner.mixers:
-            if mx.in_proj_weight.device != device or mx.in_proj_weight.dtype != dtype:
-                raise ValueError(f"the parallelized model's mixers are {mx.in_proj_weight.dtype} on "
-                                 f"{mx.in_proj_weight.device}; the engine was asked for {dtype} on {device}")
-        return runner
+        return check_mixers_on(runner, device, dtype)
 
     # ------------------------------------------------------------------ states
 

@@ -93,6 +93,16 @@ class _Fused:
         return self.fn(*args)
 
 
+def check_mixers_on(runner, device, dtype):
+    """A runner built from an already parallelized model: its mixers must hold the engine's dtype on its device (the
+    weights are used in place, not copied). Returns the runner."""
+    for mx in runner.mixers:
+        if mx.in_proj_weight.device != device or mx.in_proj_weight.dtype != dtype:
+            raise ValueError(f"the parallelized model's mixers are {mx.in_proj_weight.dtype} on "
+                             f"{mx.in_proj_weight.device}; the engine was asked for {dtype} on {device}")
+    return runner
+
+
 def _decode_fused_mode() -> str:
     v = os.environ.get("SSMTP_DECODE_FUSED", "auto")
     if v not in ("auto", "0", "1", "step"):
@@ -242,11 +252,7 @@ class MambaRunner(ModelRunner):
         tied = lm is bb.embeddings.weight or lm.data_ptr() == bb.embeddings.weight.data_ptr()
         runner = cls(model.config, comm, cvt(bb.embeddings.weight), norms, mixers, cvt(bb.norm_f.weight),
                      None if tied else cvt(lm), falcon)
-        for mx in runner.mixers:
-            if mx.in_proj_weight.device != device or mx.in_proj_weight.dtype != dtype:
-                raise ValueError(f"the parallelized model's mixers are {mx.in_proj_weight.dtype} on "
-                                 f"{mx.in_proj_weight.device}; the engine was asked for {dtype} on {device}")
-        return runner
+        return check_mixers_on(runner, device, dtype)
 
     # ------------------------------------------------------------------ states
 
