@@ -322,7 +322,7 @@ ssmtp_status_t ssmtp_check_prefill_row(const char *op, const ssmtp_tensor_t *sta
                                        const ssmtp_tensor_t *seq_lens, int64_t b, int64_t len, int64_t *slot,
                                        int64_t *n) {
     *slot = ssmtp_present(state) ? ssmtp_slot_of(state_idx, b) : b;
-    *n = ssmtp_present(seq_lens) ? ((const int32_t *)seq_lens->data)[b * seq_lens->stride[0]] : len;
+    *n = ssmtp_row_len(seq_lens, b, len);
     if (*n < 0 || *n > len)
         return ssmtp_fail(SSMTP_ERR_INVALID, "%s: seq_lens[%lld]=%lld outside 0..%lld", op, (long long)b,
                           (long long)*n, (long long)len);

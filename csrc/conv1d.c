@@ -66,9 +66,7 @@ static ssmtp_status_t conv1d_cpu(const ssmtp_conv1d_params_t *p) {
     if (slen > 256) return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": state_len=%lld > 256", (long long)slen);
     /* every row's slot and length is checked before any output or state is written: a rejected call changes nothing */
     for (int64_t b = 0; b < batch; b++) {
-        int64_t slot = b, n = len;
-        if (ssmtp_present(&p->state_idx)) slot = ((const int32_t *)p->state_idx.data)[b * p->state_idx.stride[0]];
-        if (ssmtp_present(&p->seq_lens)) n = ((const int32_t *)p->seq_lens.data)[b * p->seq_lens.stride[0]];
+        const int64_t slot = ssmtp_slot_of(&p->state_idx, b), n = ssmtp_row_len(&p->seq_lens, b, len);
         if (ssmtp_present(&p->state) && slot >= p->state.shape[0])
             return ssmtp_fail(SSMTP_ERR_INVALID, OP ": state_idx[%lld]=%lld >= nslots=%lld", (long long)b,
                               (long long)slot, (long long)p->state.shape[0]);
@@ -80,9 +78,7 @@ static ssmtp_status_t conv1d_cpu(const ssmtp_conv1d_params_t *p) {
                                               ssmtp_present(&p->state) ? p->state.shape[0] : 0));
     }
     for (int64_t b = 0; b < batch; b++) {
-        int64_t slot = b, n = len;
-        if (ssmtp_present(&p->state_idx)) slot = ((const int32_t *)p->state_idx.data)[b * p->state_idx.stride[0]];
-        if (ssmtp_present(&p->seq_lens)) n = ((const int32_t *)p->seq_lens.data)[b * p->seq_lens.stride[0]];
+        const int64_t slot = ssmtp_slot_of(&p->state_idx, b), n = ssmtp_row_len(&p->seq_lens, b, len);
         const int pad = slot < 0;
         for (int64_t c = 0; c < dim; c++) {
             const int64_t xo = b * p->x.stride[0] + c * p->x.stride[1];

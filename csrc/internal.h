@@ -29,6 +29,10 @@ void ssmtp_clear_error(void);
     } while (0)
 
 static inline int ssmtp_present(const ssmtp_tensor_t *t) { return t->data != NULL; }
+/* The length of batch row b: seq_lens[b] (int32) when given, else len. */
+static inline int64_t ssmtp_row_len(const ssmtp_tensor_t *seq_lens, int64_t b, int64_t len) {
+    return ssmtp_present(seq_lens) ? ((const int32_t *)seq_lens->data)[b * seq_lens->stride[0]] : len;
+}
 /* The slot of batch row b: state_idx[b] (int32) when given, else b. */
 static inline int64_t ssmtp_slot_of(const ssmtp_tensor_t *state_idx, int64_t b) {
     return ssmtp_present(state_idx) ? ((const int32_t *)state_idx->data)[b * state_idx->stride[0]] : b;

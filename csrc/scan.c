@@ -85,8 +85,7 @@ static ssmtp_status_t scan_cpu(const ssmtp_scan_params_t *p) {
     }
     for (int64_t b = 0; b < batch; b++) {
         const int64_t slot = ssmtp_present(&p->state) ? ssmtp_slot_of(&p->state_idx, b) : b;
-        const int64_t n = ssmtp_present(&p->seq_lens) ? ((const int32_t *)p->seq_lens.data)[b * p->seq_lens.stride[0]]
-                                                      : len;
+        const int64_t n = ssmtp_row_len(&p->seq_lens, b, len);
         for (int64_t c = 0; c < dim; c++) {
             const int64_t g = c / per_group;
             const int64_t xo = b * p->x.stride[0] + c * p->x.stride[1];

@@ -201,7 +201,7 @@ static ssmtp_status_t ssd_cpu(const ssmtp_ssd_params_t *p) {
     w.H = w.Cc + qn * N;     /* (P, N) */
     for (int64_t b = 0; b < batch; b++) {
         const int64_t slot = ssmtp_present(&p->state) ? ssmtp_slot_of(&p->state_idx, b) : b;
-        int64_t n = ssmtp_present(&p->seq_lens) ? ((const int32_t *)p->seq_lens.data)[b * p->seq_lens.stride[0]] : len;
+        int64_t n = ssmtp_row_len(&p->seq_lens, b, len);
         if (slot < 0) n = 0; /* padding row: output zeros, state untouched */
         for (int64_t h = 0; h < nheads; h++) {
             if (slot < 0) {
