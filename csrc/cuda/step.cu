@@ -46,6 +46,7 @@ struct StepArgs {
     int64_t sx0, sx1, sdt0, sdt1, sz0, sz1, so0, so1, sB0, sB1, sB2, sC0, sC1, sC2;
     int64_t sA0, sA1, sD, sbias, ss0, ss1, ss2, sidx;
     int D_dtype, bias_dtype, softplus;
+    int vecbc; // B and C state-contiguous with 4-element-aligned bases and strides (one vector load per 4 states)
     int device;
 };
 
@@ -54,6 +55,14 @@ constexpr int THREADS = 256;
 // 3-blocks-per-SM register cap; 1 with dt_proj fused, whose dot products spill at 4 rows and which only runs at
 // batch <= 4, where more blocks per sequence are what fills the GPU).
 template <int NV, bool DTP = false> constexpr int bpb_of() { return DTP ? 1 : NV >= 2 ? 2 : 4; }
+
+// i x s as a 32 x 32 -> 64-bit product (one wide multiply; the vector kernel's launcher checks that indices and
+// strides fit in 32 bits).
+__device__ __forceinline__ int64_t wide(int i, int64_t s) {
+    int64_t r;
+    asm("mul.wide.s32 %0, %1, %2;" : "=l"(r) : "r"(i), "r"((int)s));
+    return r;
+}
 
 __device__ __forceinline__ int64_t slot_of(const StepArgs &a, int64_t b) {
     return a.state_idx ? (int64_t)a.state_idx[b * a.sidx] : b;
@@ -66,6 +75,11 @@ __device__ __forceinline__ float update_e(float h, float eA, float delta, float 
 }
 __device__ __forceinline__ float update(float h, float A, float delta, float Bs, float xt) {
     return update_e(h, expf(__fmul_rn(delta, A)), delta, Bs, xt);
+}
+
+// One 16-byte store of four floats (written as make_float4 into the pointer, nvcc emitted four 4-byte stores).
+__device__ __forceinline__ void st_f4(float *p, const float (&v)[4]) {
+    asm volatile("st.global.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(p), "f"(v[0]), "f"(v[1]), "f"(v[2]), "f"(v[3]));
 }
 
 template <typename T>
@@ -132,19 +146,55 @@ __device__ __forceinline__ void dt_proj_rows(const StepArgs &a, int64_t c, int64
     }
 }
 
+// Four consecutive B or C values of one row, kept packed (two 32-bit words for 16-bit types).
+template <typename T> struct Quad {
+    uint32_t w[sizeof(T)];
+    __device__ __forceinline__ float get(int e) const {
+        if constexpr (sizeof(T) == 4) {
+            return __uint_as_float(w[e]);
+        } else {
+            return ssm_bits16_to_f32<T>((w[e >> 1] >> (16 * (e & 1))) & 0xffffu);
+        }
+    }
+};
+
+template <typename T> __device__ __forceinline__ Quad<T> quad_load(const T *p, int64_t s, bool vec) {
+    Quad<T> q;
+    if constexpr (sizeof(T) == 4) {
+        if (vec) {
+            const uint4 u = __ldg((const uint4 *)p);
+            q.w[0] = u.x; q.w[1] = u.y; q.w[2] = u.z; q.w[3] = u.w;
+        } else {
+#pragma unroll
+            for (int e = 0; e < 4; e++) q.w[e] = __float_as_uint(p[e * s]);
+        }
+    } else {
+        if (vec) {
+            const uint2 u = __ldg((const uint2 *)p);
+            q.w[0] = u.x; q.w[1] = u.y;
+        } else {
+            const uint16_t *u = (const uint16_t *)p; // the same elements as bits
+            q.w[0] = (uint32_t)u[0] | ((uint32_t)u[s] << 16);
+            q.w[1] = (uint32_t)u[2 * s] | ((uint32_t)u[3 * s] << 16);
+        }
+    }
+    return q;
+}
+
 // SA: one A per channel (a.sA1 == 0, Mamba-2 layers): expf(delta*A) once per (row, channel), not per state.
 template <typename T, int TPC, int NV, bool SA = false, bool DTP = false>
 __global__ void __launch_bounds__(THREADS, 3) step_vec_kernel(const StepArgs a) {
     constexpr int CPB = THREADS / TPC;
-    constexpr int NS = 4 * NV; // states per thread
     constexpr int BPB = bpb_of<NV, DTP>();
     const int part = threadIdx.x % TPC;
     const int lane = threadIdx.x % 32;
-    const int64_t c0 = (int64_t)blockIdx.x * CPB + threadIdx.x / TPC;
-    const bool active = c0 < a.dim;
-    const int64_t c = active ? c0 : a.dim - 1; // inactive lanes compute a duplicate and store nothing
-    const int64_t g = c / a.per_group;
-    const int64_t b0 = (int64_t)blockIdx.y * BPB;
+    // 32-bit indices and strides (the launcher checked that they fit), offsets as 32 x 32 -> 64-bit products
+    // (wide()): the 64-bit index arithmetic and a 64-bit division made up most of this kernel's instructions.
+    const int c0 = (int)blockIdx.x * CPB + (int)threadIdx.x / TPC;
+    const bool active = c0 < (int)a.dim;
+    const int c = active ? c0 : (int)a.dim - 1; // inactive lanes compute a duplicate and store nothing
+    const int g = (int)((uint32_t)c / (uint32_t)a.per_group);
+    const int b0 = (int)blockIdx.y * BPB;
 
     // Parameters (A, dt_bias, D) before the wait for the previous kernel (programmatic dependent launch).
     ssm_pdl_trigger();
@@ -152,17 +202,17 @@ __global__ void __launch_bounds__(THREADS, 3) step_vec_kernel(const StepArgs a) 
 #pragma unroll
     for (int j = 0; j < NV; j++) {
         if constexpr (SA) {
-            const float a0 = a.A[c * a.sA0];
+            const float a0 = a.A[wide(c, a.sA0)];
             Av[j] = make_float4(a0, a0, a0, a0);
         } else {
-            Av[j] = *(const float4 *)(a.A + c * a.sA0 + 4 * (part + j * TPC));
+            Av[j] = *(const float4 *)(a.A + wide(c, a.sA0) + 4 * (part + j * TPC));
         }
     }
-    const float bias = a.dt_bias ? ssm_load_param(a.dt_bias, a.bias_dtype, c * a.sbias) : 0.f;
-    const float Dc = a.D ? ssm_load_param(a.D, a.D_dtype, c * a.sD) : 0.f;
+    const float bias = a.dt_bias ? ssm_load_param(a.dt_bias, a.bias_dtype, wide(c, a.sbias)) : 0.f;
+    const float Dc = a.D ? ssm_load_param(a.D, a.D_dtype, wide(c, a.sD)) : 0.f;
     uint4 wpre[DTP_PRE];
     if constexpr (DTP) {
-        const uint4 *wr = reinterpret_cast<const uint4 *>((const T *)a.dtw + c * a.sdw0);
+        const uint4 *wr = reinterpret_cast<const uint4 *>((const T *)a.dtw + wide(c, a.sdw0));
         const int64_t npk = a.R / Pack16<T>::N;
 #pragma unroll
         for (int j = 0; j < DTP_PRE; j++)
@@ -170,32 +220,38 @@ __global__ void __launch_bounds__(THREADS, 3) step_vec_kernel(const StepArgs a) 
     }
     ssm_pdl_wait();
 
-    // Phase 1: every load of the block's BPB rows is issued before anything is computed (one round trip).
-    int64_t slot[BPB];
+    // Phase 1: every load of the block's BPB rows is issued before anything is computed (one round trip). B and C
+    // as one vector per 4 states where the layout allows (vecbc, uniform): 8 bytes per load for 16-bit types.
+    const bool vecbc = a.vecbc != 0;
+    float *st_c = a.state + wide(c, a.ss1) + 4 * part;
+    const T *x_c = (const T *)a.x + wide(c, a.sx1), *z_c = a.z ? (const T *)a.z + wide(c, a.sz1) : nullptr;
+    const T *dt_c = (const T *)a.dt + wide(c, a.sdt1);
+    const T *B_g = (const T *)a.B + wide(g, a.sB1) + wide(4 * part, a.sB2);
+    const T *C_g = (const T *)a.C + wide(g, a.sC1) + wide(4 * part, a.sC2);
+    int slot[BPB];
     bool ok[BPB];
     float4 h[BPB][NV];
-    T xr[BPB], dr[BPB], zr[BPB], Br[BPB][NS], Cr[BPB][NS];
+    T xr[BPB], dr[BPB], zr[BPB];
+    Quad<T> Bq[BPB][NV], Cq[BPB][NV];
 #pragma unroll
     for (int i = 0; i < BPB; i++) {
-        const int64_t b = b0 + i < a.batch ? b0 + i : b0;
-        slot[i] = b0 + i < a.batch ? slot_of(a, b0 + i) : -1;
+        const bool in = b0 + i < (int)a.batch;
+        const int b = in ? b0 + i : b0;
+        slot[i] = !in ? -1 : a.state_idx ? a.state_idx[wide(b, a.sidx)] : b;
         ok[i] = slot[i] >= 0 && slot[i] < a.nslots;
+        const float *sp = st_c + wide(slot[i], a.ss0);
 #pragma unroll
         for (int j = 0; j < NV; j++)
-            h[i][j] = ok[i] ? *(const float4 *)(a.state + slot[i] * a.ss0 + c * a.ss1 + 4 * (part + j * TPC))
-                            : make_float4(0.f, 0.f, 0.f, 0.f);
-        xr[i] = ((const T *)a.x)[b * a.sx0 + c * a.sx1];
-        if constexpr (!DTP) dr[i] = ((const T *)a.dt)[b * a.sdt0 + c * a.sdt1];
-        zr[i] = a.z ? ((const T *)a.z)[b * a.sz0 + c * a.sz1] : from_f32<T>(0.f);
-        const T *Bp = (const T *)a.B + b * a.sB0 + g * a.sB1, *Cp = (const T *)a.C + b * a.sC0 + g * a.sC1;
+            h[i][j] = ok[i] ? *(const float4 *)(sp + 4 * j * TPC) : make_float4(0.f, 0.f, 0.f, 0.f);
+        xr[i] = x_c[wide(b, a.sx0)];
+        if constexpr (!DTP) dr[i] = dt_c[wide(b, a.sdt0)];
+        zr[i] = z_c ? z_c[wide(b, a.sz0)] : from_f32<T>(0.f);
+        const T *Bp = B_g + wide(b, a.sB0), *Cp = C_g + wide(b, a.sC0);
 #pragma unroll
-        for (int j = 0; j < NV; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int64_t s = 4 * (part + j * TPC) + e;
-                Br[i][4 * j + e] = Bp[s * a.sB2];
-                Cr[i][4 * j + e] = Cp[s * a.sC2];
-            }
+        for (int j = 0; j < NV; j++) {
+            Bq[i][j] = quad_load<T>(Bp + wide(4 * j * TPC, a.sB2), a.sB2, vecbc);
+            Cq[i][j] = quad_load<T>(Cp + wide(4 * j * TPC, a.sC2), a.sC2, vecbc);
+        }
     }
 
     if constexpr (DTP) dt_proj_rows<T, TPC, BPB>(a, c, b0, wpre, dr);
@@ -232,13 +288,12 @@ __global__ void __launch_bounds__(THREADS, 3) step_vec_kernel(const StepArgs a) 
             const float av[4] = {Av[j].x, Av[j].y, Av[j].z, Av[j].w};
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                const float Bs = to_f32<T>(Br[i][4 * j + e]);
+                const float Bs = Bq[i][j].get(e);
                 hv[e] = SA ? update_e(hv[e], eA, delta[i], Bs, xt) : update(hv[e], av[e], delta[i], Bs, xt);
-                acc = __fadd_rn(acc, __fmul_rn(hv[e], to_f32<T>(Cr[i][4 * j + e])));
+                acc = __fadd_rn(acc, __fmul_rn(hv[e], Cq[i][j].get(e)));
             }
             if (active && ok[i])
-                *(float4 *)(a.state + slot[i] * a.ss0 + c * a.ss1 + 4 * (part + j * TPC)) =
-                    make_float4(hv[0], hv[1], hv[2], hv[3]);
+                st_f4(st_c + wide(slot[i], a.ss0) + 4 * j * TPC, hv);
         }
 #pragma unroll
         for (int o = TPC / 2; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
@@ -247,30 +302,32 @@ __global__ void __launch_bounds__(THREADS, 3) step_vec_kernel(const StepArgs a) 
 
     // Output: lane `part` finishes row part % BPB (D*x, silu(z) with expf and IEEE division), so the tail work is
     // spread over the lanes rather than repeated by each.
-    auto out_one = [&](int i, float yv, float xv, float zv) {
-        const int64_t b = b0 + i;
-        if (!active || b >= a.batch) return;
+    // (row i's slot passed by value: slot[i] with a runtime i would put the array in local memory)
+    auto out_one = [&](int i, int sl, float yv, float xv, float zv) {
+        const int b = b0 + i;
+        if (!active || b >= (int)a.batch) return;
         float r;
-        if (slot[i] < 0) r = 0.f;
-        else if (slot[i] >= a.nslots) r = __int_as_float(0x7fc00000);
+        if (sl < 0) r = 0.f;
+        else if (sl >= a.nslots) r = __int_as_float(0x7fc00000);
         else {
             r = yv;
             if (a.D) r = __fadd_rn(r, __fmul_rn(Dc, xv));
             if (a.z) r = __fmul_rn(r, ssm_silu_exact(zv));
         }
-        ((T *)a.out)[b * a.so0 + c * a.so1] = from_f32<T>(r);
+        ((T *)a.out)[wide(b, a.so0) + wide(c, a.so1)] = from_f32<T>(r);
     };
     if constexpr (TPC >= BPB) {
         const int ir = part % BPB;
         float yv = y[0], xv = to_f32<T>(xr[0]), zv = to_f32<T>(zr[0]);
+        int sl = slot[0];
 #pragma unroll
         for (int i = 1; i < BPB; i++)
-            if (ir == i) { yv = y[i]; xv = to_f32<T>(xr[i]); zv = to_f32<T>(zr[i]); }
-        if (part < BPB) out_one(ir, yv, xv, zv);
+            if (ir == i) { yv = y[i]; xv = to_f32<T>(xr[i]); zv = to_f32<T>(zr[i]); sl = slot[i]; }
+        if (part < BPB) out_one(ir, sl, yv, xv, zv);
     } else {
 #pragma unroll
         for (int i = 0; i < BPB; i++)
-            if (part == 0) out_one(i, y[i], to_f32<T>(xr[i]), to_f32<T>(zr[i]));
+            if (part == 0) out_one(i, slot[i], y[i], to_f32<T>(xr[i]), to_f32<T>(zr[i]));
     }
 }
 
@@ -313,41 +370,6 @@ __global__ void __launch_bounds__(THREADS) step_scalar_kernel(const StepArgs a) 
 // SM: ~24 KB per SM, against ~16 B/clk/SM x ~1000-1500 clk of loaded DRAM latency = 16-24 KB needed for the copy
 // rate; the block kernel's 48 KB per SM are in flight only during its load phase.
 
-// Four consecutive B or C values of one row, kept packed (two 32-bit words for 16-bit types).
-template <typename T> struct Quad {
-    uint32_t w[sizeof(T)];
-    __device__ __forceinline__ float get(int e) const {
-        if constexpr (sizeof(T) == 4) {
-            return __uint_as_float(w[e]);
-        } else {
-            return ssm_bits16_to_f32<T>((w[e >> 1] >> (16 * (e & 1))) & 0xffffu);
-        }
-    }
-};
-
-template <typename T> __device__ __forceinline__ Quad<T> quad_load(const T *p, int64_t s, bool vec) {
-    Quad<T> q;
-    if constexpr (sizeof(T) == 4) {
-        if (vec) {
-            const uint4 u = __ldg((const uint4 *)p);
-            q.w[0] = u.x; q.w[1] = u.y; q.w[2] = u.z; q.w[3] = u.w;
-        } else {
-#pragma unroll
-            for (int e = 0; e < 4; e++) q.w[e] = __float_as_uint(p[e * s]);
-        }
-    } else {
-        if (vec) {
-            const uint2 u = __ldg((const uint2 *)p);
-            q.w[0] = u.x; q.w[1] = u.y;
-        } else {
-            const uint16_t *u = (const uint16_t *)p; // the same elements as bits
-            q.w[0] = (uint32_t)u[0] | ((uint32_t)u[s] << 16);
-            q.w[1] = (uint32_t)u[2 * s] | ((uint32_t)u[3 * s] << 16);
-        }
-    }
-    return q;
-}
-
 constexpr int PIPE_BPB = 2; // sequences per item (4 spilled at the 3-blocks-per-SM register cap)
 
 template <typename T, int TPC> struct PipeItem {
@@ -387,7 +409,7 @@ __device__ __forceinline__ void pipe_load(const StepArgs &a, int64_t w, int64_t 
 
 template <typename T, int TPC>
 __global__ void __launch_bounds__(THREADS, 3) step_pipe_kernel(const StepArgs a, const int64_t ncb,
-                                                               const int64_t nitems, const int vecbc) {
+                                                               const int64_t nitems) {
     constexpr int BPB = PIPE_BPB;
     const int part = threadIdx.x % TPC;
     const int lane = threadIdx.x % 32;
@@ -395,10 +417,10 @@ __global__ void __launch_bounds__(THREADS, 3) step_pipe_kernel(const StepArgs a,
     int64_t c0, b0, c0n = 0, b0n = 0;
     int64_t w = blockIdx.x;
     if (w >= nitems) return;
-    pipe_load<T, TPC>(a, w, ncb, vecbc != 0, cur, c0, b0);
+    pipe_load<T, TPC>(a, w, ncb, a.vecbc != 0, cur, c0, b0);
     for (; w < nitems; w += gridDim.x) {
         const int64_t wn = w + gridDim.x;
-        if (wn < nitems) pipe_load<T, TPC>(a, wn, ncb, vecbc != 0, nxt, c0n, b0n); // in flight during the compute
+        if (wn < nitems) pipe_load<T, TPC>(a, wn, ncb, a.vecbc != 0, nxt, c0n, b0n); // in flight during the compute
         const bool active = c0 < a.dim;
         const int64_t c = active ? c0 : a.dim - 1;
         const float4 Av = *(const float4 *)(a.A + c * a.sA0 + 4 * part);
@@ -434,8 +456,7 @@ __global__ void __launch_bounds__(THREADS, 3) step_pipe_kernel(const StepArgs a,
                 acc = __fadd_rn(acc, __fmul_rn(hv[e], cur.Cq[i].get(e)));
             }
             if (active && cur.slot[i] >= 0 && cur.slot[i] < a.nslots)
-                *(float4 *)(a.state + cur.slot[i] * a.ss0 + c * a.ss1 + 4 * part) =
-                    make_float4(hv[0], hv[1], hv[2], hv[3]);
+                st_f4(a.state + cur.slot[i] * a.ss0 + c * a.ss1 + 4 * part, hv);
 #pragma unroll
             for (int o = TPC / 2; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
             y[i] = acc;
@@ -487,11 +508,7 @@ template <typename T, int TPC> ssmtp_status_t launch_pipe(const StepArgs &a, int
     const char *env = getenv("SSMTP_STEP_BLOCKS_PER_SM");
     if (env && *env) per_sm = atoi(env) > 0 ? atoi(env) : 3;
     const int64_t grid = nitems < (int64_t)sms * per_sm ? nitems : (int64_t)sms * per_sm;
-    // B/C as one vector per 4 states: state-contiguous, vector-aligned bases and strides.
-    const int64_t al = 4 * (int64_t)sizeof(T);
-    const int vecbc = a.sB2 == 1 && a.sC2 == 1 && ((uintptr_t)a.B % al) == 0 && ((uintptr_t)a.C % al) == 0 &&
-                      a.sB0 % 4 == 0 && a.sB1 % 4 == 0 && a.sC0 % 4 == 0 && a.sC1 % 4 == 0;
-    step_pipe_kernel<T, TPC><<<(unsigned)grid, THREADS, 0, s>>>(a, ncb, nitems, vecbc);
+    step_pipe_kernel<T, TPC><<<(unsigned)grid, THREADS, 0, s>>>(a, ncb, nitems);
     SSMTP_CUDA_CHECK_LAUNCH(OP);
     return SSMTP_OK;
 }
@@ -570,6 +587,10 @@ extern "C" ssmtp_status_t ssmtp_cuda_step_fwd(const ssmtp_step_params_t *p, void
     if (a.state_idx) a.sidx = p->state_idx.stride[0];
     a.softplus = p->dt_softplus;
     a.device = p->x.device;
+    // B/C as one vector per 4 states: state-contiguous, vector-aligned bases and strides (the models' x_proj split).
+    const int64_t al = 4 * (int64_t)ssmtp_dtype_size(p->x.dtype);
+    a.vecbc = a.sB2 == 1 && a.sC2 == 1 && ((uintptr_t)a.B % al) == 0 && ((uintptr_t)a.C % al) == 0 &&
+              a.sB0 % 4 == 0 && a.sB1 % 4 == 0 && a.sC0 % 4 == 0 && a.sC1 % 4 == 0;
     if (p->dt_proj.data) {
         a.dtw = p->dt_proj.data;
         a.R = p->dt_proj.shape[1];
@@ -585,7 +606,12 @@ extern "C" ssmtp_status_t ssmtp_cuda_step_fwd(const ssmtp_step_params_t *p, void
     // float4 state rows: 16-byte aligned bases and row strides, contiguous state axis; A rows likewise, or one A per
     // channel (state stride 0: the SA kernels).
     const bool sa = a.sA1 == 0;
-    const bool vec = a.N % 4 == 0 && a.ss2 == 1 && a.ss0 % 4 == 0 && a.ss1 % 4 == 0 &&
+    // The vector kernels index in 32 bits: sizes and strides below 2^31 (offsets are still 64-bit products).
+    bool fits32 = true;
+    for (int64_t v : {a.batch, a.dim, a.sx0, a.sx1, a.sdt0, a.sdt1, a.sz0, a.sz1, a.so0, a.so1, a.sB0, a.sB1, a.sB2,
+                      a.sC0, a.sC1, a.sC2, a.sA0, a.sD, a.sbias, a.ss0, a.ss1, a.sidx, a.sdw0})
+        fits32 = fits32 && v >= 0 && v <= 0x7fffffffLL;
+    const bool vec = fits32 && a.N % 4 == 0 && a.ss2 == 1 && a.ss0 % 4 == 0 && a.ss1 % 4 == 0 &&
                      ((uintptr_t)a.state % 16) == 0 &&
                      (sa || (a.sA1 == 1 && a.sA0 % 4 == 0 && ((uintptr_t)a.A % 16) == 0));
     // Kernel choice (SSMTP_STEP_KERNEL): "block" (default) or "pipe"; anything else is an error, not a fallback.
