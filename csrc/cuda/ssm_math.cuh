@@ -2,11 +2,12 @@
 // variants, and loads of the small per-channel parameters (D, dt_bias) that may be f32 or the dtype of x.
 //
 // Two accuracy tiers, chosen per kernel:
-//   - "fast" (scan, conv1d): MUFU approximations (ex2.approx, lg2.approx, rcp.approx), ~1e-6 relative error each.
-//     The prefill scan is limited by the multi-function unit (16 results/clk/SM on sm_90): one ex2 per state element
-//     per time step, so every MUFU op per (channel, step) outside the state loop costs ~1/N of the kernel.
-//   - "exact" (step): expf/log1pf and IEEE division, the same formulas as the CPU reference, so that decode state
-//     updates can be checked to a few ulp.
+//   - "fast" (scan, conv1d, the decode step's state update): MUFU approximations (ex2.approx, lg2.approx,
+//     rcp.approx), ~1e-6 relative error each. The prefill scan is limited by the multi-function unit (16
+//     results/clk/SM on sm_90): one ex2 per state element per time step, so every MUFU op per (channel, step) outside
+//     the state loop costs ~1/N of the kernel.
+//   - "exact" (the decode step's per-row softplus and SiLU): expf/log1pf and IEEE division, the same formulas as the
+//     CPU reference.
 #pragma once
 
 #include "common.cuh"

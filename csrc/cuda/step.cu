@@ -22,14 +22,17 @@
 // N % 4 == 0 and N <= 128, walked by a grid of 3 blocks per SM that loads its next item while it computes the
 // current one (see step_pipe_kernel).
 //
-// Arithmetic mirrors the CPU reference (expf, log1pf, IEEE division, no FMA contraction in the state update), so
-// the new state differs from the CPU's by the few ulp of expf/log1pf only.
+// Arithmetic: the state update as one step of the prefill scan (ex2.approx of delta * A log2(e), FMA; ~1e-7 relative
+// from the CPU reference's expf form), the per-row softplus and SiLU as the CPU reference (expf, log1pf, IEEE
+// division).
 // Graph-capturable: slots are read on the device, no host synchronisation, no allocation.
 #include "common.cuh"
 #include "ssm_math.cuh"
 
 #include <stdlib.h>
 #include <string.h>
+
+#include <type_traits>
 
 #define OP "step_fwd"
 
@@ -68,13 +71,12 @@ __device__ __forceinline__ int64_t slot_of(const StepArgs &a, int64_t b) {
     return a.state_idx ? (int64_t)a.state_idx[b * a.sidx] : b;
 }
 
-// h <- exp(delta*A)*h + (delta*B)*x, exactly as the CPU reference evaluates it (no contraction); update_e takes
-// eA = expf(delta*A) evaluated by the caller (once per channel when A is the same for all its states).
-__device__ __forceinline__ float update_e(float h, float eA, float delta, float Bs, float xt) {
-    return __fadd_rn(__fmul_rn(eA, h), __fmul_rn(__fmul_rn(delta, Bs), xt));
-}
-__device__ __forceinline__ float update(float h, float A, float delta, float Bs, float xt) {
-    return update_e(h, expf(__fmul_rn(delta, A)), delta, Bs, xt);
+// h <- exp(delta*A)*h + B*(delta*x), as one step of the prefill scan evaluates it (scan.cu): exp(delta*A) as one
+// ex2 of delta * (A log2 e) on the MUFU, delta*x once per (row, channel), one FMA per state. update_e takes eA
+// evaluated by the caller (once per channel when A is the same for all its states); A2 = A * log2(e).
+__device__ __forceinline__ float update_e(float h, float eA, float dx, float Bs) { return fmaf(eA, h, dx * Bs); }
+__device__ __forceinline__ float update(float h, float A2, float delta, float dx, float Bs) {
+    return update_e(h, ssm_ex2(delta * A2), dx, Bs);
 }
 
 // One 16-byte store of four floats (written as make_float4 into the pointer, nvcc emitted four 4-byte stores).
@@ -152,6 +154,8 @@ template <typename T> struct Quad {
     __device__ __forceinline__ float get(int e) const {
         if constexpr (sizeof(T) == 4) {
             return __uint_as_float(w[e]);
+        } else if constexpr (std::is_same<T, __nv_bfloat16>::value) { // bf16 = the high half of an f32: one op
+            return __uint_as_float(e & 1 ? w[e >> 1] & 0xffff0000u : w[e >> 1] << 16);
         } else {
             return ssm_bits16_to_f32<T>((w[e >> 1] >> (16 * (e & 1))) & 0xffffu);
         }
@@ -181,7 +185,7 @@ template <typename T> __device__ __forceinline__ Quad<T> quad_load(const T *p, i
     return q;
 }
 
-// SA: one A per channel (a.sA1 == 0, Mamba-2 layers): expf(delta*A) once per (row, channel), not per state.
+// SA: one A per channel (a.sA1 == 0, Mamba-2 layers): exp(delta*A) once per (row, channel), not per state.
 template <typename T, int TPC, int NV, bool SA = false, bool DTP = false>
 __global__ void __launch_bounds__(THREADS, 3) step_vec_kernel(const StepArgs a) {
     constexpr int CPB = THREADS / TPC;
@@ -202,10 +206,11 @@ __global__ void __launch_bounds__(THREADS, 3) step_vec_kernel(const StepArgs a) 
 #pragma unroll
     for (int j = 0; j < NV; j++) {
         if constexpr (SA) {
-            const float a0 = a.A[wide(c, a.sA0)];
+            const float a0 = a.A[wide(c, a.sA0)] * SSM_LOG2E;
             Av[j] = make_float4(a0, a0, a0, a0);
         } else {
-            Av[j] = *(const float4 *)(a.A + wide(c, a.sA0) + 4 * (part + j * TPC));
+            const float4 v = *(const float4 *)(a.A + wide(c, a.sA0) + 4 * (part + j * TPC));
+            Av[j] = make_float4(v.x * SSM_LOG2E, v.y * SSM_LOG2E, v.z * SSM_LOG2E, v.w * SSM_LOG2E);
         }
     }
     const float bias = a.dt_bias ? ssm_load_param(a.dt_bias, a.bias_dtype, wide(c, a.sbias)) : 0.f;
@@ -279,8 +284,8 @@ __global__ void __launch_bounds__(THREADS, 3) step_vec_kernel(const StepArgs a) 
     float y[BPB];
 #pragma unroll
     for (int i = 0; i < BPB; i++) {
-        const float xt = to_f32<T>(xr[i]);
-        const float eA = SA ? expf(__fmul_rn(delta[i], Av[0].x)) : 0.f;
+        const float dx = delta[i] * to_f32<T>(xr[i]);
+        const float eA = SA ? ssm_ex2(delta[i] * Av[0].x) : 0.f;
         float acc = 0.f;
 #pragma unroll
         for (int j = 0; j < NV; j++) {
@@ -289,8 +294,8 @@ __global__ void __launch_bounds__(THREADS, 3) step_vec_kernel(const StepArgs a) 
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const float Bs = Bq[i][j].get(e);
-                hv[e] = SA ? update_e(hv[e], eA, delta[i], Bs, xt) : update(hv[e], av[e], delta[i], Bs, xt);
-                acc = __fadd_rn(acc, __fmul_rn(hv[e], Cq[i][j].get(e)));
+                hv[e] = SA ? update_e(hv[e], eA, dx, Bs) : update(hv[e], av[e], delta[i], dx, Bs);
+                acc = fmaf(hv[e], Cq[i][j].get(e), acc);
             }
             if (active && ok[i])
                 st_f4(st_c + wide(slot[i], a.ss0) + 4 * j * TPC, hv);
@@ -349,11 +354,13 @@ __global__ void __launch_bounds__(THREADS) step_scalar_kernel(const StepArgs a) 
     const T *Bp = (const T *)a.B + b * a.sB0 + g * a.sB1;
     const T *Cp = (const T *)a.C + b * a.sC0 + g * a.sC1;
     float *st = a.state + slot * a.ss0 + c * a.ss1;
+    const float dx = delta * xt;
     float y = 0.f;
     for (int64_t s = 0; s < a.N; s++) {
-        const float hv = update(st[s * a.ss2], a.A[c * a.sA0 + s * a.sA1], delta, to_f32<T>(Bp[s * a.sB2]), xt);
+        const float hv = update(st[s * a.ss2], a.A[c * a.sA0 + s * a.sA1] * SSM_LOG2E, delta, dx,
+                                to_f32<T>(Bp[s * a.sB2]));
         st[s * a.ss2] = hv;
-        y = __fadd_rn(y, __fmul_rn(hv, to_f32<T>(Cp[s * a.sC2])));
+        y = fmaf(hv, to_f32<T>(Cp[s * a.sC2]), y);
     }
     *out = from_f32<T>(finish<T>(a, y, b, c, xt));
 }
@@ -424,7 +431,7 @@ __global__ void __launch_bounds__(THREADS, 3) step_pipe_kernel(const StepArgs a,
         const bool active = c0 < a.dim;
         const int64_t c = active ? c0 : a.dim - 1;
         const float4 Av = *(const float4 *)(a.A + c * a.sA0 + 4 * part);
-        const float av[4] = {Av.x, Av.y, Av.z, Av.w};
+        const float av[4] = {Av.x * SSM_LOG2E, Av.y * SSM_LOG2E, Av.z * SSM_LOG2E, Av.w * SSM_LOG2E};
         const float bias = a.dt_bias ? ssm_load_param(a.dt_bias, a.bias_dtype, c * a.sbias) : 0.f;
         const float Dc = a.D ? ssm_load_param(a.D, a.D_dtype, c * a.sD) : 0.f;
 
@@ -447,13 +454,13 @@ __global__ void __launch_bounds__(THREADS, 3) step_pipe_kernel(const StepArgs a,
         float y[BPB];
 #pragma unroll
         for (int i = 0; i < BPB; i++) {
-            const float xt = to_f32<T>(cur.xr[i]);
+            const float dx = delta[i] * to_f32<T>(cur.xr[i]);
             float hv[4] = {cur.h[i].x, cur.h[i].y, cur.h[i].z, cur.h[i].w};
             float acc = 0.f;
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                hv[e] = update(hv[e], av[e], delta[i], cur.Bq[i].get(e), xt);
-                acc = __fadd_rn(acc, __fmul_rn(hv[e], cur.Cq[i].get(e)));
+                hv[e] = update(hv[e], av[e], delta[i], dx, cur.Bq[i].get(e));
+                acc = fmaf(hv[e], cur.Cq[i].get(e), acc);
             }
             if (active && cur.slot[i] >= 0 && cur.slot[i] < a.nslots)
                 st_f4(a.state + cur.slot[i] * a.ss0 + c * a.ss1 + 4 * part, hv);
