@@ -18,7 +18,7 @@ device copy rate measured on this machine, shared/reference/measured-h200.md). T
 reported too: one ex2 per state element per step at 16/clk/SM (sm_90 MUFU), at an assumed 1.98 GHz.
 
 Kernels side by side: every scan case is run with SSMTP_SCAN_KERNEL=loop and =chunked, every decode-step case with
-SSMTP_STEP_KERNEL=block, =pipe and =ring, on the same input sets in the same run (the "kernel" field of each row); the scan
+SSMTP_STEP_KERNEL=block and =pipe, on the same input sets in the same run (the "kernel" field of each row); the scan
 sweep also times the chunked kernel at 4, 8 and 16 lanes per channel (SSMTP_SCAN_P).
 
 Also (filtered by label like the cases): the decode GEMV (ssmtp::linear_small vs cuBLAS, "mamba-2.8b tp1 out_proj
@@ -69,7 +69,7 @@ DECODE = [1, 8, 64, 256]
 DTYPE = torch.bfloat16
 ESZ = 2
 # Kernels timed side by side per op (the env knob each launcher reads; the first is the default).
-KERNELS = {"scan": ["loop", "chunked"], "step": ["block", "pipe", "ring"]}
+KERNELS = {"scan": ["loop", "chunked"], "step": ["block", "pipe"]}
 KERNEL_ENV = {"scan": "SSMTP_SCAN_KERNEL", "step": "SSMTP_STEP_KERNEL"}
 
 

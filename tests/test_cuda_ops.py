@@ -510,11 +510,9 @@ def _step_cuda(args, out):
                 ops.stream_of(x.gpu))
 
 
-# The decode-step kernels (SSMTP_STEP_KERNEL): "block" (one round trip per block of rows), "pipe" (grid-stride
-# items, next item's loads in flight during the compute; N % 4 == 0 and N <= 128, else the same paths as "block") and
-# "ring" (grid-stride items, the state rows of the next items copied into shared-memory stages by cp.async; N 16..128,
-# one A per state, vector-aligned B/C, else the block kernel).
-STEP_KERNELS = ["block", "pipe", "ring"]
+# The decode-step kernels (SSMTP_STEP_KERNEL): "block" (one round trip per block of rows) and "pipe" (grid-stride
+# items, next item's loads in flight during the compute; N % 4 == 0 and N <= 128, else the same paths as "block").
+STEP_KERNELS = ["block", "pipe"]
 
 
 @pytest.mark.parametrize("kernel", STEP_KERNELS)
@@ -569,17 +567,13 @@ def test_one_A_kernels_equal_general(op, monkeypatch):
     assert torch.equal(results[0][1], results[1][1])
 
 
-@pytest.mark.parametrize("kernel", ["pipe", "ring"])
-@pytest.mark.parametrize("layout", ["wide", "contig"])
 @pytest.mark.parametrize("dname", list(DT))
-def test_step_cuda_grid_stride(dname, layout, kernel, monkeypatch):
-    """The grid-stride kernels with one block per SM, so that each block walks several items (the prefetch of the
-    next item or items, the last item of a block, padded slots and a channel count that is not a multiple of the
-    block's). The ring kernel needs vector-aligned B/C ("contig"); with the "wide" layout it hands over to the block
-    kernel."""
-    monkeypatch.setenv("SSMTP_STEP_KERNEL", kernel)
+def test_step_cuda_pipe_grid_stride(dname, monkeypatch):
+    """The pipe kernel with one block per SM, so that each block walks several items (the prefetch of the next
+    item, the last item of a block, padded slots and a channel count that is not a multiple of the block's)."""
+    monkeypatch.setenv("SSMTP_STEP_KERNEL", "pipe")
     monkeypatch.setenv("SSMTP_STEP_BLOCKS_PER_SM", "1")
-    case = ("grid-stride", 70, 1000, 16, 2, layout, "pad", "zDbs", "plain")
+    case = ("pipe-grid-stride", 70, 1000, 16, 2, "wide", "pad", "zDbs", "plain")
     args = _step_inputs(case, dname)
     x, dt, A, B, C, Dp, z, dtb, state, idx, sp = args
     st_cpu = state.cpu.clone()

@@ -22,6 +22,15 @@
 // N % 4 == 0 and N <= 128, walked by a grid of 3 blocks per SM that loads its next item while it computes the
 // current one (see step_pipe_kernel).
 //
+// Instruction diet (measured on H200, bench_ops.py, bf16, side by side with the previous commit): the vector kernel
+// was issue-bound (Nsight Compute: issue slots ~71-75% busy at B=64/256, DRAM 24-45%). nvcc had split each 16-byte
+// state store into four 4-byte stores, B/C were loaded one element at a time with 64-bit index products, c / per_group
+// was a 64-bit division and the rows' slots sat in local memory; fixing those (16-byte stores by inline PTX, one
+// vector load per 4 B/C states, 32-bit indices with wide products) took mamba-2.8b tp1 from 72.8 to 59.8 us at B=256
+// and 21.2 to 16.8 us at B=64 (70% / 63% of the copy rate; every model and batch 1.16-1.26x; step-h200-5f4543e.json
+// vs step-h200-3b6e39f-ref.json). The scan's arithmetic for the state update (below) then gave 3-12% at B <= 8 and
+// ~1% at B >= 64 (step-h200-d2163ba.json vs step-h200-5f4543e-c.json).
+//
 // Arithmetic: the state update as one step of the prefill scan (ex2.approx of delta * A log2(e), FMA; ~1e-7 relative
 // from the CPU reference's expf form), the per-row softplus and SiLU as the CPU reference (expf, log1pf, IEEE
 // division).
@@ -54,7 +63,6 @@ struct StepArgs {
 };
 
 constexpr int THREADS = 256;
-enum { KERNEL_BLOCK, KERNEL_PIPE, KERNEL_RING }; // SSMTP_STEP_KERNEL
 // Sequences per block on the vector path: 4 (2 when each thread holds 8 states, N = 256, to stay unspilled at the
 // 3-blocks-per-SM register cap; 1 with dt_proj fused, whose dot products spill at 4 rows and which only runs at
 // batch <= 4, where more blocks per sequence are what fills the GPU).
@@ -502,165 +510,6 @@ __global__ void __launch_bounds__(THREADS, 3) step_pipe_kernel(const StepArgs a,
     }
 }
 
-// Ring kernel (SSMTP_STEP_KERNEL=ring; N = 16..128, B/C vector-aligned, one A per state, no fused dt_proj; other
-// calls take the block kernel). A persistent grid (2 blocks per SM) walks items of RING_R sequences x CPB channels
-// (the block kernel's lane layout) in a grid-stride loop. The state rows of the next RING_S - 1 items are copied into
-// a ring of shared-memory stages by cp.async while the current item computes, so ~3 items' state (48 KB per block)
-// stays in flight whatever the block is doing: the block kernel has its rows in flight only between its loads and
-// its first use of them. Each thread copies and reads back only its own 16-byte words, so the ring needs no barrier,
-// only cp.async.wait_group. The small operands (x, dt, z, B, C, A, dt_bias, D) are loaded one item ahead into
-// registers. Arithmetic identical to the block kernel.
-constexpr int RING_R = 4; // sequences per item
-constexpr int RING_S = 4; // stages: items whose state rows are in flight or resident
-
-__device__ __forceinline__ void cp_async16(float4 *smem, const float *gmem, bool ok) {
-    const unsigned d = (unsigned)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(gmem), "r"(ok ? 16 : 0) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
-}
-
-template <typename T> struct RingSmall {
-    int slot[RING_R]; // -1: past the batch or a padding row
-    T xr[RING_R], dr[RING_R], zr[RING_R];
-    Quad<T> Bq[RING_R], Cq[RING_R];
-    float4 A2; // A * log2(e) of this thread's 4 states
-    float bias, Dc;
-};
-
-template <typename T, int TPC>
-__global__ void __launch_bounds__(THREADS, 2) step_ring_kernel(const StepArgs a, const int ncb, const int nitems) {
-    constexpr int CPB = THREADS / TPC, R = RING_R, S = RING_S;
-    static_assert(TPC >= R, "lane p of a channel evaluates row p's softplus and output");
-    extern __shared__ float4 ring[]; // [S][R][THREADS]
-    const int part = threadIdx.x % TPC, lane = threadIdx.x % 32;
-    const int G = (int)gridDim.x;
-    ssm_pdl_trigger();
-    ssm_pdl_wait();
-    int w = (int)blockIdx.x;
-    if (w >= nitems) return;
-
-    auto chan = [&](int it) { return (it % ncb) * CPB + (int)threadIdx.x / TPC; }; // unclamped channel of item it
-    auto row_slot = [&](int b) {
-        return b >= (int)a.batch ? -1 : a.state_idx ? a.state_idx[wide(b, a.sidx)] : b;
-    };
-    // cp.async of item it's state rows into stage k (zero-filled for rows without a valid slot); one commit group
-    // per call, empty past the last item, so that group i is always item i of this block.
-    auto issue = [&](int it, int k) {
-        if (it < nitems) {
-            const int c = min(chan(it), (int)a.dim - 1), b0 = (it / ncb) * R;
-            const float *sc = a.state + wide(c, a.ss1) + 4 * part;
-#pragma unroll
-            for (int r = 0; r < R; r++) {
-                const int sl = row_slot(b0 + r);
-                const bool ok = sl >= 0 && sl < a.nslots;
-                cp_async16(&ring[(k * R + r) * THREADS + threadIdx.x], ok ? sc + wide(sl, a.ss0) : a.state, ok);
-            }
-        }
-        cp_async_commit();
-    };
-    auto load_small = [&](int it, RingSmall<T> &s) {
-        const int c = min(chan(it), (int)a.dim - 1), b0 = (it / ncb) * R;
-        const int g = (int)((uint32_t)c / (uint32_t)a.per_group);
-        const float4 v = *(const float4 *)(a.A + wide(c, a.sA0) + 4 * part);
-        s.A2 = make_float4(v.x * SSM_LOG2E, v.y * SSM_LOG2E, v.z * SSM_LOG2E, v.w * SSM_LOG2E);
-        s.bias = a.dt_bias ? ssm_load_param(a.dt_bias, a.bias_dtype, wide(c, a.sbias)) : 0.f;
-        s.Dc = a.D ? ssm_load_param(a.D, a.D_dtype, wide(c, a.sD)) : 0.f;
-        const T *Bg = (const T *)a.B + wide(g, a.sB1) + 4 * part, *Cg = (const T *)a.C + wide(g, a.sC1) + 4 * part;
-#pragma unroll
-        for (int r = 0; r < R; r++) {
-            const bool in = b0 + r < (int)a.batch;
-            const int b = in ? b0 + r : b0;
-            s.slot[r] = row_slot(b0 + r);
-            s.xr[r] = ((const T *)a.x)[wide(b, a.sx0) + wide(c, a.sx1)];
-            s.dr[r] = ((const T *)a.dt)[wide(b, a.sdt0) + wide(c, a.sdt1)];
-            s.zr[r] = a.z ? ((const T *)a.z)[wide(b, a.sz0) + wide(c, a.sz1)] : from_f32<T>(0.f);
-            s.Bq[r] = quad_load<T>(Bg + wide(b, a.sB0), 1, true);
-            s.Cq[r] = quad_load<T>(Cg + wide(b, a.sC0), 1, true);
-        }
-    };
-
-#pragma unroll
-    for (int k = 0; k < S - 1; k++) issue(w + k * G, k);
-    RingSmall<T> cur, nxt;
-    load_small(w, cur);
-    for (int k = 0; w < nitems; w += G, k = (k + 1) % S) {
-        issue(w + (S - 1) * G, (k + S - 1) % S); // the stage item w - G left
-        if (w + G < nitems) load_small(w + G, nxt);
-        cp_async_wait<S - 1>(); // item w's rows are in this thread's words of stage k
-        const int c0 = chan(w), c = min(c0, (int)a.dim - 1), b0 = (w / ncb) * R;
-        const bool active = c0 < (int)a.dim;
-
-        float v = 0.f; // lane `part` evaluates the softplus of row part % R, shared by shuffles
-#pragma unroll
-        for (int i = 0; i < R; i++)
-            if (part % R == i) v = __fadd_rn(to_f32<T>(cur.dr[i]), cur.bias);
-        if (a.softplus) v = ssm_softplus_exact(v);
-        float y[R];
-        const float av[4] = {cur.A2.x, cur.A2.y, cur.A2.z, cur.A2.w};
-#pragma unroll
-        for (int i = 0; i < R; i++) {
-            const float delta = __shfl_sync(0xffffffffu, v, (lane & ~(TPC - 1)) | i);
-            const float dx = delta * to_f32<T>(cur.xr[i]);
-            const float4 h4 = ring[(k * R + i) * THREADS + threadIdx.x];
-            float hv[4] = {h4.x, h4.y, h4.z, h4.w};
-            float acc = 0.f;
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                hv[e] = update(hv[e], av[e], delta, dx, cur.Bq[i].get(e));
-                acc = fmaf(hv[e], cur.Cq[i].get(e), acc);
-            }
-            if (active && cur.slot[i] >= 0 && cur.slot[i] < a.nslots)
-                st_f4(a.state + wide(cur.slot[i], a.ss0) + wide(c, a.ss1) + 4 * part, hv);
-#pragma unroll
-            for (int o = TPC / 2; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-            y[i] = acc;
-        }
-        const int ir = part % R;
-        float yv = y[0], xv = to_f32<T>(cur.xr[0]), zv = to_f32<T>(cur.zr[0]);
-        int sl = cur.slot[0];
-#pragma unroll
-        for (int i = 1; i < R; i++)
-            if (ir == i) { yv = y[i]; xv = to_f32<T>(cur.xr[i]); zv = to_f32<T>(cur.zr[i]); sl = cur.slot[i]; }
-        if (part < R && active && b0 + ir < (int)a.batch) {
-            float r;
-            if (sl < 0) r = 0.f;
-            else if (sl >= a.nslots) r = __int_as_float(0x7fc00000);
-            else {
-                r = yv;
-                if (a.D) r = __fadd_rn(r, __fmul_rn(cur.Dc, xv));
-                if (a.z) r = __fmul_rn(r, ssm_silu_exact(zv));
-            }
-            ((T *)a.out)[wide(b0 + ir, a.so0) + wide(c, a.so1)] = from_f32<T>(r);
-        }
-        cur = nxt;
-    }
-    cp_async_wait<0>(); // nothing left in flight into shared memory at exit
-}
-
-template <typename T, int TPC> ssmtp_status_t launch_ring(const StepArgs &a, int device, cudaStream_t s) {
-    constexpr int CPB = THREADS / TPC;
-    const int64_t ncb = (a.dim + CPB - 1) / CPB, nitems = ncb * ((a.batch + RING_R - 1) / RING_R);
-    const size_t smem = (size_t)RING_S * RING_R * THREADS * sizeof(float4);
-    auto kernel = step_ring_kernel<T, TPC>;
-    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    if (e != cudaSuccess) {
-        (void)cudaGetLastError();
-        return ssmtp_fail(SSMTP_ERR_CUDA, OP ": %zu bytes of shared memory per block: %s", smem, cudaGetErrorString(e));
-    }
-    int sms = 132;
-    SSMTP_TRY(ssm_sm_count(device, &sms));
-    int per_sm = ssm_blocks_per_sm((const void *)kernel, THREADS, smem);
-    const char *env = getenv("SSMTP_STEP_BLOCKS_PER_SM"); // fewer resident blocks (tests: long grid-stride walks)
-    if (env && atoi(env) > 0 && atoi(env) < per_sm) per_sm = atoi(env);
-    const int64_t slots = (int64_t)sms * (per_sm > 0 ? per_sm : 1);
-    const int64_t grid = nitems < slots ? nitems : slots;
-    return ssmtp_launch(OP, kernel, dim3((unsigned)grid), dim3(THREADS), smem, s, ssmtp_pdl_enabled(a.device), a,
-                        (int)ncb, (int)nitems);
-}
-
 template <typename T, int TPC, int NV, bool SA = false, bool DTP = false>
 ssmtp_status_t launch_vec(const StepArgs &a, cudaStream_t s);
 
@@ -701,20 +550,7 @@ template <typename T, bool SA, bool DTP> ssmtp_status_t dispatch_vec(const StepA
 }
 
 template <typename T>
-ssmtp_status_t dispatch(const StepArgs &a, bool vec, int kernel, bool sa, int device, cudaStream_t s) {
-    const bool pipe = kernel == KERNEL_PIPE;
-    if (vec && kernel == KERNEL_RING && !sa && !a.dtw && a.vecbc) {
-        const int64_t ncb = (a.dim + THREADS / 4 - 1) / (THREADS / 4);
-        if (ncb * ((a.batch + RING_R - 1) / RING_R) < (1 << 30)) { // int item indices (the widest items: TPC 4)
-            switch (a.N / 4) {
-            case 4: return launch_ring<T, 4>(a, device, s);
-            case 8: return launch_ring<T, 8>(a, device, s);
-            case 16: return launch_ring<T, 16>(a, device, s);
-            case 32: return launch_ring<T, 32>(a, device, s);
-            default: break; // N < 16 or 256: the block kernel
-            }
-        }
-    }
+ssmtp_status_t dispatch(const StepArgs &a, bool vec, bool pipe, bool sa, int device, cudaStream_t s) {
     // dt_proj on the vector path: 16-byte packs of dt_proj rows and dt rows (else the scalar kernel's loop)
     const int64_t es = (int64_t)sizeof(T);
     const bool dtp_vec = a.dtw && (a.R * es) % 16 == 0 && a.sdt1 == 1 && (a.sdt0 * es) % 16 == 0 &&
@@ -799,16 +635,19 @@ extern "C" ssmtp_status_t ssmtp_cuda_step_fwd(const ssmtp_step_params_t *p, void
     // (mamba-2.8b tp1 B=256: 92.7 us vs 72.7, 45% vs 58% of HBM), equal at B=1. So block stays the default. A third
     // variant, 8 sequences per block at 2 blocks per SM with B/C packed, validated and measured slower too (2026-11-23:
     // 93.4 us vs 71.6 at mamba-2.8b tp1 B=256, 26.8 vs 20.1 at B=64; benchmarks/results/block8-step-h200-9d46302.json)
-    // and was removed.
-    int kernel = KERNEL_BLOCK;
+    // and was removed. A fourth, "ring" (2026-11-23, c617758: a persistent grid with the next three items' state
+    // rows copied into shared-memory stages by cp.async, ~48 KB per block always in flight), validated and measured
+    // slower at B >= 64 (mamba-2.8b tp1 B=256 64.1 vs 59.4 us, B=64 18.3 vs 16.7; 4.6 vs 4.8 at B=8;
+    // benchmarks/results/step-h200-c617758-ring.json): bytes in flight are not what holds this kernel at ~70% of the
+    // copy rate. Removed.
+    bool pipe = false;
     const char *kenv = getenv("SSMTP_STEP_KERNEL");
     if (kenv && *kenv) {
-        if (strcmp(kenv, "pipe") == 0) kernel = KERNEL_PIPE;
-        else if (strcmp(kenv, "ring") == 0) kernel = KERNEL_RING;
+        if (strcmp(kenv, "pipe") == 0) pipe = true;
         else if (strcmp(kenv, "block") != 0)
-            return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": SSMTP_STEP_KERNEL=%s (block, pipe or ring)", kenv);
+            return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": SSMTP_STEP_KERNEL=%s (block or pipe)", kenv);
     }
     cudaStream_t s = (cudaStream_t)stream;
-    SSMTP_DISPATCH_FLOAT(p->x.dtype, T, OP, { return dispatch<T>(a, vec, kernel, sa, p->x.device, s); });
+    SSMTP_DISPATCH_FLOAT(p->x.dtype, T, OP, { return dispatch<T>(a, vec, pipe, sa, p->x.device, s); });
     return SSMTP_OK;
 }
