@@ -15,7 +15,9 @@ CUDA events: the figure reported is one call inside a captured CUDA graph of R c
 (Python dispatch included) is reported beside it. Bytes moved: each input read once, each output written once,
 states read + written (conv: width-1 history columns read, state_len written). GB/s over 4.26 TB/s (the device-to-
 device copy rate measured on this machine, shared/reference/measured-h200.md). The scan's arithmetic floor is
-reported too: one ex2 per state element per step at 16/clk/SM (sm_90 MUFU), at an assumed 1.98 GHz.
+reported too: one ex2 per state element per step at 16/clk/SM (sm_90 MUFU), at an assumed 1.98 GHz. Decode-step
+cases are also set against torch's in-place elementwise kernel (state.mul_) over the same state tensors, timed the
+same way: what a tuned read-modify-write of those bytes reaches here.
 
 Kernels side by side: every scan case is run with SSMTP_SCAN_KERNEL=loop and =chunked, every decode-step case with
 SSMTP_STEP_KERNEL=block and =pipe, on the same input sets in the same run (the "kernel" field of each row); the scan
@@ -265,6 +267,18 @@ def graph_time(call, nsets: int, R: int, replays: int = 10) -> float:
         ts.append(a.elapsed_time(b) * 1e-3 / R)
     del g
     return statistics.median(ts)
+
+
+def inplace_rate(c, sets):
+    """Decode-step cases: bytes/s of torch's in-place elementwise kernel (state.mul_) over the same state tensors,
+    timed like the op (one graph, rotating over the sets): what a tuned read-modify-write of these bytes reaches on
+    this GPU, beside the copy rate. 0 for other ops."""
+    if c["op"] != "step":
+        return 0.0
+    nb = 2 * sets[0]["state"].numel() * 4
+    R = max(len(sets), min(200, int(math.ceil(2e-3 / max(nb / HBM_BPS, 1e-6)))))
+    t = graph_time(lambda i: sets[i % len(sets)]["state"].mul_(0.9999), len(sets), R)
+    return nb / t
 
 
 def time_graph(c, p, sets, est_s):
@@ -639,6 +653,7 @@ def main():
         nsets = int(max(1, min(256, math.ceil(3 * L2_BYTES / nbytes))))
         sets = [make_inputs(c) for _ in range(nsets)]
         hf_us = None
+        inplace = inplace_rate(c, sets)
         for kernel in KERNELS.get(c["op"], [None]):  # every kernel of the op on the same input sets
             env = KERNEL_ENV.get(c["op"])
             if env and kernel:
@@ -655,6 +670,9 @@ def main():
             row = dict(c, kernel=kernel or "", bytes=nbytes, sets=nsets, graph_calls=R, us=t_graph * 1e6,
                        us_eager=t_eager * 1e6, GBps=nbytes / t_graph / 1e9, frac_hbm=nbytes / t_graph / HBM_BPS,
                        valid=ok, max_abs_err=err, max_state_err=serr)
+            if inplace:  # the state bytes at the rate torch's in-place elementwise kernel reaches on them
+                row["inplace_GBps"] = inplace / 1e9
+                row["frac_inplace"] = (2 * c["B"] * c["dim"] * c["N"] * 4 / t_graph) / inplace
             fl = mufu_floor_s(c)
             if fl > 0:
                 row["mufu_floor_us"] = fl * 1e6
@@ -670,8 +688,9 @@ def main():
             if env:
                 os.environ.pop(env, None)
             rows.append(row)
+            ip = f" ({100 * row['frac_inplace']:5.1f}% of in-place mul_ {row['inplace_GBps']:5.0f} GB/s)" if inplace else ""
             print(f"{c['label']:<48} {kernel or '':<8} {row['us']:9.1f} us {row['GBps']:7.0f} GB/s "
-                  f"{100 * row['frac_hbm']:5.1f}% {'ok' if ok else 'INVALID'}", flush=True)
+                  f"{100 * row['frac_hbm']:5.1f}%{ip} {'ok' if ok else 'INVALID'}", flush=True)
         del sets
         torch.cuda.empty_cache()
     sweeps = [] if args.no_sweep else chunk_sweep(args.filter)
