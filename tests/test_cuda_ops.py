@@ -532,6 +532,32 @@ def test_step_cuda_vs_cpu(case, dname, kernel, monkeypatch):
     close(state.gpu, st_cpu, *STEP_STATE_TOL, "state")
 
 
+@pytest.mark.parametrize("shape", ["4x4", "2x5", "2x6", "1x8"])
+@pytest.mark.parametrize("case", ["pad-rows", "zamba-heads", "batch-1"])
+def test_step_block_shapes_equal_default(case, shape, monkeypatch):
+    """The vector kernel's other block shapes at d_state 16 (SSMTP_STEP_SHAPE: sequences per block x blocks per SM)
+    give bit for bit the default's outputs and states (the same arithmetic per element, another grouping of rows)."""
+    args = list(_step_inputs(next(c for c in STEP_CASES if c[0] == case), "bf16"))
+    results = []
+    for sh in ("4x3", shape):
+        monkeypatch.setenv("SSMTP_STEP_SHAPE", sh)
+        a = list(args)
+        a[8] = same(args[8].cpu.clone())
+        out = nan_like(args[0].gpu)
+        _step_cuda(a, out)
+        torch.cuda.synchronize()
+        results.append((out, a[8].gpu))
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
+
+
+def test_step_block_shape_bad_name_raises(monkeypatch):
+    monkeypatch.setenv("SSMTP_STEP_SHAPE", "3x3")
+    args = _step_inputs(next(c for c in STEP_CASES if c[0] == "pad-rows"), "bf16")
+    with pytest.raises(RuntimeError, match="SSMTP_STEP_SHAPE"):
+        _step_cuda(args, nan_like(args[0].gpu))
+
+
 @pytest.mark.parametrize("op", ["scan", "step"])
 def test_one_A_kernels_equal_general(op, monkeypatch):
     """A per channel (stride-0 view, the SA kernels: one exp per channel and step) gives bit for bit the states the

@@ -195,10 +195,10 @@ template <typename T> __device__ __forceinline__ Quad<T> quad_load(const T *p, i
 }
 
 // SA: one A per channel (a.sA1 == 0, Mamba-2 layers): exp(delta*A) once per (row, channel), not per state.
-template <typename T, int TPC, int NV, bool SA = false, bool DTP = false>
-__global__ void __launch_bounds__(THREADS, 3) step_vec_kernel(const StepArgs a) {
+// BPB: sequences per block; MINB: resident blocks per SM the registers are capped for (launch bound).
+template <typename T, int TPC, int NV, bool SA = false, bool DTP = false, int BPB = bpb_of<NV, DTP>(), int MINB = 3>
+__global__ void __launch_bounds__(THREADS, MINB) step_vec_kernel(const StepArgs a) {
     constexpr int CPB = THREADS / TPC;
-    constexpr int BPB = bpb_of<NV, DTP>();
     const int part = threadIdx.x % TPC;
     const int lane = threadIdx.x % 32;
     // 32-bit indices and strides (the launcher checked that they fit), offsets as 32 x 32 -> 64-bit products
@@ -510,8 +510,19 @@ __global__ void __launch_bounds__(THREADS, 3) step_pipe_kernel(const StepArgs a,
     }
 }
 
-template <typename T, int TPC, int NV, bool SA = false, bool DTP = false>
+template <typename T, int TPC, int NV, bool SA = false, bool DTP = false, int BPB = bpb_of<NV, DTP>(), int MINB = 3>
 ssmtp_status_t launch_vec(const StepArgs &a, cudaStream_t s);
+
+// Block shape of the vector kernel at d_state 16 (TPC 4) without fused dt_proj: sequences per block x resident
+// blocks per SM. SSMTP_STEP_SHAPE (benchmarks): 4x3 (the default), 4x4, 2x5, 2x6 or 1x8.
+static int step_shape() {
+    const char *env = getenv("SSMTP_STEP_SHAPE");
+    if (!env || !*env) return 0;
+    const char *names[] = {"4x3", "4x4", "2x5", "2x6", "1x8"};
+    for (int i = 0; i < 5; i++)
+        if (strcmp(env, names[i]) == 0) return i;
+    return -1;
+}
 
 template <typename T, int TPC> ssmtp_status_t launch_pipe(const StepArgs &a, int device, cudaStream_t s) {
     constexpr int CPB = THREADS / TPC;
@@ -529,11 +540,11 @@ template <typename T, int TPC> ssmtp_status_t launch_pipe(const StepArgs &a, int
     return SSMTP_OK;
 }
 
-template <typename T, int TPC, int NV, bool SA, bool DTP> ssmtp_status_t launch_vec(const StepArgs &a, cudaStream_t s) {
+template <typename T, int TPC, int NV, bool SA, bool DTP, int BPB, int MINB>
+ssmtp_status_t launch_vec(const StepArgs &a, cudaStream_t s) {
     constexpr int CPB = THREADS / TPC;
-    constexpr int BPB = bpb_of<NV, DTP>();
     const dim3 grid((unsigned)((a.dim + CPB - 1) / CPB), (unsigned)((a.batch + BPB - 1) / BPB));
-    return ssmtp_launch(OP, step_vec_kernel<T, TPC, NV, SA, DTP>, grid, dim3(THREADS), 0, s,
+    return ssmtp_launch(OP, step_vec_kernel<T, TPC, NV, SA, DTP, BPB, MINB>, grid, dim3(THREADS), 0, s,
                         ssmtp_pdl_enabled(a.device), a);
 }
 
@@ -541,7 +552,20 @@ template <typename T, bool SA, bool DTP> ssmtp_status_t dispatch_vec(const StepA
     switch (a.N / 4) {
     case 1: return launch_vec<T, 1, 1, SA, DTP>(a, s);
     case 2: return launch_vec<T, 2, 1, SA, DTP>(a, s);
-    case 4: return launch_vec<T, 4, 1, SA, DTP>(a, s);
+    case 4:
+        if constexpr (!SA && !DTP) {
+            switch (step_shape()) {
+            case 0: break;
+            case 1: return launch_vec<T, 4, 1, false, false, 4, 4>(a, s);
+            case 2: return launch_vec<T, 4, 1, false, false, 2, 5>(a, s);
+            case 3: return launch_vec<T, 4, 1, false, false, 2, 6>(a, s);
+            case 4: return launch_vec<T, 4, 1, false, false, 1, 8>(a, s);
+            default:
+                return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": SSMTP_STEP_SHAPE=%s (4x3, 4x4, 2x5, 2x6 or 1x8)",
+                                  getenv("SSMTP_STEP_SHAPE"));
+            }
+        }
+        return launch_vec<T, 4, 1, SA, DTP>(a, s);
     case 8: return launch_vec<T, 8, 1, SA, DTP>(a, s);
     case 16: return launch_vec<T, 16, 1, SA, DTP>(a, s);
     case 32: return launch_vec<T, 32, 1, SA, DTP>(a, s);
