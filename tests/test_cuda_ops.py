@@ -532,7 +532,7 @@ def test_step_cuda_vs_cpu(case, dname, kernel, monkeypatch):
     close(state.gpu, st_cpu, *STEP_STATE_TOL, "state")
 
 
-@pytest.mark.parametrize("shape", ["4x4", "2x5", "2x6", "1x8"])
+@pytest.mark.parametrize("shape", ["auto", "4x4", "2x5", "2x6", "1x8"])
 @pytest.mark.parametrize("case", ["pad-rows", "zamba-heads", "batch-1"])
 def test_step_block_shapes_equal_default(case, shape, monkeypatch):
     """The vector kernel's other block shapes at d_state 16 (SSMTP_STEP_SHAPE: sequences per block x blocks per SM)

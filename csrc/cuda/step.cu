@@ -7,7 +7,8 @@
 //
 // Vector path (N % 4 == 0, N/4 a power of two, 16-byte aligned rows): TPC = min(N/4, 32) adjacent lanes own one
 // channel, each NV float4s of its state (float4 q = part + j*TPC, so a warp's accesses are contiguous 512-byte runs);
-// y is summed with xor shuffles. A block covers 256/TPC channels of BPB = 4 sequences (2 at N = 256): A is loaded
+// y is summed with xor shuffles. A block covers 256/TPC channels of BPB = 4 sequences (2 at N = 256; at N = 16 the
+// shape step_shape() picks, 1 or 4 sequences at 8 or 4 blocks per SM): A is loaded
 // once per thread and reused for the rows (A would otherwise be re-read from L2 once per sequence, as many bytes as
 // the state), and every load of the rows (state, x, dt, z, B, C) is issued before the first is used: one memory
 // round trip per block instead of two. With TPC >= BPB, lane p evaluates softplus and the output tail (D, SiLU) for
@@ -514,10 +515,18 @@ template <typename T, int TPC, int NV, bool SA = false, bool DTP = false, int BP
 ssmtp_status_t launch_vec(const StepArgs &a, cudaStream_t s);
 
 // Block shape of the vector kernel at d_state 16 (TPC 4) without fused dt_proj: sequences per block x resident
-// blocks per SM. SSMTP_STEP_SHAPE (benchmarks): 4x3 (the default), 4x4, 2x5, 2x6 or 1x8.
-static int step_shape() {
+// blocks per SM (the registers are capped for the latter). SSMTP_STEP_SHAPE: auto (default), 4x3, 4x4, 2x5, 2x6 or
+// 1x8. auto = 1x8 up to 8 sequences, 4x4 above. Measured on H200 (2026-11-23, 025a662, bench_ops.py, bf16, mamba-2.8b
+// tp1 / tp2, falcon-mamba-7b, zamba-7b; benchmarks/results/step-shape-h200-025a662-*.json), us, the previous fixed
+// 4x3 first: B=256 4x3 59.4 / 31.2 / 91.9 / 85.1, 4x4 54.3 / 28.8 / 84.6 / 77.0 (mamba-2.8b tp1 77% of the copy
+// rate), 2x6 56.1 / 29.4 / 88.1 / 80.4, 1x8 65.4 / 33.8 / 103.2 / 93.8; B=64 4x3 16.6 / 9.7 / 24.8 / 23.2, 4x4
+// 16.2 / 10.1 / 23.2 / 21.5, 2x6 15.8 / 9.1 / 23.8 / 21.9; B=8 4x3 4.8 / 3.7 / 5.2 / 4.9, 1x8 4.2 / 3.2 / 4.8 / 4.6;
+// B=1 4x3 3.3 / 2.9 / 3.4 / 3.6, 1x8 2.6 / 2.4 / 2.7 / 2.7. Nsight Compute on 4x3 at B=256 (b247c84): DRAM ~54%,
+// 24 of 64 warp slots (3 blocks of 80 registers), top stall long scoreboard: more resident warps, not more bytes
+// per warp (the ring kernel, below), is what the memory latency wanted.
+static int step_shape(int64_t batch) {
     const char *env = getenv("SSMTP_STEP_SHAPE");
-    if (!env || !*env) return 0;
+    if (!env || !*env || strcmp(env, "auto") == 0) return batch <= 8 ? 4 : 1;
     const char *names[] = {"4x3", "4x4", "2x5", "2x6", "1x8"};
     for (int i = 0; i < 5; i++)
         if (strcmp(env, names[i]) == 0) return i;
@@ -554,14 +563,14 @@ template <typename T, bool SA, bool DTP> ssmtp_status_t dispatch_vec(const StepA
     case 2: return launch_vec<T, 2, 1, SA, DTP>(a, s);
     case 4:
         if constexpr (!SA && !DTP) {
-            switch (step_shape()) {
+            switch (step_shape(a.batch)) {
             case 0: break;
             case 1: return launch_vec<T, 4, 1, false, false, 4, 4>(a, s);
             case 2: return launch_vec<T, 4, 1, false, false, 2, 5>(a, s);
             case 3: return launch_vec<T, 4, 1, false, false, 2, 6>(a, s);
             case 4: return launch_vec<T, 4, 1, false, false, 1, 8>(a, s);
             default:
-                return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": SSMTP_STEP_SHAPE=%s (4x3, 4x4, 2x5, 2x6 or 1x8)",
+                return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": SSMTP_STEP_SHAPE=%s (auto, 4x3, 4x4, 2x5, 2x6 or 1x8)",
                                   getenv("SSMTP_STEP_SHAPE"));
             }
         }
