@@ -376,17 +376,23 @@ def _hf_same_run(llm, args, device, dtype, g) -> dict:
             model = cls(cfg).to(dtype).eval()
         ids = torch.tensor(_prompts(g, 1, 512, llm.vocab_size), device=device)
         timer = _Timer(device)
-        # the decode step is a difference of two timings: on a (shared, noisy) CPU each is the best of 3 so that
-        # noise in one does not make the difference meaningless; GPU timings are steady, one run each
-        reps = 1 if device.type == "cuda" else 3
+        # The decode step is the difference of two generate() timings of the same prompt, n1 and n2 new tokens (the
+        # same prefill in both), each the best of `reps`, after a warm-up generate at the full prompt length: a
+        # difference against a separately timed prefill went negative on the GPU (-118 ms at 68bd877: the first
+        # 512-token forward there paid a one-off cost that the timed generate did not).
+        reps = 2 if device.type == "cuda" else 3
+        n1, n2 = 2, 6
+
+        def gen(n):
+            return model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+
         with torch.no_grad():
-            model(ids[:, :64])  # warm-up
+            gen(n1)  # warm-up at the timed shapes
             t_pre = min(timer(lambda: model(ids, use_cache=True))[0] for _ in range(reps))
-            n = 4
-            t_gen = min(timer(lambda: model.generate(ids, max_new_tokens=n + 1, min_new_tokens=n + 1,
-                                                     do_sample=False))[0] for _ in range(reps))
+            t1 = min(timer(lambda: gen(n1))[0] for _ in range(reps))
+            t2 = min(timer(lambda: gen(n2))[0] for _ in range(reps))
         out = {"workload": "B=1 L=512", "prefill_s": t_pre, "prefill_tok_s": 512 / t_pre,
-               "decode_step_ms": (t_gen - t_pre) / n * 1e3}
+               "decode_step_ms": (t2 - t1) / (n2 - n1) * 1e3}
         # prefill B=8 L=512 (the kernels issue's 50x workload), the better of two runs as for ssmtp's prefill
         ids8 = torch.tensor(_prompts(g, 8, 512, llm.vocab_size), device=device)
         with torch.no_grad():
