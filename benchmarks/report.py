@@ -186,6 +186,14 @@ def engine_section(p1, d1, p2, d2, readme_dir) -> list:
     out = [f"### Engine ({_meta(d1).get('model')}, {_meta(d1).get('dtype')})", "",
            "Sources: " + ", ".join(s for s in (_src(p1, d1), _src(p2, d2)) if s) + ". mamba_ssm figures: "
            "`shared/reference/measured-h200.md` (same GPU model, not this run).", ""]
+    # TP ratios only between runs of one commit (a TP=2 file from an older commit than the TP=1 file would set old
+    # kernels against new ones); a non-positive HF timing (a difference of noisy timings) is not shown.
+    same = d2 is not None and _commit(d1) == _commit(d2)
+    if d2 is not None and not same:
+        out += [f"TP=2 / TP=1 left out: the TP=1 and TP=2 files come from different commits ({_commit(d1)[:7]}, "
+                f"{_commit(d2)[:7]}).", ""]
+    hf_step = hf.get("decode_step_ms")
+    hf_step = hf_step if hf_step and hf_step > 0 else None
     rows = []
 
     def step(d, b):
@@ -194,13 +202,13 @@ def engine_section(p1, d1, p2, d2, readme_dir) -> list:
 
     for b, x in d1.get("decode", {}).items():
         s1, s2 = step(d1, b), step(d2, b)
-        rows.append([f"decode step B={b}", _ms(s1), _ms(s2), _x(s2 / s1) if s1 and s2 else "",
+        rows.append([f"decode step B={b}", _ms(s1), _ms(s2), _x(s2 / s1) if s1 and s2 and same else "",
                      _x(x.get("over_floor")), _ms(ms.get("decode_step_ms", {}).get(b)),
-                     _ms(hf.get("decode_step_ms"), 1) if b == "1" else ""])
+                     _ms(hf_step, 1) if b == "1" else ""])
     for c, x in d1.get("prefill", {}).items():
         y = (d2 or {}).get("prefill", {}).get(c)
         rows.append([f"prefill {c}", f"{_tok(x['tok_s'])} tok/s", f"{_tok(y['tok_s'])} tok/s" if y else "",
-                     f"{y['tok_s'] / x['tok_s']:.2f}x" if y else "", _x(x.get("over_floor")),
+                     f"{y['tok_s'] / x['tok_s']:.2f}x" if y and same else "", _x(x.get("over_floor")),
                      f"{_tok(ms.get('prefill_tok_s', {}).get(c))} tok/s" if c in ms.get("prefill_tok_s", {}) else "",
                      f"{_tok(hf.get('prefill_tok_s'))} tok/s" if hf and c == "1x512" else ""])
     t1, t2 = d1.get("ttft"), (d2 or {}).get("ttft")

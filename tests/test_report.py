@@ -105,6 +105,29 @@ def test_report_writes_the_marked_section_and_is_idempotent(report, tmp_path):
     assert report.main(args) == 0 and readme.read_text() == text
 
 
+def test_engine_ratios_only_within_one_commit_and_no_negative_hf(report, tmp_path):
+    """The engine table's TP=2 / TP=1 column is left empty (with a note) when the two files come from different
+    commits, and a non-positive HF decode timing is not printed."""
+    res = tmp_path / "results"
+    res.mkdir()
+    _fixtures(str(res))
+    p2 = res / "engine-x-tp2.json"
+    d2 = json.loads(p2.read_text())
+    d2["meta"]["commit"] = "fedcba9876543210fedcba9876543210fedcba98"
+    p2.write_text(json.dumps(d2))
+    p1 = res / "engine-x-tp1.json"
+    d1 = json.loads(p1.read_text())
+    d1["hf"]["decode_step_ms"] = -118.5
+    p1.write_text(json.dumps(d1))
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n")
+    assert report.main(["--results", str(res), "--readme", str(readme)]) == 0
+    sec = readme.read_text()
+    assert "left out: the TP=1 and TP=2 files come from different commits (0123456, fedcba9)" in sec
+    assert "| prefill 1x512 | 50.0k tok/s | 100k tok/s |  |" in sec
+    assert "-118" not in sec
+
+
 def test_compare_throughput_targets(report):
     a = {"meta": _meta(1), "cases": [_case("m", 64, 512, 128, 100.0), _case("m", 1, 512, 128, 10.0)]}
     b = {"meta": _meta(2), "cases": [_case("m", 64, 512, 128, 195.0), _case("m", 1, 512, 128, 9.0)]}
