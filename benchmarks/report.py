@@ -394,7 +394,8 @@ def ops_section(op_path, ops, ar_path, ar, readme_dir) -> list:
         return []
     parts = []
     if ops:
-        cs = ops.get("cases", [])
+        # the default kernels' rows (bench_ops.py times the alternatives side by side: "pipe", "chunked")
+        cs = [c for c in ops.get("cases", []) if c.get("kernel", "") in ("", "block", "loop")]
         upd = [c for c in cs if c["op"] == "step" and c["tp"] == 1 and c["B"] >= 64]
         step = [f"{_range([c['frac_hbm'] for c in upd if c['B'] == b], 100, 0)}% (B={b})"
                 for b in sorted({c["B"] for c in upd})]
