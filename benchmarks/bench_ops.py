@@ -269,6 +269,11 @@ def graph_time(call, nsets: int, R: int, replays: int = 10) -> float:
     return statistics.median(ts)
 
 
+def graph_calls(nsets, est_s):
+    """Calls per captured graph: ~2 ms of work at the estimated per-call time, at least one per input set, <= 200."""
+    return max(nsets, min(200, int(math.ceil(2e-3 / max(est_s, 1e-6)))))
+
+
 def inplace_rate(c, sets):
     """Decode-step cases: bytes/s of torch's in-place elementwise kernel (state.mul_) over the same state tensors,
     timed like the op (one graph, rotating over the sets): what a tuned read-modify-write of these bytes reaches on
@@ -276,14 +281,13 @@ def inplace_rate(c, sets):
     if c["op"] != "step":
         return 0.0
     nb = 2 * sets[0]["state"].numel() * 4
-    R = max(len(sets), min(200, int(math.ceil(2e-3 / max(nb / HBM_BPS, 1e-6)))))
-    t = graph_time(lambda i: sets[i % len(sets)]["state"].mul_(0.9999), len(sets), R)
+    t = graph_time(lambda i: sets[i % len(sets)]["state"].mul_(0.9999), len(sets), graph_calls(len(sets), nb / HBM_BPS))
     return nb / t
 
 
 def time_graph(c, p, sets, est_s):
     """Median per-call time of R calls captured in one graph (rotating over the input sets)."""
-    R = max(len(sets), min(200, int(math.ceil(2e-3 / max(est_s, 1e-6)))))
+    R = graph_calls(len(sets), est_s)
     return graph_time(lambda i: run_op(c, p, sets[i % len(sets)]), len(sets), R), R
 
 
@@ -688,7 +692,8 @@ def main():
             if env:
                 os.environ.pop(env, None)
             rows.append(row)
-            ip = f" ({100 * row['frac_inplace']:5.1f}% of in-place mul_ {row['inplace_GBps']:5.0f} GB/s)" if inplace else ""
+            ip = (f" ({100 * row['frac_inplace']:5.1f}% of in-place mul_ {row['inplace_GBps']:5.0f} GB/s)"
+                  if inplace else "")
             print(f"{c['label']:<48} {kernel or '':<8} {row['us']:9.1f} us {row['GBps']:7.0f} GB/s "
                   f"{100 * row['frac_hbm']:5.1f}%{ip} {'ok' if ok else 'INVALID'}", flush=True)
         del sets
