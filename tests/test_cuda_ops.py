@@ -250,7 +250,14 @@ SCAN_CASES = [
     ("tail-block-8-channels", 2, 136, 150, 16, 1, "chan", "load", "perm", [150, 77], "zDbs", None),
     ("groups-32-nogate", 2, 64, 300, 16, 2, "chan", "fresh", None, [300, 299], "Dbs", 3),
     ("dstate-8-B1-chunks", 1, 128, 520, 8, 1, "chan", "load", None, None, "zDbs", None),
+    # layouts the staged kernel takes at 16 bits (whole 128-channel blocks, d_state 16, "chan"): a partial last tile
+    # and ragged lengths; time chunks at B=1 (the local pass staged too); two groups, no gate, a padding row, a
+    # zero-length row
+    ("staged-ragged", 2, 256, 77, 16, 1, "chan", "load", "perm", [77, 40], "zDbs", None),
+    ("staged-B1-chunks", 1, 128, 1100, 16, 1, "chan", "load", None, None, "zDbs", None),
+    ("staged-groups-nogate", 3, 256, 200, 16, 2, "chan", "fresh", "pad", [200, 33, 0], "Dbs", 3),
 ]
+STAGED_CASES = [c for c in SCAN_CASES if c[0].startswith("staged-")]
 
 
 def _A(dim, N, flags, g):
@@ -388,6 +395,62 @@ def test_scan_cuda_kernel_knob_rejects_unknown(monkeypatch):
     args = _scan_inputs(case, "f32")
     with pytest.raises(Exception, match="SSMTP_SCAN_KERNEL"):
         _scan_cuda(args, nan_like(args[0].gpu))
+
+
+@pytest.mark.parametrize("tile", ["16", "32"])
+@pytest.mark.parametrize("dname", ["bf16", "f16"])
+@pytest.mark.parametrize("case", STAGED_CASES, ids=[c[0] for c in STAGED_CASES])
+def test_scan_cuda_staged_equals_direct(case, dname, tile, monkeypatch):
+    """x/dt/z and B/C staged through shared memory (SSMTP_SCAN_STAGE=16 or 32: an error unless the staged kernel
+    runs) give the same bits as the direct loads (SSMTP_SCAN_STAGE=0): the same arithmetic in the same order, with
+    intermediate-state saves in the same call."""
+    monkeypatch.setenv("SSMTP_SCAN_KERNEL", "loop")
+    if case[-1] is not None:
+        monkeypatch.setenv("SSMTP_SCAN_CHUNKS", str(case[-1]))
+    else:
+        monkeypatch.delenv("SSMTP_SCAN_CHUNKS", raising=False)
+    batch, L, nslots = case[1], case[3], case[1] + 2
+    res = []
+    for mode in (tile, "0"):
+        monkeypatch.setenv("SSMTP_SCAN_STAGE", mode)
+        x, dt, A, B, C, Dp, z, dtb, state, idx, sl, sp, load = _scan_inputs(case, dname)
+        # saves: spare slots past the batch's, at two positions of row 0 (one inside the first tile)
+        sv_slots = torch.full((batch, 2), -1, dtype=torch.int32)
+        sv_pos = torch.tensor([[1, 2]] * batch, dtype=torch.int32)  # rows without saves: slots -1
+        spare = nslots + torch.arange(2, dtype=torch.int32)
+        if L >= 3 and state is not None:
+            sv_pos[0] = torch.tensor([min(5, L - 1), L - 1], dtype=torch.int32).clamp(min=1)
+            sv_pos[0, 1] = max(int(sv_pos[0, 1]), int(sv_pos[0, 0]) + 1)
+            sv_slots[0] = spare
+        st = torch.cat([state.gpu, torch.zeros(2, *state.gpu.shape[1:], device="cuda")]) if state else None
+        saves = (sv_pos.cuda(), sv_slots.cuda()) if st is not None and L >= 3 else (None, None)
+        out = ops.selective_scan(x.gpu, dt.gpu, A.gpu, B.gpu, C.gpu, Dp.gpu if Dp else None, z.gpu if z else None,
+                                 dtb.gpu if dtb else None, st, idx.gpu if idx else None, sl.gpu if sl else None, sp,
+                                 load, *saves)
+        torch.cuda.synchronize()
+        res.append((out.cpu(), st.cpu() if st is not None else None))
+    assert torch.equal(res[0][0], res[1][0]), "out: staged vs direct loads"
+    if res[0][1] is not None:
+        assert torch.equal(res[0][1], res[1][1]), "states (final and saved): staged vs direct loads"
+
+
+def test_scan_cuda_stage_knob(monkeypatch):
+    """SSMTP_SCAN_STAGE=32 on a layout that cannot be staged (x/dt/z time-contiguous) is an error, not a silent
+    fallback; an unknown value is an error; auto (the default) takes the direct loads there."""
+    case = ("no-stage", 2, 128, 40, 16, 1, "contig", "load", None, None, "zDbs", None)
+    args = _scan_inputs(case, "bf16")
+    monkeypatch.setenv("SSMTP_SCAN_KERNEL", "loop")
+    monkeypatch.setenv("SSMTP_SCAN_STAGE", "32")
+    with pytest.raises(Exception, match="cannot be staged"):
+        _scan_cuda(args, nan_like(args[0].gpu))
+    monkeypatch.setenv("SSMTP_SCAN_STAGE", "64")
+    with pytest.raises(Exception, match="SSMTP_SCAN_STAGE"):
+        _scan_cuda(args, nan_like(args[0].gpu))
+    monkeypatch.setenv("SSMTP_SCAN_STAGE", "auto")
+    out = nan_like(args[0].gpu)
+    _scan_cuda(args, out)
+    torch.cuda.synchronize()
+    assert not torch.isnan(out).any()
 
 
 def test_scan_cuda_chunked_matches_one_pass(monkeypatch):

@@ -66,6 +66,22 @@ static inline int ssm_blocks_per_sm(const void *kernel, int threads, size_t smem
     return b;
 }
 
+// Let `kernel` take `smem` bytes of dynamic shared memory on `device` (needed above 48 KB; set once per kernel and
+// device; call before ssm_blocks_per_sm with that size, which otherwise assumes the default cap).
+static inline ssmtp_status_t ssm_allow_smem(const void *kernel, size_t smem, int device) {
+    if (smem <= 48 * 1024) return SSMTP_OK;
+    struct Entry { const void *kernel; int device; size_t smem; };
+    static Entry done[64];
+    static int n = 0;
+    static std::mutex mu;
+    std::lock_guard<std::mutex> lock(mu);
+    for (int i = 0; i < n; i++)
+        if (done[i].kernel == kernel && done[i].device == device && done[i].smem >= smem) return SSMTP_OK;
+    SSMTP_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    if (n < 64) done[n++] = Entry{kernel, device, smem};
+    return SSMTP_OK;
+}
+
 template <typename T> __device__ __forceinline__ float to_f32(T v);
 template <> __device__ __forceinline__ float to_f32<float>(float v) { return v; }
 template <> __device__ __forceinline__ float to_f32<__half>(__half v) { return __half2float(v); }
@@ -115,6 +131,29 @@ __device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
                  : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                  : "l"(p));
     return v;
+}
+
+// cp.async (sm_80+): 16 bytes global -> shared without a register round trip, grouped by commit/wait. Below sm_80 a
+// plain load and store (synchronous: correct, not overlapped). Both addresses 16-byte aligned.
+__device__ __forceinline__ void ssm_cp16(void *smem, const void *gmem) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"((uint32_t)__cvta_generic_to_shared(smem)),
+                 "l"(__cvta_generic_to_global(gmem))
+                 : "memory");
+#else
+    *(uint4 *)smem = *(const uint4 *)gmem;
+#endif
+}
+__device__ __forceinline__ void ssm_cp_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+// Wait until at most N of this thread's committed groups are still in flight.
+template <int N> __device__ __forceinline__ void ssm_cp_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+#endif
 }
 
 // Dispatch a float dtype code to a C++ type; every switch ends in an "unsupported" default.

@@ -145,12 +145,28 @@ template <int NS, int TPC> struct Tile {
 // U: steps whose x/dt/z loads are issued together (8 for d_state 9..16, the models'; 4 otherwise).
 // SA: A is the same for every state of a channel (a.sA1 == 0, Mamba-2 layers run through this op): exp(delta A) is
 // evaluated once per (channel, step) instead of once per state element (the same value, so the same results).
-template <typename T, int NS, int TPC, bool FINAL, int U = 4, bool SA = false>
+// Dynamic shared memory of the staged kernels (TS > 0): two buffers, each the x, dt (, z) rows of TS steps of the
+// block's THREADS channels and the raw B (, C) rows (16 states) of those steps; then B (, C) widened to fp32.
+template <typename T, bool FINAL, int TS> struct Stage {
+    static constexpr int ROWB = THREADS * (int)sizeof(T);      // bytes of one step of one tensor
+    static constexpr int NX = FINAL ? 3 : 2;                   // x, dt (, z)
+    static constexpr int NBC = FINAL ? 2 : 1;                  // B (, C)
+    static constexpr int XB = NX * TS * ROWB;                  // x/dt/z bytes per buffer
+    static constexpr int BUF = XB + NBC * TS * 16 * (int)sizeof(T);
+    static constexpr int FOFF = 2 * BUF;                       // offset of the fp32 B (, C) tile
+    static constexpr int SMEM = FOFF + NBC * TS * 16 * 4;
+};
+
+template <typename T, int NS, int TPC, bool FINAL, int U = 4, bool SA = false, int TS = 0>
 __global__ void __launch_bounds__(THREADS, NS > 16 ? 3 : (TPC == 1 ? 5 : 4)) scan_kernel(const ScanArgs a) {
     using G = Tile<NS, TPC>;
+    using SG = Stage<T, FINAL, TS>;
     constexpr int CPB = THREADS / TPC;
-    __shared__ __align__(16) float smB[G::TT * G::RS];
-    __shared__ __align__(16) float smC[FINAL ? G::TT * G::RS : 4];
+    __shared__ __align__(16) float smB_[TS ? 4 : G::TT * G::RS];
+    __shared__ __align__(16) float smC_[(FINAL && !TS) ? G::TT * G::RS : 4];
+    extern __shared__ __align__(16) unsigned char scan_dyn[];
+    float *const smB = TS ? (float *)(scan_dyn + SG::FOFF) : smB_;
+    float *const smC = TS ? smB + TS * 16 : smC_;
 
     const int tid = threadIdx.x, part = tid % TPC;
     const int64_t grp = blockIdx.x / a.cb_per_group, cb = blockIdx.x % a.cb_per_group;
@@ -279,6 +295,7 @@ __global__ void __launch_bounds__(THREADS, NS > 16 ? 3 : (TPC == 1 ? 5 : 4)) sca
         }
     };
 
+    if constexpr (TS == 0) {
     for (int64_t t0 = t_beg; t0 < t_val; t0 += G::TT) {
         const int nt = (int)min((int64_t)G::TT, t_val - t0);
         __syncthreads(); // the previous tile's readers are done
@@ -310,6 +327,68 @@ __global__ void __launch_bounds__(THREADS, NS > 16 ? 3 : (TPC == 1 ? 5 : 4)) sca
             const int64_t t = t0 + tt;
             step(to_f32<T>(xp[t * a.sx2]), to_f32<T>(dtp[t * a.sdt2]),
                  (zp && store) ? to_f32<T>(zp[t * a.sz2]) : 0.f, tt, t);
+        }
+    }
+    } else {
+        // Staged tiles: the next tile's rows are in flight (cp.async) while this one is computed, so a step reads
+        // x/dt/z from shared memory instead of waiting a memory round trip per load group (Nsight Compute, B=8
+        // L=2048: a third of the unstaged kernel's warp time was that wait). Every lane is active (the launcher
+        // requires per_group % THREADS == 0) and every copy is 16 bytes (its layout checks).
+        static_assert(TPC == 1 && NS == 16 && sizeof(T) == 2, "staged tiles: 16-bit inputs, 16 states per thread");
+        const int64_t c0 = grp * a.per_group + cb * CPB; // the block's first channel
+        const T *xb = (const T *)a.x + b * a.sx0 + c0;
+        const T *db = (const T *)a.dt + b * a.sdt0 + c0;
+        const T *zb = zp ? (const T *)a.z + b * a.sz0 + c0 : nullptr;
+        auto issue = [&](int64_t t0, int nt, int bi) { // steps [t0, t0 + nt) into buffer bi
+            unsigned char *buf = scan_dyn + bi * SG::BUF;
+            for (int i = tid; i < nt * 16; i += THREADS) {
+                const int r = i >> 4, q = (i & 15) * 8; // step row, first channel of the 16-byte piece
+                const int64_t t = t0 + r;
+                ssm_cp16(buf + r * SG::ROWB + q * 2, xb + t * a.sx2 + q);
+                ssm_cp16(buf + (TS + r) * SG::ROWB + q * 2, db + t * a.sdt2 + q);
+                if (zb) ssm_cp16(buf + (2 * TS + r) * SG::ROWB + q * 2, zb + t * a.sz2 + q);
+            }
+            unsigned char *bc = buf + SG::XB;
+            for (int i = tid; i < SG::NBC * nt * 2; i += THREADS) {
+                const int m = i / (nt * 2), rem = i - m * nt * 2, r = rem >> 1, q = (rem & 1) * 8;
+                const T *src = (m ? Cp + (t0 + r) * a.sC3 : Bp + (t0 + r) * a.sB3) + q;
+                ssm_cp16(bc + (m * TS + r) * 32 + q * 2, src);
+            }
+            ssm_cp_commit();
+        };
+        if (t_beg < t_val) issue(t_beg, (int)min((int64_t)TS, t_val - t_beg), 0);
+        int bi = 0;
+        for (int64_t t0 = t_beg; t0 < t_val; t0 += TS, bi ^= 1) {
+            const int nt = (int)min((int64_t)TS, t_val - t0);
+            ssm_cp_wait<0>();
+            __syncthreads(); // this tile landed for every thread; the previous tile (other buffer, fp32 B/C) is done
+            if (t0 + TS < t_val) issue(t0 + TS, (int)min((int64_t)TS, t_val - t0 - TS), bi ^ 1);
+            const unsigned char *bc = scan_dyn + bi * SG::BUF + SG::XB;
+            for (int i = tid; i < SG::NBC * nt * 2; i += THREADS) { // B (, C) of this tile to fp32, once
+                const int m = i / (nt * 2), rem = i - m * nt * 2, r = rem >> 1, q = (rem & 1) * 8;
+                float f[8];
+                Pack16<T>::to_f32(*(const uint4 *)(bc + (m * TS + r) * 32 + q * 2), f);
+                float *dst = (m ? smC : smB) + r * 16 + q;
+                *(float4 *)dst = make_float4(f[0], f[1], f[2], f[3]);
+                *(float4 *)(dst + 4) = make_float4(f[4], f[5], f[6], f[7]);
+            }
+            __syncthreads();
+            const T *xs = (const T *)(scan_dyn + bi * SG::BUF) + tid, *ds = xs + TS * THREADS, *zs = ds + TS * THREADS;
+            int tt = 0;
+            for (; tt + U <= nt; tt += U) {
+                float xv[U], dv[U], zv[U];
+#pragma unroll
+                for (int u = 0; u < U; u++) {
+                    xv[u] = to_f32<T>(xs[(tt + u) * THREADS]);
+                    dv[u] = to_f32<T>(ds[(tt + u) * THREADS]);
+                    zv[u] = zb ? to_f32<T>(zs[(tt + u) * THREADS]) : 0.f;
+                }
+#pragma unroll
+                for (int u = 0; u < U; u++) step(xv[u], dv[u], zv[u], tt + u, t0 + tt + u);
+            }
+            for (; tt < nt; tt++)
+                step(to_f32<T>(xs[tt * THREADS]), to_f32<T>(ds[tt * THREADS]), zb ? to_f32<T>(zs[tt * THREADS]) : 0.f,
+                     tt, t0 + tt);
         }
     }
 
@@ -380,8 +459,55 @@ __global__ void __launch_bounds__(256, 4) scan_combine_kernel(const ScanArgs a) 
     }
 }
 
+// Staged tiles (SSMTP_SCAN_STAGE): "auto" or unset = 32-step tiles where the call's layout allows them, direct
+// loads elsewhere; "0" = direct loads; "16" / "32" = that tile, and an error where the layout does not allow it
+// (tests use it to know the staged kernel ran). Staging needs 16-bit x/dt/z with channel stride 1 and 16-byte aligned
+// rows (every batch and step stride a multiple of 8 elements), d_state 16 with B/C states contiguous and aligned,
+// and groups of whole 128-channel blocks: the models' layouts (x and z views of in_proj's output, B and C of x_proj's).
+static ssmtp_status_t stage_tile(const ScanArgs &a, int *ts) {
+    const char *env = getenv("SSMTP_SCAN_STAGE");
+    int want = -1; // auto
+    if (env && *env && strcmp(env, "auto") != 0) {
+        if (strcmp(env, "0") == 0) want = 0;
+        else if (strcmp(env, "16") == 0) want = 16;
+        else if (strcmp(env, "32") == 0) want = 32;
+        else return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": SSMTP_SCAN_STAGE=%s (auto, 0, 16 or 32)", env);
+    }
+    *ts = 0;
+    if (want == 0) return SSMTP_OK;
+    auto al = [](const void *p) { return ((uintptr_t)p & 15) == 0; };
+    auto m8 = [](int64_t s) { return s % 8 == 0; };
+    const bool one = a.batch == 1;
+    const bool ok = a.N == 16 && a.per_group % THREADS == 0 && a.sx1 == 1 && a.sdt1 == 1 && al(a.x) && al(a.dt) &&
+                    (one || (m8(a.sx0) && m8(a.sdt0))) && m8(a.sx2) && m8(a.sdt2) &&
+                    (!a.z || (a.sz1 == 1 && al(a.z) && (one || m8(a.sz0)) && m8(a.sz2))) && a.sB2 == 1 &&
+                    a.sC2 == 1 && al(a.B) && al(a.C) && (one || (m8(a.sB0) && m8(a.sC0))) && m8(a.sB1) &&
+                    m8(a.sC1) && m8(a.sB3) && m8(a.sC3);
+    if (!ok) {
+        if (want > 0)
+            return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": SSMTP_SCAN_STAGE=%d but this call's layout cannot be staged "
+                              "(needs d_state 16, 16-bit channel-contiguous 16-byte aligned rows, groups of 128 "
+                              "channels)", want);
+        return SSMTP_OK;
+    }
+    *ts = want > 0 ? want : 32;
+    return SSMTP_OK;
+}
+
 template <typename T, int NS, int TPC, int U = 4, bool SA = false> struct Launch {
+    static constexpr bool STAGEABLE = TPC == 1 && NS == 16 && !SA && sizeof(T) == 2 && U == 8;
+
     static ssmtp_status_t run(ScanArgs &a, int device, cudaStream_t st) {
+        if constexpr (STAGEABLE) {
+            int ts = 0;
+            SSMTP_TRY(stage_tile(a, &ts));
+            if (ts == 32) return go<32>(a, device, st);
+            if (ts == 16) return go<16>(a, device, st);
+        }
+        return go<0>(a, device, st);
+    }
+
+    template <int TS> static ssmtp_status_t go(ScanArgs &a, int device, cudaStream_t st) {
         constexpr int CPB = THREADS / TPC;
         using G = Tile<NS, TPC>;
         a.cb_per_group = (int)((a.per_group + CPB - 1) / CPB);
@@ -390,9 +516,14 @@ template <typename T, int NS, int TPC, int U = 4, bool SA = false> struct Launch
         if (nblk > 0x7fffffff || a.batch > 65535)
             return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": grid too large (batch=%lld dim=%lld)", (long long)a.batch,
                               (long long)a.dim);
+        const auto kfin = scan_kernel<T, NS, TPC, true, U, SA, TS>;
+        const auto kloc = scan_kernel<T, NS, TPC, false, U, SA, TS>;
+        const int sfin = Stage<T, true, TS>::SMEM, sloc = Stage<T, false, TS>::SMEM;
+        SSMTP_TRY(ssm_allow_smem((const void *)kfin, sfin, device));
+        SSMTP_TRY(ssm_allow_smem((const void *)kloc, sloc, device));
 
         // Chunk count. target = blocks resident on the whole GPU at full occupancy.
-        const int occ = ssm_blocks_per_sm((const void *)scan_kernel<T, NS, TPC, true, U, SA>, THREADS, 0);
+        const int occ = ssm_blocks_per_sm((const void *)kfin, THREADS, sfin);
         int sms = 132;
         SSMTP_TRY(ssm_sm_count(device, &sms));
         const int64_t target = (int64_t)sms * occ;
@@ -419,8 +550,7 @@ template <typename T, int NS, int TPC, int U = 4, bool SA = false> struct Launch
 
         const dim3 block(THREADS);
         if (K > 1) {
-            scan_kernel<T, NS, TPC, false, U, SA>
-                <<<dim3((unsigned)nblk, (unsigned)(K - 1), (unsigned)a.batch), block, 0, st>>>(a);
+            kloc<<<dim3((unsigned)nblk, (unsigned)(K - 1), (unsigned)a.batch), block, sloc, st>>>(a);
             SSMTP_CUDA_CHECK_LAUNCH(OP);
             const int64_t nc = a.batch * a.dim * a.N;
             if (nc > 0xffffffffLL)
@@ -428,7 +558,7 @@ template <typename T, int NS, int TPC, int U = 4, bool SA = false> struct Launch
             scan_combine_kernel<T><<<(unsigned)((nc + 255) / 256), 256, 0, st>>>(a);
             SSMTP_CUDA_CHECK_LAUNCH(OP);
         }
-        scan_kernel<T, NS, TPC, true, U, SA><<<dim3((unsigned)nblk, (unsigned)K, (unsigned)a.batch), block, 0, st>>>(a);
+        kfin<<<dim3((unsigned)nblk, (unsigned)K, (unsigned)a.batch), block, sfin, st>>>(a);
         SSMTP_CUDA_CHECK_LAUNCH(OP);
         return SSMTP_OK;
     }
