@@ -60,6 +60,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <type_traits>
+
 #define OP "scan_fwd"
 
 namespace {
@@ -227,17 +229,21 @@ __global__ void __launch_bounds__(THREADS, NS > 16 ? 3 : (TPC == 1 ? 5 : 4)) sca
     const T *__restrict__ zp = (FINAL && a.z) ? (const T *)a.z + b * a.sz0 + c * a.sz1 : nullptr;
     const T *__restrict__ Bp = (const T *)a.B + b * a.sB0 + grp * a.sB1;
     const T *__restrict__ Cp = (const T *)a.C + b * a.sC0 + grp * a.sC1;
-    const bool softplus = a.softplus != 0;
-    const bool store = active && part == 0;
+    const bool softplus = a.softplus != 0, has_z = zp != nullptr;
+    const bool store = TS ? true : (active && part == 0); // staged: every lane active, one per channel
     float sum_delta = 0.f;
     // intermediate-state saves falling in this chunk's steps (FINAL pass only; positions count steps, 1-based)
     int64_t sv_j = 0, sv_pos = -1, sv_slot = -1;
     if (FINAL && a.sv.pos) sv_j = next_save(a, b, 0, t_beg, slot, &sv_pos, &sv_slot);
 
-    // One time step at tile row tt (absolute step t).
-    auto step = [&](float xv, float dtv, float zv, int tt, int64_t t) {
+    // One time step at tile row tt (absolute step t); returns y (FINAL: D x and the gate applied). FAST (a
+    // std::true_type): softplus on and no save position after this step, both known to the caller, which tests them
+    // once per load group; the step is then branch-free (the gate by selection), so the scheduler can overlap the
+    // unrolled steps of a group. Otherwise (std::false_type) both are checked here.
+    auto step = [&](auto fast, float xv, float dtv, float zv, int tt, int64_t t) -> float {
+        constexpr bool F = decltype(fast)::value;
         float delta = dtv + bias;
-        if (softplus) delta = ssm_softplus_fast(delta);
+        if (F || softplus) delta = ssm_softplus_fast(delta);
         const float dx = delta * xv;
         const float dAs = SA ? ssm_ex2(delta * A2[0]) : 0.f;
         const float *Bt = smB + tt * G::RS + part * G::PART;
@@ -274,26 +280,32 @@ __global__ void __launch_bounds__(THREADS, NS > 16 ? 3 : (TPC == 1 ? 5 : 4)) sca
         y += y1;
         if constexpr (!FINAL) {
             sum_delta += delta;
+            return 0.f;
         } else {
-            if (t + 1 == sv_pos) { // uniform across the block (one sequence per block)
-                if (active) {
+            if constexpr (!F) {
+                if (t + 1 == sv_pos) { // uniform across the block (one sequence per block)
+                    if (active) {
 #pragma unroll
-                    for (int j = 0; j < NS; j++) {
-                        const int64_t s = (int64_t)part * NS + j;
-                        if (s < a.N) a.state[sv_slot * a.ss0 + c * a.ss1 + s * a.ss2] = h[j];
+                        for (int j = 0; j < NS; j++) {
+                            const int64_t s = (int64_t)part * NS + j;
+                            if (s < a.N) a.state[sv_slot * a.ss0 + c * a.ss1 + s * a.ss2] = h[j];
+                        }
                     }
+                    sv_j = next_save(a, b, sv_j + 1, t + 1, slot, &sv_pos, &sv_slot);
                 }
-                sv_j = next_save(a, b, sv_j + 1, t + 1, slot, &sv_pos, &sv_slot);
             }
 #pragma unroll
             for (int o = TPC / 2; o > 0; o >>= 1) y += __shfl_xor_sync(0xffffffffu, y, o);
-            if (store) {
-                y = fmaf(Dv, xv, y);
-                if (zp) y *= ssm_silu_out<T>(zv);
-                outp[t * a.so2] = from_f32<T>(y);
-            }
+            y = fmaf(Dv, xv, y);
+            const float gate = ssm_silu_out<T>(zv);
+            return has_z ? y * gate : y;
         }
     };
+    // Whether the steps [t, t + n) can take the fast path: softplus on, no save position after any of them
+    // (uniform: one sequence per block).
+    auto fast_group = [&](int64_t t, int n) { return softplus && !(FINAL && sv_pos > t && sv_pos <= t + n); };
+    const std::true_type FAST{};
+    const std::false_type CHECK{};
 
     if constexpr (TS == 0) {
     for (int64_t t0 = t_beg; t0 < t_val; t0 += G::TT) {
@@ -310,8 +322,20 @@ __global__ void __launch_bounds__(THREADS, NS > 16 ? 3 : (TPC == 1 ? 5 : 4)) sca
             if (FINAL) smC[G::at(tt, s)] = cv;
         }
         __syncthreads();
+        // one step at a time, checking for saves (the tail, and load groups holding a save position)
+        auto one = [&](int tt) {
+            const int64_t t = t0 + tt;
+            const float y = step(CHECK, to_f32<T>(xp[t * a.sx2]), to_f32<T>(dtp[t * a.sdt2]),
+                                 (zp && store) ? to_f32<T>(zp[t * a.sz2]) : 0.f, tt, t);
+            if (FINAL && store) outp[t * a.so2] = from_f32<T>(y);
+        };
         int tt = 0;
         for (; tt + U <= nt; tt += U) {
+            if (!fast_group(t0 + tt, U)) {
+#pragma unroll 1
+                for (int u = 0; u < U; u++) one(tt + u);
+                continue;
+            }
             float xv[U], dv[U], zv[U];
 #pragma unroll
             for (int u = 0; u < U; u++) {
@@ -320,25 +344,28 @@ __global__ void __launch_bounds__(THREADS, NS > 16 ? 3 : (TPC == 1 ? 5 : 4)) sca
                 dv[u] = to_f32<T>(dtp[t * a.sdt2]);
                 zv[u] = (zp && store) ? to_f32<T>(zp[t * a.sz2]) : 0.f;
             }
+            float yv[U]; // stored after the group: a store branch per step would split the group's code
 #pragma unroll
-            for (int u = 0; u < U; u++) step(xv[u], dv[u], zv[u], tt + u, t0 + tt + u);
+            for (int u = 0; u < U; u++) yv[u] = step(FAST, xv[u], dv[u], zv[u], tt + u, t0 + tt + u);
+            if (FINAL && store) {
+#pragma unroll
+                for (int u = 0; u < U; u++) outp[(t0 + tt + u) * a.so2] = from_f32<T>(yv[u]);
+            }
         }
-        for (; tt < nt; tt++) {
-            const int64_t t = t0 + tt;
-            step(to_f32<T>(xp[t * a.sx2]), to_f32<T>(dtp[t * a.sdt2]),
-                 (zp && store) ? to_f32<T>(zp[t * a.sz2]) : 0.f, tt, t);
-        }
+        for (; tt < nt; tt++) one(tt);
     }
     } else {
         // Staged tiles: the next tile's rows are in flight (cp.async) while this one is computed, so a step reads
         // x/dt/z from shared memory instead of waiting a memory round trip per load group (Nsight Compute, B=8
-        // L=2048: a third of the unstaged kernel's warp time was that wait). Every lane is active (the launcher
-        // requires per_group % THREADS == 0) and every copy is 16 bytes (its layout checks).
+        // L=2048: a third of the unstaged kernel's warp time was that wait). y goes back into the step's x slot and
+        // leaves as 16-byte rows once the tile is done. Every lane is active (the launcher requires per_group %
+        // THREADS == 0) and every copy is 16 bytes (its layout checks).
         static_assert(TPC == 1 && NS == 16 && sizeof(T) == 2, "staged tiles: 16-bit inputs, 16 states per thread");
         const int64_t c0 = grp * a.per_group + cb * CPB; // the block's first channel
         const T *xb = (const T *)a.x + b * a.sx0 + c0;
         const T *db = (const T *)a.dt + b * a.sdt0 + c0;
         const T *zb = zp ? (const T *)a.z + b * a.sz0 + c0 : nullptr;
+        T *ob = (T *)a.out + b * a.so0 + c0;
         auto issue = [&](int64_t t0, int nt, int bi) { // steps [t0, t0 + nt) into buffer bi
             unsigned char *buf = scan_dyn + bi * SG::BUF;
             for (int i = tid; i < nt * 16; i += THREADS) {
@@ -363,19 +390,30 @@ __global__ void __launch_bounds__(THREADS, NS > 16 ? 3 : (TPC == 1 ? 5 : 4)) sca
             ssm_cp_wait<0>();
             __syncthreads(); // this tile landed for every thread; the previous tile (other buffer, fp32 B/C) is done
             if (t0 + TS < t_val) issue(t0 + TS, (int)min((int64_t)TS, t_val - t0 - TS), bi ^ 1);
-            const unsigned char *bc = scan_dyn + bi * SG::BUF + SG::XB;
+            unsigned char *buf = scan_dyn + bi * SG::BUF;
             for (int i = tid; i < SG::NBC * nt * 2; i += THREADS) { // B (, C) of this tile to fp32, once
                 const int m = i / (nt * 2), rem = i - m * nt * 2, r = rem >> 1, q = (rem & 1) * 8;
                 float f[8];
-                Pack16<T>::to_f32(*(const uint4 *)(bc + (m * TS + r) * 32 + q * 2), f);
+                Pack16<T>::to_f32(*(const uint4 *)(buf + SG::XB + (m * TS + r) * 32 + q * 2), f);
                 float *dst = (m ? smC : smB) + r * 16 + q;
                 *(float4 *)dst = make_float4(f[0], f[1], f[2], f[3]);
                 *(float4 *)(dst + 4) = make_float4(f[4], f[5], f[6], f[7]);
             }
             __syncthreads();
-            const T *xs = (const T *)(scan_dyn + bi * SG::BUF) + tid, *ds = xs + TS * THREADS, *zs = ds + TS * THREADS;
+            T *xs = (T *)buf + tid; // x rows; y replaces x step by step (this thread's own slot, read first)
+            const T *ds = xs + TS * THREADS, *zs = ds + TS * THREADS;
+            auto one = [&](int tt) { // one step, checking for saves
+                const float y = step(CHECK, to_f32<T>(xs[tt * THREADS]), to_f32<T>(ds[tt * THREADS]),
+                                     zb ? to_f32<T>(zs[tt * THREADS]) : 0.f, tt, t0 + tt);
+                if (FINAL) xs[tt * THREADS] = from_f32<T>(y);
+            };
             int tt = 0;
             for (; tt + U <= nt; tt += U) {
+                if (!fast_group(t0 + tt, U)) {
+#pragma unroll 1
+                    for (int u = 0; u < U; u++) one(tt + u);
+                    continue;
+                }
                 float xv[U], dv[U], zv[U];
 #pragma unroll
                 for (int u = 0; u < U; u++) {
@@ -384,11 +422,19 @@ __global__ void __launch_bounds__(THREADS, NS > 16 ? 3 : (TPC == 1 ? 5 : 4)) sca
                     zv[u] = zb ? to_f32<T>(zs[(tt + u) * THREADS]) : 0.f;
                 }
 #pragma unroll
-                for (int u = 0; u < U; u++) step(xv[u], dv[u], zv[u], tt + u, t0 + tt + u);
+                for (int u = 0; u < U; u++) {
+                    const float y = step(FAST, xv[u], dv[u], zv[u], tt + u, t0 + tt + u);
+                    if (FINAL) xs[(tt + u) * THREADS] = from_f32<T>(y);
+                }
             }
-            for (; tt < nt; tt++)
-                step(to_f32<T>(xs[tt * THREADS]), to_f32<T>(ds[tt * THREADS]), zb ? to_f32<T>(zs[tt * THREADS]) : 0.f,
-                     tt, t0 + tt);
+            for (; tt < nt; tt++) one(tt);
+            if (FINAL) {
+                __syncthreads(); // the tile's y complete
+                for (int i = tid; i < nt * 16; i += THREADS) {
+                    const int r = i >> 4, q = (i & 15) * 8;
+                    *(uint4 *)(ob + (t0 + r) * a.so2 + q) = *(const uint4 *)(buf + r * SG::ROWB + q * 2);
+                }
+            }
         }
     }
 
@@ -461,8 +507,8 @@ __global__ void __launch_bounds__(256, 4) scan_combine_kernel(const ScanArgs a) 
 
 // Staged tiles (SSMTP_SCAN_STAGE): "auto" or unset = 32-step tiles where the call's layout allows them, direct
 // loads elsewhere; "0" = direct loads; "16" / "32" = that tile, and an error where the layout does not allow it
-// (tests use it to know the staged kernel ran). Staging needs 16-bit x/dt/z with channel stride 1 and 16-byte aligned
-// rows (every batch and step stride a multiple of 8 elements), d_state 16 with B/C states contiguous and aligned,
+// (tests use it to know the staged kernel ran). Staging needs 16-bit x/dt/z/out with channel stride 1 and 16-byte
+// aligned rows (every batch and step stride a multiple of 8 elements), d_state 16 with B/C states contiguous and aligned,
 // and groups of whole 128-channel blocks: the models' layouts (x and z views of in_proj's output, B and C of x_proj's).
 static ssmtp_status_t stage_tile(const ScanArgs &a, int *ts) {
     const char *env = getenv("SSMTP_SCAN_STAGE");
@@ -482,7 +528,8 @@ static ssmtp_status_t stage_tile(const ScanArgs &a, int *ts) {
                     (one || (m8(a.sx0) && m8(a.sdt0))) && m8(a.sx2) && m8(a.sdt2) &&
                     (!a.z || (a.sz1 == 1 && al(a.z) && (one || m8(a.sz0)) && m8(a.sz2))) && a.sB2 == 1 &&
                     a.sC2 == 1 && al(a.B) && al(a.C) && (one || (m8(a.sB0) && m8(a.sC0))) && m8(a.sB1) &&
-                    m8(a.sC1) && m8(a.sB3) && m8(a.sC3);
+                    m8(a.sC1) && m8(a.sB3) && m8(a.sC3) && a.so1 == 1 && al(a.out) && (one || m8(a.so0)) &&
+                    m8(a.so2);
     if (!ok) {
         if (want > 0)
             return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": SSMTP_SCAN_STAGE=%d but this call's layout cannot be staged "
