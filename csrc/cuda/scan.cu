@@ -51,8 +51,20 @@
 //     states per channel, 1691 us with all 64 states in one thread (B=1 L=2048: 843 / 707 / 340 us).
 //   - the combine pass capped at 48 registers (was 214, one block per SM): 751 -> 425 us summed over the 64 layers of
 //     the mamba-2.8b 8192-token prefix hit (819 tokens, 16 chunks).
-//   The remaining gap to the MUFU bound is latency per warp (a load group costs ~a memory round trip, and 1-5 warps
-//   share an SM sub-partition); staging x/dt/z through shared memory with cp.async, tiles ahead, is the next step.
+//   - staged tiles (below; the default where the layout allows, 16-bit d_state 16: the models'). Nsight Compute
+//     (2026-11-23, B=8 L=2048, benchmarks/results/ncu-h200-*-scan*): a third of the unstaged kernel's warp time was
+//     the wait for each load group's x/dt/z (long scoreboard), and every step was its own basic block (softplus,
+//     gate, store and save check branches), so the scheduler could not overlap steps. Staged, with branch-free
+//     groups (commit bf9f54f against eaa857a, same run): B=8 L=2048 1004 -> 636 us (mamba-2.8b TP=1), 900 -> 452 us
+//     (falcon-mamba-7b TP=2 shard); B=8 L=512 259 -> 167 us; B=1 1.13-1.38x at every length (chunked passes staged
+//     too). 16-step tiles were 2-8% slower than 32 on most shapes. The same branch-free groups in the unstaged loop
+//     were slower there (the load wait dominates), so the unstaged loop keeps its per-step checks.
+//
+// Staged tiles (SSMTP_SCAN_STAGE, the launcher's stage_tile): per block (128 channels) and tile of TS = 32 steps, x,
+// dt, z and the raw B/C rows are copied to shared memory by cp.async, one tile ahead (two buffers, 56 KB per block
+// in the final pass: 4 blocks per SM), B/C widened to fp32 once per tile; each thread writes its y over its own x
+// slot, and the tile leaves as 16-byte rows. A load group whose steps need no save check (and softplus on, the
+// models' case) runs as one branch-free block of 8 steps.
 #include "common.cuh"
 #include "ssm_math.cuh"
 
@@ -329,13 +341,11 @@ __global__ void __launch_bounds__(THREADS, NS > 16 ? 3 : (TPC == 1 ? 5 : 4)) sca
                                  (zp && store) ? to_f32<T>(zp[t * a.sz2]) : 0.f, tt, t);
             if (FINAL && store) outp[t * a.so2] = from_f32<T>(y);
         };
+        // Groups of U steps: loads first, then the steps, each checking softplus and saves itself (a branchier body
+        // than the staged path's; measured, the staged path's branch-free groups made this loop ~5-20% slower here:
+        // its loads are waited for at the group's first step either way).
         int tt = 0;
         for (; tt + U <= nt; tt += U) {
-            if (!fast_group(t0 + tt, U)) {
-#pragma unroll 1
-                for (int u = 0; u < U; u++) one(tt + u);
-                continue;
-            }
             float xv[U], dv[U], zv[U];
 #pragma unroll
             for (int u = 0; u < U; u++) {
@@ -344,12 +354,10 @@ __global__ void __launch_bounds__(THREADS, NS > 16 ? 3 : (TPC == 1 ? 5 : 4)) sca
                 dv[u] = to_f32<T>(dtp[t * a.sdt2]);
                 zv[u] = (zp && store) ? to_f32<T>(zp[t * a.sz2]) : 0.f;
             }
-            float yv[U]; // stored after the group: a store branch per step would split the group's code
 #pragma unroll
-            for (int u = 0; u < U; u++) yv[u] = step(FAST, xv[u], dv[u], zv[u], tt + u, t0 + tt + u);
-            if (FINAL && store) {
-#pragma unroll
-                for (int u = 0; u < U; u++) outp[(t0 + tt + u) * a.so2] = from_f32<T>(yv[u]);
+            for (int u = 0; u < U; u++) {
+                const float y = step(CHECK, xv[u], dv[u], zv[u], tt + u, t0 + tt + u);
+                if (FINAL && store) outp[(t0 + tt + u) * a.so2] = from_f32<T>(y);
             }
         }
         for (; tt < nt; tt++) one(tt);
