@@ -631,6 +631,32 @@ def git_commit():
         return "unknown"
 
 
+def write_plot(rows: list, meta: dict, out_path: str) -> None:
+    """GB/s per case next to the copy rate, as <out_path without .json>.png (also: python -c "import json,
+    bench_ops as b; d = json.load(open(F)); b.write_plot(d['cases'], d['meta'], F)" to redraw a results file)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("bench_ops: matplotlib not importable, no plot", file=sys.stderr)
+        return
+    fig, ax = plt.subplots(figsize=(10, max(4, 0.18 * len(rows))))
+    labels = [f"{r['label']} {r['kernel']}".strip() for r in rows]
+    colors = {"conv": "tab:blue", "scan": "tab:orange", "step": "tab:green"}
+    ax.barh(range(len(rows)), [r["GBps"] for r in rows], color=[colors[r["op"]] for r in rows])
+    ax.axvline(HBM_BPS / 1e9, color="k", ls="--", lw=1, label="4.26 TB/s copy rate")
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels(labels, fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xlabel("GB/s (bytes each op must move / time in a CUDA graph)")
+    ax.set_title(f"ssmtp CUDA ops, {meta['device']}, bf16, commit {meta['git_commit'][:8]}")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(os.path.splitext(out_path)[0] + ".png", dpi=110)
+    plt.close(fig)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/ops-<device>.json)")
@@ -710,25 +736,7 @@ def main():
         json.dump(dict(meta=meta, cases=rows, scan_chunk_sweep=sweeps, linear=linear_rows, decode_fused=fused_rows,
                        ssd=ssd_rows),
                   f, indent=1)
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(10, max(4, 0.18 * len(rows))))
-        labels = [f"{r['label']} {r['kernel']}".strip() for r in rows]
-        colors = {"conv": "tab:blue", "scan": "tab:orange", "step": "tab:green"}
-        ax.barh(range(len(rows)), [r["GBps"] for r in rows], color=[colors[r["op"]] for r in rows])
-        ax.axvline(HBM_BPS / 1e9, color="k", ls="--", lw=1, label="4.26 TB/s copy rate")
-        ax.set_yticks(range(len(rows)))
-        ax.set_yticklabels(labels, fontsize=6)
-        ax.invert_yaxis()
-        ax.set_xlabel("GB/s (bytes each op must move / time in a CUDA graph)")
-        ax.set_title(f"ssmtp CUDA ops, {dev_name}, bf16, commit {meta['git_commit'][:8]}")
-        ax.legend(loc="lower right")
-        fig.tight_layout()
-        fig.savefig(os.path.splitext(out_path)[0] + ".png", dpi=110)
-    except ImportError:
-        print("bench_ops: matplotlib not importable, no plot", file=sys.stderr)
+    write_plot(rows, meta, out_path)
     print(f"\nwrote {out_path}  ({len(rows)} cases, {time.time() - t_start:.0f} s)")
     hdr = (f"{'case':<48} {'kernel':<8} {'us':>9} {'GB/s':>7} {'%HBM':>6} {'%MUFU':>6} {'HF us':>10} {'x HF':>8} "
            "valid")
