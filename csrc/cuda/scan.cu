@@ -58,7 +58,10 @@
 //     groups (commit bf9f54f against eaa857a, same run): B=8 L=2048 1004 -> 636 us (mamba-2.8b TP=1), 900 -> 452 us
 //     (falcon-mamba-7b TP=2 shard); B=8 L=512 259 -> 167 us; B=1 1.13-1.38x at every length (chunked passes staged
 //     too). 16-step tiles were 2-8% slower than 32 on most shapes. The same branch-free groups in the unstaged loop
-//     were slower there (the load wait dominates), so the unstaged loop keeps its per-step checks.
+//     were slower there (the load wait dominates), so the unstaged loop keeps its per-step checks. Staged, Nsight
+//     Compute (3ad7b60) shows 142 instructions per warp and step (was 177) and no memory stalls: the kernel is now
+//     issue-limited (mamba-2.8b B=8 at 50% of the MUFU bound, falcon-mamba-7b 62%); two time chunks at B=8 were
+//     1.25-1.5x slower (more blocks than the 4 per SM the 56 KB tiles allow).
 //
 // Staged tiles (SSMTP_SCAN_STAGE, the launcher's stage_tile): per block (128 channels) and tile of TS = 32 steps, x,
 // dt, z and the raw B/C rows are copied to shared memory by cp.async, one tile ahead (two buffers, 56 KB per block
