@@ -157,11 +157,6 @@ template <int NS, int TPC> struct Tile {
     }
 };
 
-// Passes 1 (FINAL = false: local chunk states) and 3 (FINAL = true: outputs, final state).
-// grid: (ngroups * cb_per_group, chunks, batch); block: THREADS = (THREADS/TPC channels) x TPC parts.
-// U: steps whose x/dt/z loads are issued together (8 for d_state 9..16, the models'; 4 otherwise).
-// SA: A is the same for every state of a channel (a.sA1 == 0, Mamba-2 layers run through this op): exp(delta A) is
-// evaluated once per (channel, step) instead of once per state element (the same value, so the same results).
 // Dynamic shared memory of the staged kernels (TS > 0): two buffers, each the x, dt (, z) rows of TS steps of the
 // block's THREADS channels and the raw B (, C) rows (16 states) of those steps; then B (, C) widened to fp32.
 template <typename T, bool FINAL, int TS> struct Stage {
@@ -174,6 +169,12 @@ template <typename T, bool FINAL, int TS> struct Stage {
     static constexpr int SMEM = FOFF + NBC * TS * 16 * 4;
 };
 
+// Passes 1 (FINAL = false: local chunk states) and 3 (FINAL = true: outputs, final state).
+// grid: (ngroups * cb_per_group, chunks, batch); block: THREADS = (THREADS/TPC channels) x TPC parts.
+// U: steps whose x/dt/z loads are issued together (8 for d_state 9..16, the models'; 4 otherwise).
+// SA: A is the same for every state of a channel (a.sA1 == 0, Mamba-2 layers run through this op): exp(delta A) is
+// evaluated once per (channel, step) instead of once per state element (the same value, so the same results).
+// TS: staged tiles of TS steps (0: direct loads; see the header and stage_tile).
 template <typename T, int NS, int TPC, bool FINAL, int U = 4, bool SA = false, int TS = 0>
 __global__ void __launch_bounds__(THREADS, NS > 16 ? 3 : (TPC == 1 ? 5 : 4)) scan_kernel(const ScanArgs a) {
     using G = Tile<NS, TPC>;
