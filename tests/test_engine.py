@@ -15,6 +15,7 @@ import sys
 
 import ssmtp
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -398,6 +399,9 @@ def tiny():
     ([5, 512], {}, r"prompt token id 512 is out of range \[0, vocab_size=512\)"),
     ([5, -1], {}, r"prompt token id -1 is out of range"),
     ([5, 1.5], {}, "prompt token ids must be integers"),
+    ([5, True], {}, "prompt token ids must be integers, got True"),
+    (np.array([5.0, 6.0]), {}, "prompt token ids must be integers"),
+    (np.array([5, 512], dtype=np.int32), {}, r"prompt token id 512 is out of range"),
     ([5], {"max_new_tokens": 0}, "max_new_tokens must be an integer >= 1, got 0"),
     ([5], {"max_new_tokens": -3}, "max_new_tokens must be an integer >= 1"),
     ([5], {"temperature": -0.1}, "temperature must be a finite number >= 0"),
@@ -411,6 +415,13 @@ def test_bad_input_is_a_clear_error(tiny, prompt, kw, match):
     with pytest.raises(ValueError, match="prompt 0: " + match):
         tiny.generate([prompt, [5, 6]], **kw)
     assert not tiny.has_unfinished() and tiny.pool.num_used == 0, "a rejected batch left work behind"
+
+
+def test_prompt_forms_give_the_same_tokens(tiny):
+    """A list of ints, numpy integers in a list, an int32 numpy array and a 1-D int tensor are the same prompt."""
+    ref = tiny.generate([[7, 8, 9]], max_new_tokens=3, ignore_eos=True)[0].token_ids
+    for p in ([np.int64(7), 8, np.int16(9)], np.array([7, 8, 9], dtype=np.int32), torch.tensor([7, 8, 9])):
+        assert tiny.generate([p], max_new_tokens=3, ignore_eos=True)[0].token_ids == ref
 
 
 def test_bad_requests_fail_alone_and_the_others_run(tiny):
