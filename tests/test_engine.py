@@ -267,6 +267,31 @@ def test_slot_pool_zeroes_on_allocation_and_raises_when_exhausted():
     assert SlotPool.slots_for_budget(specs, 10 * pool.slot_bytes + 1) == 10
 
 
+@pytest.mark.parametrize("n", [1, 3, 6])  # up to 4 rows: strided copies per row; more: index_select/index_copy_
+def test_slot_pool_copies_and_resets_rows(n):
+    specs = {"a": StateSpec((2, 3, 4), torch.float32), "b": StateSpec((2, 3), torch.bfloat16)}
+    src, dst = SlotPool(specs, 8, "cpu"), SlotPool(specs, 8, "cpu")
+    g = torch.Generator().manual_seed(n)
+    for t in list(src.tensors.values()) + list(dst.tensors.values()):
+        t.copy_(torch.randn(t.shape, generator=g).to(t.dtype))
+    want = {k: t.clone() for k, t in dst.tensors.items()}
+    rows, from_rows = [7, 0, 3, 5, 1, 2][:n], [2, 6, 0, 1, 4, 3][:n]
+    for d, s in zip(rows, from_rows):
+        for k in specs:
+            want[k][:, d] = src.tensors[k][:, s]
+    dst.scatter(rows, src.tensors, from_rows)
+    assert all(torch.equal(dst.tensors[k], want[k]) for k in specs)
+    back = {k: torch.zeros_like(t) for k, t in src.tensors.items()}
+    dst.gather(rows, back, list(range(n)))
+    assert all(torch.equal(back[k][:, :n], want[k][:, rows]) and not back[k][:, n:].any() for k in specs)
+    dst.reset(rows)
+    for k in specs:
+        want[k][:, rows] = 0
+    assert all(torch.equal(dst.tensors[k], want[k]) for k in specs)
+    with pytest.raises(ValueError, match="2 destination rows for 1 source rows"):
+        dst.scatter([0, 1], src.tensors, [0])
+
+
 # ------------------------------------------------------------------------------------------------ prefix cache
 
 
@@ -421,7 +446,16 @@ def test_prompt_forms_give_the_same_tokens(tiny):
     """A list of ints, numpy integers in a list, an int32 numpy array and a 1-D int tensor are the same prompt."""
     ref = tiny.generate([[7, 8, 9]], max_new_tokens=3, ignore_eos=True)[0].token_ids
     for p in ([np.int64(7), 8, np.int16(9)], np.array([7, 8, 9], dtype=np.int32), torch.tensor([7, 8, 9])):
-        assert tiny.generate([p], max_new_tokens=3, ignore_eos=True)[0].token_ids == ref
+        out = tiny.generate([p], max_new_tokens=3, ignore_eos=True)[0]
+        assert out.token_ids == ref
+        assert out.prompt_token_ids == [7, 8, 9] and all(type(t) is int for t in out.prompt_token_ids)
+    # the output's prompt ids are the request's own copy: changing the caller's list after submission changes nothing
+    p = [7, 8, 9]
+    rid = tiny.add_request(p, SamplingParams(max_new_tokens=2, ignore_eos=True))
+    p[0] = 1
+    while tiny.has_unfinished():
+        tiny.step()
+    assert tiny.take_finished()[rid].prompt_token_ids == [7, 8, 9]
 
 
 def test_bad_requests_fail_alone_and_the_others_run(tiny):

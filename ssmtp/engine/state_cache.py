@@ -38,6 +38,10 @@ class SlotPoolExhausted(RuntimeError):
     """Every slot is in use; the engine queues requests instead of raising this."""
 
 
+# Up to this many slots, zeroing and copies take one strided kernel per tensor and slot (see SlotPool._copy).
+_FEW = 4
+
+
 def bytes_per_slot(specs: dict) -> int:
     return sum(s.nbytes for s in specs.values())
 
@@ -108,28 +112,54 @@ class SlotPool:
             heapq.heappush(self._free, s)
 
     def reset(self, slots: Sequence[int]) -> None:
-        """Zero the states of these slots (one kernel per state tensor)."""
+        """Zero the states of these slots (one kernel per state tensor and slot, or per tensor for many slots)."""
+        slots = list(slots)
         if not slots:
             return
-        idx = torch.tensor(list(slots), dtype=torch.long, device=self.device)
+        if len(slots) <= _FEW:
+            for t in self.tensors.values():
+                for s in slots:
+                    t.select(1, s).zero_()
+            return
+        idx = self._index(slots)
         for t in self.tensors.values():
             t.index_fill_(1, idx, 0)
 
     # ------------------------------------------------------------------ copies (prefix cache)
 
+    def _index(self, rows: Sequence[int]) -> torch.Tensor:
+        """Row numbers as a device tensor, staged through pinned memory on CUDA: no host synchronisation (a plain
+        torch.tensor(..., device=cuda) waits for the stream, i.e. for a prefill still running)."""
+        t = torch.tensor(list(rows), dtype=torch.long)
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
+
+    def _copy(self, dst: dict, dst_rows: Sequence[int], src: dict, src_rows: Sequence[int]) -> None:
+        """dst[name][:, dst_rows] = src[name][:, src_rows] for every state tensor. A few rows: one strided copy per
+        tensor and row (no index tensors, no gather buffer: a slot is one layer-strided block per tensor);
+        more: index_select + index_copy_ per tensor."""
+        dst_rows, src_rows = list(dst_rows), list(src_rows)
+        if len(dst_rows) != len(src_rows):
+            raise ValueError(f"{len(dst_rows)} destination rows for {len(src_rows)} source rows")
+        if not dst_rows:
+            return
+        if len(dst_rows) <= _FEW:
+            for name, t in src.items():
+                for d, s in zip(dst_rows, src_rows):
+                    dst[name].select(1, d).copy_(t.select(1, s))
+            return
+        di, si = self._index(dst_rows), self._index(src_rows)
+        for name, t in src.items():
+            dst[name].index_copy_(1, di, t.index_select(1, si))
+
     def gather(self, slots: Sequence[int], out: Optional[dict] = None, out_idx: Optional[Sequence[int]] = None):
         """Copy the states of ``slots`` into ``out[name][:, out_idx]`` (another pool's tensors)."""
-        src = torch.tensor(list(slots), dtype=torch.long, device=self.device)
-        dst = torch.tensor(list(out_idx), dtype=torch.long, device=self.device)
-        for name, t in self.tensors.items():
-            out[name].index_copy_(1, dst, t.index_select(1, src))
+        self._copy(out, out_idx, self.tensors, slots)
 
     def scatter(self, slots: Sequence[int], src_tensors: dict, src_idx: Sequence[int]) -> None:
         """Set the states of ``slots`` from ``src_tensors[name][:, src_idx]``."""
-        dst = torch.tensor(list(slots), dtype=torch.long, device=self.device)
-        src = torch.tensor(list(src_idx), dtype=torch.long, device=self.device)
-        for name, t in self.tensors.items():
-            t.index_copy_(1, dst, src_tensors[name].index_select(1, src))
+        self._copy(self.tensors, slots, src_tensors, src_idx)
 
     def __repr__(self):
         return (f"SlotPool(slots={self.num_slots}, used={self.num_used}, {self.slot_bytes / 2**20:.2f} MiB/slot, "
