@@ -292,10 +292,12 @@ extern "C" ssmtp_status_t ssmtp_cuda_conv1d_fwd(const ssmtp_conv1d_params_t *p, 
     if (a.batch == 0 || a.dim == 0 || a.len == 0) return SSMTP_OK;
     if (a.batch > 65535) return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": batch=%lld > 65535", (long long)a.batch);
 
-    // Prefill chunking: enough threads for ~8 per SM slot of 2048 (measured: not needed beyond); at least 64 steps
-    // per thread so that the halo re-read (width-1 of each chunk) stays small (H200, bf16, d 5120, 2026-11-23: B=8
-    // L=512 37.6 -> 31.3 us against 32 steps; B=1 L=819 / 8192, B=8 / 32 L=2048 unchanged; 16 steps no better
-    // anywhere). Aliased in/out: one chunk.
+    // Prefill chunking: enough threads for ~2 per SM thread slot (measured: not needed beyond), each taking at least
+    // 64 steps (fewer loads of the width-1 halo per step, longer runs of loads), or 32 where 64 would leave fewer
+    // than 2^17 threads. Measured on H200 (bf16, mamba-2.8b shapes, 2026-11-23), 64 against 32 steps: B=8 L=512
+    // 37.6 -> 31.3 us side by side; in bench_ops runs of a8c196d (32) and bb2c01d (64): B=8 L=512 38.1 -> 31.0 us,
+    // TP=2 shard B=1 L=8192 40.4 -> 31.0 us, B=1 L=2048 16.9 -> 15.3 us, but B=1 L=512 7.3 -> 9.6 us and TP=2 shard
+    // B=1 L=2048 9.4 -> 10.2 us (41k / 82k threads), hence the fallback. Aliased in/out: one chunk.
     int64_t nchunks = 1;
     if (a.len > 1 && p->out.data != p->x.data) {
         int sms = 132;
@@ -303,7 +305,8 @@ extern "C" ssmtp_status_t ssmtp_cuda_conv1d_fwd(const ssmtp_conv1d_params_t *p, 
         const int64_t want = (int64_t)sms * 2048 * 2;
         const int64_t rows = a.batch * a.dim;
         nchunks = (want + rows - 1) / rows;
-        const int64_t max_chunks = (a.len + 63) / 64;
+        int64_t max_chunks = (a.len + 63) / 64;
+        if (max_chunks * rows < (1 << 17)) max_chunks = (a.len + 31) / 32;
         if (nchunks > max_chunks) nchunks = max_chunks;
         if (nchunks < 1) nchunks = 1;
     }
