@@ -536,6 +536,19 @@ def test_cli_default_generate_runs():
     assert "[0] ids:" in r.stdout and "[1] text:" in r.stdout and "tok/s" in r.stdout, r.stdout
 
 
+def test_ttft_breakdown_says_it_needs_cuda(monkeypatch, capsys):
+    """benchmarks/ttft_breakdown.py times the engine's prefill graph: without CUDA it says so and exits 2."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "ttft_breakdown.py")
+    spec = importlib.util.spec_from_file_location("ttft_breakdown", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert mod.main(["--reps", "1"]) == 2
+    assert "needs a CUDA device" in capsys.readouterr().err
+
+
 def test_cli_errors_and_help(capsys):
     from ssmtp.__main__ import main
 
