@@ -543,6 +543,9 @@ def test_ttft_breakdown_says_it_needs_cuda(monkeypatch, capsys):
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "ttft_breakdown.py")
     spec = importlib.util.spec_from_file_location("ttft_breakdown", path)
     mod = importlib.util.module_from_spec(spec)
+    # the script puts the checkout first on sys.path (as run from a checkout); undone after the test, or the ranks
+    # that later tests spawn would import the unbuilt source tree instead of the installed package
+    monkeypatch.setattr(sys, "path", list(sys.path))
     spec.loader.exec_module(mod)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert mod.main(["--reps", "1"]) == 2
