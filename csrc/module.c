@@ -247,6 +247,19 @@ static PyObject *py_dequantize(PyObject *self, PyObject *args) {
     return quant_common(args, 1);
 }
 
+static PyObject *py_sample(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *o[7];
+    unsigned long long stream = 0;
+    if (!PyArg_ParseTuple(args, "OOOOOOOK", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &stream)) return NULL;
+    ssmtp_sample_params_t p;
+    ssmtp_tensor_t *const t[] = {&p.logits, &p.temperature, &p.top_k, &p.top_p, &p.seed, &p.step, &p.out};
+    static const char *const names[] = {"logits", "temperature", "top_k", "top_p", "seed", "step", "out"};
+    if (!parse_tensors(o, t, names, 7)) return NULL;
+    CALL_C(ssmtp_sample(&p, (void *)(uintptr_t)stream));
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_cuda_built(PyObject *self, PyObject *noargs) {
     (void)self;
     (void)noargs;
@@ -452,6 +465,7 @@ static PyMethodDef methods[] = {
      "ssd_step(x, dt, A, B, C, D, z, dt_bias, state, state_idx, out, dt_softplus, dt_min, dt_max, stream)"},
     {"quantize", py_quantize, METH_VARARGS, "quantize(x, q, scales, block, stream)"},
     {"dequantize", py_dequantize, METH_VARARGS, "dequantize(x, q, scales, block, stream)"},
+    {"sample", py_sample, METH_VARARGS, "sample(logits, temperature, top_k, top_p, seed, step, out, stream)"},
     {"linear_small", py_linear_small, METH_VARARGS, "linear_small(x, weight, bias, out, stream)"},
     {"mamba_decode_in", py_mamba_decode_in, METH_VARARGS,
      "mamba_decode_in(res, add, res_out, norm_w, weight, bias, conv_w, conv_b, conv_state, state_idx, xc, z, eps, "

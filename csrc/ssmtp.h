@@ -156,6 +156,32 @@ ssmtp_status_t ssmtp_quantize(const ssmtp_quant_params_t *p, void *stream);
 ssmtp_status_t ssmtp_dequantize(const ssmtp_quant_params_t *p, void *stream);
 
 /*
+ * Token sampling: one token per row of logits, greedy or from softmax(logits / T) restricted to top-k / top-p.
+ *   logits      (n, V) f32/f16/bf16, last dim contiguous (any row stride)
+ *   temperature (n,) f32   <= 0 (or 1 / T not finite): greedy
+ *   top_k       (n,) int64 <= 0 or >= V: no limit
+ *   top_p       (n,) f32   >= 1 (or NaN): no limit
+ *   seed, step  (n,) int64 the noise of the row (request seed, index of the token being generated)
+ *   out         (n,) int64 token ids
+ * Greedy: the first index of the largest logit; NaN is never chosen; a row with nothing above -inf gives 0.
+ * Random (T > 0, the largest logit finite; else greedy as above): with c = 1 / T (fp32),
+ *   a token is kept iff fewer than k tokens have a strictly larger logit (top-k, so ties at the k-th value all stay)
+ *   and the probability mass of the kept-by-k tokens with a strictly larger logit is below p (top-p, relative to
+ *   the top-k set's mass; the most likely token always stays). Masses are e_v = exp((l_v - max) * c), fp32 sums.
+ *   token = first index of the largest l_v * c + g_v over kept tokens, g_v Gumbel(0, 1) noise that is a pure
+ *   function of (seed, step, v): h = mix(seed_lo ^ mix(seed_hi ^ 0x9E3779B9)); h = mix(h ^ mix(step_lo));
+ *   bits = mix(h ^ mix(v ^ 0x85EBCA6B)) with mix = lowbias32; u = ((bits >> 8) + 0.5) * 2^-24; g = -log(-log(u)).
+ *   So a row's token depends on nothing else in the batch and the same seed gives the same tokens.
+ * The thresholds are found by bisection over the order-preserving integer keys of the fp32 logits (32 passes per
+ * limit at most, over the row); CUDA runs one block per row, its sums in a fixed order (deterministic run to run).
+ * Sums in another order (CPU vs CUDA) can move a threshold only when a mass lies within rounding of p.
+ */
+typedef struct {
+    ssmtp_tensor_t logits, temperature, top_k, top_p, seed, step, out;
+} ssmtp_sample_params_t;
+ssmtp_status_t ssmtp_sample(const ssmtp_sample_params_t *p, void *stream);
+
+/*
  * The input half of a Mamba-1 block's decode step, fused (one token per sequence, small batch): residual add,
  * RMSNorm, in_proj, conv step + SiLU. The engine's decode runs per layer: this op, x_proj, the step with dt_proj
  * fused, out_proj (the previous layer's out_proj output is this op's `add`).

@@ -10,6 +10,7 @@ Ops (semantics in csrc/ssmtp.h; pure-torch twins in ssmtp/ref.py):
   mamba_decode_in(res, add, norm_w, weight, bias, conv_w, conv_b, conv_state, state_idx, eps, res_fp32)
       -> (res_out, xc, z)   a Mamba-1 block's decode input, fused (mutates conv_state); CUDA for M <= 4
   quantize_blocks(x, block, qdtype) -> (q, scales);  dequantize_blocks(q, scales, block, dtype) -> x
+  sample(logits, temperature, top_k, top_p, seed, step) -> tokens   one token per row (greedy / T / top-k / top-p)
   linear_small(x, weight, bias) -> out       x (M, K) W (N, K)^T (+ bias); CUDA for M <= 8 (the decode GEMV)
 and ``linear(x, weight, bias)``, which the models call: linear_small where it applies, else F.linear.
 """
@@ -184,6 +185,23 @@ def dequantize_blocks(q: torch.Tensor, scales: torch.Tensor, block: int, dtype: 
 @dequantize_blocks.register_fake
 def _(q, scales, block, dtype):
     return torch.empty(q.shape, dtype=dtype, device=q.device)
+
+
+# ------------------------------------------------------------------------------------------------ sampling
+
+
+@torch.library.custom_op("ssmtp::sample", mutates_args=())
+def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+           seed: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    out = torch.empty(logits.shape[0] if logits.dim() else 0, dtype=torch.int64, device=logits.device)
+    _C.sample(desc(logits, "logits"), desc(temperature, "temperature"), desc(top_k, "top_k"), desc(top_p, "top_p"),
+              desc(seed, "seed"), desc(step, "step"), desc(out, "out"), stream_of(logits))
+    return out
+
+
+@sample.register_fake
+def _(logits, temperature, top_k, top_p, seed, step):
+    return torch.empty(logits.shape[0], dtype=torch.int64, device=logits.device)
 
 
 # ------------------------------------------------------------------------------------------------ small linear

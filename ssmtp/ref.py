@@ -221,3 +221,62 @@ def mamba_decode_in(res, add, norm_w, weight, bias, conv_w, conv_b, conv_state, 
     xz = linear_small(h, weight, bias)
     xc = causal_conv1d(xz[:, :dl, None], conv_w, conv_b, conv_state, state_idx, None, True, True)[:, :, 0]
     return res_out, xc, xz[:, dl:].clone()
+
+
+# ------------------------------------------------------------------------------------------------ sampling
+
+_M32 = 0xFFFFFFFF
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """lowbias32 on int64 tensors holding values in [0, 2^32). Products may wrap past int64; their low 32 bits are
+    still exact (two's complement), and that is all that is kept."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _M32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _M32
+    return x ^ (x >> 16)
+
+
+def gumbel_noise(seeds: torch.Tensor, steps: torch.Tensor, vocab: int) -> torch.Tensor:
+    """(n, vocab) fp32 Gumbel(0, 1) noise, a pure function of (seed, step, vocabulary id) (csrc/sample_math.h)."""
+    s = seeds.to(torch.int64)
+    h = _mix32((s & _M32) ^ _mix32(((s >> 32) & _M32) ^ 0x9E3779B9))
+    h = _mix32(h ^ _mix32(steps.to(torch.int64) & _M32))[:, None]  # (n, 1)
+    v = torch.arange(vocab, device=seeds.device, dtype=torch.int64)[None, :]
+    bits = _mix32(h ^ _mix32(v ^ 0x85EBCA6B))
+    u = ((bits >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))  # (0, 1), 24 random bits
+    return -torch.log(-torch.log(u))
+
+
+def sample(logits, temperature, top_k, top_p, seed, step):
+    """One token per row (ssmtp_sample in csrc/ssmtp.h), row by row with sorts instead of bisection; the masses are
+    summed in fp64 here (the op sums in fp32, so a threshold may differ where a mass is within rounding of top_p)."""
+    lf = logits.float()
+    n, V = lf.shape
+    ln = torch.where(torch.isnan(lf), float("-inf"), lf)
+    out = ln.argmax(-1) if V else torch.zeros(n, dtype=torch.int64)
+    lmax = ln.amax(-1) if V else torch.full((n,), float("-inf"))
+    c = 1.0 / temperature.float()
+    rand = (temperature > 0) & torch.isfinite(c) & torch.isfinite(lmax)
+    g = gumbel_noise(seed, step, V)
+    for i in torch.nonzero(rand).flatten().tolist():
+        x, ci = lf[i], c[i]
+        keep = ~torch.isnan(x)
+        xd = torch.sort(x[keep], descending=True).values
+        cnt_gt = torch.searchsorted(-xd, -x)  # tokens strictly larger than each
+        k = int(top_k[i])
+        if 0 < k < V:
+            keep &= cnt_gt < k
+        p = float(top_p[i])
+        if p < 1.0:
+            e = torch.exp((x - lmax[i]) * ci).double()
+            z = float(e[keep].sum())
+            ed = torch.sort(x[keep], descending=True)
+            cum = torch.cumsum(e[keep][ed.indices], 0)
+            above = torch.searchsorted(-ed.values, -x)  # kept tokens strictly larger than each
+            mass_gt = torch.where(above > 0, cum[(above - 1).clamp(min=0)], torch.zeros((), dtype=torch.float64))
+            keep &= (mass_gt < p * z) | (cnt_gt == 0)
+        zv = torch.where(keep, x * ci + g[i], torch.tensor(float("-inf")))
+        out[i] = zv.argmax()
+    return out

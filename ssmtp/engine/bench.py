@@ -283,6 +283,11 @@ def run(args) -> dict:
     # ------------------------------------------------------------------ decode steps
     def sec_decode():
         dec = {}
+        sampled = None
+        if args.decode_sampling != "none":
+            T_, k_, p_ = args.decode_sampling.split(",")
+            sampled = (float(T_), int(k_), float(p_))
+            res["meta"]["decode_sampling"] = {"temperature": sampled[0], "top_k": sampled[1], "top_p": sampled[2]}
         n_tok = 8 if quick else args.decode_tokens
         for B in decode_bs:
             if llm.graphs is not None:
@@ -297,6 +302,16 @@ def run(args) -> dict:
                                                      use_prefix_cache=False))
                 steps.append(max(o.latency_s - o.ttft_s for o in outs) / n_tok)
             engine_ms = min(steps) * 1e3
+            sampled_ms = None
+            if sampled is not None:  # the same batch with random sampling: the sampler's cost per step
+                T_, k_, p_ = sampled
+                kw = dict(ignore_eos=True, use_prefix_cache=False, temperature=T_, top_k=k_, top_p=p_, seed=1)
+                llm.generate(ps, max_new_tokens=3, **kw)
+                st_s = []
+                for _ in range(1 if quick else 2):
+                    _, outs = timer(lambda: llm.generate(ps, max_new_tokens=n_tok + 1, **kw))
+                    st_s.append(max(o.latency_s - o.ttft_s for o in outs) / n_tok)
+                sampled_ms = min(st_s) * 1e3
             graph_ms = None
             if llm.graphs is not None:
                 slots = llm.pool.allocate(B)
@@ -316,7 +331,8 @@ def run(args) -> dict:
                 llm.pool.free(slots)
             floor_ms = (weight_bytes + 2 * B * slot_bytes) / HBM_BPS * 1e3
             best = graph_ms if graph_ms is not None else engine_ms
-            dec[str(B)] = {"engine_step_ms": engine_ms, "graph_step_ms": graph_ms, "floor_ms": floor_ms,
+            dec[str(B)] = {"engine_step_ms": engine_ms, "engine_sampled_step_ms": sampled_ms,
+                           "graph_step_ms": graph_ms, "floor_ms": floor_ms,
                            "over_floor": best / floor_ms, "tok_s": B / best * 1e3,
                            "weight_floor_ms": weight_bytes / HBM_BPS * 1e3}
             log(f"[bench] decode B={B}: {dec[str(B)]}")
@@ -485,6 +501,8 @@ def _table(res: dict) -> str:
     for b, d in res.get("decode", {}).items():
         m = d["graph_step_ms"] or d["engine_step_ms"]
         note = f"engine step {d['engine_step_ms']:.3f} ms"
+        if d.get("engine_sampled_step_ms") is not None:
+            note += f" (sampled {d['engine_sampled_step_ms']:.3f})"
         if b == "1" and tp == 1:
             note += f"; target <= 1.3x weight floor ({d['weight_floor_ms']:.2f} ms)"
         lines.append(f"{'decode step B=' + b + ' (ms)':38s} {m:12.3f} {d['floor_ms']:10.3f} {d['over_floor']:8.2f}  "
@@ -530,6 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--decode-batches", default="1,2,4,8,64,256",
                     help="decode batch sizes, comma-separated (2 and 4: the fused small-batch decode)")
     ap.add_argument("--decode-tokens", type=int, default=32, help="tokens per engine decode timing")
+    ap.add_argument("--decode-sampling", default="0.8,50,0.95",
+                    help="T,top_k,top_p of a second engine decode timing with random sampling "
+                         "(engine_sampled_step_ms beside the greedy engine_step_ms); none to skip")
     ap.add_argument("--graph-iters", type=int, default=50, help="graph replays timed per batch size (median)")
     ap.add_argument("--prefill", default="1x512,8x512,32x2048", help="prefill cases BxL, comma-separated")
     ap.add_argument("--ttft-len", type=int, default=8192, help="prompt length for the TTFT figures")

@@ -361,6 +361,7 @@ class LLM:
         rid = self._next_id
         self._next_id += 1
         seed = params.seed if params.seed is not None else (self.seed * 1000003 + rid)
+        seed = (seed + 2**63) % 2**64 - 2**63  # the noise hashes a seed's low 64 bits: any Python int works
         if params.stop_token_ids is not None:
             stop = frozenset(params.stop_token_ids)
         else:
@@ -646,12 +647,19 @@ class LLM:
         if all(r.params.greedy for r in reqs):
             toks = greedy if greedy is not None else logits.argmax(-1)
         else:
+            # one upload of the rows' settings (pinned, asynchronous: the host does not wait for the decode graph)
+            n = len(reqs)
             dev = logits.device
-            f32 = lambda xs: torch.tensor(xs, dtype=torch.float32).to(dev)  # noqa: E731
-            i64 = lambda xs: torch.tensor(xs, dtype=torch.int64).to(dev)  # noqa: E731
-            toks = sample(logits, f32([r.params.temperature for r in reqs]), i64([r.params.top_k for r in reqs]),
-                          f32([r.params.top_p for r in reqs]), i64([r.seed for r in reqs]),
-                          i64([len(r.out) for r in reqs]))
+            st = torch.empty(4, n, dtype=torch.int64, pin_memory=dev.type == "cuda")
+            st[0] = torch.as_tensor([r.params.top_k for r in reqs], dtype=torch.int64)
+            st[1] = torch.as_tensor([r.seed for r in reqs], dtype=torch.int64)
+            st[2] = torch.as_tensor([len(r.out) for r in reqs], dtype=torch.int64)
+            f = st[3].view(torch.float32).view(2, n)
+            f[0] = torch.as_tensor([r.params.temperature for r in reqs], dtype=torch.float32)
+            f[1] = torch.as_tensor([r.params.top_p for r in reqs], dtype=torch.float32)
+            d = st.to(dev, non_blocking=True) if dev.type == "cuda" else st
+            fd = d[3].view(torch.float32).view(2, n)
+            toks = sample(logits, fd[0], d[0], fd[1], d[1], d[2])
         return self._agree(toks).tolist()
 
     def _accept(self, r: _Request, tok: int, logits_row: Optional[torch.Tensor], retire: bool = True) -> None:

@@ -3,7 +3,10 @@
 Every request carries its own SamplingParams; a decode step samples all rows at once (no per-row Python on the
 device). Greedy is temperature 0. Random sampling uses the Gumbel-max trick with counter-based noise:
     token = argmax_v( logits_v / T + g(seed, step, v) ),   g = -log(-log u),  u = hash(seed, step, v) in (0, 1)
-which draws exactly from softmax(logits / T) restricted to the top-k / top-p set. The noise is a pure function of
+which draws exactly from softmax(logits / T) restricted to the top-k / top-p set (top-k keeps every token tied with
+the k-th largest logit; top-p keeps a token while the tokens strictly more likely than it hold less than top_p of the
+top-k set's mass). One kernel per batch does it (ssmtp::sample, csrc/sample.c and csrc/cuda/sample.cu: thresholds by
+bisection over the row instead of a sort; the pure-torch twin is ssmtp.ref.sample). The noise is a pure function of
 (request seed, index of the generated token, vocabulary id), so a request's tokens do not depend on which other
 requests share its batch, on the batch order, or on the device RNG state; the same seed reproduces the same tokens.
 
@@ -18,6 +21,9 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
+
+from .. import ops
+from ..ref import gumbel_noise  # noqa: F401  (the noise, as a tensor: tests and notebooks)
 
 
 @dataclass(frozen=True)
@@ -71,62 +77,14 @@ class SamplingParams:
         return self.temperature == 0
 
 
-# ------------------------------------------------------------------------------------------------ noise
-
-_M32 = 0xFFFFFFFF
-
-
-def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer hash (Wellons' lowbias32) on int64 tensors holding values in [0, 2^32). Products may wrap
-    past int64; their low 32 bits are still exact (two's complement), and that is all that is kept."""
-    x = x ^ (x >> 16)
-    x = (x * 0x7FEB352D) & _M32
-    x = x ^ (x >> 15)
-    x = (x * 0x846CA68B) & _M32
-    return x ^ (x >> 16)
-
-
-def gumbel_noise(seeds: torch.Tensor, steps: torch.Tensor, vocab: int) -> torch.Tensor:
-    """(n, vocab) fp32 Gumbel(0, 1) noise, a pure function of (seed, step, vocabulary id)."""
-    dev = seeds.device
-    s = seeds.to(torch.int64)
-    h = _mix32((s & _M32) ^ _mix32(((s >> 32) & _M32) ^ 0x9E3779B9))
-    h = _mix32(h ^ _mix32(steps.to(torch.int64) & _M32))[:, None]  # (n, 1)
-    v = torch.arange(vocab, device=dev, dtype=torch.int64)[None, :]
-    bits = _mix32(h ^ _mix32(v ^ 0x85EBCA6B))
-    u = ((bits >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))  # (0, 1), 24 random bits
-    return -torch.log(-torch.log(u))
+# ------------------------------------------------------------------------------------------------ sampler
 
 
 def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
            seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
-    """Sample one token per row.
+    """Sample one token per row with the ssmtp::sample op (one kernel on CUDA, no host synchronisation).
 
-    logits (n, V) fp32; temperature (n,) fp32 (0 = greedy); top_k (n,) int64 (0 = off); top_p (n,) fp32;
+    logits (n, V) fp32/bf16/fp16; temperature (n,) fp32 (0 = greedy); top_k (n,) int64 (0 = off); top_p (n,) fp32;
     seeds, steps (n,) int64. Returns (n,) int64 token ids. All tensors on the logits' device.
     """
-    n, V = logits.shape
-    logits = logits.float()
-    greedy_tok = logits.argmax(-1)
-    rand = temperature > 0
-    if not bool(rand.any()):
-        return greedy_tok
-    t = torch.where(rand, temperature, torch.ones_like(temperature))
-    scaled = logits / t[:, None]
-    g = gumbel_noise(seeds, steps, V)
-    need_filter = bool(((top_k > 0) & (top_k < V)).any()) or bool((top_p < 1.0).any())
-    if not need_filter:
-        tok = (scaled + g).argmax(-1)
-    else:
-        sv, si = torch.sort(scaled, dim=-1, descending=True)
-        rank = torch.arange(V, device=logits.device)[None, :]
-        keep = torch.ones_like(sv, dtype=torch.bool)
-        k = torch.where(top_k > 0, top_k, torch.full_like(top_k, V))
-        keep &= rank < k[:, None]
-        probs = torch.softmax(sv.masked_fill(~keep, float("-inf")), dim=-1)
-        before = torch.cumsum(probs, dim=-1) - probs  # probability mass strictly before each token
-        keep &= before < top_p[:, None]
-        keep[:, 0] = True  # the most likely token always stays
-        z = sv.masked_fill(~keep, float("-inf")) + g.gather(1, si)
-        tok = si.gather(1, z.argmax(-1, keepdim=True))[:, 0]
-    return torch.where(rand, tok, greedy_tok)
+    return ops.sample(logits, temperature, top_k, top_p, seeds, steps)

@@ -1,0 +1,140 @@
+/*
+ * sample.c - token sampling (greedy / temperature / top-k / top-p with counter-based Gumbel noise): argument
+ * checks, device dispatch and the CPU reference. Semantics: see ssmtp_sample in ssmtp.h.
+ */
+#include "internal.h"
+#include "sample_math.h"
+
+static ssmtp_status_t sample_check(const char *op, const ssmtp_sample_params_t *p, int32_t *device) {
+    SSMTP_TRY(ssmtp_check_tensor(op, "logits", &p->logits, 0, 2, -1, NULL));
+    SSMTP_TRY(ssmtp_check_float_dtype(op, "logits", &p->logits));
+    const int64_t n = p->logits.shape[0], V = p->logits.shape[1];
+    if (V < 1 && n > 0) return ssmtp_fail(SSMTP_ERR_INVALID, "%s: logits has no columns (V = 0)", op);
+    if (V > INT32_MAX) return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, "%s: V=%lld columns, at most 2^31 - 1", op,
+                                         (long long)V);
+    const int64_t sh[] = {n};
+    SSMTP_TRY(ssmtp_check_tensor(op, "temperature", &p->temperature, 0, 1, SSMTP_DTYPE_F32, sh));
+    SSMTP_TRY(ssmtp_check_tensor(op, "top_k", &p->top_k, 0, 1, SSMTP_DTYPE_I64, sh));
+    SSMTP_TRY(ssmtp_check_tensor(op, "top_p", &p->top_p, 0, 1, SSMTP_DTYPE_F32, sh));
+    SSMTP_TRY(ssmtp_check_tensor(op, "seed", &p->seed, 0, 1, SSMTP_DTYPE_I64, sh));
+    SSMTP_TRY(ssmtp_check_tensor(op, "step", &p->step, 0, 1, SSMTP_DTYPE_I64, sh));
+    SSMTP_TRY(ssmtp_check_tensor(op, "out", &p->out, 0, 1, SSMTP_DTYPE_I64, sh));
+    const ssmtp_tensor_t *ts[] = {&p->logits, &p->temperature, &p->top_k, &p->top_p, &p->seed, &p->step, &p->out};
+    const char *names[] = {"logits", "temperature", "top_k", "top_p", "seed", "step", "out"};
+    SSMTP_TRY(ssmtp_check_devices(op, ts, names, 7, device));
+    SSMTP_TRY(ssmtp_check_inner_contiguous(op, "logits", &p->logits));
+    return SSMTP_OK;
+}
+
+/* one row's logits as fp32 (the caller's buffer) */
+typedef struct {
+    const float *l;
+    int64_t V;
+    uint32_t kmax; /* key of the largest logit */
+    float lmax, c;
+} row_t;
+
+/* tokens with a key above K: how many, and their mass exp((l - lmax) c) summed in index order */
+static void above(const row_t *r, uint32_t K, int64_t *cnt, float *mass) {
+    int64_t k = 0;
+    float m = 0.0f;
+    for (int64_t v = 0; v < r->V; v++) {
+        const float x = r->l[v];
+        if (isnan(x) || ssmtp_fkey(x) <= K) continue;
+        k++;
+        if (mass) m += expf((x - r->lmax) * r->c);
+    }
+    *cnt = k;
+    if (mass) *mass = m;
+}
+
+/* smallest K in [lo, kmax] with fewer than k tokens above it */
+static uint32_t top_k_key(const row_t *r, uint32_t lo, int64_t k) {
+    uint32_t hi = r->kmax;
+    while (lo < hi) {
+        const uint32_t mid = lo + (hi - lo) / 2;
+        int64_t cnt;
+        above(r, mid, &cnt, NULL);
+        if (cnt < k) hi = mid;
+        else lo = mid + 1;
+    }
+    return lo;
+}
+
+/* smallest K in [lo, kmax] whose mass above it is below pz (kmax itself always qualifies) */
+static uint32_t top_p_key(const row_t *r, uint32_t lo, float pz) {
+    uint32_t hi = r->kmax;
+    while (lo < hi) {
+        const uint32_t mid = lo + (hi - lo) / 2;
+        int64_t cnt;
+        float mass;
+        above(r, mid, &cnt, &mass);
+        if (mass < pz) hi = mid;
+        else lo = mid + 1;
+    }
+    return lo;
+}
+
+static ssmtp_status_t sample_cpu(const ssmtp_sample_params_t *p) {
+    const int64_t n = p->logits.shape[0], V = p->logits.shape[1];
+    float *l = (float *)malloc((size_t)(V > 0 ? V : 1) * sizeof(float));
+    if (!l) return ssmtp_fail(SSMTP_ERR_NOMEM, "sample: out of host memory for a %lld-entry row", (long long)V);
+    for (int64_t i = 0; i < n; i++) {
+        const char *base = (const char *)p->logits.data +
+                           i * p->logits.stride[0] * (int64_t)ssmtp_dtype_size(p->logits.dtype);
+        int64_t best = 0;
+        float lmax = -INFINITY;
+        for (int64_t v = 0; v < V; v++) {
+            l[v] = ssmtp_load(base, p->logits.dtype, v);
+            if (l[v] > lmax) {
+                lmax = l[v];
+                best = v;
+            }
+        }
+        const float T = ((const float *)p->temperature.data)[i * p->temperature.stride[0]];
+        const float c = 1.0f / T;
+        if (T > 0.0f && isfinite(c) && isfinite(lmax)) {
+            row_t r = {l, V, ssmtp_fkey(lmax), lmax, c};
+            const int64_t k = ((const int64_t *)p->top_k.data)[i * p->top_k.stride[0]];
+            const float tp = ((const float *)p->top_p.data)[i * p->top_p.stride[0]];
+            uint32_t K = 0;
+            if (k > 0 && k < V) K = top_k_key(&r, K, k);
+            if (tp < 1.0f) {
+                float z = 0.0f; /* the mass kept by top-k (keys >= K), in index order */
+                for (int64_t v = 0; v < V; v++)
+                    if (!isnan(l[v]) && ssmtp_fkey(l[v]) >= K) z += expf((l[v] - lmax) * c);
+                K = top_p_key(&r, K, tp * z);
+            }
+            const uint32_t h = ssmtp_noise_row(((const int64_t *)p->seed.data)[i * p->seed.stride[0]],
+                                               ((const int64_t *)p->step.data)[i * p->step.stride[0]]);
+            float zbest = -INFINITY;
+            best = -1;
+            for (int64_t v = 0; v < V; v++) {
+                if (isnan(l[v]) || ssmtp_fkey(l[v]) < K) continue;
+                const float zv = l[v] * c + ssmtp_gumbel(h, v);
+                if (best < 0 || zv > zbest) {
+                    zbest = zv;
+                    best = v;
+                }
+            }
+        }
+        ((int64_t *)p->out.data)[i * p->out.stride[0]] = best;
+    }
+    free(l);
+    return SSMTP_OK;
+}
+
+ssmtp_status_t ssmtp_sample(const ssmtp_sample_params_t *p, void *stream) {
+    int32_t device;
+    if (!p) return ssmtp_fail(SSMTP_ERR_INVALID, "sample: params is NULL");
+    SSMTP_TRY(sample_check("sample", p, &device));
+    if (device == SSMTP_DEVICE_CPU) {
+        return sample_cpu(p);
+    }
+#ifdef SSMTP_WITH_CUDA
+    return ssmtp_cuda_sample(p, stream);
+#else
+    (void)stream;
+    return ssmtp_fail(SSMTP_ERR_NOT_BUILT, "sample: tensors are on cuda:%d but this build has no CUDA", (int)device);
+#endif
+}
