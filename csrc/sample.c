@@ -2,6 +2,8 @@
  * sample.c - token sampling (greedy / temperature / top-k / top-p with counter-based Gumbel noise): argument
  * checks, device dispatch and the CPU reference. Semantics: see ssmtp_sample in ssmtp.h.
  */
+#include <stdlib.h>
+
 #include "internal.h"
 #include "sample_math.h"
 
@@ -26,50 +28,19 @@ static ssmtp_status_t sample_check(const char *op, const ssmtp_sample_params_t *
     return SSMTP_OK;
 }
 
-/* one row's logits as fp32 (the caller's buffer) */
-typedef struct {
-    const float *l;
-    int64_t V;
-    uint32_t kmax; /* key of the largest logit */
-    float lmax, c;
-} row_t;
-
-/* tokens with a key above K: how many, and their mass exp((l - lmax) c) summed in index order */
-static void above(const row_t *r, uint32_t K, int64_t *cnt, float *mass) {
-    int64_t k = 0;
-    float m = 0.0f;
-    for (int64_t v = 0; v < r->V; v++) {
-        const float x = r->l[v];
-        if (isnan(x) || ssmtp_fkey(x) <= K) continue;
-        k++;
-        if (mass) m += expf((x - r->lmax) * r->c);
-    }
-    *cnt = k;
-    if (mass) *mass = m;
-}
-
-/* smallest K in [lo, kmax] with fewer than k tokens above it */
-static uint32_t top_k_key(const row_t *r, uint32_t lo, int64_t k) {
-    uint32_t hi = r->kmax;
+/* Smallest K in [lo, hi] for which the tokens whose value has a key above K are fewer than k (count mode, k >= 1)
+ * or hold a mass below pz (mass mode: the values are masses, -1 for tokens already dropped). hi must qualify. */
+static uint32_t bisect(const float *x, int64_t V, uint32_t lo, uint32_t hi, int64_t k, float pz, int mass) {
     while (lo < hi) {
         const uint32_t mid = lo + (hi - lo) / 2;
-        int64_t cnt;
-        above(r, mid, &cnt, NULL);
-        if (cnt < k) hi = mid;
-        else lo = mid + 1;
-    }
-    return lo;
-}
-
-/* smallest K in [lo, kmax] whose mass above it is below pz (kmax itself always qualifies) */
-static uint32_t top_p_key(const row_t *r, uint32_t lo, float pz) {
-    uint32_t hi = r->kmax;
-    while (lo < hi) {
-        const uint32_t mid = lo + (hi - lo) / 2;
-        int64_t cnt;
-        float mass;
-        above(r, mid, &cnt, &mass);
-        if (mass < pz) hi = mid;
+        int64_t cnt = 0;
+        float m = 0.0f;
+        for (int64_t v = 0; v < V; v++) {
+            if (isnan(x[v]) || ssmtp_fkey(x[v]) <= mid) continue;
+            cnt++;
+            m += x[v];
+        }
+        if (mass ? m < pz : cnt < k) hi = mid;
         else lo = mid + 1;
     }
     return lo;
@@ -77,8 +48,9 @@ static uint32_t top_p_key(const row_t *r, uint32_t lo, float pz) {
 
 static ssmtp_status_t sample_cpu(const ssmtp_sample_params_t *p) {
     const int64_t n = p->logits.shape[0], V = p->logits.shape[1];
-    float *l = (float *)malloc((size_t)(V > 0 ? V : 1) * sizeof(float));
+    float *l = (float *)malloc((size_t)(V > 0 ? V : 1) * 2 * sizeof(float));
     if (!l) return ssmtp_fail(SSMTP_ERR_NOMEM, "sample: out of host memory for a %lld-entry row", (long long)V);
+    float *e = l + V;
     for (int64_t i = 0; i < n; i++) {
         const char *base = (const char *)p->logits.data +
                            i * p->logits.stride[0] * (int64_t)ssmtp_dtype_size(p->logits.dtype);
@@ -94,23 +66,26 @@ static ssmtp_status_t sample_cpu(const ssmtp_sample_params_t *p) {
         const float T = ((const float *)p->temperature.data)[i * p->temperature.stride[0]];
         const float c = 1.0f / T;
         if (T > 0.0f && isfinite(c) && isfinite(lmax)) {
-            row_t r = {l, V, ssmtp_fkey(lmax), lmax, c};
             const int64_t k = ((const int64_t *)p->top_k.data)[i * p->top_k.stride[0]];
             const float tp = ((const float *)p->top_p.data)[i * p->top_p.stride[0]];
-            uint32_t K = 0;
-            if (k > 0 && k < V) K = top_k_key(&r, K, k);
-            if (tp < 1.0f) {
-                float z = 0.0f; /* the mass kept by top-k (keys >= K), in index order */
-                for (int64_t v = 0; v < V; v++)
-                    if (!isnan(l[v]) && ssmtp_fkey(l[v]) >= K) z += expf((l[v] - lmax) * c);
-                K = top_p_key(&r, K, tp * z);
+            uint32_t K = 0; /* top-k: tokens whose logit has a key >= K */
+            if (k > 0 && k < V) K = bisect(l, V, 0, ssmtp_fkey(lmax), k, 0.0f, 0);
+            const int pon = tp < 1.0f;
+            uint32_t Ke = 0; /* top-p: tokens whose mass has a key >= Ke */
+            if (pon) {
+                float z = 0.0f; /* the top-k set's mass, in index order */
+                for (int64_t v = 0; v < V; v++) {
+                    e[v] = !isnan(l[v]) && ssmtp_fkey(l[v]) >= K ? expf((l[v] - lmax) * c) : -1.0f;
+                    if (e[v] >= 0.0f) z += e[v];
+                }
+                Ke = bisect(e, V, ssmtp_fkey(0.0f), ssmtp_fkey(1.0f), 0, tp * z, 1);
             }
             const uint32_t h = ssmtp_noise_row(((const int64_t *)p->seed.data)[i * p->seed.stride[0]],
                                                ((const int64_t *)p->step.data)[i * p->step.stride[0]]);
             float zbest = -INFINITY;
             best = -1;
             for (int64_t v = 0; v < V; v++) {
-                if (isnan(l[v]) || ssmtp_fkey(l[v]) < K) continue;
+                if (pon ? e[v] < 0.0f || ssmtp_fkey(e[v]) < Ke : isnan(l[v]) || ssmtp_fkey(l[v]) < K) continue;
                 const float zv = l[v] * c + ssmtp_gumbel(h, v);
                 if (best < 0 || zv > zbest) {
                     zbest = zv;
@@ -128,9 +103,7 @@ ssmtp_status_t ssmtp_sample(const ssmtp_sample_params_t *p, void *stream) {
     int32_t device;
     if (!p) return ssmtp_fail(SSMTP_ERR_INVALID, "sample: params is NULL");
     SSMTP_TRY(sample_check("sample", p, &device));
-    if (device == SSMTP_DEVICE_CPU) {
-        return sample_cpu(p);
-    }
+    if (device == SSMTP_DEVICE_CPU) return sample_cpu(p);
 #ifdef SSMTP_WITH_CUDA
     return ssmtp_cuda_sample(p, stream);
 #else

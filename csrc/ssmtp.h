@@ -165,16 +165,18 @@ ssmtp_status_t ssmtp_dequantize(const ssmtp_quant_params_t *p, void *stream);
  *   out         (n,) int64 token ids
  * Greedy: the first index of the largest logit; NaN is never chosen; a row with nothing above -inf gives 0.
  * Random (T > 0, the largest logit finite; else greedy as above): with c = 1 / T (fp32),
- *   a token is kept iff fewer than k tokens have a strictly larger logit (top-k, so ties at the k-th value all stay)
- *   and the probability mass of the kept-by-k tokens with a strictly larger logit is below p (top-p, relative to
- *   the top-k set's mass; the most likely token always stays). Masses are e_v = exp((l_v - max) * c), fp32 sums.
+ *   top-k keeps a token iff fewer than k tokens have a strictly larger logit (ties at the k-th value all stay);
+ *   top-p then keeps a kept-by-k token iff the kept-by-k tokens with a strictly larger mass e hold less than p of
+ *   the top-k set's mass (the most likely tokens always stay), with e_v = exp((l_v - max) * c) in fp32, fp32 sums.
  *   token = first index of the largest l_v * c + g_v over kept tokens, g_v Gumbel(0, 1) noise that is a pure
  *   function of (seed, step, v): h = mix(seed_lo ^ mix(seed_hi ^ 0x9E3779B9)); h = mix(h ^ mix(step_lo));
  *   bits = mix(h ^ mix(v ^ 0x85EBCA6B)) with mix = lowbias32; u = ((bits >> 8) + 0.5) * 2^-24; g = -log(-log(u)).
  *   So a row's token depends on nothing else in the batch and the same seed gives the same tokens.
- * The thresholds are found by bisection over the order-preserving integer keys of the fp32 logits (32 passes per
- * limit at most, over the row); CUDA runs one block per row, its sums in a fixed order (deterministic run to run).
- * Sums in another order (CPU vs CUDA) can move a threshold only when a mass lies within rounding of p.
+ * The thresholds are found by bisection over the order-preserving integer keys of the fp32 logits / masses (at
+ * most 32 passes per limit). CUDA runs one block per row, the row in shared memory where it fits (V <= ~53k on
+ * sm_90), and once at most 2048 entries remain above the search's lower bound it compacts them (in index order) and
+ * searches those alone; every sum has a fixed order (the same token run to run). Sums in another order (CPU vs
+ * CUDA) can move a threshold only where a mass lies within rounding of p * the top-k mass.
  */
 typedef struct {
     ssmtp_tensor_t logits, temperature, top_k, top_p, seed, step, out;

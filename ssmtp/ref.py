@@ -263,20 +263,18 @@ def sample(logits, temperature, top_k, top_p, seed, step):
     for i in torch.nonzero(rand).flatten().tolist():
         x, ci = lf[i], c[i]
         keep = ~torch.isnan(x)
-        xd = torch.sort(x[keep], descending=True).values
-        cnt_gt = torch.searchsorted(-xd, -x)  # tokens strictly larger than each
         k = int(top_k[i])
-        if 0 < k < V:
-            keep &= cnt_gt < k
+        if 0 < k < V:  # fewer than k tokens with a strictly larger logit
+            keep &= torch.searchsorted(-torch.sort(x[keep], descending=True).values, -x) < k
         p = float(top_p[i])
-        if p < 1.0:
-            e = torch.exp((x - lmax[i]) * ci).double()
-            z = float(e[keep].sum())
-            ed = torch.sort(x[keep], descending=True)
-            cum = torch.cumsum(e[keep][ed.indices], 0)
-            above = torch.searchsorted(-ed.values, -x)  # kept tokens strictly larger than each
+        if p < 1.0:  # the mass of the kept tokens with a strictly larger mass e is below p of the kept mass
+            e = torch.exp((x - lmax[i]) * ci)
+            ek = e[keep]
+            ed = torch.sort(ek, descending=True).values
+            cum = torch.cumsum(ed.double(), 0)
+            above = torch.searchsorted(-ed, -e)  # kept tokens with a strictly larger mass
             mass_gt = torch.where(above > 0, cum[(above - 1).clamp(min=0)], torch.zeros((), dtype=torch.float64))
-            keep &= (mass_gt < p * z) | (cnt_gt == 0)
+            keep &= (mass_gt < p * float(cum[-1])) | (above == 0)
         zv = torch.where(keep, x * ci + g[i], torch.tensor(float("-inf")))
         out[i] = zv.argmax()
     return out
