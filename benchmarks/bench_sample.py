@@ -6,7 +6,9 @@ on the same logits in the same run.
 Rows: batch n = 1, 8, 64, 256 of fp32 logits (what the engine's decode graphs return) at the vocabulary sizes of
 mamba-2.8b (50280) and falcon-mamba-7b (65024); settings greedy, temperature 0.8, top-k 50, top-p 0.95, and top-k 50
 + top-p 0.95 (temperature 0.8 for all but greedy). Per row:
-  ssmtp      ops.sample, eager (Python dispatch included) and one call inside a CUDA graph (the kernel alone);
+  ssmtp      ops.sample, eager (Python dispatch included) and one call inside a CUDA graph (the kernel alone),
+             also with one block per row forced (SSMTP_SAMPLE_CLUSTER=1; by default a row takes a cluster of up to
+             8 blocks while the rows leave SMs idle);
   sort       the engine's sampler before the kernel: pure torch, a full sort per row for top-k / top-p, and
              host-side branches on device values (bool(tensor.any())), kept here as a baseline;
   hf         transformers' logits warpers (TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper) + softmax +
@@ -142,6 +144,11 @@ def main():
                      "floor_us": n * V * 4 / HBM_BPS * 1e6}
                 r["ssmtp_us"] = time_ms(lambda: ops.sample(*a), args.iters) * 1e3
                 r["ssmtp_graph_us"] = graph_ms(lambda: ops.sample(*a), args.iters) * 1e3
+                os.environ["SSMTP_SAMPLE_CLUSTER"] = "1"  # one block per row (the launcher's choice from 66 rows)
+                try:
+                    r["ssmtp_one_block_graph_us"] = graph_ms(lambda: ops.sample(*a), args.iters) * 1e3
+                finally:
+                    del os.environ["SSMTP_SAMPLE_CLUSTER"]
                 r["sort_us"] = time_ms(lambda: sort_sampler(*a), args.iters) * 1e3
                 r["argmax_us"] = time_ms(lambda: logits.argmax(-1), args.iters) * 1e3
                 if not args.no_hf:
@@ -151,7 +158,7 @@ def main():
                 r["ssmtp_graph_over_floor"] = r["ssmtp_graph_us"] / r["floor_us"]
                 rows.append(r)
                 print(f"[sample] {model} n={n:3d} {sname:22s} ssmtp {r['ssmtp_us']:8.1f} us (graph "
-                      f"{r['ssmtp_graph_us']:7.1f}, floor {r['floor_us']:6.1f})  sort {r['sort_us']:8.1f}  "
+                      f"{r['ssmtp_graph_us']:7.1f}, 1 block {r['ssmtp_one_block_graph_us']:7.1f}, floor {r['floor_us']:6.1f})  sort {r['sort_us']:8.1f}  "
                       + (f"hf {r['hf_us']:8.1f}  " if "hf_us" in r else "")
                       + f"argmax {r['argmax_us']:6.1f}  cuda==cpu {agree:.3f}", flush=True)
     meta = {"git_commit": os.environ.get("SSMTP_GIT_COMMIT", "unknown"),

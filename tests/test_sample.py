@@ -137,6 +137,27 @@ def test_sample_cuda_vs_cpu(n, V, dname):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("cluster", ["1", "2", "4", "8"])
+@pytest.mark.parametrize("n,V", [(3, 50280), (2, 65024), (5, 13)])
+def test_sample_cuda_cluster_sizes(n, V, cluster, monkeypatch):
+    """Blocks per row forced (the launcher picks by batch size): each slice layout gives the CPU op's tokens."""
+    monkeypatch.setenv("SSMTP_SAMPLE_CLUSTER", cluster)
+    g = torch.Generator().manual_seed(V)
+    logits = torch.randn(n * 12, V, generator=g) * 3
+    a = (logits, *_params(n * 12, g, V))
+    assert torch.equal(ops.sample(*(t.cuda() for t in a)).cpu(), ops.sample(*a))
+
+
+@pytest.mark.cuda
+def test_sample_cuda_cluster_knob_rejects_unknown(monkeypatch):
+    monkeypatch.setenv("SSMTP_SAMPLE_CLUSTER", "3")
+    x = torch.zeros(2, 10, device="cuda")
+    z = torch.zeros(2, dtype=torch.long, device="cuda")
+    with pytest.raises((ValueError, RuntimeError), match="SSMTP_SAMPLE_CLUSTER=3"):
+        ops.sample(x, torch.ones(2, device="cuda"), z, torch.ones(2, device="cuda"), z, z)
+
+
+@pytest.mark.cuda
 def test_sample_cuda_graph_capture():
     g = torch.Generator().manual_seed(5)
     n, V = 8, 3000

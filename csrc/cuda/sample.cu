@@ -1,13 +1,23 @@
-// sample.cu - token sampling on the GPU: one block per row, greedy / temperature / top-k / top-p with the
-// counter-based Gumbel noise of csrc/sample_math.h. Semantics identical to the CPU reference in csrc/sample.c
-// (ssmtp_sample in ssmtp.h); every sum has a fixed order, so a row's token is the same run to run.
+// sample.cu - token sampling on the GPU: greedy / temperature / top-k / top-p with the counter-based Gumbel noise of
+// csrc/sample_math.h. Semantics identical to the CPU reference in csrc/sample.c (ssmtp_sample in ssmtp.h).
+//
+// A row is one thread-block cluster of CL blocks (CL = 8 for a few rows, 1 once the rows fill the GPU), each block
+// holding a slice of the row, in shared memory where it fits. Thresholds are found by bisection over the
+// order-preserving keys of the values (logits, then masses): one pass over the slices per step, a count and a mass
+// summed per block and then across the cluster. Once at most CAP entries lie above the search's lower bound they are
+// gathered (in index order) into block 0, which goes on alone over them. Every sum has a fixed order, so a row's
+// token is the same run to run.
 #include "common.cuh"
+
+#include <cooperative_groups.h>
 
 #include "sample_math.h"
 
+namespace cg = cooperative_groups;
+
 namespace {
 
-constexpr int NT = 1024, NW = NT / 32, CAP = 2048;
+constexpr int NT = 1024, NW = NT / 32, CAP = 2048, MAX_CL = 8;
 
 struct SampleArgs {
     const void *logits;
@@ -16,7 +26,7 @@ struct SampleArgs {
     const int64_t *topk, *seed, *step;
     int64_t *out;
     int64_t st, sk, sp, ss, sst, so;
-    int cached;
+    int ncache; // entries of its slice a block keeps in shared memory
 };
 
 __device__ __forceinline__ int warp_sum(int v) {
@@ -30,19 +40,6 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
-// Sum over the block, the same value in every thread (warp sums, then the warps in order). Two buffers: a call's
-// writes cannot race the previous call's reads, which all finished before this call's barrier was reached.
-template <typename U> __device__ __forceinline__ U block_sum(U v, U (*sm)[NW], int &buf) {
-    v = warp_sum(v);
-    if (threadIdx.x % 32 == 0) sm[buf][threadIdx.x / 32] = v;
-    __syncthreads();
-    U t = 0;
-#pragma unroll 8
-    for (int i = 0; i < NW; i++) t = t + sm[buf][i];
-    buf ^= 1;
-    return t;
-}
-
 // (value, index) with the larger value winning, the smaller index on a tie: an exact, order-free reduction.
 __device__ __forceinline__ void better(float &b, int &i, float b2, int i2) {
     if (b2 > b || (b2 == b && i2 < i)) {
@@ -50,22 +47,27 @@ __device__ __forceinline__ void better(float &b, int &i, float b2, int i2) {
         i = i2;
     }
 }
-__device__ __forceinline__ void block_argmax(float &b, int &i, float (*sb)[NW], int (*si)[NW], int &buf) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) better(b, i, __shfl_xor_sync(0xffffffffu, b, o), __shfl_xor_sync(0xffffffffu, i, o));
-    if (threadIdx.x % 32 == 0) {
-        sb[buf][threadIdx.x / 32] = b;
-        si[buf][threadIdx.x / 32] = i;
-    }
-    __syncthreads();
-    b = sb[buf][0];
-    i = si[buf][0];
-    for (int w = 1; w < NW; w++) better(b, i, sb[buf][w], si[buf][w]);
-    buf ^= 1;
-}
 
-// Each warp owns a contiguous segment of a set of N entries (multiple of 32 long; lanes stride 32 through it): loads
-// stay coalesced, and the warps' counts give every entry's place in an ordered compaction.
+// The cluster a row runs on: thread-block clusters on sm_90 and later, one block per row before (the launcher then
+// asks for clusters of 1).
+struct Cluster {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    cg::cluster_group g;
+    __device__ Cluster() : g(cg::this_cluster()) {}
+    __device__ int size() { return (int)g.num_blocks(); }
+    __device__ int rank() { return (int)g.block_rank(); }
+    __device__ void sync() { g.sync(); }
+    template <typename P> __device__ P *at(P *p, int u) { return g.map_shared_rank(p, u); }
+#else
+    __device__ int size() { return 1; }
+    __device__ int rank() { return 0; }
+    __device__ void sync() { __syncthreads(); }
+    template <typename P> __device__ P *at(P *p, int) { return p; }
+#endif
+};
+
+// Each warp owns a contiguous segment of a set of N entries (lanes stride 32 through it): loads stay coalesced,
+// and the warps' counts give every entry's place in an ordered compaction.
 __device__ __forceinline__ void warp_segment(int N, int &b, int &e) {
     const int seg = ((N + NW - 1) / NW + 31) / 32 * 32;
     b = min(N, (int)(threadIdx.x / 32) * seg);
@@ -73,61 +75,114 @@ __device__ __forceinline__ void warp_segment(int N, int &b, int &e) {
 }
 
 template <typename T> __global__ void __launch_bounds__(NT) sample_kernel(const SampleArgs a) {
-    extern __shared__ float row[]; // the row's logits (fp32) when a.cached, later their masses
-    __shared__ float cv[CAP];      // candidates (ordered by index): logits, later masses ...
-    __shared__ int ci[CAP];        // ... and their indices
-    __shared__ int scnt[2][NW];
-    __shared__ float ssum[2][NW], sbest[2][NW];
-    __shared__ int sidx[2][NW];
-    int bc = 0, bs = 0, ba = 0;
-    const int lane = threadIdx.x % 32;
-    const int64_t r = blockIdx.x;
+    extern __shared__ float row[]; // the first a.ncache entries of this block's slice: logits, later masses
+    __shared__ float cv[CAP];      // block 0: the gathered candidates (in index order), logits or masses ...
+    __shared__ int ci[CAP];        // ... and their indices in the row
+    __shared__ int wc[2][NW];      // per-warp partials (two buffers: see reduce)
+    __shared__ float wm[2][NW];
+    __shared__ int cc[2]; // this block's totals, read by the cluster
+    __shared__ float cm[2];
+    Cluster cluster;
+    const int CL = cluster.size(), q = cluster.rank();
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int64_t r = blockIdx.x / CL;
     const T *l = (const T *)a.logits + r * a.srow;
-    const int V = (int)a.V;
-    const bool cached = a.cached;
+    const int V = (int)a.V, per = (V + CL - 1) / CL;
+    const int s0 = min(V, q * per), nloc = min(V, s0 + per) - s0, ncache = min(nloc, a.ncache);
+    int rb = 0;          // reduction buffer
+    bool solo = CL == 1; // reductions stay in this block
+    int nc = -1;         // >= 0: block 0 works on the nc gathered candidates alone (the other blocks have left)
+    bool emode = false;  // the values are masses (top-p) instead of logits
     int b, e;
+
+    // Sum (cnt, m) over the block and then the cluster, every thread getting the same totals. The block's partials
+    // alternate between two buffers: a call's writes cannot race the previous call's reads, all of which finished
+    // before this call's barrier could be passed (cluster.sync also orders the remote reads of cc / cm).
+    auto reduce = [&](int &cnt, float &m, bool argmax) {
+        if (argmax) {
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1)
+                better(m, cnt, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, cnt, o));
+        } else {
+            cnt = warp_sum(cnt);
+            m = warp_sum(m);
+        }
+        if (lane == 0) {
+            wc[rb][warp] = cnt;
+            wm[rb][warp] = m;
+        }
+        __syncthreads();
+        int tc = wc[rb][0];
+        float tm = wm[rb][0];
+        for (int w = 1; w < NW; w++) {
+            if (argmax) better(tm, tc, wm[rb][w], wc[rb][w]);
+            else {
+                tc += wc[rb][w];
+                tm = __fadd_rn(tm, wm[rb][w]);
+            }
+        }
+        if (!solo) {
+            if (threadIdx.x == 0) {
+                cc[rb] = tc;
+                cm[rb] = tm;
+            }
+            cluster.sync();
+            tc = *cluster.at(&cc[rb], 0);
+            tm = *cluster.at(&cm[rb], 0);
+            for (int u = 1; u < CL; u++) {
+                const int c2 = *cluster.at(&cc[rb], u);
+                const float m2 = *cluster.at(&cm[rb], u);
+                if (argmax) better(tm, tc, m2, c2);
+                else {
+                    tc += c2;
+                    tm = __fadd_rn(tm, m2);
+                }
+            }
+        }
+        rb ^= 1;
+        cnt = tc;
+        m = tm;
+    };
 
     // greedy: the first index of the largest logit (NaN never wins; nothing above -inf: index 0)
     float lmax = -INFINITY;
     int best = V;
-    warp_segment(V, b, e);
-    for (int v = b + lane; v < e; v += 32) {
-        const float x = to_f32<T>(l[v]);
-        if (cached) row[v] = x;
+    warp_segment(nloc, b, e);
+    for (int j = b + lane; j < e; j += 32) {
+        const float x = to_f32<T>(l[s0 + j]);
+        if (j < ncache) row[j] = x;
         if (x > lmax) {
             lmax = x;
-            best = v;
+            best = s0 + j;
         }
     }
-    block_argmax(lmax, best, sbest, sidx, ba); // its barrier also publishes row[]
+    reduce(best, lmax, true); // its barrier also publishes row[]
     const float T_ = a.temp[r * a.st];
     const float c = __fdiv_rn(1.f, T_);
     if (!(T_ > 0.f) || !isfinite(c) || !isfinite(lmax)) {
-        if (threadIdx.x == 0) a.out[r * a.so] = lmax > -INFINITY ? best : 0;
+        if (q == 0 && threadIdx.x == 0) a.out[r * a.so] = lmax > -INFINITY ? best : 0;
+        if (!solo) cluster.sync(); // no block leaves while another may still read its totals
         return;
     }
 
-    int nc = -1;        // -1: the set is the whole row; else the nc candidates in cv / ci
-    bool emode = false; // the set's values are masses (top-p) instead of logits
-    uint32_t K = 0;     // top-k: logits with a key >= K stay
+    uint32_t K = 0; // top-k: logits with a key >= K stay
     auto mass_of = [&](float x) {
         return !isnan(x) && ssmtp_fkey(x) >= K ? expf(__fmul_rn(__fsub_rn(x, lmax), c)) : -1.f;
     };
     auto value = [&](int j) -> float {
         if (nc >= 0) return cv[j];
-        if (cached) return row[j];
-        const float x = to_f32<T>(l[j]);
+        if (j < ncache) return row[j];
+        const float x = to_f32<T>(l[s0 + j]);
         return emode ? mass_of(x) : x;
     };
     // Smallest key in [lo, hi] above which fewer than k entries (count mode) or less than pz of mass (mass mode)
-    // lie; hi qualifies. Once the entries at or above lo fit in cv, they are compacted there (in index order) and
-    // the search goes on over them alone.
-    auto bisect = [&](uint32_t lo, uint32_t hi, int64_t k, float pz, bool mass) {
+    // lie; hi qualifies. Returns false in the blocks that left the search to block 0.
+    auto bisect = [&](uint32_t &lo, uint32_t hi, int64_t k, float pz, bool mass) {
         while (lo < hi) {
             const uint32_t mid = lo + (hi - lo) / 2;
             int cnt = 0;
             float m = 0.f;
-            warp_segment(nc >= 0 ? nc : V, b, e);
+            warp_segment(nc >= 0 ? nc : nloc, b, e);
             for (int j = b + lane; j < e; j += 32) {
                 const float x = value(j);
                 if (!isnan(x) && ssmtp_fkey(x) > mid) {
@@ -135,16 +190,21 @@ template <typename T> __global__ void __launch_bounds__(NT) sample_kernel(const 
                     m = __fadd_rn(m, x);
                 }
             }
-            const int tc = block_sum(cnt, scnt, bc); // each warp's count stays in scnt[bc ^ 1]
-            const bool ok = mass ? block_sum(m, ssum, bs) < pz : tc < k;
-            if (ok) {
+            reduce(cnt, m, false);
+            if (mass ? m < pz : cnt < k) {
                 hi = mid;
                 continue;
             }
             lo = mid + 1;
-            if (nc >= 0 || tc > CAP) continue;
+            if (nc >= 0 || cnt > CAP) continue;
+            // gather the entries above mid, in index order, into block 0's candidate lists
+            const int pb = rb ^ 1; // the buffers that reduce just filled
             int base = 0;
-            for (int w = 0; w < (int)(threadIdx.x / 32); w++) base += scnt[bc ^ 1][w];
+            if (!solo)
+                for (int u = 0; u < q; u++) base += *cluster.at(&cc[pb], u);
+            for (int w = 0; w < warp; w++) base += wc[pb][w];
+            float *cv0 = solo ? cv : cluster.at(cv, 0);
+            int *ci0 = solo ? ci : cluster.at(ci, 0);
             for (int j0 = b; j0 < e; j0 += 32) {
                 const int j = j0 + lane;
                 float x = 0.f;
@@ -156,45 +216,49 @@ template <typename T> __global__ void __launch_bounds__(NT) sample_kernel(const 
                 const unsigned bal = __ballot_sync(0xffffffffu, f);
                 if (f) {
                     const int pos = base + __popc(bal & ((1u << lane) - 1u));
-                    cv[pos] = x;
-                    ci[pos] = j;
+                    cv0[pos] = x;
+                    ci0[pos] = s0 + j;
                 }
                 base += __popc(bal);
             }
-            __syncthreads();
-            nc = tc;
+            if (solo) __syncthreads();
+            else cluster.sync(); // block 0's lists complete; nothing reads another block's memory after this
+            if (q != 0) return false;
+            solo = true;
+            nc = cnt;
         }
-        return lo;
+        return true;
     };
 
     const int64_t k = a.topk[r * a.sk];
-    if (k > 0 && k < a.V) K = bisect(0u, ssmtp_fkey(lmax), k, 0.f, false);
+    if (k > 0 && k < a.V && !bisect(K, ssmtp_fkey(lmax), k, 0.f, false)) return;
     const float tp = a.topp[r * a.sp];
-    uint32_t Ke = 0; // top-p: masses with a key >= Ke stay
+    uint32_t Ke = ssmtp_fkey(0.f); // top-p: masses with a key >= Ke stay
     if (tp < 1.f) {
+        int unused = 0;
         float z = 0.f; // the top-k set's mass
-        warp_segment(nc >= 0 ? nc : V, b, e);
+        warp_segment(nc >= 0 ? nc : nloc, b, e);
         for (int j = b + lane; j < e; j += 32) {
             const float m = mass_of(value(j));
             if (nc >= 0) cv[j] = m;
-            else if (cached) row[j] = m;
+            else if (j < ncache) row[j] = m;
             if (m >= 0.f) z = __fadd_rn(z, m);
         }
         emode = true;
-        const float pz = __fmul_rn(tp, block_sum(z, ssum, bs)); // its barrier also publishes the masses
-        Ke = bisect(ssmtp_fkey(0.f), ssmtp_fkey(1.f), 0, pz, true);
+        reduce(unused, z, false); // its barrier also publishes the masses
+        if (!bisect(Ke, ssmtp_fkey(1.f), 0, __fmul_rn(tp, z), true)) return;
     }
 
     // the token: the largest logit * c + noise over what stayed (the first index on a tie)
     const uint32_t h = ssmtp_noise_row(a.seed[r * a.ss], a.step[r * a.sst]);
     float zb = -INFINITY;
     int tok = V;
-    warp_segment(nc >= 0 ? nc : V, b, e);
+    warp_segment(nc >= 0 ? nc : nloc, b, e);
     for (int j = b + lane; j < e; j += 32) {
         const float y = value(j);
         const bool keep = emode ? y >= 0.f && ssmtp_fkey(y) >= Ke : !isnan(y) && ssmtp_fkey(y) >= K;
         if (!keep) continue;
-        const int v = nc >= 0 ? ci[j] : j;
+        const int v = nc >= 0 ? ci[j] : s0 + j;
         const float x = emode ? to_f32<T>(l[v]) : y;
         const float zv = __fadd_rn(__fmul_rn(x, c), ssmtp_gumbel(h, v));
         if (tok == V || zv > zb) {
@@ -202,8 +266,9 @@ template <typename T> __global__ void __launch_bounds__(NT) sample_kernel(const 
             tok = v;
         }
     }
-    block_argmax(zb, tok, sbest, sidx, ba);
-    if (threadIdx.x == 0) a.out[r * a.so] = tok;
+    reduce(tok, zb, true);
+    if (q == 0 && threadIdx.x == 0) a.out[r * a.so] = tok;
+    if (!solo) cluster.sync(); // no block leaves while another may still read its totals
 }
 
 } // namespace
@@ -211,9 +276,28 @@ template <typename T> __global__ void __launch_bounds__(NT) sample_kernel(const 
 extern "C" ssmtp_status_t ssmtp_cuda_sample(const ssmtp_sample_params_t *p, void *stream) {
     const int64_t n = p->logits.shape[0];
     if (n == 0) return SSMTP_OK;
-    if (n > 2147483647LL)
-        return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, "sample: %lld rows on CUDA, at most 2^31 - 1", (long long)n);
     SSMTP_TRY(ssmtp_cuda_set_device(p->logits.device));
+    const int dev = p->logits.device;
+    int sms = 132;
+    SSMTP_TRY(ssm_sm_count(dev, &sms));
+    // blocks per row: up to MAX_CL while the rows leave SMs idle
+    int CL = 1;
+    const char *env = getenv("SSMTP_SAMPLE_CLUSTER"); // override (tests, benchmarks): 1, 2, 4 or 8
+    if (env && *env) {
+        CL = atoi(env);
+        if (CL != 1 && CL != 2 && CL != 4 && CL != 8)
+            return ssmtp_fail(SSMTP_ERR_INVALID, "SSMTP_SAMPLE_CLUSTER=%s: expected 1, 2, 4 or 8", env);
+    } else {
+        while (CL < MAX_CL && n * CL * 2 <= sms) CL *= 2;
+    }
+    int major = 9;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
+        (void)cudaGetLastError();
+        major = 0;
+    }
+    if (major < 9) CL = 1; // no thread-block clusters before sm_90
+    if (n * CL > 2147483647LL)
+        return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, "sample: %lld rows on CUDA, at most 2^31 / %d", (long long)n, CL);
     SampleArgs a = {};
     a.logits = p->logits.data;
     a.srow = p->logits.stride[0];
@@ -230,22 +314,34 @@ extern "C" ssmtp_status_t ssmtp_cuda_sample(const ssmtp_sample_params_t *p, void
     a.ss = p->seed.stride[0];
     a.sst = p->step.stride[0];
     a.so = p->out.stride[0];
-    // the row in shared memory when it fits beside the candidate lists (mamba's 50280 entries do on sm_90)
-    const int dev = p->logits.device;
+    // as much of each block's slice in shared memory as fits beside the static arrays
     int optin = 48 * 1024;
     if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) {
         (void)cudaGetLastError();
         optin = 48 * 1024;
     }
-    const size_t row_bytes = (size_t)a.V * sizeof(float);
-    const size_t static_bytes = CAP * 8 + 2048;
-    a.cached = row_bytes + static_bytes <= (size_t)optin;
-    const size_t smem = a.cached ? row_bytes : 0;
+    const int64_t per = (a.V + CL - 1) / CL;
+    const int64_t fit = ((int64_t)optin - (CAP * 8 + 2048)) / (int64_t)sizeof(float);
+    a.ncache = (int)(per < fit ? per : (fit > 0 ? fit : 0));
+    const size_t smem = (size_t)a.ncache * sizeof(float);
     cudaStream_t s = (cudaStream_t)stream;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)(n * CL));
+    cfg.blockDim = dim3(NT);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = s;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = (unsigned)CL;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = major >= 9 ? 1 : 0;
     SSMTP_DISPATCH_FLOAT(p->logits.dtype, T, "sample", {
         SSMTP_TRY(ssm_allow_smem((const void *)sample_kernel<T>, smem, dev));
-        sample_kernel<T><<<(unsigned)n, NT, smem, s>>>(a);
+        const cudaError_t err = cudaLaunchKernelEx(&cfg, sample_kernel<T>, a);
+        (void)cudaGetLastError();
+        if (err != cudaSuccess) return ssmtp_fail(SSMTP_ERR_CUDA, "sample: kernel launch: %s", cudaGetErrorString(err));
     });
-    SSMTP_CUDA_CHECK_LAUNCH("sample");
     return SSMTP_OK;
 }
