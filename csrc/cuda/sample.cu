@@ -5,7 +5,7 @@
 // holding a slice of the row, in shared memory where it fits. Thresholds are found by bisection over the
 // order-preserving keys of the values (logits, then masses): one pass over the slices per step, a count and a mass
 // summed per block and then across the cluster. Once at most CAP entries lie above the search's lower bound they are
-// gathered (in index order) into block 0, which goes on alone over them. Every sum has a fixed order, so a row's
+// gathered (in index order) into block 0, where one warp finishes the search over them. Every sum has a fixed order, so a row's
 // token is the same run to run.
 #include "common.cuh"
 
@@ -177,8 +177,33 @@ template <typename T> __global__ void __launch_bounds__(NT) sample_kernel(const 
     };
     // Smallest key in [lo, hi] above which fewer than k entries (count mode) or less than pz of mass (mass mode)
     // lie; hi qualifies. Returns false in the blocks that left the search to block 0.
+    __shared__ uint32_t slo;
     auto bisect = [&](uint32_t &lo, uint32_t hi, int64_t k, float pz, bool mass) {
         while (lo < hi) {
+            if (nc >= 0) { // the candidates: one warp finishes the search (shuffles only, no block barriers)
+                if (warp == 0) {
+                    while (lo < hi) {
+                        const uint32_t mid = lo + (hi - lo) / 2;
+                        int cnt = 0;
+                        float m = 0.f;
+                        for (int j = lane; j < nc; j += 32) {
+                            const float x = cv[j];
+                            if (!isnan(x) && ssmtp_fkey(x) > mid) {
+                                cnt++;
+                                m = __fadd_rn(m, x);
+                            }
+                        }
+                        cnt = warp_sum(cnt);
+                        m = warp_sum(m);
+                        if (mass ? m < pz : cnt < k) hi = mid;
+                        else lo = mid + 1;
+                    }
+                    if (lane == 0) slo = lo;
+                }
+                __syncthreads();
+                lo = slo;
+                break;
+            }
             const uint32_t mid = lo + (hi - lo) / 2;
             int cnt = 0;
             float m = 0.f;
