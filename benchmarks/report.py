@@ -11,6 +11,7 @@ Inputs (the newest file of each kind by its meta date; a kind with no file is le
   ops-*.json                                    benchmarks/bench_ops.py
   allreduce-*.json                              benchmarks/bench_allreduce.py
   accuracy-*.json                               benchmarks/eval_accuracy.py
+  sample-*.json                                 benchmarks/bench_sample.py (+ the engine file's sampled decode steps)
 Every table names its files with commit, date and device. Plain Python (no torch): it also runs in CI.
 """
 from __future__ import annotations
@@ -90,6 +91,7 @@ def load_results(results: str) -> dict:
     r["ops"] = _newest(glob.glob(os.path.join(results, "ops-*.json")))
     r["allreduce"] = _newest(glob.glob(os.path.join(results, "allreduce-*.json")))
     r["accuracy"] = _newest(glob.glob(os.path.join(results, "accuracy-*.json")))
+    r["sample"] = _newest(glob.glob(os.path.join(results, "sample-*.json")))
     return r
 
 
@@ -503,6 +505,50 @@ def accuracy_section(path, d) -> list:
     return out
 
 
+def sampling_section(path, d, ep, ed, readme_dir) -> list:
+    """Token sampling: the ssmtp::sample kernel against the pure-torch sort sampler and HF's warpers (bench_sample.py),
+    and the engine's decode step greedy vs sampled (bench_engine.py)."""
+    rows_in = (d or {}).get("rows", [])
+    dec = {b: x for b, x in (ed or {}).get("decode", {}).items() if x.get("engine_sampled_step_ms")}
+    if not rows_in and not dec:
+        return []
+    out = ["### Token sampling (greedy / temperature / top-k / top-p)", ""]
+    if rows_in:
+        model = rows_in[0]["model"]
+        out += [f"Source: {_src(path, d)}: one call on a batch of fp32 logits ({model}, V={rows_in[0]['V']}; "
+                f"{_meta(d).get('logits', '')}), ssmtp::sample (one kernel; in a CUDA graph and eager) against the "
+                "pure-torch sort sampler the engine used before it and HF transformers' logits warpers + softmax + "
+                "multinomial, same logits, same run; temperature 0.8 except greedy. CUDA tokens equal to the C CPU "
+                f"op's on {sum(r['cuda_vs_cpu_agreement'] == 1.0 for r in rows_in)} of {len(rows_in)} rows.", ""]
+        rows = []
+        for r in rows_in:
+            if r["model"] != model or r["setting"] == "greedy":
+                continue
+            rows.append([str(r["n"]), r["setting"], f"{r['ssmtp_graph_us']:.0f} us", f"{r['ssmtp_us']:.0f} us",
+                         f"{r['sort_us']:.0f} us", f"{r['hf_us']:.0f} us" if "hf_us" in r else "",
+                         f"**{r['sort_us'] / r['ssmtp_us']:.0f}x**",
+                         f"{r['hf_us'] / r['ssmtp_us']:.1f}x" if "hf_us" in r else ""])
+        out += _table(["rows", "setting", "ssmtp (graph)", "ssmtp (eager)", "torch sort", "HF warpers",
+                       "sort / ssmtp", "HF / ssmtp"], rows)
+        other = [r for r in rows_in if r["model"] != model and r["setting"] != "greedy"]
+        if other:
+            ratios = [r["sort_us"] / r["ssmtp_us"] for r in other]
+            out += ["", f"{other[0]['model']} (V={other[0]['V']}): sort / ssmtp {min(ratios):.1f}-{max(ratios):.1f}x "
+                    f"over the same settings and batch sizes."]
+        if os.path.isfile(path[:-5] + ".png"):
+            out += ["", f"![sampling]({_rel(path[:-5] + '.png', readme_dir)})"]
+        out.append("")
+    if dec:
+        sp = _meta(ed).get("decode_sampling", {})
+        out += [f"Engine decode step (wall time per generated token, {_src(ep, ed)}), greedy vs temperature "
+                f"{sp.get('temperature')}, top-k {sp.get('top_k')}, top-p {sp.get('top_p')}:", ""]
+        out += _table(["batch", "greedy", "sampled", "sampled / greedy"],
+                      [[b, _ms(x["engine_step_ms"], 3), _ms(x["engine_sampled_step_ms"], 3),
+                        _x(x["engine_sampled_step_ms"] / x["engine_step_ms"], 3)] for b, x in dec.items()])
+        out.append("")
+    return out
+
+
 def render(results: str, readme_dir: str) -> str:
     r = load_results(results)
     devices, gpus, dates = set(), set(), set()
@@ -525,6 +571,7 @@ def render(results: str, readme_dir: str) -> str:
            "copy bandwidth); prefill = 2 x params x tokens / (tp x 790 TFLOP/s); see `shared/reference/"
            "measured-h200.md`.", ""]
     out += engine_section(*r["engine"], readme_dir)
+    out += sampling_section(*r["sample"], *r["engine"][:2], readme_dir)
     for pair in r["throughput"]:
         out += throughput_section(*pair, readme_dir)
     out += ablation_section(*r["ablation"], *r["accuracy"], readme_dir)

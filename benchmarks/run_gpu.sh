@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension, run the GPU tests, run the benchmarks.
 # Everything lands under $OUT (default benchmarks/results/latest): logs, JSON, PNG.
-#   bash benchmarks/run_gpu.sh [tests|sanitize|ncu|ops|pick|allreduce|engine|throughput|ablation|leak|profile|train|
-#   all ...]   (default: all; "all" leaves out sanitize and ncu)
+#   bash benchmarks/run_gpu.sh [tests|sanitize|ncu|ops|pick|sample|allreduce|engine|throughput|ablation|leak|profile|
+#   train|all ...]   (default: all; "all" leaves out sanitize and ncu)
 # Budget knobs (seconds; 0 = no limit): THROUGHPUT_BUDGET_S (per TP run, default 120), THROUGHPUT_ARGS (e.g.
 # "--quick" or "--model mamba-2.8b"), ABLATION_BUDGET_S (default 90), ABLATION_ARGS (e.g. "--quick"),
 # ABLATION_BACKENDS (default auto,nccl,custom,quant-int8,quant-fp8; the first is the baseline).
@@ -114,6 +114,10 @@ PY
 fi
 if want allreduce && [ "$ngpu" -ge 2 ]; then
   run torchrun --nproc_per_node 2 benchmarks/bench_allreduce.py --out "$OUT/allreduce.json"
+fi
+if want sample; then
+  # token sampling: the ssmtp::sample kernel against the pure-torch sort sampler and HF's warpers, same logits
+  run python benchmarks/bench_sample.py --out "$OUT/sample.json" ${SAMPLE_ARGS:-}
 fi
 if want engine; then
   # ENGINE_ARGS: extra bench_engine.py options for a shorter run, e.g. "--ttft-reps 2 --graph-iters 30"

@@ -134,3 +134,37 @@ def test_compare_throughput_targets(report):
     c = report.compare_throughput(a, b)
     assert [round(r["ratio"], 3) for r in c["cases"]] == [1.95, 0.9]
     assert [t["ok"] for t in c["targets"]] == [True, False]
+
+
+def test_sampling_section(report, tmp_path):
+    """bench_sample.py rows (the first model in full, the other as a range of ratios) and the engine's greedy vs
+    sampled decode steps; without either file there is no section."""
+    res = tmp_path / "results"
+    res.mkdir()
+    _fixtures(str(res))
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n")
+    assert report.main(["--results", str(res), "--readme", str(readme)]) == 0
+    assert "Token sampling" not in readme.read_text()
+    row = lambda model, V, n, s, g, e, so: dict(  # noqa: E731
+        model=model, V=V, n=n, setting=s, cuda_vs_cpu_agreement=1.0, floor_us=1.0, ssmtp_us=e, ssmtp_graph_us=g,
+        sort_us=so, hf_us=300.0, argmax_us=20.0)
+    sample = {"meta": dict(git_commit="0a8a888", date="2026-11-24T01:47:38+00:00", device="NVIDIA H200",
+                           logits="fp32 randn * 3"),
+              "rows": [row("mamba-2.8b", 50280, 1, "greedy", 10.0, 48.0, 44.0),
+                       row("mamba-2.8b", 50280, 1, "top-k 50", 46.0, 78.0, 1182.0),
+                       row("falcon-mamba-7b", 65024, 1, "top-k 50", 48.0, 80.0, 400.0),
+                       row("falcon-mamba-7b", 65024, 8, "top-p 0.95", 70.0, 100.0, 1000.0)]}
+    (res / "sample-h200.json").write_text(json.dumps(sample))
+    p1 = res / "engine-x-tp1.json"
+    d1 = json.loads(p1.read_text())
+    d1["decode"]["1"]["engine_sampled_step_ms"] = 3.36
+    d1["meta"]["decode_sampling"] = {"temperature": 0.8, "top_k": 50, "top_p": 0.95}
+    p1.write_text(json.dumps(d1))
+    assert report.main(["--results", str(res), "--readme", str(readme)]) == 0
+    sec = readme.read_text()
+    assert "### Token sampling" in sec and "`sample-h200.json` (commit 0a8a888, 2026-11-24, NVIDIA H200)" in sec
+    assert "| 1 | top-k 50 | 46 us | 78 us | 1182 us | 300 us | **15x** | 3.8x |" in sec
+    assert "| 1 | greedy |" not in sec
+    assert "falcon-mamba-7b (V=65024): sort / ssmtp 5.0-10.0x" in sec
+    assert "greedy vs temperature 0.8, top-k 50, top-p 0.95" in sec and "| 1 | 3.260 ms | 3.360 ms | 1.031 |" in sec
