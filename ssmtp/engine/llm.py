@@ -625,11 +625,24 @@ class LLM:
             logits = self.runner.decode(ids_t, pos, torch.tensor(slots, dtype=torch.int32).to(dev), self.pool, **kv)
         self.steps["decode"] += 1
         toks = self._sample(dec, logits, greedy)
+        want = [i for i, r in enumerate(dec) if r.want_logits]
+        if want:  # one device-to-host copy for every row that keeps its logits
+            rows = logits[want].float().cpu()
+            for j, i in enumerate(want):
+                dec[i].logits.append(rows[j].clone())
+        # _accept for decode rows, inlined: this loop runs once per row and step, between two graph replays
         finished = []
-        for i, r in enumerate(dec):
-            self._accept(r, toks[i], logits[i], retire=False)
-            if r.state == DONE:
-                finished.append((r, i))
+        for i, (r, tok) in enumerate(zip(dec, toks)):
+            out = r.out
+            out.append(tok)
+            if tok in r.stop:
+                r.finish_reason = "stop"
+            elif len(out) >= r.params.max_new_tokens:
+                r.finish_reason = "length"
+            else:
+                continue
+            r.state = DONE
+            finished.append((r, i))
         if finished and self.cache_generated and self.prefix.enabled:
             # the state now covers prompt + out[:-1]; the logits that chose out[-1] belong to that prefix
             saves = []
