@@ -24,13 +24,13 @@ import argparse
 import datetime
 import json
 import os
-import statistics
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import ssmtp.ops as ops  # noqa: E402
+from bench_ops import git_commit, time_eager  # noqa: E402  (benchmarks/ is on sys.path when this script runs)
 from ssmtp.ref import gumbel_noise  # noqa: E402
 
 HBM_BPS = 4.26e12
@@ -84,17 +84,7 @@ def hf_sampler(T, k, p):
 
 
 def time_ms(fn, iters):
-    for _ in range(3):
-        fn()
-    ts = []
-    for _ in range(iters):
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        e0.record()
-        fn()
-        e1.record()
-        e1.synchronize()
-        ts.append(e0.elapsed_time(e1))
-    return statistics.median(ts)
+    return time_eager(fn, iters) * 1e3
 
 
 def graph_ms(fn, iters):
@@ -158,10 +148,11 @@ def main():
                 r["ssmtp_graph_over_floor"] = r["ssmtp_graph_us"] / r["floor_us"]
                 rows.append(r)
                 print(f"[sample] {model} n={n:3d} {sname:22s} ssmtp {r['ssmtp_us']:8.1f} us (graph "
-                      f"{r['ssmtp_graph_us']:7.1f}, 1 block {r['ssmtp_one_block_graph_us']:7.1f}, floor {r['floor_us']:6.1f})  sort {r['sort_us']:8.1f}  "
+                      f"{r['ssmtp_graph_us']:7.1f}, 1 block {r['ssmtp_one_block_graph_us']:7.1f}, "
+                      f"floor {r['floor_us']:6.1f})  sort {r['sort_us']:8.1f}  "
                       + (f"hf {r['hf_us']:8.1f}  " if "hf_us" in r else "")
                       + f"argmax {r['argmax_us']:6.1f}  cuda==cpu {agree:.3f}", flush=True)
-    meta = {"git_commit": os.environ.get("SSMTP_GIT_COMMIT", "unknown"),
+    meta = {"git_commit": git_commit(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(), "device": name,
             "torch": torch.__version__, "logits": "fp32 randn * 3", "iters": args.iters}
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

@@ -63,7 +63,38 @@ def _generate_parser(sub):
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: 1 for the small CPU models, torch's default otherwise)")
     p.add_argument("--json", action="store_true", help="print one JSON object per prompt instead of text")
+    p.add_argument("--stream", action="store_true",
+                   help="print tokens as they are generated (one prompt: its text or ids inline; several: one "
+                        "'[i] ...' line per prompt and step), then the summary")
     return p
+
+
+def _stream(llm, prompts, kw, show: bool) -> list:
+    """Run llm.stream, printing as tokens arrive; returns the RequestOutputs in prompt order."""
+    one = len(prompts) == 1
+    toks: dict = {}
+    shown: dict = {}
+    outs = [None] * len(prompts)
+    for ev in llm.stream(prompts, **kw):
+        if ev.finished:
+            outs[ev.index] = ev.output
+        if not show or not ev.new_token_ids:
+            continue
+        toks.setdefault(ev.index, []).extend(ev.new_token_ids)
+        if llm.tokenizer is not None:  # decode the whole output again: byte-level pieces may join up later
+            text = llm.tokenizer.decode(toks[ev.index], skip_special_tokens=True)
+            old = shown.get(ev.index, "")
+            delta = text[len(old):] if text.startswith(old) else "\n" + text
+            shown[ev.index] = text
+        else:
+            delta = " " + " ".join(str(t) for t in ev.new_token_ids)
+        if one:
+            print(delta, end="", flush=True)
+        else:
+            print(f"[{ev.index}] +{delta!r}", flush=True)
+    if show and one:
+        print(flush=True)
+    return outs
 
 
 def cmd_generate(args) -> int:
@@ -101,9 +132,17 @@ def cmd_generate(args) -> int:
     t_warm = time.perf_counter() - t0
     if not prompts:
         prompts = ["The state of the art in state-space models"] if llm.tokenizer is not None else [[1, 2, 3, 4, 5]]
+    if rank == 0 and not args.json:
+        print(f"ssmtp {ssmtp.__version__} ({ssmtp.ops.build_info()}): model={llm.source_name}, tp={world}, "
+              f"device={llm.device}, dtype={str(llm.dtype).replace('torch.', '')}, loaded in {t_load:.2f} s, "
+              f"warm-up {t_warm:.2f} s", flush=True)
     t0 = time.perf_counter()
-    outs = llm.generate(prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                        top_p=args.top_p, seed=args.seed, ignore_eos=args.ignore_eos or None)
+    kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+              seed=args.seed, ignore_eos=args.ignore_eos or None)
+    if args.stream and not args.json:
+        outs = _stream(llm, prompts, kw, show=rank == 0)
+    else:
+        outs = llm.generate(prompts, **kw)
     dt = time.perf_counter() - t0
     if rank == 0:
         n_new = sum(len(o.token_ids) for o in outs)
@@ -113,9 +152,6 @@ def cmd_generate(args) -> int:
                                   "finish_reason": o.finish_reason, "cached_tokens": o.cached_tokens,
                                   "ttft_s": o.ttft_s}))
         else:
-            print(f"ssmtp {ssmtp.__version__} ({ssmtp.ops.build_info()}): model={llm.source_name}, tp={world}, "
-                  f"device={llm.device}, dtype={str(llm.dtype).replace('torch.', '')}, loaded in {t_load:.2f} s, "
-                  f"warm-up {t_warm:.2f} s")
             for i, o in enumerate(outs):
                 print(f"[{i}] prompt: {len(o.prompt_token_ids)} tokens, generated {len(o.token_ids)} "
                       f"({o.finish_reason}), ttft {o.ttft_s * 1e3:.1f} ms")

@@ -8,6 +8,7 @@ prefill; prefix-cache resume == cold prefill (same greedy tokens, logits within 
 in-memory model; the tiny preset gives the same tokens at every TP degree. In-process: sampling, the prefix cache's
 bookkeeping, presets, bad input (each with a test), the CLI and a CPU smoke run of the benchmark.
 """
+import ast
 import json
 import os
 import subprocess
@@ -410,6 +411,55 @@ def test_sampling_through_the_engine_is_seeded_and_batch_independent():
     assert [len(o.token_ids) for o in per] == [5, 3]
 
 
+# ------------------------------------------------------------------------------------------------ streaming, abort
+
+
+def test_stream_gives_generates_tokens_and_closing_it_aborts():
+    llm = LLM("tiny", progress=False)
+    ps = [[5, 6, 7], [8, 9, 10, 11], [12]]
+    kw = dict(max_new_tokens=7, temperature=0.7, seed=3, ignore_eos=True)
+    ref = llm.generate(ps, **kw)
+    got, finished = {}, {}
+    for ev in llm.stream(ps, **kw):
+        assert not finished.get(ev.index), "an event after the request finished"
+        got.setdefault(ev.index, []).extend(ev.new_token_ids)
+        if ev.finished:
+            finished[ev.index] = ev.output
+    assert [got[i] for i in range(3)] == [o.token_ids for o in ref]
+    assert [finished[i].token_ids for i in range(3)] == [o.token_ids for o in ref]
+    assert [finished[i].index for i in range(3)] == [0, 1, 2]
+    # a rejected prompt (errors="return") is one finished event; the others run
+    evs = list(llm.stream([[5], []], max_new_tokens=2, errors="return"))
+    assert evs[0].index == 1 and evs[0].finished and evs[0].output.finish_reason == "error"
+    assert evs[-1].index == 0 and evs[-1].finished
+    # breaking out of the stream aborts what still runs: slots free, nothing left queued or reported
+    stream = llm.stream(ps, max_new_tokens=50, ignore_eos=True)
+    next(stream)
+    assert llm.pool.num_used > 0
+    stream.close()
+    assert not llm.has_unfinished() and llm.pool.num_used == 0 and llm.take_finished() == {}
+    assert [o.token_ids for o in llm.generate(ps, **kw)] == [o.token_ids for o in ref], "the engine is unharmed"
+
+
+def test_abort_queued_running_and_unknown_requests():
+    llm = LLM("tiny", num_slots=1, progress=False)
+    a = llm.add_request([5, 6], max_new_tokens=30, ignore_eos=True)
+    b = llm.add_request([7, 8], max_new_tokens=3, ignore_eos=True)  # waits: one slot
+    llm.step()
+    llm.step()
+    assert llm.abort(a) and not llm.abort(a) and not llm.abort(12345)
+    out = llm.take_finished()[a]
+    assert out.finish_reason == "abort" and 0 < len(out.token_ids) < 30 and out.ttft_s is not None
+    while llm.has_unfinished():  # b takes the freed slot and finishes
+        llm.step()
+    assert llm.take_finished()[b].finish_reason == "length"
+    c = llm.add_request([9], max_new_tokens=3)
+    assert llm.abort(c)
+    out = llm.take_finished()[c]
+    assert out.finish_reason == "abort" and out.token_ids == [] and out.ttft_s is None
+    assert llm.pool.num_used == 0
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 
 
@@ -534,6 +584,23 @@ def test_cli_default_generate_runs():
     r = _cli("generate", "--max-new-tokens", "6", "--prompt-ids", "5,6,7", "--prompt", "hi")
     assert r.returncode == 0, r.stderr
     assert "[0] ids:" in r.stdout and "[1] text:" in r.stdout and "tok/s" in r.stdout, r.stdout
+
+
+def test_cli_generate_stream(capsys):
+    """--stream prints the tokens as they come (in-process: the same main() the CLI runs), then the same summary;
+    one prompt inline, several as '[i] +...' lines; the streamed tokens are the summary's."""
+    from ssmtp.__main__ import main
+
+    assert main(["generate", "--max-new-tokens", "5", "--prompt-ids", "5,6,7", "--stream", "--threads", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    h = next(k for k, line in enumerate(out) if line.startswith("ssmtp "))  # the header comes first
+    i = next(k for k, line in enumerate(out) if line.startswith("[0] prompt: 3 tokens"))
+    text = ast.literal_eval(next(line for line in out if line.startswith("[0] text:")).split(":", 1)[1].strip())
+    assert "\n".join(out[h + 1:i]) == text, out  # the inline stream, then the summary
+    assert main(["generate", "--max-new-tokens", "3", "--prompt-ids", "5,6", "--prompt", "hi", "--stream",
+                 "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "[0] +" in out and "[1] +" in out and "[1] text:" in out
 
 
 def test_ttft_breakdown_says_it_needs_cuda(monkeypatch, capsys):

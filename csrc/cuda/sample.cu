@@ -5,8 +5,8 @@
 // holding a slice of the row, in shared memory where it fits. Thresholds are found by bisection over the
 // order-preserving keys of the values (logits, then masses): one pass over the slices per step, a count and a mass
 // summed per block and then across the cluster. Once at most CAP entries lie above the search's lower bound they are
-// gathered (in index order) into block 0, where one warp finishes the search over them. Every sum has a fixed order, so a row's
-// token is the same run to run.
+// gathered (in index order) into block 0, where one warp finishes the search over them. Every sum has a fixed order,
+// so a row's token is the same run to run.
 #include "common.cuh"
 
 #include <cooperative_groups.h>

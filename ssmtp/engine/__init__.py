@@ -9,6 +9,6 @@ hybrid.py (Zamba / Zamba2: Mamba slots + this rank's attention K/V per slot), st
 prefix_cache.py (prefix state cache), graphs.py (CUDA-graph decode), sampling.py (SamplingParams, sampler),
 bench.py (the engine benchmark behind ``python -m ssmtp bench``).
 """
-from .llm import LLM, RequestOutput  # noqa: F401
+from .llm import LLM, RequestOutput, StreamOutput  # noqa: F401
 from .sampling import SamplingParams  # noqa: F401
 from .state_cache import SlotPool, SlotPoolExhausted  # noqa: F401

@@ -28,7 +28,7 @@ import os
 import time
 from array import array
 from dataclasses import dataclass, field, replace
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -50,7 +50,8 @@ _DEFAULT_MAX_MODEL_LEN = 1 << 17  # SSMs have no positional limit; this bounds a
 @dataclass
 class RequestOutput:
     """One finished request. finish_reason: "length" (max_new_tokens reached), "stop" (a stop/eos token was
-    produced; it is included in token_ids) or "error" (the request was rejected; ``error`` says why)."""
+    produced; it is included in token_ids), "abort" (LLM.abort, or a stream closed early: the tokens generated until
+    then) or "error" (the request was rejected; ``error`` says why)."""
 
     index: int
     prompt_token_ids: list
@@ -62,6 +63,18 @@ class RequestOutput:
     ttft_s: Optional[float] = None  # time from submission to the first token
     latency_s: Optional[float] = None
     logits: Optional[list] = None  # per generated token, (V,) fp32 CPU tensors, when asked for
+
+
+@dataclass
+class StreamOutput:
+    """One event of LLM.stream: the tokens request ``index`` (its position in the prompts) generated since its
+    previous event; the last event of a request has finished=True and its RequestOutput in ``output``."""
+
+    index: int
+    request_id: Optional[int]  # None for a prompt rejected before it ran (errors="return")
+    new_token_ids: list
+    finished: bool = False
+    output: Optional[RequestOutput] = None
 
 
 @dataclass(eq=False)
@@ -385,18 +398,10 @@ class LLM:
         out, self._done = self._done, {}
         return out
 
-    def generate(self, prompts, sampling_params=None, *, max_new_tokens: Optional[int] = None,
-                 temperature: Optional[float] = None, top_k: Optional[int] = None, top_p: Optional[float] = None,
-                 seed: Optional[int] = None, stop_token_ids=None, ignore_eos: Optional[bool] = None,
-                 errors: str = "raise", return_logits: bool = False, use_prefix_cache: bool = True,
-                 progress: bool = False) -> list:
-        """Generate for a batch of prompts (lists of token ids, or strings with a tokenizer); one RequestOutput per
-        prompt, in order. Keyword sampling arguments override ``sampling_params`` (one SamplingParams or a list).
-
-        errors="raise": every prompt and parameter is checked first, and the first problem raises ValueError naming
-        the prompt and the argument (nothing runs). errors="return": a bad request gets an output with
-        finish_reason "error" and the message, and the others run. use_prefix_cache=False: these requests neither
-        read nor fill the prefix cache. return_logits: each output carries the logits of every generated token."""
+    def _submit(self, prompts, sampling_params, errors: str, return_logits: bool, use_prefix_cache: bool,
+                overrides: dict) -> tuple:
+        """Check and queue a batch of prompts: (results with the rejected prompts' outputs filled in, {request id:
+        index})."""
         if errors not in ("raise", "return"):
             raise ValueError(f"errors must be 'raise' or 'return', got {errors!r}")
         if isinstance(prompts, str) or (isinstance(prompts, (list, tuple)) and prompts
@@ -407,9 +412,8 @@ class LLM:
         prompts = list(prompts)
         if isinstance(sampling_params, (list, tuple)) and len(sampling_params) != len(prompts):
             raise ValueError(f"sampling_params has {len(sampling_params)} entries for {len(prompts)} prompts")
-        overrides = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                         stop_token_ids=None if stop_token_ids is None else tuple(stop_token_ids),
-                         ignore_eos=ignore_eos)
+        if overrides.get("stop_token_ids") is not None:
+            overrides["stop_token_ids"] = tuple(overrides["stop_token_ids"])
         reqs: list = []
         for i, p in enumerate(prompts):
             try:
@@ -426,6 +430,85 @@ class LLM:
             if not isinstance(r, _Request):
                 pl = prompts[i] if isinstance(prompts[i], (list, tuple)) else []
                 results[i] = RequestOutput(i, list(pl), [], "error", error=str(r))
+        return results, mine
+
+    def stream(self, prompts, sampling_params=None, *, max_new_tokens: Optional[int] = None,
+               temperature: Optional[float] = None, top_k: Optional[int] = None, top_p: Optional[float] = None,
+               seed: Optional[int] = None, stop_token_ids=None, ignore_eos: Optional[bool] = None,
+               errors: str = "raise", return_logits: bool = False,
+               use_prefix_cache: bool = True) -> Iterator[StreamOutput]:
+        """generate(), as a generator of StreamOutput events: after each engine step, one event per request that
+        produced tokens (new_token_ids), the last with finished=True and the RequestOutput. Same arguments and the
+        same tokens as generate(). The prompts are checked and queued when iteration starts. Closing the generator
+        early (break) aborts the requests still running. Under tensor parallelism every rank must consume the stream
+        the same way (each step is collective)."""
+        results, mine = self._submit(prompts, sampling_params, errors, return_logits, use_prefix_cache,
+                                     dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                                          top_p=top_p, seed=seed, stop_token_ids=stop_token_ids,
+                                          ignore_eos=ignore_eos))
+        for i, out in enumerate(results):
+            if out is not None:  # rejected (errors="return")
+                yield StreamOutput(i, None, [], True, out)
+        reqs = {r.id: r for r in self._waiting if r.id in mine}
+        sent = dict.fromkeys(mine, 0)
+        pending = sorted(mine, key=mine.get)
+        try:
+            while pending:
+                self.step()
+                left = []
+                for rid in pending:
+                    out = self._done.pop(rid, None)
+                    toks = reqs[rid].out
+                    if out is None and len(toks) == sent[rid]:
+                        left.append(rid)
+                        continue
+                    new, sent[rid] = toks[sent[rid]:], len(toks)
+                    if out is None:
+                        left.append(rid)
+                        yield StreamOutput(mine[rid], rid, new)
+                    else:
+                        out.index = mine[rid]
+                        yield StreamOutput(mine[rid], rid, new, True, out)
+                pending = left
+        finally:
+            for rid in pending:  # the caller stopped early
+                self.abort(rid)
+                self._done.pop(rid, None)
+
+    def abort(self, request_id: int) -> bool:
+        """Stop a queued or running request: its slot is freed at once and its RequestOutput (finish_reason "abort",
+        the tokens generated so far) goes to take_finished(). False if no such request is queued or running. Under
+        tensor parallelism call it on every rank."""
+        for i, r in enumerate(self._waiting):
+            if r.id == request_id:
+                self._waiting.pop(i)
+                r.finish_reason = "abort"
+                self._retire(r)
+                return True
+        for i, r in enumerate(self._running):
+            if r.id == request_id:
+                self._running.pop(i)
+                r.finish_reason = "abort"
+                self._retire(r)
+                return True
+        return False
+
+    def generate(self, prompts, sampling_params=None, *, max_new_tokens: Optional[int] = None,
+                 temperature: Optional[float] = None, top_k: Optional[int] = None, top_p: Optional[float] = None,
+                 seed: Optional[int] = None, stop_token_ids=None, ignore_eos: Optional[bool] = None,
+                 errors: str = "raise", return_logits: bool = False, use_prefix_cache: bool = True,
+                 progress: bool = False) -> list:
+        """Generate for a batch of prompts (lists of token ids, or strings with a tokenizer); one RequestOutput per
+        prompt, in order. Keyword sampling arguments override ``sampling_params`` (one SamplingParams or a list).
+
+        errors="raise": every prompt and parameter is checked first, and the first problem raises ValueError naming
+        the prompt and the argument (nothing runs). errors="return": a bad request gets an output with
+        finish_reason "error" and the message, and the others run. use_prefix_cache=False: these requests neither
+        read nor fill the prefix cache. return_logits: each output carries the logits of every generated token."""
+        results, mine = self._submit(prompts, sampling_params, errors, return_logits, use_prefix_cache,
+                                     dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                                          top_p=top_p, seed=seed, stop_token_ids=stop_token_ids,
+                                          ignore_eos=ignore_eos))
         bar = None
         if progress and self.rank == 0:
             from tqdm.auto import tqdm
@@ -694,7 +777,9 @@ class LLM:
 
     def _retire(self, r: _Request) -> None:
         self.prefix.drop_promises(r)
-        self.pool.free([r.slot])
+        if r.slot >= 0:
+            self.pool.free([r.slot])
+            r.slot = -1
         r.state = DONE
         now = time.perf_counter()
         text = None
@@ -704,7 +789,7 @@ class LLM:
             except Exception as e:  # a decode failure must not lose the tokens
                 text = f"<decode failed: {e}>"
         self._done[r.id] = RequestOutput(r.id, r.prompt.tolist(), list(r.out), r.finish_reason, r.cached, text,
-                                         None, r.t_first - r.t_submit, now - r.t_submit,
+                                         None, None if r.t_first is None else r.t_first - r.t_submit, now - r.t_submit,
                                          r.logits if r.want_logits else None)
         r.logits = []  # the branch index may keep the request object (as a prompt owner) for a while
 
