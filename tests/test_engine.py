@@ -406,6 +406,10 @@ def test_sampling_through_the_engine_is_seeded_and_batch_independent():
     assert a[0].token_ids == b[1].token_ids and a[1].token_ids == b[0].token_ids, "batch order changed tokens"
     c = llm.generate(p, seed=4, **kw)
     assert a[0].token_ids != c[0].token_ids
+    # any Python int as top_k (past V: no limit) and as seed (its low 64 bits)
+    big = llm.generate(p, max_new_tokens=4, temperature=1.0, top_k=10**30, seed=10**40, ignore_eos=True)
+    low = llm.generate(p, max_new_tokens=4, temperature=1.0, top_k=0, seed=10**40 % 2**64, ignore_eos=True)
+    assert [o.token_ids for o in big] == [o.token_ids for o in low]
     per = llm.generate(p, [SamplingParams(max_new_tokens=5, ignore_eos=True),
                            SamplingParams(max_new_tokens=3, temperature=0.5, seed=1, ignore_eos=True)])
     assert [len(o.token_ids) for o in per] == [5, 3]

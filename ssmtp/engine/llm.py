@@ -747,7 +747,7 @@ class LLM:
             n = len(reqs)
             dev = logits.device
             st = torch.empty(4, n, dtype=torch.int64, pin_memory=dev.type == "cuda")
-            st[0] = torch.as_tensor([r.params.top_k for r in reqs], dtype=torch.int64)
+            st[0] = torch.as_tensor([min(r.params.top_k, 1 << 62) for r in reqs], dtype=torch.int64)  # any int
             st[1] = torch.as_tensor([r.seed for r in reqs], dtype=torch.int64)
             st[2] = torch.as_tensor([len(r.out) for r in reqs], dtype=torch.int64)
             f = st[3].view(torch.float32).view(2, n)
