@@ -57,6 +57,8 @@ def _newest(paths: list) -> tuple:
             d = _load(p)
         except (OSError, ValueError):
             continue
+        if not isinstance(d, dict):  # an exploratory file whose name happens to match: not a results file
+            continue
         if best[1] is None or _date(d) > _date(best[1]):
             best = (p, d)
     return best

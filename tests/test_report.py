@@ -168,3 +168,16 @@ def test_sampling_section(report, tmp_path):
     assert "| 1 | greedy |" not in sec
     assert "falcon-mamba-7b (V=65024): sort / ssmtp 5.0-10.0x" in sec
     assert "greedy vs temperature 0.8, top-k 50, top-p 0.95" in sec and "| 1 | 3.260 ms | 3.360 ms | 1.031 |" in sec
+
+
+def test_readme_section_matches_the_committed_results(report, tmp_path):
+    """The README's performance section is what report.py makes of benchmarks/results/ (the real files), and a JSON
+    file there that is not a results file (a list) is passed over instead of stopping the report."""
+    assert report.main(["--check"]) == 0, "README.md is out of date: run python benchmarks/report.py"
+    res = tmp_path / "results"
+    res.mkdir()
+    _fixtures(str(res))
+    (res / "sample-extra.json").write_text(json.dumps([{"V": 1}]))
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n")
+    assert report.main(["--results", str(res), "--readme", str(readme)]) == 0
