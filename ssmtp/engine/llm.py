@@ -102,6 +102,18 @@ class _Request:
     def length(self) -> int:
         return len(self.prompt)
 
+    def take(self, tok: int) -> bool:
+        """Append a generated token; True (finish_reason set) when it ends the request."""
+        out = self.out
+        out.append(tok)
+        if tok in self.stop:
+            self.finish_reason = "stop"
+        elif len(out) >= self.params.max_new_tokens:
+            self.finish_reason = "length"
+        else:
+            return False
+        return True
+
 
 def _int64_ids(seq) -> np.ndarray:
     """A list or tuple of token ids as an int64 array, or ValueError naming the first element that is not an integer
@@ -708,24 +720,18 @@ class LLM:
             logits = self.runner.decode(ids_t, pos, torch.tensor(slots, dtype=torch.int32).to(dev), self.pool, **kv)
         self.steps["decode"] += 1
         toks = self._sample(dec, logits, greedy)
-        want = [i for i, r in enumerate(dec) if r.want_logits]
+        # _accept for decode rows without a call or a logits view per row (this loop runs between two graph replays)
+        finished, want = [], []
+        for i, (r, tok) in enumerate(zip(dec, toks)):
+            if r.want_logits:
+                want.append(i)
+            if r.take(tok):
+                r.state = DONE
+                finished.append((r, i))
         if want:  # one device-to-host copy for every row that keeps its logits
             rows = logits[want].float().cpu()
             for j, i in enumerate(want):
                 dec[i].logits.append(rows[j].clone())
-        # _accept for decode rows, inlined: this loop runs once per row and step, between two graph replays
-        finished = []
-        for i, (r, tok) in enumerate(zip(dec, toks)):
-            out = r.out
-            out.append(tok)
-            if tok in r.stop:
-                r.finish_reason = "stop"
-            elif len(out) >= r.params.max_new_tokens:
-                r.finish_reason = "length"
-            else:
-                continue
-            r.state = DONE
-            finished.append((r, i))
         if finished and self.cache_generated and self.prefix.enabled:
             # the state now covers prompt + out[:-1]; the logits that chose out[-1] belong to that prefix
             saves = []
@@ -761,14 +767,9 @@ class LLM:
     def _accept(self, r: _Request, tok: int, logits_row: Optional[torch.Tensor], retire: bool = True) -> None:
         if r.t_first is None:
             r.t_first = time.perf_counter()
-        r.out.append(int(tok))
         if r.want_logits and logits_row is not None:
             r.logits.append(logits_row.detach().float().cpu().clone())
-        if r.out[-1] in r.stop:
-            r.finish_reason = "stop"
-        elif len(r.out) >= r.params.max_new_tokens:
-            r.finish_reason = "length"
-        if r.finish_reason is None:
+        if not r.take(int(tok)):
             r.state = DECODE
             return
         r.state = DONE
