@@ -485,3 +485,193 @@ def test_decode_fused_mode_auto_picks_decode_in_at_tp1_only(monkeypatch):
     monkeypatch.setenv("SSMTP_DECODE_FUSED", "nope")
     with pytest.raises(ValueError, match="SSMTP_DECODE_FUSED"):
         runner_mod._decode_fused_mode()
+
+
+# ------------------------------------------------------------------------------------------------ decode_out
+
+def _decode_out_inputs(M, dl, R, N, H, dtype, seed, full=True, nslots=None):
+    """Inputs of mamba_decode_out at model-like scales (x_proj and dt_proj ~ 1/sqrt(fan-in), A < 0, D and dt_bias
+    fp32); full: dt_bias, D and state_idx (a permutation with one padding row when M > 1) present."""
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    nslots = nslots or M + 3
+    a = dict(xc=rnd(M, dl).to(dtype), z=rnd(M, dl).to(dtype),
+             x_proj=(rnd(R + 2 * N, dl) / dl**0.5).to(dtype), dt_proj=(rnd(dl, R) / R**0.5).to(dtype),
+             dt_bias=(rnd(dl) - 2.0) if full else None, A=-torch.rand(dl, N, generator=g) * 4 - 0.1,
+             D=rnd(dl) if full else None, state=rnd(nslots, dl, N), state_idx=None,
+             out_proj=(rnd(H, dl) / dl**0.5).to(dtype), sync=None)
+    if full:
+        idx = torch.randperm(nslots, generator=g)[:M].to(torch.int32)
+        if M > 1:
+            idx[1] = -1
+        a["state_idx"] = idx
+    return a
+
+
+DEC_OUT_ARGS = ["xc", "z", "x_proj", "dt_proj", "dt_bias", "A", "D", "state", "state_idx", "out_proj", "sync"]
+
+
+def _call_out(fn, a, state, norm_eps):
+    return fn(*[state if n == "state" else a[n] for n in DEC_OUT_ARGS], norm_eps)
+
+
+def _close_rel(got, want, rel, what):
+    """|got - want| <= rel x (|want| + mean |want|): outputs of a chain in which the two sides round at the same
+    places but sum in another order, so one rounding of T may flip somewhere and be carried on."""
+    got, want = got.double(), want.double()
+    err = (got - want).abs()
+    bound = rel * (want.abs() + want.abs().mean() + 1e-12)
+    assert bool((err <= bound).all()), f"{what}: max err {err.max().item():.3e}, worst ratio {(err / bound).max():.2f}"
+
+
+# (label, M, d_inner, R, N, H)
+DEC_OUT_SHAPES = [("tiny", 1, 8, 2, 4, 6), ("odd", 3, 37, 5, 3, 11), ("mamba-like", 4, 96, 8, 16, 48),
+                  ("M=6 (CPU only)", 6, 20, 4, 8, 9)]
+
+
+@pytest.mark.parametrize("norm", [False, True], ids=["mamba", "falcon-norms"])
+@pytest.mark.parametrize("full", [True, False], ids=["bias+D+slots", "bare"])
+@pytest.mark.parametrize("dname", list(DTYPES))
+@pytest.mark.parametrize("shape", DEC_OUT_SHAPES, ids=[s[0] for s in DEC_OUT_SHAPES])
+def test_decode_out_matches_ref(shape, dname, full, norm):
+    _, M, dl, R, N, H = shape
+    dtype = DTYPES[dname]
+    a = _decode_out_inputs(M, dl, R, N, H, dtype, seed=zlib.crc32(repr((shape, dname, full, norm)).encode()),
+                           full=full)
+    s1, s2 = a["state"].clone(), a["state"].clone()
+    eps = 1e-6 if norm else -1.0
+    got = _call_out(ops.mamba_decode_out, a, s1, eps)
+    want = _call_out(ref.mamba_decode_out, a, s2, eps)
+    assert got.dtype == dtype and got.shape == (M, H)
+    rel = {torch.float32: 1e-4, torch.bfloat16: 6e-2, torch.float16: 1e-2}[dtype]
+    _close_rel(got, want, rel, "out")
+    _close_rel(s1, s2, rel, "state")
+    slots = _slots(a, M)
+    pad = [i for i, s in enumerate(slots) if s < 0]
+    if pad:
+        assert torch.equal(got[pad].float(), torch.zeros(len(pad), H)), "padding rows: out is zero"
+    untouched = [s for s in range(s1.shape[0]) if s not in slots]
+    assert torch.equal(s1[untouched], a["state"][untouched]), "slots not addressed stay untouched"
+
+
+@pytest.mark.parametrize("dname", list(DTYPES))
+def test_decode_out_equals_unfused_chain(dname):
+    """Without norms the CPU op is the unfused ops' chain itself (linear_small, the step with dt_proj, linear_small):
+    bitwise equal outputs and states. With Falcon-Mamba's norms (the mixer's torch _rms there, 1 / sqrt here) within
+    a rounding."""
+    from ssmtp.models.mamba import _rms
+
+    dtype = DTYPES[dname]
+    for seed, norm in ((0, False), (1, False), (2, True)):
+        a = _decode_out_inputs(3, 40, 6, 8, 24, dtype, seed=seed, full=seed != 1)
+        s1, s2 = a["state"].clone(), a["state"].clone()
+        eps = 1e-5 if norm else -1.0
+        got = _call_out(ops.mamba_decode_out, a, s1, eps)
+        dt, B, C = torch.split(ops.linear_small(a["xc"], a["x_proj"], None), [6, 8, 8], dim=-1)
+        if norm:
+            dt, B, C = _rms(dt, eps), _rms(B, eps), _rms(C, eps)
+        y = ops.selective_state_update(a["xc"], dt, a["A"], B[:, None], C[:, None], a["D"], a["z"], a["dt_bias"], s2,
+                                       a["state_idx"], True, a["dt_proj"])
+        want = ops.linear_small(y, a["out_proj"], None)
+        if norm:
+            rel = {torch.float32: 1e-4, torch.bfloat16: 6e-2, torch.float16: 1e-2}[dtype]
+            _close_rel(got, want, rel, "out")
+            _close_rel(s1, s2, rel, "state")
+        else:
+            assert torch.equal(got, want) and torch.equal(s1, s2)
+
+
+def _decode_out_args():
+    a = _decode_out_inputs(2, 8, 2, 4, 6, torch.float32, seed=3)
+    return tuple(a[n] for n in DEC_OUT_ARGS) + (-1.0,)
+
+
+def test_decode_out_opcheck_and_meta():
+    torch.library.opcheck(ops.mamba_decode_out, _decode_out_args())
+    args = [t.to("meta") if isinstance(t, torch.Tensor) else t for t in _decode_out_args()]
+    out = ops.mamba_decode_out(*args)
+    assert out.device.type == "meta" and out.shape == (2, 6) and out.dtype == torch.float32
+
+
+def test_decode_out_bad_input_raises_clear_errors():
+    base = dict(zip(DEC_OUT_ARGS + ["norm_eps"], _decode_out_args()))
+
+    def call(**kw):
+        args = dict(base)
+        args["state"] = args["state"].clone()
+        args.update(kw)
+        return ops.mamba_decode_out(*[args[n] for n in DEC_OUT_ARGS + ["norm_eps"]])
+
+    with pytest.raises(ValueError, match=r"mamba_decode_out: x_proj.shape\[0\]=9, expected 10"):
+        call(x_proj=torch.randn(9, 8))
+    with pytest.raises(ValueError, match=r"z.shape\[1\]=7, expected 8"):
+        call(z=torch.randn(2, 7))
+    with pytest.raises(ValueError, match=r"out_proj.shape\[1\]=4, expected 8"):
+        call(out_proj=torch.randn(6, 4))
+    with pytest.raises(ValueError, match="dt_proj must be float32, got bfloat16"):
+        call(dt_proj=base["dt_proj"].bfloat16())
+    with pytest.raises(ValueError, match="A must be float32, got bfloat16"):
+        call(A=base["A"].bfloat16())
+    with pytest.raises(ValueError, match=r"state.shape\[2\]=3, expected 4"):
+        call(state=torch.randn(5, 8, 3))
+    with pytest.raises(ValueError, match="D must be float32 or float32"):
+        call(D=torch.randn(8).half())
+    with pytest.raises(ValueError, match="state_idx must be int32, got int64"):
+        call(state_idx=base["state_idx"].long())
+    with pytest.raises(ValueError, match="state has 1 slots < M=2 rows and no state_idx"):
+        call(state=torch.randn(1, 8, 4), state_idx=None)
+    with pytest.raises(ValueError, match="out_proj must be contiguous"):
+        call(out_proj=torch.randn(8, 6).t())
+    with pytest.raises(ValueError, match="norm_eps is NaN"):
+        call(norm_eps=float("nan"))
+    with pytest.raises(TypeError, match="unsupported dtype torch.float64"):
+        call(xc=base["xc"].double())
+    st = base["state"].clone()
+    with pytest.raises(ValueError, match=r"mamba_decode_out: state_idx\[1\]=5 >= nslots=5"):
+        call(state=st, state_idx=torch.tensor([0, 5], dtype=torch.int32))
+    assert torch.equal(st, base["state"]), "a rejected call writes nothing"
+    assert not ops.mamba_decode_out_applies(base["xc"], base["x_proj"], base["dt_proj"], base["out_proj"])
+
+
+def test_runner_decode_out_branch_on_cpu(monkeypatch):
+    """MambaRunner.decode with ops.mamba_decode_out in the mixers (CUDA-only in the engine) run with the CPU op, on
+    both decode branches (with decode_in, and the unfused input half), against the unfused decode from the same slot
+    states: logits and states within a bf16 rounding, the fused op called once per layer."""
+    from ssmtp.engine.runner import MambaRunner
+    from ssmtp.engine.state_cache import SlotPool
+    from ssmtp.models.mamba import TPMambaMixer
+    from ssmtp.parallel.comm import Communicator
+    from tiny_models import build
+
+    for family in ("mamba", "falcon_mamba"):
+        model = build(family, "odd", torch.bfloat16)
+        r = MambaRunner.from_hf(model, Communicator(), torch.bfloat16, torch.device("cpu"))
+        pools = [SlotPool(r.state_specs(), 4, torch.device("cpu")) for _ in range(3)]
+        g = torch.Generator().manual_seed(9)
+        for k, t in pools[0].tensors.items():
+            t.copy_(torch.randn(t.shape, generator=g).to(t.dtype))
+            for p in pools[1:]:
+                p.tensors[k].copy_(t)
+        ids, idx = torch.tensor([5, 7, 11]), torch.tensor([2, -1, 0], dtype=torch.int32)
+        plain = r.decode(ids, None, idx, pools[0])
+        calls = []
+        real = ops.mamba_decode_out
+
+        def count(*a, **k):
+            calls.append(a[-1])
+            return real(*a, **k)
+
+        with monkeypatch.context() as mp:
+            mp.setattr(ops, "mamba_decode_out", count)
+            mp.setattr(TPMambaMixer, "decode_out_applies", lambda self, xc: True)
+            for i, in_fused in enumerate((True, False)):
+                mp.setattr(r, "decode_fused_applies",
+                           lambda batch, part="in", f=in_fused: f if part == "in" else True)
+                fused = r.decode(ids, None, idx, pools[1 + i])
+                torch.testing.assert_close(fused, plain, rtol=3e-2, atol=3e-2)
+                for k in pools[0].tensors:
+                    torch.testing.assert_close(pools[1 + i].tensors[k].float(), pools[0].tensors[k].float(),
+                                               rtol=3e-2, atol=3e-2)
+                assert torch.equal(pools[1 + i].tensors["ssm"][:, 1], pools[0].tensors["ssm"][:, 1])
+        assert len(calls) == 2 * r.n_layers
+        assert all((eps >= 0) == (family == "falcon_mamba") for eps in calls), "norms only for Falcon-Mamba"

@@ -173,3 +173,146 @@ def test_engine_fused_decode_equals_unfused(monkeypatch, dtype, batch):
             for k in pools["0"].tensors:
                 _close(pools[m].tensors[k], pools["0"].tensors[k], rel, f"mode {m} step {step} state {k}")
         ids = logits["0"].argmax(-1)
+
+
+# ------------------------------------------------------------------------------------------------ decode_out
+
+# (label, M, d_inner, R, N, H)
+DEC_OUT = [
+    ("mamba-2.8b", 1, 5120, 160, 16, 2560),
+    ("mamba-2.8b B=4", 4, 5120, 160, 16, 2560),
+    ("falcon-mamba-7b (rows past shared memory)", 2, 8192, 256, 16, 4096),
+    ("few channels and rows (idle blocks)", 3, 64, 8, 4, 16),
+    ("N=32", 2, 1024, 64, 32, 768),
+]
+
+
+def _dec_out_inputs(M, dl, R, N, H, dt, g, nslots):
+    rnd = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    return dict(xc=rnd(M, dl).to(dt), z=rnd(M, dl).to(dt), x_proj=(rnd(R + 2 * N, dl) / dl ** 0.5).to(dt),
+                dt_proj=(rnd(dl, R) / R ** 0.5).to(dt), dt_bias=rnd(dl) - 2.0, A=-torch.rand(dl, N, generator=g) * 4,
+                D=rnd(dl), state=rnd(nslots, dl, N), out_proj=(rnd(H, dl) / dl ** 0.5).to(dt))
+
+
+def _dec_out(a, state, idx, sync, eps):
+    return ops.mamba_decode_out(a["xc"], a["z"], a["x_proj"], a["dt_proj"], a["dt_bias"], a["A"], a["D"], state, idx,
+                                a["out_proj"], sync, eps)
+
+
+@pytest.mark.parametrize("norm", [False, True], ids=["mamba", "falcon-norms"])
+@pytest.mark.parametrize("case", DEC_OUT, ids=[c[0] for c in DEC_OUT])
+@pytest.mark.parametrize("dname", list(DT))
+def test_decode_out_matches_cpu(case, dname, norm):
+    """Two calls in a row on the same sync words (the barrier resets itself) against the C CPU op; shuffled slots with
+    a padding row (out zero, state untouched); the GPU's sums run in another order (one rounding of T may flip and be
+    carried through the chain)."""
+    _, M, dl, R, N, H = case
+    dt = DT[dname]
+    g = torch.Generator().manual_seed(hash((case[0], dname, norm)) % 2**31)
+    nslots = M + 3
+    a = _dec_out_inputs(M, dl, R, N, H, dt, g, nslots)
+    idx = torch.randperm(nslots, generator=g)[:M].to(torch.int32)
+    if M > 1:
+        idx[1] = -1
+    eps = 1e-5 if norm else -1.0
+    ga = {k: v.cuda() for k, v in a.items()}
+    assert ops.mamba_decode_out_applies(ga["xc"], ga["x_proj"], ga["dt_proj"], ga["out_proj"])
+    s_cpu, s_gpu, gidx = a["state"].clone(), ga["state"].clone(), idx.cuda()
+    sync = torch.zeros(2, dtype=torch.int32, device="cuda")
+    rel = 4 * REL[dname]
+    for call in range(2):
+        want = _dec_out(a, s_cpu, idx, None, eps)
+        got = _dec_out(ga, s_gpu, gidx, sync, eps)
+        torch.cuda.synchronize()
+        _close(got, want, rel, f"call {call}: out")
+        _close(s_gpu, s_cpu, rel, f"call {call}: state")
+        if M > 1:
+            assert (got[1] == 0).all(), "padding row: out zero"
+    unused = ~torch.isin(torch.arange(nslots), idx.long())
+    assert torch.equal(s_gpu.cpu()[unused], a["state"][unused]), "slots not addressed stay untouched"
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    count = sync.cpu().view(torch.int64).item()
+    assert count == 2 * 2 * sms, f"the barrier's count: two barriers of one block per SM per call, got {count}"
+
+
+def test_decode_out_graph_replay_and_bad_slot():
+    """Captured in a CUDA graph and replayed: bitwise the eager calls' outputs and states (fixed summation order);
+    a slot >= nslots gives a NaN row and leaves every state untouched (the CPU op rejects it instead)."""
+    g = torch.Generator().manual_seed(7)
+    a = {k: v.cuda() for k, v in _dec_out_inputs(2, 5120, 160, 16, 2560, torch.bfloat16, g, 4).items()}
+    idx = torch.tensor([3, 0], dtype=torch.int32, device="cuda")
+    sync = torch.zeros(2, dtype=torch.int32, device="cuda")
+    s_eager, s_graph = a["state"].clone(), a["state"].clone()
+    eager = [_dec_out(a, s_eager, idx, sync, -1.0) for _ in range(3)]
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        warm = a["state"].clone()
+        _dec_out(a, warm, idx, sync, -1.0)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = _dec_out(a, s_graph, idx, sync, -1.0)
+    for i in range(3):
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, eager[i]), f"replay {i}"
+    assert torch.equal(s_graph, s_eager)
+    bad = torch.tensor([4, -1], dtype=torch.int32, device="cuda")
+    st = a["state"].clone()
+    got = _dec_out(a, st, bad, sync, -1.0)
+    torch.cuda.synchronize()
+    assert torch.isnan(got[0].float()).all() and (got[1] == 0).all()
+    assert torch.equal(st, a["state"])
+
+
+def test_decode_out_layout_rejections():
+    """Valid calls the kernel does not take: NotImplementedError before any launch, and applies() says so."""
+    g = torch.Generator().manual_seed(8)
+    a = {k: v.cuda() for k, v in _dec_out_inputs(5, 64, 8, 4, 16, torch.bfloat16, g, 6).items()}
+    sync = torch.zeros(2, dtype=torch.int32, device="cuda")
+    assert not ops.mamba_decode_out_applies(a["xc"], a["x_proj"], a["dt_proj"], a["out_proj"])
+    with pytest.raises(NotImplementedError, match="M=5 rows on CUDA, supported 1..4"):
+        _dec_out(a, a["state"], None, sync, -1.0)
+    b = {k: v.cuda() for k, v in _dec_out_inputs(1, 64, 3, 4, 16, torch.bfloat16, g, 2).items()}  # R = 3
+    assert not ops.mamba_decode_out_applies(b["xc"], b["x_proj"], b["dt_proj"], b["out_proj"])
+    with pytest.raises(NotImplementedError, match="R=3"):
+        _dec_out(b, b["state"], None, sync, -1.0)
+    with pytest.raises(ValueError, match="sync .* is required on CUDA"):
+        _dec_out(b, b["state"], None, None, -1.0)
+
+
+@pytest.mark.parametrize("family", ["mamba", "falcon_mamba"])
+@pytest.mark.parametrize("batch", [1, 2, 3, 4])
+def test_engine_decode_out_equals_unfused(monkeypatch, family, batch):
+    """runner.decode with SSMTP_DECODE_FUSED = 1 (decode_out in every layer: checked by counting) vs 0, bf16, from the
+    same slot states, four steps; dt rank 8 so that the tiny model's shapes take the kernel."""
+    import ssmtp.engine.runner as runner_mod
+    from ssmtp.engine.runner import MambaRunner
+    from ssmtp.engine.state_cache import SlotPool
+    from ssmtp.parallel.comm import Communicator
+    from tiny_models import build
+
+    dtype = torch.bfloat16
+    model = build(family, "odd", dtype, time_step_rank=8).cuda()
+    runner = MambaRunner.from_hf(model, Communicator(), dtype, torch.device("cuda", torch.cuda.current_device()))
+    pools = {m: SlotPool(runner.state_specs(), batch + 2, torch.device("cuda")) for m in ("0", "1")}
+    g = torch.Generator(device="cuda").manual_seed(4)
+    for k, t in pools["0"].tensors.items():
+        t.copy_(torch.randn(t.shape, device="cuda", generator=g).to(t.dtype) * 0.5)
+        pools["1"].tensors[k].copy_(t)
+    idx = torch.arange(batch, dtype=torch.int32, device="cuda").flip(0) + 1
+    ids = torch.randint(3, 99, (batch,), device="cuda", generator=g)
+    calls = []
+    real = ops.mamba_decode_out
+    monkeypatch.setattr(ops, "mamba_decode_out", lambda *a: calls.append(1) or real(*a))
+    for step in range(4):
+        logits = {}
+        for m in ("0", "1"):
+            monkeypatch.setattr(runner_mod, "_DECODE_FUSED", m)
+            logits[m] = runner.decode(ids, None, idx, pools[m])
+        _close(logits["1"], logits["0"], 5e-2, f"step {step} logits")
+        for k in pools["0"].tensors:
+            _close(pools["1"].tensors[k], pools["0"].tensors[k], 5e-2, f"step {step} state {k}")
+        ids = logits["0"].argmax(-1)
+    assert len(calls) == 4 * runner.n_layers
