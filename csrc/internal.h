@@ -145,7 +145,6 @@ ssmtp_status_t ssmtp_cuda_dequantize(const ssmtp_quant_params_t *p, void *stream
 ssmtp_status_t ssmtp_cuda_sample(const ssmtp_sample_params_t *p, void *stream);
 ssmtp_status_t ssmtp_cuda_linear_small(const ssmtp_linear_params_t *p, void *stream);
 ssmtp_status_t ssmtp_cuda_mamba_decode_in(const ssmtp_decode_in_params_t *p, void *stream);
-ssmtp_status_t ssmtp_cuda_mamba_decode_out(const ssmtp_decode_out_params_t *p, void *stream);
 ssmtp_status_t ssmtp_cuda_decode_attention(const ssmtp_attn_params_t *p, void *stream);
 /* Custom all-reduce (csrc/cuda/allreduce.cu); csrc/allreduce.c validates arguments first. */
 ssmtp_status_t ssmtp_cuda_ar_init(ssmtp_ar_t **out, const ssmtp_ar_config_t *cfg);

@@ -224,24 +224,6 @@ static PyObject *py_mamba_decode_in(PyObject *self, PyObject *args) {
     CALL_C(ssmtp_mamba_decode_in(&p, (void *)(uintptr_t)stream));
     Py_RETURN_NONE;
 }
-static PyObject *py_mamba_decode_out(PyObject *self, PyObject *args) {
-    (void)self;
-    PyObject *o[13];
-    double eps = -1.0;
-    unsigned long long stream = 0;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOOdK", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8],
-                          &o[9], &o[10], &o[11], &o[12], &eps, &stream))
-        return NULL;
-    ssmtp_decode_out_params_t p;
-    ssmtp_tensor_t *const t[] = {&p.xc,        &p.z,        &p.x_proj, &p.dt_proj, &p.dt_bias, &p.A,   &p.D,
-                                 &p.state,     &p.state_idx, &p.out_proj, &p.out,   &p.sync,    &p.work};
-    static const char *const names[] = {"xc",    "z",         "x_proj",   "dt_proj", "dt_bias", "A",   "D",
-                                        "state", "state_idx", "out_proj", "out",     "sync",    "work"};
-    if (!parse_tensors(o, t, names, 13)) return NULL;
-    p.norm_eps = (float)eps;
-    CALL_C(ssmtp_mamba_decode_out(&p, (void *)(uintptr_t)stream));
-    Py_RETURN_NONE;
-}
 static PyObject *py_decode_attention(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *o[6];
@@ -488,9 +470,6 @@ static PyMethodDef methods[] = {
     {"mamba_decode_in", py_mamba_decode_in, METH_VARARGS,
      "mamba_decode_in(res, add, res_out, norm_w, weight, bias, conv_w, conv_b, conv_state, state_idx, xc, z, eps, "
      "stream): residual add + RMSNorm + in_proj + conv decode step, fused"},
-    {"mamba_decode_out", py_mamba_decode_out, METH_VARARGS,
-     "mamba_decode_out(xc, z, x_proj, dt_proj, dt_bias, A, D, state, state_idx, out_proj, out, sync, work, norm_eps, "
-     "stream): x_proj + dt_proj + state update + out_proj, fused"},
     {"decode_attention", py_decode_attention, METH_VARARGS,
      "decode_attention(q, k, v, state_idx, lengths, out, scale, stream)"},
     {"cuda_built", py_cuda_built, METH_NOARGS, "True when the CUDA kernels were compiled in"},

@@ -212,39 +212,6 @@ typedef struct {
 ssmtp_status_t ssmtp_mamba_decode_in(const ssmtp_decode_in_params_t *p, void *stream);
 
 /*
- * The output half of a Mamba-1 block's decode step, fused (one token per sequence, small batch, one GPU): x_proj,
- * Falcon-Mamba's dt/B/C norms, dt_proj, the selective state update, out_proj.
- *   xc, z      (M, dl) T (T = f32/f16/bf16), rows contiguous: the conv output and the gate (ssmtp_mamba_decode_in)
- *   x_proj     (R + 2N, dl) T, contiguous;  dt_proj (dl, R) T, contiguous;  out_proj (H, dl) T, contiguous
- *   dt_bias    (dl,) f32 or T, optional;  A (dl, N) f32, rows contiguous;  D (dl,) f32 or T, optional
- *   state      (nslots, dl, N) f32, rows contiguous: updated in place
- *   state_idx  (M,) int32, optional: slot of each row (else row m); -1 = padding: state untouched, out row zero
- *   out        (M, H) T, rows contiguous
- *   sync       (2,) int32, 8-byte aligned, zero before the first call and left for the next (CUDA: the kernel's
- *              grid barrier, one 64-bit count; one per caller that may run concurrently with another, and a failed
- *              launch leaves it unusable; the CPU ignores it, it may be absent there)
- *   work       (n,) f32, n >= SSMTP_DECODE_OUT_WORK(M, R + 2N, dl, element size of T): CUDA scratch (the CPU ignores
- *              it, it may be absent there)
- *   norm_eps   < 0: no norms; else Falcon-Mamba's weightless RMS norms on dt, B and C with this epsilon
- * Math per row, rounding where the unfused ops do: p = xc x_proj^T (fp32 sums, rounded to T); dt, B, C = the R, N,
- * N columns of p; with norms v -> (T)(v / sqrt(mean(v^2) + eps)) per part in fp32; then ssmtp_step_fwd with dt_proj
- * (dt_softplus on) gives y (T); out = y out_proj^T (fp32 sums, rounded to T). Any bias of out_proj is the caller's.
- * CPU: exactly that chain of ssmtp_linear_small and ssmtp_step_fwd. CUDA: one kernel of one block per SM with two
- * grid barriers (x_proj | dt_proj + state update | out_proj), the block's out_proj rows copied into shared memory
- * before the kernel waits for the previous one; sums are ordered otherwise than on the CPU (a value may differ by
- * one rounding). CUDA takes 1 <= M <= SSMTP_DECODE_OUT_MAX_M, dl and R * element size multiples of 16 bytes (at
- * most 2048 and 64 such packs), 16-byte aligned xc and weights, N <= 32 and R + 2N <= 1024 (else
- * SSMTP_ERR_UNSUPPORTED: callers run the unfused ops).
- */
-#define SSMTP_DECODE_OUT_MAX_M 4
-#define SSMTP_DECODE_OUT_WORK(M, X, dl, es) (((M) * (X) + 3) / 4 * 4 + ((M) * (dl) * (es) + 3) / 4)
-typedef struct {
-    ssmtp_tensor_t xc, z, x_proj, dt_proj, dt_bias, A, D, state, state_idx, out_proj, out, sync, work;
-    float norm_eps;
-} ssmtp_decode_out_params_t;
-ssmtp_status_t ssmtp_mamba_decode_out(const ssmtp_decode_out_params_t *p, void *stream);
-
-/*
  * Small-batch linear layer, the decode step's GEMV: out = x W^T (+ bias), fp32 accumulation, one rounding.
  *   x      (M, K) f32/f16/bf16, rows contiguous (any row stride)
  *   weight (N, K) same dtype, contiguous

@@ -9,8 +9,6 @@ Ops (semantics in csrc/ssmtp.h; pure-torch twins in ssmtp/ref.py):
                                                                                                (mutates state)
   mamba_decode_in(res, add, norm_w, weight, bias, conv_w, conv_b, conv_state, state_idx, eps, res_fp32)
       -> (res_out, xc, z)   a Mamba-1 block's decode input, fused (mutates conv_state); CUDA for M <= 4
-  mamba_decode_out(xc, z, x_proj, dt_proj, dt_bias, A, D, state, state_idx, out_proj, sync, norm_eps) -> out
-                            its output half (x_proj .. out_proj), fused (mutates state, sync); CUDA for M <= 4
   quantize_blocks(x, block, qdtype) -> (q, scales);  dequantize_blocks(q, scales, block, dtype) -> x
   sample(logits, temperature, top_k, top_p, seed, step) -> tokens   one token per row (greedy / T / top-k / top-p)
   linear_small(x, weight, bias) -> out       x (M, K) W (N, K)^T (+ bias); CUDA for M <= 8 (the decode GEMV)
@@ -324,62 +322,6 @@ def mamba_decode_in_applies(res: torch.Tensor, weight: torch.Tensor, add: Option
             and weight.is_contiguous() and weight.data_ptr() % 16 == 0):
         return False
     return all(t is None or (t.data_ptr() % 16 == 0 and (H <= 1 or t.stride(1) == 1)) for t in (res, add))
-
-
-# ------------------------------------------------------------------------------------------------ fused decode output
-
-DECODE_OUT_MAX_M = 4  # SSMTP_DECODE_OUT_MAX_M in csrc/ssmtp.h
-
-
-def _decode_out_work(xc: torch.Tensor, x_proj: torch.Tensor) -> Optional[torch.Tensor]:
-    """The CUDA kernel's scratch (SSMTP_DECODE_OUT_WORK in csrc/ssmtp.h); None on the CPU."""
-    if not xc.is_cuda or xc.dim() != 2 or x_proj.dim() != 2:
-        return None
-    M, dl = xc.shape
-    X = x_proj.shape[0]
-    n = (M * X + 3) // 4 * 4 + (M * dl * xc.element_size() + 3) // 4
-    return torch.empty(max(n, 1), dtype=torch.float32, device=xc.device)
-
-
-@torch.library.custom_op("ssmtp::mamba_decode_out", mutates_args=("state", "sync"))
-def mamba_decode_out(xc: torch.Tensor, z: torch.Tensor, x_proj: torch.Tensor, dt_proj: torch.Tensor,
-                     dt_bias: Optional[torch.Tensor], A: torch.Tensor, D: Optional[torch.Tensor], state: torch.Tensor,
-                     state_idx: Optional[torch.Tensor], out_proj: torch.Tensor, sync: Optional[torch.Tensor],
-                     norm_eps: float) -> torch.Tensor:
-    """The output half of a Mamba-1 block's decode step (csrc/ssmtp.h: ssmtp_mamba_decode_out): x_proj, Falcon-Mamba's
-    dt/B/C norms (norm_eps >= 0; < 0: none), dt_proj, the state update (in place on the slot pool) and out_proj, for
-    one GPU (x_proj and out_proj unsharded). xc, z (M, d_inner). sync: int32 (2,) zeros, kept by the caller across
-    calls (CUDA; None on the CPU). Returns (M, H) in the dtype of xc; out_proj's bias is the caller's."""
-    out = torch.empty((xc.shape[0], out_proj.shape[0]), dtype=xc.dtype, device=xc.device)
-    work = _decode_out_work(xc, x_proj)
-    _C.mamba_decode_out(desc(xc, "xc"), desc(z, "z"), desc(x_proj, "x_proj"), desc(dt_proj, "dt_proj"),
-                        desc(dt_bias, "dt_bias"), desc(A, "A"), desc(D, "D"), desc(state, "state"),
-                        desc(state_idx, "state_idx"), desc(out_proj, "out_proj"), desc(out, "out"),
-                        desc(sync, "sync"), desc(work, "work"), float(norm_eps), stream_of(xc, out_proj))
-    return out
-
-
-@mamba_decode_out.register_fake
-def _(xc, z, x_proj, dt_proj, dt_bias, A, D, state, state_idx, out_proj, sync, norm_eps):
-    return xc.new_empty((xc.shape[0], out_proj.shape[0]))
-
-
-def mamba_decode_out_applies(xc: torch.Tensor, x_proj: torch.Tensor, dt_proj: torch.Tensor,
-                             out_proj: torch.Tensor) -> bool:
-    """Whether the CUDA kernel of mamba_decode_out takes this call (ssmtp.h: 1 <= M <= 4, d_inner and R rows of whole
-    16-byte packs, at most 2048 packs of d_inner and 64 of R, N <= 32, R + 2N <= 1024, 16-byte aligned contiguous
-    weights and xc rows); else the caller runs the unfused ops."""
-    if not (xc.is_cuda and xc.dim() == 2 and xc.dtype in (torch.bfloat16, torch.float16, torch.float32)
-            and all(w.is_cuda and w.dim() == 2 and w.dtype == xc.dtype and w.is_contiguous()
-                    and w.data_ptr() % 16 == 0 for w in (x_proj, dt_proj, out_proj))):
-        return False
-    M, dl = xc.shape
-    R = dt_proj.shape[1]
-    N2 = x_proj.shape[0] - R
-    es = xc.element_size()
-    return (1 <= M <= DECODE_OUT_MAX_M and (dl * es) % 16 == 0 and (R * es) % 16 == 0 and dl * es // 16 <= 2048
-            and R * es // 16 <= 64 and 2 <= N2 <= 64 and x_proj.shape[0] <= 1024 and xc.data_ptr() % 16 == 0
-            and xc.stride(-1) == 1 and (M == 1 or (xc.stride(0) * es) % 16 == 0))
 
 
 # ------------------------------------------------------------------------------------------------ decode attention

@@ -223,21 +223,6 @@ def mamba_decode_in(res, add, norm_w, weight, bias, conv_w, conv_b, conv_state, 
     return res_out, xc, xz[:, dl:].clone()
 
 
-def mamba_decode_out(xc, z, x_proj, dt_proj, dt_bias, A, D, state, state_idx, out_proj, sync, norm_eps):
-    """The fused decode output of a Mamba-1 block, op by op: x_proj (linear_small), Falcon-Mamba's weightless RMS
-    norms on dt, B and C when norm_eps >= 0 (fp32, 1 / sqrt as the C reference, rounded back), the state update with
-    dt_proj and softplus (state in place), out_proj (linear_small). sync is unused (the CUDA kernel's barrier)."""
-    R, N = dt_proj.shape[1], A.shape[1]
-    dt, B, C = torch.split(linear_small(xc, x_proj, None), [R, N, N], dim=-1)
-    if norm_eps >= 0:
-        def rms(v):
-            vf = v.float()
-            return (vf * (1.0 / torch.sqrt(vf.pow(2).mean(-1, keepdim=True) + norm_eps))).to(v.dtype)
-        dt, B, C = rms(dt), rms(B), rms(C)
-    y = selective_state_update(xc, dt, A, B[:, None], C[:, None], D, z, dt_bias, state, state_idx, True, dt_proj)
-    return linear_small(y, out_proj, None)
-
-
 # ------------------------------------------------------------------------------------------------ sampling
 
 _M32 = 0xFFFFFFFF

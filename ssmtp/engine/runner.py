@@ -105,11 +105,10 @@ def check_mixers_on(runner, device, dtype):
 
 def _decode_fused_mode() -> str:
     v = os.environ.get("SSMTP_DECODE_FUSED", "auto")
-    if v not in ("auto", "0", "1", "in", "step"):
+    if v not in ("auto", "0", "1", "step"):
         raise ValueError(f"SSMTP_DECODE_FUSED={v!r}: expected auto (default: 1 at TP=1, step at TP>1), 1 "
-                         "(ops.mamba_decode_in at batch <= 2, ops.mamba_decode_out at batch <= 4 on one GPU, else "
-                         "dt_proj fused into the state update at batch <= 4), in (1 without mamba_decode_out), step "
-                         "(the dt_proj fusion only) or 0 (unfused)")
+                         "(ops.mamba_decode_in at batch <= 2 and dt_proj fused into the state update at batch <= 4), "
+                         "step (the latter only) or 0 (unfused)")
     return v
 
 
@@ -124,6 +123,13 @@ _DECODE_FUSED = _decode_fused_mode()
 #     per 2 rows (Nsight Compute, ncu-h200-1f9f31c.json);
 #   step: dt_proj inside the state update at batch <= 4: 2.27 / 2.34 / 2.66 ms at B = 1 / 2 / 4 against
 #     2.41 / 2.51 / 2.93 unfused (0) in the same run (engine-h200-tp1.json, engine-h200-tp1-46ca1f9-fused-off.json).
+# Measured and not kept: the output half of the layer (x_proj, dt_proj + state update, out_proj) as one kernel with
+# two grid barriers and out_proj's rows prefetched into shared memory (d128bcb): 16.9 us per layer at B=1 against
+# 13.3 us for the three kernels, decode step 2.24-2.27 / 2.75-2.76 / 3.39-3.43 ms at B = 1 / 2 / 4 against
+# 2.02 / 2.30 / 2.63 ms
+# (benchmarks/results/decode-out-h200-d128bcb.json). Its timeline showed why: the chain of dependent phases took
+# 4-6 us longer while the prefetch filled the memory system, and the out_proj products, one block per SM, did not
+# overlap the weight stream as the GEMV's many blocks do.
 DECODE_FUSED_MAX_BATCH = 4
 DECODE_IN_MAX_BATCH = 2  # <= SSMTP_DECODE_IN_MAX_M in csrc/ssmtp.h
 
@@ -289,17 +295,14 @@ class MambaRunner(ModelRunner):
         """Whether decode at this batch size takes the fused kernels on CUDA: part "step": dt_proj fused into the
         state update (SSMTP_DECODE_FUSED step, 1 or auto, batch <= DECODE_FUSED_MAX_BATCH: 6 kernels per layer
         instead of 7); part "in": also ops.mamba_decode_in (residual add + norm + in_proj + conv step;
-        SSMTP_DECODE_FUSED 1 or in, or auto at TP=1; batch <= DECODE_IN_MAX_BATCH, shapes it takes: 4 kernels per
-        layer); part "out": ops.mamba_decode_out for x_proj .. out_proj (SSMTP_DECODE_FUSED 1, or auto at TP=1;
-        batch <= DECODE_FUSED_MAX_BATCH; the mixer checks its shapes: 2 kernels per layer with "in")."""
+        SSMTP_DECODE_FUSED=1, or auto at TP=1; batch <= DECODE_IN_MAX_BATCH, shapes it takes: 4 kernels per layer)."""
         mode = _DECODE_FUSED
         if mode == "auto":
             mode = "1" if self.comm.world_size == 1 else "step"
-        if (mode == "0" or (part == "in" and mode not in ("1", "in")) or (part == "out" and mode != "1")
-                or not self.embed.is_cuda
-                or not 1 <= batch <= (DECODE_IN_MAX_BATCH if part == "in" else DECODE_FUSED_MAX_BATCH)):
+        if (mode == "0" or (part == "in" and mode != "1") or not self.embed.is_cuda
+                or not 1 <= batch <= (DECODE_FUSED_MAX_BATCH if part == "step" else DECODE_IN_MAX_BATCH)):
             return False
-        if part in ("step", "out"):
+        if part == "step":
             return True
         ok = self._fused_ok.get(batch)
         if ok is None:  # decided once per batch size (decode is graph-captured per bucket)
@@ -313,14 +316,13 @@ class MambaRunner(ModelRunner):
     def decode(self, ids, pos, state_idx, pool: SlotPool) -> torch.Tensor:
         eps, dt, fp32 = self.eps, self.dtype, self.residual_in_fp32
         w = self.head_weight()
-        fuse_out = self.decode_fused_applies(ids.shape[0], "out")
         if self.decode_fused_applies(ids.shape[0]):
             res, out = F.embedding(ids, self.embed), None  # (B, H)
             for i, mixer in enumerate(self.mixers):
                 res, xc, z = ops.mamba_decode_in(res, out, self.norms[i], mixer.in_proj_weight, mixer.in_proj_bias,
                                                  mixer.conv_weight, mixer.conv_bias, pool.layer("conv", i), state_idx,
                                                  eps, fp32)
-                out = mixer.step_tail(xc, z, pool.layer("ssm", i), state_idx, fuse_dt=True, fuse_out=fuse_out)
+                out = mixer.step_tail(xc, z, pool.layer("ssm", i), state_idx, fuse_dt=True)
             h = self._k_add_final(res, out, self.norm_f, eps, fp32, w.dtype)
             return F.linear(h, w).float()
         fuse_dt = self.decode_fused_applies(ids.shape[0], "step")
@@ -328,7 +330,7 @@ class MambaRunner(ModelRunner):
         x = self._k_norm(res, self.norms[0], eps, dt)
         n = len(self.mixers)
         for i, mixer in enumerate(self.mixers):
-            out = mixer.mix_step(x, pool.layer("conv", i), pool.layer("ssm", i), state_idx, fuse_dt, fuse_out)
+            out = mixer.mix_step(x, pool.layer("conv", i), pool.layer("ssm", i), state_idx, fuse_dt)
             if i + 1 < n:
                 res, x = self._k_add_norm(res, out, self.norms[i + 1], eps, dt, fp32)
             else:

@@ -104,7 +104,6 @@ class TPMambaMixer(nn.Module):
         self.D = shard.param(get("D")[lo:hi].float())
         self.out_proj_weight = shard.param(get("out_proj.weight")[:, lo:hi])
         self.out_proj_bias = shard.param(get("out_proj.bias")[:]) if config.use_bias else None
-        self._decode_sync: Optional[torch.Tensor] = None  # ops.mamba_decode_out's barrier words (step_tail)
 
     @classmethod
     def from_hf(cls, hf_mixer: nn.Module, comm: Communicator, falcon: bool = False) -> "TPMambaMixer":
@@ -154,35 +153,20 @@ class TPMambaMixer(nn.Module):
         return self._out(y.transpose(1, 2), h.dtype)
 
     def mix_step(self, h: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor,
-                 state_idx: Optional[torch.Tensor] = None, fuse_dt: bool = False,
-                 fuse_out: bool = False) -> torch.Tensor:
+                 state_idx: Optional[torch.Tensor] = None, fuse_dt: bool = False) -> torch.Tensor:
         """One decode token per sequence. h (B, 1, H); states updated in place. fuse_dt: dt_proj inside the state
-        update (one kernel instead of a GEMV and the update; the engine's choice at small batch on CUDA); fuse_out:
-        see step_tail."""
+        update (one kernel instead of a GEMV and the update; the engine's choice at small batch on CUDA)."""
         dl = self.d_local
         xz = ops.linear(h, self.in_proj_weight, self.in_proj_bias)  # (B, 1, 2dl)
         x = xz[..., :dl].transpose(1, 2)
         xc = ops.causal_conv1d(x, self.conv_weight, self.conv_bias, conv_state, state_idx, None, True, True)
-        return self.step_tail(xc[..., 0], xz[:, 0, dl:], ssm_state, state_idx, fuse_dt, fuse_out)[:, None]
-
-    def decode_out_applies(self, xc: torch.Tensor) -> bool:
-        """Whether ops.mamba_decode_out takes this decode step: one GPU (x_proj and out_proj unsharded) and the
-        shapes its CUDA kernel takes."""
-        return self.comm.world_size == 1 and ops.mamba_decode_out_applies(xc, self.x_proj_weight, self.dt_proj_weight,
-                                                                          self.out_proj_weight)
+        return self.step_tail(xc[..., 0], xz[:, 0, dl:], ssm_state, state_idx, fuse_dt)[:, None]
 
     def step_tail(self, xc: torch.Tensor, z: torch.Tensor, ssm_state: torch.Tensor, state_idx: Optional[torch.Tensor],
-                  fuse_dt: bool, fuse_out: bool = False) -> torch.Tensor:
+                  fuse_dt: bool) -> torch.Tensor:
         """A decode step after the conv (xc, the conv output, and z, the gate, (B, dl); from mix_step or from
         ops.mamba_decode_in): x_proj (+ all-reduce), the state update (dt_proj fused into it when fuse_dt), out_proj
-        (+ all-reduce). fuse_out: all of it in ops.mamba_decode_out where decode_out_applies. Returns (B, H)."""
-        if fuse_out and self.decode_out_applies(xc):
-            if self._decode_sync is None or self._decode_sync.device != xc.device:
-                self._decode_sync = torch.zeros(2, dtype=torch.int32, device=xc.device)  # the kernel's grid barrier
-            out = ops.mamba_decode_out(xc, z, self.x_proj_weight, self.dt_proj_weight, self.dt_bias, self.A, self.D,
-                                       ssm_state, state_idx, self.out_proj_weight, self._decode_sync,
-                                       self.rms_eps if self.falcon else -1.0)
-            return out + self.out_proj_bias if self.out_proj_bias is not None else out
+        (+ all-reduce). Returns (B, H)."""
         dt, B, C = self._dt_B_C(xc, project_dt=not fuse_dt)
         y = ops.selective_state_update(xc, dt, self.A, B[:, None], C[:, None], self.D, z, self.dt_bias, ssm_state,
                                        state_idx, True, self.dt_proj_weight if fuse_dt else None)
