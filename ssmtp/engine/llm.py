@@ -491,18 +491,13 @@ class LLM:
         """Stop a queued or running request: its slot is freed at once and its RequestOutput (finish_reason "abort",
         the tokens generated so far) goes to take_finished(). False if no such request is queued or running. Under
         tensor parallelism call it on every rank."""
-        for i, r in enumerate(self._waiting):
-            if r.id == request_id:
-                self._waiting.pop(i)
-                r.finish_reason = "abort"
-                self._retire(r)
-                return True
-        for i, r in enumerate(self._running):
-            if r.id == request_id:
-                self._running.pop(i)
-                r.finish_reason = "abort"
-                self._retire(r)
-                return True
+        for queue in (self._waiting, self._running):
+            for i, r in enumerate(queue):
+                if r.id == request_id:
+                    queue.pop(i)
+                    r.finish_reason = "abort"
+                    self._retire(r)
+                    return True
         return False
 
     def generate(self, prompts, sampling_params=None, *, max_new_tokens: Optional[int] = None,
