@@ -242,19 +242,24 @@ def time_eager(fn, iters=15, warmup=3):
     return statistics.median(ts)
 
 
-def graph_time(call, nsets: int, R: int, replays: int = 10) -> float:
-    """Median per-call time of call(0..R-1) captured in one CUDA graph (call(i) uses input set i % nsets; each set is
-    run once outside capture first: allocator and algorithm warm-up)."""
+def capture(fn, warm=None) -> "torch.cuda.CUDAGraph":
+    """warm() (default fn()) once on a side stream (allocator and algorithm warm-up), then one call of fn captured in a
+    CUDA graph, which is returned."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
-        for i in range(nsets):
-            call(i)
+        (warm or fn)()
     torch.cuda.current_stream().wait_stream(s)
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
-        for i in range(R):
-            call(i)
+        fn()
+    return g
+
+
+def graph_time(call, nsets: int, R: int, replays: int = 10) -> float:
+    """Median per-call time of call(0..R-1) captured in one CUDA graph (call(i) uses input set i % nsets; each set is
+    run once outside capture first: allocator and algorithm warm-up)."""
+    g = capture(lambda: [call(i) for i in range(R)], warm=lambda: [call(i) for i in range(nsets)])
     for _ in range(3):
         g.replay()
     ts = []

@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import ssmtp.ops as ops  # noqa: E402
-from bench_ops import git_commit, time_eager  # noqa: E402  (benchmarks/ is on sys.path when this script runs)
+from bench_ops import capture, git_commit, time_eager  # noqa: E402  (benchmarks/ is on sys.path when this script runs)
 from ssmtp.ref import gumbel_noise  # noqa: E402
 
 HBM_BPS = 4.26e12
@@ -88,15 +88,7 @@ def time_ms(fn, iters):
 
 
 def graph_ms(fn, iters):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return time_ms(g.replay, iters)
+    return time_ms(capture(fn).replay, iters)
 
 
 def main():
