@@ -19,10 +19,9 @@ reported too: one ex2 per state element per step at 16/clk/SM (sm_90 MUFU), at a
 cases are also set against torch's in-place elementwise kernel (state.mul_) over the same state tensors, timed the
 same way: what a tuned read-modify-write of those bytes reaches here.
 
-Kernels side by side: every scan case is run with SSMTP_SCAN_KERNEL=loop, =chunked and =states, every decode-step case with
+Kernels side by side: every scan case is run with SSMTP_SCAN_KERNEL=loop and =chunked, every decode-step case with
 SSMTP_STEP_KERNEL=block and =pipe, on the same input sets in the same run (the "kernel" field of each row); the scan
-sweep also times the chunked kernel at 4, 8 and 16 lanes per channel (SSMTP_SCAN_P) and the states kernel at 1, 2
-and 4 states per lane (SSMTP_SCAN_NS).
+sweep also times the chunked kernel at 4, 8 and 16 lanes per channel (SSMTP_SCAN_P).
 
 Also (filtered by label like the cases): the decode GEMV (ssmtp::linear_small vs cuBLAS, "mamba-2.8b tp1 out_proj
 M=1", ...), the fused Mamba-1 decode kernels against the unfused ops they replace ("mamba-2.8b tp1 decode layer
@@ -72,7 +71,7 @@ DECODE = [1, 8, 64, 256]
 DTYPE = torch.bfloat16
 ESZ = 2
 # Kernels timed side by side per op (the env knob each launcher reads; the first is the default).
-KERNELS = {"scan": ["loop", "chunked", "states"], "step": ["block", "pipe"]}
+KERNELS = {"scan": ["loop", "chunked"], "step": ["block", "pipe"]}
 KERNEL_ENV = {"scan": "SSMTP_SCAN_KERNEL", "step": "SSMTP_STEP_KERNEL"}
 
 
@@ -405,14 +404,6 @@ def chunk_sweep(flt=""):
             print(f"sweep {c['label']:<40} chunked lanes={lanes:>2} {t * 1e6:9.1f} us {'ok' if ok else 'INVALID'}",
                   flush=True)
         os.environ.pop("SSMTP_SCAN_P", None)
-        os.environ["SSMTP_SCAN_KERNEL"] = "states"
-        for ns in (1, 2, 4):  # the states kernel's states per lane (16, 8, 4 lanes per channel)
-            os.environ["SSMTP_SCAN_NS"] = str(ns)
-            ok, err, _ = validate(c, p)
-            t, _ = time_graph(c, p, sets, 1e-3)
-            out.append(dict(label=c["label"], kernel="states", ns=ns, us=t * 1e6, GBps=nbytes / t / 1e9, valid=ok))
-            print(f"sweep {c['label']:<40} states ns={ns} {t * 1e6:9.1f} us {'ok' if ok else 'INVALID'}", flush=True)
-        os.environ.pop("SSMTP_SCAN_NS", None)
         os.environ["SSMTP_SCAN_KERNEL"] = "loop"
 
         def loop_case(k, desc, **fields):  # the loop kernel at chunk count k (0: the launcher's choice)

@@ -306,10 +306,10 @@ def _scan_cpu(args, st_cpu):
                               cpu(sl), sp, load)
 
 
-# The three scan kernels (SSMTP_SCAN_KERNEL): "loop" (a thread walks time; chunked over blocks for few sequences),
-# "chunked" (blocks walk chunks of steps, scanned in parallel over lanes) and "states" (lanes split the states of a
-# channel, one pass over time). All run every case; SSMTP_SCAN_CHUNKS only steers the loop kernel.
-SCAN_KERNELS = ["loop", "chunked", "states"]
+# The two scan kernels (SSMTP_SCAN_KERNEL): "loop" (a thread walks time; chunked over blocks for few sequences) and
+# "chunked" (blocks walk chunks of steps, scanned in parallel over lanes). Both run every case; SSMTP_SCAN_CHUNKS
+# only steers the loop kernel.
+SCAN_KERNELS = ["loop", "chunked"]
 
 
 @pytest.mark.parametrize("kernel", SCAN_KERNELS)
@@ -372,7 +372,7 @@ def test_scan_cuda_chunked_lanes(case, dname, lanes, monkeypatch):
 
 
 def test_scan_cuda_kernels_agree(monkeypatch):
-    """The three kernels compute the same function (f32, long, ragged lengths, several chunks each)."""
+    """The loop and chunked kernels compute the same function (f32, long, ragged lengths, several chunks each)."""
     case = ("kernels-agree", 3, 200, 1500, 16, 1, "chan", "load", "perm", [1500, 777, 64], "zDbs", None)
     outs, states = [], []
     for k in SCAN_KERNELS:
@@ -384,91 +384,8 @@ def test_scan_cuda_kernels_agree(monkeypatch):
         outs.append(out.cpu())
         states.append(args[8].gpu.cpu())
     # each kernel is within SCAN_TOL["f32"] of the CPU op, so within twice that of the other
-    for k, o, st in zip(SCAN_KERNELS[1:], outs[1:], states[1:]):
-        close(o, outs[0], 2e-4, 1e-3, f"{k} vs loop: out")
-        close(st, states[0], 2e-4, 1e-3, f"{k} vs loop: state")
-
-
-STATES_NS_CASES = [c for c in SCAN_CASES if c[0] in ("mamba-like-chan", "seqlen-1", "long-chunks-lens-pad",
-                                                      "zamba-heads-2", "dstate-5-nogate", "strided-long-chunks",
-                                                      "one-A-dstate-16", "tail-block-8-channels", "seqlen-0",
-                                                      "no-state-lens", "staged-groups-nogate")]
-
-
-@pytest.mark.parametrize("ns", ["1", "2", "4"])
-@pytest.mark.parametrize("dname", list(DT))
-@pytest.mark.parametrize("case", STATES_NS_CASES, ids=[c[0] for c in STATES_NS_CASES])
-def test_scan_cuda_states_per_lane(case, dname, ns, monkeypatch):
-    """The states kernel at 1, 2 and 4 states per lane (SSMTP_SCAN_NS: 16, 8, 4 lanes per channel) for d_state <= 16,
-    whatever the launcher would pick for the shape."""
-    monkeypatch.setenv("SSMTP_SCAN_NS", ns)
-    _check_scan(case, dname, "states", monkeypatch)
-
-
-def _scan_with_saves(case, dname, kernel, monkeypatch):
-    """One scan through `kernel` with two intermediate-state saves of row 0 (spare slots past the batch's): (out,
-    states incl. the saved rows) on the CPU."""
-    monkeypatch.setenv("SSMTP_SCAN_KERNEL", kernel)
-    monkeypatch.setenv("SSMTP_SCAN_CHUNKS", "1")  # the loop kernel in one pass (its chunks combine with expf)
-    batch, L = case[1], case[3]
-    x, dt, A, B, C, Dp, z, dtb, state, idx, sl, sp, load = _scan_inputs(case, dname)
-    nslots = state.gpu.shape[0]
-    sv_slots = torch.full((batch, 2), -1, dtype=torch.int32)
-    sv_pos = torch.tensor([[1, 2]] * batch, dtype=torch.int32)
-    sv_pos[0] = torch.tensor([min(5, L - 1), L - 1], dtype=torch.int32).clamp(min=1)
-    sv_pos[0, 1] = max(int(sv_pos[0, 1]), int(sv_pos[0, 0]) + 1)
-    sv_slots[0] = nslots + torch.arange(2, dtype=torch.int32)
-    st = torch.cat([state.gpu, torch.zeros(2, *state.gpu.shape[1:], device="cuda")])
-    out = ops.selective_scan(x.gpu, dt.gpu, A.gpu, B.gpu, C.gpu, Dp.gpu if Dp else None, z.gpu if z else None,
-                             dtb.gpu if dtb else None, st, idx.gpu if idx else None, sl.gpu if sl else None, sp, load,
-                             sv_pos.cuda(), sv_slots.cuda())
-    torch.cuda.synchronize()
-    return out.cpu(), st.cpu()
-
-
-SAVE_CASES = [c for c in SCAN_CASES if c[0] in ("mamba-like-chan", "long-B1-auto-chunks", "one-A-dstate-16",
-                                                "dstate-64-groups4", "staged-ragged", "staged-B1-chunks",
-                                                "tail-block-8-channels")]
-
-
-@pytest.mark.parametrize("dname", list(DT))
-@pytest.mark.parametrize("case", SAVE_CASES, ids=[c[0] for c in SAVE_CASES])
-def test_scan_cuda_states_kernel_saves(case, dname, monkeypatch):
-    """The states kernel with intermediate-state saves against the loop kernel in one pass: the state recurrence
-    is the same arithmetic in the same order, so the final and saved states are the same bits; y sums the states
-    in another order (within the tolerance of the CPU comparison)."""
-    ref_out, ref_st = _scan_with_saves(case, dname, "loop", monkeypatch)
-    out, st = _scan_with_saves(case, dname, "states", monkeypatch)
-    assert torch.equal(st, ref_st), "states (final and saved): states kernel vs loop kernel"
-    atol, rtol = SCAN_TOL[dname]
-    close(out, ref_out, 2 * atol, 2 * rtol, "out: states kernel vs loop kernel")
-
-
-def test_scan_cuda_auto_takes_states_when_small(monkeypatch):
-    """SSMTP_SCAN_KERNEL=auto (the default) runs the states kernel for one short-channel sequence (the same bits as
-    forcing it) and the loop kernel for a batch that fills the GPU."""
-    small = ("auto-small", 1, 96, 300, 16, 1, "chan", "load", None, None, "zDbs", None)
-    big = ("auto-big", 64, 512, 20, 16, 1, "chan", "load", None, None, "zDbs", None)
-    for case, want in ((small, "states"), (big, "loop")):
-        res = []
-        for k in ("auto", want):
-            monkeypatch.setenv("SSMTP_SCAN_KERNEL", k)
-            monkeypatch.delenv("SSMTP_SCAN_CHUNKS", raising=False)
-            args = _scan_inputs(case, "bf16")
-            out = nan_like(args[0].gpu)
-            _scan_cuda(args, out)
-            torch.cuda.synchronize()
-            res.append((out.cpu(), args[8].gpu.cpu()))
-        assert torch.equal(res[0][0], res[1][0]) and torch.equal(res[0][1], res[1][1]), (case[0], want)
-
-
-def test_scan_cuda_states_knob_rejects_unknown(monkeypatch):
-    """SSMTP_SCAN_NS outside 1, 2, 4 is an error, not a silent fallback."""
-    monkeypatch.setenv("SSMTP_SCAN_KERNEL", "states")
-    monkeypatch.setenv("SSMTP_SCAN_NS", "3")
-    args = _scan_inputs(SCAN_CASES[0], "f32")
-    with pytest.raises(Exception, match="SSMTP_SCAN_NS"):
-        _scan_cuda(args, nan_like(args[0].gpu))
+    close(outs[1], outs[0], 2e-4, 1e-3, "chunked vs loop: out")
+    close(states[1], states[0], 2e-4, 1e-3, "chunked vs loop: state")
 
 
 def test_scan_cuda_kernel_knob_rejects_unknown(monkeypatch):

@@ -62,6 +62,13 @@
 //     Compute (3ad7b60) shows 142 instructions per warp and step (was 177) and no memory stalls: the kernel is now
 //     issue-limited (mamba-2.8b B=8 at 50% of the MUFU bound, falcon-mamba-7b 62%); two time chunks at B=8 were
 //     1.25-1.5x slower (more blocks than the 4 per SM the 56 KB tiles allow).
+//   - a third kernel, "states" (2026-11-24, 8a89850; benchmarks/results/scan-states-h200-8a89850.json): 4-16 lanes
+//     per channel split its states and walk the whole sequence in one pass (no chunks, no second evaluation), the
+//     per-(channel, step) work done once per tile in a shared-memory prologue. Validated (GPU tests against the CPU
+//     op, states bit-equal to this loop's), and slower everywhere: mamba-2.8b B=1 L=512 60 vs 57 us, L=2048 227 vs
+//     141, L=8192 902 vs 485, B=8 L=512 695 vs 167. Nsight Compute (B=1 L=2048): up to ~24 issued instructions per
+//     state element and step against this loop's ~9 (each lane still takes its share of the per-step work, and the
+//     sum of the lanes' partial y comes on top), so skipping the second pass does not pay; removed.
 //
 // Staged tiles (SSMTP_SCAN_STAGE, the launcher's stage_tile): per block (128 channels) and tile of TS = 32 steps, x,
 // dt, z and the raw B/C rows are copied to shared memory by cp.async, one tile ahead (two buffers, 56 KB per block
@@ -1063,296 +1070,6 @@ template <typename T> ssmtp_status_t dispatch_chunked(ScanArgs &a, int device, c
     return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": d_state=%lld > 256", (long long)N);
 }
 
-
-// ============================================================================================================
-// States kernel (SSMTP_SCAN_KERNEL=states; "auto", the default, takes it where the loop kernel would cut time into
-// chunks: few sequences x channels, e.g. a batch-1 prefill or a prefix-cache hit). The work is spread over the states
-// as well as the channels: TPC adjacent lanes per channel, each owning NS of its NP = NS x TPC (padded) states,
-// walk the whole sequence in one pass: no local / combine / final launches and no second evaluation of the
-// recurrence. What the loop kernel does once per (channel, step) per thread - softplus, delta x, the D term, the
-// gate - would be repeated by every lane of a channel here, so the block does it once per (channel, step) per tile
-// of ST_TS steps:
-//   prologue: the tile's (step, channel) pairs, EPT per thread: delta (with one A per channel: exp(delta A)) and
-//             delta x into shared memory, x and the gate kept in the thread's registers for the epilogue; B and C
-//             rows widened to fp32, one row per state. Then the raw x/dt/z/B/C two tiles on are loaded into
-//             registers: in flight while this tile's steps run.
-//   steps:    per lane, 4 steps at a time (16-byte shared reads): NS x (ex2 of delta A, h = dA h + dx B,
-//             p += h C); the lane's p to shared memory.
-//   epilogue: per pair, y = the TPC lanes' p summed + D x, times the gate; channel-contiguous stores.
-// Arithmetic per state and step is the loop kernel's (the same softplus, ex2 form and FMA for h); y sums the
-// states in another order (each lane's, then over the lanes).
-// Cost per state and step (d_state 16, NS = 1): ~5 issue slots for the recurrence and y, ~1.25 for shared reads and
-// the partial store, ~2-3 for the (channel, step) work and the sum over lanes spread over 16 states: about the loop
-// kernel's ~9, but with 16x the threads and one pass instead of two.
-constexpr int ST_THREADS = 256, ST_TS = 32, ST_TSP = ST_TS + 4; // steps per tile; padded rows (see StGeo)
-
-template <int NS, int TPC> struct StGeo {
-    static constexpr int NP = NS * TPC;                      // padded states per channel
-    static constexpr int CPB = ST_THREADS / TPC;             // channels per block
-    static constexpr int EPT = ST_TS * CPB / ST_THREADS;     // (step, channel) pairs per thread and tile
-    static constexpr int BCT = ST_TS * NP / ST_THREADS;      // B (and C) elements per thread and tile
-    static constexpr int BCR = BCT <= 4 ? BCT : 0;           // ... prefetched in registers (else loaded in place)
-    static constexpr int YROW = TPC * ST_TSP + 4;            // partial sums of one channel (skewed by 4 floats)
-    // Shared memory, floats, rows of ST_TSP (32 steps + 4: rows 9 16-byte units apart, so the 8 lanes of a 16-byte
-    // access phase reading consecutive rows hit distinct bank groups): delta (or dA) [CPB], delta x [CPB], B [NP],
-    // C [NP], then the lanes' partial sums [CPB][TPC] (channel rows skewed).
-    static constexpr int OFF_DX = CPB * ST_TSP, OFF_B = 2 * CPB * ST_TSP, OFF_C = OFF_B + NP * ST_TSP;
-    static constexpr int OFF_Y = OFF_C + NP * ST_TSP, SMEM = (OFF_Y + CPB * YROW) * 4;
-    static_assert(ST_THREADS % CPB == 0 && ST_THREADS % NP == 0 && TPC * NS == NP, "states kernel geometry");
-};
-
-// grid: (ngroups * cb_per_group, batch); block: ST_THREADS = CPB channels x TPC lanes. SA: one A per channel.
-template <typename T, int NS, int TPC, bool SA>
-__global__ void __launch_bounds__(ST_THREADS, 3) scan_states_kernel(const ScanArgs a) {
-    using G = StGeo<NS, TPC>;
-    extern __shared__ __align__(16) float st_sm[];
-    float *const sdl = st_sm, *const sdx = st_sm + G::OFF_DX, *const sB = st_sm + G::OFF_B;
-    float *const sC = st_sm + G::OFF_C, *const sY = st_sm + G::OFF_Y;
-    const int tid = threadIdx.x, part = tid % TPC, cl = tid / TPC;
-    const int64_t grp = blockIdx.x / a.cb_per_group, cig0 = (blockIdx.x % a.cb_per_group) * (int64_t)G::CPB;
-    const int64_t b = blockIdx.y;
-    // block-local channel j: in the group or not (a tail block computes duplicates of the last channel, stores none)
-    auto act = [&](int j) { return cig0 + j < a.per_group; };
-    auto chan = [&](int j) { return grp * a.per_group + (act(j) ? cig0 + j : a.per_group - 1); };
-    int64_t slot, n;
-    seq_info(a, b, &slot, &n);
-    const bool has_state = a.state != nullptr;
-    T *const outb = (T *)a.out + b * a.so0;
-    // pairs: thread tid handles channel jp = tid % CPB at tile steps tp0 + e * TPC (e < EPT), every tile
-    const int jp = tid % G::CPB, tp0 = tid / G::CPB;
-    const int64_t cp = chan(jp);
-    const bool actp = act(jp);
-    T *const outp = outb + cp * a.so1;
-    if (has_state && (slot < 0 || slot >= a.nslots)) { // padding row: zeros; bad slot: NaN; state untouched
-        const T fill = from_f32<T>(slot < 0 ? 0.f : __int_as_float(0x7fc00000));
-        if (actp)
-            for (int64_t t = tp0; t < a.len; t += ST_THREADS / G::CPB) outp[t * a.so2] = fill;
-        return;
-    }
-
-    // this lane's states
-    const int64_t c = chan(cl);
-    const bool active = act(cl);
-    float A2[NS], h[NS];
-#pragma unroll
-    for (int j = 0; j < NS; j++) {
-        const int64_t s = (int64_t)part * NS + j;
-        A2[j] = (!SA && s < a.N) ? a.A[c * a.sA0 + s * a.sA1] * SSM_LOG2E : 0.f;
-        h[j] = (has_state && a.load_state && s < a.N) ? a.state[slot * a.ss0 + c * a.ss1 + s * a.ss2] : 0.f;
-    }
-    // this thread's pairs' channel
-    const float bias = a.dt_bias ? ssm_load_param(a.dt_bias, a.bias_dtype, cp * a.sbias) : 0.f;
-    const float Dv = a.D ? ssm_load_param(a.D, a.D_dtype, cp * a.sD) : 0.f;
-    const float A2c = SA ? a.A[cp * a.sA0] * SSM_LOG2E : 0.f;
-    const T *const xp = (const T *)a.x + b * a.sx0 + cp * a.sx1;
-    const T *const dtp = (const T *)a.dt + b * a.sdt0 + cp * a.sdt1;
-    const T *const zp = a.z ? (const T *)a.z + b * a.sz0 + cp * a.sz1 : nullptr;
-    const T *const Bp = (const T *)a.B + b * a.sB0 + grp * a.sB1;
-    const T *const Cp = (const T *)a.C + b * a.sC0 + grp * a.sC1;
-    const bool softplus = a.softplus != 0;
-    // B/C elements: state sb = tid % NP at tile steps tb0 + e * (ST_THREADS / NP)
-    const int sb = tid % G::NP, tb0 = tid / G::NP;
-    constexpr int BSTEP = ST_THREADS / G::NP;
-
-    struct Raw { // one tile's raw inputs, loaded two tiles ahead
-        T xr[G::EPT], dr[G::EPT], zr[G::EPT];
-        T br[G::BCR > 0 ? G::BCR : 1], cr[G::BCR > 0 ? G::BCR : 1];
-    };
-    Raw r0, r1;
-    float xv[G::EPT], gv[G::EPT];
-    const T zero = from_f32<T>(0.f);
-    auto bc_at = [&](const T *p, int64_t s3, int64_t s2, int64_t t) {
-        return (t < n && sb < a.N) ? p[sb * s2 + t * s3] : zero;
-    };
-    auto load_raw = [&](Raw &r, int64_t t0) { // steps past n are not needed (their delta is 0 and their out 0)
-#pragma unroll
-        for (int e = 0; e < G::EPT; e++) {
-            const int64_t t = t0 + tp0 + e * TPC;
-            const bool ok = t < n;
-            r.xr[e] = ok ? xp[t * a.sx2] : zero;
-            r.dr[e] = ok ? dtp[t * a.sdt2] : zero;
-            r.zr[e] = (ok && zp) ? zp[t * a.sz2] : zero;
-        }
-#pragma unroll
-        for (int e = 0; e < G::BCR; e++) {
-            r.br[e] = bc_at(Bp, a.sB3, a.sB2, t0 + tb0 + e * BSTEP);
-            r.cr[e] = bc_at(Cp, a.sC3, a.sC2, t0 + tb0 + e * BSTEP);
-        }
-    };
-    auto prologue = [&](const Raw &r, int64_t t0) {
-#pragma unroll
-        for (int e = 0; e < G::EPT; e++) {
-            const int tl = tp0 + e * TPC;
-            float delta = 0.f, dx = 0.f;
-            xv[e] = to_f32<T>(r.xr[e]);
-            if (t0 + tl < n) {
-                delta = to_f32<T>(r.dr[e]) + bias;
-                if (softplus) delta = ssm_softplus_fast(delta);
-                dx = delta * xv[e];
-            }
-            sdl[jp * ST_TSP + tl] = SA ? ssm_ex2(delta * A2c) : delta;
-            sdx[jp * ST_TSP + tl] = dx;
-            gv[e] = zp ? ssm_silu_out<T>(to_f32<T>(r.zr[e])) : 1.f;
-        }
-        if constexpr (G::BCR > 0) {
-#pragma unroll
-            for (int e = 0; e < G::BCR; e++) {
-                sB[sb * ST_TSP + tb0 + e * BSTEP] = to_f32<T>(r.br[e]);
-                sC[sb * ST_TSP + tb0 + e * BSTEP] = to_f32<T>(r.cr[e]);
-            }
-        } else {
-            for (int e = 0; e < G::BCT; e++) {
-                const int tl = tb0 + e * BSTEP;
-                sB[sb * ST_TSP + tl] = to_f32<T>(bc_at(Bp, a.sB3, a.sB2, t0 + tl));
-                sC[sb * ST_TSP + tl] = to_f32<T>(bc_at(Cp, a.sC3, a.sC2, t0 + tl));
-            }
-        }
-    };
-    // intermediate-state saves (positions count steps, 1-based; only steps < n complete one)
-    int64_t sv_j = 0, sv_pos = -1, sv_slot = -1;
-    if (a.sv.pos) sv_j = next_save(a, b, 0, 0, slot, &sv_pos, &sv_slot);
-    const float *const dlr = sdl + cl * ST_TSP, *const dxr = sdx + cl * ST_TSP;
-    float *const yr = sY + cl * G::YROW + part * ST_TSP;
-    // steps [tl, tl + 4) of the tile; CHECK: test for a save after each step
-    auto four = [&](auto check, int64_t t0, int tl) {
-        const float4 d4 = *(const float4 *)(dlr + tl), x4 = *(const float4 *)(dxr + tl);
-        const float dl[4] = {d4.x, d4.y, d4.z, d4.w}, dx[4] = {x4.x, x4.y, x4.z, x4.w};
-        float bv[NS][4], cv[NS][4];
-#pragma unroll
-        for (int j = 0; j < NS; j++) {
-            const float4 b4 = *(const float4 *)(sB + (part * NS + j) * ST_TSP + tl);
-            const float4 c4 = *(const float4 *)(sC + (part * NS + j) * ST_TSP + tl);
-            bv[j][0] = b4.x; bv[j][1] = b4.y; bv[j][2] = b4.z; bv[j][3] = b4.w;
-            cv[j][0] = c4.x; cv[j][1] = c4.y; cv[j][2] = c4.z; cv[j][3] = c4.w;
-        }
-        float p[4];
-#pragma unroll
-        for (int u = 0; u < 4; u++) {
-            p[u] = 0.f;
-#pragma unroll
-            for (int j = 0; j < NS; j++) {
-                const float dA = SA ? dl[u] : ssm_ex2(dl[u] * A2[j]);
-                h[j] = fmaf(dA, h[j], dx[u] * bv[j][u]);
-                p[u] = fmaf(h[j], cv[j][u], p[u]);
-            }
-            if constexpr (decltype(check)::value) {
-                const int64_t t = t0 + tl + u;
-                if (t + 1 == sv_pos && t < n) { // uniform across the block (one sequence per block)
-                    if (active) {
-#pragma unroll
-                        for (int j = 0; j < NS; j++) {
-                            const int64_t s = (int64_t)part * NS + j;
-                            if (s < a.N) a.state[sv_slot * a.ss0 + c * a.ss1 + s * a.ss2] = h[j];
-                        }
-                    }
-                    sv_j = next_save(a, b, sv_j + 1, t + 1, slot, &sv_pos, &sv_slot);
-                }
-            }
-        }
-        *(float4 *)(yr + tl) = make_float4(p[0], p[1], p[2], p[3]);
-    };
-
-    // one tile: raw inputs (loaded two tiles earlier) to shared memory, the loads of tile k + 2 into r, the steps,
-    // the outputs
-    const int64_t ntile = (n + ST_TS - 1) / ST_TS;
-    auto tile = [&](Raw &r, int64_t k) {
-        const int64_t t0 = k * ST_TS;
-        prologue(r, t0);
-        if (k + 2 < ntile) load_raw(r, t0 + 2 * ST_TS);
-        __syncthreads(); // the tile's delta / dx / B / C are in shared memory
-        if (sv_pos > t0 && sv_pos <= t0 + ST_TS) {
-#pragma unroll 1
-            for (int tl = 0; tl < ST_TS; tl += 4) four(std::true_type{}, t0, tl);
-        } else {
-#pragma unroll 1
-            for (int tl = 0; tl < ST_TS; tl += 4) four(std::false_type{}, t0, tl);
-        }
-        __syncthreads(); // the partial sums are in shared memory; every lane is done with this tile's rows
-        if (actp) {
-#pragma unroll
-            for (int e = 0; e < G::EPT; e++) {
-                const int tl = tp0 + e * TPC;
-                const int64_t t = t0 + tl;
-                if (t >= a.len) continue;
-                float y = 0.f;
-                const float *yy = sY + jp * G::YROW + tl;
-#pragma unroll
-                for (int q = 0; q < TPC; q++) y += yy[q * ST_TSP];
-                y = fmaf(Dv, xv[e], y);
-                outp[t * a.so2] = from_f32<T>(t < n ? y * gv[e] : 0.f);
-            }
-        }
-    };
-    if (ntile > 0) load_raw(r0, 0);
-    if (ntile > 1) load_raw(r1, ST_TS);
-    for (int64_t k = 0; k < ntile; k += 2) { // two tiles per trip: r0 and r1 stay registers
-        tile(r0, k);
-        if (k + 1 < ntile) tile(r1, k + 1);
-    }
-    if (actp) // steps past the computed tiles (past the sequence's length): zeros
-        for (int64_t t = ntile * ST_TS + tp0; t < a.len; t += ST_THREADS / G::CPB) outp[t * a.so2] = zero;
-    if (has_state && active && (n > 0 || !a.load_state)) {
-#pragma unroll
-        for (int j = 0; j < NS; j++) {
-            const int64_t s = (int64_t)part * NS + j;
-            if (s < a.N) a.state[slot * a.ss0 + c * a.ss1 + s * a.ss2] = h[j];
-        }
-    }
-}
-
-template <typename T, int NS, int TPC, bool SA> ssmtp_status_t launch_states(ScanArgs &a, int device, cudaStream_t st) {
-    using G = StGeo<NS, TPC>;
-    a.cb_per_group = (int)((a.per_group + G::CPB - 1) / G::CPB);
-    const int64_t nblk = (a.dim / a.per_group) * a.cb_per_group;
-    if (nblk > 0x7fffffff || a.batch > 65535)
-        return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": grid too large (batch=%lld dim=%lld)", (long long)a.batch,
-                          (long long)a.dim);
-    const auto k = scan_states_kernel<T, NS, TPC, SA>;
-    SSMTP_TRY(ssm_allow_smem((const void *)k, G::SMEM, device));
-    k<<<dim3((unsigned)nblk, (unsigned)a.batch), ST_THREADS, G::SMEM, st>>>(a);
-    SSMTP_CUDA_CHECK_LAUNCH(OP);
-    return SSMTP_OK;
-}
-
-// States per lane. d_state <= 16: NS = 1, 2 or 4 (16, 8 or 4 lanes per channel): the most states per lane that
-// still gives every SM 1024 threads (fewer lanes, less shared-memory traffic and fewer partial sums per state),
-// else 1; SSMTP_SCAN_NS overrides (benchmarks, tests). Larger d_state: 16 lanes, NS = d_state / 16 rounded up to
-// a power of two.
-template <typename T, bool SA> ssmtp_status_t dispatch_states_sa(ScanArgs &a, int device, cudaStream_t st) {
-    if (a.N <= 16) {
-        int sms = 132;
-        SSMTP_TRY(ssm_sm_count(device, &sms));
-        const int64_t want = (int64_t)sms * 1024, pairs = a.batch * a.dim;
-        int ns = pairs * 4 >= want ? 4 : pairs * 8 >= want ? 2 : 1;
-        const char *env = getenv("SSMTP_SCAN_NS");
-        if (env && *env) ns = atoi(env);
-        switch (ns) {
-        case 1: return launch_states<T, 1, 16, SA>(a, device, st);
-        case 2: return launch_states<T, 2, 8, SA>(a, device, st);
-        case 4: return launch_states<T, 4, 4, SA>(a, device, st);
-        default: return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": SSMTP_SCAN_NS=%d (1, 2 or 4)", ns);
-        }
-    }
-    if (a.N <= 32) return launch_states<T, 2, 16, SA>(a, device, st);
-    if (a.N <= 64) return launch_states<T, 4, 16, SA>(a, device, st);
-    if (a.N <= 128) return launch_states<T, 8, 16, SA>(a, device, st);
-    if (a.N <= 256) return launch_states<T, 16, 16, SA>(a, device, st);
-    return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": d_state=%lld > 256", (long long)a.N);
-}
-
-template <typename T> ssmtp_status_t dispatch_states(ScanArgs &a, int device, cudaStream_t st) {
-    return a.sA1 == 0 ? dispatch_states_sa<T, true>(a, device, st) : dispatch_states_sa<T, false>(a, device, st);
-}
-
-// Whether "auto" takes the states kernel: where the loop kernel would cut time into chunks (its one pass, one
-// thread per channel, filling under a third of the 4 blocks of 128 threads per SM it runs at).
-static ssmtp_status_t states_pays(const ScanArgs &a, int device, bool *yes) {
-    int sms = 132;
-    SSMTP_TRY(ssm_sm_count(device, &sms));
-    *yes = a.batch * a.dim * 3 < (int64_t)sms * 4 * THREADS;
-    return SSMTP_OK;
-}
-
 } // namespace
 
 extern "C" ssmtp_status_t ssmtp_cuda_scan_fwd(const ssmtp_scan_params_t *p, void *stream) {
@@ -1387,26 +1104,18 @@ extern "C" ssmtp_status_t ssmtp_cuda_scan_fwd(const ssmtp_scan_params_t *p, void
     if (a.batch == 0 || a.dim == 0) return SSMTP_OK;
     // seqlen == 0 still launches: the final state is then the initial one (zeros when !load_state).
     cudaStream_t st = (cudaStream_t)stream;
-    // Kernel choice (SSMTP_SCAN_KERNEL): "auto" (the default: states where it pays, see states_pays; else loop),
-    // "loop", "chunked" or "states"; anything else is an error, not a fallback.
+    // Kernel choice (SSMTP_SCAN_KERNEL): "loop" (default) or "chunked"; anything else is an error, not a fallback.
     // Measured on H200 (2026-11-22, bench_ops.py, bf16, d_state 16, both validated): chunked was slower on 33 of 36
     // cases (mamba-2.8b tp1 B=1 L=8192: 1345 us vs 607; B=8 L=2048: 1692 vs 992; it held ~250 GB/s flat), faster
-    // only at B=1 L=512 with half the channels (57 vs 60 us). So it is never the default.
+    // only at B=1 L=512 with half the channels (57 vs 60 us). So loop stays the default.
     const char *kenv = getenv("SSMTP_SCAN_KERNEL");
-    int kind = 0; // 0 loop, 1 chunked, 2 states
-    if (kenv && *kenv && strcmp(kenv, "auto") != 0) {
-        if (strcmp(kenv, "loop") == 0) kind = 0;
-        else if (strcmp(kenv, "chunked") == 0) kind = 1;
-        else if (strcmp(kenv, "states") == 0) kind = 2;
-        else return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": SSMTP_SCAN_KERNEL=%s (auto, loop, chunked or states)", kenv);
-    } else {
-        bool yes = false;
-        SSMTP_TRY(states_pays(a, p->x.device, &yes));
-        kind = yes ? 2 : 0;
+    bool chunked = false;
+    if (kenv && *kenv) {
+        if (strcmp(kenv, "chunked") == 0) chunked = true;
+        else if (strcmp(kenv, "loop") != 0)
+            return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": SSMTP_SCAN_KERNEL=%s (loop or chunked)", kenv);
     }
-    if (kind == 2) {
-        SSMTP_DISPATCH_FLOAT(p->x.dtype, T, OP, { return dispatch_states<T>(a, p->x.device, st); });
-    } else if (kind == 1 && !a.sv.pos) { // intermediate saves: not in the chunked kernel
+    if (chunked && !a.sv.pos) { // intermediate saves: the loop kernel only
         SSMTP_DISPATCH_FLOAT(p->x.dtype, T, OP, { return dispatch_chunked<T>(a, p->x.device, st); });
     } else {
         SSMTP_DISPATCH_FLOAT(p->x.dtype, T, OP, { return dispatch_n<T>(a, p->x.device, st); });
