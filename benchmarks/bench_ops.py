@@ -446,13 +446,17 @@ LINEAR_SHAPES = [  # (label, K, N): mamba-2.8b projections per rank
     ("mamba-2.8b tp1 in_proj", 2560, 10240), ("mamba-2.8b tp1 x_proj", 5120, 192),
     ("mamba-2.8b tp1 dt_proj", 160, 5120), ("mamba-2.8b tp1 out_proj", 5120, 2560),
     ("mamba-2.8b tp2 in_proj", 2560, 5120), ("mamba-2.8b tp2 out_proj", 2560, 2560),
+    ("mamba-2.8b tp2 x_proj", 2560, 192),
 ]
 
 
 def bench_linear(flt=""):
-    """ssmtp::linear_small vs F.linear (cuBLAS) at M = 1, 2, 4, 8 rows on the same inputs: median per call inside a
-    CUDA graph of R calls rotating over weight sets (>= 3 x L2 of weights in all). Validated against each other first
-    (bf16: within 2 ulp plus fp32 summation slack). Floor: weight bytes / 4.26 TB/s."""
+    """ssmtp::linear_small vs F.linear (cuBLAS) on the same inputs: the GEMV at M = 1..8 rows and the tensor-core kernel
+    (SSMTP_LINEAR_KERNEL=tc) at M = 1..256; median per call inside a CUDA graph of R calls rotating over weight sets
+    (>= 3 x L2 of weights in all). Validated against cuBLAS first (bf16: within 2 ulp plus fp32 summation slack).
+    Floor: weight bytes / 4.26 TB/s. "linear_small_us" is what the op runs by default at that M (the GEMV up to 8
+    rows, the tensor-core kernel above); the models route a product to it only where gemv_wins says it measured
+    faster (ssmtp/ops.py)."""
     out = []
     for label, K, N in LINEAR_SHAPES:
         if not matches(flt, label):
@@ -460,21 +464,30 @@ def bench_linear(flt=""):
         wbytes = N * K * ESZ
         nsets = int(max(1, min(128, math.ceil(3 * L2_BYTES / wbytes))))
         ws = [(torch.randn(N, K, device="cuda") / K**0.5).to(DTYPE) for _ in range(nsets)]
-        for M in (1, 2, 4, 8):
+        for M in (1, 2, 4, 8, 16, 32, 64, 128, 256):
             x = torch.randn(M, K, device="cuda").to(DTYPE)
-            a, b = ops.linear_small(x, ws[0], None).float(), F.linear(x, ws[0]).float()
-            ok = bool(((a - b).abs() <= 2 ** -6 * b.abs() + 1e-2).all())
-            row = dict(label=f"{label} M={M}", K=K, N=N, M=M, weight_bytes=wbytes, valid=ok,
+            ref = F.linear(x, ws[0]).float()
+            row = dict(label=f"{label} M={M}", K=K, N=N, M=M, weight_bytes=wbytes, valid=True,
                        floor_us=wbytes / HBM_BPS * 1e6)
-            for name, fn in (("linear_small", lambda w: ops.linear_small(x, w, None)),
-                             ("cublas", lambda w: F.linear(x, w))):
-                row[f"{name}_us"] = graph_time(lambda i: fn(ws[i % nsets]), nsets, max(nsets, 64), replays=7) * 1e6
+            kernels = (["gemv"] if M <= 8 else []) + (["tc"] if K % 32 == 0 and ESZ == 2 else [])
+            for kern in kernels:
+                os.environ["SSMTP_LINEAR_KERNEL"] = kern
+                a = ops.linear_small(x, ws[0], None).float()
+                row["valid"] = row["valid"] and bool(((a - ref).abs() <= 2 ** -6 * ref.abs() + 1e-2).all())
+                row[f"{kern}_us"] = graph_time(lambda i: ops.linear_small(x, ws[i % nsets], None), nsets,
+                                               max(nsets, 64), replays=7) * 1e6
+            os.environ.pop("SSMTP_LINEAR_KERNEL", None)
+            row["cublas_us"] = graph_time(lambda i: F.linear(x, ws[i % nsets]), nsets, max(nsets, 64), replays=7) * 1e6
+            if not kernels:
+                continue
+            row["linear_small_us"] = row["gemv_us"] if M <= 8 else row["tc_us"]
             row["frac_hbm"] = row["floor_us"] / row["linear_small_us"]
             row["speedup_vs_cublas"] = row["cublas_us"] / row["linear_small_us"]
             out.append(row)
+            extra = f"  tc {row['tc_us']:7.1f} us" if M <= 8 and "tc_us" in row else ""
             print(f"{row['label']:<40} small {row['linear_small_us']:7.1f} us  cuBLAS {row['cublas_us']:7.1f} us  "
-                  f"x{row['speedup_vs_cublas']:.2f}  {100 * row['frac_hbm']:5.1f}% HBM {'ok' if ok else 'INVALID'}",
-                  flush=True)
+                  f"x{row['speedup_vs_cublas']:.2f}  {100 * row['frac_hbm']:5.1f}% HBM{extra} "
+                  f"{'ok' if row['valid'] else 'INVALID'}", flush=True)
         ws = None  # free this shape's weight sets before the next
         torch.cuda.empty_cache()
     return out

@@ -223,6 +223,9 @@ ssmtp_status_t ssmtp_mamba_decode_in(const ssmtp_decode_in_params_t *p, void *st
  * split-K GEMMs there that add a reduction kernel per call.
  */
 #define SSMTP_LINEAR_SMALL_MAX_M 8
+/* CUDA, 16-bit x and weight, K a multiple of 32, compute capability 9.0: SSMTP_LINEAR_SMALL_MAX_M < M <= this many rows
+ * run on a tensor-core kernel (mma.sync, K split over a thread-block cluster, partials summed in a fixed order). */
+#define SSMTP_LINEAR_TC_MAX_M 256
 typedef struct {
     ssmtp_tensor_t x, weight, bias, out;
 } ssmtp_linear_params_t;

@@ -11,7 +11,8 @@ Ops (semantics in csrc/ssmtp.h; pure-torch twins in ssmtp/ref.py):
       -> (res_out, xc, z)   a Mamba-1 block's decode input, fused (mutates conv_state); CUDA for M <= 4
   quantize_blocks(x, block, qdtype) -> (q, scales);  dequantize_blocks(q, scales, block, dtype) -> x
   sample(logits, temperature, top_k, top_p, seed, step) -> tokens   one token per row (greedy / T / top-k / top-p)
-  linear_small(x, weight, bias) -> out       x (M, K) W (N, K)^T (+ bias); CUDA for M <= 8 (the decode GEMV)
+  linear_small(x, weight, bias) -> out       x (M, K) W (N, K)^T (+ bias); CUDA: a GEMV for M <= 8, a tensor-core
+                                            kernel for 16-bit M <= 256 (K % 32 == 0, sm_90)
 and ``linear(x, weight, bias)``, which the models call: linear_small where it applies, else F.linear.
 """
 from __future__ import annotations
@@ -207,6 +208,8 @@ def _(logits, temperature, top_k, top_p, seed, step):
 # ------------------------------------------------------------------------------------------------ small linear
 
 LINEAR_SMALL_MAX_M = 8  # SSMTP_LINEAR_SMALL_MAX_M in csrc/ssmtp.h
+LINEAR_TC_MAX_M = 256  # SSMTP_LINEAR_TC_MAX_M: the tensor-core kernel's limit (16-bit, K % 32 == 0, sm_90)
+LINEAR_TC_NARROW_MAX_M = 64  # ... and where it measured faster than cuBLAS (narrow outputs only, see gemv_wins)
 
 
 def _gemv_on() -> bool:
@@ -219,15 +222,30 @@ def _gemv_on() -> bool:
 _GEMV = _gemv_on()
 
 
-def gemv_wins(m: int, K: int, N: int) -> bool:
+def _tc_on() -> bool:
+    v = os.environ.get("SSMTP_LINEAR_TC", "1")
+    if v not in ("0", "1"):
+        raise ValueError(f"SSMTP_LINEAR_TC={v!r}: expected 1 (narrow products of 9..64 rows on the tensor-core "
+                         "kernel) or 0 (cuBLAS there)")
+    return v == "1"
+
+
+_TC = _tc_on()
+
+
+def gemv_wins(m: int, K: int, N: int, tc: bool = False) -> bool:
     """Where linear_small measured faster than cuBLAS on H200 (2026-11-22, bf16, benchmarks/bench_ops.py, mamba-2.8b
     projections; the kernel re-reads x for every weight pack, so each extra row costs L1 traffic and conversions):
       narrow outputs (N <= 512, x_proj 5120 -> 192): 1.8-2.6x at 1-8 rows;
       1-2 rows, K < 1024 or N < 2K (out_proj 5120 -> 2560: 1.24-1.28x; dt_proj 160 -> 5120: 1.31x);
       wide outputs of a long K (in_proj 2560 -> 10240 / 5120): 0.93-0.99x at 1-2 rows: cuBLAS;
-      3+ rows of anything wider than 512: 0.52-0.91x: cuBLAS."""
+      3+ rows of anything wider than 512: 0.52-0.91x: cuBLAS.
+    tc (16-bit x, K a multiple of 32, the tensor-core kernel available): narrow outputs also at 9..64 rows, where
+    the tensor-core kernel measured 1.3-1.6x cuBLAS's split-K GEMM alone (2026-11-24, x_proj 5120 -> 192: 5.0-6.0 us vs
+    7.7-8.0; 2560 -> 192: 4.5-5.5 vs 6.3; benchmarks/results/linear-tc-h200-*.json); wider outputs and more rows
+    stay on cuBLAS (out_proj 5120 -> 2560: 16-46 us vs 12)."""
     if N <= 512:
-        return m <= LINEAR_SMALL_MAX_M
+        return m <= (LINEAR_TC_NARROW_MAX_M if tc else LINEAR_SMALL_MAX_M)
     return m <= 2 and not (K >= 1024 and N >= 2 * K)
 
 
@@ -245,6 +263,17 @@ def _(x, weight, bias):
     return x.new_empty(x.shape[0], weight.shape[0])
 
 
+_TC_DEVICES: dict = {}
+
+
+def _tc_device(device: torch.device) -> bool:
+    """Whether the tensor-core kernel runs on this device (compute capability 9.0+)."""
+    i = device.index if device.index is not None else torch.cuda.current_device()
+    if i not in _TC_DEVICES:
+        _TC_DEVICES[i] = torch.cuda.get_device_capability(i)[0] >= 9
+    return _TC_DEVICES[i]
+
+
 def linear_small_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether the CUDA small-batch kernel takes this product (else a GEMM is the right tool)."""
     if not (_GEMV and x.is_cuda and x.dtype == weight.dtype and x.dtype in (torch.bfloat16, torch.float16,
@@ -253,7 +282,8 @@ def linear_small_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     K = x.shape[-1]
     m = x.numel() // K if K else 0
     es = x.element_size()
-    return (m >= 1 and weight.dim() == 2 and gemv_wins(m, K, weight.shape[0]) and (K * es) % 16 == 0
+    tc = _TC and es == 2 and K % 32 == 0 and _tc_device(x.device)
+    return (m >= 1 and weight.dim() == 2 and gemv_wins(m, K, weight.shape[0], tc) and (K * es) % 16 == 0
             and weight.is_contiguous()
             and x.data_ptr() % 16 == 0 and weight.data_ptr() % 16 == 0 and x.stride(-1) == 1)
 

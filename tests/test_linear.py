@@ -86,6 +86,9 @@ def test_bad_input():
     assert not ops.linear_small_applies(x, w)
     assert ops.gemv_wins(8, 5120, 192) and ops.gemv_wins(1, 5120, 2560) and ops.gemv_wins(2, 160, 5120)
     assert not ops.gemv_wins(1, 2560, 10240) and not ops.gemv_wins(4, 5120, 2560) and not ops.gemv_wins(9, 5120, 192)
+    # with the tensor-core kernel: narrow outputs up to 64 rows, nothing else changes
+    assert ops.gemv_wins(9, 5120, 192, tc=True) and ops.gemv_wins(64, 2560, 192, tc=True)
+    assert not ops.gemv_wins(65, 5120, 192, tc=True) and not ops.gemv_wins(16, 5120, 2560, tc=True)
     assert torch.equal(ops.linear(x, w, b), torch.nn.functional.linear(x, w, b))
 
 
@@ -122,7 +125,15 @@ def test_cuda_strided_dispatch_graph_and_errors():
     x3 = x[:, None]
     assert ops.linear_small_applies(x3, w)  # x_proj-like (N = 192): up to 8 rows
     assert torch.equal(ops.linear(x3, w, b)[:, 0], ops.linear_small(x, w, b))
-    assert not ops.linear_small_applies(torch.randn(9, 5120, device=dev, dtype=torch.bfloat16), w)  # M > 8: GEMM
+    # 9..64 rows of a narrow product: the tensor-core kernel (16-bit, sm_90); more rows, f32, or SSMTP_LINEAR_TC=0
+    # (read at import): cuBLAS
+    tc = ops._TC and torch.cuda.get_device_capability()[0] >= 9
+    assert ops.linear_small_applies(torch.randn(9, 5120, device=dev, dtype=torch.bfloat16), w) == tc
+    assert ops.linear_small_applies(torch.randn(64, 5120, device=dev, dtype=torch.bfloat16), w) == tc
+    assert not ops.linear_small_applies(torch.randn(65, 5120, device=dev, dtype=torch.bfloat16), w)
+    assert not ops.linear_small_applies(torch.randn(9, 5120, device=dev), w.float())
+    x40 = torch.randn(40, 1, 5120, device=dev, dtype=torch.bfloat16)
+    _check(ops.linear(x40, w, b)[:, 0].cpu(), x40[:, 0].cpu(), w.cpu(), b.cpu())
     w_in = torch.randn(10240, 2560, device=dev, dtype=torch.bfloat16)  # in_proj-like: cuBLAS at any row count
     assert not ops.linear_small_applies(torch.randn(1, 2560, device=dev, dtype=torch.bfloat16), w_in)
     # graph capture + replay with a fresh input
@@ -139,9 +150,11 @@ def test_cuda_strided_dispatch_graph_and_errors():
     g.replay()
     torch.cuda.synchronize()
     _check(out.cpu(), x.cpu(), w.cpu(), b.cpu())
-    # unsupported on CUDA: clear errors, no launch
+    # unsupported on CUDA: clear errors, no launch (f32 past the GEMV's 8 rows; 16-bit past the tensor-core kernel's)
     with pytest.raises(NotImplementedError, match="M=9"):
-        ops.linear_small(torch.randn(9, 5120, device=dev, dtype=torch.bfloat16), w, b)
+        ops.linear_small(torch.randn(9, 5120, device=dev), w.float(), b.float())
+    with pytest.raises(NotImplementedError, match="M=257"):
+        ops.linear_small(torch.randn(257, 5120, device=dev, dtype=torch.bfloat16), w, b)
     with pytest.raises(NotImplementedError, match="aligned"):
         ops.linear_small(torch.randn(2, 12, device=dev, dtype=torch.bfloat16),
                          torch.randn(3, 12, device=dev, dtype=torch.bfloat16), None)
@@ -149,9 +162,75 @@ def test_cuda_strided_dispatch_graph_and_errors():
         ops.linear_small(x, w.cpu(), None)
 
 
+TC_CASES = [c for c in CASES if c[1] % 32 == 0]
+
+
 @pytest.mark.cuda
 @cuda
-@pytest.mark.parametrize("M", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("M", [9, 16, 33, 64, 100, 256])
+@pytest.mark.parametrize("case", TC_CASES, ids=[c[0] for c in TC_CASES])
+def test_cuda_tensor_core_vs_cpu_op(case, M, dtype):
+    """Past the GEMV's 8 rows (16-bit, K a multiple of 32) the tensor-core kernel: against the exact product and the
+    C CPU op; deterministic (the K splits are summed in a fixed order)."""
+    _, K, N = case
+    x, w, b = _inputs(M, K, N, dtype, seed=K + M)
+    xc, wc, bc = x.cuda(), w.cuda(), b.cuda()
+    got = ops.linear_small(xc, wc, bc)
+    _check(got.cpu(), x, w, b)
+    if M * K * N <= 2e8:  # the C CPU op (single-threaded) on the smaller products
+        want = ops.linear_small(x, w, b)
+        assert torch.allclose(got.cpu().float(), want.float(), rtol=2 * ULP[dtype],
+                              atol=2e-5 * (x.abs() @ w.abs().t()).max().item())
+    assert torch.equal(ops.linear_small(xc, wc, bc), got)
+    _check(ops.linear_small(xc, wc, None).cpu(), x, w, None)
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("splits", ["1", "3", "8"])
+@pytest.mark.parametrize("M", [1, 5, 8, 20])
+def test_cuda_tensor_core_forced_and_splits(M, splits, monkeypatch):
+    """SSMTP_LINEAR_KERNEL=tc runs the tensor-core kernel at any row count up to its limit, and every K split count
+    (SSMTP_LINEAR_TC_SPLITS: blocks of one cluster) gives the product within the same bound; row strides of x and
+    out other than the width."""
+    monkeypatch.setenv("SSMTP_LINEAR_KERNEL", "tc")
+    monkeypatch.setenv("SSMTP_LINEAR_TC_SPLITS", splits)
+    dev = torch.device("cuda")
+    for K, N in ((5120, 192), (2560, 2560), (160, 5120)):
+        x, w, b = _inputs(M, K, N, torch.bfloat16, seed=N + M)
+        big = torch.zeros(M, K + 96, dtype=torch.bfloat16, device=dev)
+        xs = big[:, 32:32 + K]
+        xs.copy_(x)
+        _check(ops.linear_small(xs, w.to(dev), b.to(dev)).cpu(), x, w, b)
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_tensor_core_knobs(monkeypatch):
+    dev = torch.device("cuda")
+    x, w, b = _inputs(16, 256, 64, torch.bfloat16, device=dev)
+    monkeypatch.setenv("SSMTP_LINEAR_KERNEL", "nope")
+    with pytest.raises(NotImplementedError, match="SSMTP_LINEAR_KERNEL"):
+        ops.linear_small(x, w, b)
+    monkeypatch.setenv("SSMTP_LINEAR_KERNEL", "gemv")
+    with pytest.raises(NotImplementedError, match="M=16"):
+        ops.linear_small(x, w, b)
+    monkeypatch.setenv("SSMTP_LINEAR_KERNEL", "tc")
+    monkeypatch.setenv("SSMTP_LINEAR_TC_SPLITS", "9")
+    with pytest.raises(NotImplementedError, match="SSMTP_LINEAR_TC_SPLITS"):
+        ops.linear_small(x, w, b)
+    monkeypatch.delenv("SSMTP_LINEAR_TC_SPLITS")
+    with pytest.raises(NotImplementedError, match="multiple of 32"):
+        ops.linear_small(torch.randn(16, 48, device=dev, dtype=torch.bfloat16),
+                         torch.randn(8, 48, device=dev, dtype=torch.bfloat16), None)
+    with pytest.raises(NotImplementedError, match="16-bit"):
+        ops.linear_small(x.float(), w.float(), None)
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("M", [1, 2, 16, 64])
 def test_cuda_after_a_pdl_writer_eager_and_graph(M):
     """The GEMV loads its first weight packs before its PDL wait and reads x only after it: chained after a GEMV that
     writes its x (which lets dependents start at once), eagerly and replayed from a CUDA graph, it must see the new

@@ -16,7 +16,9 @@
 // weight stream starts while the previous kernel finishes; x is read and out written only after the wait.
 #include "common.cuh"
 
+#include <cooperative_groups.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <nvtx3/nvToolsExt.h>
 
@@ -169,13 +171,222 @@ static ssmtp_status_t launch_m(const ssmtp_linear_params_t *p, int sms, bool pdl
 
 } // namespace
 
+// ============================================================================================================
+// Tensor-core path for 8 < M <= SSMTP_LINEAR_TC_MAX_M rows (16-bit types, sm_90): the decode step's projections at
+// batch 9..256, where cuBLAS ran split-K GEMMs at 50-57% of the weight-read floor for out_proj (5120 -> 2560) and
+// ~7% for x_proj (5120 -> 192) plus a reduction kernel each (H200, 2026-11-24, benchmarks/results/gemm-*-h200-*).
+// mma.sync m16n8k16 with the weight rows as the MMA's M side and the rows of x as its N side: a warp owns 16 weight
+// rows x 8 NT rows of x; each lane loads 16 bytes (8 consecutive k) of its two weight rows and of each x row straight
+// into registers, and the MMA's k order is permuted the same way for both operands (lane t4's k pairs 2 t4, 2 t4 + 8
+// hold k 8 t4 + {0, 1} and 8 t4 + {2, 3} in the first MMA, + {4, 5} and + {6, 7} in the second), so a 32-k step is
+// two MMAs, no shared memory and no shuffles. Weights stream 16-byte loads PD steps ahead (bypassing L1); x rows come
+// from L1 (every warp of a block reads the same rows).
+// Work split: block = 8 warps = WR row groups x WK = 8 / WR k groups; grid (x-row blocks, weight-row blocks, S
+// splits of K); the S blocks of one output tile form a thread-block cluster and sum their partials through
+// distributed shared memory in a fixed order (deterministic, no workspace, graph-capturable), after the WK warps of
+// each block summed theirs in shared memory.
+namespace {
+
+constexpr int TC_PD = 4; // 32-k steps of weights in flight per warp
+
+template <typename T> struct TcMma;
+template <> struct TcMma<__nv_bfloat16> {
+    static __device__ __forceinline__ void mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                               uint32_t b0, uint32_t b1) {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    }
+};
+template <> struct TcMma<__half> {
+    static __device__ __forceinline__ void mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                               uint32_t b0, uint32_t b1) {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    }
+};
+
+// grid: (ceil(M / (8 NT)), ceil(N / (16 WR)), S), cluster (1, 1, S); block 256.
+template <typename T, int NT, int WR>
+__global__ void __launch_bounds__(256, NT <= 4 ? 2 : 1)
+    linear_tc_kernel(const T *__restrict__ x, int64_t sx, const T *__restrict__ w, const T *__restrict__ bias,
+                     T *__restrict__ out, int64_t so, int M, int N, int K) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    constexpr int WK = 8 / WR, COLS = 8 * NT;
+    extern __shared__ __align__(16) float tc_sm[]; // [8 warps][16 rows][COLS]
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t4 = lane & 3;
+    const int wr = warp % WR, wk = warp / WR;
+    const int r0 = (blockIdx.y * WR + wr) * 16, m0 = blockIdx.x * COLS;
+    const int S = gridDim.z, s = blockIdx.z;
+    const int steps = K / 32, beg = (int)((int64_t)steps * s / S), end = (int)((int64_t)steps * (s + 1) / S);
+    const uint4 zero4 = make_uint4(0u, 0u, 0u, 0u);
+    const uint4 *wlo = r0 + g < N ? reinterpret_cast<const uint4 *>(w + (int64_t)(r0 + g) * K) + t4 : nullptr;
+    const uint4 *whi = r0 + g + 8 < N ? reinterpret_cast<const uint4 *>(w + (int64_t)(r0 + g + 8) * K) + t4 : nullptr;
+    const uint4 *xr[NT];
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+        xr[j] = m0 + 8 * j + g < M ? reinterpret_cast<const uint4 *>(x + (int64_t)(m0 + 8 * j + g) * sx) + t4 : nullptr;
+    ssm_pdl_trigger();
+    float acc[NT][4];
+#pragma unroll
+    for (int j = 0; j < NT; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+    // this warp's steps: beg + wk, beg + wk + WK, ...; weights PD steps ahead (loaded before the PDL wait: no
+    // earlier kernel writes them)
+    uint4 alo[TC_PD], ahi[TC_PD];
+    auto wload = [&](int q, int u) {
+        const int j = beg + wk + q * WK;
+        const bool ok = j < end;
+        alo[u] = (ok && wlo) ? ld_stream(wlo + 4 * j) : zero4;
+        ahi[u] = (ok && whi) ? ld_stream(whi + 4 * j) : zero4;
+    };
+#pragma unroll
+    for (int u = 0; u < TC_PD; u++) wload(u, u);
+    ssm_pdl_wait();
+    const int nq = end - beg - wk > 0 ? (end - beg - wk + WK - 1) / WK : 0; // this warp's step count
+    for (int q0 = 0; q0 < nq; q0 += TC_PD) {
+#pragma unroll
+        for (int u = 0; u < TC_PD; u++) {
+            const int q = q0 + u;
+            if (q < nq) {
+                const int j = beg + wk + q * WK;
+                const uint4 a = alo[u], b = ahi[u];
+                wload(q + TC_PD, u);
+#pragma unroll
+                for (int n = 0; n < NT; n++) {
+                    const uint4 xv = xr[n] ? __ldg(xr[n] + 4 * j) : zero4;
+                    TcMma<T>::mma(acc[n], a.x, b.x, a.y, b.y, xv.x, xv.y);
+                    TcMma<T>::mma(acc[n], a.z, b.z, a.w, b.w, xv.z, xv.w);
+                }
+            }
+        }
+    }
+    // acc[n]: (weight row r0 + g, x rows m0 + 8 n + 2 t4 + {0, 1}) in [0], [1]; weight row r0 + g + 8 in [2], [3]
+    float *mine = tc_sm + warp * 16 * COLS;
+#pragma unroll
+    for (int n = 0; n < NT; n++) {
+        const int c = 8 * n + 2 * t4;
+        mine[g * COLS + c] = acc[n][0];
+        mine[g * COLS + c + 1] = acc[n][1];
+        mine[(g + 8) * COLS + c] = acc[n][2];
+        mine[(g + 8) * COLS + c + 1] = acc[n][3];
+    }
+    __syncthreads();
+    // the WK warps of each row group, in order, into the first (wk = 0) warp's slot
+    constexpr int TILE = WR * 16 * COLS;
+    for (int i = threadIdx.x; i < TILE; i += 256) {
+        const int grp = i / (16 * COLS), off = i % (16 * COLS);
+        float v = tc_sm[grp * 16 * COLS + off];
+#pragma unroll
+        for (int k = 1; k < WK; k++) v += tc_sm[(k * WR + grp) * 16 * COLS + off];
+        tc_sm[grp * 16 * COLS + off] = v;
+    }
+    namespace cg = cooperative_groups;
+    cg::cluster_group cl = cg::this_cluster();
+    cl.sync(); // every block's tile sum is in its shared memory
+    for (int i = s * 256 + threadIdx.x; i < TILE; i += S * 256) {
+        const int rr = i / COLS, c = i % COLS; // tile row (weight row r), column (x row m)
+        const int r = blockIdx.y * WR * 16 + rr, m = m0 + c;
+        float v = 0.f;
+        for (int q = 0; q < S; q++) v += cl.map_shared_rank(tc_sm, q)[i];
+        if (r < N && m < M) {
+            if (bias) v += to_f32<T>(bias[r]);
+            out[(int64_t)m * so + r] = from_f32<T>(v);
+        }
+    }
+    cl.sync(); // no block leaves while another reads its shared memory
+#else
+    __trap();
+#endif
+}
+
+template <typename T, int NT, int WR>
+ssmtp_status_t launch_tc(const ssmtp_linear_params_t *p, int S, bool pdl, cudaStream_t s) {
+    const int M = (int)p->x.shape[0], N = (int)p->weight.shape[0], K = (int)p->x.shape[1];
+    const auto kern = linear_tc_kernel<T, NT, WR>;
+    const int smem = 8 * 16 * 8 * NT * 4;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)((M + 8 * NT - 1) / (8 * NT)), (unsigned)((N + 16 * WR - 1) / (16 * WR)), (unsigned)S);
+    cfg.blockDim = dim3(256);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = s;
+    cudaLaunchAttribute attr[2];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = 1;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = (unsigned)S;
+    attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[1].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = pdl ? 2 : 1;
+    const T *x = (const T *)p->x.data, *w = (const T *)p->weight.data;
+    const T *b = p->bias.data ? (const T *)p->bias.data : nullptr;
+    const cudaError_t e = cudaLaunchKernelEx(&cfg, kern, x, (int64_t)p->x.stride[0], w, b, (T *)p->out.data,
+                                             (int64_t)p->out.stride[0], M, N, K);
+    (void)cudaGetLastError();
+    if (e != cudaSuccess) return ssmtp_fail(SSMTP_ERR_CUDA, OP ": tensor-core kernel launch: %s", cudaGetErrorString(e));
+    return SSMTP_OK;
+}
+
+// Shape of the launch. NT: x rows per block / 8 (2, 4 or 8). WR: weight-row groups of 16 per block, 8 for wide
+// outputs, fewer for narrow ones (whose k is then split over the block's warps). S: K splits (the cluster size, <= 8)
+// for about two blocks per SM. SSMTP_LINEAR_TC_SPLITS fixes S (tests). (Choosing WR and S to fill the resident block
+// slots exactly instead measured slower on out_proj-like shapes and no different on x_proj-like ones.)
+template <typename T> ssmtp_status_t dispatch_tc(const ssmtp_linear_params_t *p, int sms, bool pdl, cudaStream_t s) {
+    const int64_t M = p->x.shape[0], N = p->weight.shape[0], K = p->x.shape[1];
+    const int nt = M <= 16 ? 2 : M <= 32 ? 4 : 8;
+    const int64_t rt = (N + 15) / 16; // 16-row groups
+    const int wr = rt >= 64 ? 8 : rt >= 32 ? 4 : rt >= 16 ? 2 : 1;
+    const int64_t tiles = ((M + 8 * nt - 1) / (8 * nt)) * ((rt + wr - 1) / wr);
+    int S = (int)((2 * sms + tiles - 1) / tiles);
+    if (S > 8) S = 8;
+    if (S > K / 32) S = (int)(K / 32);
+    if (S < 1) S = 1;
+    const char *env = getenv("SSMTP_LINEAR_TC_SPLITS");
+    if (env && *env) {
+        S = atoi(env);
+        if (S < 1 || S > 8) return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": SSMTP_LINEAR_TC_SPLITS=%s (1..8)", env);
+    }
+#define TC_WR(NT_)                                                                                                  \
+    switch (wr) {                                                                                                   \
+    case 1: return launch_tc<T, NT_, 1>(p, S, pdl, s);                                                              \
+    case 2: return launch_tc<T, NT_, 2>(p, S, pdl, s);                                                              \
+    case 4: return launch_tc<T, NT_, 4>(p, S, pdl, s);                                                              \
+    default: return launch_tc<T, NT_, 8>(p, S, pdl, s);                                                             \
+    }
+    if (nt == 2) TC_WR(2)
+    if (nt == 4) TC_WR(4)
+    TC_WR(8)
+#undef TC_WR
+}
+
+} // namespace
+
 extern "C" ssmtp_status_t ssmtp_cuda_linear_small(const ssmtp_linear_params_t *p, void *stream) {
     const char *op = OP;
     const int64_t M = p->x.shape[0], K = p->x.shape[1], N = p->weight.shape[0];
-    if (M < 1 || M > SSMTP_LINEAR_SMALL_MAX_M)
+    const int64_t es = (int64_t)ssmtp_dtype_size(p->x.dtype);
+    // Kernel (SSMTP_LINEAR_KERNEL): auto = the GEMV up to SSMTP_LINEAR_SMALL_MAX_M rows, the tensor-core kernel
+    // above; gemv / tc force one (tests, benchmarks); anything else is an error.
+    const char *kenv = getenv("SSMTP_LINEAR_KERNEL");
+    int kind = 0; // 0 auto, 1 gemv, 2 tc
+    if (kenv && *kenv && strcmp(kenv, "auto") != 0) {
+        if (strcmp(kenv, "gemv") == 0) kind = 1;
+        else if (strcmp(kenv, "tc") == 0) kind = 2;
+        else return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, "%s: SSMTP_LINEAR_KERNEL=%s (auto, gemv or tc)", op, kenv);
+    }
+    const bool tc = kind == 2 || (kind == 0 && M > SSMTP_LINEAR_SMALL_MAX_M);
+    if (tc) {
+        if (M < 1 || M > SSMTP_LINEAR_TC_MAX_M || es != 2 || K % 32 || N > 0x7fffffff || K > 0x7fffffff)
+            return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, "%s: M=%lld rows of x, K=%lld on CUDA: the tensor-core kernel takes "
+                              "1..%d rows of 16-bit x with K a multiple of 32", op, (long long)M, (long long)K,
+                              SSMTP_LINEAR_TC_MAX_M);
+    } else if (M < 1 || M > SSMTP_LINEAR_SMALL_MAX_M) {
         return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, "%s: M=%lld rows of x on CUDA, supported 1..%d", op, (long long)M,
                           SSMTP_LINEAR_SMALL_MAX_M);
-    const int64_t es = (int64_t)ssmtp_dtype_size(p->x.dtype);
+    }
     if ((K * es) % 16 || (uintptr_t)p->x.data % 16 || (uintptr_t)p->weight.data % 16 ||
         (M > 1 && (p->x.stride[0] * es) % 16))
         return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, "%s: K=%lld (x %lld-byte rows, stride %lld) needs 16-byte aligned rows "
@@ -189,6 +400,18 @@ extern "C" ssmtp_status_t ssmtp_cuda_linear_small(const ssmtp_linear_params_t *p
     const bool pdl = ssmtp_pdl_enabled(dev);
     ssmtp_status_t err = SSMTP_OK;
     nvtxRangePushA("ssmtp::linear_small");
+    if (tc) {
+        int major = 0;
+        SSMTP_CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+        if (major < 9)
+            err = ssmtp_fail(SSMTP_ERR_UNSUPPORTED, "%s: the tensor-core kernel needs compute capability 9.0", op);
+        else if (p->x.dtype == SSMTP_DTYPE_BF16)
+            err = dispatch_tc<__nv_bfloat16>(p, sms, pdl, s);
+        else
+            err = dispatch_tc<__half>(p, sms, pdl, s);
+        nvtxRangePop();
+        return err;
+    }
     SSMTP_DISPATCH_FLOAT(p->x.dtype, T, op, {
         switch (M) {
         case 1: err = launch_m<T, 1>(p, sms, pdl, s); break;
