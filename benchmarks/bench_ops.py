@@ -20,7 +20,8 @@ cases are also set against torch's in-place elementwise kernel (state.mul_) over
 same way: what a tuned read-modify-write of those bytes reaches here.
 
 Kernels side by side: every scan case is run with SSMTP_SCAN_KERNEL=loop and =chunked, every decode-step case with
-SSMTP_STEP_KERNEL=block and =pipe, on the same input sets in the same run (the "kernel" field of each row); the scan
+SSMTP_STEP_KERNEL=block and =pipe, every conv decode case at 1, 2 and 4 channels per thread (SSMTP_CONV_CPT), on
+the same input sets in the same run (the "kernel" field of each row); the scan
 sweep also times the chunked kernel at 4, 8 and 16 lanes per channel (SSMTP_SCAN_P).
 
 Also (filtered by label like the cases): the decode GEMV (ssmtp::linear_small vs cuBLAS, "mamba-2.8b tp1 out_proj
@@ -71,8 +72,8 @@ DECODE = [1, 8, 64, 256]
 DTYPE = torch.bfloat16
 ESZ = 2
 # Kernels timed side by side per op (the env knob each launcher reads; the first is the default).
-KERNELS = {"scan": ["loop", "chunked"], "step": ["block", "pipe"]}
-KERNEL_ENV = {"scan": "SSMTP_SCAN_KERNEL", "step": "SSMTP_STEP_KERNEL"}
+KERNELS = {"scan": ["loop", "chunked"], "step": ["block", "pipe"], "conv decode": ["cpt1", "cpt2", "cpt4"]}
+KERNEL_ENV = {"scan": "SSMTP_SCAN_KERNEL", "step": "SSMTP_STEP_KERNEL", "conv decode": "SSMTP_CONV_CPT"}
 
 
 def matches(flt: str, label: str) -> bool:
@@ -702,10 +703,11 @@ def main():
         sets = [make_inputs(c) for _ in range(nsets)]
         hf_us = None
         inplace = inplace_rate(c, sets)
-        for kernel in KERNELS.get(c["op"], [None]):  # every kernel of the op on the same input sets
-            env = KERNEL_ENV.get(c["op"])
+        kop = f"{c['op']} {c['phase']}" if f"{c['op']} {c['phase']}" in KERNELS else c["op"]
+        for kernel in KERNELS.get(kop, [None]):  # every kernel of the op on the same input sets
+            env = KERNEL_ENV.get(kop)
             if env and kernel:
-                os.environ[env] = kernel
+                os.environ[env] = kernel[3:] if kernel.startswith("cpt") else kernel
             ok, err, serr = validate(c, p)
             k = [0]
 

@@ -163,6 +163,28 @@ def _conv_cuda(x, w, bias, state, idx, sl, silu, load, out):
 @pytest.mark.parametrize("dname", list(DT))
 @pytest.mark.parametrize("case", CONV_CASES, ids=[c[0] for c in CONV_CASES])
 def test_conv1d_cuda_vs_cpu(case, dname):
+    _check_conv(case, dname)
+
+
+DECODE_CONV_CASES = [c for c in CONV_CASES if c[3] == 1 and c[7] is not None]
+
+
+@pytest.mark.parametrize("cpt", ["2", "4"])
+@pytest.mark.parametrize("dname", list(DT))
+@pytest.mark.parametrize("case", DECODE_CONV_CASES, ids=[c[0] for c in DECODE_CONV_CASES])
+def test_conv1d_cuda_decode_channels_per_thread(case, dname, cpt, monkeypatch):
+    """The fixed-row decode kernel with 2 or 4 channels per thread (SSMTP_CONV_CPT; dims not a multiple of it
+    included): the same results as the CPU op; an unknown value is an error."""
+    monkeypatch.setenv("SSMTP_CONV_CPT", cpt)
+    _check_conv(case, dname)
+    monkeypatch.setenv("SSMTP_CONV_CPT", "3")
+    args = _conv_inputs(case, dname)
+    if case[5] in (case[4], case[4] - 1):  # a fixed-row state length: the knob is read
+        with pytest.raises(Exception, match="SSMTP_CONV_CPT"):
+            _conv_cuda(*args, nan_like(args[0].gpu))
+
+
+def _check_conv(case, dname):
     x, w, bias, state, idx, sl, silu, load = _conv_inputs(case, dname)
     st_cpu = state.cpu.clone() if state else None
     ref = ops.causal_conv1d(x.cpu, w.cpu, cpu(bias), st_cpu, cpu(idx), cpu(sl), silu, load)

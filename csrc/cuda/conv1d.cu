@@ -8,7 +8,8 @@
 //            (from x, or from the state history for t < 0), so chunks are independent; only the thread of chunk 0
 //            touches the state (reads the history, then writes the new state), so there is no race on it.
 //            When out aliases x (allowed when identical) the sequence is one chunk, read before it is written.
-//   decode:  seqlen == 1: one thread per (sequence, channel): read the state row, write one output, shift the row.
+//   decode:  seqlen == 1: one thread per (sequence, channel) (1, 2 or 4 channels per thread in the fixed-row variant
+//            at large batch x dim): read the state row, write one output, shift the row.
 //            A state of width-1 or width columns (ours, HF's) takes a variant with the row length fixed at compile
 //            time (the whole row loaded at once, vectorised when aligned); other lengths a generic loop.
 //            Launched with PDL (sm_90+): conv weights and bias are loaded before griddepcontrol.wait; state_idx,
@@ -180,66 +181,121 @@ template <> struct VecOf<4> { using type = uint32_t; };
 template <> struct VecOf<8> { using type = uint2; };
 template <> struct VecOf<16> { using type = uint4; };
 
-template <typename T, int W, int S, int VB>
+// CPT channels per thread (1, 2 or 4): channels cq, cq + dq, ... (dq = ceil(dim / CPT)), so each load instruction of
+// a warp still reads consecutive channels; the sequence's slot and length are read once, and a thread has CPT state
+// rows in flight instead of one (the kernel waits two dependent loads - slot, then state - per thread).
+template <typename T, int W, int S, int VB, int CPT>
 __global__ void __launch_bounds__(DECODE_THREADS) conv1d_decode_fixed_kernel(const ConvArgs a) {
     ssm_pdl_trigger();
+    const int64_t dq = (a.dim + CPT - 1) / CPT;
     const int64_t i = (int64_t)blockIdx.x * DECODE_THREADS + threadIdx.x;
-    if (i >= a.batch * a.dim) return;
-    const int64_t b = i / a.dim, c = i - b * a.dim;
-    float w[W]; // parameters: read before the wait
+    if (i >= a.batch * dq) return;
+    const int64_t b = i / dq, cq = i - b * dq;
+    float w[CPT][W], bias[CPT]; // parameters: read before the wait
 #pragma unroll
-    for (int k = 0; k < W; k++) w[k] = to_f32<T>(((const T *)a.w)[c * a.sw0 + k * a.sw1]);
-    const float bias = a.bias ? to_f32<T>(((const T *)a.bias)[c * a.sb0]) : 0.f;
+    for (int j = 0; j < CPT; j++) {
+        const int64_t c = cq + j * dq < a.dim ? cq + j * dq : cq;
+#pragma unroll
+        for (int k = 0; k < W; k++) w[j][k] = to_f32<T>(((const T *)a.w)[c * a.sw0 + k * a.sw1]);
+        bias[j] = a.bias ? to_f32<T>(((const T *)a.bias)[c * a.sb0]) : 0.f;
+    }
     ssm_pdl_wait();
     int64_t slot, n;
     seq_info(a, b, &slot, &n);
-    T *out = (T *)a.out + b * a.so0 + c * a.so1;
     if (slot < 0 || slot >= a.nslots) {
-        *out = from_f32<T>(slot < 0 ? 0.f : __int_as_float(0x7fc00000));
+#pragma unroll
+        for (int j = 0; j < CPT; j++) {
+            const int64_t c = cq + j * dq;
+            if (c < a.dim)
+                ((T *)a.out)[b * a.so0 + c * a.so1] = from_f32<T>(slot < 0 ? 0.f : __int_as_float(0x7fc00000));
+        }
         return;
     }
-    const T xraw = ((const T *)a.x)[b * a.sx0 + c * a.sx1];
-    T *st = (T *)a.state + slot * a.ss0 + c * a.ss1;
-    T old[S];
-    if (!a.load_state) {
+    T xraw[CPT], old[CPT][S];
 #pragma unroll
-        for (int j = 0; j < S; j++) old[j] = from_f32<T>(0.f);
-    } else if constexpr (VB > 0) {
-        using V = typename VecOf<VB>::type;
-        const V v = *(const V *)st;
-        memcpy(old, &v, sizeof old);
-    } else {
+    for (int j = 0; j < CPT; j++) { // every load first
+        const int64_t c = cq + j * dq < a.dim ? cq + j * dq : cq;
+        xraw[j] = ((const T *)a.x)[b * a.sx0 + c * a.sx1];
+        const T *st = (const T *)a.state + slot * a.ss0 + c * a.ss1;
+        if (!a.load_state) {
 #pragma unroll
-        for (int j = 0; j < S; j++) old[j] = st[j * a.ss2];
+            for (int q = 0; q < S; q++) old[j][q] = from_f32<T>(0.f);
+        } else if constexpr (VB > 0) {
+            using V = typename VecOf<VB>::type;
+            const V v = *(const V *)st;
+            memcpy(old[j], &v, sizeof old[j]);
+        } else {
+#pragma unroll
+            for (int q = 0; q < S; q++) old[j][q] = st[q * a.ss2];
+        }
     }
-    T nw[S];
-    const float acc = ssm_conv_step<T, W, S>(w, bias, old, xraw, nw);
-    if (n <= 0) {
 #pragma unroll
-        for (int j = 0; j < S; j++) nw[j] = old[j];
-    }
-    if constexpr (VB > 0) {
-        using V = typename VecOf<VB>::type;
-        V v;
-        memcpy(&v, nw, sizeof nw);
-        *(V *)st = v;
-    } else {
+    for (int j = 0; j < CPT; j++) {
+        const int64_t c = cq + j * dq;
+        if (c >= a.dim) continue;
+        T *st = (T *)a.state + slot * a.ss0 + c * a.ss1;
+        T nw[S];
+        const float acc = ssm_conv_step<T, W, S>(w[j], bias[j], old[j], xraw[j], nw);
+        if (n <= 0) {
 #pragma unroll
-        for (int j = 0; j < S; j++) st[j * a.ss2] = nw[j];
+            for (int q = 0; q < S; q++) nw[q] = old[j][q];
+        }
+        if constexpr (VB > 0) {
+            using V = typename VecOf<VB>::type;
+            V v;
+            memcpy(&v, nw, sizeof nw);
+            *(V *)st = v;
+        } else {
+#pragma unroll
+            for (int q = 0; q < S; q++) st[q * a.ss2] = nw[q];
+        }
+        ((T *)a.out)[b * a.so0 + c * a.so1] = from_f32<T>(n > 0 ? (a.silu ? ssm_silu_out<T>(acc) : acc) : 0.f);
     }
-    *out = from_f32<T>(n > 0 ? (a.silu ? ssm_silu_out<T>(acc) : acc) : 0.f);
 }
 
-template <typename T, int W, int S>
-ssmtp_status_t launch_decode_fixed(const ConvArgs &a, unsigned grid, bool pdl, cudaStream_t s) {
+// Channels per thread of the fixed-row decode kernel: SSMTP_CONV_CPT (1, 2 or 4), or by the row count: 4 from ~3k
+// (sequence, channel) pairs per SM, 2 from ~1.2k, else 1. Measured on H200 (2026-11-24, bench_ops.py, bf16,
+// benchmarks/results/conv-cpt-h200-*.json), us at 1 / 2 / 4: mamba-2.8b B=256 11.4 / 10.5 / 9.5, B=64 4.0 / 3.4 /
+// 3.6; falcon-mamba-7b B=256 17.2 / 15.5 / 14.2, B=64 5.4 / 5.2 / 4.5; TP=2 shard of mamba-2.8b B=64 2.6 / 2.6 / 2.9;
+// B <= 8 1 best (by 0.1-0.5 us). Engine decode step, mamba-2.8b: 7.831 / 7.727 / 7.665 ms at B=256, 4.348 / 4.305 /
+// 4.306 at B=64.
+static int conv_cpt(int64_t pairs, int device) {
+    const char *env = getenv("SSMTP_CONV_CPT");
+    if (env && *env) {
+        const int v = atoi(env);
+        return v == 1 || v == 2 || v == 4 ? v : -1;
+    }
+    int sms = 132;
+    if (ssm_sm_count(device, &sms) != SSMTP_OK) sms = 132;
+    return pairs >= (int64_t)sms * 3072 ? 4 : pairs >= (int64_t)sms * 1200 ? 2 : 1;
+}
+
+template <typename T, int W, int S, int CPT>
+ssmtp_status_t launch_decode_cpt(const ConvArgs &a, bool pdl, cudaStream_t s) {
     constexpr int bytes = S * (int)sizeof(T);
     constexpr int VB = (bytes == 4 || bytes == 8 || bytes == 16) ? bytes : 0;
     const bool aligned = a.ss2 == 1 && ((uintptr_t)a.state % (VB ? VB : 1)) == 0 &&
                          (a.ss0 * (int64_t)sizeof(T)) % (VB ? VB : 1) == 0 &&
                          (a.ss1 * (int64_t)sizeof(T)) % (VB ? VB : 1) == 0;
-    return ssmtp_launch(OP, VB > 0 && aligned ? conv1d_decode_fixed_kernel<T, W, S, VB>
-                                              : conv1d_decode_fixed_kernel<T, W, S, 0>,
-                        grid, DECODE_THREADS, 0, s, pdl, a);
+    const int64_t nthreads = a.batch * ((a.dim + CPT - 1) / CPT);
+    const int64_t grid = (nthreads + DECODE_THREADS - 1) / DECODE_THREADS;
+    if (grid > 0x7fffffff) return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": batch*dim=%lld too large", (long long)nthreads);
+    return ssmtp_launch(OP, VB > 0 && aligned ? conv1d_decode_fixed_kernel<T, W, S, VB, CPT>
+                                              : conv1d_decode_fixed_kernel<T, W, S, 0, CPT>,
+                        (unsigned)grid, DECODE_THREADS, 0, s, pdl, a);
+}
+
+template <typename T, int W, int S>
+ssmtp_status_t launch_decode_fixed(const ConvArgs &a, unsigned grid, bool pdl, cudaStream_t s) {
+    (void)grid;
+    int device = 0;
+    if (cudaGetDevice(&device) != cudaSuccess) (void)cudaGetLastError();
+    switch (conv_cpt(a.batch * a.dim, device)) {
+    case 1: return launch_decode_cpt<T, W, S, 1>(a, pdl, s);
+    case 2: return launch_decode_cpt<T, W, S, 2>(a, pdl, s);
+    case 4: return launch_decode_cpt<T, W, S, 4>(a, pdl, s);
+    default: return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": SSMTP_CONV_CPT=%s (1, 2 or 4)", getenv("SSMTP_CONV_CPT"));
+    }
 }
 
 template <typename T, int W> ssmtp_status_t launch(const ConvArgs &a, int64_t nchunks, bool pdl, cudaStream_t s) {
