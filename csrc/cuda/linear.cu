@@ -20,6 +20,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <type_traits>
+
 #include <nvtx3/nvToolsExt.h>
 
 #define OP "linear_small"
@@ -189,25 +191,19 @@ namespace {
 
 constexpr int TC_PD = 4; // 32-k steps of weights in flight per warp
 
-template <typename T> struct TcMma;
-template <> struct TcMma<__nv_bfloat16> {
-    static __device__ __forceinline__ void mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                               uint32_t b0, uint32_t b1) {
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                     "{%0,%1,%2,%3};"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-    }
-};
-template <> struct TcMma<__half> {
-    static __device__ __forceinline__ void mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                               uint32_t b0, uint32_t b1) {
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                     "{%0,%1,%2,%3};"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-    }
-};
+// c += a b, one m16n8k16 MMA of T (bf16 or f16) with fp32 accumulation.
+#define TC_MMA(TY)                                                                                                  \
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." TY "." TY ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "  \
+                 "{%0,%1,%2,%3};"                                                                                   \
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                                                   \
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1))
+template <typename T>
+__device__ __forceinline__ void tc_mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                       uint32_t b1) {
+    if constexpr (std::is_same<T, __nv_bfloat16>::value) TC_MMA("bf16");
+    else TC_MMA("f16");
+}
+#undef TC_MMA
 
 // grid: (ceil(M / (8 NT)), ceil(N / (16 WR)), S), cluster (1, 1, S); block 256.
 template <typename T, int NT, int WR>
@@ -257,8 +253,8 @@ __global__ void __launch_bounds__(256, NT <= 4 ? 2 : 1)
 #pragma unroll
                 for (int n = 0; n < NT; n++) {
                     const uint4 xv = xr[n] ? __ldg(xr[n] + 4 * j) : zero4;
-                    TcMma<T>::mma(acc[n], a.x, b.x, a.y, b.y, xv.x, xv.y);
-                    TcMma<T>::mma(acc[n], a.z, b.z, a.w, b.w, xv.z, xv.w);
+                    tc_mma<T>(acc[n], a.x, b.x, a.y, b.y, xv.x, xv.y);
+                    tc_mma<T>(acc[n], a.z, b.z, a.w, b.w, xv.z, xv.w);
                 }
             }
         }
