@@ -208,8 +208,8 @@ def _(logits, temperature, top_k, top_p, seed, step):
 # ------------------------------------------------------------------------------------------------ small linear
 
 LINEAR_SMALL_MAX_M = 8  # SSMTP_LINEAR_SMALL_MAX_M in csrc/ssmtp.h
-LINEAR_TC_MAX_M = 256  # SSMTP_LINEAR_TC_MAX_M: the tensor-core kernel's limit (16-bit, K % 32 == 0, sm_90)
-LINEAR_TC_NARROW_MAX_M = 64  # ... and where it measured faster than cuBLAS (narrow outputs only, see gemv_wins)
+LINEAR_TC_NARROW_MAX_M = 64  # the tensor-core kernel (CUDA, 16-bit, up to SSMTP_LINEAR_TC_MAX_M rows) where it measured
+#                              faster than cuBLAS: narrow outputs only, see gemv_wins
 
 
 def _gemv_on() -> bool:
