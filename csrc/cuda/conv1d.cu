@@ -285,9 +285,7 @@ ssmtp_status_t launch_decode_cpt(const ConvArgs &a, bool pdl, cudaStream_t s) {
                         (unsigned)grid, DECODE_THREADS, 0, s, pdl, a);
 }
 
-template <typename T, int W, int S>
-ssmtp_status_t launch_decode_fixed(const ConvArgs &a, unsigned grid, bool pdl, cudaStream_t s) {
-    (void)grid;
+template <typename T, int W, int S> ssmtp_status_t launch_decode_fixed(const ConvArgs &a, bool pdl, cudaStream_t s) {
     int device = 0;
     if (cudaGetDevice(&device) != cudaSuccess) (void)cudaGetLastError();
     switch (conv_cpt(a.batch * a.dim, device)) {
@@ -303,8 +301,8 @@ template <typename T, int W> ssmtp_status_t launch(const ConvArgs &a, int64_t nc
         const int64_t nthreads = a.batch * a.dim;
         const int64_t grid = (nthreads + DECODE_THREADS - 1) / DECODE_THREADS;
         if (grid > 0x7fffffff) return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": batch*dim=%lld too large", (long long)nthreads);
-        if (a.state && a.slen == W) return launch_decode_fixed<T, W, W>(a, (unsigned)grid, pdl, s);
-        if (a.state && a.slen == W - 1) return launch_decode_fixed<T, W, W - 1>(a, (unsigned)grid, pdl, s);
+        if (a.state && a.slen == W) return launch_decode_fixed<T, W, W>(a, pdl, s);
+        if (a.state && a.slen == W - 1) return launch_decode_fixed<T, W, W - 1>(a, pdl, s);
         return ssmtp_launch(OP, conv1d_decode_kernel<T, W>, (unsigned)grid, DECODE_THREADS, 0, s, pdl, a);
     } else {
         const dim3 grid((unsigned)((a.dim + PREFILL_THREADS - 1) / PREFILL_THREADS), (unsigned)nchunks,
