@@ -474,7 +474,7 @@ def test_decode_fused_mode_auto_picks_decode_in_at_tp1_only(monkeypatch):
     monkeypatch.setattr(runner_mod, "_DECODE_FUSED", "auto")
     object.__setattr__(r, "comm", _Comm(1))
     assert r.decode_fused_applies(1) and r.decode_fused_applies(2) and not r.decode_fused_applies(3)
-    assert r.decode_fused_applies(4, "step") and not r.decode_fused_applies(5, "step")
+    assert r.decode_fused_applies(8, "step") and not r.decode_fused_applies(9, "step")
     object.__setattr__(r, "comm", _Comm(2))
     assert not r.decode_fused_applies(1) and r.decode_fused_applies(1, "step")
     monkeypatch.setattr(runner_mod, "_DECODE_FUSED", "1")

@@ -137,7 +137,7 @@ def test_step_dt_proj_matches_cpu_and_unfused(case, dname):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("batch", [1, 2, 4])
+@pytest.mark.parametrize("batch", [1, 2, 4, 8])
 def test_engine_fused_decode_equals_unfused(monkeypatch, dtype, batch):
     """runner.decode with SSMTP_DECODE_FUSED = 1 (decode_in + the dt_proj step) and = step (the dt_proj step only) vs
     0 (the unfused ops), from the same slot states, for a few steps: logits and both states agree to the tolerance of

@@ -107,7 +107,7 @@ def _decode_fused_mode() -> str:
     v = os.environ.get("SSMTP_DECODE_FUSED", "auto")
     if v not in ("auto", "0", "1", "step"):
         raise ValueError(f"SSMTP_DECODE_FUSED={v!r}: expected auto (default: 1 at TP=1, step at TP>1), 1 "
-                         "(ops.mamba_decode_in at batch <= 2 and dt_proj fused into the state update at batch <= 4), "
+                         "(ops.mamba_decode_in at batch <= 2 and dt_proj fused into the state update at batch <= 8), "
                          "step (the latter only) or 0 (unfused)")
     return v
 
@@ -130,7 +130,11 @@ _DECODE_FUSED = _decode_fused_mode()
 # (benchmarks/results/decode-out-h200-d128bcb.json). Its timeline showed why: the chain of dependent phases took
 # 4-6 us longer while the prefetch filled the memory system, and the out_proj products, one block per SM, did not
 # overlap the weight stream as the GEMV's many blocks do.
-DECODE_FUSED_MAX_BATCH = 4
+# dt_proj fused into the state update up to this batch (SSMTP_DECODE_STEP_MAX_BATCH overrides). Measured on H200
+# (2026-11-24, mamba-2.8b, bf16, graph step, two interleaved runs each; benchmarks/results/dtp-batch-h200-*.json):
+# fused up to 64 vs up to 4: B=8 2.949 / 2.947 vs 3.004 / 3.005 ms, B=16 3.426 / 3.423 vs 3.256 / 3.259, B=32 4.246
+# vs 3.66-3.67, B=64 5.76 vs 4.29-4.32 (its one-sequence blocks repeat the dt_proj rows per sequence): hence 8.
+DECODE_FUSED_MAX_BATCH = int(os.environ.get("SSMTP_DECODE_STEP_MAX_BATCH", "8"))
 DECODE_IN_MAX_BATCH = 2  # <= SSMTP_DECODE_IN_MAX_M in csrc/ssmtp.h
 
 
