@@ -395,13 +395,15 @@ extern "C" ssmtp_status_t ssmtp_cuda_linear_small(const ssmtp_linear_params_t *p
     cudaStream_t s = (cudaStream_t)stream;
     const bool pdl = ssmtp_pdl_enabled(dev);
     ssmtp_status_t err = SSMTP_OK;
-    nvtxRangePushA("ssmtp::linear_small");
     if (tc) {
         int major = 0;
         SSMTP_CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
         if (major < 9)
-            err = ssmtp_fail(SSMTP_ERR_UNSUPPORTED, "%s: the tensor-core kernel needs compute capability 9.0", op);
-        else if (p->x.dtype == SSMTP_DTYPE_BF16)
+            return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, "%s: the tensor-core kernel needs compute capability 9.0", op);
+    }
+    nvtxRangePushA("ssmtp::linear_small");
+    if (tc) {
+        if (p->x.dtype == SSMTP_DTYPE_BF16)
             err = dispatch_tc<__nv_bfloat16>(p, sms, pdl, s);
         else
             err = dispatch_tc<__half>(p, sms, pdl, s);
