@@ -134,7 +134,15 @@ _DECODE_FUSED = _decode_fused_mode()
 # (2026-11-24, mamba-2.8b, bf16, graph step, two interleaved runs each; benchmarks/results/dtp-batch-h200-*.json):
 # fused up to 64 vs up to 4: B=8 2.949 / 2.947 vs 3.004 / 3.005 ms, B=16 3.426 / 3.423 vs 3.256 / 3.259, B=32 4.246
 # vs 3.66-3.67, B=64 5.76 vs 4.29-4.32 (its one-sequence blocks repeat the dt_proj rows per sequence): hence 8.
-DECODE_FUSED_MAX_BATCH = int(os.environ.get("SSMTP_DECODE_STEP_MAX_BATCH", "8"))
+def _step_max_batch() -> int:
+    v = os.environ.get("SSMTP_DECODE_STEP_MAX_BATCH", "8")
+    if not v.isdigit():
+        raise ValueError(f"SSMTP_DECODE_STEP_MAX_BATCH={v!r}: expected a batch size (0 turns the fusion off; "
+                         "default 8)")
+    return int(v)
+
+
+DECODE_FUSED_MAX_BATCH = _step_max_batch()
 DECODE_IN_MAX_BATCH = 2  # <= SSMTP_DECODE_IN_MAX_M in csrc/ssmtp.h
 
 
