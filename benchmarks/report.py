@@ -88,6 +88,7 @@ def _pair(results: str, kind: str) -> tuple:
 def load_results(results: str) -> dict:
     r: dict = {}
     r["engine"] = _pair(results, "engine")
+    r["engine_hf"] = engine_hf(results, r["engine"][1])
     r["throughput"] = _pairs(results, "throughput")
     r["ablation"] = _newest(glob.glob(os.path.join(results, "quant-ablation-*.json")))
     r["ops"] = _newest(glob.glob(os.path.join(results, "ops-*.json")))
@@ -181,15 +182,38 @@ def compare_throughput(a: dict, b: dict) -> dict:
 
 # ------------------------------------------------------------------------------------------------ sections
 
-def engine_section(p1, d1, p2, d2, readme_dir) -> list:
+def _has_hf(d) -> bool:
+    return isinstance(d, dict) and bool(d.get("hf")) and "error" not in d["hf"]
+
+
+def engine_hf(results: str, d1) -> tuple:
+    """Where the engine table's HF column comes from: the TP=1 file itself when it ran HF (--no-hf skips it), else
+    the newest TP=1 engine file of the same model that did (named in the table). (path, data) or (None, None)."""
+    if d1 is None or _has_hf(d1):
+        return None, None
+    same = []
+    for p in glob.glob(os.path.join(results, "engine-*tp1.json")):
+        try:
+            d = _load(p)
+        except (OSError, ValueError):
+            continue
+        if _has_hf(d) and _meta(d).get("model") == _meta(d1).get("model"):
+            same.append(p)
+    return _newest(same)
+
+
+def engine_section(p1, d1, p2, d2, readme_dir, hf_src=(None, None)) -> list:
     if d1 is None:
         return []
     ref = d1.get("reference_not_this_run", {})
     ms = ref.get("mamba_ssm_cuda_graphs", {})
-    hf = d1.get("hf", {}) if "error" not in d1.get("hf", {}) else {}
+    hf_p, hf_d = hf_src
+    hf = d1["hf"] if _has_hf(d1) else (hf_d["hf"] if _has_hf(hf_d) else {})
     out = [f"### Engine ({_meta(d1).get('model')}, {_meta(d1).get('dtype')})", "",
            "Sources: " + ", ".join(s for s in (_src(p1, d1), _src(p2, d2)) if s) + ". mamba_ssm figures: "
-           "`shared/reference/measured-h200.md` (same GPU model, not this run).", ""]
+           "`shared/reference/measured-h200.md` (same GPU model, not this run)."
+           + (f" HF transformers figures: {_src(hf_p, hf_d)} (this TP=1 run left HF out)." if hf and hf_d else ""),
+           ""]
     # TP ratios only between runs of one commit (a TP=2 file from an older commit than the TP=1 file would set old
     # kernels against new ones); a non-positive HF timing (a difference of noisy timings) is not shown.
     same = d2 is not None and _commit(d1) == _commit(d2)
@@ -233,7 +257,8 @@ def engine_section(p1, d1, p2, d2, readme_dir) -> list:
                          "", "", "", ""])
     tp2 = _meta(d2).get("tp", 2) if d2 else 2
     out += _table(["figure", "ssmtp TP=1", f"ssmtp TP={tp2}", f"TP={tp2} / TP=1", "TP=1 x floor",
-                   "mamba_ssm (graphs), 1 GPU", "HF transformers, 1 GPU, this run"], rows)
+                   "mamba_ssm (graphs), 1 GPU",
+                   "HF transformers, 1 GPU" + ("" if hf_d else ", this run")], rows)
     out.append("")
     for p in (p1, p2):
         if p and os.path.isfile(p[:-5] + ".png"):
@@ -572,7 +597,7 @@ def render(results: str, readme_dir: str) -> str:
            "`benchmarks/run_gpu.sh`); one run each. Floors: decode = (weights/tp + 2 x states) / 4.26 TB/s (measured "
            "copy bandwidth); prefill = 2 x params x tokens / (tp x 790 TFLOP/s); see `shared/reference/"
            "measured-h200.md`.", ""]
-    out += engine_section(*r["engine"], readme_dir)
+    out += engine_section(*r["engine"], readme_dir, r["engine_hf"])
     out += sampling_section(*r["sample"], *r["engine"][:2], readme_dir)
     for pair in r["throughput"]:
         out += throughput_section(*pair, readme_dir)

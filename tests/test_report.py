@@ -128,6 +128,35 @@ def test_engine_ratios_only_within_one_commit_and_no_negative_hf(report, tmp_pat
     assert "-118" not in sec
 
 
+def test_engine_hf_column_from_an_earlier_run(report, tmp_path):
+    """A TP=1 engine run without HF (--no-hf) takes the HF column from the newest earlier TP=1 file of the same model
+    that ran it, and names that file; with no such file the column stays empty."""
+    res = tmp_path / "results"
+    res.mkdir()
+    _fixtures(str(res))
+    old = json.loads((res / "engine-x-tp1.json").read_text())
+    (res / "engine-old-tp1.json").write_text(json.dumps(old))
+    new = json.loads((res / "engine-x-tp1.json").read_text())
+    del new["hf"]
+    new["meta"]["date"] = "2026-11-25T10:00:00+00:00"
+    new["meta"]["commit"] = "abcdef0123456789abcdef0123456789abcdef01"
+    (res / "engine-y-tp1.json").write_text(json.dumps(new))
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n")
+    assert report.main(["--results", str(res), "--readme", str(readme)]) == 0
+    sec = readme.read_text()
+    assert "`engine-y-tp1.json` (commit abcdef0, 2026-11-25, NVIDIA H200)" in sec
+    assert "HF transformers figures: `engine-old-tp1.json` (commit 0123456, 2026-11-21, NVIDIA H200)" in sec
+    assert "| decode step B=1 | 3.16 ms |  |  | 2.40 | 4.72 ms | 47.6 ms |" in sec
+    old["meta"]["model"] = "falcon-mamba-7b"
+    (res / "engine-old-tp1.json").write_text(json.dumps(old))
+    del old["hf"]
+    (res / "engine-x-tp1.json").write_text(json.dumps(old))
+    assert report.main(["--results", str(res), "--readme", str(readme)]) == 0
+    sec = readme.read_text()
+    assert "HF transformers figures" not in sec and "47.6 ms" not in sec
+
+
 def test_compare_throughput_targets(report):
     a = {"meta": _meta(1), "cases": [_case("m", 64, 512, 128, 100.0), _case("m", 1, 512, 128, 10.0)]}
     b = {"meta": _meta(2), "cases": [_case("m", 64, 512, 128, 195.0), _case("m", 1, 512, 128, 9.0)]}
