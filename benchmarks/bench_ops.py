@@ -443,11 +443,12 @@ def chunk_sweep(flt=""):
 
 # ------------------------------------------------------------------------------------------------ decode GEMV
 
-LINEAR_SHAPES = [  # (label, K, N): mamba-2.8b projections per rank
+LINEAR_SHAPES = [  # (label, K, N): mamba-2.8b projections per rank, and falcon-mamba-7b's x_proj
     ("mamba-2.8b tp1 in_proj", 2560, 10240), ("mamba-2.8b tp1 x_proj", 5120, 192),
     ("mamba-2.8b tp1 dt_proj", 160, 5120), ("mamba-2.8b tp1 out_proj", 5120, 2560),
     ("mamba-2.8b tp2 in_proj", 2560, 5120), ("mamba-2.8b tp2 out_proj", 2560, 2560),
     ("mamba-2.8b tp2 x_proj", 2560, 192),
+    ("falcon-mamba-7b tp1 x_proj", 8192, 288), ("falcon-mamba-7b tp2 x_proj", 4096, 288),
 ]
 
 

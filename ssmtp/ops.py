@@ -210,6 +210,7 @@ def _(logits, temperature, top_k, top_p, seed, step):
 LINEAR_SMALL_MAX_M = 8  # SSMTP_LINEAR_SMALL_MAX_M in csrc/ssmtp.h
 LINEAR_TC_NARROW_MAX_M = 64  # the tensor-core kernel (CUDA, 16-bit, up to SSMTP_LINEAR_TC_MAX_M rows) where it measured
 #                              faster than cuBLAS: narrow outputs only, see gemv_wins
+LINEAR_TC_NARROW_MAX_KN = 1 << 21  # ... of at most this many weights (2.1M: 4 MiB in 16 bits)
 
 
 def _gemv_on() -> bool:
@@ -240,12 +241,14 @@ def gemv_wins(m: int, K: int, N: int, tc: bool = False) -> bool:
       1-2 rows, K < 1024 or N < 2K (out_proj 5120 -> 2560: 1.24-1.28x; dt_proj 160 -> 5120: 1.31x);
       wide outputs of a long K (in_proj 2560 -> 10240 / 5120): 0.93-0.99x at 1-2 rows: cuBLAS;
       3+ rows of anything wider than 512: 0.52-0.91x: cuBLAS.
-    tc (16-bit x, K a multiple of 32, the tensor-core kernel available): narrow outputs also at 9..64 rows, where
-    the tensor-core kernel measured 1.3-1.6x cuBLAS's split-K GEMM alone (2026-11-24, x_proj 5120 -> 192: 5.0-6.0 us vs
-    7.7-8.0; 2560 -> 192: 4.5-5.5 vs 6.3; benchmarks/results/linear-tc-h200-*.json); wider outputs and more rows
-    stay on cuBLAS (out_proj 5120 -> 2560: 16-46 us vs 12)."""
+    tc (16-bit x, K a multiple of 32, the tensor-core kernel available): narrow outputs of at most
+    LINEAR_TC_NARROW_MAX_KN weights also at 9..64 rows, where the tensor-core kernel measured 1.2-1.6x cuBLAS's
+    split-K GEMM alone (2026-11-24, x_proj 5120 -> 192: 5.0-6.0 us vs 7.7-8.0; 2560 -> 192: 4.5-5.5 vs 6.3;
+    falcon-mamba-7b TP=2 4096 -> 288: 5.0-6.5 vs 7.2-7.6; benchmarks/results/linear-tc-h200-*.json,
+    linear-falcon-h200-072a67c.json); larger weights (falcon-mamba-7b TP=1 8192 -> 288: 7.5-9.5 vs 7.8-8.9 us, slower
+    from 32 rows), wider outputs and more rows stay on cuBLAS (out_proj 5120 -> 2560: 16-46 us vs 12)."""
     if N <= 512:
-        return m <= (LINEAR_TC_NARROW_MAX_M if tc else LINEAR_SMALL_MAX_M)
+        return m <= LINEAR_SMALL_MAX_M or (tc and m <= LINEAR_TC_NARROW_MAX_M and N * K <= LINEAR_TC_NARROW_MAX_KN)
     return m <= 2 and not (K >= 1024 and N >= 2 * K)
 
 

@@ -456,9 +456,9 @@ def test_runner_fused_decode_branch_on_cpu(monkeypatch):
     assert torch.equal(pools[1].tensors["ssm"][:, 1], pools[0].tensors["ssm"][:, 1])  # slot 1: no row uses it
 
 
-def test_decode_fused_mode_auto_picks_decode_in_at_tp1_only(monkeypatch):
-    """SSMTP_DECODE_FUSED=auto (the default): decode_in at TP=1, the dt_proj step only at TP>1 (decided per runner
-    from its communicator; on the CPU neither applies)."""
+def test_decode_fused_mode_auto_picks_decode_in_at_every_tp(monkeypatch):
+    """SSMTP_DECODE_FUSED=auto (the default): decode_in at batch <= 2 and the dt_proj step up to batch 8, at TP=1 and
+    TP>1 alike (on the CPU neither applies); step: the dt_proj step only."""
     import ssmtp.engine.runner as runner_mod
 
     class _Comm:
@@ -471,17 +471,18 @@ def test_decode_fused_mode_auto_picks_decode_in_at_tp1_only(monkeypatch):
     r = runner_mod.MambaRunner.__new__(runner_mod.MambaRunner)
     object.__setattr__(r, "_fused_ok", {1: True, 2: True})
     object.__setattr__(r, "embed", _Emb())
-    monkeypatch.setattr(runner_mod, "_DECODE_FUSED", "auto")
-    object.__setattr__(r, "comm", _Comm(1))
-    assert r.decode_fused_applies(1) and r.decode_fused_applies(2) and not r.decode_fused_applies(3)
-    assert r.decode_fused_applies(8, "step") and not r.decode_fused_applies(9, "step")
-    object.__setattr__(r, "comm", _Comm(2))
-    assert not r.decode_fused_applies(1) and r.decode_fused_applies(1, "step")
+    for tp in (1, 2, 4):
+        monkeypatch.setattr(runner_mod, "_DECODE_FUSED", "auto")
+        object.__setattr__(r, "comm", _Comm(tp))
+        assert r.decode_fused_applies(1) and r.decode_fused_applies(2) and not r.decode_fused_applies(3)
+        assert r.decode_fused_applies(8, "step") and not r.decode_fused_applies(9, "step")
+        monkeypatch.setattr(runner_mod, "_DECODE_FUSED", "step")
+        assert not r.decode_fused_applies(1) and r.decode_fused_applies(1, "step")
+        monkeypatch.setattr(runner_mod, "_DECODE_FUSED", "0")
+        assert not r.decode_fused_applies(1) and not r.decode_fused_applies(1, "step")
+    object.__setattr__(r, "embed", type("_CpuEmb", (), {"is_cuda": False})())
     monkeypatch.setattr(runner_mod, "_DECODE_FUSED", "1")
-    assert r.decode_fused_applies(1)
-    monkeypatch.setattr(runner_mod, "_DECODE_FUSED", "step")
-    object.__setattr__(r, "comm", _Comm(1))
-    assert not r.decode_fused_applies(1) and r.decode_fused_applies(1, "step")
+    assert not r.decode_fused_applies(1) and not r.decode_fused_applies(1, "step")
     monkeypatch.setenv("SSMTP_DECODE_FUSED", "nope")
     with pytest.raises(ValueError, match="SSMTP_DECODE_FUSED"):
         runner_mod._decode_fused_mode()

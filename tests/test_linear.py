@@ -89,6 +89,9 @@ def test_bad_input():
     # with the tensor-core kernel: narrow outputs up to 64 rows, nothing else changes
     assert ops.gemv_wins(9, 5120, 192, tc=True) and ops.gemv_wins(64, 2560, 192, tc=True)
     assert not ops.gemv_wins(65, 5120, 192, tc=True) and not ops.gemv_wins(16, 5120, 2560, tc=True)
+    # ... of a bounded weight: falcon-mamba-7b's x_proj at TP=2 yes, at TP=1 (8192 x 288) no; the GEMV rows unchanged
+    assert ops.gemv_wins(64, 4096, 288, tc=True) and not ops.gemv_wins(16, 8192, 288, tc=True)
+    assert ops.gemv_wins(8, 8192, 288, tc=True) and ops.gemv_wins(8, 8192, 288)
     assert torch.equal(ops.linear(x, w, b), torch.nn.functional.linear(x, w, b))
 
 

@@ -106,7 +106,7 @@ def check_mixers_on(runner, device, dtype):
 def _decode_fused_mode() -> str:
     v = os.environ.get("SSMTP_DECODE_FUSED", "auto")
     if v not in ("auto", "0", "1", "step"):
-        raise ValueError(f"SSMTP_DECODE_FUSED={v!r}: expected auto (default: 1 at TP=1, step at TP>1), 1 "
+        raise ValueError(f"SSMTP_DECODE_FUSED={v!r}: expected auto (default: 1), 1 "
                          "(ops.mamba_decode_in at batch <= 2 and dt_proj fused into the state update at batch <= 8), "
                          "step (the latter only) or 0 (unfused)")
     return v
@@ -115,7 +115,9 @@ def _decode_fused_mode() -> str:
 _DECODE_FUSED = _decode_fused_mode()
 # The fused decode kernels and where they apply (decode_fused_applies; SSMTP_DECODE_FUSED picks the mode). Measured on
 # H200, mamba-2.8b, CUDA-graph decode step (benchmarks/results/):
-#   auto (default): 1 at TP=1; step at TP>1, where decode_in has not been measured against it yet;
+#   auto (default): 1 at every TP degree. At TP>1 measured on one rank's shapes (mamba-2.8b with d_inner 2560, one
+#     GPU, no all-reduce; 2026-11-24, two interleaved runs each, decode-in-half-h200-072a67c.json): 1.42 / 1.63 ms
+#     at B = 1 / 2 against 1.62-1.63 / 1.66 with step; the two-GPU run itself has not been made yet;
 #   1: ops.mamba_decode_in (residual add + norm + in_proj + conv step in one kernel) at batch <= 2, and the
 #     dt_proj step up to batch 4: 2.038 / 2.292 ms at B = 1 / 2 against 2.274 / 2.346 with step, same run
 #     (engine-h200-tp1-6e168e7-*.json; decode_in at 4 rows per group there, 8 at B=1 now: 2.011 ms). With 2 rows per
@@ -307,10 +309,8 @@ class MambaRunner(ModelRunner):
         """Whether decode at this batch size takes the fused kernels on CUDA: part "step": dt_proj fused into the
         state update (SSMTP_DECODE_FUSED step, 1 or auto, batch <= DECODE_FUSED_MAX_BATCH: 6 kernels per layer
         instead of 7); part "in": also ops.mamba_decode_in (residual add + norm + in_proj + conv step;
-        SSMTP_DECODE_FUSED=1, or auto at TP=1; batch <= DECODE_IN_MAX_BATCH, shapes it takes: 4 kernels per layer)."""
-        mode = _DECODE_FUSED
-        if mode == "auto":
-            mode = "1" if self.comm.world_size == 1 else "step"
+        SSMTP_DECODE_FUSED=1 or auto; batch <= DECODE_IN_MAX_BATCH, shapes it takes: 4 kernels per layer)."""
+        mode = "1" if _DECODE_FUSED == "auto" else _DECODE_FUSED
         if (mode == "0" or (part == "in" and mode != "1") or not self.embed.is_cuda
                 or not 1 <= batch <= (DECODE_FUSED_MAX_BATCH if part == "step" else DECODE_IN_MAX_BATCH)):
             return False
