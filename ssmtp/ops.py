@@ -245,7 +245,7 @@ def gemv_wins(m: int, K: int, N: int, tc: bool = False) -> bool:
     LINEAR_TC_NARROW_MAX_KN weights also at 9..64 rows, where the tensor-core kernel measured 1.2-1.6x cuBLAS's
     split-K GEMM alone (2026-11-24, x_proj 5120 -> 192: 5.0-6.0 us vs 7.7-8.0; 2560 -> 192: 4.5-5.5 vs 6.3;
     falcon-mamba-7b TP=2 4096 -> 288: 5.0-6.5 vs 7.2-7.6; benchmarks/results/linear-tc-h200-*.json,
-    linear-falcon-h200-072a67c.json); larger weights (falcon-mamba-7b TP=1 8192 -> 288: 7.5-9.5 vs 7.8-8.9 us, slower
+    linear-falcon-h200-d7e3016.json); larger weights (falcon-mamba-7b TP=1 8192 -> 288: 7.5-9.5 vs 7.8-8.9 us, slower
     from 32 rows), wider outputs and more rows stay on cuBLAS (out_proj 5120 -> 2560: 16-46 us vs 12)."""
     if N <= 512:
         return m <= LINEAR_SMALL_MAX_M or (tc and m <= LINEAR_TC_NARROW_MAX_M and N * K <= LINEAR_TC_NARROW_MAX_KN)

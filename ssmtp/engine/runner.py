@@ -116,8 +116,8 @@ _DECODE_FUSED = _decode_fused_mode()
 # The fused decode kernels and where they apply (decode_fused_applies; SSMTP_DECODE_FUSED picks the mode). Measured on
 # H200, mamba-2.8b, CUDA-graph decode step (benchmarks/results/):
 #   auto (default): 1 at every TP degree. At TP>1 measured on one rank's shapes (mamba-2.8b with d_inner 2560, one
-#     GPU, no all-reduce; 2026-11-24, two interleaved runs each, decode-in-half-h200-072a67c.json): 1.42 / 1.63 ms
-#     at B = 1 / 2 against 1.62-1.63 / 1.66 with step; the two-GPU run itself has not been made yet;
+#     GPU, no all-reduce; 2026-11-24, two device calls, runs interleaved, decode-in-half-h200-d7e3016.json): 1.42 /
+#     1.62-1.63 ms at B = 1 / 2 against 1.62-1.63 / 1.63-1.66 with step; the two-GPU run itself has not been made yet;
 #   1: ops.mamba_decode_in (residual add + norm + in_proj + conv step in one kernel) at batch <= 2, and the
 #     dt_proj step up to batch 4: 2.038 / 2.292 ms at B = 1 / 2 against 2.274 / 2.346 with step, same run
 #     (engine-h200-tp1-6e168e7-*.json; decode_in at 4 rows per group there, 8 at B=1 now: 2.011 ms). With 2 rows per
