@@ -20,9 +20,8 @@ cases are also set against torch's in-place elementwise kernel (state.mul_) over
 same way: what a tuned read-modify-write of those bytes reaches here.
 
 Kernels side by side: every scan case is run with SSMTP_SCAN_KERNEL=loop and =chunked, every decode-step case with
-SSMTP_STEP_KERNEL=block and =pipe, every conv decode case at 1, 2 and 4 channels per thread (SSMTP_CONV_CPT), every
-conv prefill case with the vectorised and the scalar kernel (SSMTP_CONV_PREFILL_VEC=1 / 0), on the same input sets in
-the same run (the "kernel" field of each row); the scan
+SSMTP_STEP_KERNEL=block and =pipe, every conv decode case at 1, 2 and 4 channels per thread (SSMTP_CONV_CPT), on
+the same input sets in the same run (the "kernel" field of each row); the scan
 sweep also times the chunked kernel at 4, 8 and 16 lanes per channel (SSMTP_SCAN_P).
 
 Also (filtered by label like the cases): the decode GEMV (ssmtp::linear_small vs cuBLAS, "mamba-2.8b tp1 out_proj
@@ -73,11 +72,8 @@ DECODE = [1, 8, 64, 256]
 DTYPE = torch.bfloat16
 ESZ = 2
 # Kernels timed side by side per op (the env knob each launcher reads; the first is the default).
-KERNELS = {"scan": ["loop", "chunked"], "step": ["block", "pipe"], "conv decode": ["cpt1", "cpt2", "cpt4"],
-           "conv prefill": ["vec", "scalar"]}
-KERNEL_ENV = {"scan": "SSMTP_SCAN_KERNEL", "step": "SSMTP_STEP_KERNEL", "conv decode": "SSMTP_CONV_CPT",
-              "conv prefill": "SSMTP_CONV_PREFILL_VEC"}
-KERNEL_VALUE = {"cpt1": "1", "cpt2": "2", "cpt4": "4", "vec": "1", "scalar": "0"}  # the knob's value, else the name
+KERNELS = {"scan": ["loop", "chunked"], "step": ["block", "pipe"], "conv decode": ["cpt1", "cpt2", "cpt4"]}
+KERNEL_ENV = {"scan": "SSMTP_SCAN_KERNEL", "step": "SSMTP_STEP_KERNEL", "conv decode": "SSMTP_CONV_CPT"}
 
 
 def matches(flt: str, label: str) -> bool:
@@ -712,7 +708,7 @@ def main():
         for kernel in KERNELS.get(kop, [None]):  # every kernel of the op on the same input sets
             env = KERNEL_ENV.get(kop)
             if env and kernel:
-                os.environ[env] = KERNEL_VALUE.get(kernel, kernel)
+                os.environ[env] = kernel[3:] if kernel.startswith("cpt") else kernel
             ok, err, serr = validate(c, p)
             k = [0]
 

@@ -197,60 +197,6 @@ def _check_conv(case, dname):
         assert torch.equal(state.gpu.cpu(), st_cpu), "conv state differs from the CPU op (should be an exact copy)"
 
 
-# The vectorised prefill (16-byte packs of channels: channel-contiguous x and out, dim a multiple of the pack): these
-# cases take it (wide: x rows at an odd offset do not, nor f32 at dim 36 + 2); SSMTP_CONV_PREFILL_VEC=0 the scalar one.
-VEC_CONV_CASES = [
-    ("vec-lens-pad", 3, 64, 300, 4, 3, "chan", "load", "pad", [300, 17, 0], True, True),
-    ("vec-hf-statelen-perm", 2, 128, 777, 4, 4, "chan", "load", "perm", None, True, True),
-    ("vec-fresh-w3-nobias", 2, 32, 45, 3, 2, "chan", "fresh", None, None, False, False),
-    ("vec-nostate-w2", 1, 40, 70, 2, 1, "chan", None, None, None, True, True),
-    ("vec-wide-fallback", 2, 64, 50, 4, 3, "wide", "load", None, None, True, True),
-]
-
-
-@pytest.mark.parametrize("steps", ["", "1", "7", "64"])
-@pytest.mark.parametrize("dname", list(DT))
-@pytest.mark.parametrize("case", VEC_CONV_CASES, ids=[c[0] for c in VEC_CONV_CASES])
-def test_conv1d_cuda_prefill_vec_equals_scalar(case, dname, steps, monkeypatch):
-    """The vectorised prefill kernel against the scalar one: the same bits (same arithmetic, same order) in the output,
-    the final state and the intermediate saves, at any chunk length (SSMTP_CONV_PREFILL_STEPS); and the CPU op's
-    results. A bad chunk length is an error."""
-    if steps:
-        monkeypatch.setenv("SSMTP_CONV_PREFILL_STEPS", steps)
-    else:
-        monkeypatch.delenv("SSMTP_CONV_PREFILL_STEPS", raising=False)
-    x, w, bias, state, idx, sl, silu, load = _conv_inputs(case, dname)
-    batch, L, nslots = case[1], case[3], case[1] + 3
-    res = []
-    for vec in ("1", "0"):
-        monkeypatch.setenv("SSMTP_CONV_PREFILL_VEC", vec)
-        st = torch.cat([state.gpu, torch.zeros(2, *state.gpu.shape[1:], dtype=state.gpu.dtype, device="cuda")]) \
-            if state else None
-        saves = (None, None)
-        if st is not None:  # row 0 saves its window after 2 and after L - 1 steps into the two spare slots
-            sv_pos = torch.tensor([[2, max(3, L - 1)]] * batch, dtype=torch.int32)
-            sv_slots = torch.full((batch, 2), -1, dtype=torch.int32)
-            sv_slots[0] = nslots + torch.arange(2, dtype=torch.int32)
-            saves = (sv_pos.cuda(), sv_slots.cuda())
-        out = ops.causal_conv1d(x.gpu, w.gpu, bias.gpu if bias else None, st, idx.gpu if idx else None,
-                                sl.gpu if sl else None, silu, load, *saves)
-        torch.cuda.synchronize()
-        res.append((out.cpu(), st.cpu() if st is not None else None))
-    assert torch.equal(res[0][0], res[1][0]), "out: vectorised vs scalar prefill"
-    if res[0][1] is not None:
-        assert torch.equal(res[0][1], res[1][1]), "states (final and saved): vectorised vs scalar prefill"
-    st_cpu = state.cpu.clone() if state else None
-    ref = ops.causal_conv1d(x.cpu, w.cpu, cpu(bias), st_cpu, cpu(idx), cpu(sl), silu, load)
-    close(res[0][0].cuda(), ref, *CONV_TOL[dname], "out")
-    if state:
-        assert torch.equal(res[0][1][:nslots], st_cpu), "final states vs the CPU op"
-    if case[6] == "chan":  # the vectorised kernel's knob is read (and checked) only where it runs
-        monkeypatch.setenv("SSMTP_CONV_PREFILL_VEC", "1")
-        monkeypatch.setenv("SSMTP_CONV_PREFILL_STEPS", "0")
-        with pytest.raises(Exception, match="SSMTP_CONV_PREFILL_STEPS"):
-            ops.causal_conv1d(x.gpu, w.gpu, bias.gpu if bias else None, None, None, None, silu, False)
-
-
 @pytest.mark.parametrize("dname", list(DT))
 def test_conv1d_cuda_decode_misaligned_state(dname):
     """A state row view starting one element in (no vector access possible) takes the scalar decode variant."""

@@ -62,29 +62,6 @@ __device__ __forceinline__ void write_state(const ConvArgs &a, T *st, const T *x
     }
 }
 
-// Chunk 0's state work for channel c (st, x: that channel's state row and input): the intermediate saves (the window
-// after pos steps, from the old history where it reaches back), then the new state. Called after the thread read its
-// history and before it writes out (which may alias x).
-template <typename T>
-__device__ __forceinline__ void chunk0_states(const ConvArgs &a, int64_t b, int64_t c, int64_t slot, int64_t n, T *st,
-                                              const T *x) {
-    if (a.sv.pos) {
-        for (int64_t j = 0; j < a.sv.n; j++) {
-            const int64_t sv = a.sv.slot_at(b, j), pos = a.sv.pos_at(b, j);
-            if (sv < 0 || sv >= a.nslots || sv == slot || pos < 1 || pos > n) continue; // broken entries: skipped
-            T *dst = (T *)a.state + sv * a.ss0 + c * a.ss1;
-            for (int64_t k = 0; k < a.slen; k++) {
-                const int64_t src = pos - a.slen + k;
-                T v = from_f32<T>(0.f);
-                if (src >= 0) v = x[src * a.sx2];
-                else if (a.load_state) v = st[(a.slen + src) * a.ss2];
-                dst[k * a.ss2] = v;
-            }
-        }
-    }
-    write_state<T>(a, st, x, n);
-}
-
 template <typename T, int W>
 __global__ void __launch_bounds__(PREFILL_THREADS) conv1d_prefill_kernel(const ConvArgs a) {
     const int64_t c = (int64_t)blockIdx.x * PREFILL_THREADS + threadIdx.x;
@@ -114,7 +91,21 @@ __global__ void __launch_bounds__(PREFILL_THREADS) conv1d_prefill_kernel(const C
         if (t >= 0) h[k] = t < n ? to_f32<T>(x[t * a.sx2]) : 0.f;
         else h[k] = a.load_state ? to_f32<T>(st[(a.slen + t) * a.ss2]) : 0.f;
     }
-    if (blockIdx.y == 0 && st) chunk0_states<T>(a, b, c, slot, n, st, x); // after the history read, before out
+    if (blockIdx.y == 0 && st && a.sv.pos) { // intermediate states: the window after pos steps (old history)
+        for (int64_t j = 0; j < a.sv.n; j++) {
+            const int64_t sv = a.sv.slot_at(b, j), pos = a.sv.pos_at(b, j);
+            if (sv < 0 || sv >= a.nslots || sv == slot || pos < 1 || pos > n) continue; // broken entries: skipped
+            T *dst = (T *)a.state + sv * a.ss0 + c * a.ss1;
+            for (int64_t k = 0; k < a.slen; k++) {
+                const int64_t src = pos - a.slen + k;
+                T v = from_f32<T>(0.f);
+                if (src >= 0) v = x[src * a.sx2];
+                else if (a.load_state) v = st[(a.slen + src) * a.ss2];
+                dst[k * a.ss2] = v;
+            }
+        }
+    }
+    if (blockIdx.y == 0 && st) write_state<T>(a, st, x, n); // after the history read, before out (may alias x)
     const int64_t t_val = max(t_beg, min(t_end, n));
     int64_t t = t_beg;
     // 8 steps at a time: 8 independent loads in flight per thread, then 8 outputs (measured on H200, 2026-11-23,
@@ -147,96 +138,6 @@ __global__ void __launch_bounds__(PREFILL_THREADS) conv1d_prefill_kernel(const C
         out[t * a.so2] = from_f32<T>(a.silu ? ssm_silu_out<T>(acc) : acc);
     }
     for (t = t_val; t < t_end; t++) out[t * a.so2] = from_f32<T>(0.f);
-}
-
-// The prefill with V = 16 / sizeof(T) channels per thread: one 16-byte load and store per step for V channels instead
-// of V 2- or 4-byte ones. Taken for the model's layout (x and out channel-contiguous, dim a multiple of V, every row
-// 16-byte aligned: prefill_vec_ok); the same chunks and results as the kernel above, its per-channel state work
-// (chunk 0 only) channel by channel.
-template <typename T, int W>
-__global__ void __launch_bounds__(PREFILL_THREADS) conv1d_prefill_vec_kernel(const ConvArgs a) {
-    constexpr int V = 16 / (int)sizeof(T), U = 8; // channels per thread; steps per group of loads
-    const int64_t c0 = ((int64_t)blockIdx.x * PREFILL_THREADS + threadIdx.x) * V;
-    const int64_t b = blockIdx.z;
-    const int64_t t_beg = (int64_t)blockIdx.y * a.chunk;
-    if (c0 >= a.dim || t_beg >= a.len) return;
-    const int64_t t_end = min(t_beg + a.chunk, a.len);
-    int64_t slot, n;
-    seq_info(a, b, &slot, &n);
-    T *out = (T *)a.out + b * a.so0 + c0;
-    auto put = [&](int64_t t, const float (&v)[V]) {
-        T o[V];
-#pragma unroll
-        for (int i = 0; i < V; i++) o[i] = from_f32<T>(v[i]);
-        uint4 u;
-        memcpy(&u, o, sizeof u);
-        *reinterpret_cast<uint4 *>(out + t * a.so2) = u;
-    };
-    float f[V];
-    if (a.state && (slot < 0 || slot >= a.nslots)) { // padding row: zeros; bad slot: NaN (state untouched)
-#pragma unroll
-        for (int i = 0; i < V; i++) f[i] = slot < 0 ? 0.f : __int_as_float(0x7fc00000);
-        for (int64_t t = t_beg; t < t_end; t++) put(t, f);
-        return;
-    }
-    const T *x = (const T *)a.x + b * a.sx0 + c0;
-    T *st = a.state ? (T *)a.state + slot * a.ss0 + c0 * a.ss1 : nullptr;
-    float w[V][W], bias[V], h[V][W - 1];
-#pragma unroll
-    for (int i = 0; i < V; i++) {
-#pragma unroll
-        for (int k = 0; k < W; k++) w[i][k] = to_f32<T>(((const T *)a.w)[(c0 + i) * a.sw0 + k * a.sw1]);
-        bias[i] = a.bias ? to_f32<T>(((const T *)a.bias)[(c0 + i) * a.sb0]) : 0.f;
-    }
-#pragma unroll
-    for (int k = 0; k < W - 1; k++) { // h[.][k]: input at t_beg - (W-1) + k (history from the state before 0)
-        const int64_t t = t_beg - (W - 1) + k;
-        if (t >= 0 && t < n) {
-            Pack16<T>::to_f32(*reinterpret_cast<const uint4 *>(x + t * a.sx2), f);
-        } else {
-#pragma unroll
-            for (int i = 0; i < V; i++)
-                f[i] = t < 0 && a.load_state ? to_f32<T>(st[i * a.ss1 + (a.slen + t) * a.ss2]) : 0.f;
-        }
-#pragma unroll
-        for (int i = 0; i < V; i++) h[i][k] = f[i];
-    }
-    if (blockIdx.y == 0 && st)
-        for (int i = 0; i < V; i++) chunk0_states<T>(a, b, c0 + i, slot, n, st + i * a.ss1, x + i);
-    const int64_t t_val = max(t_beg, min(t_end, n));
-    auto step = [&](int64_t t, const float (&xv)[V]) {
-        float o[V];
-#pragma unroll
-        for (int i = 0; i < V; i++) {
-            float acc = bias[i];
-#pragma unroll
-            for (int k = 0; k < W - 1; k++) acc = fmaf(w[i][k], h[i][k], acc);
-            acc = fmaf(w[i][W - 1], xv[i], acc);
-#pragma unroll
-            for (int k = 0; k + 1 < W - 1; k++) h[i][k] = h[i][k + 1];
-            h[i][W - 2] = xv[i];
-            o[i] = a.silu ? ssm_silu_out<T>(acc) : acc;
-        }
-        put(t, o);
-    };
-    int64_t t = t_beg;
-    for (; t + U <= t_val; t += U) { // U loads in flight, then U outputs
-        uint4 xr[U];
-#pragma unroll
-        for (int u = 0; u < U; u++) xr[u] = *reinterpret_cast<const uint4 *>(x + (t + u) * a.sx2);
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            Pack16<T>::to_f32(xr[u], f);
-            step(t + u, f);
-        }
-    }
-    for (; t < t_val; t++) {
-        Pack16<T>::to_f32(*reinterpret_cast<const uint4 *>(x + t * a.sx2), f);
-        step(t, f);
-    }
-#pragma unroll
-    for (int i = 0; i < V; i++) f[i] = 0.f;
-    for (t = t_val; t < t_end; t++) put(t, f);
 }
 
 // seqlen == 1 (decode, or a one-token prefill). One thread per (sequence, channel), channel fastest.
@@ -395,8 +296,7 @@ template <typename T, int W, int S> ssmtp_status_t launch_decode_fixed(const Con
     }
 }
 
-template <typename T, int W>
-ssmtp_status_t launch(const ConvArgs &a, int64_t nchunks, bool vec, bool pdl, cudaStream_t s) {
+template <typename T, int W> ssmtp_status_t launch(const ConvArgs &a, int64_t nchunks, bool pdl, cudaStream_t s) {
     if (a.len == 1 && !a.sv.pos) {
         const int64_t nthreads = a.batch * a.dim;
         const int64_t grid = (nthreads + DECODE_THREADS - 1) / DECODE_THREADS;
@@ -405,30 +305,15 @@ ssmtp_status_t launch(const ConvArgs &a, int64_t nchunks, bool vec, bool pdl, cu
         if (a.state && a.slen == W - 1) return launch_decode_fixed<T, W, W - 1>(a, pdl, s);
         return ssmtp_launch(OP, conv1d_decode_kernel<T, W>, (unsigned)grid, DECODE_THREADS, 0, s, pdl, a);
     } else {
-        const int64_t cpt = vec ? 16 / (int64_t)sizeof(T) : 1;
-        const dim3 grid((unsigned)((a.dim / cpt + PREFILL_THREADS - 1) / PREFILL_THREADS), (unsigned)nchunks,
+        const dim3 grid((unsigned)((a.dim + PREFILL_THREADS - 1) / PREFILL_THREADS), (unsigned)nchunks,
                         (unsigned)a.batch);
-        if (vec) conv1d_prefill_vec_kernel<T, W><<<grid, PREFILL_THREADS, 0, s>>>(a);
-        else conv1d_prefill_kernel<T, W><<<grid, PREFILL_THREADS, 0, s>>>(a);
+        conv1d_prefill_kernel<T, W><<<grid, PREFILL_THREADS, 0, s>>>(a);
     }
     SSMTP_CUDA_CHECK_LAUNCH(OP);
     return SSMTP_OK;
 }
 
 } // namespace
-
-// Whether the vectorised prefill kernel takes this call: x and out channel-contiguous, dim a multiple of the 16-byte
-// pack, every (sequence, step) row of both 16-byte aligned; SSMTP_CONV_PREFILL_VEC=0 turns it off.
-static bool prefill_vec_ok(const ssmtp_conv1d_params_t *p) {
-    const char *env = getenv("SSMTP_CONV_PREFILL_VEC");
-    if (env && *env == '0') return false;
-    const int64_t es = ssmtp_dtype_size(p->x.dtype), V = 16 / es;
-    if (es < 2 || p->x.stride[1] != 1 || p->out.stride[1] != 1 || p->x.shape[1] % V) return false;
-    const int64_t st[4] = {p->x.stride[0], p->x.stride[2], p->out.stride[0], p->out.stride[2]};
-    for (int i = 0; i < 4; i++)
-        if ((st[i] * es) % 16) return false;
-    return (uintptr_t)p->x.data % 16 == 0 && (uintptr_t)p->out.data % 16 == 0;
-}
 
 extern "C" ssmtp_status_t ssmtp_cuda_conv1d_fwd(const ssmtp_conv1d_params_t *p, void *stream) {
     SSMTP_TRY(ssmtp_cuda_set_device(p->x.device));
@@ -467,26 +352,19 @@ extern "C" ssmtp_status_t ssmtp_cuda_conv1d_fwd(const ssmtp_conv1d_params_t *p, 
     // 37.6 -> 31.3 us side by side; in bench_ops runs of a8c196d (32) and bb2c01d (64): B=8 L=512 38.1 -> 31.0 us,
     // TP=2 shard B=1 L=8192 40.4 -> 31.0 us, B=1 L=2048 16.9 -> 15.3 us, but B=1 L=512 7.3 -> 9.6 us and TP=2 shard
     // B=1 L=2048 9.4 -> 10.2 us (41k / 82k threads), hence the fallback. Aliased in/out: one chunk.
-    // The vectorised kernel (V channels per thread, prefill_vec_ok) takes chunks of at least SSMTP_CONV_PREFILL_STEPS
-    // (default 16) steps instead.
-    const bool vec = a.len > 1 && prefill_vec_ok(p);
+    // Measured and not kept: 8 bf16 channels per thread with 16-byte loads and stores (578f896, chunks of 8-64 steps;
+    // benchmarks/results/conv-prefill-vec-h200-578f896.json): slower on most shapes (B=1 L=512 14.2-21.5 vs 8.2 us,
+    // B=8 L=512 36.7-47.0 vs 30.6; eight times fewer threads, each with eight times the work), faster only at B=1
+    // L >= 8192 (L=32768 194 vs 221 us); engine TTFT prefix hit 16.8-17.0 vs 15.9-16.2 ms.
     int64_t nchunks = 1;
     if (a.len > 1 && p->out.data != p->x.data) {
         int sms = 132;
         SSMTP_TRY(ssm_sm_count(p->x.device, &sms));
         const int64_t want = (int64_t)sms * 2048 * 2;
-        const int64_t rows = a.batch * (vec ? a.dim / (16 / (int64_t)ssmtp_dtype_size(p->x.dtype)) : a.dim);
+        const int64_t rows = a.batch * a.dim;
         nchunks = (want + rows - 1) / rows;
         int64_t max_chunks = (a.len + 63) / 64;
-        if (vec) {
-            const char *env = getenv("SSMTP_CONV_PREFILL_STEPS");
-            const int64_t steps = env && *env ? atoll(env) : 16;
-            if (steps < 1 || steps > 65536)
-                return ssmtp_fail(SSMTP_ERR_INVALID, OP ": SSMTP_CONV_PREFILL_STEPS=%s (1..65536)", env);
-            max_chunks = (a.len + steps - 1) / steps;
-        } else if (max_chunks * rows < (1 << 17)) {
-            max_chunks = (a.len + 31) / 32;
-        }
+        if (max_chunks * rows < (1 << 17)) max_chunks = (a.len + 31) / 32;
         if (nchunks > max_chunks) nchunks = max_chunks;
         if (nchunks < 1) nchunks = 1;
     }
@@ -499,9 +377,9 @@ extern "C" ssmtp_status_t ssmtp_cuda_conv1d_fwd(const ssmtp_conv1d_params_t *p, 
     const int width = (int)p->weight.shape[1];
     SSMTP_DISPATCH_FLOAT(p->x.dtype, T, OP, {
         switch (width) {
-        case 2: return launch<T, 2>(a, nchunks, vec, pdl, s);
-        case 3: return launch<T, 3>(a, nchunks, vec, pdl, s);
-        case 4: return launch<T, 4>(a, nchunks, vec, pdl, s);
+        case 2: return launch<T, 2>(a, nchunks, pdl, s);
+        case 3: return launch<T, 3>(a, nchunks, pdl, s);
+        case 4: return launch<T, 4>(a, nchunks, pdl, s);
         default: return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": width=%d unsupported on CUDA", width);
         }
     });
