@@ -73,6 +73,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-prefill-tokens", type=int, default=None, help="default: the prompt length")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="JSON file to write")
+    ap.add_argument("--host-profile", type=int, default=0, metavar="N",
+                    help="also run one more hit under cProfile and report its N most expensive host functions "
+                         "(own time), with the time from generate() to the graph replay")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("ttft_breakdown: needs a CUDA device (the split times the engine's prefill graph)", file=sys.stderr)
@@ -131,6 +134,30 @@ def main(argv=None) -> int:
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         llm.generate(q, max_new_tokens=1, ignore_eos=True)
         torch.cuda.synchronize()
+    host = None
+    if args.host_profile:  # one more hit under cProfile: where the host time before (and after) the replay goes
+        import cProfile
+        import pstats
+
+        q = siblings()
+        torch.cuda.synchronize()
+        rt = _ReplayTimer()
+        rt.arm()
+        pr = cProfile.Profile()
+        t0 = time.perf_counter()
+        pr.enable()
+        llm.generate(q, max_new_tokens=1, ignore_eos=True)
+        torch.cuda.synchronize()
+        pr.disable()
+        wall = time.perf_counter() - t0
+        rt.armed = False
+        st = pstats.Stats(pr)
+        rows = sorted(((v[2], v[3], v[1], f"{os.path.basename(k[0])}:{k[1]}:{k[2]}") for k, v in st.stats.items()),
+                      reverse=True)[:args.host_profile]
+        host = {"wall_s": wall, "lead_s": (rt.t_in - t0) if rt.t_in is not None else None,
+                "note": "cProfile slows Python calls: compare its rows with each other, not with the timed hits",
+                "top_own_time": [{"func": f, "own_s": own, "cum_s": cum, "calls": n} for own, cum, n, f in rows]}
+        rt.close()
     res = {"meta": {"commit": _git_commit(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
                     "device": torch.cuda.get_device_name(dev), "torch": torch.__version__, "model": args.model,
                     "prompt_len": L, "shared_prefix": P, "reps": args.reps, "max_batch": args.max_batch,
@@ -140,11 +167,17 @@ def main(argv=None) -> int:
            "hit_split_median_s": {k: float(np.median([p[k] for p in parts])) for k in parts[0]},
            "all": {"cold_s": cold, "hit_s": hit, "hit_split_s": parts},
            "hit_kernels": _kernels(prof, 16)}
+    if host:
+        res["hit_host_profile"] = host
     s = res["hit_split_median_s"]
     print(f"cold {res['cold_s'] * 1e3:.2f} ms, hit {res['hit_s'] * 1e3:.2f} ms, hit/cold {res['hit_over_cold']:.4f}; "
           f"hit = lead {s['lead_s'] * 1e3:.3f} + graph {s['graph_gpu_s'] * 1e3:.3f} + rest {s['rest_s'] * 1e3:.3f} ms")
     for r in res["hit_kernels"]["top"]:
         print(f"  {r['us']:9.1f} us  {r['calls']:4d}  {r['name']}")
+    if host:
+        print(f"host profile (cProfile): wall {host['wall_s'] * 1e3:.2f} ms, lead {(host['lead_s'] or 0) * 1e3:.2f} ms")
+        for r in host["top_own_time"]:
+            print(f"  own {r['own_s'] * 1e3:8.3f} ms  cum {r['cum_s'] * 1e3:8.3f} ms  {r['calls']:6d}  {r['func']}")
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
