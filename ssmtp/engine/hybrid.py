@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from .. import ops
 from ..parallel import shard
 from ..parallel.comm import Communicator
-from .runner import ModelRunner, _rms_norm, check_mixers_on
+from .runner import ModelRunner, _Fused, _rms_norm, check_mixers_on
 from .state_cache import SlotPool, StateSpec
 
 log = logging.getLogger("ssmtp")
@@ -53,6 +53,33 @@ def hybrid_ids(config) -> list[int]:
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     a, b = x.chunk(2, dim=-1)
     return torch.cat((-b, a), dim=-1)
+
+
+# The elementwise glue of a hybrid step as whole functions, so that torch.compile can make each one kernel (set_fused;
+# unfused, each RMSNorm is ~8 kernels: a zamba2-2.7b decode step launched ~1800 kernels at B=1). Same ops in the same
+# order as the unfused forward.
+
+def add_norm(h, out, w, eps: float):
+    """A Mamba layer's input: the residual stream with the previous layer's output added (none before layer 0), and
+    its norm."""
+    h = h if out is None else h + out
+    return h, _rms_norm(h, w, eps)
+
+
+def add_cat_norm(h, out, emb, w, eps: float):
+    """A hybrid layer's shared-block input: the residual stream (previous output added) concatenated with the
+    embeddings, normed over 2H."""
+    h = h if out is None else h + out
+    return h, _rms_norm(torch.cat([h, emb], dim=-1), w, eps)
+
+
+def sum_norm(h, t, w, eps: float):
+    """A hybrid layer's mixer input: norm(h + the shared block's projected output)."""
+    return _rms_norm(h + t, w, eps)
+
+
+def rope(q, k, cos, sin):
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, scaling: float,
@@ -134,6 +161,16 @@ class HybridRunner(ModelRunner):
         self.scaling = a.scaling
         self.kv_local, self.head_dim = a.num_kv_local, a.head_dim
         self.max_len = int(getattr(config, "max_position_embeddings", 4096) or 4096)
+        self.set_fused(False)
+
+    def set_fused(self, enabled: bool) -> None:
+        """Fuse the elementwise glue (norms with their residual adds, RoPE, Zamba2's gated norm) with torch.compile,
+        decode and prefill (the engine turns this on for CUDA)."""
+        self.fused = enabled
+        self._k = {f.__name__: _Fused(f, enabled) for f in (add_norm, add_cat_norm, sum_norm, rope, _rms_norm)}
+        for m in self.mixers:
+            if hasattr(m, "set_fused"):
+                m.set_fused(enabled)
 
     def set_max_len(self, n: int) -> int:
         """Tokens of K/V per slot (prompt + generated - 1 at most); the engine sets it from max_model_len."""
@@ -365,15 +402,16 @@ class HybridRunner(ModelRunner):
             cos = (e.cos() * self.rope_scale).to(h.dtype)[:, :, None, :]
             sin = (e.sin() * self.rope_scale).to(h.dtype)[:, :, None, :]
         sdpa = (not decode) and h.is_cuda and h.dtype != torch.float32
+        kf = self._k
+        out = None  # the previous layer's output, added to h by the next layer's norm
         for i, mixer in enumerate(self.mixers):
             j = self.hybrid_index.get(i)
             if j is not None:
                 blk = self.blocks[j % self.n_mem_blocks]
-                x = _rms_norm(torch.cat([h, emb], dim=-1), blk.in_norm, eps)
+                h, x = kf["add_cat_norm"](h, out, emb, blk.in_norm, eps)
                 q, k, v = blk.qkv(x, i)
                 if cos is not None:
-                    q = q * cos + _rotate_half(q) * sin
-                    k = k * cos + _rotate_half(k) * sin
+                    q, k = kf["rope"](q, k, cos, sin)
                 kc, vc = pool.layer("k", j), pool.layer("v", j)  # (nslots, max_len + 1, kvl, hd)
                 kc.index_put_((wslot, wpos), k)
                 vc.index_put_((wslot, wpos), v)
@@ -382,16 +420,16 @@ class HybridRunner(ModelRunner):
                                              self.scaling).reshape(B, 1, -1)
                 else:
                     a = attend(q, kc[slot, :T], vc[slot, :T], allowed, self.scaling, sdpa)
-                tr = blk.ffn(_rms_norm(blk.attn.out(a), blk.ff_norm, eps), i)
-                x = _rms_norm(h + F.linear(tr, self.linears[j]), self.norms[i], eps)
+                tr = blk.ffn(kf["_rms_norm"](blk.attn.out(a), blk.ff_norm, eps), i)
+                x = kf["sum_norm"](h, F.linear(tr, self.linears[j]), self.norms[i], eps)
             else:
-                x = _rms_norm(h, self.norms[i], eps)
+                h, x = kf["add_norm"](h, out, self.norms[i], eps)
             conv, ssm = pool.layer("conv", i), pool.layer("ssm", i)
             if decode:
                 out = mixer.mix_step(x, conv, ssm, state_idx)
             else:
                 out = mixer.mix(x, conv, ssm, state_idx, seq_lens, True)
-            h = h + out
+        h = h + out
         lens.index_add_(0, slot, new)  # padding rows add 0
         return h
 
@@ -402,7 +440,7 @@ class HybridRunner(ModelRunner):
         if logit_rows is None or logit_rows.numel() == 0:
             return None
         last = (seq_lens.to(torch.long) - 1).index_select(0, logit_rows)
-        x = _rms_norm(h[logit_rows, last], self.norm_f, self.eps)
+        x = self._k["_rms_norm"](h[logit_rows, last], self.norm_f, self.eps)
         return F.linear(x, self.head_weight()).float()
 
     @torch.no_grad()
@@ -410,5 +448,5 @@ class HybridRunner(ModelRunner):
         """kv_len: attend over the first kv_len keys of each slot (>= every live row's position + 1; a bucket of it
         under CUDA graphs), instead of all max_len."""
         h = self._forward(ids[:, None], None, state_idx, pool, decode=True, kv_len=kv_len)
-        x = _rms_norm(h[:, 0], self.norm_f, self.eps)
+        x = self._k["_rms_norm"](h[:, 0], self.norm_f, self.eps)
         return F.linear(x, self.head_weight()).float()

@@ -69,6 +69,16 @@ def group_layout(nh: int, G: int, tp: int) -> tuple[int, bool]:
                      f"tp % mamba_ngroups == 0")
 
 
+def gated_rms_norm(y: torch.Tensor, gate: torch.Tensor, w: torch.Tensor, group: int, eps: float) -> torch.Tensor:
+    """HF's Zamba2RMSNormGated over groups of `group` channels that all lie on this rank: y, gate (B, L, dl)."""
+    Bsz, L, dl = y.shape
+    v = y.float() * F.silu(gate.float())
+    vg = v.view(Bsz, L, -1, group)
+    ss = vg.pow(2).sum(-1)
+    vg = vg * torch.rsqrt(ss / group + eps)[..., None]
+    return w * vg.view(Bsz, L, dl).to(y.dtype)
+
+
 class TPZamba2MambaMixer(nn.Module):
     """One rank's shard of a Zamba2 (Mamba-2) mixer."""
 
@@ -148,16 +158,25 @@ class TPZamba2MambaMixer(nn.Module):
         dl, cd = self.d_local, self.conv_dim_local
         return zxbcdt[..., :dl], zxbcdt[..., dl:dl + cd], zxbcdt[..., dl + cd:]
 
+    def set_fused(self, enabled: bool) -> None:
+        """The gated norm (unless its groups span ranks) as one torch.compile'd kernel (the engine's runner sets it)."""
+        from ..engine.runner import _Fused
+
+        self.gated_fn = _Fused(gated_rms_norm, enabled)
+
     def _gated_norm(self, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         """HF's Zamba2RMSNormGated on local channels: y, gate (B, L, dl)."""
+        if not self.split_groups:
+            return getattr(self, "gated_fn", gated_rms_norm)(y, gate, self.norm_weight, self.norm_group_size,
+                                                             self.norm_eps)
+        # this rank's channels are part of one group that spans ranks: its sum of squares is all-reduced
         Bsz, L, dl = y.shape
         v = y.float() * F.silu(gate.float())
-        vg = v.view(Bsz, L, -1, self.norm_group_size if not self.split_groups else dl)
-        ss = vg.pow(2).sum(-1)  # (B, L, local groups) sums of squares
-        if self.split_groups:
-            full = ss.new_zeros(Bsz, L, self.n_groups)
-            full[..., self.group0] = ss[..., 0]
-            ss = self.comm.all_reduce(full)[..., self.group0:self.group0 + 1]
+        vg = v.view(Bsz, L, -1, dl)
+        ss = vg.pow(2).sum(-1)  # (B, L, 1) this rank's part of the sum of squares
+        full = ss.new_zeros(Bsz, L, self.n_groups)
+        full[..., self.group0] = ss[..., 0]
+        ss = self.comm.all_reduce(full)[..., self.group0:self.group0 + 1]
         vg = vg * torch.rsqrt(ss / self.norm_group_size + self.norm_eps)[..., None]
         return self.norm_weight * vg.view(Bsz, L, dl).to(y.dtype)
 
