@@ -280,3 +280,41 @@ def test_hybrid_decode_attends_over_the_keys_in_use(attn_op, monkeypatch):
                            return_dict_in_generate=True)
     assert out.token_ids == g.sequences[0, len(p):].tolist()
     close_rel(torch.stack(out.logits), torch.stack([lg[0] for lg in g.logits]), 1e-4, "logits across a key bucket")
+
+
+def test_hybrid_fused_glue_where_it_applies(monkeypatch):
+    """The hybrid runner's compiled glue (set_fused; CUDA engines turn it on) runs in every decode step and in prefill
+    calls of at least FUSED_PREFILL_MIN_TOKENS tokens; shorter prefills keep the plain ops (host-bound there). The glue
+    functions stand in for the compiled ones here, counted; the tokens stay HF's either way."""
+    import ssmtp.engine.hybrid as hy
+    import ssmtp.models.zamba2 as z2
+
+    model = build_zamba2("odd")
+    p = torch.randint(3, 99, (20,), generator=torch.Generator().manual_seed(2)).tolist()
+    llm = LLM(model, progress=False, max_model_len=64, num_slots=1, prefix_cache=False)
+    r = llm.runner
+    calls = {"glue": 0, "gated": 0}
+
+    def counted(key, fn):
+        def f(*a):
+            calls[key] += 1
+            return fn(*a)
+        return f
+
+    r._k = {n: counted("glue", f) for n, f in r._plain.items()}
+    for m in r.mixers:
+        m.gated_fn = counted("gated", z2.gated_rms_norm)
+    expect = llm.generate([p], max_new_tokens=1)[0].token_ids  # a 20-token prefill: plain glue, no decode step
+    assert calls == {"glue": 0, "gated": 0}
+    out = llm.generate([p], max_new_tokens=3)[0].token_ids  # + 2 decode steps: compiled glue in each
+    n = r.n_layers
+    assert out[:1] == expect and calls["gated"] == 2 * n and calls["glue"] >= 2 * n
+    calls.update(glue=0, gated=0)
+    monkeypatch.setattr(hy, "FUSED_PREFILL_MIN_TOKENS", 16)
+    for m in r.mixers:
+        m.fused_min_tokens = 16
+    assert llm.generate([p], max_new_tokens=1)[0].token_ids == expect
+    assert calls["gated"] == n and calls["glue"] >= n
+    with torch.no_grad():
+        g = model.generate(torch.tensor([p]), max_new_tokens=3, do_sample=False)
+    assert out == g[0, len(p):].tolist()

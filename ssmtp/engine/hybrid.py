@@ -59,6 +59,13 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 # unfused, each RMSNorm is ~8 kernels: a zamba2-2.7b decode step launched ~1800 kernels at B=1). Same ops in the same
 # order as the unfused forward.
 
+# Prefill (eager for hybrids: no prefill graphs) takes the compiled glue only from this many tokens per call: each
+# compiled call costs host time, and a short eager prefill is host-bound. Measured on H200 (2026-11-24, zamba2-2.7b,
+# bench_engine --quick, compiled vs plain; benchmarks/results/hybrid-fused-h200-*.json): 1x512 81 vs 43 ms, 8x512
+# 91 vs 121 ms.
+FUSED_PREFILL_MIN_TOKENS = 2048
+
+
 def add_norm(h, out, w, eps: float):
     """A Mamba layer's input: the residual stream with the previous layer's output added (none before layer 0), and
     its norm."""
@@ -167,10 +174,12 @@ class HybridRunner(ModelRunner):
         """Fuse the elementwise glue (norms with their residual adds, RoPE, Zamba2's gated norm) with torch.compile,
         decode and prefill (the engine turns this on for CUDA)."""
         self.fused = enabled
-        self._k = {f.__name__: _Fused(f, enabled) for f in (add_norm, add_cat_norm, sum_norm, rope, _rms_norm)}
+        glue = (add_norm, add_cat_norm, sum_norm, rope, _rms_norm)
+        self._k = {f.__name__: _Fused(f, enabled) for f in glue}
+        self._plain = {f.__name__: f for f in glue}
         for m in self.mixers:
             if hasattr(m, "set_fused"):
-                m.set_fused(enabled)
+                m.set_fused(enabled, FUSED_PREFILL_MIN_TOKENS)
 
     def set_max_len(self, n: int) -> int:
         """Tokens of K/V per slot (prompt + generated - 1 at most); the engine sets it from max_model_len."""
@@ -402,7 +411,7 @@ class HybridRunner(ModelRunner):
             cos = (e.cos() * self.rope_scale).to(h.dtype)[:, :, None, :]
             sin = (e.sin() * self.rope_scale).to(h.dtype)[:, :, None, :]
         sdpa = (not decode) and h.is_cuda and h.dtype != torch.float32
-        kf = self._k
+        kf = self._k if decode or B * L >= FUSED_PREFILL_MIN_TOKENS else self._plain
         out = None  # the previous layer's output, added to h by the next layer's norm
         for i, mixer in enumerate(self.mixers):
             j = self.hybrid_index.get(i)
@@ -440,7 +449,7 @@ class HybridRunner(ModelRunner):
         if logit_rows is None or logit_rows.numel() == 0:
             return None
         last = (seq_lens.to(torch.long) - 1).index_select(0, logit_rows)
-        x = self._k["_rms_norm"](h[logit_rows, last], self.norm_f, self.eps)
+        x = _rms_norm(h[logit_rows, last], self.norm_f, self.eps)
         return F.linear(x, self.head_weight()).float()
 
     @torch.no_grad()

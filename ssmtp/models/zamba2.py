@@ -158,17 +158,20 @@ class TPZamba2MambaMixer(nn.Module):
         dl, cd = self.d_local, self.conv_dim_local
         return zxbcdt[..., :dl], zxbcdt[..., dl:dl + cd], zxbcdt[..., dl + cd:]
 
-    def set_fused(self, enabled: bool) -> None:
-        """The gated norm (unless its groups span ranks) as one torch.compile'd kernel (the engine's runner sets it)."""
+    def set_fused(self, enabled: bool, min_tokens: int = 0) -> None:
+        """The gated norm (unless its groups span ranks) as one torch.compile'd kernel in decode steps and in calls of
+        at least min_tokens tokens (the engine's runner sets it)."""
         from ..engine.runner import _Fused
 
-        self.gated_fn = _Fused(gated_rms_norm, enabled)
+        self.gated_fn, self.fused_min_tokens = _Fused(gated_rms_norm, enabled), int(min_tokens)
 
     def _gated_norm(self, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         """HF's Zamba2RMSNormGated on local channels: y, gate (B, L, dl)."""
         if not self.split_groups:
-            return getattr(self, "gated_fn", gated_rms_norm)(y, gate, self.norm_weight, self.norm_group_size,
-                                                             self.norm_eps)
+            fn = getattr(self, "gated_fn", gated_rms_norm)
+            if y.shape[1] > 1 and y.shape[0] * y.shape[1] < getattr(self, "fused_min_tokens", 0):
+                fn = gated_rms_norm
+            return fn(y, gate, self.norm_weight, self.norm_group_size, self.norm_eps)
         # this rank's channels are part of one group that spans ranks: its sum of squares is all-reduced
         Bsz, L, dl = y.shape
         v = y.float() * F.silu(gate.float())
