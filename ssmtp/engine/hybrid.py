@@ -59,11 +59,12 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 # unfused, each RMSNorm is ~8 kernels: a zamba2-2.7b decode step launched ~1800 kernels at B=1). Same ops in the same
 # order as the unfused forward.
 
-# Prefill (eager for hybrids: no prefill graphs) takes the compiled glue only from this many tokens per call: each
-# compiled call costs host time, and a short eager prefill is host-bound. Measured on H200 (2026-11-24, zamba2-2.7b,
-# bench_engine --quick, compiled vs plain; benchmarks/results/hybrid-fused-h200-*.json): 1x512 81 vs 43 ms, 8x512
-# 91 vs 121 ms.
-FUSED_PREFILL_MIN_TOKENS = 2048
+# Prefill (eager for hybrids: no prefill graphs) takes the compiled glue only from this many tokens per call: a short
+# eager prefill is host-bound (and noisy: zamba2-2.7b 1x512 51-69 ms plain within one run), and each compiled call
+# costs host time. Measured on H200 (2026-11-24, zamba2-2.7b, compiled vs plain, benchmarks/results/
+# hybrid-fused-h200-ab.json): 8x512 90-94 vs 121-125 ms; with the glue compiled in every prefill 1x512 72-81 vs
+# 43-47 and 1x2048 84 vs 73 (single runs); with this limit short prefills and TTFT equal within that noise.
+FUSED_PREFILL_MIN_TOKENS = 4096
 
 
 def add_norm(h, out, w, eps: float):

@@ -176,8 +176,9 @@ class LLM:
                         prefill_graph_sizes) from CUDA graphs: cuts ~40 ms of host time per chunk off TTFT
                         (default: as cuda_graphs, unless SSMTP_PREFILL_GRAPHS=0)
     max_prefill_tokens  padded tokens per prefill step (batch x longest chunk); also the longest chunk
-    fused_decode        torch.compile the norm/residual glue (decode and prefill) into one kernel each (default: on
-                        for CUDA unless SSMTP_ENGINE_COMPILE=0; falls back to plain ops, logged, if compiling fails)
+    fused_decode        torch.compile the norm/residual glue (decode and prefill; hybrids: decode and prefills of
+                        >= 4096 tokens) into one kernel each (default: on for CUDA unless SSMTP_ENGINE_COMPILE=0;
+                        falls back to plain ops, logged, if compiling fails)
     tokenizer           for text prompts (default: the checkpoint's, or the tiny presets' byte tokenizer)
     seed                engine seed: requests without their own seed get seed*1000003 + request number
     """
