@@ -76,6 +76,14 @@ def _fixtures(folder):
             json.dump(d, f)
 
 
+def _render(report, res, tmp_path) -> str:
+    """report.py's README text for the result files in res (a fresh README.md under tmp_path)."""
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n")
+    assert report.main(["--results", str(res), "--readme", str(readme)]) == 0
+    return readme.read_text()
+
+
 def test_report_writes_the_marked_section_and_is_idempotent(report, tmp_path):
     res = tmp_path / "results"
     res.mkdir()
@@ -119,10 +127,7 @@ def test_engine_ratios_only_within_one_commit_and_no_negative_hf(report, tmp_pat
     d1 = json.loads(p1.read_text())
     d1["hf"]["decode_step_ms"] = -118.5
     p1.write_text(json.dumps(d1))
-    readme = tmp_path / "README.md"
-    readme.write_text("# x\n")
-    assert report.main(["--results", str(res), "--readme", str(readme)]) == 0
-    sec = readme.read_text()
+    sec = _render(report, res, tmp_path)
     assert "left out: the TP=1 and TP=2 files come from different commits (0123456, fedcba9)" in sec
     assert "| prefill 1x512 | 50.0k tok/s | 100k tok/s |  |" in sec
     assert "-118" not in sec
@@ -141,10 +146,7 @@ def test_engine_hf_column_from_an_earlier_run(report, tmp_path):
     new["meta"]["date"] = "2026-11-25T10:00:00+00:00"
     new["meta"]["commit"] = "abcdef0123456789abcdef0123456789abcdef01"
     (res / "engine-y-tp1.json").write_text(json.dumps(new))
-    readme = tmp_path / "README.md"
-    readme.write_text("# x\n")
-    assert report.main(["--results", str(res), "--readme", str(readme)]) == 0
-    sec = readme.read_text()
+    sec = _render(report, res, tmp_path)
     assert "`engine-y-tp1.json` (commit abcdef0, 2026-11-25, NVIDIA H200)" in sec
     assert "HF transformers figures: `engine-old-tp1.json` (commit 0123456, 2026-11-21, NVIDIA H200)" in sec
     assert "| decode step B=1 | 3.16 ms |  |  | 2.40 | 4.72 ms | 47.6 ms |" in sec
@@ -152,8 +154,7 @@ def test_engine_hf_column_from_an_earlier_run(report, tmp_path):
     (res / "engine-old-tp1.json").write_text(json.dumps(old))
     del old["hf"]
     (res / "engine-x-tp1.json").write_text(json.dumps(old))
-    assert report.main(["--results", str(res), "--readme", str(readme)]) == 0
-    sec = readme.read_text()
+    sec = _render(report, res, tmp_path)
     assert "HF transformers figures" not in sec and "47.6 ms" not in sec
 
 
