@@ -55,10 +55,6 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-b, a), dim=-1)
 
 
-# The elementwise glue of a hybrid step as whole functions, so that torch.compile can make each one kernel (set_fused;
-# unfused, each RMSNorm is ~8 kernels: a zamba2-2.7b decode step launched ~1800 kernels at B=1). Same ops in the same
-# order as the unfused forward.
-
 # Prefill (eager for hybrids: no prefill graphs) takes the compiled glue only from this many tokens per call: a short
 # eager prefill is host-bound (and noisy: zamba2-2.7b 1x512 51-69 ms plain within one run), and each compiled call
 # costs host time. Measured on H200 (2026-11-24, zamba2-2.7b, compiled vs plain, benchmarks/results/
@@ -66,6 +62,10 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 # 43-47 and 1x2048 84 vs 73 (single runs); with this limit short prefills and TTFT equal within that noise.
 FUSED_PREFILL_MIN_TOKENS = 4096
 
+
+# The elementwise glue of a hybrid step as whole functions, so that torch.compile can make each one kernel (set_fused;
+# unfused, each RMSNorm is ~8 kernels: a zamba2-2.7b decode step launched ~1800 kernels at B=1). Same ops in the same
+# order as the unfused forward.
 
 def add_norm(h, out, w, eps: float):
     """A Mamba layer's input: the residual stream with the previous layer's output added (none before layer 0), and

@@ -135,6 +135,7 @@ class TPZamba2MambaMixer(nn.Module):
         self.register_buffer("dt_bias_ch", self.dt_bias.detach().repeat_interleave(hd))  # (dl,)
         self.register_buffer("D_ch", self.D_head.detach().repeat_interleave(hd))  # (dl,)
         self.norm_weight = shard.param(get("norm.weight")[lo:hi])
+        self.gated_fn, self.fused_min_tokens = gated_rms_norm, 0  # set_fused: a compiled gated norm
         self.out_proj_weight = shard.param(get("out_proj.weight")[:, lo:hi])
         self.out_proj_bias = shard.param(get("out_proj.bias")[:]) if config.add_bias_linear else None
 
@@ -168,8 +169,8 @@ class TPZamba2MambaMixer(nn.Module):
     def _gated_norm(self, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         """HF's Zamba2RMSNormGated on local channels: y, gate (B, L, dl)."""
         if not self.split_groups:
-            fn = getattr(self, "gated_fn", gated_rms_norm)
-            if y.shape[1] > 1 and y.shape[0] * y.shape[1] < getattr(self, "fused_min_tokens", 0):
+            fn = self.gated_fn
+            if y.shape[1] > 1 and y.shape[0] * y.shape[1] < self.fused_min_tokens:
                 fn = gated_rms_norm
             return fn(y, gate, self.norm_weight, self.norm_group_size, self.norm_eps)
         # this rank's channels are part of one group that spans ranks: its sum of squares is all-reduced
