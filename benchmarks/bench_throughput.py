@@ -289,7 +289,7 @@ def time_case(run: Run, llm, info: dict, b: int, p: int, o: int, g: torch.Genera
 
 
 def run_model(run: Run, model: str, grid: list, dtype, args, res: dict) -> None:
-    from ssmtp.presets import PRESETS
+    from ssmtp.presets import preset_entry
 
     info: dict = {}
     res["models"][model] = info
@@ -302,7 +302,8 @@ def run_model(run: Run, model: str, grid: list, dtype, args, res: dict) -> None:
             r.update(status="skipped", reason="budget")
         run.log(f"{model}: skipped (budget)")
         return
-    family = PRESETS[model][0] if model in PRESETS else None
+    entry = preset_entry(model)
+    family = entry[0] if entry else None
     if family is not None and family not in res["validation"] and not args.no_validate:
         res["validation"][family] = validate_family(run, family)
         run.log(f"validation {family}: {res['validation'][family]}")

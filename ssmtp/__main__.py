@@ -168,6 +168,7 @@ def cmd_presets(args) -> int:
 
     for name, (family, kw, note) in PRESETS.items():
         print(f"{name:16s} {family:13s} {note}")
+    print("<mamba preset>@tpN: one TP=N rank's mixers (d_inner / N) as a one-GPU model, e.g. mamba-2.8b@tp2")
     print(f"default model: {default_model()}")
     return 0
 

@@ -186,13 +186,13 @@ def _download(repo_id: str) -> str:
 
 def resolve(spec, *, device=None):
     """A weight source for ``spec`` (see the module docstring)."""
-    from .presets import PRESETS, PresetSource
+    from .presets import PRESETS, PresetSource, preset_entry
 
     if isinstance(spec, torch.nn.Module):
         return HFModelSource(spec)
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"model must be an HF model, a preset name, a directory or a hub id; got {spec!r}")
-    if spec in PRESETS:
+    if preset_entry(spec) is not None:
         return PresetSource(spec)
     if os.path.isdir(spec):
         return SafetensorsSource(spec)

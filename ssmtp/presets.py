@@ -1,6 +1,8 @@
 """Model presets: real checkpoint shapes with random weights (benchmarks), and tiny models that run in seconds on a CPU.
 
     PRESETS                    name -> (HF config class name, config kwargs, note)
+    preset_entry(name)         PRESETS[name], or for "<Mamba preset>@tpN" one TP=N rank's shapes as a one-GPU model
+                               (d_inner / N): a TP rank's compute measured on one GPU (no all-reduce)
     preset_config(name)        the HF config object
     PresetSource(name, seed)   a weight source (see loading.py) whose tensors are generated on demand, slice by slice:
                                a rank generates only its own shard, directly on its device, never the full model.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 from types import SimpleNamespace
 from typing import Optional
 
@@ -98,12 +101,36 @@ class PresetConfig(SimpleNamespace):
         return getattr(transformers, _HF_CLASS[self.model_type])(**kw)
 
 
+_RANK_SHAPES = re.compile(r"^(?P<base>.+)@tp(?P<tp>[0-9]+)$")
+
+
+def preset_entry(name) -> Optional[tuple]:
+    """(family, config kwargs, note) of a preset name, or None if it names none. "<preset>@tpN" (Mamba and
+    Falcon-Mamba presets): the mixers one rank holds at TP=N (d_inner / N; every other size as the preset) as a
+    one-GPU model, to measure a TP rank's compute where N GPUs are not at hand (the all-reduces are not in it)."""
+    if not isinstance(name, str):
+        return None
+    if name in PRESETS:
+        return PRESETS[name]
+    m = _RANK_SHAPES.match(name)
+    if m is None or m["base"] not in PRESETS:
+        return None
+    family, kw, note = PRESETS[m["base"]]
+    tp, d = int(m["tp"]), kw.get("intermediate_size")
+    if family not in ("mamba", "falcon_mamba"):
+        raise ValueError(f"preset {name!r}: one rank's shapes (@tpN) are defined for the Mamba presets only")
+    if tp < 1 or d % tp:
+        raise ValueError(f"preset {name!r}: intermediate_size {d} does not split over tp={tp}")
+    return family, dict(kw, intermediate_size=d // tp), f"{note}, one TP={tp} rank's mixers (d_inner {d // tp})"
+
+
 def preset_config(name: str, hf: bool = False):
     """The preset's config: a PresetConfig for Mamba families (hf=True: the transformers config object), the
     transformers config for the others."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
-    family, kw, _ = PRESETS[name]
+    entry = preset_entry(name)
+    if entry is None:
+        raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)} (Mamba ones also as <name>@tpN)")
+    family, kw, _ = entry
     if family in ("mamba", "falcon_mamba"):
         cfg = PresetConfig(model_type=family, **dict(_MAMBA_DEFAULTS, **kw))
         return cfg.to_hf() if hf else cfg
@@ -373,7 +400,7 @@ class PresetSource:
     def __init__(self, name: str, seed: int = 0):
         self.name = name
         self.config = preset_config(name)
-        self.family = PRESETS[name][0]
+        self.family = preset_entry(name)[0]
         self.prefix = "backbone." if self.family in ("mamba", "falcon_mamba") else "model."
         self.seed = seed
         self.tokenizer = ByteTokenizer() if name.startswith("tiny") else None

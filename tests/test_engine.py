@@ -706,3 +706,23 @@ def test_runner_from_a_parallelized_model_in_another_dtype_is_refused(family):
     with pytest.raises(ValueError, match="mixers are torch.float32 on cpu; the engine was asked for torch.bfloat16"):
         cls.from_hf(model, Communicator(), torch.bfloat16, torch.device("cpu"))
     assert cls.from_hf(model, Communicator(), torch.float32, torch.device("cpu")) is not None
+
+
+def test_rank_shape_presets():
+    """"<Mamba preset>@tpN": one TP=N rank's mixers (d_inner / N) as a one-GPU model that loads and generates; other
+    families, sizes that do not split and unknown bases are refused or not presets."""
+    from ssmtp.presets import preset_config, preset_entry
+
+    assert preset_config("mamba-2.8b@tp2").intermediate_size == 2560
+    assert preset_config("falcon-mamba-7b@tp4").intermediate_size == 2048
+    assert preset_config("mamba-2.8b@tp2").hidden_size == preset_config("mamba-2.8b").hidden_size
+    assert preset_entry("no-such-model@tp2") is None and preset_entry("tiny@2") is None
+    with pytest.raises(ValueError, match="Mamba presets only"):
+        preset_entry("tiny-zamba@tp2")
+    for bad in ("tiny@tp3", "tiny@tp0"):
+        with pytest.raises(ValueError, match="does not split"):
+            preset_entry(bad)
+    llm = LLM("tiny@tp2", progress=False, num_slots=1, prefix_cache=False)
+    assert llm.runner.mixers[0].d_local == preset_config("tiny").intermediate_size // 2
+    out = llm.generate([[5, 6, 7]], max_new_tokens=4, ignore_eos=True)[0]
+    assert len(out.token_ids) == 4
