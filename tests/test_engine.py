@@ -726,3 +726,19 @@ def test_rank_shape_presets():
     assert llm.runner.mixers[0].d_local == preset_config("tiny").intermediate_size // 2
     out = llm.generate([[5, 6, 7]], max_new_tokens=4, ignore_eos=True)[0]
     assert len(out.token_ids) == 4
+
+
+def test_bench_decode_skips_batches_that_do_not_fit(tmp_path, monkeypatch):
+    """A decode batch larger than the run's state slots is skipped with its reason (zamba-7b on one H200 holds 49
+    slots); the batches that fit are still measured, not lost with it."""
+    import ssmtp.engine.llm as llm_mod
+    from ssmtp.engine import bench
+
+    real = llm_mod.LLM
+    monkeypatch.setattr(llm_mod, "LLM", lambda *a, **k: real(*a, **dict(k, num_slots=2)))
+    assert bench.main(["--model", "tiny", "--device", "cpu", "--dtype", "float32", "--quick", "--decode-batches",
+                       "1,4", "--prefill", "1x16", "--ttft-len", "32", "--prefix-interval", "16", "--no-hf", "--out",
+                       str(tmp_path)]) == 0
+    res = json.load(open(tmp_path / "engine-tp1.json"))
+    assert set(res["decode"]) == {"1"} and "decode" not in res.get("errors", {})
+    assert res["decode_skipped"] == {"4": "4 sequences do not fit in the 2 state slots of this run"}

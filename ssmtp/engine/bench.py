@@ -290,6 +290,11 @@ def run(args) -> dict:
             res["meta"]["decode_sampling"] = {"temperature": sampled[0], "top_k": sampled[1], "top_p": sampled[2]}
         n_tok = 8 if quick else args.decode_tokens
         for B in decode_bs:
+            if B > llm.max_batch:  # more than the state slots hold at once; the batches that fit are still measured
+                res.setdefault("decode_skipped", {})[str(B)] = (f"{B} sequences do not fit in the "
+                                                                f"{llm.num_slots} state slots of this run")
+                log(f"[bench] decode B={B}: skipped ({res['decode_skipped'][str(B)]})")
+                continue
             if llm.graphs is not None:
                 llm.graphs.capture(llm.graphs.bucket(B))
             ps = _prompts(g, B, 16, V)
