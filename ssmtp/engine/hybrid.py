@@ -38,6 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import ops
+from ..models.zamba2 import gated_rms_norm
 from ..parallel import shard
 from ..parallel.comm import Communicator
 from .runner import ModelRunner, _Fused, _rms_norm, check_mixers_on
@@ -179,8 +180,8 @@ class HybridRunner(ModelRunner):
         self._k = {f.__name__: _Fused(f, enabled) for f in glue}
         self._plain = {f.__name__: f for f in glue}
         for m in self.mixers:
-            if hasattr(m, "set_fused"):
-                m.set_fused(enabled, FUSED_PREFILL_MIN_TOKENS)
+            if hasattr(m, "gated_fn"):  # Zamba2's gated norm
+                m.gated_fn, m.fused_min_tokens = _Fused(gated_rms_norm, enabled), FUSED_PREFILL_MIN_TOKENS
 
     def set_max_len(self, n: int) -> int:
         """Tokens of K/V per slot (prompt + generated - 1 at most); the engine sets it from max_model_len."""

@@ -135,7 +135,9 @@ class TPZamba2MambaMixer(nn.Module):
         self.register_buffer("dt_bias_ch", self.dt_bias.detach().repeat_interleave(hd))  # (dl,)
         self.register_buffer("D_ch", self.D_head.detach().repeat_interleave(hd))  # (dl,)
         self.norm_weight = shard.param(get("norm.weight")[lo:hi])
-        self.gated_fn, self.fused_min_tokens = gated_rms_norm, 0  # set_fused: a compiled gated norm
+        # the gated norm's function (unless its groups span ranks), used in decode steps and in calls of at least
+        # fused_min_tokens tokens: the engine's hybrid runner puts a torch.compile'd gated_rms_norm here
+        self.gated_fn, self.fused_min_tokens = gated_rms_norm, 0
         self.out_proj_weight = shard.param(get("out_proj.weight")[:, lo:hi])
         self.out_proj_bias = shard.param(get("out_proj.bias")[:]) if config.add_bias_linear else None
 
@@ -158,13 +160,6 @@ class TPZamba2MambaMixer(nn.Module):
     def _split(self, zxbcdt: torch.Tensor):
         dl, cd = self.d_local, self.conv_dim_local
         return zxbcdt[..., :dl], zxbcdt[..., dl:dl + cd], zxbcdt[..., dl + cd:]
-
-    def set_fused(self, enabled: bool, min_tokens: int = 0) -> None:
-        """The gated norm (unless its groups span ranks) as one torch.compile'd kernel in decode steps and in calls of
-        at least min_tokens tokens (the engine's runner sets it)."""
-        from ..engine.runner import _Fused
-
-        self.gated_fn, self.fused_min_tokens = _Fused(gated_rms_norm, enabled), int(min_tokens)
 
     def _gated_norm(self, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         """HF's Zamba2RMSNormGated on local channels: y, gate (B, L, dl)."""
