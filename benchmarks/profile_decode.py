@@ -24,24 +24,36 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ssmtp.engine.bench import _git_commit  # noqa: E402
 
 
-def _kernels(fn, n: int, step_us: float, top: int) -> dict:
-    """Run fn n times under the profiler; GPU time per call grouped by kernel name."""
+def _kernels(fn, n: int, step_us: float, top: int, timeline: int = 0) -> dict:
+    """Run fn n times under the profiler; GPU time per call grouped by kernel name. timeline > 0: also `timeline`
+    kernels from the middle of the last call (the layers there), in launch order, each with its duration and the time
+    since the previous kernel ended (negative: the two overlapped, as programmatic dependent launch allows)."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(n):
             fn()
         torch.cuda.synchronize()
     tot = collections.defaultdict(float)
     cnt = collections.Counter()
+    seq = []
     for ev in prof.events():
         if ev.device_type == torch.autograd.DeviceType.CUDA and ev.device_time > 0:
+            seq.append((ev.time_range.start, ev.time_range.end, ev.name))
             name = ev.name if len(ev.name) < 90 else ev.name[:87] + "..."
             tot[name] += ev.device_time  # us
             cnt[name] += 1
     kern_us = sum(tot.values()) / n
     best = sorted(tot.items(), key=lambda kv: -kv[1])[:top]
-    return {"step_us": step_us, "kernel_us": kern_us, "kernels_per_step": sum(cnt.values()) / n,
-            "top": [{"kernel": k, "us_per_step": v / n, "calls_per_step": cnt[k] / n, "share_of_step": v / n / step_us}
-                    for k, v in best]}
+    r = {"step_us": step_us, "kernel_us": kern_us, "kernels_per_step": sum(cnt.values()) / n,
+         "top": [{"kernel": k, "us_per_step": v / n, "calls_per_step": cnt[k] / n, "share_of_step": v / n / step_us}
+                 for k, v in best]}
+    if timeline > 0 and seq:
+        seq.sort()
+        per = len(seq) // n
+        last = seq[len(seq) - per:]
+        mid = last[max(0, per // 2 - 1):per // 2 + timeline]
+        r["timeline"] = [{"kernel": name[:90], "us": round(e - b, 2), "gap_us": round(b - mid[i][1], 2)}
+                         for i, (b, e, name) in enumerate(mid[1:])]
+    return r
 
 
 def _print(title: str, r: dict) -> None:
@@ -49,6 +61,8 @@ def _print(title: str, r: dict) -> None:
           f"({r['kernels_per_step']:.0f} kernels), idle {r['step_us'] - r['kernel_us']:.1f} us")
     for t in r["top"]:
         print(f"  {t['us_per_step']:9.1f} us {t['share_of_step']:6.1%} x{t['calls_per_step']:5.0f}  {t['kernel']}")
+    for t in r.get("timeline", []):
+        print(f"  gap {t['gap_us']:+8.2f} {t['us']:8.2f} us  {t['kernel']}")
 
 
 def main() -> int:
@@ -62,6 +76,8 @@ def main() -> int:
     ap.add_argument("--kv-len", type=int, default=None,
                     help="hybrid models (Zamba): keys attended per decode step, rounded up to the engine's key-length "
                          "bucket (default: the full max_model_len graph)")
+    ap.add_argument("--timeline", type=int, default=0,
+                    help="also list N kernels from the middle of one decode step, in order, with durations and gaps")
     ap.add_argument("--out", default=None, help="JSON output path (rank 0)")
     args = ap.parse_args()
 
@@ -97,7 +113,8 @@ def main() -> int:
         e1.record()
         e1.synchronize()
         step_us = e0.elapsed_time(e1) * 1e3 / args.steps
-        res["batches"][str(B)] = _kernels(lambda: llm.graphs.replay(bs, T), args.steps, step_us, args.top)
+        res["batches"][str(B)] = _kernels(lambda: llm.graphs.replay(bs, T), args.steps, step_us, args.top,
+                                          args.timeline)
         llm.pool.free(slots)
         if rank == 0:
             _print(f"decode B={B} tp={world}", res["batches"][str(B)])

@@ -33,7 +33,6 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .. import ops
 from ..parallel import shard
@@ -161,7 +160,7 @@ class TPZambaMambaMixer(nn.Module):
         return dt, B, C
 
     def _out(self, y_tok: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        out = self.comm.all_reduce(F.linear(y_tok.to(dtype), self.out_proj_weight))
+        out = self.comm.all_reduce(ops.linear(y_tok.to(dtype), self.out_proj_weight))
         return out + self.out_proj_bias if self.out_proj_bias is not None else out
 
     # ------------------------------------------------------------------ cache-agnostic entry points
@@ -173,7 +172,7 @@ class TPZambaMambaMixer(nn.Module):
         written with the final states; state_idx (B,) int32 picks slots; seq_lens (B,) int32 for right padding."""
         dl = self.d_local
         h = _mask(h, attention_mask)
-        xz = F.linear(h, self.in_proj_weight, self.in_proj_bias)  # (B, L, 2dl)
+        xz = ops.linear(h, self.in_proj_weight, self.in_proj_bias)  # (B, L, 2dl)
         x = xz[..., :dl].transpose(1, 2)  # (B, dl, L) channel-contiguous views
         z = xz[..., dl:].transpose(1, 2)
         xc = ops.causal_conv1d(x, self.conv_weight, self.conv_bias, conv_state, state_idx, seq_lens, True, load_state)
@@ -188,7 +187,7 @@ class TPZambaMambaMixer(nn.Module):
                  state_idx: Optional[torch.Tensor] = None) -> torch.Tensor:
         """One decode token per sequence. h (B, 1, H); states (slots, dl, K), (slots, dl, N) updated in place."""
         dl = self.d_local
-        xz = F.linear(h, self.in_proj_weight, self.in_proj_bias)  # (B, 1, 2dl)
+        xz = ops.linear(h, self.in_proj_weight, self.in_proj_bias)  # (B, 1, 2dl)
         x = xz[..., :dl].transpose(1, 2)
         xc = ops.causal_conv1d(x, self.conv_weight, self.conv_bias, conv_state, state_idx, None, True, True)
         xc_tok = xc.transpose(1, 2)  # (B, 1, dl)
@@ -242,12 +241,12 @@ class TPZambaAttention(nn.Module):
         (B, L, kv_local, hd) of this rank's heads (no collective)."""
         B, L = x.shape[:2]
         hd = self.head_dim
-        return (F.linear(x, self.q_proj_weight).view(B, L, -1, hd), F.linear(x, self.k_proj_weight).view(B, L, -1, hd),
-                F.linear(x, self.v_proj_weight).view(B, L, -1, hd))
+        return (ops.linear(x, self.q_proj_weight).view(B, L, -1, hd), ops.linear(x, self.k_proj_weight).view(B, L, -1, hd),
+                ops.linear(x, self.v_proj_weight).view(B, L, -1, hd))
 
     def out(self, attn: torch.Tensor) -> torch.Tensor:
         """attn (B, L, heads_local * hd) -> o_proj, all-reduced: (B, L, H) on every rank."""
-        return self.comm.all_reduce(F.linear(attn, self.o_proj_weight))
+        return self.comm.all_reduce(ops.linear(attn, self.o_proj_weight))
 
     def forward(self, hidden_states: torch.Tensor, layer_idx: int, attention_mask: Optional[torch.Tensor],
                 past_key_values=None, **kwargs):
@@ -255,9 +254,9 @@ class TPZambaAttention(nn.Module):
 
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
-        q = F.linear(hidden_states, self.q_proj_weight).view(hidden_shape).transpose(1, 2)
-        k = F.linear(hidden_states, self.k_proj_weight).view(hidden_shape).transpose(1, 2)
-        v = F.linear(hidden_states, self.v_proj_weight).view(hidden_shape).transpose(1, 2)
+        q = ops.linear(hidden_states, self.q_proj_weight).view(hidden_shape).transpose(1, 2)
+        k = ops.linear(hidden_states, self.k_proj_weight).view(hidden_shape).transpose(1, 2)
+        v = ops.linear(hidden_states, self.v_proj_weight).view(hidden_shape).transpose(1, 2)
         return attend(self, q, k, v, attention_mask, past_key_values, layer_idx, eager_attention_forward, **kwargs)
 
     def extra_repr(self) -> str:
@@ -308,8 +307,8 @@ class TPGatedMLP(nn.Module):
         self.act_fn = _act(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = F.linear(x, self.gate_up_weight).chunk(2, dim=-1)
-        return self.comm.all_reduce(F.linear(self.act_fn(gate) * up, self.down_weight))
+        gate, up = ops.linear(x, self.gate_up_weight).chunk(2, dim=-1)
+        return self.comm.all_reduce(ops.linear(self.act_fn(gate) * up, self.down_weight))
 
     def extra_repr(self) -> str:
         return f"intermediate=[{self.lo}, {self.hi}) of {self.intermediate_size}, tp={self.comm.world_size}"

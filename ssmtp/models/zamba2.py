@@ -181,7 +181,7 @@ class TPZamba2MambaMixer(nn.Module):
 
     def _out(self, y_tok: torch.Tensor, gate: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         y = self._gated_norm(y_tok, gate)
-        out = self.comm.all_reduce(F.linear(y.to(dtype), self.out_proj_weight))
+        out = self.comm.all_reduce(ops.linear(y.to(dtype), self.out_proj_weight))
         return out + self.out_proj_bias if self.out_proj_bias is not None else out
 
     def _use_ssd(self, t: torch.Tensor, step: bool = False) -> bool:
@@ -218,7 +218,7 @@ class TPZamba2MambaMixer(nn.Module):
         padding."""
         Bsz, L, _ = h.shape
         h = _mask(h, attention_mask)
-        gate, xbc, dt = self._split(F.linear(h, self.in_proj_weight, self.in_proj_bias))
+        gate, xbc, dt = self._split(ops.linear(h, self.in_proj_weight, self.in_proj_bias))
         xbc = ops.causal_conv1d(xbc.transpose(1, 2), self.conv_weight, self.conv_bias, conv_state, state_idx, seq_lens,
                                 True, load_state)
         x, B, C = self._bc(_mask(xbc.transpose(1, 2), attention_mask))
@@ -240,7 +240,7 @@ class TPZamba2MambaMixer(nn.Module):
     def mix_step(self, h: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor,
                  state_idx: Optional[torch.Tensor] = None) -> torch.Tensor:
         """One decode token per sequence. h (B, 1, H); states updated in place. dt is not clamped (as in HF)."""
-        gate, xbc, dt = self._split(F.linear(h, self.in_proj_weight, self.in_proj_bias))
+        gate, xbc, dt = self._split(ops.linear(h, self.in_proj_weight, self.in_proj_bias))
         xbc = ops.causal_conv1d(xbc.transpose(1, 2), self.conv_weight, self.conv_bias, conv_state, state_idx, None,
                                 True, True)
         x, B, C = self._bc(xbc[:, :, 0])
@@ -305,7 +305,7 @@ class _Adapters(nn.Module):
         j = self.slot[i]
         if j < 0:
             return x[..., self.rows]
-        return F.linear(F.linear(x, self.down[j]), self.up[j])
+        return ops.linear(ops.linear(x, self.down[j]), self.up[j])
 
 
 class TPZamba2Attention(nn.Module):
@@ -356,9 +356,9 @@ class TPZamba2Attention(nn.Module):
         (B, L, heads_local, hd), k and v (B, L, kv_local, hd) of this rank's heads, adapters added, before RoPE."""
         B, L = x.shape[:2]
         hd = self.head_dim
-        q = F.linear(x, self.q_proj_weight)
-        k = F.linear(x, self.k_proj_weight)
-        v = F.linear(x, self.v_proj_weight)
+        q = ops.linear(x, self.q_proj_weight)
+        k = ops.linear(x, self.k_proj_weight)
+        v = ops.linear(x, self.v_proj_weight)
         if self.use_adapter:
             i = self.layer_dic[layer_idx]
             q = q + self.q_adapters(x, i)
@@ -368,7 +368,7 @@ class TPZamba2Attention(nn.Module):
 
     def out(self, attn: torch.Tensor) -> torch.Tensor:
         """attn (B, L, heads_local * hd) -> o_proj, all-reduced: (B, L, H) on every rank."""
-        return self.comm.all_reduce(F.linear(attn, self.o_proj_weight))
+        return self.comm.all_reduce(ops.linear(attn, self.o_proj_weight))
 
     def forward(self, hidden_states: torch.Tensor, layer_idx: int, attention_mask: Optional[torch.Tensor] = None,
                 past_key_values=None, position_embeddings=None, **kwargs):
@@ -376,9 +376,9 @@ class TPZamba2Attention(nn.Module):
 
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
-        q = F.linear(hidden_states, self.q_proj_weight)
-        k = F.linear(hidden_states, self.k_proj_weight)
-        v = F.linear(hidden_states, self.v_proj_weight)
+        q = ops.linear(hidden_states, self.q_proj_weight)
+        k = ops.linear(hidden_states, self.k_proj_weight)
+        v = ops.linear(hidden_states, self.v_proj_weight)
         if self.use_adapter:
             i = self.layer_dic[layer_idx]
             q = q + self.q_adapters(hidden_states, i)
@@ -429,10 +429,10 @@ class TPZamba2MLP(nn.Module):
                    _adapter_kinds(hf_mlp.gate_up_proj_adapter_list))
 
     def forward(self, hidden_state: torch.Tensor, layer_idx=None) -> torch.Tensor:
-        gu = F.linear(hidden_state, self.gate_up_weight, self.gate_up_bias)
+        gu = ops.linear(hidden_state, self.gate_up_weight, self.gate_up_bias)
         gu = gu + self.adapters(hidden_state, self.layer_dic[layer_idx])
         gate, up = gu.chunk(2, dim=-1)
-        out = self.comm.all_reduce(F.linear(self.act_fn(gate) * up, self.down_weight))
+        out = self.comm.all_reduce(ops.linear(self.act_fn(gate) * up, self.down_weight))
         return out + self.down_bias if self.down_bias is not None else out
 
     def extra_repr(self) -> str:
