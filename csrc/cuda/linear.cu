@@ -14,6 +14,12 @@
 // Bytes moved per call: N x K x elem (weights, once) + M x (K + N) x elem; the floor is weights / HBM bandwidth.
 // Launched with PDL (sm_90+): each thread issues its first UNROLL weight packs before griddepcontrol.wait, so the
 // weight stream starts while the previous kernel finishes; x is read and out written only after the wait.
+// Measured and not kept: this kernel (as the decode step's x_proj) asking the same layer's out_proj weight (26 MB)
+// into L2 with cp.async.bulk.prefetch.L2 (4 KiB pieces, a slice per block), for out_proj to read from L2 while HBM
+// idles during the state update: mamba-2.8b graph step at B=1 2.300-2.305 ms issued after the PDL wait, 2.152-2.163
+// before it, against 2.053-2.057 ms without (H200, 2026-11-24, interleaved runs; benchmarks/results/
+// l2-prefetch-h200-ab.json); B = 2..64 slower by the same margins. The loaded memory system lengthens the latency-bound
+// chain (x_proj -> state update) by more than out_proj gains.
 #include "common.cuh"
 
 #include <cooperative_groups.h>
