@@ -25,9 +25,12 @@ static ssmtp_status_t decode_in_check(const ssmtp_decode_in_params_t *p, int32_t
     SSMTP_TRY(ssmtp_check_tensor(OP, "weight", &p->weight, 0, 2, -1, NULL));
     SSMTP_TRY(ssmtp_check_float_dtype(OP, "weight", &p->weight));
     const int32_t ty = p->weight.dtype;
-    const int64_t n2 = p->weight.shape[0], H = p->weight.shape[1], dl = n2 / 2;
-    if (n2 % 2)
-        return ssmtp_fail(SSMTP_ERR_INVALID, OP ": weight has %lld rows; in_proj has 2 x d_inner (x rows, then z rows)",
+    const int64_t n2 = p->weight.shape[0], H = p->weight.shape[1];
+    SSMTP_TRY(ssmtp_check_tensor(OP, "conv_w", &p->conv_w, 0, 2, ty, NULL));
+    const int64_t nc = p->conv_w.shape[0]; /* conv channels: in_proj rows [conv_lo, conv_lo + nc) */
+    if (p->conv_lo < 0 || p->conv_lo > n2 - nc)
+        return ssmtp_fail(SSMTP_ERR_INVALID, OP ": conv rows [%lld, %lld) (conv_lo, conv_w's %lld rows) are not within "
+                          "weight's %lld rows", (long long)p->conv_lo, (long long)(p->conv_lo + nc), (long long)nc,
                           (long long)n2);
     int64_t wnumel;
     SSMTP_TRY(ssmtp_check_dense(OP, "weight", &p->weight, &wnumel));
@@ -39,12 +42,11 @@ static ssmtp_status_t decode_in_check(const ssmtp_decode_in_params_t *p, int32_t
     SSMTP_TRY(check_res_dtype("res_out", &p->res_out, ty));
     SSMTP_TRY(ssmtp_check_tensor(OP, "norm_w", &p->norm_w, 0, 1, ty, (int64_t[]){H}));
     SSMTP_TRY(ssmtp_check_tensor(OP, "bias", &p->bias, 1, 1, ty, (int64_t[]){n2}));
-    SSMTP_TRY(ssmtp_check_tensor(OP, "conv_w", &p->conv_w, 0, 2, ty, (int64_t[]){dl, -1}));
     const int64_t width = p->conv_w.shape[1];
     if (width < 2 || width > 4)
         return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": conv width=%lld, supported 2..4", (long long)width);
-    SSMTP_TRY(ssmtp_check_tensor(OP, "conv_b", &p->conv_b, 1, 1, ty, (int64_t[]){dl}));
-    SSMTP_TRY(ssmtp_check_tensor(OP, "conv_state", &p->conv_state, 0, 3, ty, (int64_t[]){-1, dl, -1}));
+    SSMTP_TRY(ssmtp_check_tensor(OP, "conv_b", &p->conv_b, 1, 1, ty, (int64_t[]){nc}));
+    SSMTP_TRY(ssmtp_check_tensor(OP, "conv_state", &p->conv_state, 0, 3, ty, (int64_t[]){-1, nc, -1}));
     if (p->conv_state.shape[2] < width - 1)
         return ssmtp_fail(SSMTP_ERR_INVALID, OP ": conv_state length %lld < width-1=%lld",
                           (long long)p->conv_state.shape[2], (long long)(width - 1));
@@ -52,8 +54,8 @@ static ssmtp_status_t decode_in_check(const ssmtp_decode_in_params_t *p, int32_t
     if (!ssmtp_present(&p->state_idx) && p->conv_state.shape[0] < M)
         return ssmtp_fail(SSMTP_ERR_INVALID, OP ": conv_state has %lld slots < M=%lld rows and no state_idx",
                           (long long)p->conv_state.shape[0], (long long)M);
-    SSMTP_TRY(ssmtp_check_tensor(OP, "xc", &p->xc, 0, 2, ty, (int64_t[]){M, dl}));
-    SSMTP_TRY(ssmtp_check_tensor(OP, "z", &p->z, 0, 2, ty, (int64_t[]){M, dl}));
+    SSMTP_TRY(ssmtp_check_tensor(OP, "xc", &p->xc, 0, 2, ty, (int64_t[]){M, nc}));
+    SSMTP_TRY(ssmtp_check_tensor(OP, "z", &p->z, 0, 2, ty, (int64_t[]){M, n2 - nc}));
     /* rows are read and written as contiguous runs (the CUDA kernel vectorizes along them) */
     const ssmtp_tensor_t *rows[] = {&p->res, &p->add, &p->res_out, &p->xc, &p->z};
     const char *row_names[] = {"res", "add", "res_out", "xc", "z"};
@@ -99,7 +101,8 @@ static void conv_state_push(const ssmtp_tensor_t *st, int64_t so, float x) {
 }
 
 static ssmtp_status_t decode_in_cpu(const ssmtp_decode_in_params_t *p) {
-    const int64_t M = p->res.shape[0], H = p->weight.shape[1], dl = p->weight.shape[0] / 2;
+    const int64_t M = p->res.shape[0], H = p->weight.shape[1], n2 = p->weight.shape[0];
+    const int64_t nc = p->conv_w.shape[0], lo = p->conv_lo;
     const int64_t width = p->conv_w.shape[1], nslots = p->conv_state.shape[0];
     const int32_t ty = p->weight.dtype;
     const ssmtp_tensor_t *res = &p->res, *add = &p->add, *ro = &p->res_out, *cs = &p->conv_state;
@@ -109,7 +112,7 @@ static ssmtp_status_t decode_in_cpu(const ssmtp_decode_in_params_t *p) {
             return ssmtp_fail(SSMTP_ERR_INVALID, OP ": state_idx[%lld]=%lld >= nslots=%lld", (long long)m,
                               (long long)slot, (long long)nslots);
     }
-    float *h = malloc(sizeof(float) * (size_t)(H > 0 ? H : 1)); /* the normed row, reused by all 2 dl outputs */
+    float *h = malloc(sizeof(float) * (size_t)(H > 0 ? H : 1)); /* the normed row, reused by all n2 outputs */
     if (!h) return ssmtp_fail(SSMTP_ERR_NOMEM, OP ": no memory for a row of H=%lld floats", (long long)H);
     for (int64_t m = 0; m < M; m++) {
         /* residual add in fp32, stored at res_out's precision; the norm reads it at T's (the model dtype) */
@@ -127,16 +130,18 @@ static ssmtp_status_t decode_in_cpu(const ssmtp_decode_in_params_t *p) {
             h[k] = ssmtp_round(nw * ssmtp_round(h[k] * s, ty), ty);
         }
         const int64_t slot = ssmtp_slot_of(&p->state_idx, m);
-        for (int64_t j = 0; j < 2 * dl; j++) {
+        for (int64_t row = 0; row < n2; row++) {
             /* in_proj row j as linear.c computes it: sequential fp32 sum, then the bias, one rounding to T */
             float acc = 0.0f;
-            for (int64_t k = 0; k < H; k++) acc += h[k] * ssmtp_load(p->weight.data, ty, j * H + k);
-            if (ssmtp_present(&p->bias)) acc += ssmtp_load(p->bias.data, ty, j * p->bias.stride[0]);
+            for (int64_t k = 0; k < H; k++) acc += h[k] * ssmtp_load(p->weight.data, ty, row * H + k);
+            if (ssmtp_present(&p->bias)) acc += ssmtp_load(p->bias.data, ty, row * p->bias.stride[0]);
             const float xz = ssmtp_round(acc, ty);
-            if (j >= dl) {
-                ssmtp_store(p->z.data, ty, m * p->z.stride[0] + (j - dl) * p->z.stride[1], xz);
+            if (row < lo || row >= lo + nc) { /* not a conv row: the next column of z */
+                const int64_t zc = row < lo ? row : row - nc;
+                ssmtp_store(p->z.data, ty, m * p->z.stride[0] + zc * p->z.stride[1], xz);
                 continue;
             }
+            const int64_t j = row - lo; /* conv channel */
             const int64_t xo = m * p->xc.stride[0] + j * p->xc.stride[1];
             if (slot < 0) { /* padding row: its conv state is untouched and its conv output is zero */
                 ssmtp_store(p->xc.data, ty, xo, 0.0f);

@@ -210,9 +210,10 @@ static PyObject *py_mamba_decode_in(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *o[12];
     double eps = 0.0;
+    long long conv_lo = 0;
     unsigned long long stream = 0;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOdK", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8],
-                          &o[9], &o[10], &o[11], &eps, &stream))
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOdLK", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8],
+                          &o[9], &o[10], &o[11], &eps, &conv_lo, &stream))
         return NULL;
     ssmtp_decode_in_params_t p;
     ssmtp_tensor_t *const t[] = {&p.res,    &p.add,    &p.res_out,    &p.norm_w,    &p.weight, &p.bias,
@@ -221,6 +222,7 @@ static PyObject *py_mamba_decode_in(PyObject *self, PyObject *args) {
                                         "conv_w", "conv_b", "conv_state", "state_idx", "xc",     "z"};
     if (!parse_tensors(o, t, names, 12)) return NULL;
     p.eps = (float)eps;
+    p.conv_lo = (int64_t)conv_lo;
     CALL_C(ssmtp_mamba_decode_in(&p, (void *)(uintptr_t)stream));
     Py_RETURN_NONE;
 }
@@ -469,7 +471,7 @@ static PyMethodDef methods[] = {
     {"linear_small", py_linear_small, METH_VARARGS, "linear_small(x, weight, bias, out, stream)"},
     {"mamba_decode_in", py_mamba_decode_in, METH_VARARGS,
      "mamba_decode_in(res, add, res_out, norm_w, weight, bias, conv_w, conv_b, conv_state, state_idx, xc, z, eps, "
-     "stream): residual add + RMSNorm + in_proj + conv decode step, fused"},
+     "conv_lo, stream): residual add + RMSNorm + in_proj + conv decode step, fused"},
     {"decode_attention", py_decode_attention, METH_VARARGS,
      "decode_attention(q, k, v, state_idx, lengths, out, scale, stream)"},
     {"cuda_built", py_cuda_built, METH_NOARGS, "True when the CUDA kernels were compiled in"},

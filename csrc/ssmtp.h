@@ -186,21 +186,23 @@ ssmtp_status_t ssmtp_sample(const ssmtp_sample_params_t *p, void *stream);
 /*
  * The input half of a Mamba-1 block's decode step, fused (one token per sequence, small batch): residual add,
  * RMSNorm, in_proj, conv step + SiLU. The engine's decode runs per layer: this op, x_proj, the step with dt_proj
- * fused, out_proj (the previous layer's out_proj output is this op's `add`).
+ * fused, out_proj (the previous layer's out_proj output is this op's `add`). Zamba's Mamba layers take it as they
+ * are (in_proj rows [x | z]); Zamba2's with conv_lo = d_inner (rows [gate | xBC | dt], the conv over xBC).
  *   res        (M, H) f32 or T (T = the dtype of weight: f32/f16/bf16): the residual stream entering the block
  *   add        (M, H) T, optional: added to res (the previous block's mixer output)
  *   res_out    (M, H) f32 or T: written with r = res + add (res when add is absent); no overlap with res or add
  *   norm_w     (H,) T: the block's RMSNorm weight; eps: its epsilon
- *   weight     (2 dl, H) T, contiguous: in_proj, rows [0, dl) give the conv input x, rows [dl, 2 dl) give z
- *   bias       (2 dl,) T, optional
- *   conv_w     (dl, W) T, 2 <= W <= 4; conv_b (dl,) T, optional
- *   conv_state (nslots, dl, S) T, S >= W - 1: read and shifted in place (conv1d's decode: seqlen 1, load_state)
+ *   weight     (n, H) T, contiguous: in_proj; rows [conv_lo, conv_lo + nc) give the conv input (nc = the conv's
+ *              channels, conv_w's rows), the other n - nc rows z, in order (Mamba-1: n = 2 dl, conv_lo = 0, nc = dl)
+ *   bias       (n,) T, optional
+ *   conv_w     (nc, W) T, 2 <= W <= 4; conv_b (nc,) T, optional
+ *   conv_state (nslots, nc, S) T, S >= W - 1: read and shifted in place (conv1d's decode: seqlen 1, load_state)
  *   state_idx  (M,) int32, optional: slot of each row (else row m); -1 = padding: state untouched, xc row zero
- *   xc         (M, dl) T: SiLU(conv) output;  z (M, dl) T: the gate
+ *   xc         (M, nc) T: SiLU(conv) output;  z (M, n - nc) T: the other rows (Mamba-1: the gate)
  * Math per row (as HF's MambaBlock with the engine's fp32 residual): r = res + add in fp32, stored rounded to
  * res_out's dtype; v = (T) r; s = 1 / sqrt(mean(v^2) + eps) in fp32; h = (T)(norm_w * (T)(v * s));
- * xz = h weight^T + bias (fp32 accumulation, one rounding to T); xc = conv1d decode step of xz[:, :dl] with SiLU
- * (ssmtp_conv1d_fwd), z = xz[:, dl:]. CPU: any M; CUDA: 1 <= M <= SSMTP_DECODE_IN_MAX_M, H * element size a
+ * xz = h weight^T + bias (fp32 accumulation, one rounding to T); xc = conv1d decode step of xz[:, conv_lo:conv_lo +
+ * nc] with SiLU (ssmtp_conv1d_fwd), z = the other columns of xz. CPU: any M; CUDA: 1 <= M <= SSMTP_DECODE_IN_MAX_M, H * element size a
  * multiple of 16 bytes and at most 16 KiB, 16-byte aligned weight, S = W or W - 1 (else
  * SSMTP_ERR_UNSUPPORTED: callers run the unfused ops).
  */
@@ -208,6 +210,7 @@ ssmtp_status_t ssmtp_sample(const ssmtp_sample_params_t *p, void *stream);
 typedef struct {
     ssmtp_tensor_t res, add, res_out, norm_w, weight, bias, conv_w, conv_b, conv_state, state_idx, xc, z;
     float eps;
+    int64_t conv_lo;
 } ssmtp_decode_in_params_t;
 ssmtp_status_t ssmtp_mamba_decode_in(const ssmtp_decode_in_params_t *p, void *stream);
 

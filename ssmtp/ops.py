@@ -309,14 +309,16 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
 DECODE_IN_MAX_M = 4  # SSMTP_DECODE_IN_MAX_M in csrc/ssmtp.h
 
 
-def _decode_in_outputs(res: torch.Tensor, weight: torch.Tensor, res_fp32: bool):
-    if res.dim() != 2 or weight.dim() != 2:
-        raise ValueError(f"mamba_decode_in: res (M, H) and weight (2 d_inner, H) must be 2-D, got shapes "
-                         f"{tuple(res.shape)} and {tuple(weight.shape)}")
-    M, dl = res.shape[0], weight.shape[0] // 2
+def _decode_in_outputs(res: torch.Tensor, weight: torch.Tensor, conv_w: torch.Tensor, res_fp32: bool):
+    if res.dim() != 2 or weight.dim() != 2 or conv_w.dim() != 2:
+        raise ValueError(f"mamba_decode_in: res (M, H), weight (n, H) and conv_w (nc, W) must be 2-D, got shapes "
+                         f"{tuple(res.shape)}, {tuple(weight.shape)} and {tuple(conv_w.shape)}")
+    M, n, nc = res.shape[0], weight.shape[0], conv_w.shape[0]
+    if nc > n:
+        raise ValueError(f"mamba_decode_in: conv_w has {nc} rows (conv channels), more than weight's {n} rows")
     res_out = torch.empty(res.shape, dtype=torch.float32 if res_fp32 else weight.dtype, device=res.device)
-    xc = torch.empty(M, dl, dtype=weight.dtype, device=res.device)
-    z = torch.empty(M, dl, dtype=weight.dtype, device=res.device)
+    xc = torch.empty(M, nc, dtype=weight.dtype, device=res.device)
+    z = torch.empty(M, n - nc, dtype=weight.dtype, device=res.device)
     return res_out, xc, z
 
 
@@ -324,22 +326,24 @@ def _decode_in_outputs(res: torch.Tensor, weight: torch.Tensor, res_fp32: bool):
 def mamba_decode_in(res: torch.Tensor, add: Optional[torch.Tensor], norm_w: torch.Tensor, weight: torch.Tensor,
                     bias: Optional[torch.Tensor], conv_w: torch.Tensor, conv_b: Optional[torch.Tensor],
                     conv_state: torch.Tensor, state_idx: Optional[torch.Tensor], eps: float,
-                    res_fp32: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The input half of a Mamba-1 block's decode step (csrc/ssmtp.h: ssmtp_mamba_decode_in): r = res + add (fp32),
-    h = RMSNorm(r in the model dtype), xz = in_proj(h), xc = SiLU(conv step of xz[:, :d_inner]) with conv_state
-    shifted in place, z = xz[:, d_inner:]. res (M, H) f32 or the weight dtype; weight (2 d_inner, H). Returns
-    res_out (M, H) (f32 when res_fp32, else the weight dtype), xc and z (M, d_inner)."""
-    res_out, xc, z = _decode_in_outputs(res, weight, res_fp32)
+                    res_fp32: bool, conv_lo: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The input half of a Mamba block's decode step (csrc/ssmtp.h: ssmtp_mamba_decode_in): r = res + add (fp32),
+    h = RMSNorm(r in the model dtype), xz = in_proj(h), xc = SiLU(conv step of xz[:, conv_lo:conv_lo + nc]) with
+    conv_state shifted in place (nc = conv_w's rows), z = the other columns of xz in order. res (M, H) f32 or the
+    weight dtype; weight (n, H) (Mamba-1: n = 2 d_inner, conv_lo = 0, nc = d_inner, z the gate; Zamba2: conv_lo =
+    d_inner, the conv over xBC, z = [gate | dt]). Returns res_out (M, H) (f32 when res_fp32, else the weight dtype),
+    xc (M, nc) and z (M, n - nc)."""
+    res_out, xc, z = _decode_in_outputs(res, weight, conv_w, res_fp32)
     _C.mamba_decode_in(desc(res, "res"), desc(add, "add"), desc(res_out, "res_out"), desc(norm_w, "norm_w"),
                        desc(weight, "weight"), desc(bias, "bias"), desc(conv_w, "conv_w"), desc(conv_b, "conv_b"),
                        desc(conv_state, "conv_state"), desc(state_idx, "state_idx"), desc(xc, "xc"), desc(z, "z"),
-                       float(eps), stream_of(res, weight))
+                       float(eps), int(conv_lo), stream_of(res, weight))
     return res_out, xc, z
 
 
 @mamba_decode_in.register_fake
-def _(res, add, norm_w, weight, bias, conv_w, conv_b, conv_state, state_idx, eps, res_fp32):
-    return _decode_in_outputs(res, weight, res_fp32)
+def _(res, add, norm_w, weight, bias, conv_w, conv_b, conv_state, state_idx, eps, res_fp32, conv_lo=0):
+    return _decode_in_outputs(res, weight, conv_w, res_fp32)
 
 
 def mamba_decode_in_applies(res: torch.Tensor, weight: torch.Tensor, add: Optional[torch.Tensor] = None) -> bool:

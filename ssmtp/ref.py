@@ -207,20 +207,22 @@ def linear_small(x, weight, bias):
     return out.to(x.dtype)
 
 
-def mamba_decode_in(res, add, norm_w, weight, bias, conv_w, conv_b, conv_state, state_idx, eps, res_fp32):
-    """The fused decode input of a Mamba-1 block, op by op: residual add in fp32, RMSNorm (HF MambaRMSNorm on the
-    model dtype), in_proj (linear_small), the conv decode step + SiLU on the x half (causal_conv1d with seqlen 1:
-    conv_state shifted in place, padding rows untouched and zero), z the other half. Returns (res_out, xc, z)."""
+def mamba_decode_in(res, add, norm_w, weight, bias, conv_w, conv_b, conv_state, state_idx, eps, res_fp32,
+                    conv_lo=0):
+    """The fused decode input of a Mamba block, op by op: residual add in fp32, RMSNorm (HF MambaRMSNorm on the
+    model dtype), in_proj (linear_small), the conv decode step + SiLU on the conv rows [conv_lo, conv_lo + nc)
+    (causal_conv1d with seqlen 1: conv_state shifted in place, padding rows untouched and zero), z the other rows in
+    order. Returns (res_out, xc, z)."""
     T = weight.dtype
-    dl = weight.shape[0] // 2
+    lo, nc = conv_lo, conv_w.shape[0]
     r = res.float() if add is None else res.float() + add.float()
     res_out = r.to(torch.float32 if res_fp32 else T)
     v = r.to(T).float()
     s = 1.0 / torch.sqrt(v.pow(2).mean(-1, keepdim=True) + eps)
     h = (norm_w.float() * (v * s).to(T).float()).to(T)
     xz = linear_small(h, weight, bias)
-    xc = causal_conv1d(xz[:, :dl, None], conv_w, conv_b, conv_state, state_idx, None, True, True)[:, :, 0]
-    return res_out, xc, xz[:, dl:].clone()
+    xc = causal_conv1d(xz[:, lo:lo + nc, None], conv_w, conv_b, conv_state, state_idx, None, True, True)[:, :, 0]
+    return res_out, xc, torch.cat([xz[:, :lo], xz[:, lo + nc:]], dim=1)
 
 
 # ------------------------------------------------------------------------------------------------ sampling

@@ -67,7 +67,7 @@ def _bound(a, dtype):
       - the conv's new input moves xc by at most |w_last| times its own error (SiLU' <= 1.1).
     _within adds 2 ulps of each output's own size for its final rounding."""
     T = a["weight"].dtype
-    H, dl = a["weight"].shape[1], a["weight"].shape[0] // 2
+    H, dl = a["weight"].shape[1], a["conv_w"].shape[0]  # the conv rows first (as Mamba-1's x half)
     W, S = a["conv_w"].shape[1], a["conv_state"].shape[2]
     r = a["res"].float() + (a["add"].float() if a["add"] is not None else 0)
     h = _rms_norm(r.to(T), a["norm_w"], 1e-5).float()
@@ -187,6 +187,39 @@ def test_decode_in_equals_unfused_chain(case, dname, res_fp32):
         _check_state(s1, s2, a["conv_state"], _slots(a, M), dx, "conv_state")
 
 
+@pytest.mark.parametrize("dname", list(DTYPES))
+@pytest.mark.parametrize("lo,nc,extra", [(12, 20, 3), (0, 20, 3), (5, 7, 0)], ids=["zamba2-like", "lo0", "tail0"])
+def test_decode_in_conv_rows_at_an_offset(lo, nc, extra, dname):
+    """conv_lo > 0 (Zamba2's in_proj rows [gate | xBC | dt], the conv over xBC): the same per-row arithmetic as the
+    weight with its conv rows moved first and conv_lo = 0, so bitwise equal to that call; and as the torch reference.
+    z holds the other rows in order."""
+    dtype = DTYPES[dname]
+    M, H, W, S = 3, 24, 4, 3
+    n = lo + nc + extra
+    for seed in range(3):
+        a = _decode_in_inputs(M, H, nc, W, S, dtype, True, seed=seed)
+        g = torch.Generator().manual_seed(100 + seed)
+        a["weight"] = (torch.randn(n, H, generator=g) / H**0.5).to(dtype)
+        a["bias"] = (0.5 * torch.randn(n, generator=g)).to(dtype)
+        s1, s2, s3 = (a["conv_state"].clone() for _ in range(3))
+        got = ops.mamba_decode_in(*(a[k] for k in ("res", "add", "norm_w", "weight", "bias", "conv_w", "conv_b")),
+                                  s1, a["state_idx"], 1e-5, True, lo)
+        perm = torch.cat([torch.arange(lo, lo + nc), torch.arange(0, lo), torch.arange(lo + nc, n)])
+        b = dict(a, weight=a["weight"][perm].contiguous(), bias=a["bias"][perm].contiguous())
+        first = _call(ops.mamba_decode_in, b, 1e-5, True, s2)
+        want = ref.mamba_decode_in(*(a[k] for k in ("res", "add", "norm_w", "weight", "bias", "conv_w", "conv_b")),
+                                   s3, a["state_idx"], 1e-5, True, lo)
+        assert got[1].shape == (M, nc) and got[2].shape == (M, n - nc)
+        for x, y, name in zip(got + (s1,), first + (s2,), ("res_out", "xc", "z", "conv_state")):
+            assert torch.equal(x, y), f"{name}: conv rows at {lo} vs moved first"
+        dz, dxc, dx = _bound(b, dtype)  # b: the same rows, conv rows first
+        _within(got[2], want[2], dz, "z")
+        _within(got[1], want[1], dxc, "xc")
+        _check_state(s1, s3, a["conv_state"], _slots(a, M), dx, "conv_state")
+    torch.library.opcheck(ops.mamba_decode_in, (a["res"], a["add"], a["norm_w"], a["weight"], a["bias"], a["conv_w"],
+                                                a["conv_b"], a["conv_state"].clone(), a["state_idx"], 1e-5, True, lo))
+
+
 def test_decode_in_padding_rows():
     """A padding row leaves every slot untouched but still writes res_out and z; nslots > M."""
     a = _decode_in_inputs(3, 24, 12, 4, 3, torch.float32, True, seed=5, nslots=9)
@@ -285,8 +318,12 @@ def test_decode_in_bad_input_raises_clear_errors():
         return ops.mamba_decode_in(*[args[n] for n in names])
 
     res, add, norm_w, weight, bias, conv_w, conv_b, conv_state, idx = base[:9]
-    with pytest.raises(ValueError, match=r"mamba_decode_in: weight has 15 rows"):
-        call(weight=weight[:15], bias=None)
+    with pytest.raises(ValueError, match=r"conv rows \[9, 17\) \(conv_lo, conv_w's 8 rows\) are not within weight's 16"):
+        ops.mamba_decode_in(*base[:7], conv_state.clone(), *base[8:], 9)
+    with pytest.raises(ValueError, match=r"conv rows \[-1, 7\)"):
+        ops.mamba_decode_in(*base[:7], conv_state.clone(), *base[8:], -1)
+    with pytest.raises(ValueError, match=r"conv_w has 8 rows \(conv channels\), more than weight's 7 rows"):
+        call(weight=weight[:7], bias=None)
     with pytest.raises(ValueError, match=r"res.shape\[1\]=12, expected 16"):
         call(res=res[:, :12])
     with pytest.raises(ValueError, match=r"add.shape\[0\]=2, expected 3"):

@@ -49,16 +49,37 @@ def test_decode_in_matches_cpu(case, dname, variant, rpb, monkeypatch):
     """rpb: in_proj rows per group of the kernel (SSMTP_DECODE_IN_RPB)."""
     monkeypatch.setenv("SSMTP_DECODE_IN_RPB", rpb)
     _, M, H, dl, W, S = case
+    _decode_in_case(case[0], M, H, dl, W, S, dname, variant, 0, dl)
+
+
+# (label, M, H, conv channels nc, W, S, conv_lo, rows after the conv rows): Zamba2's [gate | xBC | dt] layout
+DEC_IN_OFFSET = [
+    ("zamba2-2.7b rows", 1, 2560, 5376, 4, 4, 5120, 80),
+    ("zamba2-2.7b rows, batch 2", 2, 2560, 5376, 4, 4, 5120, 80),
+    ("odd offset, no tail", 3, 128, 37, 3, 3, 11, 0),
+]
+
+
+@pytest.mark.parametrize("case", DEC_IN_OFFSET, ids=[c[0] for c in DEC_IN_OFFSET])
+@pytest.mark.parametrize("dname", list(DT))
+def test_decode_in_conv_rows_at_an_offset_matches_cpu(case, dname):
+    _, M, H, nc, W, S, lo, extra = case
+    _decode_in_case(case[0], M, H, nc, W, S, dname, "full", lo, extra)
+
+
+def _decode_in_case(label, M, H, dl, W, S, dname, variant, lo, extra):
+    """in_proj of lo + dl + extra rows, the conv over rows [lo, lo + dl): the CUDA op against the C CPU op."""
+    n = lo + dl + extra
     dt = DT[dname]
-    g = torch.Generator().manual_seed(hash((case[0], dname, variant)) % 2**31)
+    g = torch.Generator().manual_seed(hash((label, dname, variant)) % 2**31)
     full = variant == "full"
     nslots = M + 3
     res = torch.randn(M, H, generator=g) * 2
     res = res if full else res.to(dt)  # f32 residual stream (residual_in_fp32) or the model dtype
     add = (torch.randn(M, H, generator=g)).to(dt) if full else None
     norm_w = (1 + 0.1 * torch.randn(H, generator=g)).to(dt)
-    weight = (torch.randn(2 * dl, H, generator=g) / H ** 0.5).to(dt)
-    bias = (0.1 * torch.randn(2 * dl, generator=g)).to(dt) if full else None
+    weight = (torch.randn(n, H, generator=g) / H ** 0.5).to(dt)
+    bias = (0.1 * torch.randn(n, generator=g)).to(dt) if full else None
     conv_w = (0.5 * torch.randn(dl, W, generator=g)).to(dt)
     conv_b = (0.1 * torch.randn(dl, generator=g)).to(dt) if full else None
     conv_state = torch.randn(nslots, dl, S, generator=g).to(dt)
@@ -71,16 +92,16 @@ def test_decode_in_matches_cpu(case, dname, variant, rpb, monkeypatch):
     fp32 = full
 
     cpu_state = conv_state.clone()
-    want = ops.mamba_decode_in(res, add, norm_w, weight, bias, conv_w, conv_b, cpu_state, state_idx, 1e-5, fp32)
+    want = ops.mamba_decode_in(res, add, norm_w, weight, bias, conv_w, conv_b, cpu_state, state_idx, 1e-5, fp32, lo)
     cu = lambda t: None if t is None else t.cuda()  # noqa: E731
     gpu_state = conv_state.cuda()
     got = ops.mamba_decode_in(cu(res), cu(add), cu(norm_w), cu(weight), cu(bias), cu(conv_w), cu(conv_b), gpu_state,
-                              cu(state_idx), 1e-5, fp32)
+                              cu(state_idx), 1e-5, fp32, lo)
     torch.cuda.synchronize()
     rel = REL[dname]
     assert torch.equal(got[0].cpu(), want[0]), "res_out: the same fp32 add on both sides"
     for name, a, b in (("xc", got[1], want[1]), ("z", got[2], want[2]), ("conv_state", gpu_state, cpu_state)):
-        _close(a, b, 4 * rel, f"{case[0]} {dname} {variant}: {name}")
+        _close(a, b, 4 * rel, f"{label} {dname} {variant}: {name}")
     if full and M > 1:
         assert (got[1][1] == 0).all(), "padding row: xc must be zero"
 

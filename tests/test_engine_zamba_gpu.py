@@ -234,3 +234,59 @@ def test_zamba2_ssd_kernel_in_the_model_as_accurate_as_the_selective_path_bf16(m
     with torch.no_grad():
         out = model.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False)
     assert out.shape == (2, 154) and len(calls) == len(mixers)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("family,config", [("zamba", "odd"), ("zamba", "divisible"), ("zamba2", "odd"),
+                                           ("zamba2", "g1")])
+@pytest.mark.parametrize("batch", [1, 2, 3])
+def test_hybrid_fused_decode_input_equals_unfused(monkeypatch, family, config, dtype, batch):
+    """The hybrid decode step with ops.mamba_decode_in for each Mamba layer's input (residual add + norm + in_proj +
+    conv step; batch <= 2; Zamba2 with the conv rows at d_inner) vs the unfused ops (SSMTP_DECODE_FUSED=0), from the
+    same states (conv, SSM, K/V, lengths), for a few steps: logits and every state agree to the tolerance of one
+    rounding per GEMV; batch 3, and rows the kernel does not take (16-byte packs), run the unfused ops either way
+    (bit-equal)."""
+    import ssmtp.engine.runner as runner_mod
+    from ssmtp.engine import LLM
+
+    dev = torch.device("cuda", 0)
+    model = BUILD[family](config, dtype).to(dev)
+    llm = LLM(model, device=dev, dtype=dtype, cuda_graphs=False, max_batch=4, max_model_len=MAX_LEN,
+              prefix_cache=False, progress=False)
+    runner, pool = llm.runner, llm.pool
+    monkeypatch.setattr(runner_mod, "_DECODE_FUSED", "1")
+    packs = model.config.hidden_size * torch.finfo(dtype).bits // 8 % 16 == 0
+    fused = batch <= runner_mod.DECODE_IN_MAX_BATCH and packs
+    assert runner.decode_in_applies(batch) == fused, "the tiny model's shapes"
+    monkeypatch.setattr(runner_mod, "_DECODE_FUSED", "0")
+    assert not runner.decode_in_applies(batch)
+    g = torch.Generator(device=dev).manual_seed(3)
+    for k, t in pool.tensors.items():
+        if t.dtype.is_floating_point:
+            t.copy_(torch.randn(t.shape, device=dev, generator=g).to(t.dtype) * 0.5)
+    pool.tensors["len"].copy_(torch.arange(pool.num_slots, device=dev).view(1, -1) + 5)
+    saved = {m: {k: v.clone() for k, v in pool.tensors.items()} for m in ("0", "1")}
+    idx = torch.arange(batch, dtype=torch.int32, device=dev).flip(0) + 1
+    ids = torch.randint(3, 99, (batch,), device=dev, generator=g)
+    rel = 1e-4 if dtype == torch.float32 else 5e-2
+    for step in range(4):
+        logits = {}
+        for m in ("0", "1"):
+            monkeypatch.setattr(runner_mod, "_DECODE_FUSED", m)
+            for k, v in pool.tensors.items():
+                v.copy_(saved[m][k])
+            logits[m] = runner.decode(ids, None, idx, pool)
+            for k, v in pool.tensors.items():
+                saved[m][k].copy_(v)
+        what = f"{family}/{config} {dtype} B={batch} step {step}"
+        if not fused:
+            assert torch.equal(logits["1"], logits["0"]), what
+        close_rel(logits["1"], logits["0"], rel, f"{what}: logits")
+        for k in saved["0"]:
+            if saved["0"][k].dtype.is_floating_point:
+                close_rel(saved["1"][k].float(), saved["0"][k].float(), rel, f"{what}: state {k}")
+            else:
+                assert torch.equal(saved["1"][k], saved["0"][k]), f"{what}: state {k}"
+        ids = logits["0"].argmax(-1)
+    llm.close()

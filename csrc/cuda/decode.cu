@@ -38,7 +38,7 @@ struct DecInArgs {
     void *conv_state;
     const int32_t *state_idx;
     void *xc, *z;
-    int64_t H, dl, nslots, W, S;
+    int64_t H, n, lo, nc, nslots, W, S; // in_proj rows n, conv rows [lo, lo + nc)
     int64_t sres, sadd, sro, sxc, sz, scw0, scw1, scb, ss0, ss1, ss2, sidx;
     int res_f32, out_f32;
     float eps;
@@ -81,7 +81,7 @@ __global__ void __launch_bounds__(512) decode_in_kernel(const DecInArgs a) {
     __shared__ float red[2][16][RM]; // per-warp partial sums (<= 16 warps), double-buffered across groups
     __shared__ float ssr[16][M];
     const int nt = blockDim.x, nw = nt / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int64_t H = a.H, N = 2 * a.dl, npk = H / P, ngroups = (N + RPB - 1) / RPB;
+    const int64_t H = a.H, N = a.n, npk = H / P, ngroups = (N + RPB - 1) / RPB;
     const uint4 *w = reinterpret_cast<const uint4 *>(a.w);
     bool own[PPT];
 #pragma unroll
@@ -189,10 +189,10 @@ __global__ void __launch_bounds__(512) decode_in_kernel(const DecInArgs a) {
                 for (int i = 0; i < nw; i++) s += red[buf][i][threadIdx.x];
                 if (a.bias) s = __fadd_rn(s, to_f32<T>(((const T *)a.bias)[row]));
                 const T xz = from_f32<T>(s);
-                if (row >= a.dl) {
-                    ((T *)a.z)[m * a.sz + (row - a.dl)] = xz;
+                if (row < a.lo || row >= a.lo + a.nc) { // not a conv row: the next column of z
+                    ((T *)a.z)[m * a.sz + (row < a.lo ? row : row - a.nc)] = xz;
                 } else {
-                    const int64_t c = row;
+                    const int64_t c = row - a.lo;
                     const int64_t slot = a.state_idx ? (int64_t)a.state_idx[m * a.sidx] : m;
                     T *out = (T *)a.xc + m * a.sxc + c;
                     if (slot < 0 || slot >= a.nslots) {
@@ -214,7 +214,7 @@ __global__ void __launch_bounds__(512) decode_in_kernel(const DecInArgs a) {
 template <typename T, int M, int PPT, int RPB>
 ssmtp_status_t launch_p(const DecInArgs &a, int nt, int sms, cudaStream_t s, bool pdl) {
     auto kernel = decode_in_kernel<T, M, PPT, RPB>;
-    const int64_t ngroups = (2 * a.dl + RPB - 1) / RPB;
+    const int64_t ngroups = (a.n + RPB - 1) / RPB;
     int64_t grid = (int64_t)ssm_blocks_per_sm((const void *)kernel, nt, 0) * sms;
     const char *env = getenv("SSMTP_DECODE_IN_BLOCKS"); // override (benchmarks)
     if (env && *env && atoi(env) > 0) grid = atoi(env);
@@ -238,7 +238,7 @@ ssmtp_status_t launch_m(const DecInArgs &a, int ppt, int rpb, int nt, int sms, c
 } // namespace
 
 extern "C" ssmtp_status_t ssmtp_cuda_mamba_decode_in(const ssmtp_decode_in_params_t *p, void *stream) {
-    const int64_t M = p->res.shape[0], H = p->res.shape[1], dl = p->weight.shape[0] / 2;
+    const int64_t M = p->res.shape[0], H = p->res.shape[1], n = p->weight.shape[0];
     const int64_t W = p->conv_w.shape[1], S = p->conv_state.shape[2];
     const int64_t es = (int64_t)ssmtp_dtype_size(p->weight.dtype);
     if (M < 1 || M > SSMTP_DECODE_IN_MAX_M)
@@ -253,7 +253,7 @@ extern "C" ssmtp_status_t ssmtp_cuda_mamba_decode_in(const ssmtp_decode_in_param
     if (H * es > 1024 * 16)
         return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": H=%lld (%lld-byte rows) on CUDA: at most 16 KiB rows",
                           (long long)H, (long long)(H * es));
-    if (dl == 0) return SSMTP_OK;
+    if (n == 0) return SSMTP_OK;
     SSMTP_TRY(ssmtp_cuda_set_device(p->weight.device));
     const int dev = p->weight.device;
     int sms = 132;
@@ -273,7 +273,9 @@ extern "C" ssmtp_status_t ssmtp_cuda_mamba_decode_in(const ssmtp_decode_in_param
     a.xc = p->xc.data;
     a.z = p->z.data;
     a.H = H;
-    a.dl = dl;
+    a.n = n;
+    a.lo = p->conv_lo;
+    a.nc = p->conv_w.shape[0];
     a.nslots = p->conv_state.shape[0];
     a.sres = p->res.stride[0];
     if (a.add) a.sadd = p->add.stride[0];

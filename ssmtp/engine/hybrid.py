@@ -41,7 +41,7 @@ from .. import ops
 from ..models.zamba2 import gated_rms_norm
 from ..parallel import shard
 from ..parallel.comm import Communicator
-from .runner import ModelRunner, _Fused, _rms_norm, check_mixers_on
+from .runner import DECODE_IN_MAX_BATCH, ModelRunner, _Fused, _rms_norm, check_mixers_on, decode_in_mode
 from .state_cache import SlotPool, StateSpec
 
 log = logging.getLogger("ssmtp")
@@ -170,7 +170,23 @@ class HybridRunner(ModelRunner):
         self.scaling = a.scaling
         self.kv_local, self.head_dim = a.num_kv_local, a.head_dim
         self.max_len = int(getattr(config, "max_position_embeddings", 4096) or 4096)
+        self._decode_in_ok: dict = {}
         self.set_fused(False)
+
+    def decode_in_applies(self, batch: int) -> bool:
+        """Whether a decode step of this batch size takes ops.mamba_decode_in for each Mamba layer's input (residual
+        add + norm + in_proj + conv step in one kernel, as the Mamba runner at batch <= DECODE_IN_MAX_BATCH; Zamba's
+        in_proj rows are [x | z] as Mamba-1's, Zamba2's [gate | xBC | dt] with the conv over xBC): CUDA,
+        SSMTP_DECODE_FUSED auto or 1, shapes the kernel takes."""
+        if decode_in_mode() != "1" or not self.embed.is_cuda or not 1 <= batch <= DECODE_IN_MAX_BATCH:
+            return False
+        ok = self._decode_in_ok.get(batch)
+        if ok is None:  # decided once per batch size (decode is graph-captured per bucket)
+            res = self.embed.new_empty(batch, self.embed.shape[1])
+            ok = all(ops.mamba_decode_in_applies(res, mx.in_proj_weight) and mx.conv_kernel_size <= 4
+                     for mx in self.mixers)
+            self._decode_in_ok[batch] = ok
+        return ok
 
     def set_fused(self, enabled: bool) -> None:
         """Fuse the elementwise glue (norms with their residual adds, RoPE, Zamba2's gated norm) with torch.compile,
@@ -414,6 +430,7 @@ class HybridRunner(ModelRunner):
             sin = (e.sin() * self.rope_scale).to(h.dtype)[:, :, None, :]
         sdpa = (not decode) and h.is_cuda and h.dtype != torch.float32
         kf = self._k if decode or B * L >= FUSED_PREFILL_MIN_TOKENS else self._plain
+        fused_in = decode and self.decode_in_applies(B)
         out = None  # the previous layer's output, added to h by the next layer's norm
         for i, mixer in enumerate(self.mixers):
             j = self.hybrid_index.get(i)
@@ -432,17 +449,35 @@ class HybridRunner(ModelRunner):
                 else:
                     a = attend(q, kc[slot, :T], vc[slot, :T], allowed, self.scaling, sdpa)
                 tr = blk.ffn(kf["_rms_norm"](blk.attn.out(a), blk.ff_norm, eps), i)
-                x = kf["sum_norm"](h, F.linear(tr, self.linears[j]), self.norms[i], eps)
+                t = ops.linear(tr, self.linears[j])
+                if fused_in:  # the mixer's input is norm(h + t); h itself stays as it is
+                    _, xc, z = self._decode_in(h, t, i, pool, idx32)
+                else:
+                    x = kf["sum_norm"](h, t, self.norms[i], eps)
+            elif fused_in:
+                h, xc, z = self._decode_in(h, out, i, pool, idx32)
             else:
                 h, x = kf["add_norm"](h, out, self.norms[i], eps)
             conv, ssm = pool.layer("conv", i), pool.layer("ssm", i)
-            if decode:
+            if fused_in and self.v2:  # z = [gate | dt]
+                out = mixer.step_tail(xc, z[:, :mixer.d_local], z[:, mixer.d_local:], ssm, idx32)[:, None]
+            elif fused_in:
+                out = mixer.step_tail(xc, z, ssm, idx32)[:, None]
+            elif decode:
                 out = mixer.mix_step(x, conv, ssm, state_idx)
             else:
                 out = mixer.mix(x, conv, ssm, state_idx, seq_lens, True)
         h = h + out
         lens.index_add_(0, slot, new)  # padding rows add 0
         return h
+
+    def _decode_in(self, h, add, i: int, pool: SlotPool, idx32):
+        """ops.mamba_decode_in for layer i's mixer: h (B, 1, H) + add (or None) -> (h + add (B, 1, H), xc, z)."""
+        mx = self.mixers[i]
+        r, xc, z = ops.mamba_decode_in(h[:, 0], None if add is None else add[:, 0], self.norms[i], mx.in_proj_weight,
+                                       mx.in_proj_bias, mx.conv_weight, mx.conv_bias, pool.layer("conv", i), idx32,
+                                       self.eps, False, mx.d_local if self.v2 else 0)
+        return r[:, None], xc, z
 
     @torch.no_grad()
     def prefill(self, ids, seq_lens, start, state_idx, pool: SlotPool, logit_rows: Optional[torch.Tensor],

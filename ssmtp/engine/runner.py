@@ -113,6 +113,11 @@ def _decode_fused_mode() -> str:
 
 
 _DECODE_FUSED = _decode_fused_mode()
+
+
+def decode_in_mode() -> str:
+    """SSMTP_DECODE_FUSED as read at import, with auto resolved ("0", "1" or "step")."""
+    return "1" if _DECODE_FUSED == "auto" else _DECODE_FUSED
 # The fused decode kernels and where they apply (decode_fused_applies; SSMTP_DECODE_FUSED picks the mode). Measured on
 # H200, mamba-2.8b, CUDA-graph decode step (benchmarks/results/):
 #   auto (default): 1 at every TP degree. At TP>1 measured on one rank's shapes (mamba-2.8b with d_inner 2560, one
@@ -310,7 +315,7 @@ class MambaRunner(ModelRunner):
         state update (SSMTP_DECODE_FUSED step, 1 or auto, batch <= DECODE_FUSED_MAX_BATCH: 6 kernels per layer
         instead of 7); part "in": also ops.mamba_decode_in (residual add + norm + in_proj + conv step;
         SSMTP_DECODE_FUSED=1 or auto; batch <= DECODE_IN_MAX_BATCH, shapes it takes: 4 kernels per layer)."""
-        mode = "1" if _DECODE_FUSED == "auto" else _DECODE_FUSED
+        mode = decode_in_mode()
         if (mode == "0" or (part == "in" and mode != "1") or not self.embed.is_cuda
                 or not 1 <= batch <= (DECODE_FUSED_MAX_BATCH if part == "step" else DECODE_IN_MAX_BATCH)):
             return False

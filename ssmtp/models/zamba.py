@@ -190,11 +190,17 @@ class TPZambaMambaMixer(nn.Module):
         xz = ops.linear(h, self.in_proj_weight, self.in_proj_bias)  # (B, 1, 2dl)
         x = xz[..., :dl].transpose(1, 2)
         xc = ops.causal_conv1d(x, self.conv_weight, self.conv_bias, conv_state, state_idx, None, True, True)
-        xc_tok = xc.transpose(1, 2)  # (B, 1, dl)
-        dt, B, C = self._dt_B_C(xc_tok)
-        y = ops.selective_state_update(xc_tok[:, 0], dt[:, 0], self.A, B[:, 0], C[:, 0], self.D, xz[:, 0, dl:],
-                                       self.dt_bias, ssm_state, state_idx, True)
-        return self._out(y[:, None], h.dtype)
+        return self.step_tail(xc[..., 0], xz[:, 0, dl:], ssm_state, state_idx)[:, None]
+
+    def step_tail(self, xc: torch.Tensor, z: torch.Tensor, ssm_state: torch.Tensor,
+                  state_idx: Optional[torch.Tensor]) -> torch.Tensor:
+        """A decode step after the conv (xc, the conv output, and z, the gate, (B, dl); from mix_step or from
+        ops.mamba_decode_in): x_proj per head (+ all-reduce when heads span ranks), the state update, out_proj
+        (+ all-reduce). Returns (B, H)."""
+        dt, B, C = self._dt_B_C(xc[:, None])
+        y = ops.selective_state_update(xc, dt[:, 0], self.A, B[:, 0], C[:, 0], self.D, z, self.dt_bias, ssm_state,
+                                       state_idx, True)
+        return self._out(y, xc.dtype)
 
     # ------------------------------------------------------------------ HF-compatible forward
 

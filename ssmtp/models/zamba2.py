@@ -243,17 +243,24 @@ class TPZamba2MambaMixer(nn.Module):
         gate, xbc, dt = self._split(ops.linear(h, self.in_proj_weight, self.in_proj_bias))
         xbc = ops.causal_conv1d(xbc.transpose(1, 2), self.conv_weight, self.conv_bias, conv_state, state_idx, None,
                                 True, True)
-        x, B, C = self._bc(xbc[:, :, 0])
+        return self.step_tail(xbc[:, :, 0], gate[:, 0], dt[:, 0], ssm_state, state_idx)[:, None]
+
+    def step_tail(self, xbc: torch.Tensor, gate: torch.Tensor, dt: torch.Tensor, ssm_state: torch.Tensor,
+                  state_idx: Optional[torch.Tensor]) -> torch.Tensor:
+        """A decode step after the conv: xbc (B, dl + 2 Gl N) the conv output, gate (B, dl) and dt (B, heads_local)
+        from in_proj (from mix_step, or ops.mamba_decode_in's z = [gate | dt]): the state update, the gated norm,
+        out_proj (+ all-reduce). Returns (B, H)."""
+        x, B, C = self._bc(xbc)
         if self._use_ssd(x, step=True):
             nhl, hd, N = self.heads_local, self.head_dim, self.ssm_state_size
-            y = ops.ssd_step(x.unflatten(-1, (nhl, hd)), dt[:, 0], self.A_head, B, C, self.D_head, None, self.dt_bias,
+            y = ops.ssd_step(x.unflatten(-1, (nhl, hd)), dt, self.A_head, B, C, self.D_head, None, self.dt_bias,
                              ssm_state.view(-1, nhl, hd, N), state_idx, True, 0.0, float("inf"))
-            return self._out(y.flatten(-2)[:, None], gate, h.dtype)
-        dt_ch = dt[:, 0].repeat_interleave(self.head_dim, dim=-1)  # (B, dl)
+            return self._out(y.flatten(-2)[:, None], gate[:, None], xbc.dtype)[:, 0]
+        dt_ch = dt.repeat_interleave(self.head_dim, dim=-1)  # (B, dl)
         A = self.A_ch.expand(-1, self.ssm_state_size)
         y = ops.selective_state_update(x, dt_ch, A, B, C, self.D_ch, None, self.dt_bias_ch, ssm_state, state_idx,
                                        True)
-        return self._out(y[:, None], gate, h.dtype)
+        return self._out(y[:, None], gate[:, None], xbc.dtype)[:, 0]
 
     # ------------------------------------------------------------------ HF-compatible forward
 

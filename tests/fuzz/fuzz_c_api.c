@@ -860,6 +860,7 @@ static void prep_decode_in(call_t *c, int *invalid, char *what, size_t wn) {
     mk(&g_dec.xc, ty, 2, (int64_t[]){M, dl}, ROLE_OUT, 2);
     mk(&g_dec.z, ty, 2, (int64_t[]){M, dl}, ROLE_OUT, 2);
     g_dec.eps = chance(90) ? 1e-5f : rfloat();
+    g_dec.conv_lo = rint_in(0, dl); /* conv rows [conv_lo, conv_lo + dl) of 2 dl, z the others */
     add(c, &g_dec.res, "res", 1, 0, 1, 1); /* f32 or T: only a non-float dtype is wrong for certain */
     add(c, &g_dec.add, "add", 0, 0, 0, 1);
     add(c, &g_dec.res_out, "res_out", 1, 0, 1, 1);
@@ -891,8 +892,13 @@ static void prep_decode_in(call_t *c, int *invalid, char *what, size_t wn) {
                 ok = 1;
                 break;
             case 3:
-                g_dec.weight.shape[0] = 2 * dl + 1;
-                snprintf(what, wn, "weight rows %lld (odd)", (long long)(2 * dl + 1));
+                if (chance(50)) {
+                    g_dec.weight.shape[0] = 2 * dl + 1;
+                    snprintf(what, wn, "weight rows %lld (z has %lld columns)", (long long)(2 * dl + 1), (long long)dl);
+                } else {
+                    g_dec.conv_lo = chance(50) ? dl + 1 : -1;
+                    snprintf(what, wn, "conv_lo=%lld (conv rows past the weight's)", (long long)g_dec.conv_lo);
+                }
                 ok = 1;
                 break;
             case 4:
