@@ -150,7 +150,19 @@ def _step_max_batch() -> int:
 
 
 DECODE_FUSED_MAX_BATCH = _step_max_batch()
-DECODE_IN_MAX_BATCH = 2  # <= SSMTP_DECODE_IN_MAX_M in csrc/ssmtp.h
+def _decode_in_max_batch() -> int:
+    """Largest decode batch that takes ops.mamba_decode_in (SSMTP_DECODE_IN_MAX_BATCH, 0..4 = SSMTP_DECODE_IN_MAX_M in
+    csrc/ssmtp.h; default 2). Measured on H200 (2026-11-24, graph step, two interleaved runs each,
+    benchmarks/results/decode-in-max-batch-h200-ab.json), 4 against 2: mamba-2.8b B = 3 / 4 3.61 / 3.60 ms against
+    2.64 / 2.66-2.67, zamba2-2.7b 4.85-4.86 / 4.88-4.89 against 4.07-4.10 / 4.11-4.14 (the kernel's GEMV with 4 rows
+    of x per weight pack is slower than cuBLAS there)."""
+    v = os.environ.get("SSMTP_DECODE_IN_MAX_BATCH", "2")
+    if not v.isdigit() or int(v) > 4:
+        raise ValueError(f"SSMTP_DECODE_IN_MAX_BATCH={v!r}: expected 0..4 (the kernel takes at most 4 rows)")
+    return int(v)
+
+
+DECODE_IN_MAX_BATCH = _decode_in_max_batch()
 
 
 class ModelRunner(nn.Module):
