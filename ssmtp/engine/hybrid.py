@@ -41,7 +41,8 @@ from .. import ops
 from ..models.zamba2 import gated_rms_norm
 from ..parallel import shard
 from ..parallel.comm import Communicator
-from .runner import DECODE_IN_MAX_BATCH, ModelRunner, _Fused, _rms_norm, check_mixers_on, decode_in_mode
+from .runner import (DECODE_IN_MAX_BATCH, ModelRunner, _Fused, _rms_norm, check_mixers_on, decode_in_mode,
+                     mixers_take_decode_in)
 from .state_cache import SlotPool, StateSpec
 
 log = logging.getLogger("ssmtp")
@@ -180,13 +181,7 @@ class HybridRunner(ModelRunner):
         SSMTP_DECODE_FUSED auto or 1, shapes the kernel takes."""
         if decode_in_mode() != "1" or not self.embed.is_cuda or not 1 <= batch <= DECODE_IN_MAX_BATCH:
             return False
-        ok = self._decode_in_ok.get(batch)
-        if ok is None:  # decided once per batch size (decode is graph-captured per bucket)
-            res = self.embed.new_empty(batch, self.embed.shape[1])
-            ok = all(ops.mamba_decode_in_applies(res, mx.in_proj_weight) and mx.conv_kernel_size <= 4
-                     for mx in self.mixers)
-            self._decode_in_ok[batch] = ok
-        return ok
+        return mixers_take_decode_in(self.embed, self.mixers, batch, self._decode_in_ok)
 
     def set_fused(self, enabled: bool) -> None:
         """Fuse the elementwise glue (norms with their residual adds, RoPE, Zamba2's gated norm) with torch.compile,

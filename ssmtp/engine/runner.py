@@ -165,6 +165,17 @@ def _decode_in_max_batch() -> int:
 DECODE_IN_MAX_BATCH = _decode_in_max_batch()
 
 
+def mixers_take_decode_in(embed: torch.Tensor, mixers, batch: int, cache: dict) -> bool:
+    """Whether the CUDA kernel of ops.mamba_decode_in takes every mixer's in_proj and conv at this batch size; decided
+    once per batch size (decode is graph-captured per bucket) and kept in ``cache``."""
+    ok = cache.get(batch)
+    if ok is None:
+        res = embed.new_empty(batch, embed.shape[1])
+        ok = all(ops.mamba_decode_in_applies(res, mx.in_proj_weight) and mx.conv_kernel_size <= 4 for mx in mixers)
+        cache[batch] = ok
+    return ok
+
+
 class ModelRunner(nn.Module):
     """Interface every family runner implements (see the module docstring)."""
 
@@ -331,15 +342,7 @@ class MambaRunner(ModelRunner):
         if (mode == "0" or (part == "in" and mode != "1") or not self.embed.is_cuda
                 or not 1 <= batch <= (DECODE_FUSED_MAX_BATCH if part == "step" else DECODE_IN_MAX_BATCH)):
             return False
-        if part == "step":
-            return True
-        ok = self._fused_ok.get(batch)
-        if ok is None:  # decided once per batch size (decode is graph-captured per bucket)
-            res = self.embed.new_empty(batch, self.embed.shape[1])
-            ok = all(ops.mamba_decode_in_applies(res, mx.in_proj_weight) and mx.conv_kernel_size <= 4
-                     for mx in self.mixers)
-            self._fused_ok[batch] = ok
-        return ok
+        return part == "step" or mixers_take_decode_in(self.embed, self.mixers, batch, self._fused_ok)
 
     @torch.no_grad()
     def decode(self, ids, pos, state_idx, pool: SlotPool) -> torch.Tensor:
