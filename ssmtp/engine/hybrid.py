@@ -181,7 +181,7 @@ class HybridRunner(ModelRunner):
         SSMTP_DECODE_FUSED auto or 1, shapes the kernel takes."""
         if decode_in_mode() != "1" or not self.embed.is_cuda or not 1 <= batch <= DECODE_IN_MAX_BATCH:
             return False
-        return mixers_take_decode_in(self.embed, self.mixers, batch, self._decode_in_ok)
+        return mixers_take_decode_in(self, batch, self._decode_in_ok)
 
     def set_fused(self, enabled: bool) -> None:
         """Fuse the elementwise glue (norms with their residual adds, RoPE, Zamba2's gated norm) with torch.compile,

@@ -165,13 +165,14 @@ def _decode_in_max_batch() -> int:
 DECODE_IN_MAX_BATCH = _decode_in_max_batch()
 
 
-def mixers_take_decode_in(embed: torch.Tensor, mixers, batch: int, cache: dict) -> bool:
-    """Whether the CUDA kernel of ops.mamba_decode_in takes every mixer's in_proj and conv at this batch size; decided
-    once per batch size (decode is graph-captured per bucket) and kept in ``cache``."""
+def mixers_take_decode_in(runner, batch: int, cache: dict) -> bool:
+    """Whether the CUDA kernel of ops.mamba_decode_in takes every one of runner.mixers' in_proj and conv at this batch
+    size; decided once per batch size (decode is graph-captured per bucket) and kept in ``cache``."""
     ok = cache.get(batch)
     if ok is None:
-        res = embed.new_empty(batch, embed.shape[1])
-        ok = all(ops.mamba_decode_in_applies(res, mx.in_proj_weight) and mx.conv_kernel_size <= 4 for mx in mixers)
+        res = runner.embed.new_empty(batch, runner.embed.shape[1])
+        ok = all(ops.mamba_decode_in_applies(res, mx.in_proj_weight) and mx.conv_kernel_size <= 4
+                 for mx in runner.mixers)
         cache[batch] = ok
     return ok
 
@@ -342,7 +343,7 @@ class MambaRunner(ModelRunner):
         if (mode == "0" or (part == "in" and mode != "1") or not self.embed.is_cuda
                 or not 1 <= batch <= (DECODE_FUSED_MAX_BATCH if part == "step" else DECODE_IN_MAX_BATCH)):
             return False
-        return part == "step" or mixers_take_decode_in(self.embed, self.mixers, batch, self._fused_ok)
+        return part == "step" or mixers_take_decode_in(self, batch, self._fused_ok)
 
     @torch.no_grad()
     def decode(self, ids, pos, state_idx, pool: SlotPool) -> torch.Tensor:

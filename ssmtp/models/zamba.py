@@ -247,8 +247,8 @@ class TPZambaAttention(nn.Module):
         (B, L, kv_local, hd) of this rank's heads (no collective)."""
         B, L = x.shape[:2]
         hd = self.head_dim
-        return (ops.linear(x, self.q_proj_weight).view(B, L, -1, hd), ops.linear(x, self.k_proj_weight).view(B, L, -1, hd),
-                ops.linear(x, self.v_proj_weight).view(B, L, -1, hd))
+        return tuple(ops.linear(x, w).view(B, L, -1, hd) for w in (self.q_proj_weight, self.k_proj_weight,
+                                                                    self.v_proj_weight))
 
     def out(self, attn: torch.Tensor) -> torch.Tensor:
         """attn (B, L, heads_local * hd) -> o_proj, all-reduced: (B, L, H) on every rank."""
