@@ -118,6 +118,17 @@ _DECODE_FUSED = _decode_fused_mode()
 def decode_in_mode() -> str:
     """SSMTP_DECODE_FUSED as read at import, with auto resolved ("0", "1" or "step")."""
     return "1" if _DECODE_FUSED == "auto" else _DECODE_FUSED
+
+
+def _env_batch(name: str, default: int, most: Optional[int], what: str) -> int:
+    """A batch-size limit from the environment variable ``name`` (0..most, or any when most is None)."""
+    v = os.environ.get(name, str(default))
+    if not v.isdigit() or (most is not None and int(v) > most):
+        span = "a batch size" if most is None else f"a batch size 0..{most}"
+        raise ValueError(f"{name}={v!r}: expected {span} ({what}; default {default})")
+    return int(v)
+
+
 # The fused decode kernels and where they apply (decode_fused_applies; SSMTP_DECODE_FUSED picks the mode). Measured on
 # H200, mamba-2.8b, CUDA-graph decode step (benchmarks/results/):
 #   auto (default): 1 at every TP degree. At TP>1 measured on one rank's shapes (mamba-2.8b with d_inner 2560, one
@@ -141,28 +152,13 @@ def decode_in_mode() -> str:
 # (2026-11-24, mamba-2.8b, bf16, graph step, two interleaved runs each; benchmarks/results/dtp-batch-h200-*.json):
 # fused up to 64 vs up to 4: B=8 2.949 / 2.947 vs 3.004 / 3.005 ms, B=16 3.426 / 3.423 vs 3.256 / 3.259, B=32 4.246
 # vs 3.66-3.67, B=64 5.76 vs 4.29-4.32 (its one-sequence blocks repeat the dt_proj rows per sequence): hence 8.
-def _step_max_batch() -> int:
-    v = os.environ.get("SSMTP_DECODE_STEP_MAX_BATCH", "8")
-    if not v.isdigit():
-        raise ValueError(f"SSMTP_DECODE_STEP_MAX_BATCH={v!r}: expected a batch size (0 turns the fusion off; "
-                         "default 8)")
-    return int(v)
-
-
-DECODE_FUSED_MAX_BATCH = _step_max_batch()
-def _decode_in_max_batch() -> int:
-    """Largest decode batch that takes ops.mamba_decode_in (SSMTP_DECODE_IN_MAX_BATCH, 0..4 = SSMTP_DECODE_IN_MAX_M in
-    csrc/ssmtp.h; default 2). Measured on H200 (2026-11-24, graph step, two interleaved runs each,
-    benchmarks/results/decode-in-max-batch-h200-ab.json), 4 against 2: mamba-2.8b B = 3 / 4 3.61 / 3.60 ms against
-    2.64 / 2.66-2.67, zamba2-2.7b 4.85-4.86 / 4.88-4.89 against 4.07-4.10 / 4.11-4.14 (the kernel's GEMV with 4 rows
-    of x per weight pack is slower than cuBLAS there)."""
-    v = os.environ.get("SSMTP_DECODE_IN_MAX_BATCH", "2")
-    if not v.isdigit() or int(v) > 4:
-        raise ValueError(f"SSMTP_DECODE_IN_MAX_BATCH={v!r}: expected 0..4 (the kernel takes at most 4 rows)")
-    return int(v)
-
-
-DECODE_IN_MAX_BATCH = _decode_in_max_batch()
+DECODE_FUSED_MAX_BATCH = _env_batch("SSMTP_DECODE_STEP_MAX_BATCH", 8, None, "0 turns the dt_proj fusion off")
+# The largest decode batch that takes ops.mamba_decode_in (SSMTP_DECODE_IN_MAX_BATCH overrides; at most
+# SSMTP_DECODE_IN_MAX_M = 4 in csrc/ssmtp.h). Measured on H200 (2026-11-24, graph step, two interleaved runs each,
+# benchmarks/results/decode-in-max-batch-h200-ab.json), 4 against 2: mamba-2.8b B = 3 / 4 3.61 / 3.60 ms against
+# 2.64 / 2.66-2.67, zamba2-2.7b 4.85-4.86 / 4.88-4.89 against 4.07-4.10 / 4.11-4.14 (the kernel's GEMV with 4 rows
+# of x per weight pack is slower than cuBLAS there): hence 2.
+DECODE_IN_MAX_BATCH = _env_batch("SSMTP_DECODE_IN_MAX_BATCH", 2, 4, "rows the decode_in kernel takes")
 
 
 def mixers_take_decode_in(runner, batch: int, cache: dict) -> bool:
