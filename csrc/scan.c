@@ -5,7 +5,8 @@
 #include "internal.h"
 
 /* Shared shape checks of the scan and the step. seq = 1 for the step (its tensors have no time axis). dt_proj: the
- * step's optional fused projection (NULL for the scan); when present dt is (batch, R), R = dt_proj.shape[1]. */
+ * step's optional fused projection (NULL for the scan); when present dt is (batch, R) or (batch, ngroups, R),
+ * R = dt_proj.shape[1]. */
 static ssmtp_status_t check_common(const char *op, const ssmtp_tensor_t *x, const ssmtp_tensor_t *dt,
                                    const ssmtp_tensor_t *A, const ssmtp_tensor_t *B, const ssmtp_tensor_t *C,
                                    const ssmtp_tensor_t *D, const ssmtp_tensor_t *z, const ssmtp_tensor_t *dt_bias,
@@ -17,12 +18,9 @@ static ssmtp_status_t check_common(const char *op, const ssmtp_tensor_t *x, cons
     const int64_t batch = x->shape[0], dim = x->shape[1], len = has_time ? x->shape[2] : 1;
     const int32_t ty = x->dtype;
     const int64_t xs[3] = {batch, dim, len};
-    if (dt_proj && ssmtp_present(dt_proj)) {
-        SSMTP_TRY(ssmtp_check_tensor(op, "dt_proj", dt_proj, 0, 2, ty, (int64_t[]){dim, -1}));
-        SSMTP_TRY(ssmtp_check_tensor(op, "dt", dt, 0, 2, ty, (int64_t[]){batch, dt_proj->shape[1]}));
-    } else {
-        SSMTP_TRY(ssmtp_check_tensor(op, "dt", dt, 0, nd, ty, xs));
-    }
+    const int dtp = dt_proj && ssmtp_present(dt_proj);
+    if (dtp) SSMTP_TRY(ssmtp_check_tensor(op, "dt_proj", dt_proj, 0, 2, ty, (int64_t[]){dim, -1}));
+    else SSMTP_TRY(ssmtp_check_tensor(op, "dt", dt, 0, nd, ty, xs));
     SSMTP_TRY(ssmtp_check_tensor(op, "A", A, 0, 2, SSMTP_DTYPE_F32, (int64_t[]){dim, -1}));
     const int64_t dstate = A->shape[1];
     if (dstate < 1 || dstate > SSMTP_MAX_DSTATE)
@@ -34,6 +32,12 @@ static ssmtp_status_t check_common(const char *op, const ssmtp_tensor_t *x, cons
         return ssmtp_fail(SSMTP_ERR_INVALID, "%s: ngroups=%lld does not divide dim=%lld", op, (long long)groups,
                           (long long)dim);
     SSMTP_TRY(ssmtp_check_tensor(op, "C", C, 0, nd + 1, ty, (int64_t[]){batch, groups, dstate, len}));
+    if (dtp) { /* the low-rank dt: (batch, R), or (batch, ngroups, R) with one row per group of B/C */
+        if (dt->ndim == 3)
+            SSMTP_TRY(ssmtp_check_tensor(op, "dt", dt, 0, 3, ty, (int64_t[]){batch, groups, dt_proj->shape[1]}));
+        else
+            SSMTP_TRY(ssmtp_check_tensor(op, "dt", dt, 0, 2, ty, (int64_t[]){batch, dt_proj->shape[1]}));
+    }
     SSMTP_TRY(ssmtp_check_tensor(op, "D", D, 1, 1, -1, (int64_t[]){dim}));
     SSMTP_TRY(ssmtp_check_float_dtype(op, "D", D));
     SSMTP_TRY(ssmtp_check_tensor(op, "z", z, 1, nd, ty, xs));
@@ -205,10 +209,12 @@ static ssmtp_status_t step_cpu(const ssmtp_step_params_t *p) {
             const float xt = ssmtp_load(p->x.data, ty, b * p->x.stride[0] + c * p->x.stride[1]);
             float delta;
             if (ssmtp_present(&p->dt_proj)) { /* rounded to the dtype of x, as a separate dt_proj product would be */
+                const int g3 = p->dt.ndim == 3; /* (batch, ngroups, R): this channel's group's row */
+                const int64_t row = b * p->dt.stride[0] + (g3 ? g * p->dt.stride[1] : 0), sr = p->dt.stride[g3 ? 2 : 1];
                 float acc = 0.0f;
                 for (int64_t r = 0; r < p->dt_proj.shape[1]; r++)
                     acc += ssmtp_load(p->dt_proj.data, ty, c * p->dt_proj.stride[0] + r * p->dt_proj.stride[1]) *
-                           ssmtp_load(p->dt.data, ty, b * p->dt.stride[0] + r * p->dt.stride[1]);
+                           ssmtp_load(p->dt.data, ty, row + r * sr);
                 delta = ssmtp_round(acc, ty);
             } else {
                 delta = ssmtp_load(p->dt.data, ty, b * p->dt.stride[0] + c * p->dt.stride[1]);

@@ -128,8 +128,10 @@ ssmtp_status_t ssmtp_scan_fwd(const ssmtp_scan_params_t *p, void *stream);
  * Optional fused dt_proj (decode at small batch: one kernel instead of a GEMV + the step):
  *   dt_proj (dim, R) same dtype as x: then dt is (batch, R), the low-rank time step before dt_proj, and the raw time
  *   step of channel c is dt_proj[c] . dt[b] (fp32 accumulation, rounded to the dtype of x as a separate product
- *   would be), then + dt_bias and softplus as above. Any strides; on CUDA the fast path wants R * element size a
- *   multiple of 16 bytes and 16-byte aligned, contiguous rows of dt and dt_proj (else a plain per-element loop).
+ *   would be), then + dt_bias and softplus as above. Or dt (batch, ngroups, R), one low-rank time step per group of
+ *   B/C (Zamba's per-head x_proj): channel c takes dt[b, c / (dim / ngroups)]. Any strides; on CUDA the fast path
+ *   wants R * element size a multiple of 16 bytes and 16-byte aligned, contiguous rows of dt and dt_proj (else a
+ *   plain per-element loop).
  */
 typedef struct {
     ssmtp_tensor_t x, dt, A, B, C, D, z, dt_bias, state, state_idx, out, dt_proj;

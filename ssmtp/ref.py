@@ -93,9 +93,13 @@ def selective_scan(x, dt, A, B, C, D, z, dt_bias, state, state_idx, seq_lens, dt
 
 def selective_state_update(x, dt, A, B, C, D, z, dt_bias, state, state_idx, dt_softplus, dt_proj=None):
     batch, dim = x.shape
-    if dt_proj is not None:  # the low-rank time step through dt_proj, rounded to the dtype of x as its own op would
-        dt = (dt.float() @ dt_proj.float().t()).to(x.dtype)
     groups = B.shape[1]
+    if dt_proj is not None:  # the low-rank time step through dt_proj, rounded to the dtype of x as its own op would
+        if dt.dim() == 3:  # one low-rank row per group of B/C: channel c takes row c // (dim / groups)
+            dt = dt.repeat_interleave(dim // groups, 1)
+            dt = (dt.float() * dt_proj.float()[None]).sum(-1).to(x.dtype)
+        else:
+            dt = (dt.float() @ dt_proj.float().t()).to(x.dtype)
     out = torch.zeros(batch, dim, dtype=torch.float32)
     for b, slot in enumerate(_slots(batch, state_idx)):
         if slot < 0:

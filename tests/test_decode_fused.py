@@ -272,6 +272,53 @@ def test_step_dt_proj_equals_linear_then_step(batch, dim, R, N, dname):
     assert torch.equal(y4, y1) and torch.equal(s4, s1)
 
 
+@pytest.mark.parametrize("dname", list(DTYPES))
+@pytest.mark.parametrize("batch,groups,pg,R,N", [(1, 2, 8, 3, 4), (3, 3, 5, 7, 16), (2, 2, 16, 16, 16)])
+def test_step_grouped_dt_proj_equals_per_group_linear_then_step(batch, groups, pg, R, N, dname):
+    """dt (batch, ngroups, R): channel c projects its group's row (Zamba's per-head x_proj). The same bits as
+    linear_small of each group's rows through its dt_proj rows followed by the plain step; the twin in ref.py; and the
+    layout the Zamba mixer hands over (the diagonal blocks of one product over all groups, a strided view)."""
+    dtype = DTYPES[dname]
+    dim = groups * pg
+    g = torch.Generator().manual_seed(batch * 100 + groups * 10 + R)
+    rnd = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    x, z = rnd(batch, dim).to(dtype), rnd(batch, dim).to(dtype)
+    dt3 = rnd(batch, groups, R).to(dtype)
+    dt_proj = (rnd(dim, R) / R**0.5).to(dtype)
+    A = -torch.rand(dim, N, generator=g)
+    B, C = rnd(batch, groups, N).to(dtype), rnd(batch, groups, N).to(dtype)
+    D, bias = rnd(dim), rnd(dim)
+    nslots = batch + 2
+    state = rnd(nslots, dim, N)
+    idx = torch.randperm(nslots, generator=g)[:batch].to(torch.int32)
+    s1, s2, s3, s4 = state.clone(), state.clone(), state.clone(), state.clone()
+    y1 = ops.selective_state_update(x, dt3, A, B, C, D, z, bias, s1, idx, True, dt_proj)
+    dt_full = torch.cat([ops.linear_small(dt3[:, i].contiguous(), dt_proj[i * pg:(i + 1) * pg].contiguous(), None)
+                         for i in range(groups)], dim=1)
+    y2 = ops.selective_state_update(x, dt_full, A, B, C, D, z, bias, s2, idx, True)
+    assert torch.equal(y1, y2) and torch.equal(s1, s2)
+    y3 = ref.selective_state_update(x, dt3, A, B, C, D, z, bias, s3, idx, True, dt_proj=dt_proj)
+    tol = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]
+    torch.testing.assert_close(y1.float(), y3.float(), atol=tol, rtol=tol)
+    torch.testing.assert_close(s1, s3, atol=1e-5, rtol=1e-5)
+    # the diagonal blocks of a (batch * groups, groups * R) product, as TPZambaMambaMixer's decode step takes them
+    full = torch.zeros(batch * groups, groups * R, dtype=dtype)
+    diag = full.as_strided((batch, groups, R), (groups * groups * R, (groups + 1) * R, 1))
+    diag.copy_(dt3)
+    y4 = ops.selective_state_update(x, diag, A, B, C, D, z, bias, s4, idx, True, dt_proj)
+    assert torch.equal(y4, y1) and torch.equal(s4, s1)
+
+
+def test_step_grouped_dt_bad_groups_raise():
+    a = list(_step_dt_proj_args())
+    a[1] = torch.randn(2, 2, 3)  # two rows of dt per sequence, but B and C have one group
+    with pytest.raises(ValueError, match=r"step_fwd: dt.shape\[1\]=2, expected 1"):
+        ops.selective_state_update(*a)
+    a[1] = torch.randn(2, 1, 4)
+    with pytest.raises(ValueError, match=r"step_fwd: dt.shape\[2\]=4, expected 3"):
+        ops.selective_state_update(*a)
+
+
 # ------------------------------------------------------------------------------------------------ registration
 
 def _decode_in_args(full=True, res_fp32=True):

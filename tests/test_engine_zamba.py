@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import ssmtp
+import ssmtp.ops as ops
 from distributed import run_ranks as _run_ranks
 from ssmtp.engine import LLM
 from tiny_models import build_zamba, build_zamba2, close_rel, prompts as make_prompts
@@ -318,3 +319,31 @@ def test_hybrid_fused_glue_where_it_applies(monkeypatch):
     with torch.no_grad():
         g = model.generate(torch.tensor([p]), max_new_tokens=3, do_sample=False)
     assert out == g[0, len(p):].tolist()
+
+
+def test_hybrid_decode_with_fused_dt_proj_on_cpu(monkeypatch):
+    """Zamba's decode with the state update applying dt_proj (HybridRunner.decode_dt_fused: CUDA-only in the engine)
+    run with the CPU ops: every Mamba layer's state update gets the low-rank dt and dt_proj, and the tokens and logits
+    stay HF's."""
+    from ssmtp.engine.hybrid import HybridRunner
+
+    model = build_zamba("odd")
+    p = torch.randint(3, 99, (12,), generator=torch.Generator().manual_seed(6)).tolist()
+    llm = LLM(model, progress=False, max_model_len=64, num_slots=1, prefix_cache=False)
+    assert not llm.runner.decode_dt_fused(1)  # a CPU engine
+    monkeypatch.setattr(HybridRunner, "decode_dt_fused", lambda self, batch: True)
+    real = ops.selective_state_update
+    calls = []
+
+    def counted(*a, **k):
+        calls.append(len(a) > 11 and a[11] is not None)
+        return real(*a, **k)
+
+    monkeypatch.setattr(ops, "selective_state_update", counted)
+    out = llm.generate([p], max_new_tokens=4, return_logits=True)[0]
+    assert calls == [True] * (3 * len(llm.runner.mixers))  # 3 decode steps after the prefill, every Mamba layer
+    with torch.no_grad():
+        g = model.generate(torch.tensor([p]), max_new_tokens=4, do_sample=False, output_logits=True,
+                           return_dict_in_generate=True)
+    assert out.token_ids == g.sequences[0, len(p):].tolist()
+    close_rel(torch.stack(out.logits), torch.stack([lg[0] for lg in g.logits]), 1e-4, "logits with dt_proj fused")

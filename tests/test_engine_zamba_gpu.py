@@ -246,7 +246,8 @@ def test_hybrid_fused_decode_input_equals_unfused(monkeypatch, family, config, d
     conv step; batch <= 2; Zamba2 with the conv rows at d_inner) vs the unfused ops (SSMTP_DECODE_FUSED=0), from the
     same states (conv, SSM, K/V, lengths), step after step (each step from the unfused run's states, so that bf16
     differences cannot compound over steps): logits and every state agree to the tolerance of one rounding per GEMV;
-    batch 3, and rows the kernel does not take (16-byte packs), run the unfused ops either way (bit-equal). bf16 models
+    batch 3, and rows the kernel does not take (16-byte packs), run the unfused ops either way (bit-equal for Zamba2;
+    Zamba's state update takes dt_proj at batch <= 8 in both modes but "0"). bf16 models
     at HF's init scale: with the tests' larger one (0.2) one rounding's difference in a step moved the logits of
     zamba/divisible by 9% of their range (0.44 of 5; H200, 2026-11-24), the model amplifying any perturbation."""
     import ssmtp.engine.runner as runner_mod
@@ -283,7 +284,7 @@ def test_hybrid_fused_decode_input_equals_unfused(monkeypatch, family, config, d
             for k, v in pool.tensors.items():
                 saved[m][k].copy_(v)
         what = f"{family}/{config} {dtype} B={batch} step {step}"
-        if not fused:
+        if not fused and family == "zamba2":  # Zamba (v1) fuses dt_proj into the state update up to batch 8 too
             assert torch.equal(logits["1"], logits["0"]), what
         close_rel(logits["1"], logits["0"], rel, f"{what}: logits")
         for k in saved["0"]:

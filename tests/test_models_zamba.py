@@ -210,3 +210,34 @@ def test_slot_api_matches_per_sequence_runs():
             _rel_ok(step[b], mixer.mix_step(x1[b:b + 1], c1, s1)[0], what=f"decode row {b}")
             _rel_ok(conv[idx[b]], c1[0], what=f"conv state row {b}")
             _rel_ok(ssm[idx[b]], s1[0], what=f"ssm state row {b}")
+
+
+@pytest.mark.parametrize("tp,rank", [(1, 0), (2, 1), (8, 5)])
+def test_decode_x_proj_and_fused_dt_proj_match_the_per_head_products(tp, rank):
+    """The decode step's x_proj (one product over every head piece, its diagonal blocks taken as a strided view) equals
+    the per-head einsum of prefill, and mix_step(fuse_dt=True) (the low-rank dt of each head piece handed to the state
+    update with dt_proj) equals the plain step, CPU fp32: whole heads (tp 1: 4 heads per rank, tp 2: 2) and a split
+    head (tp 8: half a head per rank; FakeComm's all-reduce is the identity, the same on both sides)."""
+    from ssmtp.models.zamba import TPZambaMambaMixer
+
+    model = build_zamba("odd")  # 4 mamba heads of 18 channels
+    mixer = TPZambaMambaMixer.from_hf(model.model.layers[0].mamba, FakeComm(tp, rank))
+    g = torch.Generator().manual_seed(11)
+    B, dl = 3, mixer.d_local
+    xc = torch.randn(B, dl, generator=g)
+    want = torch.einsum("bgc,grc->bgr", xc.view(B, mixer.n_groups, mixer.group_size), mixer.x_proj_weight)
+    got = mixer._x_proj_token(xc)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    h = torch.randn(B, 1, mixer.hidden_size, generator=g)
+    shapes = mixer.state_shapes()
+    conv, ssm = torch.randn(B + 1, *shapes["conv"], generator=g), torch.randn(B + 1, *shapes["ssm"], generator=g)
+    idx = torch.tensor([2, -1, 0], dtype=torch.int32)
+    outs, states = [], []
+    with torch.no_grad():
+        for fuse in (False, True):
+            c, s = conv.clone(), ssm.clone()
+            outs.append(mixer.mix_step(h, c, s, idx, fuse_dt=fuse))
+            states.append(s)
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(states[1], states[0], rtol=1e-5, atol=1e-5)
+    assert torch.equal(states[1][[1, 3]], ssm[[1, 3]])  # slots no row uses

@@ -57,6 +57,7 @@ struct StepArgs {
     const void *dtw; // dt_proj (dim, R), optional: dt is then (batch, R)
     int64_t batch, dim, N, per_group, nslots, R, sdw0;
     int64_t sx0, sx1, sdt0, sdt1, sz0, sz1, so0, so1, sB0, sB1, sB2, sC0, sC1, sC2;
+    int64_t sdtg; // with dt_proj and a (batch, ngroups, R) dt: the stride of its group axis (0 for (batch, R))
     int64_t sA0, sA1, sD, sbias, ss0, ss1, ss2, sidx;
     int D_dtype, bias_dtype, softplus;
     int vecbc; // B and C state-contiguous with 4-element-aligned bases and strides (one vector load per 4 states)
@@ -105,10 +106,10 @@ __device__ __forceinline__ float finish(const StepArgs &a, float y, int64_t b, i
 // scalar path sums in order; the vector path by lanes, then shuffles).
 template <typename T> __device__ __forceinline__ T raw_dt(const StepArgs &a, int64_t b, int64_t c) {
     if (!a.dtw) return ((const T *)a.dt)[b * a.sdt0 + c * a.sdt1];
+    const T *dr = (const T *)a.dt + b * a.sdt0 + (c / a.per_group) * a.sdtg;
     float acc = 0.f;
     for (int64_t r = 0; r < a.R; r++)
-        acc = fmaf(to_f32<T>(((const T *)a.dtw)[c * a.sdw0 + r]), to_f32<T>(((const T *)a.dt)[b * a.sdt0 + r * a.sdt1]),
-                   acc);
+        acc = fmaf(to_f32<T>(((const T *)a.dtw)[c * a.sdw0 + r]), to_f32<T>(dr[r * a.sdt1]), acc);
     return from_f32<T>(acc);
 }
 
@@ -131,6 +132,7 @@ __device__ __forceinline__ void dt_proj_rows(const StepArgs &a, int64_t c, int64
     const int part = threadIdx.x % TPC;
     const int64_t npk = a.R / P;
     const uint4 *wr = reinterpret_cast<const uint4 *>((const T *)a.dtw + c * a.sdw0);
+    const T *dg = (const T *)a.dt + ((uint32_t)c / (uint32_t)a.per_group) * a.sdtg; // the channel's group's rows
     float acc[BPB];
 #pragma unroll
     for (int i = 0; i < BPB; i++) acc[i] = 0.f;
@@ -141,7 +143,7 @@ __device__ __forceinline__ void dt_proj_rows(const StepArgs &a, int64_t c, int64
         for (int i = 0; i < BPB; i++) {
             const int64_t b = b0 + i < a.batch ? b0 + i : b0;
             float df[P];
-            Pack16<T>::to_f32(__ldg(reinterpret_cast<const uint4 *>((const T *)a.dt + b * a.sdt0) + k), df);
+            Pack16<T>::to_f32(__ldg(reinterpret_cast<const uint4 *>(dg + b * a.sdt0) + k), df);
 #pragma unroll
             for (int e = 0; e < P; e++) acc[i] = fmaf(wf[e], df[e], acc[i]);
         }
@@ -587,6 +589,7 @@ ssmtp_status_t dispatch(const StepArgs &a, bool vec, bool pipe, bool sa, int dev
     // dt_proj on the vector path: 16-byte packs of dt_proj rows and dt rows (else the scalar kernel's loop)
     const int64_t es = (int64_t)sizeof(T);
     const bool dtp_vec = a.dtw && (a.R * es) % 16 == 0 && a.sdt1 == 1 && (a.sdt0 * es) % 16 == 0 &&
+                         (a.sdtg * es) % 16 == 0 &&
                          (a.sdw0 * es) % 16 == 0 && (uintptr_t)a.dt % 16 == 0 && (uintptr_t)a.dtw % 16 == 0;
     if (vec && pipe && !sa && !a.dtw) {
         switch (a.N / 4) {
@@ -625,6 +628,7 @@ extern "C" ssmtp_status_t ssmtp_cuda_step_fwd(const ssmtp_step_params_t *p, void
     a.nslots = p->state.shape[0];
     a.sx0 = p->x.stride[0]; a.sx1 = p->x.stride[1];
     a.sdt0 = p->dt.stride[0]; a.sdt1 = p->dt.stride[1];
+    if (p->dt_proj.data && p->dt.ndim == 3) { a.sdtg = p->dt.stride[1]; a.sdt1 = p->dt.stride[2]; }
     if (a.z) { a.sz0 = p->z.stride[0]; a.sz1 = p->z.stride[1]; }
     a.so0 = p->out.stride[0]; a.so1 = p->out.stride[1];
     a.sB0 = p->B.stride[0]; a.sB1 = p->B.stride[1]; a.sB2 = p->B.stride[2];
@@ -657,8 +661,8 @@ extern "C" ssmtp_status_t ssmtp_cuda_step_fwd(const ssmtp_step_params_t *p, void
     const bool sa = a.sA1 == 0;
     // The vector kernels index in 32 bits: sizes and strides below 2^31 (offsets are still 64-bit products).
     bool fits32 = true;
-    for (int64_t v : {a.batch, a.dim, a.sx0, a.sx1, a.sdt0, a.sdt1, a.sz0, a.sz1, a.so0, a.so1, a.sB0, a.sB1, a.sB2,
-                      a.sC0, a.sC1, a.sC2, a.sA0, a.sD, a.sbias, a.ss0, a.ss1, a.sidx, a.sdw0})
+    for (int64_t v : {a.batch, a.dim, a.sx0, a.sx1, a.sdt0, a.sdt1, a.sdtg, a.sz0, a.sz1, a.so0, a.so1, a.sB0, a.sB1,
+                      a.sB2, a.sC0, a.sC1, a.sC2, a.sA0, a.sD, a.sbias, a.ss0, a.ss1, a.sidx, a.sdw0})
         fits32 = fits32 && v >= 0 && v <= 0x7fffffffLL;
     const bool vec = fits32 && a.N % 4 == 0 && a.ss2 == 1 && a.ss0 % 4 == 0 && a.ss1 % 4 == 0 &&
                      ((uintptr_t)a.state % 16) == 0 &&

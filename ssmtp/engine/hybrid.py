@@ -41,8 +41,8 @@ from .. import ops
 from ..models.zamba2 import gated_rms_norm
 from ..parallel import shard
 from ..parallel.comm import Communicator
-from .runner import (DECODE_IN_MAX_BATCH, ModelRunner, _Fused, _rms_norm, check_mixers_on, decode_in_mode,
-                     mixers_take_decode_in)
+from .runner import (DECODE_FUSED_MAX_BATCH, DECODE_IN_MAX_BATCH, ModelRunner, _Fused, _rms_norm, check_mixers_on,
+                     decode_in_mode, mixers_take_decode_in)
 from .state_cache import SlotPool, StateSpec
 
 log = logging.getLogger("ssmtp")
@@ -182,6 +182,13 @@ class HybridRunner(ModelRunner):
         if decode_in_mode() != "1" or not self.embed.is_cuda or not 1 <= batch <= DECODE_IN_MAX_BATCH:
             return False
         return mixers_take_decode_in(self, batch, self._decode_in_ok)
+
+    def decode_dt_fused(self, batch: int) -> bool:
+        """Whether a decode step of this batch size hands Zamba's low-rank dt to the state update with dt_proj (one
+        kernel per Mamba layer instead of a per-head GEMM and the update; as the Mamba runner: CUDA, SSMTP_DECODE_FUSED
+        auto, 1 or step, batch <= DECODE_FUSED_MAX_BATCH). Zamba2's Mamba-2 layers have no dt_proj."""
+        return (not self.v2 and decode_in_mode() in ("1", "step") and self.embed.is_cuda
+                and 1 <= batch <= DECODE_FUSED_MAX_BATCH)
 
     def set_fused(self, enabled: bool) -> None:
         """Fuse the elementwise glue (norms with their residual adds, RoPE, Zamba2's gated norm) with torch.compile,
@@ -426,6 +433,7 @@ class HybridRunner(ModelRunner):
         sdpa = (not decode) and h.is_cuda and h.dtype != torch.float32
         kf = self._k if decode or B * L >= FUSED_PREFILL_MIN_TOKENS else self._plain
         fused_in = decode and self.decode_in_applies(B)
+        fuse_dt = {"fuse_dt": True} if decode and self.decode_dt_fused(B) else {}
         out = None  # the previous layer's output, added to h by the next layer's norm
         for i, mixer in enumerate(self.mixers):
             j = self.hybrid_index.get(i)
@@ -457,9 +465,9 @@ class HybridRunner(ModelRunner):
             if fused_in and self.v2:  # z = [gate | dt]
                 out = mixer.step_tail(xc, z[:, :mixer.d_local], z[:, mixer.d_local:], ssm, idx32)[:, None]
             elif fused_in:
-                out = mixer.step_tail(xc, z, ssm, idx32)[:, None]
+                out = mixer.step_tail(xc, z, ssm, idx32, **fuse_dt)[:, None]
             elif decode:
-                out = mixer.mix_step(x, conv, ssm, state_idx)
+                out = mixer.mix_step(x, conv, ssm, state_idx, **fuse_dt)
             else:
                 out = mixer.mix(x, conv, ssm, state_idx, seq_lens, True)
         h = h + out

@@ -144,20 +144,36 @@ class TPZambaMambaMixer(nn.Module):
 
     # ------------------------------------------------------------------ shared pieces
 
-    def _dt_B_C(self, xc_tok: torch.Tensor):
-        """xc_tok (B, L, dl) conv output -> dt (B, L, dl) before bias; B, C (B, L, g, N)."""
+    def _dt_B_C(self, xc_tok: torch.Tensor, project_dt: bool = True):
+        """xc_tok (B, L, dl) conv output -> dt (B, L, dl) before bias (with project_dt; else the (B, L, g, R) low-rank
+        dt per head piece, which the fused state update projects itself); B, C (B, L, g, N)."""
         R, N, g = self.time_step_rank, self.ssm_state_size, self.n_groups
         Bsz, L, _ = xc_tok.shape
-        xg = xc_tok.reshape(Bsz, L, g, self.group_size)
-        proj = torch.einsum("blgc,grc->blgr", xg, self.x_proj_weight)  # (B, L, g, R+2N)
+        if L == 1:
+            proj = self._x_proj_token(xc_tok.reshape(Bsz, self.d_local)).view(Bsz, 1, g, R + 2 * N)
+        else:
+            xg = xc_tok.reshape(Bsz, L, g, self.group_size)
+            proj = torch.einsum("blgc,grc->blgr", xg, self.x_proj_weight)  # (B, L, g, R+2N)
         if self.split_heads:
             # this rank holds part of one head (g == 1): zero-padded partials of every head, summed over all ranks
             full = proj.new_zeros(Bsz, L, self.n_mamba_heads, R + 2 * N)
             full[:, :, self.head0] = proj[:, :, 0]
             proj = self.comm.all_reduce(full)[:, :, self.head0:self.head0 + 1]
         dt, B, C = torch.split(proj, [R, N, N], dim=-1)
-        dt = torch.einsum("blgr,gcr->blgc", dt, self.dt_proj_weight).reshape(Bsz, L, self.d_local)
+        if project_dt:
+            dt = torch.einsum("blgr,gcr->blgc", dt, self.dt_proj_weight).reshape(Bsz, L, self.d_local)
         return dt, B, C
+
+    def _x_proj_token(self, xc: torch.Tensor) -> torch.Tensor:
+        """x_proj of one token per sequence, xc (B, dl) -> (B, g, R+2N), as ONE ops.linear (the decode GEMV at small
+        batch): the B x g head pieces of xc are its rows, every head's x_proj rows its weight rows, so the weight is
+        read once, and the per-head projections are the product's diagonal blocks (a strided view, no copy). The
+        off-diagonal blocks cost g - 1 more dot products per weight row read, nothing in bytes. Measured on H200
+        against the einsum (a cuBLAS batched GEMM): see step_tail."""
+        Bsz, g, cpg = xc.shape[0], self.n_groups, self.group_size
+        n = self.x_proj_weight.shape[1]
+        out = ops.linear(xc.reshape(Bsz * g, cpg), self.x_proj_weight.view(g * n, cpg))  # (B g, g n)
+        return out.as_strided((Bsz, g, n), (g * g * n, (g + 1) * n, 1), out.storage_offset())
 
     def _out(self, y_tok: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         out = self.comm.all_reduce(ops.linear(y_tok.to(dtype), self.out_proj_weight))
@@ -184,20 +200,27 @@ class TPZambaMambaMixer(nn.Module):
         return self._out(y.transpose(1, 2), h.dtype)
 
     def mix_step(self, h: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor,
-                 state_idx: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """One decode token per sequence. h (B, 1, H); states (slots, dl, K), (slots, dl, N) updated in place."""
+                 state_idx: Optional[torch.Tensor] = None, fuse_dt: bool = False) -> torch.Tensor:
+        """One decode token per sequence. h (B, 1, H); states (slots, dl, K), (slots, dl, N) updated in place.
+        fuse_dt: dt_proj inside the state update (see step_tail)."""
         dl = self.d_local
         xz = ops.linear(h, self.in_proj_weight, self.in_proj_bias)  # (B, 1, 2dl)
         x = xz[..., :dl].transpose(1, 2)
         xc = ops.causal_conv1d(x, self.conv_weight, self.conv_bias, conv_state, state_idx, None, True, True)
-        return self.step_tail(xc[..., 0], xz[:, 0, dl:], ssm_state, state_idx)[:, None]
+        return self.step_tail(xc[..., 0], xz[:, 0, dl:], ssm_state, state_idx, fuse_dt)[:, None]
 
     def step_tail(self, xc: torch.Tensor, z: torch.Tensor, ssm_state: torch.Tensor,
-                  state_idx: Optional[torch.Tensor]) -> torch.Tensor:
+                  state_idx: Optional[torch.Tensor], fuse_dt: bool = False) -> torch.Tensor:
         """A decode step after the conv (xc, the conv output, and z, the gate, (B, dl); from mix_step or from
         ops.mamba_decode_in): x_proj per head (+ all-reduce when heads span ranks), the state update, out_proj
-        (+ all-reduce). Returns (B, H)."""
-        dt, B, C = self._dt_B_C(xc[:, None])
+        (+ all-reduce). Returns (B, H). fuse_dt: the state update applies dt_proj itself to each head piece's
+        low-rank dt (one kernel instead of a per-head GEMM and the update; the engine's choice at small batch on
+        CUDA, as for Mamba-1)."""
+        dt, B, C = self._dt_B_C(xc[:, None], project_dt=not fuse_dt)
+        if fuse_dt:
+            return self._out(ops.selective_state_update(xc, dt[:, 0], self.A, B[:, 0], C[:, 0], self.D, z,
+                                                        self.dt_bias, ssm_state, state_idx, True,
+                                                        self.dt_proj_weight.view(self.d_local, -1)), xc.dtype)
         y = ops.selective_state_update(xc, dt[:, 0], self.A, B[:, 0], C[:, 0], self.D, z, self.dt_bias, ssm_state,
                                        state_idx, True)
         return self._out(y, xc.dtype)
