@@ -132,6 +132,15 @@ class SharedBlock(nn.Module):
         return self.mlp(x, layer_idx) if self.v2 else self.mlp(x)
 
 
+# Zamba (v1) decode: dt_proj fused into the state update up to this batch (the Mamba runner's limit is 8). Measured
+# on H200 (2026-11-24, zamba-7b preset, bf16, graph step; benchmarks/results/zamba-decode-h200-e032356.json), with
+# x_proj as one GEMV over both heads (TPZambaMambaMixer._x_proj_token) and dt_proj fused, against 25ac96f (a cuBLAS
+# einsum each): B = 1 / 2 / 4 7.00 / 7.98 / 8.91-8.95 ms against 7.56-7.58 / 8.39-8.43 / 9.00-9.03; at B=8 9.44-9.46
+# fused against 9.24 unfused (the same x_proj) and 9.22 at 25ac96f: the fused kernel's one-sequence blocks repeat
+# each 232-wide dt_proj row per sequence. Hence 4.
+ZAMBA_DT_FUSED_MAX_BATCH = 4
+
+
 class HybridRunner(ModelRunner):
     """Zamba / Zamba2 over the slot pool (see the module docstring)."""
 
@@ -186,9 +195,10 @@ class HybridRunner(ModelRunner):
     def decode_dt_fused(self, batch: int) -> bool:
         """Whether a decode step of this batch size hands Zamba's low-rank dt to the state update with dt_proj (one
         kernel per Mamba layer instead of a per-head GEMM and the update; as the Mamba runner: CUDA, SSMTP_DECODE_FUSED
-        auto, 1 or step, batch <= DECODE_FUSED_MAX_BATCH). Zamba2's Mamba-2 layers have no dt_proj."""
+        auto, 1 or step, batch <= ZAMBA_DT_FUSED_MAX_BATCH and <= DECODE_FUSED_MAX_BATCH). Zamba2's Mamba-2 layers
+        have no dt_proj."""
         return (not self.v2 and decode_in_mode() in ("1", "step") and self.embed.is_cuda
-                and 1 <= batch <= DECODE_FUSED_MAX_BATCH)
+                and 1 <= batch <= min(DECODE_FUSED_MAX_BATCH, ZAMBA_DT_FUSED_MAX_BATCH))
 
     def set_fused(self, enabled: bool) -> None:
         """Fuse the elementwise glue (norms with their residual adds, RoPE, Zamba2's gated norm) with torch.compile,

@@ -169,7 +169,8 @@ class TPZambaMambaMixer(nn.Module):
         batch): the B x g head pieces of xc are its rows, every head's x_proj rows its weight rows, so the weight is
         read once, and the per-head projections are the product's diagonal blocks (a strided view, no copy). The
         off-diagonal blocks cost g - 1 more dot products per weight row read, nothing in bytes. Measured on H200
-        against the einsum (a cuBLAS batched GEMM): see step_tail."""
+        with dt_proj fused, against the einsum (a cuBLAS batched GEMM): ZAMBA_DT_FUSED_MAX_BATCH in
+        ssmtp/engine/hybrid.py."""
         Bsz, g, cpg = xc.shape[0], self.n_groups, self.group_size
         n = self.x_proj_weight.shape[1]
         out = ops.linear(xc.reshape(Bsz * g, cpg), self.x_proj_weight.view(g * n, cpg))  # (B g, g n)
