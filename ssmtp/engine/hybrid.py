@@ -137,7 +137,8 @@ class SharedBlock(nn.Module):
 # x_proj as one GEMV over both heads (TPZambaMambaMixer._x_proj_token) and dt_proj fused, against 25ac96f (a cuBLAS
 # einsum each): B = 1 / 2 / 4 7.00 / 7.98 / 8.91-8.95 ms against 7.56-7.58 / 8.39-8.43 / 9.00-9.03; at B=8 9.44-9.46
 # fused against 9.24 unfused (the same x_proj) and 9.22 at 25ac96f: the fused kernel's one-sequence blocks repeat
-# each 232-wide dt_proj row per sequence. Hence 4.
+# each 232-wide dt_proj row per sequence. At B = 3 / 4, fused up to 4 against up to 2 (same build, interleaved
+# twice): 8.89-8.90 / 8.91-8.92 ms against 8.95-8.97 / 8.98-8.99. Hence 4.
 ZAMBA_DT_FUSED_MAX_BATCH = 4
 
 
