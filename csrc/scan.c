@@ -19,8 +19,17 @@ static ssmtp_status_t check_common(const char *op, const ssmtp_tensor_t *x, cons
     const int32_t ty = x->dtype;
     const int64_t xs[3] = {batch, dim, len};
     const int dtp = dt_proj && ssmtp_present(dt_proj);
-    if (dtp) SSMTP_TRY(ssmtp_check_tensor(op, "dt_proj", dt_proj, 0, 2, ty, (int64_t[]){dim, -1}));
-    else SSMTP_TRY(ssmtp_check_tensor(op, "dt", dt, 0, nd, ty, xs));
+    if (dtp) {
+        SSMTP_TRY(ssmtp_check_tensor(op, "dt_proj", dt_proj, 0, 2, ty, (int64_t[]){dim, -1}));
+    } else if (!has_time && dt->ndim == 3) { /* the step's dt per group of channels: (batch, G, dim / G) */
+        SSMTP_TRY(ssmtp_check_tensor(op, "dt", dt, 0, 3, ty, (int64_t[]){batch, -1, -1}));
+        if (dt->shape[1] < 1 || dt->shape[1] * dt->shape[2] != dim)
+            return ssmtp_fail(SSMTP_ERR_INVALID, "%s: dt of shape (%lld, %lld, %lld) does not cover dim=%lld channels "
+                              "(expected (batch, G, dim / G))", op, (long long)dt->shape[0], (long long)dt->shape[1],
+                              (long long)dt->shape[2], (long long)dim);
+    } else {
+        SSMTP_TRY(ssmtp_check_tensor(op, "dt", dt, 0, nd, ty, xs));
+    }
     SSMTP_TRY(ssmtp_check_tensor(op, "A", A, 0, 2, SSMTP_DTYPE_F32, (int64_t[]){dim, -1}));
     const int64_t dstate = A->shape[1];
     if (dstate < 1 || dstate > SSMTP_MAX_DSTATE)
@@ -216,6 +225,10 @@ static ssmtp_status_t step_cpu(const ssmtp_step_params_t *p) {
                     acc += ssmtp_load(p->dt_proj.data, ty, c * p->dt_proj.stride[0] + r * p->dt_proj.stride[1]) *
                            ssmtp_load(p->dt.data, ty, row + r * sr);
                 delta = ssmtp_round(acc, ty);
+            } else if (p->dt.ndim == 3) { /* (batch, G, dim / G) */
+                const int64_t per = dim / p->dt.shape[1];
+                delta = ssmtp_load(p->dt.data, ty,
+                                   b * p->dt.stride[0] + (c / per) * p->dt.stride[1] + (c % per) * p->dt.stride[2]);
             } else {
                 delta = ssmtp_load(p->dt.data, ty, b * p->dt.stride[0] + c * p->dt.stride[1]);
             }

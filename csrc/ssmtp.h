@@ -124,7 +124,8 @@ ssmtp_status_t ssmtp_scan_fwd(const ssmtp_scan_params_t *p, void *stream);
  * Selective state update for one token per sequence (decode), in place on a slot-indexed fp32 state.
  *   x, dt, z (batch, dim); B, C (batch, ngroups, dstate); A (dim, dstate) f32; D, dt_bias (dim,);
  *   state (nslots, dim, dstate) f32; state_idx (batch,) int32 optional (-1 = padding: state untouched, out zero);
- *   out (batch, dim). Same math as one step of ssmtp_scan_fwd with load_state = 1.
+ *   out (batch, dim). Same math as one step of ssmtp_scan_fwd with load_state = 1. dt may also be (batch, G, dim / G),
+ *   channel c reading dt[b, c / (dim / G), c % (dim / G)]: e.g. one time step per head as a stride-0 view.
  * Optional fused dt_proj (decode at small batch: one kernel instead of a GEMV + the step):
  *   dt_proj (dim, R) same dtype as x: then dt is (batch, R), the low-rank time step before dt_proj, and the raw time
  *   step of channel c is dt_proj[c] . dt[b] (fp32 accumulation, rounded to the dtype of x as a separate product

@@ -100,6 +100,8 @@ def selective_state_update(x, dt, A, B, C, D, z, dt_bias, state, state_idx, dt_s
             dt = (dt.float() * dt_proj.float()[None]).sum(-1).to(x.dtype)
         else:
             dt = (dt.float() @ dt_proj.float().t()).to(x.dtype)
+    elif dt.dim() == 3:  # (batch, G, dim / G): channel c reads dt[b, c // (dim / G), c % (dim / G)]
+        dt = dt.reshape(batch, dim)
     out = torch.zeros(batch, dim, dtype=torch.float32)
     for b, slot in enumerate(_slots(batch, state_idx)):
         if slot < 0:

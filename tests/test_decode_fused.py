@@ -309,6 +309,37 @@ def test_step_grouped_dt_proj_equals_per_group_linear_then_step(batch, groups, p
     assert torch.equal(y4, y1) and torch.equal(s4, s1)
 
 
+@pytest.mark.parametrize("dname", list(DTYPES))
+@pytest.mark.parametrize("batch,heads,hd,N,one_a", [(1, 4, 8, 16, True), (3, 5, 4, 8, False), (2, 1, 12, 4, True)])
+def test_step_dt_per_group_view_equals_repeated_dt(batch, heads, hd, N, one_a, dname):
+    """The plain step's dt as (batch, G, dim / G), here one time step per head expanded with stride 0 (Zamba2's decode):
+    the same bits as the repeated (batch, dim) dt; the twin in ref.py; a (batch, G, dim / G) that is not a cover of
+    dim is refused."""
+    dtype = DTYPES[dname]
+    dim = heads * hd
+    g = torch.Generator().manual_seed(batch * 100 + heads * 10 + hd)
+    rnd = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    x = rnd(batch, dim).to(dtype)
+    dth = rnd(batch, heads).to(dtype)
+    A = (-torch.rand(dim, 1, generator=g)).expand(dim, N) if one_a else -torch.rand(dim, N, generator=g)
+    B, C = rnd(batch, 1, N).to(dtype), rnd(batch, 1, N).to(dtype)
+    D, bias = rnd(dim), rnd(dim)
+    state = rnd(batch + 1, dim, N)
+    idx = torch.arange(batch, 0, -1, dtype=torch.int32)
+    s1, s2, s3 = state.clone(), state.clone(), state.clone()
+    view = dth[:, :, None].expand(batch, heads, hd)
+    y1 = ops.selective_state_update(x, view, A, B, C, D, None, bias, s1, idx, True)
+    y2 = ops.selective_state_update(x, dth.repeat_interleave(hd, dim=1), A, B, C, D, None, bias, s2, idx, True)
+    assert torch.equal(y1, y2) and torch.equal(s1, s2)
+    y3 = ref.selective_state_update(x, view, A, B, C, D, None, bias, s3, idx, True)
+    tol = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]
+    torch.testing.assert_close(y1.float(), y3.float(), atol=tol, rtol=tol)
+    torch.testing.assert_close(s1, s3, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"does not cover dim=%d channels" % dim):
+        ops.selective_state_update(x, torch.zeros(batch, heads, hd + 1, dtype=dtype), A, B, C, D, None, bias,
+                                   state.clone(), idx, True)
+
+
 def test_step_grouped_dt_bad_groups_raise():
     a = list(_step_dt_proj_args())
     a[1] = torch.randn(2, 2, 3)  # two rows of dt per sequence, but B and C have one group

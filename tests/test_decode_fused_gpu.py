@@ -199,6 +199,50 @@ def test_step_grouped_dt_proj_matches_cpu(case, dname):
     _close(s_gpu, s_cpu, 4 * rel, f"{case[0]} {dname}: state vs CPU")
 
 
+# (label, batch, heads, head_dim, N): the plain step's dt per head as a stride-0 (batch, heads, head_dim) view
+STEP_DT_PER_HEAD = [
+    ("zamba2-2.7b heads", 1, 80, 64, 64),
+    ("batch 8", 8, 80, 64, 64),
+    ("N 16, odd heads", 3, 7, 32, 16),
+]
+
+
+@pytest.mark.parametrize("case", STEP_DT_PER_HEAD, ids=[c[0] for c in STEP_DT_PER_HEAD])
+@pytest.mark.parametrize("dname", list(DT))
+@pytest.mark.parametrize("kernel", ["block", "pipe"])
+def test_step_dt_per_head_view_matches_cpu(case, dname, kernel, monkeypatch):
+    """Zamba2's decode hands the state update dt per head, expanded over the head's channels with stride 0 (one A per
+    channel: the SA kernels; per state: the others): the GPU against the CPU op and against the repeated dt."""
+    _, Bn, H, hd, N = case
+    monkeypatch.setenv("SSMTP_STEP_KERNEL", kernel)
+    dt_ = DT[dname]
+    dim = H * hd
+    g = torch.Generator().manual_seed(hash((case[0], dname, "per-head")) % 2**31)
+    x = torch.randn(Bn, dim, generator=g).to(dt_)
+    dth = (0.3 * torch.randn(Bn, H, generator=g)).to(dt_)
+    A = (-torch.rand(dim, 1, generator=g) - 0.1).expand(dim, N) if N == 64 else -torch.rand(dim, N, generator=g)
+    B = torch.randn(Bn, 1, N, generator=g).to(dt_)
+    C = torch.randn(Bn, 1, N, generator=g).to(dt_)
+    D = torch.randn(dim, generator=g)
+    bias = 0.1 * torch.randn(dim, generator=g)
+    state = torch.randn(Bn + 1, dim, N, generator=g)
+    idx = torch.arange(Bn, 0, -1, dtype=torch.int32)
+    s_cpu = state.clone()
+    want = ops.selective_state_update(x, dth[:, :, None].expand(Bn, H, hd), A, B, C, D, None, bias, s_cpu, idx, True)
+    c = lambda t: t.cuda()  # noqa: E731
+    s_gpu, s_rep = state.cuda(), state.cuda()
+    dth_g = c(dth)
+    got = ops.selective_state_update(c(x), dth_g[:, :, None].expand(Bn, H, hd), c(A), c(B), c(C), c(D), None, c(bias),
+                                     s_gpu, c(idx), True)
+    rep = ops.selective_state_update(c(x), dth_g.repeat_interleave(hd, dim=1), c(A), c(B), c(C), c(D), None,
+                                     c(bias), s_rep, c(idx), True)
+    torch.cuda.synchronize()
+    assert torch.equal(got, rep) and torch.equal(s_gpu, s_rep), "the view and the repeated dt: the same bits"
+    rel = REL[dname]
+    _close(got, want, 4 * rel, f"{case[0]} {dname}: out vs CPU")
+    _close(s_gpu, s_cpu, 4 * rel, f"{case[0]} {dname}: state vs CPU")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("batch", [1, 2, 4, 8])
 def test_engine_fused_decode_equals_unfused(monkeypatch, dtype, batch):

@@ -57,7 +57,10 @@ struct StepArgs {
     const void *dtw; // dt_proj (dim, R), optional: dt is then (batch, R)
     int64_t batch, dim, N, per_group, nslots, R, sdw0;
     int64_t sx0, sx1, sdt0, sdt1, sz0, sz1, so0, so1, sB0, sB1, sB2, sC0, sC1, sC2;
-    int64_t sdtg; // with dt_proj and a (batch, ngroups, R) dt: the stride of its group axis (0 for (batch, R))
+    // 3-D dt: (batch, dim / dt_per, dt_per) without dt_proj (e.g. one time step per head, stride 0 on the last axis),
+    // (batch, ngroups, R) with it (dt_per = dim / ngroups); channel c reads row c / dt_per (group axis stride sdtg).
+    // 2-D dt: dt_per = dim, sdtg = 0.
+    int64_t sdtg, dt_per;
     int64_t sA0, sA1, sD, sbias, ss0, ss1, ss2, sidx;
     int D_dtype, bias_dtype, softplus;
     int vecbc; // B and C state-contiguous with 4-element-aligned bases and strides (one vector load per 4 states)
@@ -105,8 +108,8 @@ __device__ __forceinline__ float finish(const StepArgs &a, float y, int64_t b, i
 // The raw time step of (b, c) as T: dt[b, c], or with dt_proj the product dt_proj[c] . dt[b] rounded to T (the
 // scalar path sums in order; the vector path by lanes, then shuffles).
 template <typename T> __device__ __forceinline__ T raw_dt(const StepArgs &a, int64_t b, int64_t c) {
-    if (!a.dtw) return ((const T *)a.dt)[b * a.sdt0 + c * a.sdt1];
-    const T *dr = (const T *)a.dt + b * a.sdt0 + (c / a.per_group) * a.sdtg;
+    const T *dr = (const T *)a.dt + b * a.sdt0 + (c / a.dt_per) * a.sdtg;
+    if (!a.dtw) return dr[(c % a.dt_per) * a.sdt1];
     float acc = 0.f;
     for (int64_t r = 0; r < a.R; r++)
         acc = fmaf(to_f32<T>(((const T *)a.dtw)[c * a.sdw0 + r]), to_f32<T>(dr[r * a.sdt1]), acc);
@@ -132,7 +135,7 @@ __device__ __forceinline__ void dt_proj_rows(const StepArgs &a, int64_t c, int64
     const int part = threadIdx.x % TPC;
     const int64_t npk = a.R / P;
     const uint4 *wr = reinterpret_cast<const uint4 *>((const T *)a.dtw + c * a.sdw0);
-    const T *dg = (const T *)a.dt + ((uint32_t)c / (uint32_t)a.per_group) * a.sdtg; // the channel's group's rows
+    const T *dg = (const T *)a.dt + ((uint32_t)c / (uint32_t)a.dt_per) * a.sdtg; // the channel's group's rows
     float acc[BPB];
 #pragma unroll
     for (int i = 0; i < BPB; i++) acc[i] = 0.f;
@@ -242,7 +245,8 @@ __global__ void __launch_bounds__(THREADS, MINB) step_vec_kernel(const StepArgs 
     const bool vecbc = a.vecbc != 0;
     float *st_c = a.state + wide(c, a.ss1) + 4 * part;
     const T *x_c = (const T *)a.x + wide(c, a.sx1), *z_c = a.z ? (const T *)a.z + wide(c, a.sz1) : nullptr;
-    const T *dt_c = (const T *)a.dt + wide(c, a.sdt1);
+    const T *dt_c = (const T *)a.dt + wide((int)((uint32_t)c / (uint32_t)a.dt_per), a.sdtg) +
+                    wide((int)((uint32_t)c % (uint32_t)a.dt_per), a.sdt1);
     const T *B_g = (const T *)a.B + wide(g, a.sB1) + wide(4 * part, a.sB2);
     const T *C_g = (const T *)a.C + wide(g, a.sC1) + wide(4 * part, a.sC2);
     int slot[BPB];
@@ -419,7 +423,8 @@ __device__ __forceinline__ void pipe_load(const StepArgs &a, int64_t w, int64_t 
         it.slot[i] = (int32_t)sl; // from an int32 index (or a row number): >= nslots means out NaN, state untouched
         it.h[i] = ok ? *(const float4 *)(a.state + sl * a.ss0 + c * a.ss1 + 4 * part) : make_float4(0.f, 0.f, 0.f, 0.f);
         it.xr[i] = ((const T *)a.x)[b * a.sx0 + c * a.sx1];
-        it.dr[i] = ((const T *)a.dt)[b * a.sdt0 + c * a.sdt1];
+        it.dr[i] = ((const T *)a.dt)[b * a.sdt0 + (int64_t)((uint32_t)c / (uint32_t)a.dt_per) * a.sdtg +
+                                     (int64_t)((uint32_t)c % (uint32_t)a.dt_per) * a.sdt1];
         it.zr[i] = a.z ? ((const T *)a.z)[b * a.sz0 + c * a.sz1] : from_f32<T>(0.f);
         it.Bq[i] = quad_load<T>((const T *)a.B + b * a.sB0 + g * a.sB1 + 4 * part * a.sB2, a.sB2, vecbc);
         it.Cq[i] = quad_load<T>((const T *)a.C + b * a.sC0 + g * a.sC1 + 4 * part * a.sC2, a.sC2, vecbc);
@@ -628,7 +633,12 @@ extern "C" ssmtp_status_t ssmtp_cuda_step_fwd(const ssmtp_step_params_t *p, void
     a.nslots = p->state.shape[0];
     a.sx0 = p->x.stride[0]; a.sx1 = p->x.stride[1];
     a.sdt0 = p->dt.stride[0]; a.sdt1 = p->dt.stride[1];
-    if (p->dt_proj.data && p->dt.ndim == 3) { a.sdtg = p->dt.stride[1]; a.sdt1 = p->dt.stride[2]; }
+    a.dt_per = a.dim;
+    if (p->dt.ndim == 3) {
+        a.sdtg = p->dt.stride[1];
+        a.sdt1 = p->dt.stride[2];
+        a.dt_per = a.dim / p->dt.shape[1];
+    }
     if (a.z) { a.sz0 = p->z.stride[0]; a.sz1 = p->z.stride[1]; }
     a.so0 = p->out.stride[0]; a.so1 = p->out.stride[1];
     a.sB0 = p->B.stride[0]; a.sB1 = p->B.stride[1]; a.sB2 = p->B.stride[2];
@@ -662,7 +672,7 @@ extern "C" ssmtp_status_t ssmtp_cuda_step_fwd(const ssmtp_step_params_t *p, void
     // The vector kernels index in 32 bits: sizes and strides below 2^31 (offsets are still 64-bit products).
     bool fits32 = true;
     for (int64_t v : {a.batch, a.dim, a.sx0, a.sx1, a.sdt0, a.sdt1, a.sdtg, a.sz0, a.sz1, a.so0, a.so1, a.sB0, a.sB1,
-                      a.sB2, a.sC0, a.sC1, a.sC2, a.sA0, a.sD, a.sbias, a.ss0, a.ss1, a.sidx, a.sdw0})
+                      a.sB2, a.sC0, a.sC1, a.sC2, a.sA0, a.sD, a.sbias, a.ss0, a.ss1, a.sidx, a.sdw0, a.dt_per})
         fits32 = fits32 && v >= 0 && v <= 0x7fffffffLL;
     const bool vec = fits32 && a.N % 4 == 0 && a.ss2 == 1 && a.ss0 % 4 == 0 && a.ss1 % 4 == 0 &&
                      ((uintptr_t)a.state % 16) == 0 &&

@@ -256,10 +256,11 @@ class TPZamba2MambaMixer(nn.Module):
             y = ops.ssd_step(x.unflatten(-1, (nhl, hd)), dt, self.A_head, B, C, self.D_head, None, self.dt_bias,
                              ssm_state.view(-1, nhl, hd, N), state_idx, True, 0.0, float("inf"))
             return self._out(y.flatten(-2)[:, None], gate[:, None], xbc.dtype)[:, 0]
-        # dt per channel by a repeat kernel. Handing the state update dt per head with a 0/1 head-expansion matrix as
-        # its dt_proj instead measured far slower (zamba2-2.7b B = 1 / 8: 4.78 / 7.46 against 3.28 / 4.42 ms; H200,
-        # benchmarks/results/zamba2-decode-ideas-h200-not-kept.json): its per-channel dot does not suit 80 heads.
-        dt_ch = dt.repeat_interleave(self.head_dim, dim=-1)  # (B, dl)
+        # dt per head as a (B, heads, head_dim) view with stride 0 on its last axis: the state update reads channel
+        # c's time step at row c // head_dim, no repeat kernel. (Handing it dt per head with a 0/1 head-expansion
+        # matrix as its dt_proj measured far slower: zamba2-2.7b B = 1 / 8: 4.78 / 7.46 against 3.28 / 4.42 ms;
+        # H200, benchmarks/results/zamba2-decode-ideas-h200-not-kept.json.)
+        dt_ch = dt[:, :, None].expand(-1, -1, self.head_dim)  # (B, heads_local, head_dim)
         A = self.A_ch.expand(-1, self.ssm_state_size)
         y = ops.selective_state_update(x, dt_ch, A, B, C, self.D_ch, None, self.dt_bias_ch, ssm_state, state_idx,
                                        True)
