@@ -257,7 +257,10 @@ class TPZamba2MambaMixer(nn.Module):
                              ssm_state.view(-1, nhl, hd, N), state_idx, True, 0.0, float("inf"))
             return self._out(y.flatten(-2)[:, None], gate[:, None], xbc.dtype)[:, 0]
         # dt per head as a (B, heads, head_dim) view with stride 0 on its last axis: the state update reads channel
-        # c's time step at row c // head_dim, no repeat kernel. (Handing it dt per head with a 0/1 head-expansion
+        # c's time step at row c // head_dim, no repeat kernel (which also broke the chain of programmatic dependent
+        # launches between decode_in and the update). zamba2-2.7b graph step B = 1 / 2 / 8 / 64: 3.09 / 3.47-3.48 /
+        # 4.24-4.25 / 7.62-7.63 ms against 3.29-3.32 / 3.68-3.70 / 4.48 / 7.95 with the repeat (H200, interleaved
+        # twice; benchmarks/results/zamba2-dt-view-h200-83e4407.json). (Handing it dt per head with a 0/1 head-expansion
         # matrix as its dt_proj measured far slower: zamba2-2.7b B = 1 / 8: 4.78 / 7.46 against 3.28 / 4.42 ms;
         # H200, benchmarks/results/zamba2-decode-ideas-h200-not-kept.json.)
         dt_ch = dt[:, :, None].expand(-1, -1, self.head_dim)  # (B, heads_local, head_dim)
