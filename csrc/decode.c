@@ -28,10 +28,14 @@ static ssmtp_status_t decode_in_check(const ssmtp_decode_in_params_t *p, int32_t
     const int64_t n2 = p->weight.shape[0], H = p->weight.shape[1];
     SSMTP_TRY(ssmtp_check_tensor(OP, "conv_w", &p->conv_w, 0, 2, ty, NULL));
     const int64_t nc = p->conv_w.shape[0]; /* conv channels: in_proj rows [conv_lo, conv_lo + nc) */
-    if (p->conv_lo < 0 || p->conv_lo > n2 - nc)
-        return ssmtp_fail(SSMTP_ERR_INVALID, OP ": conv rows [%lld, %lld) (conv_lo, conv_w's %lld rows) are not within "
-                          "weight's %lld rows", (long long)p->conv_lo, (long long)(p->conv_lo + nc), (long long)nc,
-                          (long long)n2);
+    if (p->conv_lo < 0 || p->conv_lo > n2 - nc) { /* the end row printed only where it is representable */
+        if (nc >= 0 && p->conv_lo >= 0 && p->conv_lo <= INT64_MAX - nc)
+            return ssmtp_fail(SSMTP_ERR_INVALID, OP ": conv rows [%lld, %lld) (conv_lo, conv_w's %lld rows) are not "
+                              "within weight's %lld rows", (long long)p->conv_lo, (long long)(p->conv_lo + nc),
+                              (long long)nc, (long long)n2);
+        return ssmtp_fail(SSMTP_ERR_INVALID, OP ": conv rows from %lld (conv_lo), conv_w's %lld rows, are not within "
+                          "weight's %lld rows", (long long)p->conv_lo, (long long)nc, (long long)n2);
+    }
     int64_t wnumel;
     SSMTP_TRY(ssmtp_check_dense(OP, "weight", &p->weight, &wnumel));
     SSMTP_TRY(ssmtp_check_tensor(OP, "res", &p->res, 0, 2, -1, (int64_t[]){-1, H}));

@@ -206,6 +206,22 @@ static PyObject *py_linear_small(PyObject *self, PyObject *args) {
     CALL_C(ssmtp_linear_small(&p, (void *)(uintptr_t)stream));
     Py_RETURN_NONE;
 }
+static PyObject *py_gated_norm(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *o[4];
+    long long group = 0;
+    double eps = 0.0;
+    unsigned long long stream = 0;
+    if (!PyArg_ParseTuple(args, "OOOOLdK", &o[0], &o[1], &o[2], &o[3], &group, &eps, &stream)) return NULL;
+    ssmtp_gated_norm_params_t p;
+    ssmtp_tensor_t *const t[] = {&p.y, &p.gate, &p.weight, &p.out};
+    static const char *const names[] = {"y", "gate", "weight", "out"};
+    if (!parse_tensors(o, t, names, 4)) return NULL;
+    p.group = (int64_t)group;
+    p.eps = (float)eps;
+    CALL_C(ssmtp_gated_norm(&p, (void *)(uintptr_t)stream));
+    Py_RETURN_NONE;
+}
 static PyObject *py_mamba_decode_in(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *o[12];
@@ -469,6 +485,7 @@ static PyMethodDef methods[] = {
     {"dequantize", py_dequantize, METH_VARARGS, "dequantize(x, q, scales, block, stream)"},
     {"sample", py_sample, METH_VARARGS, "sample(logits, temperature, top_k, top_p, seed, step, out, stream)"},
     {"linear_small", py_linear_small, METH_VARARGS, "linear_small(x, weight, bias, out, stream)"},
+    {"gated_norm", py_gated_norm, METH_VARARGS, "gated_norm(y, gate, weight, out, group, eps, stream)"},
     {"mamba_decode_in", py_mamba_decode_in, METH_VARARGS,
      "mamba_decode_in(res, add, res_out, norm_w, weight, bias, conv_w, conv_b, conv_state, state_idx, xc, z, eps, "
      "conv_lo, stream): residual add + RMSNorm + in_proj + conv decode step, fused"},

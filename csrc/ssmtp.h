@@ -238,6 +238,23 @@ typedef struct {
 ssmtp_status_t ssmtp_linear_small(const ssmtp_linear_params_t *p, void *stream);
 
 /*
+ * Gated RMSNorm over groups of channels (the Mamba-2 / Zamba2 output norm, HF's RMSNormGated with norm_before_gate
+ * off): per row m and group of `group` consecutive channels,
+ *   v = y * silu(gate) (fp32), r = 1 / sqrt(sum(v^2) / group + eps), out = round(weight * round(v * r))
+ * with both roundings to the dtype of y (HF casts the normalised value to the input dtype before the weight).
+ *   y, gate, out (M, D) same float dtype, rows contiguous (any row stride); weight (D,) same dtype, contiguous;
+ *   group >= 1 divides D; eps >= 0.
+ * CUDA: one block per (row, group) (launched with programmatic dependent launch on sm_90+, so that a GEMV after it
+ * starts streaming its weights while this runs): the decode step's norm at small batch, one kernel.
+ */
+typedef struct {
+    ssmtp_tensor_t y, gate, weight, out;
+    int64_t group;
+    float eps;
+} ssmtp_gated_norm_params_t;
+ssmtp_status_t ssmtp_gated_norm(const ssmtp_gated_norm_params_t *p, void *stream);
+
+/*
  * Decode attention over slot-indexed K/V caches: one query token per sequence (the hybrid models' attention layers
  * in the decode step), reading each sequence's keys in place (no gather) and only as many as it has.
  *   q         (batch, nheads, head_dim)          f32/f16/bf16, head_dim <= SSMTP_MAX_HEAD_DIM

@@ -266,6 +266,22 @@ def _(x, weight, bias):
     return x.new_empty(x.shape[0], weight.shape[0])
 
 
+@torch.library.custom_op("ssmtp::gated_norm", mutates_args=())
+def gated_norm(y: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, group: int, eps: float) -> torch.Tensor:
+    """Gated RMSNorm over groups of `group` channels (Mamba-2 / Zamba2's output norm): y, gate (M, D), weight (D,) ->
+    (M, D) = round(weight * round(v * rsqrt(mean_group(v^2) + eps))), v = y * silu(gate) in fp32, roundings to the
+    dtype of y (see csrc/ssmtp.h). One kernel on CUDA, launched with programmatic dependent launch."""
+    out = torch.empty(y.shape, dtype=y.dtype, device=y.device)
+    _C.gated_norm(desc(y, "y"), desc(gate, "gate"), desc(weight, "weight"), desc(out, "out"), int(group), float(eps),
+                  stream_of(y))
+    return out
+
+
+@gated_norm.register_fake
+def _(y, gate, weight, group, eps):
+    return torch.empty_like(y, memory_format=torch.contiguous_format)
+
+
 _TC_DEVICES: dict = {}
 
 

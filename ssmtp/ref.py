@@ -286,3 +286,11 @@ def sample(logits, temperature, top_k, top_p, seed, step):
         zv = torch.where(keep, x * ci + g[i], torch.tensor(float("-inf")))
         out[i] = zv.argmax()
     return out
+
+
+def gated_norm(y, gate, weight, group, eps):
+    """ssmtp::gated_norm in pure torch: HF's RMSNormGated (norm_before_gate off) over groups of `group` channels."""
+    M, D = y.shape
+    v = (y.float() * torch.nn.functional.silu(gate.float())).view(M, D // group, group)
+    v = v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * v.view(M, D).to(y.dtype)

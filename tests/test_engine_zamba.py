@@ -285,8 +285,9 @@ def test_hybrid_decode_attends_over_the_keys_in_use(attn_op, monkeypatch):
 
 def test_hybrid_fused_glue_where_it_applies(monkeypatch):
     """The hybrid runner's compiled glue (set_fused; CUDA engines turn it on) runs in every decode step and in prefill
-    calls of at least FUSED_PREFILL_MIN_TOKENS tokens; shorter prefills keep the plain ops (host-bound there). The glue
-    functions stand in for the compiled ones here, counted; the tokens stay HF's either way."""
+    calls of at least FUSED_PREFILL_MIN_TOKENS tokens; shorter prefills keep the plain ops (host-bound there). Zamba2's
+    gated norm takes the compiled function in such prefills and ssmtp::gated_norm in decode steps. The glue functions
+    stand in for the compiled ones here, counted; the tokens stay HF's either way."""
     import ssmtp.engine.hybrid as hy
     import ssmtp.models.zamba2 as z2
 
@@ -307,9 +308,17 @@ def test_hybrid_fused_glue_where_it_applies(monkeypatch):
         m.gated_fn = counted("gated", z2.gated_rms_norm)
     expect = llm.generate([p], max_new_tokens=1)[0].token_ids  # a 20-token prefill: plain glue, no decode step
     assert calls == {"glue": 0, "gated": 0}
+    real, normed = ops.gated_norm, []
+
+    def op(*a):
+        normed.append(a[0].shape)
+        return real(*a)
+
+    monkeypatch.setattr(ops, "gated_norm", op)
     out = llm.generate([p], max_new_tokens=3)[0].token_ids  # + 2 decode steps: compiled glue in each
     n = r.n_layers
-    assert out[:1] == expect and calls["gated"] == 2 * n and calls["glue"] >= 2 * n
+    assert out[:1] == expect and calls["gated"] == 0 and calls["glue"] >= 2 * n
+    assert normed == [(1, r.mixers[0].d_local)] * (2 * n)  # the decode steps' gated norm: the op
     calls.update(glue=0, gated=0)
     monkeypatch.setattr(hy, "FUSED_PREFILL_MIN_TOKENS", 16)
     for m in r.mixers:

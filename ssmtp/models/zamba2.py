@@ -164,6 +164,10 @@ class TPZamba2MambaMixer(nn.Module):
     def _gated_norm(self, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         """HF's Zamba2RMSNormGated on local channels: y, gate (B, L, dl)."""
         if not self.split_groups:
+            if y.shape[1] == 1:  # decode: ssmtp::gated_norm, one kernel (PDL on CUDA, see csrc/cuda/norm.cu)
+                Bsz, _, dl = y.shape
+                return ops.gated_norm(y.reshape(Bsz, dl), gate.reshape(Bsz, dl), self.norm_weight,
+                                      self.norm_group_size, self.norm_eps).view(Bsz, 1, dl)
             fn = self.gated_fn
             if y.shape[1] > 1 and y.shape[0] * y.shape[1] < self.fused_min_tokens:
                 fn = gated_rms_norm

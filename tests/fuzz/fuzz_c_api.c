@@ -5,7 +5,8 @@
  *   fuzz_c_api [-s SEED] [-n ITERS] [-t SECONDS] [-l FAKE_NCCL.so] [-v]
  *
  * Each iteration picks an op (conv1d, scan, step with or without dt_proj, ssd, ssd_step, quantize, dequantize,
- * linear_small, decode_attention, mamba_decode_in), draws a valid call (random dtypes, small shapes including 0,
+ * linear_small, decode_attention, mamba_decode_in, gated_norm), draws a valid call (random dtypes, small shapes
+ * including 0,
  * padded / broadcast strides, optional tensors present or absent, slot indices including -1 padding rows,
  * right-padded seq_lens) with every buffer allocated to exactly the bytes its descriptor
  * claims, then, most of the time, breaks it in one or two ways chosen to be invalid for certain: NULL required
@@ -917,8 +918,52 @@ static void prep_decode_in(call_t *c, int *invalid, char *what, size_t wn) {
 #define N_OPS 10
 #endif
 
+static ssmtp_gated_norm_params_t g_gnorm;
+
+static void prep_gated_norm(call_t *c, int *invalid, char *what, size_t wn) {
+    memset(&g_gnorm, 0, sizeof g_gnorm);
+    const int32_t dt = float_dtype();
+    const int64_t M = rint_in(0, 3), G = rint_in(1, 4), D = G * rint_in(0, 3);
+    mk(&g_gnorm.y, dt, 2, (int64_t[]){M, D}, ROLE_IN, 2);
+    mk(&g_gnorm.gate, dt, 2, (int64_t[]){M, D}, ROLE_IN, 2);
+    mk(&g_gnorm.weight, dt, 1, (int64_t[]){D}, ROLE_IN, 1);
+    mk(&g_gnorm.out, dt, 2, (int64_t[]){M, D}, ROLE_OUT, 2);
+    g_gnorm.group = G;
+    g_gnorm.eps = chance(90) ? 1e-5f : (float)rint_in(0, 3);
+    add(c, &g_gnorm.y, "y", 1, 0, 0, 1);
+    add(c, &g_gnorm.gate, "gate", 1, 0, 0, 1);
+    add(c, &g_gnorm.weight, "weight", 1, 0, 0, 1);
+    add(c, &g_gnorm.out, "out", 1, 0, 0, 1);
+    *invalid = chance(75);
+    if (*invalid) {
+        int ok = 0;
+        for (int k = 0; k < 10 && !ok; k++) {
+            switch (rnd() % 4) {
+            case 0: { /* a group that does not divide D (or < 1) */
+                const int64_t alt[] = {0, -1, D + 1, INT64_MIN};
+                const int64_t v = alt[rnd() % 4];
+                if (v >= 1 && D % v == 0) break;
+                g_gnorm.group = v;
+                snprintf(what, wn, "group=%lld (D %lld)", (long long)v, (long long)D);
+                ok = 1;
+                break;
+            }
+            case 1:
+                g_gnorm.eps = chance(50) ? -1e-5f : (chance(50) ? NAN : INFINITY);
+                snprintf(what, wn, "eps=%g", (double)g_gnorm.eps);
+                ok = 1;
+                break;
+            default: ok = mutate_generic(c->s, c->ns, what, wn); break;
+            }
+        }
+        if (!ok) *invalid = 0;
+    }
+}
+#undef N_OPS
+#define N_OPS 11
+
 static const char *const OPS[] = {"conv1d_fwd", "scan_fwd", "step_fwd", "ssd_fwd", "ssd_step", "quantize",
-                                  "dequantize", "linear_small", "decode_attention", "mamba_decode_in"};
+                                  "dequantize", "linear_small", "decode_attention", "mamba_decode_in", "gated_norm"};
 
 static ssmtp_status_t call_op(int which, void *stream) {
     switch (which) {
@@ -952,6 +997,7 @@ static ssmtp_status_t call_op(int which, void *stream) {
 #ifdef SSMTP_DECODE_IN_MAX_M
     case 9: return ssmtp_mamba_decode_in(&g_dec, stream);
 #endif
+    case 10: return ssmtp_gated_norm(&g_gnorm, stream);
     default: return ssmtp_dequantize(&g_quant, stream);
     }
 }
@@ -987,6 +1033,7 @@ static void one_op(int which) {
 #ifdef SSMTP_DECODE_IN_MAX_M
     case 9: prep_decode_in(&c, &invalid, what, sizeof what); break;
 #endif
+    case 10: prep_gated_norm(&c, &invalid, what, sizeof what); break;
     default: prep_quant(&c, &invalid, what, sizeof what); break;
     }
     snprintf(g_call, sizeof g_call, "%s(%s)", c.op, what);
