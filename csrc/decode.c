@@ -29,7 +29,7 @@ static ssmtp_status_t decode_in_check(const ssmtp_decode_in_params_t *p, int32_t
     SSMTP_TRY(ssmtp_check_tensor(OP, "conv_w", &p->conv_w, 0, 2, ty, NULL));
     const int64_t nc = p->conv_w.shape[0]; /* conv channels: in_proj rows [conv_lo, conv_lo + nc) */
     if (p->conv_lo < 0 || p->conv_lo > n2 - nc) { /* the end row printed only where it is representable */
-        if (nc >= 0 && p->conv_lo >= 0 && p->conv_lo <= INT64_MAX - nc)
+        if (nc >= 0 && p->conv_lo <= INT64_MAX - nc)
             return ssmtp_fail(SSMTP_ERR_INVALID, OP ": conv rows [%lld, %lld) (conv_lo, conv_w's %lld rows) are not "
                               "within weight's %lld rows", (long long)p->conv_lo, (long long)(p->conv_lo + nc),
                               (long long)nc, (long long)n2);
