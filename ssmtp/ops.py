@@ -266,6 +266,9 @@ def _(x, weight, bias):
     return x.new_empty(x.shape[0], weight.shape[0])
 
 
+GATED_NORM_CUDA_MAX_GROUP = 8192  # channels per group the CUDA kernel takes (1024 threads x 8 in registers; norm.cu)
+
+
 @torch.library.custom_op("ssmtp::gated_norm", mutates_args=())
 def gated_norm(y: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, group: int, eps: float) -> torch.Tensor:
     """Gated RMSNorm over groups of `group` channels (Mamba-2 / Zamba2's output norm): y, gate (M, D), weight (D,) ->

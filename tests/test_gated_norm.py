@@ -77,3 +77,14 @@ def test_cuda_matches_cpu(M, D, group, row_pad, dname):
     torch.cuda.synchronize()
     assert not torch.isnan(got).any()
     torch.testing.assert_close(got.float().cpu(), want.float(), rtol=TOL[dname], atol=TOL[dname])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_group_limit():
+    y = torch.randn(1, ops.GATED_NORM_CUDA_MAX_GROUP + 8, device="cuda")
+    with pytest.raises(NotImplementedError, match="gated_norm: 1 blocks of groups of 8200 channels on CUDA"):
+        ops.gated_norm(y, y, y[0], y.shape[1], 1e-5)
+    ok = ops.gated_norm(y[:, :8192], y[:, :8192], y[0, :8192], 8192, 1e-5)
+    torch.testing.assert_close(ok.cpu(), ops.gated_norm(*(t.cpu() for t in (y[:, :8192], y[:, :8192], y[0, :8192])),
+                                                        8192, 1e-5), rtol=1e-5, atol=1e-5)

@@ -6,10 +6,13 @@
 // pass) take no part in PDL, so out_proj could not start streaming its weights before they were done. This kernel is
 // one launch with PDL.
 //
-// Work layout: one block per (row, group); each thread walks the group's channels with a block stride, sums v^2 of
-// its own (v = y * silu(gate), fp32), the block sums those (warp shuffles, then shared memory), and a second walk
-// recomputes v (its y / gate elements are still in L1) and writes round(weight * round(v * r)). The reduction order
-// differs from the CPU reference's sequential sum, so results may differ by a rounding.
+// Work layout: one block per (row, group) of up to 1024 threads, each holding E <= 8 of the group's channels in
+// registers (groups up to 8192 channels; larger ones are SSMTP_ERR_UNSUPPORTED): all loads first, one round trip,
+// then v = y * silu(gate) (fp32), the block's sum of v^2 (warp shuffles, then shared memory), and the outputs
+// round(weight * round(v * r)). The reduction order differs from the CPU reference's sequential sum, so results may
+// differ by a rounding. Measured and replaced: 256 threads walking the group in two strided passes, whose dependent
+// loads cost zamba2-2.7b's decode step 3.60 ms against 3.09-3.11 with the two compiled kernels (H200, B=1;
+// benchmarks/results/gated-norm-h200-c8afe68.json).
 #include "common.cuh"
 #include "ssm_math.cuh"
 
@@ -17,36 +20,48 @@
 
 namespace {
 
-constexpr int NORM_THREADS = 256;
+constexpr int NORM_THREADS = 1024; // threads per block (fewer for small groups: a multiple of 32 covering the group)
+constexpr int NORM_MAX_E = 8;      // elements per thread held in registers: groups up to 8192 channels
 
-template <typename T>
+// One block per (row, group); thread t holds the group's channels t, t + nt, ... (E of them) in registers: every
+// load of y, gate (and of the weight, before the PDL wait) is issued before any is used, one memory round trip.
+template <typename T, int E>
 __global__ void __launch_bounds__(NORM_THREADS)
     gated_norm_kernel(const T *y, int64_t sy, const T *gate, int64_t sg, // out may alias y or gate
-                      const T *__restrict__ w, T *out, int64_t so, int64_t ngroups, int64_t G, float eps) {
+                      const T *__restrict__ w, T *out, int64_t so, int64_t ngroups, int G, float eps) {
     ssm_pdl_trigger();
+    const int nt = blockDim.x, t = threadIdx.x;
     const int64_t m = blockIdx.x / ngroups, c0 = (blockIdx.x % ngroups) * G;
-    const T *yr = y + m * sy + c0, *gr = gate + m * sg + c0;
+    float wv[E];
+#pragma unroll
+    for (int e = 0; e < E; e++) wv[e] = t + e * nt < G ? to_f32<T>(w[c0 + t + e * nt]) : 0.f; // weights: before the wait
     ssm_pdl_wait(); // y (and gate) come from the kernels before
-    float ss = 0.f;
-    for (int64_t c = threadIdx.x; c < G; c += NORM_THREADS) {
-        const float v = to_f32<T>(yr[c]) * ssm_silu_exact(to_f32<T>(gr[c]));
-        ss = fmaf(v, v, ss);
+    const T *yr = y + m * sy + c0, *gr = gate + m * sg + c0;
+    T yv[E], gv[E];
+#pragma unroll
+    for (int e = 0; e < E; e++) {
+        const bool in = t + e * nt < G;
+        yv[e] = in ? yr[t + e * nt] : from_f32<T>(0.f);
+        gv[e] = in ? gr[t + e * nt] : from_f32<T>(0.f);
+    }
+    float v[E], ss = 0.f;
+#pragma unroll
+    for (int e = 0; e < E; e++) {
+        v[e] = to_f32<T>(yv[e]) * ssm_silu_exact(to_f32<T>(gv[e])); // 0 past the group
+        ss = fmaf(v[e], v[e], ss);
     }
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
     __shared__ float part[NORM_THREADS / 32];
-    if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = ss;
+    if (t % 32 == 0) part[t / 32] = ss;
     __syncthreads();
     float tot = 0.f;
-#pragma unroll
-    for (int i = 0; i < NORM_THREADS / 32; i++) tot += part[i];
+    for (int i = 0; i < nt / 32; i++) tot += part[i];
     const float r = __fdiv_rn(1.f, __fsqrt_rn(__fadd_rn(__fdiv_rn(tot, (float)G), eps)));
     T *orow = out + m * so + c0;
-    for (int64_t c = threadIdx.x; c < G; c += NORM_THREADS) {
-        const float v = to_f32<T>(yr[c]) * ssm_silu_exact(to_f32<T>(gr[c]));
-        const float n = to_f32<T>(from_f32<T>(v * r));
-        orow[c] = from_f32<T>(to_f32<T>(w[c0 + c]) * n);
-    }
+#pragma unroll
+    for (int e = 0; e < E; e++)
+        if (t + e * nt < G) orow[t + e * nt] = from_f32<T>(wv[e] * to_f32<T>(from_f32<T>(v[e] * r)));
 }
 
 } // namespace
@@ -55,16 +70,27 @@ extern "C" ssmtp_status_t ssmtp_cuda_gated_norm(const ssmtp_gated_norm_params_t 
     const int64_t M = p->y.shape[0], D = p->y.shape[1], G = p->group;
     if (M == 0 || D == 0) return SSMTP_OK;
     const int64_t blocks = M * (D / G);
-    if (blocks > 0x7fffffffLL)
-        return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": M x groups = %lld blocks too many", (long long)blocks);
+    if (blocks > 0x7fffffffLL || G > (int64_t)NORM_THREADS * NORM_MAX_E)
+        return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": %lld blocks of groups of %lld channels on CUDA (at most 2^31 - 1 "
+                          "blocks of %d channels)", (long long)blocks, (long long)G, NORM_THREADS * NORM_MAX_E);
     SSMTP_TRY(ssmtp_cuda_set_device(p->y.device));
     const bool pdl = ssmtp_pdl_enabled(p->y.device);
     cudaStream_t s = (cudaStream_t)stream;
+    const int64_t e = (G + NORM_THREADS - 1) / NORM_THREADS; // elements per thread, then threads to cover G
+    const int E = e <= 1 ? 1 : e <= 2 ? 2 : e <= 4 ? 4 : 8;
+    const int nt = (int)(((G + E - 1) / E + 31) / 32 * 32);
+#define GN_LAUNCH(E_)                                                                                               \
+    return ssmtp_launch(OP, gated_norm_kernel<T, E_>, (unsigned)blocks, nt, 0, s, pdl, (const T *)p->y.data,       \
+                        (int64_t)p->y.stride[0], (const T *)p->gate.data, (int64_t)p->gate.stride[0],              \
+                        (const T *)p->weight.data, (T *)p->out.data, (int64_t)p->out.stride[0], D / G, (int)G, p->eps);
     SSMTP_DISPATCH_FLOAT(p->y.dtype, T, OP, {
-        return ssmtp_launch(OP, gated_norm_kernel<T>, (unsigned)blocks, NORM_THREADS, 0, s, pdl, (const T *)p->y.data,
-                            (int64_t)p->y.stride[0], (const T *)p->gate.data, (int64_t)p->gate.stride[0],
-                            (const T *)p->weight.data, (T *)p->out.data, (int64_t)p->out.stride[0], D / G, G,
-                            p->eps);
+        switch (E) {
+        case 1: GN_LAUNCH(1)
+        case 2: GN_LAUNCH(2)
+        case 4: GN_LAUNCH(4)
+        default: GN_LAUNCH(8)
+        }
     });
+#undef GN_LAUNCH
     return SSMTP_OK;
 }

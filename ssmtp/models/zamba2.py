@@ -164,7 +164,8 @@ class TPZamba2MambaMixer(nn.Module):
     def _gated_norm(self, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         """HF's Zamba2RMSNormGated on local channels: y, gate (B, L, dl)."""
         if not self.split_groups:
-            if y.shape[1] == 1:  # decode: ssmtp::gated_norm, one kernel (PDL on CUDA, see csrc/cuda/norm.cu)
+            if y.shape[1] == 1 and (not y.is_cuda or self.norm_group_size <= ops.GATED_NORM_CUDA_MAX_GROUP):
+                # decode: ssmtp::gated_norm, one kernel (PDL on CUDA, see csrc/cuda/norm.cu)
                 Bsz, _, dl = y.shape
                 return ops.gated_norm(y.reshape(Bsz, dl), gate.reshape(Bsz, dl), self.norm_weight,
                                       self.norm_group_size, self.norm_eps).view(Bsz, 1, dl)
