@@ -34,7 +34,8 @@ __global__ void __launch_bounds__(NORM_THREADS)
     const int64_t m = blockIdx.x / ngroups, c0 = (blockIdx.x % ngroups) * G;
     float wv[E];
 #pragma unroll
-    for (int e = 0; e < E; e++) wv[e] = t + e * nt < G ? to_f32<T>(w[c0 + t + e * nt]) : 0.f; // weights: before the wait
+    for (int e = 0; e < E; e++) // the weights: before the wait (no kernel writes them)
+        wv[e] = t + e * nt < G ? to_f32<T>(w[c0 + t + e * nt]) : 0.f;
     ssm_pdl_wait(); // y (and gate) come from the kernels before
     const T *yr = y + m * sy + c0, *gr = gate + m * sg + c0;
     T yv[E], gv[E];
@@ -71,8 +72,8 @@ extern "C" ssmtp_status_t ssmtp_cuda_gated_norm(const ssmtp_gated_norm_params_t 
     if (M == 0 || D == 0) return SSMTP_OK;
     const int64_t blocks = M * (D / G);
     if (blocks > 0x7fffffffLL || G > (int64_t)NORM_THREADS * NORM_MAX_E)
-        return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": %lld blocks of groups of %lld channels on CUDA (at most 2^31 - 1 "
-                          "blocks of %d channels)", (long long)blocks, (long long)G, NORM_THREADS * NORM_MAX_E);
+        return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": %lld blocks of groups of %lld channels on CUDA (at most "
+                          "2^31 - 1 blocks of %d channels)", (long long)blocks, (long long)G, NORM_THREADS * NORM_MAX_E);
     SSMTP_TRY(ssmtp_cuda_set_device(p->y.device));
     const bool pdl = ssmtp_pdl_enabled(p->y.device);
     cudaStream_t s = (cudaStream_t)stream;

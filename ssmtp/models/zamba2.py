@@ -167,7 +167,8 @@ class TPZamba2MambaMixer(nn.Module):
             if y.shape[1] == 1 and (not y.is_cuda or self.norm_group_size <= ops.GATED_NORM_CUDA_MAX_GROUP):
                 # decode: ssmtp::gated_norm, one kernel (PDL on CUDA, see csrc/cuda/norm.cu): zamba2-2.7b graph step
                 # B = 1 / 2 / 8 / 64 2.95-2.96 / 3.35-3.37 / 4.10-4.11 / 7.55-7.57 ms against 3.10-3.11 / 3.48 /
-                # 4.18-4.20 / 7.60-7.61 with torch.compile's pair (H200, benchmarks/results/gated-norm-h200-c8afe68.json)
+                # 4.18-4.20 / 7.60-7.61 with torch.compile's pair (H200,
+                # benchmarks/results/gated-norm-h200-c8afe68.json)
                 Bsz, _, dl = y.shape
                 return ops.gated_norm(y.reshape(Bsz, dl), gate.reshape(Bsz, dl), self.norm_weight,
                                       self.norm_group_size, self.norm_eps).view(Bsz, 1, dl)
