@@ -73,7 +73,8 @@ extern "C" ssmtp_status_t ssmtp_cuda_gated_norm(const ssmtp_gated_norm_params_t 
     const int64_t blocks = M * (D / G);
     if (blocks > 0x7fffffffLL || G > (int64_t)NORM_THREADS * NORM_MAX_E)
         return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": %lld blocks of groups of %lld channels on CUDA (at most "
-                          "2^31 - 1 blocks of %d channels)", (long long)blocks, (long long)G, NORM_THREADS * NORM_MAX_E);
+                          "2^31 - 1 blocks of %d channels)", (long long)blocks, (long long)G,
+                          NORM_THREADS * NORM_MAX_E);
     SSMTP_TRY(ssmtp_cuda_set_device(p->y.device));
     const bool pdl = ssmtp_pdl_enabled(p->y.device);
     cudaStream_t s = (cudaStream_t)stream;
