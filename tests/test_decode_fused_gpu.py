@@ -241,6 +241,14 @@ def test_step_dt_per_head_view_matches_cpu(case, dname, kernel, monkeypatch):
     rel = REL[dname]
     _close(got, want, 4 * rel, f"{case[0]} {dname}: out vs CPU")
     _close(s_gpu, s_cpu, 4 * rel, f"{case[0]} {dname}: state vs CPU")
+    # the group axis with stride 0: every head reads the same head_dim time steps
+    row = (0.3 * torch.randn(Bn, 1, hd, generator=g)).to(dt_)
+    s_cpu, s_gpu = state.clone(), state.cuda()
+    want = ops.selective_state_update(x, row.expand(Bn, H, hd), A, B, C, D, None, bias, s_cpu, idx, True)
+    got = ops.selective_state_update(c(x), c(row).expand(Bn, H, hd), c(A), c(B), c(C), c(D), None, c(bias), s_gpu,
+                                     c(idx), True)
+    _close(got, want, 4 * rel, f"{case[0]} {dname}: out vs CPU, group stride 0")
+    _close(s_gpu, s_cpu, 4 * rel, f"{case[0]} {dname}: state vs CPU, group stride 0")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
