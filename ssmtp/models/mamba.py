@@ -38,6 +38,14 @@ def _mask(h: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tens
     return (h * attention_mask[:, :, None]).to(h.dtype)
 
 
+def hf_cache_arg(given, kwargs: dict):
+    """HF's cache object as a module's forward received it: ``given`` (the keyword of transformers <= 5.23:
+    ``cache_params`` for mixers, ``past_key_values`` for attention), else the ``cache`` keyword that transformers 5.24
+    passes instead, taken out of kwargs so that it is not handed on."""
+    c = kwargs.pop("cache", None)
+    return given if given is not None else c
+
+
 def hf_cache_forward(mixer: nn.Module, hidden_states: torch.Tensor, cache_params, attention_mask,
                      conv_channels: int, rec_dims: tuple) -> torch.Tensor:
     """HF's forward contract around any ssmtp mixer's cache-agnostic ``mix`` / ``mix_step``, with HF's own cache
@@ -175,7 +183,8 @@ class TPMambaMixer(nn.Module):
     # ------------------------------------------------------------------ HF-compatible forward
 
     def forward(self, hidden_states: torch.Tensor, cache_params=None, attention_mask=None, **kwargs):
-        return hf_cache_forward(self, hidden_states, cache_params, attention_mask, self.d_local, (self.d_local,))
+        return hf_cache_forward(self, hidden_states, hf_cache_arg(cache_params, kwargs), attention_mask, self.d_local,
+                                (self.d_local,))
 
     def extra_repr(self) -> str:
         return (f"d_inner={self.intermediate_size}, d_local={self.d_local}, tp={self.comm.world_size}, "

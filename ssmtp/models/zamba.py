@@ -37,7 +37,7 @@ import torch.nn as nn
 from .. import ops
 from ..parallel import shard
 from ..parallel.comm import Communicator
-from .mamba import hf_cache_forward
+from .mamba import hf_cache_arg, hf_cache_forward
 
 
 def _mask(h: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
@@ -229,7 +229,7 @@ class TPZambaMambaMixer(nn.Module):
     # ------------------------------------------------------------------ HF-compatible forward
 
     def forward(self, hidden_states: torch.Tensor, cache_params=None, attention_mask=None, **kwargs):
-        return hf_cache_forward(self, hidden_states, cache_params, attention_mask, self.d_local,
+        return hf_cache_forward(self, hidden_states, hf_cache_arg(cache_params, kwargs), attention_mask, self.d_local,
                                 (self.n_groups, self.group_size))
 
     def extra_repr(self) -> str:
@@ -287,7 +287,8 @@ class TPZambaAttention(nn.Module):
         q = ops.linear(hidden_states, self.q_proj_weight).view(hidden_shape).transpose(1, 2)
         k = ops.linear(hidden_states, self.k_proj_weight).view(hidden_shape).transpose(1, 2)
         v = ops.linear(hidden_states, self.v_proj_weight).view(hidden_shape).transpose(1, 2)
-        return attend(self, q, k, v, attention_mask, past_key_values, layer_idx, eager_attention_forward, **kwargs)
+        return attend(self, q, k, v, attention_mask, hf_cache_arg(past_key_values, kwargs), layer_idx,
+                      eager_attention_forward, **kwargs)
 
     def extra_repr(self) -> str:
         return (f"heads={self.num_heads_local}/{self.num_heads}, kv_heads={self.num_kv_local}/"

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from .. import ops
 from ..parallel import shard
 from ..parallel.comm import Communicator
-from .mamba import hf_cache_forward
+from .mamba import hf_cache_arg, hf_cache_forward
 from .zamba import _act, _mask, attend, uneven_range
 
 log = logging.getLogger("ssmtp")
@@ -280,7 +280,8 @@ class TPZamba2MambaMixer(nn.Module):
     # ------------------------------------------------------------------ HF-compatible forward
 
     def forward(self, hidden_states: torch.Tensor, cache_params=None, attention_mask=None, **kwargs):
-        return hf_cache_forward(self, hidden_states, cache_params, attention_mask, self.conv_dim_local,
+        return hf_cache_forward(self, hidden_states, hf_cache_arg(cache_params, kwargs), attention_mask,
+                                self.conv_dim_local,
                                 (self.heads_local, self.head_dim))
 
     def extra_repr(self) -> str:
@@ -412,7 +413,8 @@ class TPZamba2Attention(nn.Module):
         if self.config.use_mem_rope:
             cos, sin = position_embeddings
             q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        return attend(self, q, k, v, attention_mask, past_key_values, layer_idx, eager_attention_forward, **kwargs)
+        return attend(self, q, k, v, attention_mask, hf_cache_arg(past_key_values, kwargs), layer_idx,
+                      eager_attention_forward, **kwargs)
 
     def extra_repr(self) -> str:
         return (f"heads={self.num_heads_local}/{self.num_heads}, kv_heads={self.num_kv_local}/"
