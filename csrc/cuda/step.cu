@@ -129,14 +129,15 @@ __device__ __forceinline__ float delta_of(const StepArgs &a, int64_t b, int64_t 
 constexpr int DTP_PRE = 4;
 
 template <typename T, int TPC, int BPB>
-__device__ __forceinline__ void dt_proj_rows(const StepArgs &a, int64_t c, int64_t b0, const uint4 (&wpre)[DTP_PRE],
-                                             T (&dr)[BPB]) {
+__device__ __forceinline__ void dt_proj_rows(const StepArgs &a, int64_t c, int g, int64_t b0,
+                                             const uint4 (&wpre)[DTP_PRE], T (&dr)[BPB]) {
     constexpr int P = Pack16<T>::N;
     const int part = threadIdx.x % TPC;
     const int64_t npk = a.R / P;
     const uint4 *wr = reinterpret_cast<const uint4 *>((const T *)a.dtw + c * a.sdw0);
-    const T *dg = (const T *)a.dt; // the channel's group's rows (a uniform test: no division for a 2-D dt)
-    if (a.dt_per != a.dim) dg += ((uint32_t)c / (uint32_t)a.dt_per) * a.sdtg;
+    // the channel's group's rows: g = c / per_group, the caller's B/C group (a grouped dt has one row per B/C group;
+    // a 2-D dt has sdtg 0)
+    const T *dg = (const T *)a.dt + wide(g, a.sdtg);
     float acc[BPB];
 #pragma unroll
     for (int i = 0; i < BPB; i++) acc[i] = 0.f;
@@ -279,7 +280,7 @@ __global__ void __launch_bounds__(THREADS, MINB) step_vec_kernel(const StepArgs 
         }
     }
 
-    if constexpr (DTP) dt_proj_rows<T, TPC, BPB>(a, c, b0, wpre, dr);
+    if constexpr (DTP) dt_proj_rows<T, TPC, BPB>(a, c, g, b0, wpre, dr);
 
     // delta per row. With TPC >= BPB lanes, lane `part` evaluates softplus (log1pf(expf)) for row part % BPB only
     // and the rows are exchanged by shuffles: a quarter of the transcendental work at N = 16.
