@@ -247,8 +247,8 @@ __global__ void __launch_bounds__(THREADS, MINB) step_vec_kernel(const StepArgs 
     const bool vecbc = a.vecbc != 0;
     float *st_c = a.state + wide(c, a.ss1) + 4 * part;
     const T *x_c = (const T *)a.x + wide(c, a.sx1), *z_c = a.z ? (const T *)a.z + wide(c, a.sz1) : nullptr;
-    // a uniform test: the 2-D dt (every caller but Zamba2's) costs no division (measured: the division alone made
-    // mamba-2.8b's B=256 graph step 0.5% slower)
+    // a uniform test: the 2-D dt (every caller but Zamba2's) costs no division (measured: with the division in every
+    // call mamba-2.8b's graph step was 0.5% slower at B = 8 and 256; benchmarks/results/mamba-step-dt-h200-10bbc49.json)
     const T *dt_c = a.dt_per != a.dim ? (const T *)a.dt + wide((int)((uint32_t)c / (uint32_t)a.dt_per), a.sdtg) +
                                  wide((int)((uint32_t)c % (uint32_t)a.dt_per), a.sdt1)
                                       : (const T *)a.dt + wide(c, a.sdt1);
