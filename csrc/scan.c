@@ -23,7 +23,7 @@ static ssmtp_status_t check_common(const char *op, const ssmtp_tensor_t *x, cons
         SSMTP_TRY(ssmtp_check_tensor(op, "dt_proj", dt_proj, 0, 2, ty, (int64_t[]){dim, -1}));
     } else if (!has_time && dt->ndim == 3) { /* the step's dt per group of channels: (batch, G, dim / G) */
         SSMTP_TRY(ssmtp_check_tensor(op, "dt", dt, 0, 3, ty, (int64_t[]){batch, -1, -1}));
-        if (dt->shape[1] < 1 || dt->shape[1] * dt->shape[2] != dim)
+        if (dt->shape[1] < 1 || dim % dt->shape[1] != 0 || dt->shape[2] != dim / dt->shape[1])
             return ssmtp_fail(SSMTP_ERR_INVALID, "%s: dt of shape (%lld, %lld, %lld) does not cover dim=%lld channels "
                               "(expected (batch, G, dim / G))", op, (long long)dt->shape[0], (long long)dt->shape[1],
                               (long long)dt->shape[2], (long long)dim);

@@ -495,10 +495,16 @@ static void prep_scan(call_t *c, int has_time, int *invalid, char *what, size_t 
     const int nd = has_time ? 3 : 2;
     const int64_t xs[3] = {batch, dim, len}, bs[4] = {batch, groups, dstate, len};
     mk(&g_scan.x, dt, nd, xs, ROLE_IN, 0);
-    if (!has_time && chance(40)) { /* the step with dt_proj (dim, R) fused: dt is (batch, R) */
+    if (!has_time && chance(40)) { /* the step with dt_proj (dim, R) fused: dt is (batch, R) or (batch, groups, R) */
         const int64_t R = rint_in(0, 5);
         mk(&g_dt_proj, dt, 2, (int64_t[]){dim, R}, ROLE_IN, 0);
-        mk(&g_scan.dt, dt, 2, (int64_t[]){batch, R}, ROLE_IN, 0);
+        if (R != groups && chance(50)) /* (R == groups: dropping the last dim would be a valid (batch, R) dt) */
+            mk(&g_scan.dt, dt, 3, (int64_t[]){batch, groups, R}, ROLE_IN, 0);
+        else
+            mk(&g_scan.dt, dt, 2, (int64_t[]){batch, R}, ROLE_IN, 0);
+    } else if (!has_time && groups < dim && chance(25)) { /* the step's dt per group of channels: (batch, G, dim / G) */
+        /* dim / groups >= 2: dropping the last dim cannot make it a valid (batch, dim) */
+        mk(&g_scan.dt, dt, 3, (int64_t[]){batch, groups, dim / groups}, ROLE_IN, 0);
     } else {
         mk(&g_scan.dt, dt, nd, xs, ROLE_IN, 0);
     }
