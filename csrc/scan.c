@@ -198,6 +198,8 @@ static ssmtp_status_t step_dt_proj_cuda_layout(const ssmtp_tensor_t *dt_proj) {
 static ssmtp_status_t step_cpu(const ssmtp_step_params_t *p) {
     const int64_t batch = p->x.shape[0], dim = p->x.shape[1], N = p->A.shape[1];
     const int64_t per_group = dim / p->B.shape[1];
+    const int g3 = p->dt.ndim == 3;
+    const int64_t dt_per = g3 ? dim / p->dt.shape[1] : dim, sr = p->dt.stride[g3 ? 2 : 1];
     const int32_t ty = p->x.dtype;
     for (int64_t b = 0; b < batch; b++) { /* all slots first: a rejected call changes nothing */
         const int64_t slot = ssmtp_slot_of(&p->state_idx, b);
@@ -216,21 +218,18 @@ static ssmtp_status_t step_cpu(const ssmtp_step_params_t *p) {
             const int64_t g = c / per_group;
             float *st = (float *)p->state.data + slot * p->state.stride[0] + c * p->state.stride[1];
             const float xt = ssmtp_load(p->x.data, ty, b * p->x.stride[0] + c * p->x.stride[1]);
+            /* this channel's row of dt: a 3-D dt has one row per dt_per channels ((batch, G, dim / G), or with dt_proj
+             * (batch, ngroups, R): dt_per = per_group), a 2-D dt one row (dt_per = dim); sr: the stride along a row */
+            const int64_t row = b * p->dt.stride[0] + (g3 ? (c / dt_per) * p->dt.stride[1] : 0);
             float delta;
             if (ssmtp_present(&p->dt_proj)) { /* rounded to the dtype of x, as a separate dt_proj product would be */
-                const int g3 = p->dt.ndim == 3; /* (batch, ngroups, R): this channel's group's row */
-                const int64_t row = b * p->dt.stride[0] + (g3 ? g * p->dt.stride[1] : 0), sr = p->dt.stride[g3 ? 2 : 1];
                 float acc = 0.0f;
                 for (int64_t r = 0; r < p->dt_proj.shape[1]; r++)
                     acc += ssmtp_load(p->dt_proj.data, ty, c * p->dt_proj.stride[0] + r * p->dt_proj.stride[1]) *
                            ssmtp_load(p->dt.data, ty, row + r * sr);
                 delta = ssmtp_round(acc, ty);
-            } else if (p->dt.ndim == 3) { /* (batch, G, dim / G) */
-                const int64_t per = dim / p->dt.shape[1];
-                delta = ssmtp_load(p->dt.data, ty,
-                                   b * p->dt.stride[0] + (c / per) * p->dt.stride[1] + (c % per) * p->dt.stride[2]);
             } else {
-                delta = ssmtp_load(p->dt.data, ty, b * p->dt.stride[0] + c * p->dt.stride[1]);
+                delta = ssmtp_load(p->dt.data, ty, row + (c % dt_per) * sr);
             }
             if (ssmtp_present(&p->dt_bias)) delta += ssmtp_load(p->dt_bias.data, p->dt_bias.dtype, c * p->dt_bias.stride[0]);
             if (p->dt_softplus) delta = ssmtp_softplus(delta);

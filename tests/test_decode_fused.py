@@ -235,6 +235,23 @@ def test_decode_in_padding_rows():
 
 # ------------------------------------------------------------------------------------------------ step + dt_proj
 
+STEP_TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
+
+
+def _step_twins(x, dt, A, B, C, D, z, bias, state, idx, dt_proj, dt_full):
+    """The step with this dt (and dt_proj) against the plain step on dt_full, the per-channel time step it stands for
+    (the same bits), and against ref.py's twin (within a rounding). Returns the output and the updated state."""
+    s1, s2, s3 = state.clone(), state.clone(), state.clone()
+    y1 = ops.selective_state_update(x, dt, A, B, C, D, z, bias, s1, idx, True, dt_proj)
+    y2 = ops.selective_state_update(x, dt_full, A, B, C, D, z, bias, s2, idx, True)
+    assert torch.equal(y1, y2) and torch.equal(s1, s2)
+    y3 = ref.selective_state_update(x, dt, A, B, C, D, z, bias, s3, idx, True, dt_proj=dt_proj)
+    tol = STEP_TOL[x.dtype]
+    torch.testing.assert_close(y1.float(), y3.float(), atol=tol, rtol=tol)
+    torch.testing.assert_close(s1, s3, atol=1e-5, rtol=1e-5)
+    return y1, s1
+
+
 @pytest.mark.parametrize("dname", list(DTYPES))
 @pytest.mark.parametrize("batch,dim,R,N", [(1, 8, 3, 4), (3, 37, 7, 16), (4, 64, 16, 16), (2, 5, 1, 1)])
 def test_step_dt_proj_equals_linear_then_step(batch, dim, R, N, dname):
@@ -254,15 +271,7 @@ def test_step_dt_proj_equals_linear_then_step(batch, dim, R, N, dname):
     idx = torch.randperm(nslots, generator=g)[:batch].to(torch.int32)
     if batch > 1:
         idx[-1] = -1
-    s1, s2, s3 = state.clone(), state.clone(), state.clone()
-    y1 = ops.selective_state_update(x, dt_low, A, B, C, D, z, bias, s1, idx, True, dt_proj)
-    dt_full = ops.linear_small(dt_low, dt_proj, None)
-    y2 = ops.selective_state_update(x, dt_full, A, B, C, D, z, bias, s2, idx, True)
-    assert torch.equal(y1, y2) and torch.equal(s1, s2)
-    y3 = ref.selective_state_update(x, dt_low, A, B, C, D, z, bias, s3, idx, True, dt_proj=dt_proj)
-    tol = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]
-    torch.testing.assert_close(y1.float(), y3.float(), atol=tol, rtol=tol)
-    torch.testing.assert_close(s1, s3, atol=1e-5, rtol=1e-5)
+    y1, s1 = _step_twins(x, dt_low, A, B, C, D, z, bias, state, idx, dt_proj, ops.linear_small(dt_low, dt_proj, None))
     # the CPU path takes any layout: a transposed dt_proj and strided rows of dt
     dt_proj_t = dt_proj.t().contiguous().t()
     dt_wide = torch.zeros(batch, 2 * R + 1, dtype=dtype)[:, 1::2]
@@ -291,20 +300,14 @@ def test_step_grouped_dt_proj_equals_per_group_linear_then_step(batch, groups, p
     nslots = batch + 2
     state = rnd(nslots, dim, N)
     idx = torch.randperm(nslots, generator=g)[:batch].to(torch.int32)
-    s1, s2, s3, s4 = state.clone(), state.clone(), state.clone(), state.clone()
-    y1 = ops.selective_state_update(x, dt3, A, B, C, D, z, bias, s1, idx, True, dt_proj)
     dt_full = torch.cat([ops.linear_small(dt3[:, i].contiguous(), dt_proj[i * pg:(i + 1) * pg].contiguous(), None)
                          for i in range(groups)], dim=1)
-    y2 = ops.selective_state_update(x, dt_full, A, B, C, D, z, bias, s2, idx, True)
-    assert torch.equal(y1, y2) and torch.equal(s1, s2)
-    y3 = ref.selective_state_update(x, dt3, A, B, C, D, z, bias, s3, idx, True, dt_proj=dt_proj)
-    tol = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]
-    torch.testing.assert_close(y1.float(), y3.float(), atol=tol, rtol=tol)
-    torch.testing.assert_close(s1, s3, atol=1e-5, rtol=1e-5)
+    y1, s1 = _step_twins(x, dt3, A, B, C, D, z, bias, state, idx, dt_proj, dt_full)
     # the diagonal blocks of a (batch * groups, groups * R) product, as TPZambaMambaMixer's decode step takes them
     full = torch.zeros(batch * groups, groups * R, dtype=dtype)
     diag = full.as_strided((batch, groups, R), (groups * groups * R, (groups + 1) * R, 1))
     diag.copy_(dt3)
+    s4 = state.clone()
     y4 = ops.selective_state_update(x, diag, A, B, C, D, z, bias, s4, idx, True, dt_proj)
     assert torch.equal(y4, y1) and torch.equal(s4, s1)
 
@@ -326,15 +329,8 @@ def test_step_dt_per_group_view_equals_repeated_dt(batch, heads, hd, N, one_a, d
     D, bias = rnd(dim), rnd(dim)
     state = rnd(batch + 1, dim, N)
     idx = torch.arange(batch, 0, -1, dtype=torch.int32)
-    s1, s2, s3 = state.clone(), state.clone(), state.clone()
-    view = dth[:, :, None].expand(batch, heads, hd)
-    y1 = ops.selective_state_update(x, view, A, B, C, D, None, bias, s1, idx, True)
-    y2 = ops.selective_state_update(x, dth.repeat_interleave(hd, dim=1), A, B, C, D, None, bias, s2, idx, True)
-    assert torch.equal(y1, y2) and torch.equal(s1, s2)
-    y3 = ref.selective_state_update(x, view, A, B, C, D, None, bias, s3, idx, True)
-    tol = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]
-    torch.testing.assert_close(y1.float(), y3.float(), atol=tol, rtol=tol)
-    torch.testing.assert_close(s1, s3, atol=1e-5, rtol=1e-5)
+    _step_twins(x, dth[:, :, None].expand(batch, heads, hd), A, B, C, D, None, bias, state, idx, None,
+                dth.repeat_interleave(hd, dim=1))
     with pytest.raises(ValueError, match=r"does not cover dim=%d channels" % dim):
         ops.selective_state_update(x, torch.zeros(batch, heads, hd + 1, dtype=dtype), A, B, C, D, None, bias,
                                    state.clone(), idx, True)

@@ -98,6 +98,16 @@ __device__ __forceinline__ void st_f4(float *p, const float (&v)[4]) {
     asm volatile("st.global.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(p), "f"(v[0]), "f"(v[1]), "f"(v[2]), "f"(v[3]));
 }
 
+// Offset of channel c's raw time step within one sequence's dt (no dt_proj) on the 32-bit vector paths: c * sdt1 for
+// a 2-D dt; for a 3-D one row c / dt_per, column c % dt_per. A uniform test: the 2-D dt (every caller but Zamba2's)
+// costs no division (measured: with the division in every call mamba-2.8b's graph step was 0.5% slower at B = 8 and
+// 256; benchmarks/results/mamba-step-dt-h200-10bbc49.json).
+__device__ __forceinline__ int64_t dt_off(const StepArgs &a, int c) {
+    if (a.dt_per == a.dim) return wide(c, a.sdt1);
+    const uint32_t q = (uint32_t)c / (uint32_t)a.dt_per;
+    return wide((int)q, a.sdtg) + wide((int)((uint32_t)c - q * (uint32_t)a.dt_per), a.sdt1);
+}
+
 template <typename T>
 __device__ __forceinline__ float finish(const StepArgs &a, float y, int64_t b, int64_t c, float xt) {
     if (a.D) y = __fadd_rn(y, __fmul_rn(ssm_load_param(a.D, a.D_dtype, c * a.sD), xt));
@@ -247,11 +257,7 @@ __global__ void __launch_bounds__(THREADS, MINB) step_vec_kernel(const StepArgs 
     const bool vecbc = a.vecbc != 0;
     float *st_c = a.state + wide(c, a.ss1) + 4 * part;
     const T *x_c = (const T *)a.x + wide(c, a.sx1), *z_c = a.z ? (const T *)a.z + wide(c, a.sz1) : nullptr;
-    // a uniform test: the 2-D dt (every caller but Zamba2's) costs no division (measured: with the division in every
-    // call mamba-2.8b's graph step was 0.5% slower at B = 8 and 256; benchmarks/results/mamba-step-dt-h200-10bbc49.json)
-    const T *dt_c = a.dt_per != a.dim ? (const T *)a.dt + wide((int)((uint32_t)c / (uint32_t)a.dt_per), a.sdtg) +
-                                 wide((int)((uint32_t)c % (uint32_t)a.dt_per), a.sdt1)
-                                      : (const T *)a.dt + wide(c, a.sdt1);
+    const T *dt_c = (const T *)a.dt + dt_off(a, c);
     const T *B_g = (const T *)a.B + wide(g, a.sB1) + wide(4 * part, a.sB2);
     const T *C_g = (const T *)a.C + wide(g, a.sC1) + wide(4 * part, a.sC2);
     int slot[BPB];
@@ -428,8 +434,7 @@ __device__ __forceinline__ void pipe_load(const StepArgs &a, int64_t w, int64_t 
         it.slot[i] = (int32_t)sl; // from an int32 index (or a row number): >= nslots means out NaN, state untouched
         it.h[i] = ok ? *(const float4 *)(a.state + sl * a.ss0 + c * a.ss1 + 4 * part) : make_float4(0.f, 0.f, 0.f, 0.f);
         it.xr[i] = ((const T *)a.x)[b * a.sx0 + c * a.sx1];
-        it.dr[i] = ((const T *)a.dt)[b * a.sdt0 + (int64_t)((uint32_t)c / (uint32_t)a.dt_per) * a.sdtg +
-                                     (int64_t)((uint32_t)c % (uint32_t)a.dt_per) * a.sdt1];
+        it.dr[i] = ((const T *)a.dt)[b * a.sdt0 + dt_off(a, (int)c)];
         it.zr[i] = a.z ? ((const T *)a.z)[b * a.sz0 + c * a.sz1] : from_f32<T>(0.f);
         it.Bq[i] = quad_load<T>((const T *)a.B + b * a.sB0 + g * a.sB1 + 4 * part * a.sB2, a.sB2, vecbc);
         it.Cq[i] = quad_load<T>((const T *)a.C + b * a.sC0 + g * a.sC1 + 4 * part * a.sC2, a.sC2, vecbc);
