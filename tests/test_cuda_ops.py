@@ -618,10 +618,11 @@ def test_step_cuda_vs_cpu(case, dname, kernel, monkeypatch):
 
 
 @pytest.mark.parametrize("shape", ["auto", "4x4", "2x5", "2x6", "1x8"])
-@pytest.mark.parametrize("case", ["pad-rows", "zamba-heads", "batch-1"])
+@pytest.mark.parametrize("case", ["pad-rows", "zamba-heads", "batch-1", "N64", "one-A-N64", "N128"])
 def test_step_block_shapes_equal_default(case, shape, monkeypatch):
-    """The vector kernel's other block shapes at d_state 16 (SSMTP_STEP_SHAPE: sequences per block x blocks per SM)
-    give bit for bit the default's outputs and states (the same arithmetic per element, another grouping of rows)."""
+    """The vector kernel's other block shapes at d_state 16, 64 and 128 (SSMTP_STEP_SHAPE: sequences per block x
+    blocks per SM) give bit for bit 4x3's outputs and states (the same arithmetic per element, another grouping of
+    rows)."""
     args = list(_step_inputs(next(c for c in STEP_CASES if c[0] == case), "bf16"))
     results = []
     for sh in ("4x3", shape):

@@ -531,23 +531,49 @@ __global__ void __launch_bounds__(THREADS, 3) step_pipe_kernel(const StepArgs a,
 template <typename T, int TPC, int NV, bool SA = false, bool DTP = false, int BPB = bpb_of<NV, DTP>(), int MINB = 3>
 ssmtp_status_t launch_vec(const StepArgs &a, cudaStream_t s);
 
-// Block shape of the vector kernel at d_state 16 (TPC 4) without fused dt_proj: sequences per block x resident
-// blocks per SM (the registers are capped for the latter). SSMTP_STEP_SHAPE: auto (default), 4x3, 4x4, 2x5, 2x6 or
-// 1x8. auto = 1x8 up to 8 sequences, 4x4 above. Measured on H200 (2026-11-23, 025a662, bench_ops.py, bf16, mamba-2.8b
-// tp1 / tp2, falcon-mamba-7b, zamba-7b; benchmarks/results/step-shape-h200-025a662-*.json), us, the previous fixed
-// 4x3 first: B=256 4x3 59.4 / 31.2 / 91.9 / 85.1, 4x4 54.3 / 28.8 / 84.6 / 77.0 (mamba-2.8b tp1 77% of the copy
-// rate), 2x6 56.1 / 29.4 / 88.1 / 80.4, 1x8 65.4 / 33.8 / 103.2 / 93.8; B=64 4x3 16.6 / 9.7 / 24.8 / 23.2, 4x4
-// 16.2 / 10.1 / 23.2 / 21.5, 2x6 15.8 / 9.1 / 23.8 / 21.9; B=8 4x3 4.8 / 3.7 / 5.2 / 4.9, 1x8 4.2 / 3.2 / 4.8 / 4.6;
-// B=1 4x3 3.3 / 2.9 / 3.4 / 3.6, 1x8 2.6 / 2.4 / 2.7 / 2.7. Nsight Compute on 4x3 at B=256 (b247c84): DRAM ~54%,
-// 24 of 64 warp slots (3 blocks of 80 registers), top stall long scoreboard: more resident warps, not more bytes
-// per warp (the ring kernel, below), is what the memory latency wanted.
-static int step_shape(int64_t batch) {
+// Block shape of the vector kernel at d_state 16, 64 and 128 (TPC 4, 16, 32) without fused dt_proj: sequences per
+// block x resident blocks per SM (the registers are capped for the latter). SSMTP_STEP_SHAPE: auto (default), 4x3,
+// 4x4, 2x5, 2x6 or 1x8 (other d_state: 4x3, 2x3 at 256). auto at d_state 16 = 1x8 up to 8 sequences, 4x4 above.
+// Measured on H200 (2026-11-23, 025a662, bench_ops.py, bf16, mamba-2.8b tp1 / tp2, falcon-mamba-7b, zamba-7b;
+// benchmarks/results/step-shape-h200-025a662-*.json), us, the previous fixed 4x3 first: B=256 4x3 59.4 / 31.2 / 91.9
+// / 85.1, 4x4 54.3 / 28.8 / 84.6 / 77.0 (mamba-2.8b tp1 77% of the copy rate), 2x6 56.1 / 29.4 / 88.1 / 80.4, 1x8
+// 65.4 / 33.8 / 103.2 / 93.8; B=64 4x3 16.6 / 9.7 / 24.8 / 23.2, 4x4 16.2 / 10.1 / 23.2 / 21.5, 2x6 15.8 / 9.1 / 23.8
+// / 21.9; B=8 4x3 4.8 / 3.7 / 5.2 / 4.9, 1x8 4.2 / 3.2 / 4.8 / 4.6; B=1 4x3 3.3 / 2.9 / 3.4 / 3.6, 1x8 2.6 / 2.4 /
+// 2.7 / 2.7. Nsight Compute on 4x3 at B=256 (b247c84): DRAM ~54%, 24 of 64 warp slots (3 blocks of 80 registers),
+// top stall long scoreboard: more resident warps, not more bytes per warp (the ring kernel, below), is what the
+// memory latency wanted.
+// At d_state 64 (Zamba2; one A per head) and 128 auto = 2x5 at small batch (up to 8 sequences at 64, 7 at 128), 4x4
+// above. Measured on H200 (2026-11-24; benchmarks/results/step-variants-h200-54f134d.json and
+// step-shapes-h200-54f134d.json), us: zamba2-2.7b, 4x3 (the previous default) -> 4x4: tp1 B=256 229.5 -> 184.9 (70%
+// -> 87% of the copy rate), B=64 60.0 -> 48.5, tp2 B=64 31.9 -> 25.6; 4x3 -> 2x5: tp1 B=1 / 2 / 4 / 8 4.32 / 4.83 /
+// 5.86 / 10.34 -> 3.04 / 3.76 / 5.17 / 8.86 (4x4 8.73 at B=8), tp2 B=1 / 8 4.11 / 5.87 -> 3.01 / 5.18. d_state 128
+// (5120 channels, one A per head): B=1 7.19 -> 4.23 (2x5; 1x8 3.92), B=8 17.5 -> 14.9 (4x4), B=64 114.9 -> 99.5,
+// B=256 449 -> 392. Fewer lanes per channel with more states each (8 x 8, 4 x 16 at d_state 64) were slower or
+// spilled.
+static const char *const STEP_SHAPES[] = {"4x3", "4x4", "2x5", "2x6", "1x8"};
+
+static int step_shape(int64_t batch, int64_t N) {
     const char *env = getenv("SSMTP_STEP_SHAPE");
-    if (!env || !*env || strcmp(env, "auto") == 0) return batch <= 8 ? 4 : 1;
-    const char *names[] = {"4x3", "4x4", "2x5", "2x6", "1x8"};
+    if (!env || !*env || strcmp(env, "auto") == 0) {
+        if (N == 16) return batch <= 8 ? 4 : 1;
+        return batch < (N == 64 ? 9 : 8) ? 2 : 1; // d_state 64 / 128 (the launcher's other sizes ignore this)
+    }
     for (int i = 0; i < 5; i++)
-        if (strcmp(env, names[i]) == 0) return i;
+        if (strcmp(env, STEP_SHAPES[i]) == 0) return i;
     return -1;
+}
+
+template <typename T, int TPC, bool SA> ssmtp_status_t launch_shape(const StepArgs &a, cudaStream_t s) {
+    switch (step_shape(a.batch, a.N)) {
+    case 0: return launch_vec<T, TPC, 1, SA, false, 4, 3>(a, s);
+    case 1: return launch_vec<T, TPC, 1, SA, false, 4, 4>(a, s);
+    case 2: return launch_vec<T, TPC, 1, SA, false, 2, 5>(a, s);
+    case 3: return launch_vec<T, TPC, 1, SA, false, 2, 6>(a, s);
+    case 4: return launch_vec<T, TPC, 1, SA, false, 1, 8>(a, s);
+    default:
+        return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": SSMTP_STEP_SHAPE=%s (auto, 4x3, 4x4, 2x5, 2x6 or 1x8)",
+                          getenv("SSMTP_STEP_SHAPE"));
+    }
 }
 
 template <typename T, int TPC> ssmtp_status_t launch_pipe(const StepArgs &a, int device, cudaStream_t s) {
@@ -579,22 +605,15 @@ template <typename T, bool SA, bool DTP> ssmtp_status_t dispatch_vec(const StepA
     case 1: return launch_vec<T, 1, 1, SA, DTP>(a, s);
     case 2: return launch_vec<T, 2, 1, SA, DTP>(a, s);
     case 4:
-        if constexpr (!SA && !DTP) {
-            switch (step_shape(a.batch)) {
-            case 0: break;
-            case 1: return launch_vec<T, 4, 1, false, false, 4, 4>(a, s);
-            case 2: return launch_vec<T, 4, 1, false, false, 2, 5>(a, s);
-            case 3: return launch_vec<T, 4, 1, false, false, 2, 6>(a, s);
-            case 4: return launch_vec<T, 4, 1, false, false, 1, 8>(a, s);
-            default:
-                return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": SSMTP_STEP_SHAPE=%s (auto, 4x3, 4x4, 2x5, 2x6 or 1x8)",
-                                  getenv("SSMTP_STEP_SHAPE"));
-            }
-        }
+        if constexpr (!SA && !DTP) return launch_shape<T, 4, false>(a, s);
         return launch_vec<T, 4, 1, SA, DTP>(a, s);
     case 8: return launch_vec<T, 8, 1, SA, DTP>(a, s);
-    case 16: return launch_vec<T, 16, 1, SA, DTP>(a, s);
-    case 32: return launch_vec<T, 32, 1, SA, DTP>(a, s);
+    case 16:
+        if constexpr (!DTP) return launch_shape<T, 16, SA>(a, s);
+        return launch_vec<T, 16, 1, SA, DTP>(a, s);
+    case 32:
+        if constexpr (!DTP) return launch_shape<T, 32, SA>(a, s);
+        return launch_vec<T, 32, 1, SA, DTP>(a, s);
     default: return launch_vec<T, 32, 2, SA, DTP>(a, s); // N = 256 (the caller checked N / 4 is one of these)
     }
 }
