@@ -5,6 +5,7 @@ import torch
 from transformers import DynamicCache
 
 import ssmtp
+from ssmtp.models.mamba import hf_cache_kwargs
 from distributed import FakeComm, run_ranks, run_tp
 from tiny_models import build
 
@@ -48,7 +49,7 @@ def _checks(rank, world, family, config, dtype_name, device="cpu"):
         ref = model(ids).logits
         ref_pad = model(ids_pad, attention_mask=mask).logits
         hf_cache = DynamicCache(config=model.config)
-        model(ids, cache_params=hf_cache, use_cache=True)
+        model(ids, **hf_cache_kwargs(model, hf_cache), use_cache=True)
         hf_states = _layer_states(hf_cache, n_layers)
         if dtype == torch.float32:
             ref_gen = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False)
@@ -66,7 +67,7 @@ def _checks(rank, world, family, config, dtype_name, device="cpu"):
 
         # the final states after a full prefill equal HF's, sliced to this rank's channels
         full = DynamicCache(config=model.config)
-        model(ids, cache_params=full, use_cache=True)
+        model(ids, **hf_cache_kwargs(model, full), use_cache=True)
         full_states = _layer_states(full, n_layers)
         for (c, s), (hc, hs) in zip(full_states, hf_states):
             _rel_ok(c, hc[:, rank * dl:(rank + 1) * dl], rel)
@@ -74,8 +75,8 @@ def _checks(rank, world, family, config, dtype_name, device="cpu"):
 
         # prefill L-1 tokens, decode 1: same last logits and states as the full prefill
         cache = DynamicCache(config=model.config)
-        model(ids[:, :-1], cache_params=cache, use_cache=True)
-        step = model(ids[:, -1:], cache_params=cache, use_cache=True).logits
+        model(ids[:, :-1], **hf_cache_kwargs(model, cache), use_cache=True)
+        step = model(ids[:, -1:], **hf_cache_kwargs(model, cache), use_cache=True).logits
         _rel_ok(step[:, -1], out[:, -1], rel)
         for (c, s), (fc, fs) in zip(_layer_states(cache, n_layers), full_states):
             _rel_ok(c, fc, rel)
@@ -83,8 +84,8 @@ def _checks(rank, world, family, config, dtype_name, device="cpu"):
 
         # chunked prefill (5 + 8 tokens) resumes from the cached state: same as one prefill
         cache = DynamicCache(config=model.config)
-        model(ids[:, :5], cache_params=cache, use_cache=True)
-        last = model(ids[:, 5:], cache_params=cache, use_cache=True).logits
+        model(ids[:, :5], **hf_cache_kwargs(model, cache), use_cache=True)
+        last = model(ids[:, 5:], **hf_cache_kwargs(model, cache), use_cache=True).logits
         _rel_ok(last, out[:, 5:], rel)
 
         if dtype == torch.float32:

@@ -386,6 +386,7 @@ def _hf_same_run(llm, args, device, dtype, g) -> dict:
     prefill at B=8, L=512."""
     from transformers import FalconMambaForCausalLM, MambaForCausalLM
 
+    from ..models.mamba import hf_cache_kwargs, hf_output_cache
     from ..presets import preset_config
 
     cfg = preset_config(args.model, hf=True)
@@ -406,14 +407,14 @@ def _hf_same_run(llm, args, device, dtype, g) -> dict:
             model(ids[:, :64])  # warm-up
             t_pre = min(timer(lambda: model(ids, use_cache=True))[0] for _ in range(2))
             o = model(ids, use_cache=True)
-            cache, pos = o.cache_params, ids.shape[1]
+            cache, pos = hf_output_cache(o), ids.shape[1]
             tok = o.logits[:, -1:].argmax(-1)
             rounds = []
             for _ in range(reps + 1):  # the first round warms the decode path up
                 timer.sync()
                 t0 = time.perf_counter()
                 for _ in range(n):
-                    o = model(tok, cache_params=cache, use_cache=True,
+                    o = model(tok, **hf_cache_kwargs(model, cache), use_cache=True,
                               cache_position=torch.tensor([pos], device=device))
                     tok = o.logits[:, -1:].argmax(-1)
                     pos += 1

@@ -15,6 +15,7 @@ the engine calls with its own slot-pool states.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Optional
 
 import torch
@@ -44,6 +45,19 @@ def hf_cache_arg(given, kwargs: dict):
     passes instead, taken out of kwargs so that it is not handed on."""
     c = kwargs.pop("cache", None)
     return given if given is not None else c
+
+
+def hf_cache_kwargs(model: nn.Module, cache) -> dict:
+    """The keyword argument that hands ``cache`` to an HF Mamba-family model's forward: ``cache`` from transformers
+    5.24 on (where ``cache_params`` is deprecated, to be removed in 5.40), ``cache_params`` before."""
+    return {"cache": cache} if "cache" in inspect.signature(type(model).forward).parameters else {"cache_params": cache}
+
+
+def hf_output_cache(output):
+    """The cache an HF Mamba-family model returned: ``output.cache`` from transformers 5.24 on, ``cache_params``
+    before."""
+    c = getattr(output, "cache", None)
+    return c if c is not None else getattr(output, "cache_params", None)
 
 
 def hf_cache_forward(mixer: nn.Module, hidden_states: torch.Tensor, cache_params, attention_mask,
