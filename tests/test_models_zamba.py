@@ -7,6 +7,7 @@ import torch
 from transformers import DynamicCache
 
 import ssmtp
+from ssmtp.models.mamba import hf_cache_kwargs
 from distributed import FakeComm, run_tp
 from tiny_models import ZAMBA_CONFIGS, build_zamba
 
@@ -49,14 +50,14 @@ def _checks(rank, world, config):
         ref = model(ids).logits
         ref_pad = model(ids_pad, attention_mask=mask).logits
         hf_cache = DynamicCache(config=cfg)
-        model(ids, past_key_values=hf_cache, use_cache=True)
+        model(ids, **hf_cache_kwargs(model, hf_cache), use_cache=True)
         hf_states = _states(hf_cache, model)
         # HF's torch scan restarts from a zero state on a multi-token continuation: a chunked prefill there differs
         # from one prefill. That it differs by far more than REL shows these tiny models are sensitive to the SSM
         # state, so the state checks below can fail.
         c = DynamicCache(config=cfg)
-        model(ids[:, :5], past_key_values=c, use_cache=True)
-        hf_chunk_err = (model(ids[:, 5:], past_key_values=c, use_cache=True).logits - ref[:, 5:]).abs().max().item()
+        model(ids[:, :5], **hf_cache_kwargs(model, c), use_cache=True)
+        hf_chunk_err = (model(ids[:, 5:], **hf_cache_kwargs(model, c), use_cache=True).logits - ref[:, 5:]).abs().max().item()
         assert hf_chunk_err > 100 * REL * ref.abs().max().item(), f"SSM state barely matters ({hf_chunk_err:.2e})"
         ref_gen = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False)
         ref_gen_pad = model.generate(ids_pad, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False)
@@ -80,7 +81,7 @@ def _checks(rank, world, config):
 
         # the states after one prefill equal HF's, restricted to this rank's channels / kv heads
         full = DynamicCache(config=cfg)
-        model(ids, past_key_values=full, use_cache=True)
+        model(ids, **hf_cache_kwargs(model, full), use_cache=True)
         full_states = _states(full, model)
         for i, (conv, ssm, k, v) in full_states.items():
             hc, hs, hk, hv = hf_states[i]
@@ -92,8 +93,8 @@ def _checks(rank, world, config):
 
         # prefill L-1 tokens, decode 1: same last logits and states (SSM, conv and KV) as the full prefill
         cache = DynamicCache(config=cfg)
-        model(ids[:, :-1], past_key_values=cache, use_cache=True)
-        step = model(ids[:, -1:], past_key_values=cache, use_cache=True).logits
+        model(ids[:, :-1], **hf_cache_kwargs(model, cache), use_cache=True)
+        step = model(ids[:, -1:], **hf_cache_kwargs(model, cache), use_cache=True).logits
         _rel_ok(step[:, -1], out[:, -1], what="decode logits")
         for i, st in _states(cache, model).items():
             for a, b, what in zip(st, full_states[i], ("conv", "ssm", "keys", "values")):
@@ -102,8 +103,8 @@ def _checks(rank, world, config):
 
         # chunked prefill (5 + 8 tokens) resumes from the cached states: same as one prefill
         cache = DynamicCache(config=cfg)
-        model(ids[:, :5], past_key_values=cache, use_cache=True)
-        _rel_ok(model(ids[:, 5:], past_key_values=cache, use_cache=True).logits, out[:, 5:], what="chunked prefill")
+        model(ids[:, :5], **hf_cache_kwargs(model, cache), use_cache=True)
+        _rel_ok(model(ids[:, 5:], **hf_cache_kwargs(model, cache), use_cache=True).logits, out[:, 5:], what="chunked prefill")
 
         gen = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False)
         assert torch.equal(gen, ref_gen), "greedy tokens differ from HF"

@@ -7,6 +7,7 @@ import torch
 from transformers import DynamicCache
 
 import ssmtp
+from ssmtp.models.mamba import hf_cache_kwargs
 from distributed import FakeComm, run_tp
 from test_models_zamba import REL, _inputs, _rel_ok
 from tiny_models import ZAMBA2_CONFIGS, build_zamba2
@@ -72,19 +73,19 @@ def _checks(rank, world, config, impl="auto"):
         ref = model(ids).logits
         ref_pad = model(ids_pad, attention_mask=mask).logits
         c = DynamicCache(config=cfg)
-        model(ids, past_key_values=c, use_cache=True)
+        model(ids, **hf_cache_kwargs(model, c), use_cache=True)
         hf_full = _local(_states(c, model), cfg, rank, world)
         c = DynamicCache(config=cfg)
-        model(ids[:, :-1], past_key_values=c, use_cache=True)
-        hf_step = model(ids[:, -1:], past_key_values=c, use_cache=True).logits
+        model(ids[:, :-1], **hf_cache_kwargs(model, c), use_cache=True)
+        hf_step = model(ids[:, -1:], **hf_cache_kwargs(model, c), use_cache=True).logits
         hf_step_states = _local(_states(c, model), cfg, rank, world)
         # Sensitivity: a continuation from zeroed SSM states (conv and KV kept) must differ by far more than REL,
         # or the state checks below could not fail on these tiny random models.
         c = DynamicCache(config=cfg)
-        model(ids[:, :5], past_key_values=c, use_cache=True)
+        model(ids[:, :5], **hf_cache_kwargs(model, c), use_cache=True)
         for i in mamba_layers:
             c.layers[i].recurrent_states[0].zero_()
-        err = (model(ids[:, 5:], past_key_values=c, use_cache=True).logits - ref[:, 5:]).abs().max().item()
+        err = (model(ids[:, 5:], **hf_cache_kwargs(model, c), use_cache=True).logits - ref[:, 5:]).abs().max().item()
         assert err > 100 * REL * ref.abs().max().item(), f"SSM state barely matters ({err:.2e})"
         ref_gen = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False)
         ref_gen_pad = model.generate(ids_pad, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False)
@@ -105,21 +106,21 @@ def _checks(rank, world, config, impl="auto"):
         _rel_ok(out_pad[valid], ref_pad[valid], what="left-padded logits")
 
         full = DynamicCache(config=cfg)
-        model(ids, past_key_values=full, use_cache=True)
+        model(ids, **hf_cache_kwargs(model, full), use_cache=True)
         _compare(_states(full, model), hf_full, REL, "prefill states")
 
         # prefill L-1 tokens, decode 1: HF's decode (logits and every state), and the full recompute
         cache = DynamicCache(config=cfg)
-        model(ids[:, :-1], past_key_values=cache, use_cache=True)
-        step = model(ids[:, -1:], past_key_values=cache, use_cache=True).logits
+        model(ids[:, :-1], **hf_cache_kwargs(model, cache), use_cache=True)
+        step = model(ids[:, -1:], **hf_cache_kwargs(model, cache), use_cache=True).logits
         _rel_ok(step, hf_step, what="decode logits vs HF decode")
         _compare(_states(cache, model), hf_step_states, REL, "states after decode")
         _rel_ok(step[:, -1], out[:, -1], REL_DECODE_VS_FULL, what="decode logits vs full prefill")
 
         # chunked prefill (5 + 8 tokens) resumes from the cached states: same as one prefill
         cache = DynamicCache(config=cfg)
-        model(ids[:, :5], past_key_values=cache, use_cache=True)
-        _rel_ok(model(ids[:, 5:], past_key_values=cache, use_cache=True).logits, out[:, 5:], what="chunked prefill")
+        model(ids[:, :5], **hf_cache_kwargs(model, cache), use_cache=True)
+        _rel_ok(model(ids[:, 5:], **hf_cache_kwargs(model, cache), use_cache=True).logits, out[:, 5:], what="chunked prefill")
 
         gen = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False)
         assert torch.equal(gen, ref_gen), "greedy tokens differ from HF"

@@ -48,9 +48,12 @@ def hf_cache_arg(given, kwargs: dict):
 
 
 def hf_cache_kwargs(model: nn.Module, cache) -> dict:
-    """The keyword argument that hands ``cache`` to an HF Mamba-family model's forward: ``cache`` from transformers
-    5.24 on (where ``cache_params`` is deprecated, to be removed in 5.40), ``cache_params`` before."""
-    return {"cache": cache} if "cache" in inspect.signature(type(model).forward).parameters else {"cache_params": cache}
+    """The keyword argument that hands ``cache`` to an HF Mamba-family (or Zamba) model's forward: ``cache`` from
+    transformers 5.24 on (where ``cache_params`` and ``past_key_values`` are deprecated, to be removed in 5.40), before
+    that ``cache_params`` (Mamba, Falcon-Mamba) or ``past_key_values`` (Zamba, Zamba2)."""
+    params = inspect.signature(type(model).forward).parameters
+    name = next((n for n in ("cache", "cache_params", "past_key_values") if n in params), "cache")
+    return {name: cache}
 
 
 def hf_output_cache(output):
