@@ -57,7 +57,8 @@ def _checks(rank, world, config):
         # state, so the state checks below can fail.
         c = DynamicCache(config=cfg)
         model(ids[:, :5], **hf_cache_kwargs(model, c), use_cache=True)
-        hf_chunk_err = (model(ids[:, 5:], **hf_cache_kwargs(model, c), use_cache=True).logits - ref[:, 5:]).abs().max().item()
+        hf_chunk = model(ids[:, 5:], **hf_cache_kwargs(model, c), use_cache=True).logits
+        hf_chunk_err = (hf_chunk - ref[:, 5:]).abs().max().item()
         assert hf_chunk_err > 100 * REL * ref.abs().max().item(), f"SSM state barely matters ({hf_chunk_err:.2e})"
         ref_gen = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False)
         ref_gen_pad = model.generate(ids_pad, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False)
@@ -104,7 +105,8 @@ def _checks(rank, world, config):
         # chunked prefill (5 + 8 tokens) resumes from the cached states: same as one prefill
         cache = DynamicCache(config=cfg)
         model(ids[:, :5], **hf_cache_kwargs(model, cache), use_cache=True)
-        _rel_ok(model(ids[:, 5:], **hf_cache_kwargs(model, cache), use_cache=True).logits, out[:, 5:], what="chunked prefill")
+        chunk = model(ids[:, 5:], **hf_cache_kwargs(model, cache), use_cache=True).logits
+        _rel_ok(chunk, out[:, 5:], what="chunked prefill")
 
         gen = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False)
         assert torch.equal(gen, ref_gen), "greedy tokens differ from HF"

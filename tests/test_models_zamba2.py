@@ -120,7 +120,8 @@ def _checks(rank, world, config, impl="auto"):
         # chunked prefill (5 + 8 tokens) resumes from the cached states: same as one prefill
         cache = DynamicCache(config=cfg)
         model(ids[:, :5], **hf_cache_kwargs(model, cache), use_cache=True)
-        _rel_ok(model(ids[:, 5:], **hf_cache_kwargs(model, cache), use_cache=True).logits, out[:, 5:], what="chunked prefill")
+        chunk = model(ids[:, 5:], **hf_cache_kwargs(model, cache), use_cache=True).logits
+        _rel_ok(chunk, out[:, 5:], what="chunked prefill")
 
         gen = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False)
         assert torch.equal(gen, ref_gen), "greedy tokens differ from HF"
