@@ -408,13 +408,14 @@ def _hf_same_run(llm, args, device, dtype, g) -> dict:
             t_pre = min(timer(lambda: model(ids, use_cache=True))[0] for _ in range(2))
             o = model(ids, use_cache=True)
             cache, pos = hf_output_cache(o), ids.shape[1]
+            cache_kw = hf_cache_kwargs(model, cache)  # the same cache object, updated in place by every step
             tok = o.logits[:, -1:].argmax(-1)
             rounds = []
             for _ in range(reps + 1):  # the first round warms the decode path up
                 timer.sync()
                 t0 = time.perf_counter()
                 for _ in range(n):
-                    o = model(tok, **hf_cache_kwargs(model, cache), use_cache=True,
+                    o = model(tok, **cache_kw, use_cache=True,
                               cache_position=torch.tensor([pos], device=device))
                     tok = o.logits[:, -1:].argmax(-1)
                     pos += 1

@@ -281,8 +281,7 @@ class TPZamba2MambaMixer(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, cache_params=None, attention_mask=None, **kwargs):
         return hf_cache_forward(self, hidden_states, hf_cache_arg(cache_params, kwargs), attention_mask,
-                                self.conv_dim_local,
-                                (self.heads_local, self.head_dim))
+                                self.conv_dim_local, (self.heads_local, self.head_dim))
 
     def extra_repr(self) -> str:
         return (f"d_inner={self.intermediate_size}, heads={self.heads_local}/{self.num_heads}, "
