@@ -210,47 +210,6 @@ def test_cuda_tensor_core_forced_and_splits(M, splits, monkeypatch):
 
 @pytest.mark.cuda
 @cuda
-@pytest.mark.parametrize("shape", ["4,1,64,1", "4,2,128,3", "8,1,64,5", "8,1,128,8", "8,2,64,2", ""])
-@pytest.mark.parametrize("M", [1, 9, 40, 64, 130])
-def test_cuda_streaming_kernel_shapes(M, shape, monkeypatch):
-    """The weight-streaming tensor-core kernel (SSMTP_LINEAR_KERNEL=stream; auto takes it for wide products) at every
-    tile shape (SSMTP_LINEAR_STREAM = warps along the weight rows, 16-row tiles per warp, k per stage, K splits; empty
-    = its own choice): N
-    not a multiple of the tile, fewer K blocks than some splits' share, rows of x and out strided, fp16 and bf16,
-    and the same bits on a second call."""
-    monkeypatch.setenv("SSMTP_LINEAR_KERNEL", "stream")
-    if shape:
-        monkeypatch.setenv("SSMTP_LINEAR_STREAM", shape)
-    dev = torch.device("cuda")
-    for K, N, dtype in ((2560, 2560, torch.bfloat16), (5120, 200, torch.float16), (1024, 1000, torch.bfloat16)):
-        x, w, b = _inputs(M, K, N, dtype, seed=N + M)
-        big = torch.zeros(M, K + 128, dtype=dtype, device=dev)
-        xs = big[:, 64:64 + K]
-        xs.copy_(x)
-        got = ops.linear_small(xs, w.to(dev), b.to(dev))
-        _check(got.cpu(), x, w, b)
-        assert torch.equal(ops.linear_small(xs, w.to(dev), b.to(dev)), got)
-        _check(ops.linear_small(xs, w.to(dev), None).cpu(), x, w, None)
-
-
-@pytest.mark.cuda
-@cuda
-def test_cuda_streaming_kernel_knobs(monkeypatch):
-    dev = torch.device("cuda")
-    x, w, b = _inputs(16, 256, 64, torch.bfloat16, device=dev)
-    monkeypatch.setenv("SSMTP_LINEAR_KERNEL", "stream")
-    for bad in ("2,1,64,1", "8,1,32,1", "8,1,64,0", "8,1,64,9", "8,1,64", "8,2,128,1", "8,3,64,1"):
-        monkeypatch.setenv("SSMTP_LINEAR_STREAM", bad)
-        with pytest.raises(NotImplementedError, match="SSMTP_LINEAR_STREAM"):
-            ops.linear_small(x, w, b)
-    monkeypatch.setenv("SSMTP_LINEAR_STREAM", "8,1,128,1")
-    with pytest.raises(NotImplementedError, match="multiple of 128"):
-        ops.linear_small(torch.randn(16, 192, device=dev, dtype=torch.bfloat16),
-                         torch.randn(8, 192, device=dev, dtype=torch.bfloat16), None)
-
-
-@pytest.mark.cuda
-@cuda
 def test_cuda_tensor_core_knobs(monkeypatch):
     dev = torch.device("cuda")
     x, w, b = _inputs(16, 256, 64, torch.bfloat16, device=dev)

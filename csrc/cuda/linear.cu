@@ -20,6 +20,10 @@
 // before it, against 2.053-2.057 ms without (H200, 2026-11-24, interleaved runs; benchmarks/results/
 // l2-prefetch-h200-ab.json); B = 2..64 slower by the same margins. The loaded memory system lengthens the latency-bound
 // chain (x_proj -> state update) by more than out_proj gains.
+// Also measured and not kept (2026-11-24, H200, benchmarks/results/linear-stream-h200-3108276.json; the code is in
+// 3108276): a tensor-core kernel for the wide products (in_proj, out_proj) at 9..256 rows, weights and x streamed
+// through cp.async shared-memory stages, ldmatrix fragments, mma.sync: within a few percent of cuBLAS at 16 rows and
+// 1.2-2.2x slower at 32-64 rows (the MMA instruction stream, not memory, was the limit); cuBLAS (wgmma) stays for them.
 #include "common.cuh"
 
 #include <cooperative_groups.h>
@@ -34,7 +38,6 @@
 #define LIN_THREADS 256
 #define LIN_WARPS (LIN_THREADS / 32)
 #define LIN_UNROLL 4
-#define LIN_STREAM_MIN_KN (1LL << 21) // weights above which auto takes the streaming tensor-core kernel (M > 8)
 
 namespace {
 
@@ -212,116 +215,6 @@ __device__ __forceinline__ void tc_mma(float (&c)[4], uint32_t a0, uint32_t a1, 
 }
 #undef TC_MMA
 
-// One 32-k step of a warp's RT x NT fragment tile: the MMAs of the step's first 16 k (into lo) for every fragment,
-// then those of its second 16 k (into hi). The MMAs are asm volatile, so they issue in source order: this order puts
-// RT x NT independent MMAs between two that accumulate into the same registers (pairs written back to back waited
-// out the MMA latency each time). lo and hi may be the same array; kernels with few fragments pass two (twice the
-// independent chains) and add hi into lo at the end.
-template <typename T, int RT, int NT>
-__device__ __forceinline__ void tc_step(float (&lo)[RT][NT][4], float (&hi)[RT][NT][4], const uint4 (&a)[RT],
-                                        const uint4 (&b)[RT], const uint4 (&xv)[NT]) {
-#pragma unroll
-    for (int t = 0; t < RT; t++)
-#pragma unroll
-        for (int n = 0; n < NT; n++) tc_mma<T>(lo[t][n], a[t].x, b[t].x, a[t].y, b[t].y, xv[n].x, xv[n].y);
-#pragma unroll
-    for (int t = 0; t < RT; t++)
-#pragma unroll
-        for (int n = 0; n < NT; n++) tc_mma<T>(hi[t][n], a[t].z, b[t].z, a[t].w, b[t].w, xv[n].z, xv[n].w);
-}
-
-// ldmatrix .x4: four 8x8 b16 matrices from shared memory (lane l gives the address of row l % 8 of matrix l / 8),
-// each lane receiving its MMA fragment registers in order.
-__device__ __forceinline__ uint4 ldsm_x4(const void *p) {
-    uint4 v;
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "r"((uint32_t)__cvta_generic_to_shared(p)));
-    return v;
-}
-
-// tc_step for fragments as ldmatrix gives them: a[t][h] = the A registers of 16-row tile t at the step's k half h,
-// xb[n] = the B registers of x tile n: (b0, b1) of the first half, then of the second.
-template <typename T, int RT, int NT>
-__device__ __forceinline__ void tc_step_lm(float (&lo)[RT][NT][4], float (&hi)[RT][NT][4], const uint4 (&a)[RT][2],
-                                           const uint4 (&xb)[NT]) {
-#pragma unroll
-    for (int t = 0; t < RT; t++)
-#pragma unroll
-        for (int n = 0; n < NT; n++) tc_mma<T>(lo[t][n], a[t][0].x, a[t][0].y, a[t][0].z, a[t][0].w, xb[n].x, xb[n].y);
-#pragma unroll
-    for (int t = 0; t < RT; t++)
-#pragma unroll
-        for (int n = 0; n < NT; n++) tc_mma<T>(hi[t][n], a[t][1].x, a[t][1].y, a[t][1].z, a[t][1].w, xb[n].z, xb[n].w);
-}
-
-// lo += hi, element by element (the two halves of tc_step's chains, in a fixed order).
-template <int RT, int NT> __device__ __forceinline__ void tc_fold(float (&lo)[RT][NT][4], const float (&hi)[RT][NT][4]) {
-#pragma unroll
-    for (int t = 0; t < RT; t++)
-#pragma unroll
-        for (int n = 0; n < NT; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) lo[t][n][e] += hi[t][n][e];
-}
-
-// The end of a tensor-core tile: each warp's accumulators (acc[t][n]: weight row r0 + 16 t + g, x rows m0 + 8 n +
-// 2 t4 + {0, 1} in [0], [1]; weight row r0 + 16 t + g + 8 in [2], [3]; r0 = the warp's first row) into its slot of
-// `sm` (8 warps x 16 RT rows x COLS floats, column-major per warp so that the output loop below reads and writes
-// along weight rows), the WK warps of each row group summed in order, then the S blocks of the cluster (the K splits)
-// summed in rank order through distributed shared memory; bias added, T written. Every sum has a fixed order.
-template <typename T, int NT, int WR, int RT>
-__device__ __forceinline__ void tc_finish(const float (&acc)[RT][NT][4], float *sm, const T *__restrict__ bias,
-                                          T *__restrict__ out, int64_t so, int M, int N) {
-    constexpr int WK = 8 / WR, COLS = 8 * NT, H = 16 * RT, SLOT = H * COLS, TILE = WR * SLOT;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t4 = lane & 3;
-    float *mine = sm + warp * SLOT;
-#pragma unroll
-    for (int t = 0; t < RT; t++)
-#pragma unroll
-        for (int n = 0; n < NT; n++) {
-            const int c = 8 * n + 2 * t4, r = 16 * t + g;
-            mine[c * H + r] = acc[t][n][0];
-            mine[(c + 1) * H + r] = acc[t][n][1];
-            mine[c * H + r + 8] = acc[t][n][2];
-            mine[(c + 1) * H + r + 8] = acc[t][n][3];
-        }
-    __syncthreads();
-    if constexpr (WK > 1) { // the WK warps of each row group, in order, into the first (wk = 0) warp's slot
-        for (int i = threadIdx.x; i < TILE; i += 256) {
-            const int grp = i / SLOT, off = i % SLOT;
-            float v = sm[grp * SLOT + off];
-#pragma unroll
-            for (int k = 1; k < WK; k++) v += sm[(k * WR + grp) * SLOT + off];
-            sm[grp * SLOT + off] = v;
-        }
-    }
-    namespace cg = cooperative_groups;
-    cg::cluster_group cl = cg::this_cluster();
-    cl.sync(); // every block's tile sum is in its shared memory
-    // Four consecutive weight rows per thread and step (one float4 from each block: H is a multiple of 16), the S
-    // blocks' loads issued together: the remote reads' latency is paid once per step, not once per value.
-    const int S = gridDim.z, s = blockIdx.z, m0 = blockIdx.x * COLS;
-    for (int i = (s * 256 + threadIdx.x) * 4; i < TILE; i += S * 256 * 4) {
-        const int rr = i % (WR * H), c = i / (WR * H); // tile row (weight row r, fastest), column (x row m)
-        const int r = blockIdx.y * WR * H + rr, m = m0 + c, at = (rr / H) * SLOT + c * H + rr % H;
-        float4 part[8];
-#pragma unroll
-        for (int q = 0; q < 8; q++)
-            if (q < S) part[q] = *reinterpret_cast<const float4 *>(cl.map_shared_rank(sm, q) + at);
-        float v[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-        for (int q = 0; q < 8; q++)
-            if (q < S) v[0] += part[q].x, v[1] += part[q].y, v[2] += part[q].z, v[3] += part[q].w;
-        if (m < M) {
-#pragma unroll
-            for (int j = 0; j < 4; j++)
-                if (r + j < N) out[(int64_t)m * so + r + j] = from_f32<T>(bias ? v[j] + to_f32<T>(bias[r + j]) : v[j]);
-        }
-    }
-    cl.sync(); // no block leaves while another reads its shared memory
-}
-
 // grid: (ceil(M / (8 NT)), ceil(N / (16 WR)), S), cluster (1, 1, S); block 256.
 template <typename T, int NT, int WR>
 __global__ void __launch_bounds__(256, NT <= 4 ? 2 : 1)
@@ -343,11 +236,9 @@ __global__ void __launch_bounds__(256, NT <= 4 ? 2 : 1)
     for (int j = 0; j < NT; j++)
         xr[j] = m0 + 8 * j + g < M ? reinterpret_cast<const uint4 *>(x + (int64_t)(m0 + 8 * j + g) * sx) + t4 : nullptr;
     ssm_pdl_trigger();
-    float acc[1][NT][4], acc2[1][NT][4]; // acc2: the second 16 k of each step (tc_step)
+    float acc[NT][4];
 #pragma unroll
-    for (int j = 0; j < NT; j++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) acc[0][j][e] = acc2[0][j][e] = 0.f;
+    for (int j = 0; j < NT; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
     // this warp's steps: beg + wk, beg + wk + WK, ...; weights PD steps ahead (loaded before the PDL wait: no
     // earlier kernel writes them)
     uint4 alo[TC_PD], ahi[TC_PD];
@@ -367,27 +258,63 @@ __global__ void __launch_bounds__(256, NT <= 4 ? 2 : 1)
             const int q = q0 + u;
             if (q < nq) {
                 const int j = beg + wk + q * WK;
-                const uint4 a[1] = {alo[u]}, b[1] = {ahi[u]};
+                const uint4 a = alo[u], b = ahi[u];
                 wload(q + TC_PD, u);
-                uint4 xv[NT];
 #pragma unroll
-                for (int n = 0; n < NT; n++) xv[n] = xr[n] ? __ldg(xr[n] + 4 * j) : zero4;
-                tc_step<T, 1, NT>(acc, acc2, a, b, xv);
+                for (int n = 0; n < NT; n++) {
+                    const uint4 xv = xr[n] ? __ldg(xr[n] + 4 * j) : zero4;
+                    tc_mma<T>(acc[n], a.x, b.x, a.y, b.y, xv.x, xv.y);
+                    tc_mma<T>(acc[n], a.z, b.z, a.w, b.w, xv.z, xv.w);
+                }
             }
         }
     }
-    tc_fold(acc, acc2);
-    tc_finish<T, NT, WR, 1>(acc, tc_sm, bias, out, so, M, N);
+    // acc[n]: (weight row r0 + g, x rows m0 + 8 n + 2 t4 + {0, 1}) in [0], [1]; weight row r0 + g + 8 in [2], [3]
+    float *mine = tc_sm + warp * 16 * COLS;
+#pragma unroll
+    for (int n = 0; n < NT; n++) {
+        const int c = 8 * n + 2 * t4;
+        mine[g * COLS + c] = acc[n][0];
+        mine[g * COLS + c + 1] = acc[n][1];
+        mine[(g + 8) * COLS + c] = acc[n][2];
+        mine[(g + 8) * COLS + c + 1] = acc[n][3];
+    }
+    __syncthreads();
+    // the WK warps of each row group, in order, into the first (wk = 0) warp's slot
+    constexpr int TILE = WR * 16 * COLS;
+    for (int i = threadIdx.x; i < TILE; i += 256) {
+        const int grp = i / (16 * COLS), off = i % (16 * COLS);
+        float v = tc_sm[grp * 16 * COLS + off];
+#pragma unroll
+        for (int k = 1; k < WK; k++) v += tc_sm[(k * WR + grp) * 16 * COLS + off];
+        tc_sm[grp * 16 * COLS + off] = v;
+    }
+    namespace cg = cooperative_groups;
+    cg::cluster_group cl = cg::this_cluster();
+    cl.sync(); // every block's tile sum is in its shared memory
+    for (int i = s * 256 + threadIdx.x; i < TILE; i += S * 256) {
+        const int rr = i / COLS, c = i % COLS; // tile row (weight row r), column (x row m)
+        const int r = blockIdx.y * WR * 16 + rr, m = m0 + c;
+        float v = 0.f;
+        for (int q = 0; q < S; q++) v += cl.map_shared_rank(tc_sm, q)[i];
+        if (r < N && m < M) {
+            if (bias) v += to_f32<T>(bias[r]);
+            out[(int64_t)m * so + r] = from_f32<T>(v);
+        }
+    }
+    cl.sync(); // no block leaves while another reads its shared memory
 #else
     __trap();
 #endif
 }
 
-// Launch `kern` (256 threads per block, clusters of the grid's z extent, PDL when asked) with `args`.
-template <typename... P, typename... A>
-ssmtp_status_t launch_cluster(void (*kern)(P...), dim3 grid, int smem, bool pdl, cudaStream_t s, A... args) {
+template <typename T, int NT, int WR>
+ssmtp_status_t launch_tc(const ssmtp_linear_params_t *p, int S, bool pdl, cudaStream_t s) {
+    const int M = (int)p->x.shape[0], N = (int)p->weight.shape[0], K = (int)p->x.shape[1];
+    const auto kern = linear_tc_kernel<T, NT, WR>;
+    const int smem = 8 * 16 * 8 * NT * 4;
     cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = grid;
+    cfg.gridDim = dim3((unsigned)((M + 8 * NT - 1) / (8 * NT)), (unsigned)((N + 16 * WR - 1) / (16 * WR)), (unsigned)S);
     cfg.blockDim = dim3(256);
     cfg.dynamicSmemBytes = smem;
     cfg.stream = s;
@@ -395,210 +322,18 @@ ssmtp_status_t launch_cluster(void (*kern)(P...), dim3 grid, int smem, bool pdl,
     attr[0].id = cudaLaunchAttributeClusterDimension;
     attr[0].val.clusterDim.x = 1;
     attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = grid.z;
+    attr[0].val.clusterDim.z = (unsigned)S;
     attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[1].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attr;
     cfg.numAttrs = pdl ? 2 : 1;
-    const cudaError_t e = cudaLaunchKernelEx(&cfg, kern, args...);
+    const T *x = (const T *)p->x.data, *w = (const T *)p->weight.data;
+    const T *b = p->bias.data ? (const T *)p->bias.data : nullptr;
+    const cudaError_t e = cudaLaunchKernelEx(&cfg, kern, x, (int64_t)p->x.stride[0], w, b, (T *)p->out.data,
+                                             (int64_t)p->out.stride[0], M, N, K);
     (void)cudaGetLastError();
     if (e != cudaSuccess) return ssmtp_fail(SSMTP_ERR_CUDA, OP ": tensor-core kernel launch: %s", cudaGetErrorString(e));
     return SSMTP_OK;
-}
-
-template <typename T, int NT, int WR>
-ssmtp_status_t launch_tc(const ssmtp_linear_params_t *p, int S, bool pdl, cudaStream_t s) {
-    const int M = (int)p->x.shape[0], N = (int)p->weight.shape[0], K = (int)p->x.shape[1];
-    const T *x = (const T *)p->x.data, *w = (const T *)p->weight.data;
-    const T *b = p->bias.data ? (const T *)p->bias.data : nullptr;
-    return launch_cluster(linear_tc_kernel<T, NT, WR>,
-                          dim3((unsigned)((M + 8 * NT - 1) / (8 * NT)), (unsigned)((N + 16 * WR - 1) / (16 * WR)),
-                               (unsigned)S),
-                          8 * 16 * 8 * NT * 4, pdl, s, x, (int64_t)p->x.stride[0], w, b, (T *)p->out.data,
-                          (int64_t)p->out.stride[0], M, N, K);
-}
-
-// ------------------------------------------------------------------------------------------------------------
-// Weight-streaming tensor-core kernel for wide products (in_proj, out_proj) at 9..256 rows of x. Same MMA fragments
-// as linear_tc_kernel, but both operands reach the warps through a ring of ST shared-memory stages filled by cp.async
-// (per stage: BN = 16 RT WR weight rows and the COLS = 8 NT rows of x, BK k each, 16-byte chunks), so (ST - 1)
-// stages per block are in flight without holding registers, and x is read from L2 once per block instead of once
-// per warp (the register-fed kernel re-read it per 16 weight rows: 4x the weight bytes at 64 rows). A warp owns RT
-// 16-row tiles, so each x fragment it loads feeds RT MMAs. A stage row's 16-byte chunks are XOR-swizzled by the
-// row's parity (chunk c of row r at c ^ 4 (r & 1)): the 8 lanes of a shared-memory phase (two rows, four chunks)
-// hit distinct banks. Grid (ceil(M / COLS), ceil(N / BN), S), clusters of the S K-splits of a tile, summed in rank
-// order (tc_finish). The weight part of the first ST - 1 stages is issued before the PDL wait, x after it.
-template <typename T, int NT, int WR, int RT, int BK, int ST>
-__global__ void __launch_bounds__(256, RT * NT <= 4 ? 2 : 1)
-    linear_stream_kernel(const T *__restrict__ x, int64_t sx, const T *__restrict__ w, const T *__restrict__ bias,
-                         T *__restrict__ out, int64_t so, int M, int N, int K) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    constexpr int WK = 8 / WR, BN = 16 * RT * WR, COLS = 8 * NT, CH = BK / 8, QS = BK / 32;
-    constexpr int SW = BN * BK, STAGE = (BN + COLS) * BK; // elements: weights, then x
-    static_assert(QS % WK == 0, "stage shape");
-    extern __shared__ __align__(16) unsigned char st_raw[];
-    T *ring = reinterpret_cast<T *>(st_raw);
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int wr = warp % WR, wk = warp / WR;
-    const int tr0 = blockIdx.y * BN, m0 = blockIdx.x * COLS;
-    const int nkb = K / BK, S = gridDim.z, s = blockIdx.z;
-    const int beg = (int)((int64_t)nkb * s / S), cnt = (int)((int64_t)nkb * (s + 1) / S) - beg;
-    const uint4 zero4 = make_uint4(0u, 0u, 0u, 0u);
-    // rows [0, rows) of a (rows x K) matrix at p (row stride ld), from row r0, k block kb, into dst (BK per row)
-    auto load = [&](T *dst, const T *p, int64_t ld, int r0, int rows, int lim, int kb) {
-        for (int c = threadIdx.x; c < rows * CH; c += 256) {
-            const int row = c / CH, ch = c % CH;
-            T *d = dst + row * BK + ((ch ^ (row & 7)) * 8);
-            if (r0 + row < lim) ssm_cp16(d, p + (int64_t)(r0 + row) * ld + (int64_t)kb * BK + ch * 8);
-            else *reinterpret_cast<uint4 *>(d) = zero4;
-        }
-    };
-    ssm_pdl_trigger();
-    // Prologue: every slot's stage (weights before the PDL wait, x after it, as one more group).
-#pragma unroll
-    for (int i = 0; i < ST; i++) {
-        if (i < cnt) load(ring + i * STAGE, w, K, tr0, BN, N, beg + i);
-        ssm_cp_commit();
-    }
-    ssm_pdl_wait();
-#pragma unroll
-    for (int i = 0; i < ST; i++)
-        if (i < cnt) load(ring + i * STAGE + SW, x, sx, m0, COLS, M, beg + i);
-    ssm_cp_commit();
-    constexpr bool DUAL = RT * NT <= 4; // few fragments: a second accumulator set for the steps' second halves
-    float acc[RT][NT][4], acc2[DUAL ? RT : 1][NT][4];
-#pragma unroll
-    for (int t = 0; t < RT; t++)
-#pragma unroll
-        for (int j = 0; j < NT; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) acc[t][j][e] = 0.f, acc2[DUAL ? t : 0][j][e] = 0.f;
-    // A warp's 32-k steps, flat: step j is its (j % SPS)-th of stage j / SPS. Each step's fragments are loaded one
-    // step ahead (registers double-buffered), so their shared-memory latency hides behind the previous step's MMAs.
-    // Entering stage c (c >= 1): its data landed (wait + barrier); every warp has issued all its reads of stage c - 1
-    // (the last ones one step ahead, before this barrier), so stage c - 1's slot takes stage c - 1 + ST.
-    constexpr int SPS = QS / WK;
-    auto frags = [&](int j, uint4 (&a)[RT][2], uint4 (&xb)[NT]) {
-        const T *st = ring + ((j / SPS) % ST) * STAGE;
-        const int c0 = ((j % SPS) * WK + wk) * 4; // the step's first 16-byte chunk within the stage's rows
-#pragma unroll
-        for (int t = 0; t < RT; t++) {
-            const int r = (wr * RT + t) * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
-#pragma unroll
-            for (int h = 0; h < 2; h++) a[t][h] = ldsm_x4(st + r * BK + (((c0 + 2 * h + (lane >> 4)) ^ (r & 7)) * 8));
-        }
-#pragma unroll
-        for (int n = 0; n < NT; n++) {
-            const int r = 8 * n + (lane & 7);
-            xb[n] = ldsm_x4(st + SW + r * BK + (((c0 + (lane >> 3)) ^ (r & 7)) * 8));
-        }
-    };
-    const int steps = cnt * SPS;
-    uint4 a0[RT][2], x0[NT], a1[RT][2], x1[NT];
-    auto boundary = [&](int c) { // before the first read of stage c
-        if (c > 0) {
-            ssm_cp_wait<ST - 2>(); // stage c's group (stages below ST came with the prologue, waited for at c = 0)
-            __syncthreads();
-            if (c - 1 + ST < cnt) {
-                T *d = ring + ((c - 1) % ST) * STAGE;
-                load(d, w, K, tr0, BN, N, beg + c - 1 + ST);
-                load(d + SW, x, sx, m0, COLS, M, beg + c - 1 + ST);
-            }
-            ssm_cp_commit();
-        } else {
-            ssm_cp_wait<0>();
-            __syncthreads();
-        }
-    };
-    auto mma = [&](const uint4 (&a)[RT][2], const uint4 (&xb)[NT]) {
-        if constexpr (DUAL) tc_step_lm<T, RT, NT>(acc, reinterpret_cast<float(&)[RT][NT][4]>(acc2), a, xb);
-        else tc_step_lm<T, RT, NT>(acc, acc, a, xb);
-    };
-    if (steps > 0) {
-        boundary(0);
-        frags(0, a0, x0);
-    }
-    for (int j = 0; j < steps; j += 2) { // two steps per trip: the fragment buffers swap roles without copies
-        if (j + 1 < steps) {
-            if ((j + 1) % SPS == 0) boundary((j + 1) / SPS);
-            frags(j + 1, a1, x1);
-        }
-        mma(a0, x0);
-        if (j + 1 >= steps) break;
-        if (j + 2 < steps) {
-            if ((j + 2) % SPS == 0) boundary((j + 2) / SPS);
-            frags(j + 2, a0, x0);
-        }
-        mma(a1, x1);
-    }
-    ssm_cp_wait<0>();
-    __syncthreads(); // the ring is free: tc_finish reuses it
-    if constexpr (DUAL) tc_fold(acc, reinterpret_cast<float(&)[RT][NT][4]>(acc2));
-    tc_finish<T, NT, WR, RT>(acc, reinterpret_cast<float *>(st_raw), bias, out, so, M, N);
-#else
-    __trap();
-#endif
-}
-
-template <typename T, int NT, int WR, int RT, int BK>
-ssmtp_status_t launch_stream(const ssmtp_linear_params_t *p, int S, int dev, bool pdl, cudaStream_t s) {
-    // ring: ~96 KB where two blocks fit an SM (launch bounds), ~180 KB otherwise
-    constexpr int STAGE_BYTES = (16 * RT * WR + 8 * NT) * BK * (int)sizeof(T), RING = (RT * NT <= 4 ? 96 : 180) * 1024;
-    constexpr int ST0 = RING / STAGE_BYTES < 8 ? RING / STAGE_BYTES : 8, ST = ST0 < 3 ? 3 : ST0;
-    const int M = (int)p->x.shape[0], N = (int)p->weight.shape[0], K = (int)p->x.shape[1];
-    const auto kern = linear_stream_kernel<T, NT, WR, RT, BK, ST>;
-    const int tile = 8 * 16 * RT * 8 * NT * 4, ring = ST * STAGE_BYTES;
-    const int smem = ring > tile ? ring : tile;
-    SSMTP_TRY(ssm_allow_smem((const void *)kern, (size_t)smem, dev));
-    const T *x = (const T *)p->x.data, *w = (const T *)p->weight.data;
-    const T *b = p->bias.data ? (const T *)p->bias.data : nullptr;
-    return launch_cluster(kern,
-                          dim3((unsigned)((M + 8 * NT - 1) / (8 * NT)), (unsigned)((N + 16 * RT * WR - 1) / (16 * RT * WR)),
-                               (unsigned)S),
-                          smem, pdl, s, x, (int64_t)p->x.stride[0], w, b, (T *)p->out.data, (int64_t)p->out.stride[0],
-                          M, N, K);
-}
-
-// The streaming kernel's shape: WR = 8 warps along the weight rows, RT = 1 (16 rows each), BK = 64, and S = the K
-// splits that bring the grid closest to one block per SM without exceeding it (<= 8, the portable cluster size).
-// SSMTP_LINEAR_STREAM="WR,RT,BK,S" fixes them (WR 4 or 8, RT 1 or 2, BK 64 or 128, S 1..8; benchmarks and tests).
-template <typename T>
-ssmtp_status_t dispatch_stream(const ssmtp_linear_params_t *p, int sms, int dev, bool pdl, cudaStream_t s) {
-    const int64_t M = p->x.shape[0], N = p->weight.shape[0], K = p->x.shape[1];
-    const int nt = M <= 16 ? 2 : M <= 32 ? 4 : 8;
-    int wr = 8, rt = 1, bk = 64, S = 0;
-    const char *env = getenv("SSMTP_LINEAR_STREAM");
-    if (env && *env) {
-        if (sscanf(env, "%d,%d,%d,%d", &wr, &rt, &bk, &S) != 4 || (wr != 4 && wr != 8) || (rt != 1 && rt != 2) ||
-            (bk != 64 && bk != 128) || (wr * rt == 16 && bk != 64) || S < 1 || S > 8)
-            return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": SSMTP_LINEAR_STREAM=%s (WR,RT,BK,S: WR 4 or 8, RT 1 or 2, BK "
-                              "64 or 128 (64 at WR x RT = 16), S 1..8)", env);
-    }
-    if (K % bk)
-        return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": the streaming kernel takes K a multiple of %d, got %lld", bk,
-                          (long long)K);
-    if (!S) {
-        const int64_t tiles = ((M + 8 * nt - 1) / (8 * nt)) * ((N + 16 * rt * wr - 1) / (16 * rt * wr));
-        S = (int)(sms / tiles);
-        if (S > 8) S = 8;
-        if (S < 1) S = 1;
-    }
-    if (S > K / bk) S = (int)(K / bk);
-#define ST_BK(NT_, WR_, RT_)                                                                                        \
-    return bk == 64 ? launch_stream<T, NT_, WR_, RT_, 64>(p, S, dev, pdl, s)                                        \
-                    : launch_stream<T, NT_, WR_, RT_, 128>(p, S, dev, pdl, s);
-#define ST_WR(NT_)                                                                                                  \
-    {                                                                                                               \
-        if (wr == 4 && rt == 1) ST_BK(NT_, 4, 1)                                                                    \
-        if (wr == 4) ST_BK(NT_, 4, 2)                                                                               \
-        if (rt == 1) ST_BK(NT_, 8, 1)                                                                               \
-        return launch_stream<T, NT_, 8, 2, 64>(p, S, dev, pdl, s);                                                  \
-    }
-    if (nt == 2) ST_WR(2)
-    if (nt == 4) ST_WR(4)
-    ST_WR(8)
-#undef ST_WR
-#undef ST_BK
 }
 
 // Shape of the launch. NT: x rows per block / 8 (2, 4 or 8). WR: weight-row groups of 16 per block, 8 for wide
@@ -639,19 +374,16 @@ extern "C" ssmtp_status_t ssmtp_cuda_linear_small(const ssmtp_linear_params_t *p
     const char *op = OP;
     const int64_t M = p->x.shape[0], K = p->x.shape[1], N = p->weight.shape[0];
     const int64_t es = (int64_t)ssmtp_dtype_size(p->x.dtype);
-    // Kernel (SSMTP_LINEAR_KERNEL): auto = the GEMV up to SSMTP_LINEAR_SMALL_MAX_M rows, a tensor-core kernel above
-    // (the weight-streaming one for products of more than LIN_STREAM_MIN_KN weights with K a multiple of 64, the
-    // register-fed one otherwise); gemv / tc / stream force one (tests, benchmarks); anything else is an error.
+    // Kernel (SSMTP_LINEAR_KERNEL): auto = the GEMV up to SSMTP_LINEAR_SMALL_MAX_M rows, the tensor-core kernel
+    // above; gemv / tc force one (tests, benchmarks); anything else is an error.
     const char *kenv = getenv("SSMTP_LINEAR_KERNEL");
-    int kind = 0; // 0 auto, 1 gemv, 2 tc, 3 stream
+    int kind = 0; // 0 auto, 1 gemv, 2 tc
     if (kenv && *kenv && strcmp(kenv, "auto") != 0) {
         if (strcmp(kenv, "gemv") == 0) kind = 1;
         else if (strcmp(kenv, "tc") == 0) kind = 2;
-        else if (strcmp(kenv, "stream") == 0) kind = 3;
-        else return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, "%s: SSMTP_LINEAR_KERNEL=%s (auto, gemv, tc or stream)", op, kenv);
+        else return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, "%s: SSMTP_LINEAR_KERNEL=%s (auto, gemv or tc)", op, kenv);
     }
-    const bool tc = kind >= 2 || (kind == 0 && M > SSMTP_LINEAR_SMALL_MAX_M);
-    const bool wide = kind == 3 || (kind == 0 && tc && N * K > LIN_STREAM_MIN_KN && K % 64 == 0);
+    const bool tc = kind == 2 || (kind == 0 && M > SSMTP_LINEAR_SMALL_MAX_M);
     if (tc) {
         if (M < 1 || M > SSMTP_LINEAR_TC_MAX_M || es != 2 || K % 32 || N > 0x7fffffff || K > 0x7fffffff)
             return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, "%s: M=%lld rows of x, K=%lld on CUDA: the tensor-core kernel takes "
@@ -680,14 +412,6 @@ extern "C" ssmtp_status_t ssmtp_cuda_linear_small(const ssmtp_linear_params_t *p
             return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, "%s: the tensor-core kernel needs compute capability 9.0", op);
     }
     nvtxRangePushA("ssmtp::linear_small");
-    if (wide) {
-        if (p->x.dtype == SSMTP_DTYPE_BF16)
-            err = dispatch_stream<__nv_bfloat16>(p, sms, dev, pdl, s);
-        else
-            err = dispatch_stream<__half>(p, sms, dev, pdl, s);
-        nvtxRangePop();
-        return err;
-    }
     if (tc) {
         if (p->x.dtype == SSMTP_DTYPE_BF16)
             err = dispatch_tc<__nv_bfloat16>(p, sms, pdl, s);
