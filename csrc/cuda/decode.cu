@@ -21,6 +21,12 @@
 // arithmetic of conv1d.cu's decode kernel) for x rows, or the store for z rows.
 // Bytes: the in_proj weight once (2 dl x H x elem: 52 MB of mamba-2.8b's 87 MB per layer) + the residual (a few KB
 // per block, from L2).
+// Latency at one row of x (batch 1, where this kernel is on the critical path of every layer): norm_w is read before
+// the PDL wait, the residual's loads go out together (see the prologue), and the conv inputs of each group's
+// epilogue (the threads t < RPB: conv weights and bias, the slot's state columns) are prefetched into L1 a group
+// ahead (warm), so the epilogue after the barrier does not wait on memory. Together with x_proj's weights loaded
+// before its wait (linear.cu) and dt_proj's whole row before the state update's (step.cu): mamba-2.8b decode graph
+// step at B=1 1.99 -> 1.86 ms on one H200 (same run, benchmarks/results/decode-b1-h200-*.json).
 
 #include "common.cuh"
 #include "ssm_math.cuh"
@@ -74,6 +80,23 @@ template <typename T> __device__ __forceinline__ float conv_any(const DecInArgs 
     }
 }
 
+// L1 prefetch of the line holding p (no register holds the data: the epilogue's loads then hit L1).
+__device__ __forceinline__ void l1_prefetch(const void *p) {
+    asm volatile("prefetch.global.L1 [%0];" ::"l"(__cvta_generic_to_global(p)));
+}
+
+// Thread t < RM, at the start of a group: prefetch what its (row, m)'s epilogue will read (in_proj bias, and for a
+// conv row the channel's conv weights, conv bias and the slot's state columns), so that the epilogue after the
+// group's barrier does not wait a memory round trip on the critical path. slot: row m's slot, read once per block.
+template <typename T> __device__ __forceinline__ void warm(const DecInArgs &a, int64_t row, int slot) {
+    if (a.bias) l1_prefetch((const T *)a.bias + row);
+    if (row < a.lo || row >= a.lo + a.nc || slot < 0 || slot >= a.nslots) return;
+    const int64_t c = row - a.lo;
+    l1_prefetch((const T *)a.conv_w + c * a.scw0);
+    if (a.conv_b) l1_prefetch((const T *)a.conv_b + c * a.scb);
+    l1_prefetch((const T *)a.conv_state + slot * a.ss0 + c * a.ss1);
+}
+
 // RPB: in_proj rows per group (2, 4 or 8; more: fewer barriers per row, more registers; chosen by the launcher)
 template <typename T, int M, int PPT, int RPB>
 __global__ void __launch_bounds__(512) decode_in_kernel(const DecInArgs a) {
@@ -101,33 +124,87 @@ __global__ void __launch_bounds__(512) decode_in_kernel(const DecInArgs a) {
     int64_t g = blockIdx.x;
     uint4 cur[RPB][PPT], nxt[RPB][PPT];
     if (g < ngroups) load(g, cur);
+    // norm_w at this thread's elements: a weight, so at one row of x it is read before the wait too (at more rows the
+    // registers it holds through the prologue would cost a resident block per SM; it is read after the barrier there)
+    constexpr bool NW_EARLY = M == 1 && PPT == 1;
+    auto norm_w_at = [&](int j, int i) -> float { // zero past the row
+        return own[j] ? to_f32<T>(((const T *)a.norm_w)[(threadIdx.x + j * (int64_t)nt) * P + i]) : 0.f;
+    };
+    float nwv[PPT][P];
+#pragma unroll
+    for (int j = 0; j < PPT; j++)
+#pragma unroll
+        for (int i = 0; i < P; i++) nwv[j][i] = NW_EARLY ? norm_w_at(j, i) : 0.f;
     ssm_pdl_wait();
 
     // Prologue: r = res + add (fp32), v = (T) r, s = 1 / sqrt(mean(v^2) + eps) (IEEE, as the CPU reference),
-    // h = (T)(norm_w * (T)(v s)), for this thread's elements only.
+    // h = (T)(norm_w * (T)(v s)), for this thread's elements only; x holds r or v (rounded again below: the same).
     float x[M][PPT][P];
     float ss[M];
 #pragma unroll
     for (int m = 0; m < M; m++) ss[m] = 0.f;
+    if constexpr (M == 1) {
+        // At one row of x every load of res and add is issued before any value is used, branch-free (a thread past
+        // the row reads the row's first pack and zeroes it), and block 0's copy of r to res_out comes after them.
+        // Written as below for M >= 2, the store between one element's loads and the next's kept the compiler from
+        // hoisting them: one L2 round trip per element. Measured (H200, mamba-2.8b graph step, same run): B=1 faster
+        // this way, B=2 2-3% slower, so M >= 2 keeps the loop below.
+        int64_t e0[PPT];
 #pragma unroll
-    for (int j = 0; j < PPT; j++) {
-        const int64_t e0 = (threadIdx.x + j * (int64_t)nt) * P;
+        for (int j = 0; j < PPT; j++) e0[j] = own[j] ? (threadIdx.x + j * (int64_t)nt) * P : 0;
 #pragma unroll
-        for (int m = 0; m < M; m++) {
+        for (int j = 0; j < PPT; j++)
+#pragma unroll
+            for (int i = 0; i < P; i++)
+                x[0][j][i] = a.res_f32 ? ((const float *)a.res)[e0[j] + i] : to_f32<T>(((const T *)a.res)[e0[j] + i]);
+        if (a.add) {
+#pragma unroll
+            for (int j = 0; j < PPT; j++)
+#pragma unroll
+                for (int i = 0; i < P; i++)
+                    x[0][j][i] = __fadd_rn(x[0][j][i], to_f32<T>(((const T *)a.add)[e0[j] + i]));
+        }
+#pragma unroll
+        for (int j = 0; j < PPT; j++)
 #pragma unroll
             for (int i = 0; i < P; i++) {
-                x[m][j][i] = 0.f; // a pack past the row (the last threads) multiplies zero weights
+                x[0][j][i] = own[j] ? x[0][j][i] : 0.f;
+                const float v = round_t<T>(x[0][j][i]);
+                ss[0] = fmaf(v, v, ss[0]);
+            }
+        if (blockIdx.x == 0) {
+#pragma unroll
+            for (int j = 0; j < PPT; j++) {
                 if (!own[j]) continue;
-                const int64_t e = e0 + i;
-                float r = a.res_f32 ? ((const float *)a.res)[m * a.sres + e] : to_f32<T>(((const T *)a.res)[m * a.sres + e]);
-                if (a.add) r = __fadd_rn(r, to_f32<T>(((const T *)a.add)[m * a.sadd + e]));
-                if (blockIdx.x == 0) {
-                    if (a.out_f32) ((float *)a.res_out)[m * a.sro + e] = r;
-                    else ((T *)a.res_out)[m * a.sro + e] = from_f32<T>(r);
+#pragma unroll
+                for (int i = 0; i < P; i++) {
+                    if (a.out_f32) ((float *)a.res_out)[e0[j] + i] = x[0][j][i];
+                    else ((T *)a.res_out)[e0[j] + i] = from_f32<T>(x[0][j][i]);
                 }
-                const float v = round_t<T>(r);
-                x[m][j][i] = v;
-                ss[m] = fmaf(v, v, ss[m]);
+            }
+        }
+    } else {
+#pragma unroll
+        for (int j = 0; j < PPT; j++) {
+            const int64_t e0 = (threadIdx.x + j * (int64_t)nt) * P;
+#pragma unroll
+            for (int m = 0; m < M; m++) {
+#pragma unroll
+                for (int i = 0; i < P; i++) {
+                    x[m][j][i] = 0.f; // a pack past the row (the last threads) multiplies zero weights
+                    if (!own[j]) continue;
+                    const int64_t e = e0 + i;
+                    float r = a.res_f32 ? ((const float *)a.res)[m * a.sres + e]
+                                        : to_f32<T>(((const T *)a.res)[m * a.sres + e]);
+                    if (a.add) r = __fadd_rn(r, to_f32<T>(((const T *)a.add)[m * a.sadd + e]));
+                    if (blockIdx.x == 0) {
+                        if (a.out_f32) ((float *)a.res_out)[m * a.sro + e] = r;
+                        else ((T *)a.res_out)[m * a.sro + e] = from_f32<T>(r);
+                    }
+                    const float v = round_t<T>(r);
+                    x[m][j][i] = v;
+                    ss[m] = fmaf(v, v, ss[m]);
+                }
             }
         }
     }
@@ -144,15 +221,18 @@ __global__ void __launch_bounds__(512) decode_in_kernel(const DecInArgs a) {
         for (int i = 0; i < nw; i++) t += ssr[i][m];
         const float sc = __fdiv_rn(1.f, __fsqrt_rn(__fadd_rn(__fdiv_rn(t, (float)H), a.eps)));
 #pragma unroll
-        for (int j = 0; j < PPT; j++) {
-            if (!own[j]) continue;
-            const int64_t e0 = (threadIdx.x + j * (int64_t)nt) * P;
+        for (int j = 0; j < PPT; j++)
 #pragma unroll
             for (int i = 0; i < P; i++)
-                x[m][j][i] = round_t<T>(__fmul_rn(to_f32<T>(((const T *)a.norm_w)[e0 + i]), round_t<T>(__fmul_rn(x[m][j][i], sc))));
-        }
+                x[m][j][i] = round_t<T>(__fmul_rn(NW_EARLY ? nwv[j][i] : norm_w_at(j, i),
+                                                  round_t<T>(__fmul_rn(round_t<T>(x[m][j][i]), sc))));
     }
 
+    // Epilogue inputs prefetched a group ahead at one row of x only: at M >= 2 the registers it costs would take a
+    // resident block per SM.
+    constexpr bool WARM = M == 1;
+    const int wslot = !WARM || threadIdx.x >= RM ? -1 : a.state_idx ? a.state_idx[threadIdx.x % M * a.sidx] : 0;
+    if (WARM && threadIdx.x < RM && g * RPB + threadIdx.x / M < N) warm<T>(a, g * RPB + threadIdx.x / M, wslot);
     for (int buf = 0; g < ngroups; g += gridDim.x, buf ^= 1) {
         if (g + gridDim.x < ngroups) load(g + gridDim.x, nxt); // in flight while this group is multiplied
         float acc[RPB][M];
@@ -203,6 +283,8 @@ __global__ void __launch_bounds__(512) decode_in_kernel(const DecInArgs a) {
                     }
                 }
             }
+            const int64_t nrow = (g + gridDim.x) * RPB + r; // the next group's row: its inputs in flight meanwhile
+            if (WARM && nrow < N) warm<T>(a, nrow, wslot);
         }
 #pragma unroll
         for (int r = 0; r < RPB; r++)

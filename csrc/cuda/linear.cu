@@ -83,7 +83,11 @@ __global__ void __launch_bounds__(LIN_THREADS)
         }
     } else {
         // The first LIN_UNROLL weight packs are in flight before the wait (no earlier kernel writes weights); each
-        // iteration then consumes its packs and issues the next ones.
+        // iteration then consumes its packs and issues the next ones. At M = 1 a lane with fewer packs than that in
+        // all (short rows split over many warps: x_proj, 2-3 packs per lane) loads the ones it has before the wait
+        // too, and uses them in the order the tail loop would (the same sums). Measured (mamba-2.8b decode graph
+        // step, same runs): x_proj 2.4 -> 1.6 us at M = 1 (H200); at M = 2 the step was 1% slower with it (H200 and
+        // H100), so M >= 2 loads after the wait as before.
         const uint4 *wr = row < N ? reinterpret_cast<const uint4 *>(w + row * K) : nullptr;
         int64_t k = kw * 32 + lane;
         bool more = row < N && k + (LIN_UNROLL - 1) * step < npk;
@@ -91,8 +95,18 @@ __global__ void __launch_bounds__(LIN_THREADS)
         if (more) {
 #pragma unroll
             for (int u = 0; u < LIN_UNROLL; u++) wv[u] = ld_stream(wr + k + u * step);
+        } else if (M == 1 && row < N) {
+#pragma unroll
+            for (int u = 0; u < LIN_UNROLL - 1; u++)
+                if (k + u * step < npk) wv[u] = ld_stream(wr + k + u * step);
         }
         ssm_pdl_wait();
+        if (M == 1 && row < N && !more) {
+#pragma unroll
+            for (int u = 0; u < LIN_UNROLL - 1; u++)
+                if (k + u * step < npk) fma_pack<T, M>(wv[u], x, sx, k + u * step, acc);
+            k += (LIN_UNROLL - 1) * step; // past the packs just used (at most LIN_UNROLL - 1 of them exist)
+        }
         if (row < N) {
             while (more) {
 #pragma unroll

@@ -136,7 +136,7 @@ __device__ __forceinline__ float delta_of(const StepArgs &a, int64_t b, int64_t 
 // With dt_proj (DTP): the TPC lanes of a channel split its dt_proj row into 16-byte packs (the first DTP_PRE per lane
 // loaded before the PDL wait: weights), each lane dots its packs with the BPB rows of dt, and xor shuffles sum the
 // lanes: the raw time step is ready in every lane of the channel, rounded to T as a separate GEMV would round it.
-constexpr int DTP_PRE = 4;
+constexpr int DTP_PRE = 5; // R = 160 (mamba-2.8b) at TPC 4: the whole row (20 packs) before the wait
 
 template <typename T, int TPC, int BPB>
 __device__ __forceinline__ void dt_proj_rows(const StepArgs &a, int64_t c, int g, int64_t b0,
