@@ -26,7 +26,7 @@
 // epilogue (the threads t < RPB: conv weights and bias, the slot's state columns) are prefetched into L1 a group
 // ahead (warm), so the epilogue after the barrier does not wait on memory. Together with x_proj's weights loaded
 // before its wait (linear.cu) and dt_proj's whole row before the state update's (step.cu): mamba-2.8b decode graph
-// step at B=1 1.99 -> 1.86 ms on one H200 (same run, benchmarks/results/decode-b1-h200-*.json).
+// step at B=1 2.00 -> 1.86 ms on one H200 (same runs, benchmarks/results/decode-b1-h200-0019c13.json).
 
 #include "common.cuh"
 #include "ssm_math.cuh"
