@@ -85,9 +85,10 @@ __device__ __forceinline__ void l1_prefetch(const void *p) {
     asm volatile("prefetch.global.L1 [%0];" ::"l"(__cvta_generic_to_global(p)));
 }
 
-// Thread t < RM, at the start of a group: prefetch what its (row, m)'s epilogue will read (in_proj bias, and for a
-// conv row the channel's conv weights, conv bias and the slot's state columns), so that the epilogue after the
-// group's barrier does not wait a memory round trip on the critical path. slot: row m's slot, read once per block.
+// Thread t < RM, a group ahead (before the loop for the first group, then after each group's epilogue for the next):
+// prefetch what its (row, m)'s epilogue will read (in_proj bias, and for a conv row the channel's conv weights, conv
+// bias and the slot's state columns), so that the epilogue after the group's barrier does not wait a memory round
+// trip on the critical path. slot: row m's slot, read once per block.
 template <typename T> __device__ __forceinline__ void warm(const DecInArgs &a, int64_t row, int slot) {
     if (a.bias) l1_prefetch((const T *)a.bias + row);
     if (row < a.lo || row >= a.lo + a.nc || slot < 0 || slot >= a.nslots) return;
