@@ -4,7 +4,7 @@ decode layer against the unfused ops (runner.decode with SSMTP_DECODE_FUSED off)
 
 Shapes cover each kernel path: many more row groups than blocks (the persistent grid's stride loop), fewer groups
 than blocks, two packs per thread (rows over 512 packs: f32 at H = 4096), a block narrower than a warp's multiple of
-packs (H = 128 bf16: 16 packs), conv widths 2-4 with states of width and width - 1 columns, padding rows (slot -1)
+packs (H = 128 bf16: 16 packs; H = 200 at one row: 25 packs), conv widths 2-4 with states of width and width - 1 columns, padding rows (slot -1)
 and shuffled slots. Outputs are pre-filled with NaN so an element a kernel
 does not write fails. Tolerances: the GPU sums the GEMV in another order than the CPU (fp32 accumulation, one
 rounding to T), so a bf16/f16 output may differ by one rounding of T (2^-8 / 2^-11 relative) and the conv and the
@@ -34,6 +34,7 @@ def _close(got, want, rel, what):
 # (label, M, H, dl, W, S)
 DEC_IN = [
     ("mamba-2.8b rows", 1, 2560, 5120, 4, 4),
+    ("one row, packs short of a warp", 1, 200, 72, 4, 3),  # threads past the row in the M = 1 prologue
     ("batch 4, width-1 state", 4, 512, 1280, 4, 3),
     ("long rows, few groups", 2, 4096, 40, 4, 4),
     ("odd channels", 3, 128, 37, 3, 3),
