@@ -69,6 +69,10 @@
 //     141, L=8192 902 vs 485, B=8 L=512 695 vs 167. Nsight Compute (B=1 L=2048): up to ~24 issued instructions per
 //     state element and step against this loop's ~9 (each lane still takes its share of the per-step work, and the
 //     sum of the lanes' partial y comes on top), so skipping the second pass does not pay; removed.
+//   - the three launches of a chunked call as one cooperative launch (pass 1, grid barrier, the combine spread over
+//     the grid, grid barrier, pass 3; 2026-11-24, benchmarks/results/scan-fused-h200-not-kept.json): bit-identical,
+//     and 9-18% slower at every B=1 length (mamba-2.8b L=8192 563 vs 485 us): the passes fit in 96 registers apart,
+//     not together (ptxas spills at that cap; at 128 the merged kernel barely spills but runs each step slower).
 //
 // Staged tiles (SSMTP_SCAN_STAGE, the launcher's stage_tile): per block (128 channels) and tile of TS = 32 steps, x,
 // dt, z and the raw B/C rows are copied to shared memory by cp.async, one tile ahead (two buffers, 56 KB per block

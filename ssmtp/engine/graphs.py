@@ -163,6 +163,9 @@ class GraphDecoder:
         return bs
 
 
+# Measured and not kept (H200, 2026-11-24, benchmarks/results/prefill-graph-split-h200-not-kept.json): each bucket as
+# two graphs (the first 4 layers, then the rest) so that the GPU starts while the host launches the larger one; the
+# prefix hit's time did not change.
 # 128-token steps above 512: 64-token steps measured slower on H200 (TTFT of a resumed 819-token prefill: 17.5 ms
 # padded to 896, 19.3-21.0 ms padded to 832; profiled, the projections' GEMMs at M = 832 took as long as at 1024)
 DEFAULT_PREFILL_BUCKETS = (16, 32, 64, 128, 192, 256, 320, 384, 448, 512, 640, 768, 896, 1024)
