@@ -19,7 +19,9 @@ the H200 machine: B=1 L=512 took 44 ms for ~10 ms of GPU work), which would make
 boundary, and every short resumed prefill, cost 40 ms; replayed, a chunk costs its GPU time.
 
 Staging: per-call host tensors come from torch's pinned caching allocator (torch.empty(..., pin_memory=True)), which
-does not hand a block out again before the asynchronous copy that read it has completed.
+does not hand a block out again before the asynchronous copy that read it has completed. (Measured against one
+persistent pinned buffer filled through numpy and copied by a one-node graph behind an event: no faster for a
+prefix hit, slower per decode step; benchmarks/results/graph-staging-h200-not-kept.json.)
 """
 from __future__ import annotations
 
