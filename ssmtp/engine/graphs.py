@@ -139,11 +139,12 @@ class GraphDecoder:
         if T is not None and (bs, T) not in self._graphs_kv:
             self.capture(bs, T)
         st = torch.empty(bs, 2, dtype=torch.int64, pin_memory=True)
-        st[:n, 0] = torch.as_tensor(ids, dtype=torch.int64)
-        st[:n, 1] = torch.as_tensor(slots, dtype=torch.int64)
-        if bs > n:
-            st[n:bs, 0] = 0
-            st[n:bs, 1] = -1
+        a = st.numpy()  # through numpy: the decode wall per token 17-30 us shorter than with torch indexing (H200,
+        # benchmarks/results/graph-input-fill-h200.json)
+        a[:n, 0] = ids
+        a[:n, 1] = slots
+        a[n:, 0] = 0
+        a[n:, 1] = -1
         self._inputs[:bs].copy_(st, non_blocking=True)
         g, logits, greedy = self._graphs[bs] if T is None else self._graphs_kv[(bs, T)]
         g.replay()
@@ -255,13 +256,14 @@ class GraphPrefill:
             self.capture(L)
         o = self._o
         st = torch.empty(o + L, dtype=torch.int64, pin_memory=True)
-        st[0], st[1], st[2] = n, start, slot
-        st[3:o] = 0
-        st[3 + self.S:o] = -1
+        a = st.numpy()  # filled through numpy (torch indexing took ~0.18 ms here for the 896-token bucket, H200)
+        a[0], a[1], a[2] = n, start, slot
+        a[3:3 + self.S] = 0
+        a[3 + self.S:o] = -1
         for j, (q, sv) in enumerate(saves):
-            st[3 + j], st[3 + self.S + j] = q, sv
-        st[o:o + n] = torch.as_tensor(tokens, dtype=torch.int64)
-        st[o + n:] = 0
+            a[3 + j], a[3 + self.S + j] = q, sv
+        a[o:o + n] = tokens
+        a[o + n:] = 0
         self._buf[:o + L].copy_(st, non_blocking=True)
         g, logits = self._graphs[L]
         g.replay()
