@@ -4,9 +4,9 @@ decode layer against the unfused ops (runner.decode with SSMTP_DECODE_FUSED off)
 
 Shapes cover each kernel path: many more row groups than blocks (the persistent grid's stride loop), fewer groups
 than blocks, two packs per thread (rows over 512 packs: f32 at H = 4096), a block narrower than a warp's multiple of
-packs (H = 128 bf16: 16 packs; H = 200 at one row: 25 packs), conv widths 2-4 with states of width and width - 1 columns, padding rows (slot -1)
-and shuffled slots. Outputs are pre-filled with NaN so an element a kernel
-does not write fails. Tolerances: the GPU sums the GEMV in another order than the CPU (fp32 accumulation, one
+packs (H = 128 bf16: 16 packs; H = 200 at one row: 25 packs), conv widths 2-4 with states of width and width - 1
+columns, padding rows (slot -1) and shuffled slots. Outputs are pre-filled with NaN so an element a kernel does not
+write fails. Tolerances: the GPU sums the GEMV in another order than the CPU (fp32 accumulation, one
 rounding to T), so a bf16/f16 output may differ by one rounding of T (2^-8 / 2^-11 relative) and the conv and the
 state update carry that on; f32 differs by the summation order only."""
 import pytest
