@@ -9,6 +9,9 @@ prefix one prompt that fills the cache, one sibling (the branch point is learnt)
 also splits its wall time: the engine's CUDA graph replay is wrapped (CUDA events around it, host clock at its call),
 so lead = host time from generate() to the replay, graph = the replay's GPU time, rest = wall - lead - graph. One
 more hit runs under torch.profiler for its kernels by GPU time. CUDA only (the split needs the prefill graphs).
+--stamps also records the host clock at entry and return of the engine's steps inside each timed hit (request
+building, admission, prefix lookup / restore / save, the graph call, sampling, the output), medians in ms from
+generate()'s start: where the lead and the rest go, without a profiler's overhead.
 """
 from __future__ import annotations
 
@@ -55,6 +58,36 @@ class _ReplayTimer:
         torch.cuda.CUDAGraph.replay = self._orig
 
 
+class _Stamps:
+    """Wraps engine methods while armed: host clock at each call's entry and return (perf_counter), so a hit's host
+    timeline can be read off (name, entry, return) rows relative to generate()'s start."""
+
+    def __init__(self, targets):
+        self.rows, self.armed, self._orig = [], False, []
+        for owner, name in targets:
+            f = getattr(owner, name)
+            self._orig.append((owner, name, f))
+            setattr(owner, name, self._wrap(f, f"{owner.__name__}.{name}"))
+
+    def _wrap(self, f, label):
+        stamps = self
+
+        def wrapped(*a, **k):
+            if not stamps.armed:
+                return f(*a, **k)
+            t = time.perf_counter()
+            try:
+                return f(*a, **k)
+            finally:
+                stamps.rows.append((label, t, time.perf_counter()))
+
+        return wrapped
+
+    def close(self):
+        for owner, name, f in self._orig:
+            setattr(owner, name, f)
+
+
 def _kernels(prof, top: int) -> dict:
     ev = [e for e in prof.key_averages() if getattr(e, "self_device_time_total", 0) > 0]
     ev.sort(key=lambda e: -e.self_device_time_total)
@@ -76,6 +109,10 @@ def main(argv=None) -> int:
     ap.add_argument("--host-profile", type=int, default=0, metavar="N",
                     help="also run one more hit under cProfile and report its N most expensive host functions "
                          "(own time), with the time from generate() to the graph replay")
+    ap.add_argument("--stamps", action="store_true",
+                    help="also time the engine's host steps inside each timed hit (entry and return of request "
+                         "building, admission, prefix restore and save, the graph call, sampling, retiring) and "
+                         "report their medians, in ms from generate()'s start")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("ttft_breakdown: needs a CUDA device (the split times the engine's prefill graph)", file=sys.stderr)
@@ -108,19 +145,34 @@ def main(argv=None) -> int:
 
     llm.generate([prompt(L)], max_new_tokens=1, ignore_eos=True, use_prefix_cache=False)  # warm-up
     rt = _ReplayTimer()
-    cold, hit, parts = [], [], []
+    stamps = None
+    if args.stamps:
+        from ssmtp.engine.graphs import GraphPrefill
+        from ssmtp.engine.prefix_cache import PrefixCache
+
+        stamps = _Stamps([(LLM, "generate"), (LLM, "step"), (LLM, "_submit"), (LLM, "_try_admit"),
+                          (PrefixCache, "lookup"), (PrefixCache, "restore"), (LLM, "_prefill_step"),
+                          (GraphPrefill, "run"), (PrefixCache, "save"), (LLM, "_sample"), (LLM, "_accept"),
+                          (LLM, "_retire")])
+    cold, hit, parts, timeline = [], [], [], []
     try:
         for _ in range(args.reps):
             q = [prompt(L)]
             cold.append(timed(lambda: llm.generate(q, max_new_tokens=1, ignore_eos=True)))
             q = siblings()
             rt.arm()
+            if stamps:
+                stamps.rows, stamps.armed = [], True
             torch.cuda.synchronize()
             t0 = time.perf_counter()
             out = llm.generate(q, max_new_tokens=1, ignore_eos=True)
             torch.cuda.synchronize()
             wall = time.perf_counter() - t0
             rt.armed = False
+            if stamps:
+                stamps.armed = False
+                timeline.append([(n, a - t0, b - t0) for n, a, b in sorted(stamps.rows, key=lambda r: r[1])]
+                                + [("CUDAGraph.replay", rt.t_in - t0, rt.t_in - t0), ("end", wall, wall)])
             hit.append(wall)
             if rt.t_in is None or out[0].cached_tokens != P:
                 raise RuntimeError(f"the hit did not run as one prefill graph resuming at {P} tokens "
@@ -129,6 +181,8 @@ def main(argv=None) -> int:
             parts.append({"lead_s": rt.t_in - t0, "graph_gpu_s": g, "rest_s": wall - (rt.t_in - t0) - g})
     finally:
         rt.close()
+        if stamps:
+            stamps.close()
     q = siblings()
     torch.cuda.synchronize()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
@@ -169,11 +223,21 @@ def main(argv=None) -> int:
            "hit_kernels": _kernels(prof, 16)}
     if host:
         res["hit_host_profile"] = host
+    if timeline and all([r[0] for r in t] == [r[0] for r in timeline[0]] for t in timeline):
+        res["hit_timeline_ms"] = [{"step": n, "enter": round(float(np.median([t[i][1] for t in timeline])) * 1e3, 4),
+                                   "return": round(float(np.median([t[i][2] for t in timeline])) * 1e3, 4)}
+                                  for i, (n, _, _) in enumerate(timeline[0])]
+    elif timeline:
+        res["hit_timeline_ms"] = {"note": "the hits took different host paths", "first": timeline[0]}
     s = res["hit_split_median_s"]
     print(f"cold {res['cold_s'] * 1e3:.2f} ms, hit {res['hit_s'] * 1e3:.2f} ms, hit/cold {res['hit_over_cold']:.4f}; "
           f"hit = lead {s['lead_s'] * 1e3:.3f} + graph {s['graph_gpu_s'] * 1e3:.3f} + rest {s['rest_s'] * 1e3:.3f} ms")
     for r in res["hit_kernels"]["top"]:
         print(f"  {r['us']:9.1f} us  {r['calls']:4d}  {r['name']}")
+    if isinstance(res.get("hit_timeline_ms"), list):
+        print("host timeline of a hit (medians, ms from generate()'s start): step, entry, return")
+        for r in res["hit_timeline_ms"]:
+            print(f"  {r['enter']:8.3f} {r['return']:8.3f}  {r['step']}")
     if host:
         print(f"host profile (cProfile): wall {host['wall_s'] * 1e3:.2f} ms, lead {(host['lead_s'] or 0) * 1e3:.2f} ms")
         for r in host["top_own_time"]:

@@ -510,6 +510,11 @@ def test_prompt_forms_give_the_same_tokens(tiny):
     while tiny.has_unfinished():
         tiny.step()
     assert tiny.take_finished()[rid].prompt_token_ids == [7, 8, 9]
+    # a prompt resumed whole from the prefix cache (no forward) gives the same prompt list as a prefilled one
+    a = tiny.generate([[7, 8, 9, 10]], max_new_tokens=1, ignore_eos=True)[0]
+    b = tiny.generate([[7, 8, 9, 10]], max_new_tokens=1, ignore_eos=True)[0]
+    assert b.cached_tokens == 4 and a.prompt_token_ids == b.prompt_token_ids == [7, 8, 9, 10]
+    assert all(type(t) is int for t in a.prompt_token_ids + b.prompt_token_ids)
 
 
 def test_bad_requests_fail_alone_and_the_others_run(tiny):
@@ -621,6 +626,27 @@ def test_ttft_breakdown_says_it_needs_cuda(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert mod.main(["--reps", "1"]) == 2
     assert "needs a CUDA device" in capsys.readouterr().err
+
+    # --stamps' wrapper: records (name, entry, return) only while armed, passes results and errors through, and
+    # puts the methods back on close
+    class Eng:
+        def f(self, x):
+            return x + 1
+
+        def g(self):
+            raise KeyError("g")
+
+    orig = Eng.f
+    st = mod._Stamps([(Eng, "f"), (Eng, "g")])
+    e = Eng()
+    assert e.f(1) == 2 and st.rows == []
+    st.armed = True
+    assert e.f(2) == 3
+    with pytest.raises(KeyError):
+        e.g()
+    assert [r[0] for r in st.rows] == ["Eng.f", "Eng.g"] and all(a <= b for _, a, b in st.rows)
+    st.close()
+    assert Eng.f is orig
 
 
 def test_cli_errors_and_help(capsys):
