@@ -517,6 +517,30 @@ def test_prompt_forms_give_the_same_tokens(tiny):
     assert all(type(t) is int for t in a.prompt_token_ids + b.prompt_token_ids)
 
 
+def test_token_ids_fast_path_matches_the_general_one():
+    """_C.token_ids (the C loop for lists / tuples of plain ints) gives the bytes array("q") gives, and None for
+    anything else, which the engine then converts or rejects by its general path with the same messages."""
+    from array import array
+
+    from ssmtp import _C
+    from ssmtp.engine.llm import _int64_ids
+
+    rng = np.random.default_rng(3)
+    for seq in ([], [0], [5, -7, 2**63 - 1, -2**63], rng.integers(-2**62, 2**62, 1000).tolist(),
+                tuple(rng.integers(0, 50000, 257).tolist())):
+        fast = _C.token_ids(seq)
+        assert fast is not None and bytes(fast) == array("q", seq).tobytes()
+        assert np.array_equal(_int64_ids(seq), np.asarray(seq, dtype=np.int64).reshape(-1))
+    for seq in ([1, True], [np.int64(3), 4], [1, 2.0], [2**63], [-2**63 - 1], [1, "2"], np.array([1, 2]),
+                type("L", (list,), {})([1, 2])):
+        assert _C.token_ids(seq) is None
+    assert _int64_ids([np.int64(3), 4]).tolist() == [3, 4]
+    assert _int64_ids(type("L", (list,), {})([1, 2])).tolist() == [1, 2]
+    for seq, msg in (([1, True], "must be integers, got True"), ([1, 2.0], "got 2.0"), ([2**63], "out of range")):
+        with pytest.raises(ValueError, match=msg):
+            _int64_ids(seq)
+
+
 def test_bad_requests_fail_alone_and_the_others_run(tiny):
     good = [7, 8, 9]
     outs = tiny.generate([good, [], [5, 999], good], max_new_tokens=4, ignore_eos=True, errors="return")

@@ -367,6 +367,12 @@ extern "C" ssmtp_status_t ssmtp_cuda_conv1d_fwd(const ssmtp_conv1d_params_t *p, 
         if (max_chunks * rows < (1 << 17)) max_chunks = (a.len + 31) / 32;
         if (nchunks > max_chunks) nchunks = max_chunks;
         if (nchunks < 1) nchunks = 1;
+        // SSMTP_CONV_CHUNK: steps per chunk, overriding the above (benchmarks). Measured on H200 (2026-11-25,
+        // benchmarks/results/ttft-token-ids-h200-ab.json), 16 steps against the default: B=1 L=512 7.7 vs 8.3 us
+        // (mamba-2.8b), 6.1 vs 7.3 (its TP=2 shard), but L=2048 21.3 vs 17.1 and B=8 L=512 39.0 vs 30.8; the prefix
+        // hit's 896-step bucket 732 vs 757-766 us over the 64 layers: not worth a rule.
+        const char *env = getenv("SSMTP_CONV_CHUNK");
+        if (env && *env && atoll(env) > 0) nchunks = (a.len + atoll(env) - 1) / atoll(env);
     }
     a.chunk = (a.len + nchunks - 1) / nchunks;
     nchunks = (a.len + a.chunk - 1) / a.chunk;
