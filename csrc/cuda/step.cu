@@ -550,6 +550,10 @@ ssmtp_status_t launch_vec(const StepArgs &a, cudaStream_t s);
 // (5120 channels, one A per head): B=1 7.19 -> 4.23 (2x5; 1x8 3.92), B=8 17.5 -> 14.9 (4x4), B=64 114.9 -> 99.5,
 // B=256 449 -> 392. Fewer lanes per channel with more states each (8 x 8, 4 x 16 at d_state 64) were slower or
 // spilled.
+// Measured and not kept (H200, 2026-11-25, benchmarks/results/step-shape-waves-h200-not-kept.json): at d_state 16 above
+// batch 8, 2x6 wherever 4x4's grid fills under 0.8 of a wave or 1.0-1.4 waves. The op alone was 2-12% faster there
+// (mamba-2.8b TP=2 shard B=64 9.08 vs 9.47 us, B=12 4.40 vs 4.98), but the engine's decode step did not follow
+// (mamba-2.8b B=12 3.198-3.206 vs 3.184-3.185 ms, B=16 and 32 unchanged).
 static const char *const STEP_SHAPES[] = {"4x3", "4x4", "2x5", "2x6", "1x8"};
 
 static int step_shape(int64_t batch, int64_t N) {
