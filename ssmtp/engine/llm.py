@@ -660,8 +660,9 @@ class LLM:
             self.pool.free(tmp)  # stream-ordered after the copies into the cache
         if ends:
             done = [sel[i] for i in ends]
-            for r in done:  # their outputs' prompt lists, built while the GPU computes the first tokens (~0.15 ms
-                r.prompt_list = r.prompt.tolist()  # for 8k ids on the GPU machine's host, else after the token)
+            for r in done:  # requests that end with this token: their outputs' prompt lists, built while the GPU
+                if r.params.max_new_tokens == 1:  # computes it (~0.15 ms for 8k ids on a GPU machine's host), not
+                    r.prompt_list = r.prompt.tolist()  # after it; longer requests build theirs when they finish
             toks = self._sample(done, logits)
             for j, r in enumerate(done):
                 self.prefix.drop_promises(r)
