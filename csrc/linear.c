@@ -13,7 +13,9 @@ static ssmtp_status_t linear_check(const char *op, const ssmtp_linear_params_t *
     int64_t wnumel; /* dense as torch sees it: an empty (N, 0) weight has strides (1, 1) */
     SSMTP_TRY(ssmtp_check_dense(op, "weight", &p->weight, &wnumel));
     SSMTP_TRY(ssmtp_check_tensor(op, "bias", &p->bias, 1, 1, p->x.dtype, (int64_t[]){N}));
-    SSMTP_TRY(ssmtp_check_tensor(op, "out", &p->out, 0, 2, p->x.dtype, (int64_t[]){M, N}));
+    /* out: x's dtype, or f32 for 16-bit x (the rounded sums widened) */
+    const int32_t odt = p->out.dtype == SSMTP_DTYPE_F32 && p->x.dtype != SSMTP_DTYPE_F32 ? SSMTP_DTYPE_F32 : p->x.dtype;
+    SSMTP_TRY(ssmtp_check_tensor(op, "out", &p->out, 0, 2, odt, (int64_t[]){M, N}));
     const ssmtp_tensor_t *ts[] = {&p->x, &p->weight, &p->bias, &p->out};
     const char *names[] = {"x", "weight", "bias", "out"};
     SSMTP_TRY(ssmtp_check_devices(op, ts, names, 4, device));
@@ -32,7 +34,7 @@ static void linear_cpu(const ssmtp_linear_params_t *p) {
             for (int64_t k = 0; k < K; k++)
                 acc += ssmtp_load(p->x.data, dt, m * p->x.stride[0] + k) * ssmtp_load(p->weight.data, dt, j * K + k);
             if (ssmtp_present(&p->bias)) acc += ssmtp_load(p->bias.data, dt, j);
-            ssmtp_store(p->out.data, dt, m * p->out.stride[0] + j, acc);
+            ssmtp_store(p->out.data, p->out.dtype, m * p->out.stride[0] + j, ssmtp_round(acc, dt));
         }
     }
 }

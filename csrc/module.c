@@ -278,6 +278,19 @@ static PyObject *py_sample(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *py_argmax(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *o[2];
+    unsigned long long stream = 0;
+    if (!PyArg_ParseTuple(args, "OOK", &o[0], &o[1], &stream)) return NULL;
+    ssmtp_argmax_params_t p;
+    ssmtp_tensor_t *const t[] = {&p.logits, &p.out};
+    static const char *const names[] = {"logits", "out"};
+    if (!parse_tensors(o, t, names, 2)) return NULL;
+    CALL_C(ssmtp_argmax(&p, (void *)(uintptr_t)stream));
+    Py_RETURN_NONE;
+}
+
 /* token_ids(seq) -> bytearray of len(seq) native int64 values when seq is a list or tuple of exact Python ints in
    int64 range; None for anything else (a bool, a numpy integer, a float, a number out of range: the engine's slower
    path then converts it or names the element). One C loop over the items: the prompt's ids are on the time to first
@@ -511,6 +524,7 @@ static PyMethodDef methods[] = {
     {"quantize", py_quantize, METH_VARARGS, "quantize(x, q, scales, block, stream)"},
     {"dequantize", py_dequantize, METH_VARARGS, "dequantize(x, q, scales, block, stream)"},
     {"sample", py_sample, METH_VARARGS, "sample(logits, temperature, top_k, top_p, seed, step, out, stream)"},
+    {"argmax", py_argmax, METH_VARARGS, "argmax(logits, out, stream): greedy token per row"},
     {"linear_small", py_linear_small, METH_VARARGS, "linear_small(x, weight, bias, out, stream)"},
     {"gated_norm", py_gated_norm, METH_VARARGS, "gated_norm(y, gate, weight, out, group, eps, stream)"},
     {"mamba_decode_in", py_mamba_decode_in, METH_VARARGS,

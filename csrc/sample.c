@@ -7,13 +7,20 @@
 #include "internal.h"
 #include "sample_math.h"
 
-static ssmtp_status_t sample_check(const char *op, const ssmtp_sample_params_t *p, int32_t *device) {
-    SSMTP_TRY(ssmtp_check_tensor(op, "logits", &p->logits, 0, 2, -1, NULL));
-    SSMTP_TRY(ssmtp_check_float_dtype(op, "logits", &p->logits));
-    const int64_t n = p->logits.shape[0], V = p->logits.shape[1];
+/* logits (n, V) of a float dtype, 1 <= V < 2^31 unless n = 0 */
+static ssmtp_status_t logits_check(const char *op, const ssmtp_tensor_t *logits) {
+    SSMTP_TRY(ssmtp_check_tensor(op, "logits", logits, 0, 2, -1, NULL));
+    SSMTP_TRY(ssmtp_check_float_dtype(op, "logits", logits));
+    const int64_t n = logits->shape[0], V = logits->shape[1];
     if (V < 1 && n > 0) return ssmtp_fail(SSMTP_ERR_INVALID, "%s: logits has no columns (V = 0)", op);
     if (V > INT32_MAX) return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, "%s: V=%lld columns, at most 2^31 - 1", op,
                                          (long long)V);
+    return SSMTP_OK;
+}
+
+static ssmtp_status_t sample_check(const char *op, const ssmtp_sample_params_t *p, int32_t *device) {
+    SSMTP_TRY(logits_check(op, &p->logits));
+    const int64_t n = p->logits.shape[0];
     const int64_t sh[] = {n};
     SSMTP_TRY(ssmtp_check_tensor(op, "temperature", &p->temperature, 0, 1, SSMTP_DTYPE_F32, sh));
     SSMTP_TRY(ssmtp_check_tensor(op, "top_k", &p->top_k, 0, 1, SSMTP_DTYPE_I64, sh));
@@ -46,6 +53,23 @@ static uint32_t bisect(const float *x, int64_t V, uint32_t lo, uint32_t hi, int6
     return lo;
 }
 
+/* The greedy token of one row (the first index of the largest logit, NaN never chosen, 0 when nothing is above -inf)
+ * and that logit; l (optional) receives the row as fp32. */
+static int64_t greedy_row(const char *base, int32_t dtype, int64_t V, float *l, float *lmax) {
+    int64_t best = 0;
+    float m = -INFINITY;
+    for (int64_t v = 0; v < V; v++) {
+        const float x = ssmtp_load(base, dtype, v);
+        if (l) l[v] = x;
+        if (x > m) {
+            m = x;
+            best = v;
+        }
+    }
+    *lmax = m;
+    return best;
+}
+
 static ssmtp_status_t sample_cpu(const ssmtp_sample_params_t *p) {
     const int64_t n = p->logits.shape[0], V = p->logits.shape[1];
     float *l = (float *)malloc((size_t)(V > 0 ? V : 1) * 2 * sizeof(float));
@@ -54,15 +78,8 @@ static ssmtp_status_t sample_cpu(const ssmtp_sample_params_t *p) {
     for (int64_t i = 0; i < n; i++) {
         const char *base = (const char *)p->logits.data +
                            i * p->logits.stride[0] * (int64_t)ssmtp_dtype_size(p->logits.dtype);
-        int64_t best = 0;
-        float lmax = -INFINITY;
-        for (int64_t v = 0; v < V; v++) {
-            l[v] = ssmtp_load(base, p->logits.dtype, v);
-            if (l[v] > lmax) {
-                lmax = l[v];
-                best = v;
-            }
-        }
+        float lmax;
+        int64_t best = greedy_row(base, p->logits.dtype, V, l, &lmax);
         const float T = ((const float *)p->temperature.data)[i * p->temperature.stride[0]];
         const float c = 1.0f / T;
         if (T > 0.0f && isfinite(c) && isfinite(lmax)) {
@@ -109,5 +126,33 @@ ssmtp_status_t ssmtp_sample(const ssmtp_sample_params_t *p, void *stream) {
 #else
     (void)stream;
     return ssmtp_fail(SSMTP_ERR_NOT_BUILT, "sample: tensors are on cuda:%d but this build has no CUDA", (int)device);
+#endif
+}
+
+ssmtp_status_t ssmtp_argmax(const ssmtp_argmax_params_t *p, void *stream) {
+    static const char *op = "argmax";
+    int32_t device;
+    if (!p) return ssmtp_fail(SSMTP_ERR_INVALID, "argmax: params is NULL");
+    SSMTP_TRY(logits_check(op, &p->logits));
+    const int64_t n = p->logits.shape[0], V = p->logits.shape[1];
+    SSMTP_TRY(ssmtp_check_tensor(op, "out", &p->out, 0, 1, SSMTP_DTYPE_I64, (int64_t[]){n}));
+    const ssmtp_tensor_t *ts[] = {&p->logits, &p->out};
+    const char *names[] = {"logits", "out"};
+    SSMTP_TRY(ssmtp_check_devices(op, ts, names, 2, &device));
+    SSMTP_TRY(ssmtp_check_inner_contiguous(op, "logits", &p->logits));
+    if (device == SSMTP_DEVICE_CPU) {
+        const int64_t es = (int64_t)ssmtp_dtype_size(p->logits.dtype);
+        for (int64_t i = 0; i < n; i++) {
+            float m;
+            const char *base = (const char *)p->logits.data + i * p->logits.stride[0] * es;
+            ((int64_t *)p->out.data)[i * p->out.stride[0]] = greedy_row(base, p->logits.dtype, V, NULL, &m);
+        }
+        return SSMTP_OK;
+    }
+#ifdef SSMTP_WITH_CUDA
+    return ssmtp_cuda_argmax(p, stream);
+#else
+    (void)stream;
+    return ssmtp_fail(SSMTP_ERR_NOT_BUILT, "argmax: tensors are on cuda:%d but this build has no CUDA", (int)device);
 #endif
 }

@@ -187,6 +187,17 @@ typedef struct {
 ssmtp_status_t ssmtp_sample(const ssmtp_sample_params_t *p, void *stream);
 
 /*
+ * Greedy token of each row alone, ssmtp_sample's greedy rule without its parameters (the decode step's argmax):
+ *   logits (n, V) f32/f16/bf16, last dim contiguous (any row stride); out (n,) int64
+ * out[i] = the first index of the largest logit of row i; NaN is never chosen; a row with nothing above -inf gives 0.
+ * CUDA: a thread-block cluster of up to 8 blocks per row (sm_90), launched with programmatic dependent launch.
+ */
+typedef struct {
+    ssmtp_tensor_t logits, out;
+} ssmtp_argmax_params_t;
+ssmtp_status_t ssmtp_argmax(const ssmtp_argmax_params_t *p, void *stream);
+
+/*
  * The input half of a Mamba-1 block's decode step, fused (one token per sequence, small batch): residual add,
  * RMSNorm, in_proj, conv step + SiLU. The engine's decode runs per layer: this op, x_proj, the step with dt_proj
  * fused, out_proj (the previous layer's out_proj output is this op's `add`). Zamba's Mamba layers take it as they
@@ -222,7 +233,8 @@ ssmtp_status_t ssmtp_mamba_decode_in(const ssmtp_decode_in_params_t *p, void *st
  *   x      (M, K) f32/f16/bf16, rows contiguous (any row stride)
  *   weight (N, K) same dtype, contiguous
  *   bias   (N,) same dtype, optional
- *   out    (M, N) same dtype, rows contiguous (any row stride)
+ *   out    (M, N) same dtype, rows contiguous (any row stride); or f32 when x is f16/bf16: the sum rounded to x's
+ *          dtype and widened (the bits of F.linear(x, W).float(), in one kernel: the decode step's logits)
  * CPU: any M. CUDA: 1 <= M <= SSMTP_LINEAR_SMALL_MAX_M, K * element size a multiple of 16 bytes and x, weight 16-byte
  * aligned (else SSMTP_ERR_UNSUPPORTED: callers use a GEMM there). The weight is streamed once (16-byte loads, several
  * in flight per thread) and every row of x is applied to it, which is what decode at batch <= 8 needs: cuBLAS picks

@@ -11,9 +11,11 @@ Ops (semantics in csrc/ssmtp.h; pure-torch twins in ssmtp/ref.py):
       -> (res_out, xc, z)   a Mamba-1 block's decode input, fused (mutates conv_state); CUDA for M <= 4
   quantize_blocks(x, block, qdtype) -> (q, scales);  dequantize_blocks(q, scales, block, dtype) -> x
   sample(logits, temperature, top_k, top_p, seed, step) -> tokens   one token per row (greedy / T / top-k / top-p)
-  linear_small(x, weight, bias) -> out       x (M, K) W (N, K)^T (+ bias); CUDA: a GEMV for M <= 8, a tensor-core
-                                            kernel for 16-bit M <= 256 (K % 32 == 0, sm_90)
-and ``linear(x, weight, bias)``, which the models call: linear_small where it applies, else F.linear.
+  argmax(logits) -> tokens                   sample's greedy rule alone (the decode step's greedy tokens)
+  linear_small(x, weight, bias, out_f32=False) -> out   x (M, K) W (N, K)^T (+ bias); CUDA: a GEMV for M <= 8, a
+                                            tensor-core kernel for 16-bit M <= 256 (K % 32 == 0, sm_90)
+and ``linear(x, weight, bias)``, which the models call: linear_small where it applies, else F.linear; ``lm_head(h,
+weight)``, the engine's fp32 logits.
 """
 from __future__ import annotations
 
@@ -205,6 +207,22 @@ def _(logits, temperature, top_k, top_p, seed, step):
     return torch.empty(logits.shape[0], dtype=torch.int64, device=logits.device)
 
 
+@torch.library.custom_op("ssmtp::argmax", mutates_args=())
+def argmax(logits: torch.Tensor) -> torch.Tensor:
+    """The greedy token of each row of logits (n, V) (csrc/ssmtp.h: ssmtp_argmax): the first index of the largest
+    value, as torch.argmax, except that NaN is never chosen (sample's greedy rule; a row with nothing above -inf gives
+    0). On CUDA one kernel launched with programmatic dependent launch, a cluster of blocks per row: ~2-3 us for a
+    50k-entry row where torch.argmax took ~12 us on H200."""
+    out = torch.empty(logits.shape[0] if logits.dim() else 0, dtype=torch.int64, device=logits.device)
+    _C.argmax(desc(logits, "logits"), desc(out, "out"), stream_of(logits))
+    return out
+
+
+@argmax.register_fake
+def _(logits):
+    return torch.empty(logits.shape[0], dtype=torch.int64, device=logits.device)
+
+
 # ------------------------------------------------------------------------------------------------ small linear
 
 LINEAR_SMALL_MAX_M = 8  # SSMTP_LINEAR_SMALL_MAX_M in csrc/ssmtp.h
@@ -253,17 +271,21 @@ def gemv_wins(m: int, K: int, N: int, tc: bool = False) -> bool:
 
 
 @torch.library.custom_op("ssmtp::linear_small", mutates_args=())
-def linear_small(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+def linear_small(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                 out_f32: bool = False) -> torch.Tensor:
+    """x (M, K) W (N, K)^T (+ bias) with fp32 accumulation and one rounding to x's dtype (csrc/ssmtp.h:
+    ssmtp_linear_small); out_f32 (16-bit x): the rounded sums widened to fp32, F.linear(x, W).float() in one kernel."""
     if x.dim() != 2:
         raise ValueError(f"linear_small: x must be 2-D (M, K), got shape {tuple(x.shape)}")
-    out = torch.empty(x.shape[0], weight.shape[0] if weight.dim() == 2 else 0, dtype=x.dtype, device=x.device)
+    out = torch.empty(x.shape[0], weight.shape[0] if weight.dim() == 2 else 0,
+                      dtype=torch.float32 if out_f32 else x.dtype, device=x.device)
     _C.linear_small(desc(x, "x"), desc(weight, "weight"), desc(bias, "bias"), desc(out, "out"), stream_of(x))
     return out
 
 
 @linear_small.register_fake
-def _(x, weight, bias):
-    return x.new_empty(x.shape[0], weight.shape[0])
+def _(x, weight, bias, out_f32=False):
+    return x.new_empty(x.shape[0], weight.shape[0], dtype=torch.float32 if out_f32 else x.dtype)
 
 
 GATED_NORM_CUDA_MAX_GROUP = 8192  # channels per group the CUDA kernel takes (1024 threads x 8 in registers; norm.cu)
@@ -296,18 +318,41 @@ def _tc_device(device: torch.device) -> bool:
     return _TC_DEVICES[i]
 
 
-def linear_small_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether the CUDA small-batch kernel takes this product (else a GEMM is the right tool)."""
+def _gemv_takes(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the CUDA small-batch kernel can take this product at all (SSMTP_GEMV on, dtypes, alignment)."""
     if not (_GEMV and x.is_cuda and x.dtype == weight.dtype and x.dtype in (torch.bfloat16, torch.float16,
                                                                           torch.float32)):
         return False
     K = x.shape[-1]
-    m = x.numel() // K if K else 0
-    es = x.element_size()
-    tc = _TC and es == 2 and K % 32 == 0 and _tc_device(x.device)
-    return (m >= 1 and weight.dim() == 2 and gemv_wins(m, K, weight.shape[0], tc) and (K * es) % 16 == 0
-            and weight.is_contiguous()
-            and x.data_ptr() % 16 == 0 and weight.data_ptr() % 16 == 0 and x.stride(-1) == 1)
+    return (K > 0 and x.numel() >= K and weight.dim() == 2 and (K * x.element_size()) % 16 == 0
+            and weight.is_contiguous() and x.data_ptr() % 16 == 0 and weight.data_ptr() % 16 == 0
+            and x.stride(-1) == 1)
+
+
+def linear_small_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the CUDA small-batch kernel takes this product (else a GEMM is the right tool)."""
+    if not _gemv_takes(x, weight):
+        return False
+    K = x.shape[-1]
+    tc = _TC and x.element_size() == 2 and K % 32 == 0 and _tc_device(x.device)
+    return gemv_wins(x.numel() // K, K, weight.shape[0], tc)
+
+
+# One row of x against a vocabulary-sized weight (the lm_head of a batch-1 decode step or of a prompt's last position):
+# linear_small measured faster than cuBLAS on H200 (2026-11-25, bf16, one call each in a CUDA graph; benchmarks/
+# results/lm-head-h200-b1a4f75.json): mamba-2.8b 50280 x 2560 59.8 vs 66.5 us, falcon-mamba-7b 123.5 vs 132.7,
+# zamba2-2.7b 40.9 vs 42.9, zamba-7b 59.4 vs 59.7; not at 2 rows (cuBLAS there).
+LM_HEAD_GEMV_MIN_N = 16384
+
+
+def lm_head(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """fp32 logits of the model's dtype, F.linear(h, weight).float() (HF's rounding: the product in the weight's
+    dtype, then widened). One row of h (h (1, K) or (K,)) on CUDA against a vocabulary-sized weight goes through
+    linear_small, which writes the widened logits itself (no second kernel for .float())."""
+    if (h.dim() <= 2 and h.numel() == h.shape[-1] and weight.dim() == 2 and weight.shape[0] >= LM_HEAD_GEMV_MIN_N
+            and h.element_size() == 2 and _gemv_takes(h, weight)):
+        return linear_small(h.reshape(1, -1), weight, None, True).view(*h.shape[:-1], weight.shape[0])
+    return torch.nn.functional.linear(h, weight).float()
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -257,6 +257,14 @@ def gumbel_noise(seeds: torch.Tensor, steps: torch.Tensor, vocab: int) -> torch.
     return -torch.log(-torch.log(u))
 
 
+def argmax(logits):
+    """The greedy token of each row (ssmtp_argmax in csrc/ssmtp.h): torch.argmax with NaN never chosen."""
+    lf = logits.float()
+    if lf.shape[-1] == 0:
+        return torch.zeros(lf.shape[0], dtype=torch.int64)
+    return torch.where(torch.isnan(lf), float("-inf"), lf).argmax(-1)
+
+
 def sample(logits, temperature, top_k, top_p, seed, step):
     """One token per row (ssmtp_sample in csrc/ssmtp.h), row by row with sorts instead of bisection; the masses are
     summed in fp64 here (the op sums in fp32, so a threshold may differ where a mass is within rounding of top_p)."""

@@ -95,6 +95,30 @@ def test_bad_input():
     assert torch.equal(ops.linear(x, w, b), torch.nn.functional.linear(x, w, b))
 
 
+def test_cpu_out_f32_is_the_rounded_product_widened_and_lm_head():
+    """out_f32: the sums rounded to x's dtype, then widened: the bits of F.linear(x, W).float() up to the summation
+    order (exactly those bits wherever the two fp32 sums round to the same 16-bit value)."""
+    for dtype in (torch.bfloat16, torch.float16):
+        x, w, b = _inputs(3, 96, 40, dtype, seed=7)
+        out = ops.linear_small(x, w, b, True)
+        assert out.dtype == torch.float32 and out.shape == (3, 40)
+        assert torch.equal(out, ops.linear_small(x, w, b).float())
+        _check(out.to(dtype), x, w, b)
+        torch.library.opcheck(ops.linear_small, (x, w, b, True))
+    # fp32 x: out_f32 changes nothing
+    x, w, b = _inputs(2, 32, 9, torch.float32)
+    assert torch.equal(ops.linear_small(x, w, b, True), ops.linear_small(x, w, b))
+    # a 16-bit out for fp32 x, or an fp32 out of the wrong shape, is refused by the C op
+    with pytest.raises(ValueError, match="out"):
+        from ssmtp._C import linear_small as c_lin
+        from ssmtp.ops import desc
+        c_lin(desc(x, "x"), desc(w, "weight"), desc(b, "bias"), desc(torch.empty(2, 9, dtype=torch.bfloat16), "out"), 0)
+    # the engine's logits on the CPU: F.linear(h, W).float()
+    h, w, _ = _inputs(1, 64, 20000, torch.bfloat16, bias=False)
+    assert torch.equal(ops.lm_head(h, w), torch.nn.functional.linear(h, w).float())
+    assert torch.equal(ops.lm_head(h[0], w), torch.nn.functional.linear(h[0], w).float())
+
+
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
@@ -267,3 +291,23 @@ def test_cuda_after_a_pdl_writer_eager_and_graph(M):
         g.replay()
         torch.cuda.synchronize()
         check()
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("M", [1, 2, 16])
+def test_cuda_out_f32_vs_16_bit_out(M, dtype):
+    """fp32 output (GEMV rows and, at 16 rows, the tensor-core kernel): the 16-bit output's values widened, bit for
+    bit; a vocabulary-sized lm_head at one row takes the kernel (ops.lm_head) and agrees with cuBLAS + .float()."""
+    dev = torch.device("cuda")
+    x, w, b = _inputs(M, 2560, 3000, dtype, device=dev, seed=M)
+    assert torch.equal(ops.linear_small(x, w, b, True), ops.linear_small(x, w, b).float())
+    h, wv, _ = _inputs(1, 2560, 50280, dtype, device=dev, bias=False, seed=3)
+    got = ops.lm_head(h, wv)
+    assert got.dtype == torch.float32 and got.shape == (1, 50280)
+    assert torch.equal(got, ops.linear_small(h, wv, None).float())
+    _check(got.to(dtype).cpu(), h.cpu(), wv.cpu(), None)
+    assert torch.equal(ops.lm_head(h[0], wv), got[0])
+    assert torch.equal(ops.lm_head(h.expand(2, -1).contiguous(), wv),
+                       torch.nn.functional.linear(h.expand(2, -1), wv).float())  # two rows: cuBLAS

@@ -115,7 +115,74 @@ def test_sample_bad_arguments(bad, match):
         ops.sample(**kw)
 
 
+@pytest.mark.parametrize("dname", list(DT))
+@pytest.mark.parametrize("V", [1, 2, 7, 1000, 5003])
+def test_argmax_is_the_greedy_rule(V, dname):
+    """ops.argmax = sample's greedy rows = torch.argmax with NaN never chosen (0 for a row of NaN / -inf)."""
+    g = torch.Generator().manual_seed(V + 1)
+    n = 6
+    logits = (torch.randn(n, V, generator=g) * 3).to(DT[dname])
+    if V > 10:
+        logits[1, 3] = logits[1, 8] = logits[1].max() + 1  # a tie: the first index
+        logits[2, 4] = float("nan")
+    got = ops.argmax(logits)
+    want = ref.argmax(logits)
+    assert torch.equal(got, want)
+    zeros = torch.zeros(n, dtype=torch.long)
+    assert torch.equal(got, ops.sample(logits, zeros.float(), zeros, torch.ones(n), zeros, zeros))
+
+
+def test_argmax_non_finite_strided_and_bad_arguments():
+    nan, inf = float("nan"), float("inf")
+    rows = torch.tensor([[nan, 1.0, 3.0, nan, 3.0], [nan] * 5, [-inf] * 5, [1.0, inf, 2.0, inf, nan],
+                         [-inf, 2.0, nan, -inf, 1.0]])
+    assert ops.argmax(rows).tolist() == [2, 0, 0, 1, 1]
+    big = torch.randn(4, 3, 700)
+    assert torch.equal(ops.argmax(big[:, 1, 50:650]), big[:, 1, 50:650].argmax(-1))  # rows 2100 apart
+    assert ops.argmax(torch.zeros(0, 5)).shape == (0,)
+    with pytest.raises((ValueError, RuntimeError), match="no columns"):
+        ops.argmax(torch.zeros(3, 0))
+    with pytest.raises((ValueError, RuntimeError), match="logits"):
+        ops.argmax(torch.zeros(8, 4).t())
+    with pytest.raises((ValueError, RuntimeError, NotImplementedError)):
+        ops.argmax(torch.zeros(2, 4, dtype=torch.int64))
+    torch.library.opcheck(ops.argmax, (torch.randn(3, 50),))
+
+
 # ------------------------------------------------------------------------------------------------ GPU
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dname", list(DT))
+@pytest.mark.parametrize("n,V", [(1, 7), (1, 50280), (3, 50280), (8, 65024), (20, 4099), (300, 32000), (2, 1)])
+def test_argmax_cuda_vs_cpu(n, V, dname):
+    """Cluster sizes 8 (few rows) down to 1 (300 rows); ties, NaN, a row of -inf; graph capture after a PDL writer."""
+    g = torch.Generator().manual_seed(n * V)
+    logits = (torch.randn(n, V, generator=g) * 3).to(DT[dname])
+    if V > 10:
+        logits[0, 5] = logits[0, V - 2] = logits[0].max() + 1  # a tie in different blocks' slices
+        logits[0, :3] = float("nan")
+    if n > 1:
+        logits[-1] = float("-inf")
+    want = ops.argmax(logits)
+    x = logits.cuda()
+    assert torch.equal(ops.argmax(x).cpu(), want)
+    if n == 3 and dname == "f32":
+        w = torch.randn(V, 64, device="cuda")
+        h = torch.randn(n, 64, device="cuda")
+        out = torch.empty(n, dtype=torch.long, device="cuda")
+
+        def body():  # the logits written by the kernel just before (launched with PDL) must be the ones read
+            out.copy_(ops.argmax(ops.linear_small(h, w, None)))
+
+        from graph_capture import capture
+
+        gr, _ = capture(body)
+        for _ in range(3):
+            h.normal_()
+            gr.replay()
+            torch.cuda.synchronize()
+            assert torch.equal(out.cpu(), ops.argmax(ops.linear_small(h, w, None).cpu()))
 
 
 @pytest.mark.cuda

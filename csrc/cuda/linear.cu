@@ -41,6 +41,13 @@
 
 namespace {
 
+// out[i] = s rounded to T, stored as T, or widened to fp32 when out_f32 (ssmtp.h: the logits of a decode step)
+template <typename T> __device__ __forceinline__ void store_out(void *out, int64_t i, float s, int out_f32) {
+    const T v = from_f32<T>(s);
+    if (out_f32) ((float *)out)[i] = to_f32<T>(v);
+    else ((T *)out)[i] = v;
+}
+
 template <typename T, int M>
 __device__ __forceinline__ void fma_pack(const uint4 &wv, const T *x, int64_t sx, int64_t k, float (&acc)[M]) {
     constexpr int P = Pack16<T>::N;
@@ -58,7 +65,7 @@ __device__ __forceinline__ void fma_pack(const uint4 &wv, const T *x, int64_t sx
 template <typename T, int M, int KS>
 __global__ void __launch_bounds__(LIN_THREADS)
     linear_small_kernel(const T *__restrict__ x, int64_t sx, const T *__restrict__ w, const T *__restrict__ bias,
-                        T *__restrict__ out, int64_t so, int64_t N, int64_t K) {
+                        void *__restrict__ out, int64_t so, int out_f32, int64_t N, int64_t K) {
     constexpr int P = Pack16<T>::N, RPB = LIN_WARPS / KS;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, kw = warp % KS;
     const int64_t row = (int64_t)blockIdx.x * RPB + warp / KS;
@@ -136,7 +143,7 @@ __global__ void __launch_bounds__(LIN_THREADS)
 #pragma unroll
         for (int j = 0; j < KS; j++) s += part[warp + j][lane];
         if (bias) s += to_f32<T>(bias[row]);
-        out[lane * so + row] = from_f32<T>(s);
+        store_out<T>(out, lane * so + row, s, out_f32);
     }
 }
 
@@ -146,9 +153,11 @@ static ssmtp_status_t launch_ks(const ssmtp_linear_params_t *p, bool pdl, cudaSt
     const unsigned grid = (unsigned)((N + LIN_WARPS / KS - 1) / (LIN_WARPS / KS));
     const T *x = (const T *)p->x.data, *w = (const T *)p->weight.data;
     const T *b = p->bias.data ? (const T *)p->bias.data : nullptr;
-    T *o = (T *)p->out.data;
+    void *o = p->out.data;
     const int64_t sx = p->x.stride[0], so = p->out.stride[0];
-    return ssmtp_launch(OP, linear_small_kernel<T, M, KS>, grid, LIN_THREADS, 0, s, pdl, x, sx, w, b, o, so, N, K);
+    const int of32 = p->out.dtype != p->x.dtype;
+    return ssmtp_launch(OP, linear_small_kernel<T, M, KS>, grid, LIN_THREADS, 0, s, pdl, x, sx, w, b, o, so, of32, N,
+                        K);
 }
 
 // Warps per weight row (KS). At M <= 2, one wave: the largest KS whose grid is resident all at once while every lane
@@ -233,7 +242,7 @@ __device__ __forceinline__ void tc_mma(float (&c)[4], uint32_t a0, uint32_t a1, 
 template <typename T, int NT, int WR>
 __global__ void __launch_bounds__(256, NT <= 4 ? 2 : 1)
     linear_tc_kernel(const T *__restrict__ x, int64_t sx, const T *__restrict__ w, const T *__restrict__ bias,
-                     T *__restrict__ out, int64_t so, int M, int N, int K) {
+                     void *__restrict__ out, int64_t so, int out_f32, int M, int N, int K) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     constexpr int WK = 8 / WR, COLS = 8 * NT;
     extern __shared__ __align__(16) float tc_sm[]; // [8 warps][16 rows][COLS]
@@ -313,7 +322,7 @@ __global__ void __launch_bounds__(256, NT <= 4 ? 2 : 1)
         for (int q = 0; q < S; q++) v += cl.map_shared_rank(tc_sm, q)[i];
         if (r < N && m < M) {
             if (bias) v += to_f32<T>(bias[r]);
-            out[(int64_t)m * so + r] = from_f32<T>(v);
+            store_out<T>(out, (int64_t)m * so + r, v, out_f32);
         }
     }
     cl.sync(); // no block leaves while another reads its shared memory
@@ -343,8 +352,8 @@ ssmtp_status_t launch_tc(const ssmtp_linear_params_t *p, int S, bool pdl, cudaSt
     cfg.numAttrs = pdl ? 2 : 1;
     const T *x = (const T *)p->x.data, *w = (const T *)p->weight.data;
     const T *b = p->bias.data ? (const T *)p->bias.data : nullptr;
-    const cudaError_t e = cudaLaunchKernelEx(&cfg, kern, x, (int64_t)p->x.stride[0], w, b, (T *)p->out.data,
-                                             (int64_t)p->out.stride[0], M, N, K);
+    const cudaError_t e = cudaLaunchKernelEx(&cfg, kern, x, (int64_t)p->x.stride[0], w, b, p->out.data,
+                                             (int64_t)p->out.stride[0], (int)(p->out.dtype != p->x.dtype), M, N, K);
     (void)cudaGetLastError();
     if (e != cudaSuccess) return ssmtp_fail(SSMTP_ERR_CUDA, OP ": tensor-core kernel launch: %s", cudaGetErrorString(e));
     return SSMTP_OK;

@@ -296,6 +296,66 @@ template <typename T> __global__ void __launch_bounds__(NT) sample_kernel(const 
     if (!solo) cluster.sync(); // no block leaves while another may still read its totals
 }
 
+// The greedy rule alone (ssmtp_argmax): a row is a cluster of CL blocks, each scanning a slice of it (NT threads,
+// coalesced loads, four in flight per thread), its (value, index) reduced over the warp, the block and the cluster
+// with `better` (larger value, then smaller index: the first index of the largest logit, as a serial scan gives).
+// Launched with programmatic dependent launch: the cluster is resident while the kernel that writes the logits
+// finishes. No shared copy of the row and no bisection, which is what makes it cheaper than sample_kernel for greedy
+// rows.
+template <typename T>
+__global__ void __launch_bounds__(NT) argmax_kernel(const T *__restrict__ logits, int64_t srow, int V,
+                                                     int64_t *__restrict__ out, int64_t so) {
+    __shared__ float wm[NW];
+    __shared__ int wi[NW];
+    __shared__ float bm; // this block's result, read by the cluster's block 0
+    __shared__ int bi;
+    Cluster cluster;
+    const int CL = cluster.size(), q = cluster.rank();
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int64_t r = blockIdx.x / CL;
+    const T *l = logits + r * srow;
+    const int per = (V + CL - 1) / CL, s0 = min(V, q * per), e0 = min(V, s0 + per);
+    constexpr int U = 4;
+    ssm_pdl_trigger();
+    ssm_pdl_wait();
+    float m = -INFINITY;
+    int best = V; // none yet: a row with nothing above -inf ends at V, written as 0
+    for (int64_t j = s0 + threadIdx.x; j < e0; j += U * NT) { // 64-bit: j + U NT may pass 2^31 near V's limit
+        float x[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) x[u] = j + u * NT < e0 ? to_f32<T>(l[j + u * NT]) : -INFINITY;
+#pragma unroll
+        for (int u = 0; u < U; u++)
+            if (x[u] > m) { // NaN never wins; indices grow within a thread, so the first maximum stays
+                m = x[u];
+                best = (int)(j + u * NT);
+            }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        better(m, best, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, best, o));
+    if (lane == 0) {
+        wm[warp] = m;
+        wi[warp] = best;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < NW; w++) better(m, best, wm[w], wi[w]);
+        bm = m;
+        bi = best;
+    }
+    if (CL == 1) {
+        if (threadIdx.x == 0) out[r * so] = best == V ? 0 : best;
+        return;
+    }
+    cluster.sync();
+    if (q == 0 && threadIdx.x == 0) {
+        for (int u = 1; u < CL; u++) better(m, best, *cluster.at(&bm, u), *cluster.at(&bi, u));
+        out[r * so] = best == V ? 0 : best;
+    }
+    cluster.sync(); // no block leaves while block 0 may still read its result
+}
+
 } // namespace
 
 extern "C" ssmtp_status_t ssmtp_cuda_sample(const ssmtp_sample_params_t *p, void *stream) {
@@ -367,6 +427,53 @@ extern "C" ssmtp_status_t ssmtp_cuda_sample(const ssmtp_sample_params_t *p, void
         const cudaError_t err = cudaLaunchKernelEx(&cfg, sample_kernel<T>, a);
         (void)cudaGetLastError();
         if (err != cudaSuccess) return ssmtp_fail(SSMTP_ERR_CUDA, "sample: kernel launch: %s", cudaGetErrorString(err));
+    });
+    return SSMTP_OK;
+}
+
+extern "C" ssmtp_status_t ssmtp_cuda_argmax(const ssmtp_argmax_params_t *p, void *stream) {
+    const int64_t n = p->logits.shape[0];
+    if (n == 0) return SSMTP_OK;
+    SSMTP_TRY(ssmtp_cuda_set_device(p->logits.device));
+    const int dev = p->logits.device;
+    int sms = 132;
+    SSMTP_TRY(ssm_sm_count(dev, &sms));
+    int major = 9;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
+        (void)cudaGetLastError();
+        major = 0;
+    }
+    int CL = 1; // blocks per row: up to MAX_CL while the rows leave SMs idle (no clusters before sm_90)
+    while (major >= 9 && CL < MAX_CL && n * CL * 2 <= sms) CL *= 2;
+    if (n * CL > 2147483647LL)
+        return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, "argmax: %lld rows on CUDA, at most 2^31 / %d", (long long)n, CL);
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)(n * CL));
+    cfg.blockDim = dim3(NT);
+    cfg.stream = (cudaStream_t)stream;
+    cudaLaunchAttribute attr[2];
+    int na = 0;
+    if (major >= 9) {
+        attr[na].id = cudaLaunchAttributeClusterDimension;
+        attr[na].val.clusterDim.x = (unsigned)CL;
+        attr[na].val.clusterDim.y = 1;
+        attr[na].val.clusterDim.z = 1;
+        na++;
+    }
+    if (ssmtp_pdl_enabled(dev)) {
+        attr[na].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[na].val.programmaticStreamSerializationAllowed = 1;
+        na++;
+    }
+    cfg.attrs = attr;
+    cfg.numAttrs = na;
+    const int V = (int)p->logits.shape[1];
+    const int64_t srow = p->logits.stride[0], so = p->out.stride[0];
+    int64_t *out = (int64_t *)p->out.data;
+    SSMTP_DISPATCH_FLOAT(p->logits.dtype, T, "argmax", {
+        const cudaError_t err = cudaLaunchKernelEx(&cfg, argmax_kernel<T>, (const T *)p->logits.data, srow, V, out, so);
+        (void)cudaGetLastError();
+        if (err != cudaSuccess) return ssmtp_fail(SSMTP_ERR_CUDA, "argmax: kernel launch: %s", cudaGetErrorString(err));
     });
     return SSMTP_OK;
 }

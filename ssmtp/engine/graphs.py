@@ -2,9 +2,10 @@
 
 Each graph runs the whole decode step of ``runner.decode`` - embeddings, every layer's in_proj, conv step, x_proj +
 all-reduce, SSM state update, out_proj + all-reduce, the final norm and lm_head - from static buffers:
-    inputs   (max_bs, 2) int64 device buffer: column 0 token ids, column 1 slot index (-1 = padding row)
-    outputs  logits (bs, V) fp32, and their argmax (bs,) int64 (greedy rows need nothing else)
-One host-to-device copy of the (bs, 2) inputs per step (from pinned memory), one replay, no Python per layer. The
+    inputs   (2 max_bs,) int32 device buffer: a bucket of bs rows reads its bs token ids from [0, bs) and their slot
+             indices (-1 = padding row) from [bs, 2 bs), both in the dtype the kernels take (no conversion kernel)
+    outputs  logits (bs, V) fp32, and their greedy tokens (bs,) int64 (ops.argmax; greedy rows need nothing else)
+One host-to-device copy of the 2 bs inputs per step (from pinned memory), one replay, no Python per layer. The
 slot pool's tensors have fixed addresses, so the graphs read and write the states in place; padding rows (slot -1)
 leave every slot untouched, which is also what makes warm-up safe: it runs with all rows as padding.
 
@@ -31,6 +32,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from .. import ops
 from .state_cache import SlotPool
 
 log = logging.getLogger("ssmtp")
@@ -54,7 +56,7 @@ class GraphDecoder:
         self.device = pool.device
         self.sizes = buckets_for(max_batch, sizes)
         self.max_bs = self.sizes[-1]
-        self._inputs = torch.zeros(self.max_bs, 2, dtype=torch.int64, device=self.device)
+        self._inputs = torch.zeros(2 * self.max_bs, dtype=torch.int32, device=self.device)
         self._graphs: dict[int, tuple] = {}  # bs -> (graph, logits, argmax)
         # hybrid runners (K/V per slot): graphs also per key-length bucket T, attending over T keys, not max_model_len;
         # _graphs holds the full-length ones (captured up front), _graphs_kv[(bs, T)] the shorter ones (on first use)
@@ -77,14 +79,13 @@ class GraphDecoder:
         return sorted(self._graphs_kv)
 
     def _body(self, bs: int, kv_len: Optional[int] = None):
-        ids = self._inputs[:bs, 0]
-        idx = self._inputs[:bs, 1].to(torch.int32)
+        ids, idx = self._inputs[:bs], self._inputs[bs:2 * bs]
         pos = torch.zeros_like(ids)  # Mamba ignores positions; a hybrid runner takes them from its own buffers
         if kv_len is None:
             logits = self.runner.decode(ids, pos, idx, self.pool)
         else:
             logits = self.runner.decode(ids, pos, idx, self.pool, kv_len=kv_len)
-        return logits, logits.argmax(-1)
+        return logits, ops.argmax(logits)
 
     def kv_bucket(self, kv_len: Optional[int]) -> Optional[int]:
         """The key-length bucket for a step whose longest row needs kv_len keys (None: the full-length graph)."""
@@ -97,8 +98,8 @@ class GraphDecoder:
     def capture(self, bs: int, kv_len: Optional[int] = None) -> None:
         if (bs in self._graphs) if kv_len is None else ((bs, kv_len) in self._graphs_kv):
             return
-        self._inputs[:bs, 0].zero_()
-        self._inputs[:bs, 1].fill_(-1)  # warm-up rows are padding: no slot is touched
+        self._inputs[:bs].zero_()
+        self._inputs[bs:2 * bs].fill_(-1)  # warm-up rows are padding: no slot is touched
         s = torch.cuda.Stream(self.device)
         s.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(s):
@@ -138,14 +139,14 @@ class GraphDecoder:
             self.capture(bs)
         if T is not None and (bs, T) not in self._graphs_kv:
             self.capture(bs, T)
-        st = torch.empty(bs, 2, dtype=torch.int64, pin_memory=True)
+        st = torch.empty(2 * bs, dtype=torch.int32, pin_memory=True)
         a = st.numpy()  # through numpy: the decode wall per token 17-30 us shorter than with torch indexing (H200,
         # benchmarks/results/graph-input-fill-h200.json)
-        a[:n, 0] = ids
-        a[:n, 1] = slots
-        a[n:, 0] = 0
-        a[n:, 1] = -1
-        self._inputs[:bs].copy_(st, non_blocking=True)
+        a[:n] = ids
+        a[n:bs] = 0
+        a[bs:bs + n] = slots
+        a[bs + n:] = -1
+        self._inputs[:2 * bs].copy_(st, non_blocking=True)
         g, logits, greedy = self._graphs[bs] if T is None else self._graphs_kv[(bs, T)]
         g.replay()
         return logits[:n], greedy[:n]
@@ -159,10 +160,10 @@ class GraphDecoder:
         """Fill the input buffers for a batch (benchmarks); returns the bucket."""
         n = len(ids)
         bs = self.bucket(n)
-        self._inputs[:bs, 0] = 0
-        self._inputs[:bs, 1] = -1
-        self._inputs[:n, 0] = torch.as_tensor(ids, dtype=torch.int64, device=self.device)
-        self._inputs[:n, 1] = torch.as_tensor(slots, dtype=torch.int64, device=self.device)
+        self._inputs[:bs] = 0
+        self._inputs[bs:2 * bs] = -1
+        self._inputs[:n] = torch.as_tensor(ids, dtype=torch.int32, device=self.device)
+        self._inputs[bs:bs + n] = torch.as_tensor(slots, dtype=torch.int32, device=self.device)
         return bs
 
 

@@ -501,7 +501,7 @@ class HybridRunner(ModelRunner):
             return None
         last = (seq_lens.to(torch.long) - 1).index_select(0, logit_rows)
         x = _rms_norm(h[logit_rows, last], self.norm_f, self.eps)
-        return F.linear(x, self.head_weight()).float()
+        return ops.lm_head(x, self.head_weight())
 
     @torch.no_grad()
     def decode(self, ids, pos, state_idx, pool: SlotPool, kv_len: Optional[int] = None) -> torch.Tensor:
@@ -509,4 +509,4 @@ class HybridRunner(ModelRunner):
         under CUDA graphs), instead of all max_len."""
         h = self._forward(ids[:, None], None, state_idx, pool, decode=True, kv_len=kv_len)
         x = self._k["_rms_norm"](h[:, 0], self.norm_f, self.eps)
-        return F.linear(x, self.head_weight()).float()
+        return ops.lm_head(x, self.head_weight())

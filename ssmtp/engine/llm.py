@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .. import _C
+from .. import _C, ops
 from ..parallel.comm import Communicator, get_communicator
 from .graphs import INNER_SAVES, GraphDecoder, GraphPrefill
 from .prefix_cache import BranchIndex, PrefixCache, as_tokens, chain_hashes
@@ -752,7 +752,7 @@ class LLM:
 
     def _sample(self, reqs: list, logits: torch.Tensor, greedy: Optional[torch.Tensor] = None) -> list:
         if all(r.params.greedy for r in reqs):
-            toks = greedy if greedy is not None else logits.argmax(-1)
+            toks = greedy if greedy is not None else ops.argmax(logits)
         else:
             # one upload of the rows' settings (pinned, asynchronous: the host does not wait for the decode graph)
             n = len(reqs)

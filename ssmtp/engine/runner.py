@@ -328,7 +328,7 @@ class MambaRunner(ModelRunner):
         last = (seq_lens.to(torch.long) - 1).index_select(0, logit_rows)
         w = self.head_weight()
         h = self._k_add_final(res[logit_rows, last], out[logit_rows, last], self.norm_f, eps, fp32, w.dtype)
-        return F.linear(h, w).float()
+        return ops.lm_head(h, w)
 
     def decode_fused_applies(self, batch: int, part: str = "in") -> bool:
         """Whether decode at this batch size takes the fused kernels on CUDA: part "step": dt_proj fused into the
@@ -353,7 +353,7 @@ class MambaRunner(ModelRunner):
                                                  eps, fp32)
                 out = mixer.step_tail(xc, z, pool.layer("ssm", i), state_idx, fuse_dt=True)
             h = self._k_add_final(res, out, self.norm_f, eps, fp32, w.dtype)
-            return F.linear(h, w).float()
+            return ops.lm_head(h, w)
         fuse_dt = self.decode_fused_applies(ids.shape[0], "step")
         res = F.embedding(ids[:, None], self.embed)  # (B, 1, H)
         x = self._k_norm(res, self.norms[0], eps, dt)
@@ -364,7 +364,7 @@ class MambaRunner(ModelRunner):
                 res, x = self._k_add_norm(res, out, self.norms[i + 1], eps, dt, fp32)
             else:
                 h = self._k_add_final(res, out, self.norm_f, eps, fp32, w.dtype)
-        return F.linear(h[:, 0], w).float()
+        return ops.lm_head(h[:, 0], w)
 
 
 RUNNERS = {"mamba": MambaRunner, "falcon_mamba": MambaRunner}
