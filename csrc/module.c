@@ -126,15 +126,16 @@ static PyObject *py_scan_fwd(PyObject *self, PyObject *args) {
 static PyObject *py_step_fwd(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *o[12];
-    int softplus = 0;
+    int softplus = 0, early = 0;
     unsigned long long stream = 0;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOiK", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8],
-                          &o[9], &o[10], &o[11], &softplus, &stream))
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOiK|i", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8],
+                          &o[9], &o[10], &o[11], &softplus, &stream, &early))
         return NULL;
     ssmtp_step_params_t p;
     ssmtp_tensor_t *const t[] = STEP_TENSORS(p);
     if (!parse_tensors(o, t, STEP_NAMES, 11) || !parse_tensor(o[11], &p.dt_proj, "dt_proj")) return NULL;
     p.dt_softplus = softplus;
+    p.state_early = early;
     CALL_C(ssmtp_step_fwd(&p, (void *)(uintptr_t)stream));
     Py_RETURN_NONE;
 }

@@ -133,10 +133,15 @@ ssmtp_status_t ssmtp_scan_fwd(const ssmtp_scan_params_t *p, void *stream);
  *   B/C (Zamba's per-head x_proj): channel c takes dt[b, c / (dim / ngroups)]. Any strides; on CUDA the fast path
  *   wants R * element size a multiple of 16 bytes and 16-byte aligned, contiguous rows of dt and dt_proj (else a
  *   plain per-element loop).
+ * state_early (a launch hint, CUDA only; 0 = off): the kernel may read state_idx and the state rows before its
+ *   programmatic-dependent-launch wait, i.e. while the kernel before it still runs. Only correct when no kernel that
+ *   may still be running then writes them: the engine's decode step, whose first kernel is an ordinary launch (the
+ *   embedding gather) and in which nothing else writes a layer's SSM state or the slot indices. Same results.
  */
 typedef struct {
     ssmtp_tensor_t x, dt, A, B, C, D, z, dt_bias, state, state_idx, out, dt_proj;
     int32_t dt_softplus;
+    int32_t state_early;
 } ssmtp_step_params_t;
 ssmtp_status_t ssmtp_step_fwd(const ssmtp_step_params_t *p, void *stream);
 

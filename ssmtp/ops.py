@@ -5,8 +5,8 @@ Ops (semantics in csrc/ssmtp.h; pure-torch twins in ssmtp/ref.py):
   causal_conv1d(x, weight, bias, state, state_idx, seq_lens, silu, load_state) -> out          (mutates state)
   selective_scan(x, dt, A, B, C, D, z, dt_bias, state, state_idx, seq_lens, dt_softplus, load_state) -> out
                                                                                                (mutates state)
-  selective_state_update(x, dt, A, B, C, D, z, dt_bias, state, state_idx, dt_softplus, dt_proj=None) -> out
-                                                                                               (mutates state)
+  selective_state_update(x, dt, A, B, C, D, z, dt_bias, state, state_idx, dt_softplus, dt_proj=None,
+                         state_early=False) -> out                                    (mutates state)
   mamba_decode_in(res, add, norm_w, weight, bias, conv_w, conv_b, conv_state, state_idx, eps, res_fp32)
       -> (res_out, xc, z)   a Mamba-1 block's decode input, fused (mutates conv_state); CUDA for M <= 4
   quantize_blocks(x, block, qdtype) -> (q, scales);  dequantize_blocks(q, scales, block, dtype) -> x
@@ -133,19 +133,21 @@ def _(x, dt, A, B, C, D, z, dt_bias, state, state_idx, seq_lens, dt_softplus, lo
 def selective_state_update(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                            D: Optional[torch.Tensor], z: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor],
                            state: torch.Tensor, state_idx: Optional[torch.Tensor], dt_softplus: bool,
-                           dt_proj: Optional[torch.Tensor] = None) -> torch.Tensor:
+                           dt_proj: Optional[torch.Tensor] = None, state_early: bool = False) -> torch.Tensor:
     """dt_proj (dim, R), optional: dt is then the (batch, R) low-rank time step and the op applies dt_proj itself
     (on the CPU the same bits as linear_small(dt, dt_proj) followed by the step; on CUDA the dot is summed in another
-    order, so the time step may differ by one rounding)."""
+    order, so the time step may differ by one rounding). state_early: a CUDA launch hint for the engine's decode step
+    (csrc/ssmtp.h): the kernel may load the slot indices and state rows before it waits for the kernel before it;
+    only where nothing still running then writes them. Same results."""
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     _C.step_fwd(desc(x, "x"), desc(dt, "dt"), desc(A, "A"), desc(B, "B"), desc(C, "C"), desc(D, "D"), desc(z, "z"),
                 desc(dt_bias, "dt_bias"), desc(state, "state"), desc(state_idx, "state_idx"), desc(out, "out"),
-                desc(dt_proj, "dt_proj"), int(dt_softplus), stream_of(x))
+                desc(dt_proj, "dt_proj"), int(dt_softplus), stream_of(x), int(state_early))
     return out
 
 
 @selective_state_update.register_fake
-def _(x, dt, A, B, C, D, z, dt_bias, state, state_idx, dt_softplus, dt_proj=None):
+def _(x, dt, A, B, C, D, z, dt_bias, state, state_idx, dt_softplus, dt_proj=None, state_early=False):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 

@@ -143,12 +143,18 @@ def test_step_dt_proj_matches_cpu_and_unfused(case, dname):
     c = lambda t: t.cuda()  # noqa: E731
     s_gpu = state.cuda()
     got = ops.selective_state_update(c(x), c(dtr), c(A), c(B), c(C), c(D), c(z), c(bias), s_gpu, c(idx), True, c(dtw))
+    # the engine's launch hint (slots and states read before the PDL wait; the state copy before it is an ordinary
+    # kernel): the same bits
+    s_early = state.cuda()
+    early = ops.selective_state_update(c(x), c(dtr), c(A), c(B), c(C), c(D), c(z), c(bias), s_early, c(idx), True,
+                                       c(dtw), True)
     # unfused on the GPU: the GEMV, then the plain step
     s_un = state.cuda()
     dt_full = ops.linear(c(dtr), c(dtw))
     un = ops.selective_state_update(c(x), dt_full, c(A), c(B), c(C), c(D), c(z), c(bias), s_un, c(idx), True)
     torch.cuda.synchronize()
     rel = REL[dname]
+    assert torch.equal(early, got) and torch.equal(s_early, s_gpu), "state_early changed the results"
     _close(got, want, 4 * rel, f"{case[0]} {dname}: out vs CPU")
     _close(s_gpu, s_cpu, 4 * rel, f"{case[0]} {dname}: state vs CPU")
     _close(got, un, 4 * rel, f"{case[0]} {dname}: out vs unfused")
@@ -194,8 +200,12 @@ def test_step_grouped_dt_proj_matches_cpu(case, dname):
     dt3_g = full_g.as_strided((Bn, G, R), (G * G * R, (G + 1) * R, 1))
     s_gpu = state.cuda()
     got = ops.selective_state_update(c(x), dt3_g, c(A), c(B), c(C), c(D), c(z), c(bias), s_gpu, c(idx), True, c(dtw))
+    s_early = state.cuda()  # the engine's launch hint: the same bits
+    early = ops.selective_state_update(c(x), dt3_g, c(A), c(B), c(C), c(D), c(z), c(bias), s_early, c(idx), True,
+                                       c(dtw), True)
     torch.cuda.synchronize()
     rel = REL[dname]
+    assert torch.equal(early, got) and torch.equal(s_early, s_gpu), "state_early changed the results"
     _close(got, want, 4 * rel, f"{case[0]} {dname}: out vs CPU")
     _close(s_gpu, s_cpu, 4 * rel, f"{case[0]} {dname}: state vs CPU")
 

@@ -63,6 +63,7 @@ struct StepArgs {
     int64_t sdtg, dt_per;
     int64_t sA0, sA1, sD, sbias, ss0, ss1, ss2, sidx;
     int D_dtype, bias_dtype, softplus;
+    int state_early; // state_idx and the state rows may be read before the PDL wait (ssmtp.h: a launch hint)
     int vecbc; // B and C state-contiguous with 4-element-aligned bases and strides (one vector load per 4 states)
     int device;
 };
@@ -250,31 +251,46 @@ __global__ void __launch_bounds__(THREADS, MINB) step_vec_kernel(const StepArgs 
         for (int j = 0; j < DTP_PRE; j++)
             if (part + j * TPC < npk) wpre[j] = ld_stream(wr + part + j * TPC);
     }
-    ssm_pdl_wait();
-
-    // Phase 1: every load of the block's BPB rows is issued before anything is computed (one round trip). B and C
-    // as one vector per 4 states where the layout allows (vecbc, uniform): 8 bytes per load for 16-bit types.
-    const bool vecbc = a.vecbc != 0;
     float *st_c = a.state + wide(c, a.ss1) + 4 * part;
-    const T *x_c = (const T *)a.x + wide(c, a.sx1), *z_c = a.z ? (const T *)a.z + wide(c, a.sz1) : nullptr;
-    const T *dt_c = (const T *)a.dt + dt_off(a, c);
-    const T *B_g = (const T *)a.B + wide(g, a.sB1) + wide(4 * part, a.sB2);
-    const T *C_g = (const T *)a.C + wide(g, a.sC1) + wide(4 * part, a.sC2);
     int slot[BPB];
     bool ok[BPB];
     float4 h[BPB][NV];
-    T xr[BPB], dr[BPB], zr[BPB];
-    Quad<T> Bq[BPB][NV], Cq[BPB][NV];
-#pragma unroll
-    for (int i = 0; i < BPB; i++) {
-        const bool in = b0 + i < (int)a.batch;
-        const int b = in ? b0 + i : b0;
+    auto load_state = [&](int i, int b, bool in) {
         slot[i] = !in ? -1 : a.state_idx ? a.state_idx[wide(b, a.sidx)] : b;
         ok[i] = slot[i] >= 0 && slot[i] < a.nslots;
         const float *sp = st_c + wide(slot[i], a.ss0);
 #pragma unroll
         for (int j = 0; j < NV; j++)
             h[i][j] = ok[i] ? *(const float4 *)(sp + 4 * j * TPC) : make_float4(0.f, 0.f, 0.f, 0.f);
+    };
+    // The rows' slots and states before the wait when the caller allows it (state_early: the engine's decode step,
+    // where nothing still running writes them): the slot -> state chain of two memory round trips then overlaps the
+    // kernel before. Only in the small-batch kernels with dt_proj fused (DTP, one row per block, where that chain
+    // is on every layer's critical path); the other kernels' code is unchanged (in the multi-row ones a second copy
+    // of these loads made ptxas spill).
+    const bool early = DTP && a.state_early != 0;
+    if constexpr (DTP) {
+        if (early) {
+#pragma unroll
+            for (int i = 0; i < BPB; i++) load_state(i, b0 + i < (int)a.batch ? b0 + i : b0, b0 + i < (int)a.batch);
+        }
+    }
+    ssm_pdl_wait();
+
+    // Phase 1: every load of the block's BPB rows is issued before anything is computed (one round trip). B and C
+    // as one vector per 4 states where the layout allows (vecbc, uniform): 8 bytes per load for 16-bit types.
+    const bool vecbc = a.vecbc != 0;
+    const T *x_c = (const T *)a.x + wide(c, a.sx1), *z_c = a.z ? (const T *)a.z + wide(c, a.sz1) : nullptr;
+    const T *dt_c = (const T *)a.dt + dt_off(a, c);
+    const T *B_g = (const T *)a.B + wide(g, a.sB1) + wide(4 * part, a.sB2);
+    const T *C_g = (const T *)a.C + wide(g, a.sC1) + wide(4 * part, a.sC2);
+    T xr[BPB], dr[BPB], zr[BPB];
+    Quad<T> Bq[BPB][NV], Cq[BPB][NV];
+#pragma unroll
+    for (int i = 0; i < BPB; i++) {
+        const bool in = b0 + i < (int)a.batch;
+        const int b = in ? b0 + i : b0;
+        if (!early) load_state(i, b, in);
         xr[i] = x_c[wide(b, a.sx0)];
         if constexpr (!DTP) dr[i] = dt_c[wide(b, a.sdt0)];
         zr[i] = z_c ? z_c[wide(b, a.sz0)] : from_f32<T>(0.f);
@@ -682,6 +698,7 @@ extern "C" ssmtp_status_t ssmtp_cuda_step_fwd(const ssmtp_step_params_t *p, void
     a.ss0 = p->state.stride[0]; a.ss1 = p->state.stride[1]; a.ss2 = p->state.stride[2];
     if (a.state_idx) a.sidx = p->state_idx.stride[0];
     a.softplus = p->dt_softplus;
+    a.state_early = p->state_early;
     a.device = p->x.device;
     // B/C as one vector per 4 states: state-contiguous, vector-aligned bases and strides (the models' x_proj split).
     const int64_t al = 4 * (int64_t)ssmtp_dtype_size(p->x.dtype);

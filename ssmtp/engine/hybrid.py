@@ -444,7 +444,9 @@ class HybridRunner(ModelRunner):
         sdpa = (not decode) and h.is_cuda and h.dtype != torch.float32
         kf = self._k if decode or B * L >= FUSED_PREFILL_MIN_TOKENS else self._plain
         fused_in = decode and self.decode_in_applies(B)
-        fuse_dt = {"fuse_dt": True} if decode and self.decode_dt_fused(B) else {}
+        # state_early (ops.selective_state_update's launch hint) holds in a decode step: its first kernel, the
+        # embedding gather, is an ordinary launch, and only layer i's state update writes layer i's SSM state
+        fuse_dt = {"fuse_dt": True, "state_early": True} if decode and self.decode_dt_fused(B) else {}
         out = None  # the previous layer's output, added to h by the next layer's norm
         for i, mixer in enumerate(self.mixers):
             j = self.hybrid_index.get(i)

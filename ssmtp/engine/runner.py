@@ -343,6 +343,9 @@ class MambaRunner(ModelRunner):
 
     @torch.no_grad()
     def decode(self, ids, pos, state_idx, pool: SlotPool) -> torch.Tensor:
+        # state_early (ops.selective_state_update's launch hint) holds here: the step's first kernel, the embedding
+        # gather, is an ordinary launch that waits for all earlier work, and within the step only layer i's state
+        # update writes layer i's SSM state (nothing writes state_idx)
         eps, dt, fp32 = self.eps, self.dtype, self.residual_in_fp32
         w = self.head_weight()
         if self.decode_fused_applies(ids.shape[0]):
@@ -351,7 +354,7 @@ class MambaRunner(ModelRunner):
                 res, xc, z = ops.mamba_decode_in(res, out, self.norms[i], mixer.in_proj_weight, mixer.in_proj_bias,
                                                  mixer.conv_weight, mixer.conv_bias, pool.layer("conv", i), state_idx,
                                                  eps, fp32)
-                out = mixer.step_tail(xc, z, pool.layer("ssm", i), state_idx, fuse_dt=True)
+                out = mixer.step_tail(xc, z, pool.layer("ssm", i), state_idx, fuse_dt=True, state_early=True)
             h = self._k_add_final(res, out, self.norm_f, eps, fp32, w.dtype)
             return ops.lm_head(h, w)
         fuse_dt = self.decode_fused_applies(ids.shape[0], "step")
@@ -359,7 +362,7 @@ class MambaRunner(ModelRunner):
         x = self._k_norm(res, self.norms[0], eps, dt)
         n = len(self.mixers)
         for i, mixer in enumerate(self.mixers):
-            out = mixer.mix_step(x, pool.layer("conv", i), pool.layer("ssm", i), state_idx, fuse_dt)
+            out = mixer.mix_step(x, pool.layer("conv", i), pool.layer("ssm", i), state_idx, fuse_dt, True)
             if i + 1 < n:
                 res, x = self._k_add_norm(res, out, self.norms[i + 1], eps, dt, fp32)
             else:

@@ -178,23 +178,25 @@ class TPMambaMixer(nn.Module):
         return self._out(y.transpose(1, 2), h.dtype)
 
     def mix_step(self, h: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor,
-                 state_idx: Optional[torch.Tensor] = None, fuse_dt: bool = False) -> torch.Tensor:
+                 state_idx: Optional[torch.Tensor] = None, fuse_dt: bool = False,
+                 state_early: bool = False) -> torch.Tensor:
         """One decode token per sequence. h (B, 1, H); states updated in place. fuse_dt: dt_proj inside the state
-        update (one kernel instead of a GEMV and the update; the engine's choice at small batch on CUDA)."""
+        update (one kernel instead of a GEMV and the update; the engine's choice at small batch on CUDA).
+        state_early: ops.selective_state_update's launch hint (the engine's decode step only)."""
         dl = self.d_local
         xz = ops.linear(h, self.in_proj_weight, self.in_proj_bias)  # (B, 1, 2dl)
         x = xz[..., :dl].transpose(1, 2)
         xc = ops.causal_conv1d(x, self.conv_weight, self.conv_bias, conv_state, state_idx, None, True, True)
-        return self.step_tail(xc[..., 0], xz[:, 0, dl:], ssm_state, state_idx, fuse_dt)[:, None]
+        return self.step_tail(xc[..., 0], xz[:, 0, dl:], ssm_state, state_idx, fuse_dt, state_early)[:, None]
 
     def step_tail(self, xc: torch.Tensor, z: torch.Tensor, ssm_state: torch.Tensor, state_idx: Optional[torch.Tensor],
-                  fuse_dt: bool) -> torch.Tensor:
+                  fuse_dt: bool, state_early: bool = False) -> torch.Tensor:
         """A decode step after the conv (xc, the conv output, and z, the gate, (B, dl); from mix_step or from
         ops.mamba_decode_in): x_proj (+ all-reduce), the state update (dt_proj fused into it when fuse_dt), out_proj
         (+ all-reduce). Returns (B, H)."""
         dt, B, C = self._dt_B_C(xc, project_dt=not fuse_dt)
         y = ops.selective_state_update(xc, dt, self.A, B[:, None], C[:, None], self.D, z, self.dt_bias, ssm_state,
-                                       state_idx, True, self.dt_proj_weight if fuse_dt else None)
+                                       state_idx, True, self.dt_proj_weight if fuse_dt else None, state_early)
         return self._out(y, xc.dtype)
 
     # ------------------------------------------------------------------ HF-compatible forward

@@ -201,17 +201,19 @@ class TPZambaMambaMixer(nn.Module):
         return self._out(y.transpose(1, 2), h.dtype)
 
     def mix_step(self, h: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor,
-                 state_idx: Optional[torch.Tensor] = None, fuse_dt: bool = False) -> torch.Tensor:
+                 state_idx: Optional[torch.Tensor] = None, fuse_dt: bool = False,
+                 state_early: bool = False) -> torch.Tensor:
         """One decode token per sequence. h (B, 1, H); states (slots, dl, K), (slots, dl, N) updated in place.
-        fuse_dt: dt_proj inside the state update (see step_tail)."""
+        fuse_dt: dt_proj inside the state update (see step_tail); state_early: ops.selective_state_update's launch
+        hint (the engine's decode step only)."""
         dl = self.d_local
         xz = ops.linear(h, self.in_proj_weight, self.in_proj_bias)  # (B, 1, 2dl)
         x = xz[..., :dl].transpose(1, 2)
         xc = ops.causal_conv1d(x, self.conv_weight, self.conv_bias, conv_state, state_idx, None, True, True)
-        return self.step_tail(xc[..., 0], xz[:, 0, dl:], ssm_state, state_idx, fuse_dt)[:, None]
+        return self.step_tail(xc[..., 0], xz[:, 0, dl:], ssm_state, state_idx, fuse_dt, state_early)[:, None]
 
     def step_tail(self, xc: torch.Tensor, z: torch.Tensor, ssm_state: torch.Tensor,
-                  state_idx: Optional[torch.Tensor], fuse_dt: bool = False) -> torch.Tensor:
+                  state_idx: Optional[torch.Tensor], fuse_dt: bool = False, state_early: bool = False) -> torch.Tensor:
         """A decode step after the conv (xc, the conv output, and z, the gate, (B, dl); from mix_step or from
         ops.mamba_decode_in): x_proj per head (+ all-reduce when heads span ranks), the state update, out_proj
         (+ all-reduce). Returns (B, H). fuse_dt: the state update applies dt_proj itself to each head piece's
@@ -221,7 +223,8 @@ class TPZambaMambaMixer(nn.Module):
         if fuse_dt:
             return self._out(ops.selective_state_update(xc, dt[:, 0], self.A, B[:, 0], C[:, 0], self.D, z,
                                                         self.dt_bias, ssm_state, state_idx, True,
-                                                        self.dt_proj_weight.view(self.d_local, -1)), xc.dtype)
+                                                        self.dt_proj_weight.view(self.d_local, -1), state_early),
+                              xc.dtype)
         y = ops.selective_state_update(xc, dt[:, 0], self.A, B[:, 0], C[:, 0], self.D, z, self.dt_bias, ssm_state,
                                        state_idx, True)
         return self._out(y, xc.dtype)
