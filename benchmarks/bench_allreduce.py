@@ -30,7 +30,6 @@ import json
 import os
 import socket
 import statistics
-import subprocess
 import sys
 import time
 import traceback
@@ -58,16 +57,10 @@ def fmt_size(b):
 
 
 def commit_of():
-    c = os.environ.get("SSMTP_GIT_COMMIT") or os.environ.get("SSMTP_COMMIT")
-    if c:
-        return c
-    try:
-        root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-        h = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout
-        return h + ("-dirty" if dirty.strip() else "") if h else "unknown"
-    except OSError:
-        return "unknown"
+    """SSMTP_COMMIT when set, else ssmtp.engine.bench._git_commit (SSMTP_GIT_COMMIT, else HEAD, "-dirty")."""
+    from ssmtp.engine.bench import _git_commit
+
+    return os.environ.get("SSMTP_COMMIT") or _git_commit()
 
 
 def nccl_version_str():

@@ -40,7 +40,6 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -642,13 +641,10 @@ def bench_decode_fused(flt=""):
 
 
 def git_commit():
-    if os.environ.get("SSMTP_GIT_COMMIT"):  # set by whoever copies the tree to a machine without .git
-        return os.environ["SSMTP_GIT_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
+    """The tree's commit (ssmtp.engine.bench._git_commit: SSMTP_GIT_COMMIT, else HEAD, "-dirty" when modified)."""
+    from ssmtp.engine.bench import _git_commit
+
+    return _git_commit()
 
 
 def write_plot(rows: list, meta: dict, out_path: str) -> None:

@@ -705,6 +705,19 @@ def test_bench_smoke_on_cpu(tmp_path):
     assert "ssmtp 50.0x (target >= 50x)" in bench._table(res)
 
 
+def test_bench_commit_label(monkeypatch):
+    """Results name the tree that ran: SSMTP_GIT_COMMIT when set, else HEAD (+ "-dirty" when tracked files differ), so a
+    copy whose .git does not match its files is not mistaken for a commit."""
+    from ssmtp.engine import bench
+
+    monkeypatch.setenv("SSMTP_GIT_COMMIT", "abc1234")
+    assert bench._git_commit() == "abc1234"
+    monkeypatch.delenv("SSMTP_GIT_COMMIT")
+    c = bench._git_commit()
+    sha = c.removesuffix("-dirty")
+    assert c == "unknown" or (len(sha) == 40 and all(ch in "0123456789abcdef" for ch in sha))
+
+
 def test_bench_hf_same_run_times_both_prefill_batches():
     """The HF comparison (run on the GPU only by the benchmark) on the CPU with the tiny preset: its keys and sanity."""
     import argparse

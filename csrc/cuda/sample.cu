@@ -356,31 +356,37 @@ __global__ void __launch_bounds__(NT) argmax_kernel(const T *__restrict__ logits
     cluster.sync(); // no block leaves while block 0 may still read its result
 }
 
+// What a per-row launcher needs of the device (made current): its SM count, and the compute capability's major (0
+// when unknown); and the blocks per row for n rows: up to MAX_CL while the rows leave SMs idle, 1 before sm_90 (no
+// thread-block clusters).
+ssmtp_status_t row_device(int dev, int64_t n, int *sms, int *major, int *cl) {
+    SSMTP_TRY(ssmtp_cuda_set_device(dev));
+    *sms = 132;
+    SSMTP_TRY(ssm_sm_count(dev, sms));
+    if (cudaDeviceGetAttribute(major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
+        (void)cudaGetLastError();
+        *major = 0;
+    }
+    *cl = 1;
+    while (*major >= 9 && *cl < MAX_CL && n * *cl * 2 <= *sms) *cl *= 2;
+    return SSMTP_OK;
+}
+
 } // namespace
 
 extern "C" ssmtp_status_t ssmtp_cuda_sample(const ssmtp_sample_params_t *p, void *stream) {
     const int64_t n = p->logits.shape[0];
     if (n == 0) return SSMTP_OK;
-    SSMTP_TRY(ssmtp_cuda_set_device(p->logits.device));
     const int dev = p->logits.device;
-    int sms = 132;
-    SSMTP_TRY(ssm_sm_count(dev, &sms));
-    // blocks per row: up to MAX_CL while the rows leave SMs idle
-    int CL = 1;
+    int sms, major, CL;
+    SSMTP_TRY(row_device(dev, n, &sms, &major, &CL));
     const char *env = getenv("SSMTP_SAMPLE_CLUSTER"); // override (tests, benchmarks): 1, 2, 4 or 8
     if (env && *env) {
         CL = atoi(env);
         if (CL != 1 && CL != 2 && CL != 4 && CL != 8)
             return ssmtp_fail(SSMTP_ERR_INVALID, "SSMTP_SAMPLE_CLUSTER=%s: expected 1, 2, 4 or 8", env);
-    } else {
-        while (CL < MAX_CL && n * CL * 2 <= sms) CL *= 2;
+        if (major < 9) CL = 1;
     }
-    int major = 9;
-    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
-        (void)cudaGetLastError();
-        major = 0;
-    }
-    if (major < 9) CL = 1; // no thread-block clusters before sm_90
     if (n * CL > 2147483647LL)
         return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, "sample: %lld rows on CUDA, at most 2^31 / %d", (long long)n, CL);
     SampleArgs a = {};
@@ -434,17 +440,9 @@ extern "C" ssmtp_status_t ssmtp_cuda_sample(const ssmtp_sample_params_t *p, void
 extern "C" ssmtp_status_t ssmtp_cuda_argmax(const ssmtp_argmax_params_t *p, void *stream) {
     const int64_t n = p->logits.shape[0];
     if (n == 0) return SSMTP_OK;
-    SSMTP_TRY(ssmtp_cuda_set_device(p->logits.device));
     const int dev = p->logits.device;
-    int sms = 132;
-    SSMTP_TRY(ssm_sm_count(dev, &sms));
-    int major = 9;
-    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
-        (void)cudaGetLastError();
-        major = 0;
-    }
-    int CL = 1; // blocks per row: up to MAX_CL while the rows leave SMs idle (no clusters before sm_90)
-    while (major >= 9 && CL < MAX_CL && n * CL * 2 <= sms) CL *= 2;
+    int sms, major, CL;
+    SSMTP_TRY(row_device(dev, n, &sms, &major, &CL));
     if (n * CL > 2147483647LL)
         return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, "argmax: %lld rows on CUDA, at most 2^31 / %d", (long long)n, CL);
     cudaLaunchConfig_t cfg = {};

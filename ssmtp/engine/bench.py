@@ -39,7 +39,8 @@ REFERENCE = {
 
 
 def _git_commit() -> str:
-    """SSMTP_GIT_COMMIT when set (a copy of the tree without .git), else git rev-parse HEAD, else "unknown"."""
+    """SSMTP_GIT_COMMIT when set (a copy of the tree without .git, or with a .git that does not match it), else git
+    rev-parse HEAD with "-dirty" appended when tracked files differ from it, else "unknown"."""
     env = os.environ.get("SSMTP_GIT_COMMIT", "").strip()
     if env:
         return env
@@ -47,7 +48,11 @@ def _git_commit() -> str:
         here = os.path.dirname(os.path.abspath(__file__))
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
                              timeout=10).stdout.strip()
-        return out if len(out) == 40 and all(c in "0123456789abcdef" for c in out) else "unknown"
+        if not (len(out) == 40 and all(c in "0123456789abcdef" for c in out)):
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out + ("-dirty" if dirty else "")
     except Exception:
         return "unknown"
 
