@@ -764,11 +764,14 @@ static void prep_linear(call_t *c, int *invalid, char *what, size_t wn) {
     mk(&g_linear.x, dt, 2, (int64_t[]){M, K}, ROLE_IN, 2);
     mk(&g_linear.weight, dt, 2, (int64_t[]){N, K}, ROLE_IN, 1);
     if (chance(50)) mk(&g_linear.bias, dt, 1, (int64_t[]){N}, ROLE_IN, 1);
-    mk(&g_linear.out, dt, 2, (int64_t[]){M, N}, ROLE_OUT, 2);
+    /* out: x's dtype, or f32 for 16-bit x (the widened logits); with 16-bit x both float codes are valid there, so
+     * its dtype mutations go to non-float codes only */
+    const int wide = dt != SSMTP_DTYPE_F32 && chance(30);
+    mk(&g_linear.out, wide ? SSMTP_DTYPE_F32 : dt, 2, (int64_t[]){M, N}, ROLE_OUT, 2);
     add(c, &g_linear.x, "x", 1, 0, 1, 1);
     add(c, &g_linear.weight, "weight", 1, 1, 0, 1);
     add(c, &g_linear.bias, "bias", 0, 0, 0, 1);
-    add(c, &g_linear.out, "out", 1, 0, 0, 1);
+    add(c, &g_linear.out, "out", 1, 0, dt != SSMTP_DTYPE_F32, 1);
     *invalid = chance(75);
     if (*invalid) {
         int ok = 0;
