@@ -62,6 +62,26 @@ __device__ __forceinline__ void fma_pack(const uint4 &wv, const T *x, int64_t sx
     }
 }
 
+// The last packs of a lane's row (fewer than LIN_UNROLL: k + (LIN_UNROLL - 1) step >= npk). At one row of x they are
+// loaded together into wv (free by then) and then used: one memory round trip. As a loop of single packs each load
+// waited for the previous pack's products (in-order issue): at batch 1, out_proj's two-pack tail (mamba-2.8b, 10
+// packs per lane) took two round trips after the main loop's last one. At more rows the loop stays: holding wv there
+// took 48 -> 60 registers, a resident block per SM less, which changes the launcher's one-wave choice.
+template <typename T, int M>
+__device__ __forceinline__ void tail_packs(const uint4 *wr, int64_t k, int64_t npk, int64_t step, uint4 (&wv)[LIN_UNROLL],
+                                           const T *x, int64_t sx, float (&acc)[M]) {
+    if constexpr (M == 1) {
+#pragma unroll
+        for (int u = 0; u < LIN_UNROLL - 1; u++)
+            if (k + u * step < npk) wv[u] = ld_stream(wr + k + u * step);
+#pragma unroll
+        for (int u = 0; u < LIN_UNROLL - 1; u++)
+            if (k + u * step < npk) fma_pack<T, M>(wv[u], x, sx, k + u * step, acc);
+    } else {
+        for (; k < npk; k += step) fma_pack<T, M>(ld_stream(wr + k), x, sx, k, acc);
+    }
+}
+
 template <typename T, int M, int KS>
 __global__ void __launch_bounds__(LIN_THREADS)
     linear_small_kernel(const T *__restrict__ x, int64_t sx, const T *__restrict__ w, const T *__restrict__ bias,
@@ -79,14 +99,14 @@ __global__ void __launch_bounds__(LIN_THREADS)
         if (row < N) {
             const uint4 *wr = reinterpret_cast<const uint4 *>(w + row * K);
             int64_t k = kw * 32 + lane;
+            uint4 wv[LIN_UNROLL];
             for (; k + (LIN_UNROLL - 1) * step < npk; k += LIN_UNROLL * step) {
-                uint4 wv[LIN_UNROLL];
 #pragma unroll
                 for (int u = 0; u < LIN_UNROLL; u++) wv[u] = ld_stream(wr + k + u * step);
 #pragma unroll
                 for (int u = 0; u < LIN_UNROLL; u++) fma_pack<T, M>(wv[u], x, sx, k + u * step, acc);
             }
-            for (; k < npk; k += step) fma_pack<T, M>(ld_stream(wr + k), x, sx, k, acc);
+            tail_packs<T, M>(wr, k, npk, step, wv, x, sx, acc);
         }
     } else {
         // The first LIN_UNROLL weight packs are in flight before the wait (no earlier kernel writes weights); each
@@ -125,7 +145,7 @@ __global__ void __launch_bounds__(LIN_THREADS)
                     for (int u = 0; u < LIN_UNROLL; u++) wv[u] = ld_stream(wr + k + u * step);
                 }
             }
-            for (; k < npk; k += step) fma_pack<T, M>(ld_stream(wr + k), x, sx, k, acc);
+            tail_packs<T, M>(wr, k, npk, step, wv, x, sx, acc);
         }
     }
 #pragma unroll
