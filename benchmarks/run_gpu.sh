@@ -58,7 +58,8 @@ if want sanitize; then
   # SANITIZE_TIMEOUT: seconds per tool (300).
   # Needs a machine whose runtime lets the sanitizer at the device (device/KINDS.md: Firecracker yes, gVisor no).
   cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-  st=${SANITIZE_TESTS:-tests/test_cuda_ops.py tests/test_decode_fused_gpu.py tests/test_linear.py tests/test_ssd_gpu.py tests/test_attention.py tests/test_sample.py}
+  st=${SANITIZE_TESTS:-tests/test_cuda_ops.py tests/test_decode_fused_gpu.py tests/test_linear.py tests/test_ssd_gpu.py
+      tests/test_attention.py tests/test_sample.py}
   rt=${SANITIZE_RACE_TESTS:-tests/test_ssd_gpu.py tests/test_decode_fused_gpu.py tests/test_attention.py}
   st=$(for f in $st; do [ -f "$f" ] && echo "$f"; done); rt=$(for f in $rt; do [ -f "$f" ] && echo "$f"; done)
   run timeout "${SANITIZE_TIMEOUT:-300}" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$cs" --tool memcheck --error-exitcode 99 \

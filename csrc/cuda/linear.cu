@@ -68,8 +68,8 @@ __device__ __forceinline__ void fma_pack(const uint4 &wv, const T *x, int64_t sx
 // packs per lane) took two round trips after the main loop's last one. At more rows the loop stays: holding wv there
 // took 48 -> 60 registers, a resident block per SM less, which changes the launcher's one-wave choice.
 template <typename T, int M>
-__device__ __forceinline__ void tail_packs(const uint4 *wr, int64_t k, int64_t npk, int64_t step, uint4 (&wv)[LIN_UNROLL],
-                                           const T *x, int64_t sx, float (&acc)[M]) {
+__device__ __forceinline__ void tail_packs(const uint4 *wr, int64_t k, int64_t npk, int64_t step,
+                                           uint4 (&wv)[LIN_UNROLL], const T *x, int64_t sx, float (&acc)[M]) {
     if constexpr (M == 1) {
 #pragma unroll
         for (int u = 0; u < LIN_UNROLL - 1; u++)
