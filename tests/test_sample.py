@@ -140,11 +140,11 @@ def test_argmax_non_finite_strided_and_bad_arguments():
     big = torch.randn(4, 3, 700)
     assert torch.equal(ops.argmax(big[:, 1, 50:650]), big[:, 1, 50:650].argmax(-1))  # rows 2100 apart
     assert ops.argmax(torch.zeros(0, 5)).shape == (0,)
-    with pytest.raises((ValueError, RuntimeError), match="no columns"):
+    with pytest.raises(ValueError, match="no columns"):
         ops.argmax(torch.zeros(3, 0))
-    with pytest.raises((ValueError, RuntimeError), match="logits"):
+    with pytest.raises(ValueError, match="contiguous in its last dim"):
         ops.argmax(torch.zeros(8, 4).t())
-    with pytest.raises((ValueError, RuntimeError, NotImplementedError)):
+    with pytest.raises(NotImplementedError, match="int64"):
         ops.argmax(torch.zeros(2, 4, dtype=torch.int64))
     torch.library.opcheck(ops.argmax, (torch.randn(3, 50),))
 
