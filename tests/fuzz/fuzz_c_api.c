@@ -5,7 +5,7 @@
  *   fuzz_c_api [-s SEED] [-n ITERS] [-t SECONDS] [-l FAKE_NCCL.so] [-v]
  *
  * Each iteration picks an op (conv1d, scan, step with or without dt_proj, ssd, ssd_step, quantize, dequantize,
- * linear_small, decode_attention, mamba_decode_in, gated_norm), draws a valid call (random dtypes, small shapes
+ * linear_small, decode_attention, mamba_decode_in, gated_norm, argmax), draws a valid call (random dtypes, small shapes
  * including 0,
  * padded / broadcast strides, optional tensors present or absent, slot indices including -1 padding rows,
  * right-padded seq_lens) with every buffer allocated to exactly the bytes its descriptor
@@ -968,11 +968,38 @@ static void prep_gated_norm(call_t *c, int *invalid, char *what, size_t wn) {
         if (!ok) *invalid = 0;
     }
 }
+
+static ssmtp_argmax_params_t g_argmax;
+
+/* The greedy token per row: logits (n, V) of a float dtype with a unit innermost stride, out (n,) int64. */
+static void prep_argmax(call_t *c, int *invalid, char *what, size_t wn) {
+    memset(&g_argmax, 0, sizeof g_argmax);
+    const int64_t n = rint_in(0, 4), V = rint_in(1, 9);
+    mk(&g_argmax.logits, float_dtype(), 2, (int64_t[]){n, V}, ROLE_IN, 2);
+    mk(&g_argmax.out, SSMTP_DTYPE_I64, 1, (int64_t[]){n}, ROLE_OUT, 0);
+    add(c, &g_argmax.logits, "logits", 1, 2, 1, 1);
+    add(c, &g_argmax.out, "out", 1, 0, 0, 0);
+    *invalid = chance(75);
+    if (*invalid) {
+        int ok = 0;
+        for (int k = 0; k < 10 && !ok; k++) {
+            if (chance(85)) {
+                ok = mutate_generic(c->s, c->ns, what, wn);
+            } else if (n > 0) { /* a row without columns */
+                g_argmax.logits.shape[1] = 0;
+                snprintf(what, wn, "logits.shape[1]=0 (n %lld)", (long long)n);
+                ok = 1;
+            }
+        }
+        if (!ok) *invalid = 0;
+    }
+}
 #undef N_OPS
-#define N_OPS 11
+#define N_OPS 12
 
 static const char *const OPS[] = {"conv1d_fwd", "scan_fwd", "step_fwd", "ssd_fwd", "ssd_step", "quantize",
-                                  "dequantize", "linear_small", "decode_attention", "mamba_decode_in", "gated_norm"};
+                                  "dequantize", "linear_small", "decode_attention", "mamba_decode_in", "gated_norm",
+                                  "argmax"};
 
 static ssmtp_status_t call_op(int which, void *stream) {
     switch (which) {
@@ -1007,6 +1034,7 @@ static ssmtp_status_t call_op(int which, void *stream) {
     case 9: return ssmtp_mamba_decode_in(&g_dec, stream);
 #endif
     case 10: return ssmtp_gated_norm(&g_gnorm, stream);
+    case 11: return ssmtp_argmax(&g_argmax, stream);
     default: return ssmtp_dequantize(&g_quant, stream);
     }
 }
@@ -1043,6 +1071,7 @@ static void one_op(int which) {
     case 9: prep_decode_in(&c, &invalid, what, sizeof what); break;
 #endif
     case 10: prep_gated_norm(&c, &invalid, what, sizeof what); break;
+    case 11: prep_argmax(&c, &invalid, what, sizeof what); break;
     default: prep_quant(&c, &invalid, what, sizeof what); break;
     }
     snprintf(g_call, sizeof g_call, "%s(%s)", c.op, what);
