@@ -372,6 +372,35 @@ ssmtp_status_t row_device(int dev, int64_t n, int *sms, int *major, int *cl) {
     return SSMTP_OK;
 }
 
+// The launch of n rows as clusters of cl blocks of NT threads: the cluster attribute from sm_90 on, programmatic
+// dependent launch when pdl. Used in place (cfg.attrs points into attr).
+struct RowLaunch {
+    cudaLaunchConfig_t cfg;
+    cudaLaunchAttribute attr[2];
+    RowLaunch(int64_t n, int cl, int major, size_t smem, cudaStream_t s, bool pdl) : cfg{} {
+        cfg.gridDim = dim3((unsigned)(n * cl));
+        cfg.blockDim = dim3(NT);
+        cfg.dynamicSmemBytes = smem;
+        cfg.stream = s;
+        int na = 0;
+        if (major >= 9) {
+            attr[na].id = cudaLaunchAttributeClusterDimension;
+            attr[na].val.clusterDim.x = (unsigned)cl;
+            attr[na].val.clusterDim.y = 1;
+            attr[na].val.clusterDim.z = 1;
+            na++;
+        }
+        if (pdl) {
+            attr[na].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+            attr[na].val.programmaticStreamSerializationAllowed = 1;
+            na++;
+        }
+        cfg.attrs = attr;
+        cfg.numAttrs = na;
+    }
+    RowLaunch(const RowLaunch &) = delete;
+};
+
 } // namespace
 
 extern "C" ssmtp_status_t ssmtp_cuda_sample(const ssmtp_sample_params_t *p, void *stream) {
@@ -415,22 +444,10 @@ extern "C" ssmtp_status_t ssmtp_cuda_sample(const ssmtp_sample_params_t *p, void
     const int64_t fit = ((int64_t)optin - (CAP * 8 + 2048)) / (int64_t)sizeof(float);
     a.ncache = (int)(per < fit ? per : (fit > 0 ? fit : 0));
     const size_t smem = (size_t)a.ncache * sizeof(float);
-    cudaStream_t s = (cudaStream_t)stream;
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)(n * CL));
-    cfg.blockDim = dim3(NT);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = s;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = (unsigned)CL;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = major >= 9 ? 1 : 0;
+    RowLaunch L(n, CL, major, smem, (cudaStream_t)stream, false);
     SSMTP_DISPATCH_FLOAT(p->logits.dtype, T, "sample", {
         SSMTP_TRY(ssm_allow_smem((const void *)sample_kernel<T>, smem, dev));
-        const cudaError_t err = cudaLaunchKernelEx(&cfg, sample_kernel<T>, a);
+        const cudaError_t err = cudaLaunchKernelEx(&L.cfg, sample_kernel<T>, a);
         (void)cudaGetLastError();
         if (err != cudaSuccess) return ssmtp_fail(SSMTP_ERR_CUDA, "sample: kernel launch: %s", cudaGetErrorString(err));
     });
@@ -445,31 +462,13 @@ extern "C" ssmtp_status_t ssmtp_cuda_argmax(const ssmtp_argmax_params_t *p, void
     SSMTP_TRY(row_device(dev, n, &sms, &major, &CL));
     if (n * CL > 2147483647LL)
         return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, "argmax: %lld rows on CUDA, at most 2^31 / %d", (long long)n, CL);
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)(n * CL));
-    cfg.blockDim = dim3(NT);
-    cfg.stream = (cudaStream_t)stream;
-    cudaLaunchAttribute attr[2];
-    int na = 0;
-    if (major >= 9) {
-        attr[na].id = cudaLaunchAttributeClusterDimension;
-        attr[na].val.clusterDim.x = (unsigned)CL;
-        attr[na].val.clusterDim.y = 1;
-        attr[na].val.clusterDim.z = 1;
-        na++;
-    }
-    if (ssmtp_pdl_enabled(dev)) {
-        attr[na].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-        attr[na].val.programmaticStreamSerializationAllowed = 1;
-        na++;
-    }
-    cfg.attrs = attr;
-    cfg.numAttrs = na;
+    RowLaunch L(n, CL, major, 0, (cudaStream_t)stream, ssmtp_pdl_enabled(dev));
     const int V = (int)p->logits.shape[1];
     const int64_t srow = p->logits.stride[0], so = p->out.stride[0];
     int64_t *out = (int64_t *)p->out.data;
     SSMTP_DISPATCH_FLOAT(p->logits.dtype, T, "argmax", {
-        const cudaError_t err = cudaLaunchKernelEx(&cfg, argmax_kernel<T>, (const T *)p->logits.data, srow, V, out, so);
+        const cudaError_t err = cudaLaunchKernelEx(&L.cfg, argmax_kernel<T>, (const T *)p->logits.data, srow, V, out,
+                                                   so);
         (void)cudaGetLastError();
         if (err != cudaSuccess) return ssmtp_fail(SSMTP_ERR_CUDA, "argmax: kernel launch: %s", cudaGetErrorString(err));
     });
