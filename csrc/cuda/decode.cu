@@ -19,6 +19,9 @@
 // sums are reduced by warp shuffles and a double-buffered shared array (one barrier per group), and threads t < RPB M
 // finish one (row, m) each: the bias and one rounding to T, then the conv step of channel `row` (ssm_conv_step, the
 // arithmetic of conv1d.cu's decode kernel) for x rows, or the store for z rows.
+// (Measured and not kept, H200, 2026-11-25, benchmarks/results/decode-pdl-order-h200-not-kept.json: the second group
+// copied into shared memory before the wait too, B=1 step 0.04 ms slower; the per-group barrier split into named
+// producer/consumer barriers, warp 0 waiting and the others only arriving, 0.01 ms slower at B=1, 0.05 at B=2.)
 // Bytes: the in_proj weight once (2 dl x H x elem: 52 MB of mamba-2.8b's 87 MB per layer) + the residual (a few KB
 // per block, from L2).
 // Latency at one row of x (batch 1, where this kernel is on the critical path of every layer): norm_w is read before

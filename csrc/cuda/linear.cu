@@ -14,6 +14,10 @@
 // Bytes moved per call: N x K x elem (weights, once) + M x (K + N) x elem; the floor is weights / HBM bandwidth.
 // Launched with PDL (sm_90+): each thread issues its first UNROLL weight packs before griddepcontrol.wait, so the
 // weight stream starts while the previous kernel finishes; x is read and out written only after the wait.
+// How much goes before the wait was measured in the decode step (mamba-2.8b graph step, one H200, 2026-11-25, runs
+// interleaved; benchmarks/results/decode-pdl-order-h200-not-kept.json): out_proj with no packs before its wait made B=1
+// 0.03 ms slower, with 2 instead of 4 the same at B=1 and 0.03-0.04 ms slower at B=2; x_proj letting the state update
+// launch only after its products (so that the update's preloads did not compete with them) 0.11 ms slower.
 // Measured and not kept: this kernel (as the decode step's x_proj) asking the same layer's out_proj weight (26 MB)
 // into L2 with cp.async.bulk.prefetch.L2 (4 KiB pieces, a slice per block), for out_proj to read from L2 while HBM
 // idles during the state update: mamba-2.8b graph step at B=1 2.300-2.305 ms issued after the PDL wait, 2.152-2.163
