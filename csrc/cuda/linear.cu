@@ -247,6 +247,9 @@ static ssmtp_status_t launch_m(const ssmtp_linear_params_t *p, int sms, bool pdl
 namespace {
 
 constexpr int TC_PD = 4; // 32-k steps of weights in flight per warp
+// (x is loaded per step, next to its MMAs. Loading it 2-4 steps ahead instead, 236 registers at 64 rows per block:
+// x_proj 4.71 vs 5.02 us at 16 rows, 5.85 vs 5.66 at 32, 6.58 vs 6.14 at 64, the B=64 decode step 0.025 ms slower;
+// H200, 2026-11-25, benchmarks/results/gemm-decode-batch-h200-not-kept.json.)
 
 // c += a b, one m16n8k16 MMA of T (bf16 or f16) with fp32 accumulation.
 #define TC_MMA(TY)                                                                                                  \
