@@ -13,6 +13,9 @@
 // differ by a rounding. Measured and replaced: 256 threads walking the group in two strided passes, whose dependent
 // loads cost zamba2-2.7b's decode step 3.60 ms against 3.09-3.11 with the two compiled kernels (H200, B=1;
 // benchmarks/results/gated-norm-h200-c8afe68.json).
+// Measured and not kept (H200, 2026-11-25, benchmarks/results/zamba2-norm-outproj-h200-not-kept.json): this norm
+// inside out_proj's GEMV, every GEMV block normalising the row into shared memory after its wait: zamba2-2.7b decode
+// step at B=1 3.07-3.08 ms against 2.85-2.86 with this kernel and the GEMV apart.
 #include "common.cuh"
 #include "ssm_math.cuh"
 
