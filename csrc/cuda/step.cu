@@ -15,9 +15,9 @@
 // row p only, and shares delta by shuffles.
 // The vector kernel is launched with programmatic dependent launch (common.cuh): it loads its parameters (A, dt_bias,
 // D) while the kernel before it finishes.
-// The next kernel is let launch at the start: with the trigger after the fused dt_proj products instead (out_proj's
-// weight preload kept off this kernel's loads) the mamba-2.8b step at B=1 was 0.065 ms slower (H200, 2026-11-25,
-// benchmarks/results/decode-pdl-order-h200-not-kept.json).
+// The next kernel may launch from this kernel's start: with the trigger after the fused dt_proj products instead
+// (out_proj's weight preload kept off this kernel's loads) the mamba-2.8b step at B=1 was 0.065 ms slower (H200,
+// 2026-11-25, benchmarks/results/decode-pdl-order-h200-not-kept.json).
 // With dt_proj (the decode step at small batch, ssmtp.h): the vector path computes each channel's raw time step from
 // the (batch, R) low-rank dt and its dt_proj row (dt_proj_rows below), one sequence per block; unaligned layouts take
 // the scalar path's per-element loop.
