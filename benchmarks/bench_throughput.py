@@ -245,7 +245,8 @@ def model_info(llm, run: Run, load_s: float, cap_s: float) -> dict:
             "recurrent_state_bytes_per_seq_per_rank": rec, "kv_bytes_per_token_per_rank": kv,
             "params": _model_params(llm), "family": getattr(llm.config, "model_type", "?"),
             "allreduce": repr(llm.comm), "graphs": llm.graphs.sizes if llm.graphs is not None else None,
-            "max_prefill_tokens": llm.max_prefill_tokens, "slots": llm.num_slots}
+            "max_prefill_tokens": llm.max_prefill_tokens, "slots": llm.num_slots,
+            "async_decode": getattr(llm, "async_decode", None)}
 
 
 def time_case(run: Run, llm, info: dict, b: int, p: int, o: int, g: torch.Generator, args) -> dict:

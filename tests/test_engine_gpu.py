@@ -1,6 +1,7 @@
 """The engine on CUDA: CUDA-graph decode == eager decode token for token (TP=1; TP=2 over NCCL, graphs capturing the
-all-reduces), == HF greedy on the same GPU; single-request prefill chunks replayed from graphs == eager prefill; padding rows of a graph bucket leave the other slots untouched; a prefix
-hit == a cold prefill on the GPU. Skipped without CUDA (marker `cuda`; `multigpu` needs 2 GPUs)."""
+all-reduces), == HF greedy on the same GPU; single-request prefill chunks replayed from graphs == eager prefill;
+padding rows of a graph bucket leave the other slots untouched; a prefix hit == a cold prefill on the GPU; async
+decode == sync decode with graphs. Skipped without CUDA (marker `cuda`; `multigpu` needs 2 GPUs)."""
 import pytest
 import torch
 
@@ -147,3 +148,20 @@ def _tp2(rank, world):
 @pytest.mark.multigpu
 def test_graph_decode_equals_eager_tp2_nccl():
     run_ranks(2, _tp2, backend="nccl", timeout=300)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("family", ["mamba", "zamba"])
+def test_async_decode_equals_sync_with_graphs(family):
+    """async_decode with CUDA graphs: the moved rows' tokens are device copies into the graph's input buffer (one
+    copy for a leading run, index lists otherwise), the kept logits are copied before the next replay overwrites
+    them; tokens, finish reasons, logits and prefix-cache hits as with async_decode off (tests/test_engine_async.py)."""
+    from ssmtp.engine import LLM
+    from test_engine_async import check, scenario
+    from tiny_models import build_zamba
+
+    dev = torch.device("cuda", 0)
+    model = (build("mamba", "odd") if family == "mamba" else build_zamba("hf-tester")).to(dev)
+    check(scenario(lambda flag: LLM(model, device=dev, num_slots=4, max_batch=4, prefix_interval=8,
+                                    cuda_graphs=True, graph_batch_sizes=(1, 2, 4), async_decode=flag,
+                                    progress=False)))

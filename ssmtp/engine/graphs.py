@@ -56,7 +56,8 @@ class GraphDecoder:
         self.device = pool.device
         self.sizes = buckets_for(max_batch, sizes)
         self.max_bs = self.sizes[-1]
-        self._inputs = torch.zeros(2 * self.max_bs, dtype=torch.int32, device=self.device)
+        # [ids, slots] of the replayed bucket, then room for the index lists of run()'s moved rows
+        self._inputs = torch.zeros(4 * self.max_bs, dtype=torch.int32, device=self.device)
         self._graphs: dict[int, tuple] = {}  # bs -> (graph, logits, argmax)
         # hybrid runners (K/V per slot): graphs also per key-length bucket T, attending over T keys, not max_model_len;
         # _graphs holds the full-length ones (captured up front), _graphs_kv[(bs, T)] the shorter ones (on first use)
@@ -128,10 +129,12 @@ class GraphDecoder:
         for bs in sizes:
             self.capture(bs)
 
-    def run(self, ids: Sequence[int], slots: Sequence[int], kv_len: Optional[int] = None):
+    def run(self, ids: Sequence[int], slots: Sequence[int], kv_len: Optional[int] = None,
+            prev: Optional[torch.Tensor] = None, moved: Sequence = ()):
         """Decode one token for each of n rows; returns (logits (n, V) fp32, greedy tokens (n,) int64) - views of the
         graph's output buffers, valid until the next run. kv_len (hybrid runners): keys the longest row attends
-        (its position + 1); the graph of the smallest key-length bucket holding it is replayed."""
+        (its position + 1); the graph of the smallest key-length bucket holding it is replayed. prev, moved: the
+        input token of row i is prev[j] (a device tensor: an earlier step's tokens) for each (i, j) in moved."""
         n = len(ids)
         bs = self.bucket(n)
         T = self.kv_bucket(kv_len)
@@ -139,14 +142,27 @@ class GraphDecoder:
             self.capture(bs)
         if T is not None and (bs, T) not in self._graphs_kv:
             self.capture(bs, T)
-        st = torch.empty(2 * bs, dtype=torch.int32, pin_memory=True)
+        # the rows moved over from prev: a leading run in order (the usual case: one copy), else index lists
+        k = len(moved)
+        run = prev is not None and all(i == j == q for q, (i, j) in enumerate(moved))
+        m = 0 if run or prev is None else k
+        st = torch.empty(2 * bs + 2 * m, dtype=torch.int32, pin_memory=True)
         a = st.numpy()  # through numpy: the decode wall per token 17-30 us shorter than with torch indexing (H200,
         # benchmarks/results/graph-input-fill-h200.json)
         a[:n] = ids
         a[n:bs] = 0
         a[bs:bs + n] = slots
-        a[bs + n:] = -1
-        self._inputs[:2 * bs].copy_(st, non_blocking=True)
+        a[bs + n:2 * bs] = -1
+        if m:
+            a[2 * bs:2 * bs + m] = [i for i, _ in moved]
+            a[2 * bs + m:] = [j for _, j in moved]
+        self._inputs[:2 * bs + 2 * m].copy_(st, non_blocking=True)
+        if prev is not None and k:
+            if run:
+                self._inputs[:k].copy_(prev[:k])
+            else:
+                dst, src = self._inputs[2 * bs:2 * bs + m].long(), self._inputs[2 * bs + m:2 * bs + 2 * m].long()
+                self._inputs.index_copy_(0, dst, prev.index_select(0, src).to(torch.int32))
         g, logits, greedy = self._graphs[bs] if T is None else self._graphs_kv[(bs, T)]
         g.replay()
         return logits[:n], greedy[:n]

@@ -19,7 +19,8 @@ One engine step (``step()``):
      slots in the same forward, so save points do not cut the prefill into K-token chunks; the hybrid runners end a
      chunk at each save point.
   3. one decode step for every decoding request (a CUDA graph of the bucket's batch size, or eager), sample, and
-     retire finished requests (their slots are freed and zeroed when handed out again).
+     retire finished requests (their slots are freed and zeroed when handed out again). With async_decode the step
+     is launched first and the previous step's tokens are taken while it runs (LLM._decode).
 """
 from __future__ import annotations
 
@@ -117,6 +118,26 @@ class _Request:
         return True
 
 
+@dataclass(eq=False)
+class _Inflight:
+    """A launched decode step whose tokens the host has not taken yet (LLM._decode)."""
+
+    rows: list  # its requests, in batch order
+    index: dict  # request -> row
+    toks: torch.Tensor  # (n,) int64 on the device, the same on every rank
+    host: torch.Tensor  # (n,) their copy on the host (pinned on CUDA), complete once `event` has
+    event: Optional["torch.cuda.Event"]
+    logits: torch.Tensor  # (n, V): a view of the graph's output buffer, valid until the next replay
+    kept: Optional[tuple] = None  # (rows, their logits copied out before the next step's replay)
+
+
+def _merge_ids(ids: torch.Tensor, prev: torch.Tensor, moved: list) -> torch.Tensor:
+    """ids with ids[i] = prev[j] for each (i, j) in moved (device-side: no host synchronisation)."""
+    dst = torch.tensor([i for i, _ in moved], dtype=torch.int64).to(ids.device, non_blocking=True)
+    src = torch.tensor([j for _, j in moved], dtype=torch.int64).to(ids.device, non_blocking=True)
+    return ids.index_copy(0, dst, prev.index_select(0, src).to(ids.dtype))
+
+
 def _int64_ids(seq) -> np.ndarray:
     """A list or tuple of token ids as an int64 array, or ValueError naming the first element that is not an integer
     (a float, a string, a bool). A list of plain ints (what tokenizers return) goes through one C loop (_C.token_ids:
@@ -185,6 +206,11 @@ class LLM:
     fused_decode        torch.compile the norm/residual glue (decode and prefill; hybrids: decode and prefills of
                         >= 4096 tokens) into one kernel each (default: on for CUDA unless SSMTP_ENGINE_COMPILE=0;
                         falls back to plain ops, logged, if compiling fails)
+    async_decode        launch each decode step before the host has taken the previous step's tokens (they go from
+                        the device's output straight into the next step's input), so the GPU does not wait for the
+                        host between steps; a request that ends with a stop token then computes one token more,
+                        dropped (stats()["steps"]["decode_rows_dropped"]). Default: on for CUDA; env
+                        SSMTP_ASYNC_DECODE=0 / 1 turns it off / on
     tokenizer           for text prompts (default: the checkpoint's, or the tiny presets' byte tokenizer)
     seed                engine seed: requests without their own seed get seed*1000003 + request number
     """
@@ -193,10 +219,12 @@ class LLM:
                  comm: Optional[Communicator] = None, device=None, dtype: Optional[torch.dtype] = None,
                  max_batch: int = 64, num_slots: Optional[int] = None, state_memory=None,
                  max_model_len: Optional[int] = None, prefix_cache: bool = True, prefix_interval: int = 512,
-                 prefix_cache_memory=None, prefix_cache_entries: int = 4096, cache_generated: bool = True, cuda_graphs: Optional[bool] = None,
-                 graph_batch_sizes: Optional[Sequence[int]] = None, max_prefill_tokens: Optional[int] = None,
-                 fused_decode: Optional[bool] = None, prefill_graphs: Optional[bool] = None,
-                 prefill_graph_sizes: Optional[Sequence[int]] = None, tokenizer=None, seed: int = 0, progress: bool = True, check_same_model: bool = True):
+                 prefix_cache_memory=None, prefix_cache_entries: int = 4096, cache_generated: bool = True,
+                 cuda_graphs: Optional[bool] = None, graph_batch_sizes: Optional[Sequence[int]] = None,
+                 max_prefill_tokens: Optional[int] = None, fused_decode: Optional[bool] = None,
+                 prefill_graphs: Optional[bool] = None, prefill_graph_sizes: Optional[Sequence[int]] = None,
+                 async_decode: Optional[bool] = None, tokenizer=None, seed: int = 0, progress: bool = True,
+                 check_same_model: bool = True):
         from ..loading import HFModelSource, resolve
 
         if isinstance(dtype, str):  # "bfloat16" as well as torch.bfloat16
@@ -324,7 +352,12 @@ class LLM:
         self._waiting: list[_Request] = []
         self._running: list[_Request] = []
         self._done: dict[int, RequestOutput] = {}
-        self.steps = {"prefill": 0, "decode": 0}
+        self.steps = {"prefill": 0, "decode": 0, "decode_rows_dropped": 0}
+        if async_decode is None:  # SSMTP_ASYNC_DECODE=0 / 1: off / on (on a CPU too); unset: on for CUDA
+            env = os.environ.get("SSMTP_ASYNC_DECODE", "")
+            async_decode = env == "1" or (env != "0" and device.type == "cuda")
+        self.async_decode = bool(async_decode)
+        self._inflight: Optional[_Inflight] = None
         log.info("ssmtp.LLM: %s %s on %s, tp=%d, %d slots (%.1f MiB each), prefix cache %d entries (K=%d)",
                  source.name, str(dtype).replace("torch.", ""), device, self.tp, self.num_slots,
                  self.pool.slot_bytes / 2**20, cap, prefix_interval)
@@ -550,9 +583,7 @@ class LLM:
         pre = [r for r in self._running if r.state == PREFILL]
         if pre:
             self._prefill_step(pre)
-        dec = [r for r in self._running if r.state == DECODE]
-        if dec:
-            self._decode_step(dec)
+        self._decode()
         self._running = [r for r in self._running if r.state != DONE]
 
     def _admit(self) -> None:
@@ -708,49 +739,120 @@ class LLM:
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - t
 
-    def _decode_step(self, dec: list) -> None:
-        ids = [r.out[-1] for r in dec]
+    def _decode(self) -> None:
+        """The decode part of a step. With async_decode, step t+1 is launched before step t's tokens reach the host:
+        its rows that were in step t read their input token from step t's device output, so the GPU goes on while
+        the host takes step t's tokens (stop tokens, streaming, retiring). A row step t ends by length is left out
+        of step t+1; one that step t ends with a stop token has computed one token too many, which is dropped."""
+        h = self._inflight
+        self._inflight = None
+        dec = [r for r in self._running if r.state == DECODE]
+        if h is None:
+            if dec:
+                h = self._launch_decode(dec, None)
+                if self.async_decode:
+                    self._inflight = h
+                else:
+                    self._finish_decode(h, None)
+            return
+        ahead = h.index  # request -> its row in h, whose token the host has not taken yet
+        nxt = [r for r in dec if r not in ahead or len(r.out) + 1 < r.params.max_new_tokens]
+        nh = self._launch_decode(nxt, h) if nxt else None
+        self._finish_decode(h, nh)
+        if nh is not None and any(r.state == DECODE for r in nh.rows):
+            self._inflight = nh
+
+    def _launch_decode(self, dec: list, prev: Optional["_Inflight"]) -> "_Inflight":
+        """Enqueue one decode step for the rows dec (graph replay or eager forward, sampling, the tokens' copy to the
+        host). Rows that were in ``prev`` (a step whose tokens the host has not taken) take its token from the device;
+        before the replay overwrites prev's logits, the rows of prev the host still needs them for are copied."""
+        ahead = prev.index if prev is not None else {}
+        src = [ahead.get(r, -1) for r in dec]  # row of prev holding the input token, -1 = the host has it
+        ids = [r.out[-1] if j < 0 else 0 for r, j in zip(dec, src)]
+        if prev is not None:
+            keep = [i for i, r in enumerate(prev.rows) if r.state == DECODE and (r.want_logits or (
+                self._saves_generated(r) and len(r.out) + 1 >= r.params.max_new_tokens))]
+            if keep:  # rows needing prev's logits once its tokens are taken; the others then use nh's
+                prev.kept = (keep, prev.logits[keep].float())
         slots = [r.slot for r in dec]
         greedy = None
         # hybrid runners attend over the keys in use (the longest row's position + 1), rounded up to a bucket
         kv = {}
         if getattr(self.runner, "kv_buckets", None):
-            kv["kv_len"] = self.runner.kv_bucket(max(r.length + len(r.out) for r in dec))
+            kv["kv_len"] = self.runner.kv_bucket(max(r.length + len(r.out) + (r in ahead) for r in dec))
+        moved = [(i, j) for i, j in enumerate(src) if j >= 0]
         if self.graphs is not None:
-            logits, greedy = self.graphs.run(ids, slots, **kv)
+            logits, greedy = self.graphs.run(ids, slots, prev=prev.toks if moved else None, moved=moved, **kv)
         else:
             dev = self.device
             ids_t = torch.tensor(ids, dtype=torch.int64).to(dev)
-            pos = torch.tensor([r.length + len(r.out) - 1 for r in dec], dtype=torch.int64).to(dev)
+            if moved:
+                ids_t = _merge_ids(ids_t, prev.toks, moved)
+            pos = torch.tensor([r.length + len(r.out) + (r in ahead) - 1 for r in dec], dtype=torch.int64).to(dev)
             logits = self.runner.decode(ids_t, pos, torch.tensor(slots, dtype=torch.int32).to(dev), self.pool, **kv)
         self.steps["decode"] += 1
-        toks = self._sample(dec, logits, greedy)
+        toks = self._sample_dev(dec, logits, greedy, ahead)
+        if toks.device.type == "cuda":
+            host = torch.empty(toks.shape, dtype=toks.dtype, pin_memory=True)
+            host.copy_(toks, non_blocking=True)
+            ev = torch.cuda.Event()
+            ev.record()
+        else:
+            host, ev = toks, None
+        return _Inflight(dec, {r: i for i, r in enumerate(dec)}, toks, host, ev, logits)
+
+    def _saves_generated(self, r: _Request) -> bool:
+        return self.cache_generated and self.prefix.enabled and r.use_cache
+
+    def _finish_decode(self, h: "_Inflight", nh: Optional["_Inflight"]) -> None:
+        """Take step h's tokens on the host. nh: the step launched after h (async_decode), None if none is."""
+        if h.event is not None:
+            h.event.synchronize()
+        toks = h.host.tolist()
+        kept = dict(zip(h.kept[0], range(len(h.kept[0])))) if h.kept is not None else None
+
+        def row_logits(i: int) -> torch.Tensor:  # h's logits of row i: still in the output buffer, or copied out
+            return h.logits[i] if nh is None else h.kept[1][kept[i]]
+
         # _accept for decode rows without a call or a logits view per row (this loop runs between two graph replays)
         finished, want = [], []
-        for i, (r, tok) in enumerate(zip(dec, toks)):
+        for i, (r, tok) in enumerate(zip(h.rows, toks)):
+            if r.state != DECODE:  # ended (stop token) or aborted after h was launched: h's row was not needed
+                self.steps["decode_rows_dropped"] += 1
+                continue
             if r.want_logits:
                 want.append(i)
             if r.take(tok):
                 r.state = DONE
                 finished.append((r, i))
         if want:  # one device-to-host copy for every row that keeps its logits
-            rows = logits[want].float().cpu()
+            rows = (h.logits[want].float() if nh is None else h.kept[1][[kept[i] for i in want]]).cpu()
             for j, i in enumerate(want):
-                dec[i].logits.append(rows[j].clone())
+                h.rows[i].logits.append(rows[j].clone())
         if finished and self.cache_generated and self.prefix.enabled:
-            # the state now covers prompt + out[:-1]; the logits that chose out[-1] belong to that prefix
             saves = []
             for r, i in finished:
                 if not r.use_cache:
                     continue
-                full = np.concatenate([r.prompt, np.asarray(r.out[:-1], dtype=np.int64)])
+                j = nh.index.get(r) if nh is not None else None
+                if j is None:  # the state covers prompt + out[:-1]; the logits that chose out[-1] belong to it
+                    full = np.concatenate([r.prompt, np.asarray(r.out[:-1], dtype=np.int64)])
+                    lg = row_logits(i)
+                else:  # nh, already enqueued, fed out[-1] too: the state covers prompt + out, nh's logits follow it
+                    full = np.concatenate([r.prompt, np.asarray(r.out, dtype=np.int64)])
+                    lg = nh.logits[j]
                 key = self.prefix.key_at(full, chain_hashes(full, self.prefix.interval), len(full))
-                saves.append((r.slot, key, logits[i], r))
+                saves.append((r.slot, key, lg, r))
             self.prefix.save(self.pool, saves)
         for r, _ in finished:
             self._retire(r)
 
     def _sample(self, reqs: list, logits: torch.Tensor, greedy: Optional[torch.Tensor] = None) -> list:
+        return self._sample_dev(reqs, logits, greedy, {}).tolist()
+
+    def _sample_dev(self, reqs: list, logits: torch.Tensor, greedy: Optional[torch.Tensor], ahead) -> torch.Tensor:
+        """The rows' next tokens on the device (agreed over the TP ranks). ahead: requests with one token not yet
+        taken on the host (it counts in their step number)."""
         if all(r.params.greedy for r in reqs):
             toks = greedy if greedy is not None else ops.argmax(logits)
         else:
@@ -760,14 +862,14 @@ class LLM:
             st = torch.empty(4, n, dtype=torch.int64, pin_memory=dev.type == "cuda")
             st[0] = torch.as_tensor([min(r.params.top_k, 1 << 62) for r in reqs], dtype=torch.int64)  # any int
             st[1] = torch.as_tensor([r.seed for r in reqs], dtype=torch.int64)
-            st[2] = torch.as_tensor([len(r.out) for r in reqs], dtype=torch.int64)
+            st[2] = torch.as_tensor([len(r.out) + (r in ahead) for r in reqs], dtype=torch.int64)
             f = st[3].view(torch.float32).view(2, n)
             f[0] = torch.as_tensor([r.params.temperature for r in reqs], dtype=torch.float32)
             f[1] = torch.as_tensor([r.params.top_p for r in reqs], dtype=torch.float32)
             d = st.to(dev, non_blocking=True) if dev.type == "cuda" else st
             fd = d[3].view(torch.float32).view(2, n)
             toks = sample(logits, fd[0], d[0], fd[1], d[1], d[2])
-        return self._agree(toks).tolist()
+        return self._agree(toks)
 
     def _accept(self, r: _Request, tok: int, logits_row: Optional[torch.Tensor], retire: bool = True) -> None:
         if r.t_first is None:
@@ -819,6 +921,7 @@ class LLM:
             import gc
 
             torch.cuda.synchronize(self.device)
+            self._inflight = None
             self.graphs = None
             self.prefill_graphs = None
             gc.collect()
