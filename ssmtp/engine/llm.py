@@ -529,7 +529,7 @@ class LLM:
 
     def abort(self, request_id: int) -> bool:
         """Stop a queued or running request: its slot is freed at once and its RequestOutput (finish_reason "abort",
-        the tokens generated so far) goes to take_finished(). False if no such request is queued or running. Under
+        the tokens the host has taken so far: a decode step in flight is not waited for) goes to take_finished(). False if no such request is queued or running. Under
         tensor parallelism call it on every rank."""
         for queue in (self._waiting, self._running):
             for i, r in enumerate(queue):
@@ -771,7 +771,7 @@ class LLM:
         ids = [r.out[-1] if j < 0 else 0 for r, j in zip(dec, src)]
         if prev is not None:
             keep = [i for i, r in enumerate(prev.rows) if r.state == DECODE and (r.want_logits or (
-                self._saves_generated(r) and len(r.out) + 1 >= r.params.max_new_tokens))]
+                len(r.out) + 1 >= r.params.max_new_tokens and self._saves_generated(r)))]
             if keep:  # rows needing prev's logits once its tokens are taken; the others then use nh's
                 prev.kept = (keep, prev.logits[keep].float())
         slots = [r.slot for r in dec]
