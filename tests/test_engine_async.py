@@ -158,3 +158,37 @@ def test_async_decode_default_and_env(monkeypatch):
     monkeypatch.setenv("SSMTP_ASYNC_DECODE", "1")
     assert LLM("tiny", progress=False).async_decode is True
     assert LLM("tiny", async_decode=False, progress=False).async_decode is False
+
+
+def test_a_failed_launch_loses_no_token(monkeypatch):
+    """An error while step t+1 is launched (here the forward raises once) still leaves step t's tokens taken: the
+    engine goes on from there and gives the tokens and logits of an engine without async_decode (a lost token would
+    feed one input twice: the state, and so the logits, would differ)."""
+    model = build("mamba", "odd")
+    prompts = make_prompts()[:3]
+    kw = dict(max_new_tokens=9, ignore_eos=True, return_logits=True)
+    ref = LLM(model, num_slots=4, async_decode=False, progress=False).generate(prompts, **kw)
+    llm = LLM(model, num_slots=4, async_decode=True, progress=False)
+    real, calls = llm.runner.decode, [0]
+
+    def flaky(*a, **k):
+        calls[0] += 1
+        if calls[0] == 4:  # the third step launched ahead of its predecessor's tokens
+            raise RuntimeError("injected")
+        return real(*a, **k)
+
+    monkeypatch.setattr(llm.runner, "decode", flaky)
+    ids = [llm.add_request(p, **kw) for p in prompts]
+    done, failed = {}, 0
+    while llm.has_unfinished():
+        try:
+            llm.step()
+        except RuntimeError as e:
+            assert str(e) == "injected"
+            failed += 1
+        done.update(llm.take_finished())
+    assert failed == 1 and calls[0] > 4
+    for i, o in zip(ids, ref):
+        assert done[i].token_ids == o.token_ids
+        torch.testing.assert_close(torch.stack(done[i].logits), torch.stack(o.logits), rtol=1e-5, atol=1e-5)
+    assert llm.pool.num_used == 0

@@ -129,6 +129,7 @@ class _Inflight:
     event: Optional["torch.cuda.Event"]
     logits: torch.Tensor  # (n, V): a view of the graph's output buffer, valid until the next replay
     kept: Optional[tuple] = None  # (rows, their logits copied out before the next step's replay)
+    stale: bool = False  # a later replay may have overwritten `logits`
 
 
 def _merge_ids(ids: torch.Tensor, prev: torch.Tensor, moved: list) -> torch.Tensor:
@@ -529,8 +530,8 @@ class LLM:
 
     def abort(self, request_id: int) -> bool:
         """Stop a queued or running request: its slot is freed at once and its RequestOutput (finish_reason "abort",
-        the tokens the host has taken so far: a decode step in flight is not waited for) goes to take_finished(). False if no such request is queued or running. Under
-        tensor parallelism call it on every rank."""
+        the tokens the host has taken so far: a decode step in flight is not waited for) goes to take_finished().
+        False if no such request is queued or running. Under tensor parallelism call it on every rank."""
         for queue in (self._waiting, self._running):
             for i, r in enumerate(queue):
                 if r.id == request_id:
@@ -757,7 +758,11 @@ class LLM:
             return
         ahead = h.index  # request -> its row in h, whose token the host has not taken yet
         nxt = [r for r in dec if r not in ahead or len(r.out) + 1 < r.params.max_new_tokens]
-        nh = self._launch_decode(nxt, h) if nxt else None
+        try:
+            nh = self._launch_decode(nxt, h) if nxt else None
+        except BaseException:  # h's tokens are on the device: take them, so that no request loses one
+            self._finish_decode(h, None)
+            raise
         self._finish_decode(h, nh)
         if nh is not None and any(r.state == DECODE for r in nh.rows):
             self._inflight = nh
@@ -782,6 +787,8 @@ class LLM:
             kv["kv_len"] = self.runner.kv_bucket(max(r.length + len(r.out) + (r in ahead) for r in dec))
         moved = [(i, j) for i, j in enumerate(src) if j >= 0]
         if self.graphs is not None:
+            if prev is not None:
+                prev.stale = True  # the replay may overwrite prev's logits (the same bucket's output buffer)
             logits, greedy = self.graphs.run(ids, slots, prev=prev.toks if moved else None, moved=moved, **kv)
         else:
             dev = self.device
@@ -809,10 +816,12 @@ class LLM:
         if h.event is not None:
             h.event.synchronize()
         toks = h.host.tolist()
-        kept = dict(zip(h.kept[0], range(len(h.kept[0])))) if h.kept is not None else None
+        kept = dict(zip(h.kept[0], range(len(h.kept[0])))) if h.kept is not None else {}
 
-        def row_logits(i: int) -> torch.Tensor:  # h's logits of row i: still in the output buffer, or copied out
-            return h.logits[i] if nh is None else h.kept[1][kept[i]]
+        def row_logits(i: int) -> Optional[torch.Tensor]:  # h's logits of row i: copied out, or still in place
+            if i in kept:
+                return h.kept[1][kept[i]]
+            return None if h.stale else h.logits[i]
 
         # _accept for decode rows without a call or a logits view per row (this loop runs between two graph replays)
         finished, want = [], []
@@ -826,7 +835,7 @@ class LLM:
                 r.state = DONE
                 finished.append((r, i))
         if want:  # one device-to-host copy for every row that keeps its logits
-            rows = (h.logits[want].float() if nh is None else h.kept[1][[kept[i] for i in want]]).cpu()
+            rows = (torch.stack([row_logits(i) for i in want]) if h.stale else h.logits[want]).float().cpu()
             for j, i in enumerate(want):
                 h.rows[i].logits.append(rows[j].clone())
         if finished and self.cache_generated and self.prefix.enabled:
@@ -836,8 +845,10 @@ class LLM:
                     continue
                 j = nh.index.get(r) if nh is not None else None
                 if j is None:  # the state covers prompt + out[:-1]; the logits that chose out[-1] belong to it
-                    full = np.concatenate([r.prompt, np.asarray(r.out[:-1], dtype=np.int64)])
                     lg = row_logits(i)
+                    if lg is None:  # overwritten (a failed launch after the replay): nothing to save
+                        continue
+                    full = np.concatenate([r.prompt, np.asarray(r.out[:-1], dtype=np.int64)])
                 else:  # nh, already enqueued, fed out[-1] too: the state covers prompt + out, nh's logits follow it
                     full = np.concatenate([r.prompt, np.asarray(r.out, dtype=np.int64)])
                     lg = nh.logits[j]
