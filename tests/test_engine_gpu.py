@@ -165,3 +165,29 @@ def test_async_decode_equals_sync_with_graphs(family):
     check(scenario(lambda flag: LLM(model, device=dev, num_slots=4, max_batch=4, prefix_interval=8,
                                     cuda_graphs=True, graph_batch_sizes=(1, 2, 4), async_decode=flag,
                                     progress=False)))
+
+
+@pytest.mark.cuda
+def test_async_decode_across_streams():
+    """Steps run under different CUDA streams (a caller's stream context changing between steps): the step launched
+    on the new stream waits for the previous one's tokens; the same tokens as without async_decode."""
+    from ssmtp.engine import LLM
+
+    dev = torch.device("cuda", 0)
+    model = build("mamba", "odd").to(dev)
+    prompts = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
+    kw = dict(max_new_tokens=24, temperature=0.9, seed=3, ignore_eos=True)
+    ref = [o.token_ids for o in LLM(model, device=dev, max_batch=4, async_decode=False,
+                                    progress=False).generate(prompts, **kw)]
+    llm = LLM(model, device=dev, max_batch=4, async_decode=True, progress=False)
+    ids = [llm.add_request(p, **kw) for p in prompts]
+    streams = [torch.cuda.Stream(dev), torch.cuda.Stream(dev), torch.cuda.current_stream(dev)]
+    done, i = {}, 0
+    while llm.has_unfinished():
+        with torch.cuda.stream(streams[i % 3]):
+            llm.step()
+        i += 1
+        done.update(llm.take_finished())
+    torch.cuda.synchronize()
+    assert [done[r].token_ids for r in ids] == ref
+    llm.close()

@@ -128,6 +128,7 @@ class _Inflight:
     host: torch.Tensor  # (n,) their copy on the host (pinned on CUDA), complete once `event` has
     event: Optional["torch.cuda.Event"]
     logits: torch.Tensor  # (n, V): a view of the graph's output buffer, valid until the next replay
+    stream: Optional["torch.cuda.Stream"]  # the stream it was launched on (CUDA)
     kept: Optional[tuple] = None  # (rows, their logits copied out before the next step's replay)
     stale: bool = False  # a later replay may have overwritten `logits`
 
@@ -580,6 +581,16 @@ class LLM:
 
     def step(self) -> None:
         """One engine step: admit, one prefill chunk, one decode step. Finished requests go to take_finished()."""
+        h = self._inflight
+        if h is not None and h.event is not None and h.stream != torch.cuda.current_stream(self.device):
+            # the caller's stream changed since the step in flight: this step's work (slots handed out again
+            # included) waits for it, and its tensors are not reused on the old stream while this one reads them
+            cur = torch.cuda.current_stream(self.device)
+            cur.wait_event(h.event)
+            for t in (h.toks, h.logits, h.kept[1] if h.kept is not None else None):
+                if t is not None:
+                    t.record_stream(cur)
+            h.stream = cur
         self._admit()
         pre = [r for r in self._running if r.state == PREFILL]
         if pre:
@@ -799,14 +810,16 @@ class LLM:
             logits = self.runner.decode(ids_t, pos, torch.tensor(slots, dtype=torch.int32).to(dev), self.pool, **kv)
         self.steps["decode"] += 1
         toks = self._sample_dev(dec, logits, greedy, ahead)
+        stream = None
         if toks.device.type == "cuda":
+            stream = torch.cuda.current_stream(self.device)
             host = torch.empty(toks.shape, dtype=toks.dtype, pin_memory=True)
             host.copy_(toks, non_blocking=True)
             ev = torch.cuda.Event()
-            ev.record()
+            ev.record(stream)
         else:
             host, ev = toks, None
-        return _Inflight(dec, {r: i for i, r in enumerate(dec)}, toks, host, ev, logits)
+        return _Inflight(dec, {r: i for i, r in enumerate(dec)}, toks, host, ev, logits, stream)
 
     def _saves_generated(self, r: _Request) -> bool:
         return self.cache_generated and self.prefix.enabled and r.use_cache
