@@ -63,22 +63,21 @@ def scenario(make) -> list:
         for ev in llm.stream(prompts, params):
             got.setdefault(ev.index, []).extend(ev.new_token_ids)
         one.append([got[i] for i in range(len(prompts))])
-        if True:
-            ids = [llm.add_request(prompts[0], params[0]), llm.add_request(prompts[1], max_new_tokens=40,
-                                                                           ignore_eos=True)]
+        ids = [llm.add_request(prompts[0], params[0]), llm.add_request(prompts[1], max_new_tokens=40,
+                                                                       ignore_eos=True)]
+        llm.step()
+        llm.step()
+        ids.append(llm.add_request(prompts[2], params[2]))
+        llm.step()
+        llm.step()
+        assert llm.abort(ids[1])
+        ids.append(llm.add_request(prompts[3], params[3]))
+        done = {}
+        while llm.has_unfinished():
             llm.step()
-            llm.step()
-            ids.append(llm.add_request(prompts[2], params[2]))
-            llm.step()
-            llm.step()
-            assert llm.abort(ids[1])
-            ids.append(llm.add_request(prompts[3], params[3]))
-            done = {}
-            while llm.has_unfinished():
-                llm.step()
-                done.update(llm.take_finished())
             done.update(llm.take_finished())
-            one.append([(done[i].token_ids, done[i].finish_reason) for i in ids])
+        done.update(llm.take_finished())
+        one.append([(done[i].token_ids, done[i].finish_reason) for i in ids])
         one.append(_prefix_turns(llm, prompts, refs))
         assert llm.pool.num_used == 0, "slots leaked"
         res.append(one)
