@@ -60,6 +60,8 @@ def _generate_parser(sub):
                    help="prefix-cache checkpoint interval K in tokens (states are also saved at each prompt's end)")
     p.add_argument("--no-prefix-cache", action="store_true", help="disable the prefix state cache")
     p.add_argument("--no-cuda-graphs", action="store_true", help="decode eagerly instead of with CUDA graphs")
+    p.add_argument("--no-async-decode", action="store_true",
+                   help="take each decode step's tokens before launching the next (default on CUDA: launch first)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: 1 for the small CPU models, torch's default otherwise)")
     p.add_argument("--json", action="store_true", help="print one JSON object per prompt instead of text")
@@ -123,7 +125,8 @@ def cmd_generate(args) -> int:
     t0 = time.perf_counter()
     llm = ssmtp.LLM(model, device=device, dtype=_dtype(args.dtype), max_batch=args.max_batch,
                     prefix_cache=not args.no_prefix_cache, prefix_interval=args.prefix_interval,
-                    cuda_graphs=False if args.no_cuda_graphs else None, seed=args.seed, progress=rank == 0)
+                    cuda_graphs=False if args.no_cuda_graphs else None,
+                    async_decode=False if args.no_async_decode else None, seed=args.seed, progress=rank == 0)
     t_load = time.perf_counter() - t0
     t0 = time.perf_counter()
     # first calls pay one-time costs (torch's op-dispatch imports, graph captures, compilation): keep them out of the

@@ -619,6 +619,28 @@ def test_cli_default_generate_runs():
     assert "[0] ids:" in r.stdout and "[1] text:" in r.stdout and "tok/s" in r.stdout, r.stdout
 
 
+def test_cli_no_async_decode(capsys, monkeypatch):
+    """--no-async-decode turns async decode off even where the environment turns it on; the same tokens either way."""
+    from ssmtp.__main__ import main
+
+    monkeypatch.setenv("SSMTP_ASYNC_DECODE", "1")
+    seen, init = [], ssmtp.LLM.__init__
+
+    def spy(self, *a, **k):
+        init(self, *a, **k)
+        seen.append(self.async_decode)
+
+    monkeypatch.setattr(ssmtp.LLM, "__init__", spy)
+    got = []
+    for extra in ([], ["--no-async-decode"]):
+        assert main(["generate", "--max-new-tokens", "6", "--prompt-ids", "5,6,7", "--prompt-ids", "8,9",
+                     "--json", "--threads", "1", *extra]) == 0
+        lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+        got.append([x["token_ids"] for x in lines])
+    assert seen == [True, False], seen
+    assert got[0] == got[1] and len(got[0]) == 2 and all(len(t) == 6 for t in got[0]), got
+
+
 def test_cli_generate_stream(capsys):
     """--stream prints the tokens as they come (in-process: the same main() the CLI runs), then the same summary;
     one prompt inline, several as '[i] +...' lines; the streamed tokens are the summary's."""
