@@ -2,10 +2,13 @@
 
 Each graph runs the whole decode step of ``runner.decode`` - embeddings, every layer's in_proj, conv step, x_proj +
 all-reduce, SSM state update, out_proj + all-reduce, the final norm and lm_head - from static buffers:
-    inputs   (2 max_bs,) int32 device buffer: a bucket of bs rows reads its bs token ids from [0, bs) and their slot
-             indices (-1 = padding row) from [bs, 2 bs), both in the dtype the kernels take (no conversion kernel)
+    inputs   (4 max_bs,) int32 device buffer: a bucket of bs rows reads its bs token ids from [0, bs) and their slot
+             indices (-1 = padding row) from [bs, 2 bs), both in the dtype the kernels take (no conversion kernel);
+             past 2 bs, run()'s index lists for rows whose ids come from an earlier step's device output
     outputs  logits (bs, V) fp32, and their greedy tokens (bs,) int64 (ops.argmax; greedy rows need nothing else)
-One host-to-device copy of the 2 bs inputs per step (from pinned memory), one replay, no Python per layer. The
+Per step at most one host-to-device copy of the inputs (from pinned memory) and, with async decode (the engine),
+one device copy of the previous step's tokens into the ids (then no host copy at all when the rows and their slots
+are unchanged), one replay, no Python per layer. The
 slot pool's tensors have fixed addresses, so the graphs read and write the states in place; padding rows (slot -1)
 leave every slot untouched, which is also what makes warm-up safe: it runs with all rows as padding.
 

@@ -854,7 +854,7 @@ class LLM:
         if finished and self.cache_generated and self.prefix.enabled:
             saves = []
             for r, i in finished:
-                if not r.use_cache:
+                if not self._saves_generated(r):
                     continue
                 j = nh.index.get(r) if nh is not None else None
                 if j is None:  # the state covers prompt + out[:-1]; the logits that chose out[-1] belong to it
