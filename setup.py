@@ -28,6 +28,7 @@ from setuptools.command.build_ext import build_ext
 HERE = os.path.dirname(os.path.abspath(__file__))
 C_SOURCES = sorted(glob.glob("csrc/*.c"))
 CU_SOURCES = sorted(glob.glob("csrc/cuda/*.cu"))
+SM90A_SOURCES = {"linear_wg.cu"}
 
 
 def _log(msg):
@@ -88,6 +89,15 @@ class BuildExt(build_ext):
             _log(f"CUDA: nvcc={nvcc} archs={archs} (+PTX for {archs[-1]}) debug={debug}")
             gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
             gencode.append(f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}")
+            # Sources named in SM90A_SOURCES use sm_90a instructions (wgmma): with 90 among the archs they are built
+            # for sm_90a only (the arch-specific target, which no other GPU runs) and told so by SSMTP_WG_BUILT;
+            # otherwise with the common targets, where their kernels are stubs the launchers never start.
+
+            def gencode_of(src):
+                if os.path.basename(src) not in SM90A_SOURCES or "90" not in archs:
+                    return gencode
+                return ["-gencode=arch=compute_90a,code=sm_90a", "-DSSMTP_WG_BUILT=1"]
+
             # Objects go to a folder keyed by arch list and debug flag, independent of the Python version, and are
             # reused while the hash of source + headers + command is unchanged (an incremental build that survives
             # copying the tree elsewhere; SSMTP_CUDA_REBUILD=1 forces a rebuild).
@@ -105,7 +115,7 @@ class BuildExt(build_ext):
 
             def compile_one(src):
                 obj = os.path.join(build_tmp, os.path.basename(src) + ".o")
-                cmd = [nvcc, "-c", src, "-o", obj] + nvflags + gencode
+                cmd = [nvcc, "-c", src, "-o", obj] + nvflags + gencode_of(src)
                 key = hdr_hash.copy()
                 with open(src, "rb") as f:
                     key.update(f.read())
@@ -130,6 +140,8 @@ class BuildExt(build_ext):
             ext.extra_objects = objs + [os.path.join(libdir, "libcudart_static.a")]
             ext.libraries = ["stdc++", "rt", "pthread", "dl"]
             cflags += ["-DSSMTP_WITH_CUDA=1", f'-DSSMTP_CUDA_ARCHS_STR="{";".join(archs)}"']
+            if "90" in archs:
+                cflags.append("-DSSMTP_WG_BUILT=1")
             ext.include_dirs.append(os.path.join(home, "include"))
         ext.extra_compile_args = cflags
         ext.libraries = list(dict.fromkeys((ext.libraries or []) + ["dl", "m"]))

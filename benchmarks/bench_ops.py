@@ -448,17 +448,21 @@ LINEAR_SHAPES = [  # (label, K, N): mamba-2.8b projections per rank, and falcon-
     ("mamba-2.8b tp2 in_proj", 2560, 5120), ("mamba-2.8b tp2 out_proj", 2560, 2560),
     ("mamba-2.8b tp2 x_proj", 2560, 192),
     ("falcon-mamba-7b tp1 x_proj", 8192, 288), ("falcon-mamba-7b tp2 x_proj", 4096, 288),
+    ("falcon-mamba-7b tp1 in_proj", 4096, 16384), ("falcon-mamba-7b tp1 out_proj", 8192, 4096),
 ]
 
 
 def bench_linear(flt=""):
     """ssmtp::linear_small vs F.linear (cuBLAS) on the same inputs: the GEMV at M = 1..8 rows and the tensor-core kernel
-    (SSMTP_LINEAR_KERNEL=tc) at M = 1..256; median per call inside a CUDA graph of R calls rotating over weight sets
+    (SSMTP_LINEAR_KERNEL=tc) at M = 1..256 and the warpgroup-MMA kernel (wg, sm_90a builds) at M = 1..128; median
+    per call inside a CUDA graph of R calls rotating over weight sets
     (>= 3 x L2 of weights in all). Validated against cuBLAS first (bf16: within 2 ulp plus fp32 summation slack).
-    Floor: weight bytes / 4.26 TB/s. "linear_small_us" is what the op runs by default at that M (the GEMV up to 8
-    rows, the tensor-core kernel above); the models route a product to it only where gemv_wins says it measured
-    faster (ssmtp/ops.py)."""
+    Floor: weight bytes / 4.26 TB/s. "linear_small_us" (= "auto_us") is what the op runs by default at that M (the
+    warpgroup-MMA kernel where csrc/ssmtp.h's SSMTP_LINEAR_WG_* rule takes the shape, else the GEMV up to 8 rows and
+    the tensor-core kernel above); the models route a product to it only where gemv_wins says it measured faster
+    (ssmtp/ops.py)."""
     out = []
+    wg = ESZ == 2 and "+sm_90a" in ops.build_info() and torch.cuda.get_device_capability() == (9, 0)
     for label, K, N in LINEAR_SHAPES:
         if not matches(flt, label):
             continue
@@ -470,8 +474,9 @@ def bench_linear(flt=""):
             ref = F.linear(x, ws[0]).float()
             row = dict(label=f"{label} M={M}", K=K, N=N, M=M, weight_bytes=wbytes, valid=True,
                        floor_us=wbytes / HBM_BPS * 1e6)
-            kernels = (["gemv"] if M <= 8 else []) + (["tc"] if K % 32 == 0 and ESZ == 2 else [])
-            for kern in kernels:
+            kernels = ((["gemv"] if M <= 8 else []) + (["tc"] if K % 32 == 0 and ESZ == 2 else [])
+                       + (["wg"] if wg and M <= 128 else []))
+            for kern in kernels + ["auto"]:
                 os.environ["SSMTP_LINEAR_KERNEL"] = kern
                 a = ops.linear_small(x, ws[0], None).float()
                 row["valid"] = row["valid"] and bool(((a - ref).abs() <= 2 ** -6 * ref.abs() + 1e-2).all())
@@ -481,11 +486,12 @@ def bench_linear(flt=""):
             row["cublas_us"] = graph_time(lambda i: F.linear(x, ws[i % nsets]), nsets, max(nsets, 64), replays=7) * 1e6
             if not kernels:
                 continue
-            row["linear_small_us"] = row["gemv_us"] if M <= 8 else row["tc_us"]
+            row["linear_small_us"] = row["auto_us"]
             row["frac_hbm"] = row["floor_us"] / row["linear_small_us"]
             row["speedup_vs_cublas"] = row["cublas_us"] / row["linear_small_us"]
             out.append(row)
             extra = f"  tc {row['tc_us']:7.1f} us" if M <= 8 and "tc_us" in row else ""
+            extra += f"  wg {row['wg_us']:7.1f} us x{row['cublas_us'] / row['wg_us']:.2f}" if "wg_us" in row else ""
             print(f"{row['label']:<40} small {row['linear_small_us']:7.1f} us  cuBLAS {row['cublas_us']:7.1f} us  "
                   f"x{row['speedup_vs_cublas']:.2f}  {100 * row['frac_hbm']:5.1f}% HBM{extra} "
                   f"{'ok' if row['valid'] else 'INVALID'}", flush=True)

@@ -46,7 +46,11 @@ int ssmtp_cuda_built(void) {
 #endif
 const char *ssmtp_build_info(void) {
 #ifdef SSMTP_WITH_CUDA
+#ifdef SSMTP_WG_BUILT
+    return "cpu+cuda archs=" SSMTP_CUDA_ARCHS_STR " +sm_90a"
+#else
     return "cpu+cuda archs=" SSMTP_CUDA_ARCHS_STR
+#endif
 #else
     return "cpu-only"
 #endif

@@ -145,6 +145,10 @@ ssmtp_status_t ssmtp_cuda_dequantize(const ssmtp_quant_params_t *p, void *stream
 ssmtp_status_t ssmtp_cuda_sample(const ssmtp_sample_params_t *p, void *stream);
 ssmtp_status_t ssmtp_cuda_argmax(const ssmtp_argmax_params_t *p, void *stream);
 ssmtp_status_t ssmtp_cuda_linear_small(const ssmtp_linear_params_t *p, void *stream);
+/* linear_wg.cu: the warpgroup-MMA path of ssmtp_linear_small (16-bit x, 1..SSMTP_LINEAR_WG_MAX_M rows, aligned rows),
+ * and whether this build has it (sm_90a among the targets). */
+ssmtp_status_t ssmtp_cuda_linear_wg(const ssmtp_linear_params_t *p, int sms, int pdl, void *stream);
+int ssmtp_linear_wg_built(void);
 ssmtp_status_t ssmtp_cuda_gated_norm(const ssmtp_gated_norm_params_t *p, void *stream);
 ssmtp_status_t ssmtp_cuda_mamba_decode_in(const ssmtp_decode_in_params_t *p, void *stream);
 ssmtp_status_t ssmtp_cuda_decode_attention(const ssmtp_attn_params_t *p, void *stream);

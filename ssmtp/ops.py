@@ -254,7 +254,27 @@ def _tc_on() -> bool:
 _TC = _tc_on()
 
 
-def gemv_wins(m: int, K: int, N: int, tc: bool = False) -> bool:
+def _wg_on() -> bool:
+    v = os.environ.get("SSMTP_LINEAR_WG", "1")
+    if v not in ("0", "1"):
+        raise ValueError(f"SSMTP_LINEAR_WG={v!r}: expected 1 (wide products of 3..128 rows on the warpgroup-MMA "
+                         "kernel where it is built) or 0 (cuBLAS there)")
+    return v == "1"
+
+
+_WG = _wg_on()
+# SSMTP_LINEAR_WG_* in csrc/ssmtp.h: where the warpgroup-MMA kernel measured faster than cuBLAS (see gemv_wins)
+LINEAR_WG_MIN_M, LINEAR_WG_MAX_M, LINEAR_WG_WIDE_MAX_M, LINEAR_WG_MIN_N, LINEAR_WG_MAX_N = 3, 32, 16, 512, 10240
+
+
+def wg_wins(m: int, K: int, N: int) -> bool:
+    """The warpgroup-MMA kernel's share (C: ssmtp_linear_wg_auto): outputs wider than 512 and at most 10240, 3..32
+    rows when N <= K (out_proj-like), 3..16 when N > K (in_proj-like)."""
+    return (LINEAR_WG_MIN_N < N <= LINEAR_WG_MAX_N
+            and LINEAR_WG_MIN_M <= m <= (LINEAR_WG_MAX_M if N <= K else LINEAR_WG_WIDE_MAX_M))
+
+
+def gemv_wins(m: int, K: int, N: int, tc: bool = False, wg: bool = False) -> bool:
     """Where linear_small measured faster than cuBLAS on H200 (2026-11-22, bf16, benchmarks/bench_ops.py, mamba-2.8b
     projections; the kernel re-reads x for every weight pack, so each extra row costs L1 traffic and conversions):
       narrow outputs (N <= 512, x_proj 5120 -> 192): 1.8-2.6x at 1-8 rows;
@@ -266,7 +286,17 @@ def gemv_wins(m: int, K: int, N: int, tc: bool = False) -> bool:
     split-K GEMM alone (2026-11-24, x_proj 5120 -> 192: 5.0-6.0 us vs 7.7-8.0; 2560 -> 192: 4.5-5.5 vs 6.3;
     falcon-mamba-7b TP=2 4096 -> 288: 5.0-6.5 vs 7.2-7.6; benchmarks/results/linear-tc-h200-*.json,
     linear-falcon-h200-d7e3016.json); larger weights (falcon-mamba-7b TP=1 8192 -> 288: 7.5-9.5 vs 7.8-8.9 us, slower
-    from 32 rows), wider outputs and more rows stay on cuBLAS (out_proj 5120 -> 2560: 16-46 us vs 12)."""
+    from 32 rows), wider outputs and more rows stay on cuBLAS (out_proj 5120 -> 2560: 16-46 us vs 12).
+    wg (the warpgroup-MMA kernel built, compute capability 9.0, 16-bit x): wg_wins, where it measured faster than
+    cuBLAS on H200 (2026-11-25, bf16, benchmarks/results/linear-wg-sweep-h200-*.json; us, cuBLAS in brackets):
+    out_proj-like (N <= K) up to 32 rows: mamba-2.8b 5120 -> 2560 8.2 / 8.8 / 9.7 (11.9 / 12.1 / 12.3) at 8 / 16 /
+    32 rows, TP=2 2560 -> 2560 5.5 / 5.7 / 6.5 (7.0 / 7.2 / 7.3), falcon-mamba-7b 8192 -> 4096 19.8 / 20.8 / 22.0
+    (22.2 / 22.4 / 23.1); in_proj-like (N > K) up to 16 rows and 10240 outputs: 2560 -> 10240 14.6 / 15.7 (15.4 /
+    15.8), TP=2 2560 -> 5120 8.1 / 8.9 (9.4 / 9.6), dt_proj 160 -> 5120 2.8 / 3.2 (3.5 / 3.5). Slower: 64+ rows
+    (in_proj 21-40 us vs 17), 32 rows of in_proj-like products, and falcon-mamba-7b's 4096 -> 16384 at 8-16 rows
+    (33-43 vs 34)."""
+    if wg and wg_wins(m, K, N):
+        return True
     if N <= 512:
         return m <= LINEAR_SMALL_MAX_M or (tc and m <= LINEAR_TC_NARROW_MAX_M and N * K <= LINEAR_TC_NARROW_MAX_KN)
     return m <= 2 and not (K >= 1024 and N >= 2 * K)
@@ -320,6 +350,17 @@ def _tc_device(device: torch.device) -> bool:
     return _TC_DEVICES[i]
 
 
+_WG_DEVICES: dict = {}
+
+
+def _wg_device(device: torch.device) -> bool:
+    """Whether the warpgroup-MMA kernel runs on this device: built (an sm_90a target) and compute capability 9.0."""
+    i = device.index if device.index is not None else torch.cuda.current_device()
+    if i not in _WG_DEVICES:
+        _WG_DEVICES[i] = "+sm_90a" in build_info() and torch.cuda.get_device_capability(i) == (9, 0)
+    return _WG_DEVICES[i]
+
+
 def _gemv_takes(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether the CUDA small-batch kernel can take this product at all (SSMTP_GEMV on, dtypes, alignment)."""
     if not (_GEMV and x.is_cuda and x.dtype == weight.dtype and x.dtype in (torch.bfloat16, torch.float16,
@@ -337,7 +378,8 @@ def linear_small_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
         return False
     K = x.shape[-1]
     tc = _TC and x.element_size() == 2 and K % 32 == 0 and _tc_device(x.device)
-    return gemv_wins(x.numel() // K, K, weight.shape[0], tc)
+    wg = _WG and x.element_size() == 2 and _wg_device(x.device)
+    return gemv_wins(x.numel() // K, K, weight.shape[0], tc, wg)
 
 
 # One row of x against a vocabulary-sized weight (the lm_head of a batch-1 decode step or of a prompt's last position):

@@ -299,3 +299,47 @@ def test_engine_fused_decode_equals_unfused(monkeypatch, dtype, batch):
             for k in pools["0"].tensors:
                 _close(pools[m].tensors[k], pools["0"].tensors[k], rel, f"mode {m} step {step} state {k}")
         ids = logits["0"].argmax(-1)
+
+
+# (label, batch, channels, N, one A per channel, SSMTP_STEP_SHAPE): the plain state update's vector kernels
+STEP_EARLY = [
+    ("mamba-2.8b rows, batch 1", 1, 5120, 16, False, "auto"),
+    ("batch 9, 4 rows per block", 9, 1024, 16, False, "auto"),
+    ("batch 64, ragged", 64, 200, 16, False, "auto"),
+    ("batch 5, shape 4x3", 5, 512, 16, False, "4x3"),
+    ("batch 6, shape 2x6", 6, 512, 16, False, "2x6"),
+    ("zamba2 heads", 3, 640, 64, True, "auto"),
+    ("d_state 128, batch 9", 9, 256, 128, True, "auto"),
+]
+
+
+@pytest.mark.parametrize("case", STEP_EARLY, ids=[c[0] for c in STEP_EARLY])
+def test_step_state_early_same_bits(case, monkeypatch):
+    """The engine's launch hint on the plain (no dt_proj) state update: the slots and states read before the PDL wait
+    (the kernel before it here is an ordinary copy), the same outputs and states as without it; padding rows and
+    shuffled slots."""
+    _, Bn, dim, N, one_a, shape = case
+    monkeypatch.setenv("SSMTP_STEP_SHAPE", shape)
+    g = torch.Generator().manual_seed(hash(case[0]) % 2**31)
+    dev = torch.device("cuda")
+    x = torch.randn(Bn, dim, generator=g).to(torch.bfloat16).to(dev)
+    z = torch.randn(Bn, dim, generator=g).to(torch.bfloat16).to(dev)
+    dt = (0.3 * torch.randn(Bn, dim, generator=g)).to(torch.bfloat16).to(dev)
+    A = (-torch.rand(dim, 1 if one_a else N, generator=g) - 0.1).expand(dim, N).to(dev)
+    B = torch.randn(Bn, 1, N, generator=g).to(torch.bfloat16).to(dev)
+    C = torch.randn(Bn, 1, N, generator=g).to(torch.bfloat16).to(dev)
+    D = torch.randn(dim, generator=g).to(dev)
+    bias = (0.1 * torch.randn(dim, generator=g)).to(dev)
+    state = torch.randn(Bn + 2, dim, N, generator=g).to(dev)
+    idx = torch.randperm(Bn + 2, generator=g)[:Bn].to(torch.int32)
+    if Bn > 2:
+        idx[1] = -1
+    idx = idx.to(dev)
+    outs = []
+    for early in (False, True):
+        s = state.clone()
+        outs.append((ops.selective_state_update(x, dt, A, B, C, D, z, bias, s, idx, True, None, early), s))
+    torch.cuda.synchronize()
+    (o0, s0), (o1, s1) = outs
+    assert not torch.equal(s0, state), "the update changed no state"
+    assert torch.equal(o0, o1) and torch.equal(s0, s1), "state_early changed the results"

@@ -92,7 +92,21 @@ def test_bad_input():
     # ... of a bounded weight: falcon-mamba-7b's x_proj at TP=2 yes, at TP=1 (8192 x 288) no; the GEMV rows unchanged
     assert ops.gemv_wins(64, 4096, 288, tc=True) and not ops.gemv_wins(16, 8192, 288, tc=True)
     assert ops.gemv_wins(8, 8192, 288, tc=True) and ops.gemv_wins(8, 8192, 288)
+    # with the warpgroup-MMA kernel: outputs of 513..10240, 3..32 rows when N <= K, 3..16 when N > K
+    assert ops.gemv_wins(3, 5120, 2560, wg=True) and ops.gemv_wins(32, 5120, 2560, wg=True)
+    assert not ops.gemv_wins(33, 5120, 2560, wg=True) and not ops.gemv_wins(4, 5120, 2560, tc=True)
+    assert ops.gemv_wins(16, 2560, 10240, wg=True) and ops.gemv_wins(8, 160, 5120, wg=True)
+    assert not ops.gemv_wins(17, 2560, 10240, wg=True) and not ops.gemv_wins(8, 4096, 16384, wg=True)
+    assert not ops.gemv_wins(2, 2560, 10240, wg=True) and not ops.gemv_wins(16, 5120, 512, wg=True)
     assert torch.equal(ops.linear(x, w, b), torch.nn.functional.linear(x, w, b))
+
+
+def test_linear_wg_env_is_validated(monkeypatch):
+    monkeypatch.setenv("SSMTP_LINEAR_WG", "yes")
+    with pytest.raises(ValueError, match="SSMTP_LINEAR_WG"):
+        ops._wg_on()
+    monkeypatch.setenv("SSMTP_LINEAR_WG", "0")
+    assert not ops._wg_on()
 
 
 def test_cpu_out_f32_is_the_rounded_product_widened_and_lm_head():
@@ -197,9 +211,10 @@ TC_CASES = [c for c in CASES if c[1] % 32 == 0]
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("M", [9, 16, 33, 64, 100, 256])
 @pytest.mark.parametrize("case", TC_CASES, ids=[c[0] for c in TC_CASES])
-def test_cuda_tensor_core_vs_cpu_op(case, M, dtype):
+def test_cuda_tensor_core_vs_cpu_op(case, M, dtype, monkeypatch):
     """Past the GEMV's 8 rows (16-bit, K a multiple of 32) the tensor-core kernel: against the exact product and the
     C CPU op; deterministic (the K splits are summed in a fixed order)."""
+    monkeypatch.setenv("SSMTP_LINEAR_KERNEL", "tc")  # auto sends wide products to the warpgroup-MMA kernel
     _, K, N = case
     x, w, b = _inputs(M, K, N, dtype, seed=K + M)
     xc, wc, bc = x.cuda(), w.cuda(), b.cuda()
@@ -230,6 +245,106 @@ def test_cuda_tensor_core_forced_and_splits(M, splits, monkeypatch):
         xs = big[:, 32:32 + K]
         xs.copy_(x)
         _check(ops.linear_small(xs, w.to(dev), b.to(dev)).cpu(), x, w, b)
+
+
+WG_CFGS = ["m1k1s8", "m1k1s6", "m1k2s6", "m1k2s4", "m2k1s6", "m2k1s4", "m2k2s4", "m2k2s3"]  # linear_wg.cu
+WG_CASES = CASES + [("odd rows and k", 200, 1000), ("ragged stage", 4104, 136)]
+
+
+def _wg_built() -> bool:
+    return "+sm_90a" in ops.build_info() and torch.cuda.get_device_capability() == (9, 0)
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("M", [1, 3, 8, 9, 16, 33, 64, 100, 128])
+@pytest.mark.parametrize("case", WG_CASES, ids=[c[0] for c in WG_CASES])
+def test_cuda_warpgroup_mma_vs_cpu_op(case, M, dtype, monkeypatch):
+    """SSMTP_LINEAR_KERNEL=wg (compute capability 9.0, sm_90a build): every tile width (8..128 rows of x), partial
+    weight tiles and stages (N, K not multiples of 64), against the exact product and the C CPU op; deterministic."""
+    if not _wg_built():
+        pytest.skip("the warpgroup-MMA kernel needs an sm_90a build on a compute capability 9.0 GPU")
+    monkeypatch.setenv("SSMTP_LINEAR_KERNEL", "wg")
+    _, K, N = case
+    x, w, b = _inputs(M, K, N, dtype, seed=K + M + 1)
+    xc, wc, bc = x.cuda(), w.cuda(), b.cuda()
+    got = ops.linear_small(xc, wc, bc)
+    _check(got.cpu(), x, w, b)
+    if M * K * N <= 2e8:
+        want = ops.linear_small(x, w, b)
+        assert torch.allclose(got.cpu().float(), want.float(), rtol=2 * ULP[dtype],
+                              atol=2e-5 * (x.abs() @ w.abs().t()).max().item())
+    assert torch.equal(ops.linear_small(xc, wc, bc), got)
+    _check(ops.linear_small(xc, wc, None).cpu(), x, w, None)
+    o32 = ops.linear_small(xc, wc, bc, True)  # the rounded sums widened to fp32
+    assert o32.dtype == torch.float32 and torch.equal(o32, got.float())
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("splits", ["1", "2", "4", "8"])
+@pytest.mark.parametrize("cfg", WG_CFGS)
+def test_cuda_warpgroup_mma_splits_shapes(splits, cfg, monkeypatch):
+    """Every K split count (blocks of one cluster) and block shape (weight rows, k per stage, stages) gives the
+    product within the same bound; row strides of x and out other than the width; captured in a CUDA graph and
+    replayed on fresh input."""
+    if not _wg_built():
+        pytest.skip("the warpgroup-MMA kernel needs an sm_90a build on a compute capability 9.0 GPU")
+    monkeypatch.setenv("SSMTP_LINEAR_KERNEL", "wg")
+    monkeypatch.setenv("SSMTP_LINEAR_WG_SPLITS", splits)
+    monkeypatch.setenv("SSMTP_LINEAR_WG_CFG", cfg)
+    dev = torch.device("cuda")
+    for M, K, N in ((5, 2560, 2560), (24, 1000, 640), (64, 512, 1024)):
+        x, w, b = _inputs(M, K, N, torch.bfloat16, seed=N + M)
+        big = torch.zeros(M, K + 96, dtype=torch.bfloat16, device=dev)
+        xs = big[:, 32:32 + K]
+        xs.copy_(x)
+        wd, bd = w.to(dev), b.to(dev)
+        _check(ops.linear_small(xs, wd, bd).cpu(), x, w, b)
+        out = torch.empty(M, N, dtype=torch.bfloat16, device=dev)
+        ops.linear_small(xs, wd, bd)  # warm-up (the launcher's one-time attribute calls) before capture
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            out.copy_(ops.linear_small(xs, wd, bd))
+        x2 = torch.randn_like(x)
+        xs.copy_(x2.to(dev))
+        g.replay()
+        torch.cuda.synchronize()
+        _check(out.cpu(), x2, w, b)
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_warpgroup_mma_knobs(monkeypatch):
+    """Bad knob values and shapes the kernel does not take are clear errors; auto sends wide products of 3..128 rows
+    there where it is built."""
+    dev = torch.device("cuda")
+    x, w, b = _inputs(16, 256, 1024, torch.bfloat16, device=dev)
+    monkeypatch.setenv("SSMTP_LINEAR_KERNEL", "wg")
+    if not _wg_built():
+        with pytest.raises(NotImplementedError, match="warpgroup"):
+            ops.linear_small(x, w, b)
+        return
+    with pytest.raises(NotImplementedError, match="16-bit"):
+        ops.linear_small(x.float(), w.float(), None)
+    with pytest.raises(NotImplementedError, match="M=129"):
+        ops.linear_small(torch.randn(129, 256, device=dev, dtype=torch.bfloat16), w, None)
+    monkeypatch.setenv("SSMTP_LINEAR_WG_SPLITS", "3")
+    with pytest.raises(NotImplementedError, match="SSMTP_LINEAR_WG_SPLITS"):
+        ops.linear_small(x, w, b)
+    monkeypatch.delenv("SSMTP_LINEAR_WG_SPLITS")
+    monkeypatch.setenv("SSMTP_LINEAR_WG_CFG", "m3k1s1")
+    with pytest.raises(NotImplementedError, match="SSMTP_LINEAR_WG_CFG"):
+        ops.linear_small(x, w, b)
+    monkeypatch.setenv("SSMTP_LINEAR_WG_CFG", "m2k2s4")
+    with pytest.raises(NotImplementedError, match="shared memory"):  # 4 x 128 k of 128 + 128 rows: over the limit
+        ops.linear_small(torch.randn(100, 256, device=dev, dtype=torch.bfloat16), w, None)
+    monkeypatch.delenv("SSMTP_LINEAR_WG_CFG")
+    monkeypatch.delenv("SSMTP_LINEAR_KERNEL")
+    got = ops.linear_small(x, w, b)  # auto: the warpgroup-MMA kernel (N = 1024 > 512, 16 rows)
+    monkeypatch.setenv("SSMTP_LINEAR_KERNEL", "wg")
+    assert torch.equal(got, ops.linear_small(x, w, b))
 
 
 @pytest.mark.cuda

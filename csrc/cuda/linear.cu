@@ -427,14 +427,25 @@ extern "C" ssmtp_status_t ssmtp_cuda_linear_small(const ssmtp_linear_params_t *p
     // Kernel (SSMTP_LINEAR_KERNEL): auto = the GEMV up to SSMTP_LINEAR_SMALL_MAX_M rows, the tensor-core kernel
     // above; gemv / tc force one (tests, benchmarks); anything else is an error.
     const char *kenv = getenv("SSMTP_LINEAR_KERNEL");
-    int kind = 0; // 0 auto, 1 gemv, 2 tc
+    int kind = 0; // 0 auto, 1 gemv, 2 tc, 3 wg
     if (kenv && *kenv && strcmp(kenv, "auto") != 0) {
         if (strcmp(kenv, "gemv") == 0) kind = 1;
         else if (strcmp(kenv, "tc") == 0) kind = 2;
-        else return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, "%s: SSMTP_LINEAR_KERNEL=%s (auto, gemv or tc)", op, kenv);
+        else if (strcmp(kenv, "wg") == 0) kind = 3;
+        else return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, "%s: SSMTP_LINEAR_KERNEL=%s (auto, gemv, tc or wg)", op, kenv);
     }
-    const bool tc = kind == 2 || (kind == 0 && M > SSMTP_LINEAR_SMALL_MAX_M);
-    if (tc) {
+    // auto: 16-bit products of the shapes the warpgroup-MMA kernel measured faster on (ssmtp.h) there where it is
+    // built (linear_wg.cu), else the GEMV up to SSMTP_LINEAR_SMALL_MAX_M rows and the tensor-core kernel above
+    const bool wg_auto = N > SSMTP_LINEAR_WG_MIN_N && N <= SSMTP_LINEAR_WG_MAX_N && M >= SSMTP_LINEAR_WG_MIN_M &&
+                         M <= (N <= K ? SSMTP_LINEAR_WG_AUTO_M : SSMTP_LINEAR_WG_AUTO_WIDE_M);
+    const bool wg = kind == 3 || (kind == 0 && ssmtp_linear_wg_built() && es == 2 && wg_auto);
+    const bool tc = !wg && (kind == 2 || (kind == 0 && M > SSMTP_LINEAR_SMALL_MAX_M));
+    if (wg) {
+        if (M < 1 || M > SSMTP_LINEAR_WG_MAX_M || es != 2)
+            return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, "%s: M=%lld rows of %s x on CUDA: the warpgroup-MMA kernel takes "
+                              "1..%d rows of 16-bit x", op, (long long)M, ssmtp_dtype_name(p->x.dtype),
+                              SSMTP_LINEAR_WG_MAX_M);
+    } else if (tc) {
         if (M < 1 || M > SSMTP_LINEAR_TC_MAX_M || es != 2 || K % 32 || N > 0x7fffffff || K > 0x7fffffff)
             return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, "%s: M=%lld rows of x, K=%lld on CUDA: the tensor-core kernel takes "
                               "1..%d rows of 16-bit x with K a multiple of 32", op, (long long)M, (long long)K,
@@ -462,6 +473,11 @@ extern "C" ssmtp_status_t ssmtp_cuda_linear_small(const ssmtp_linear_params_t *p
             return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, "%s: the tensor-core kernel needs compute capability 9.0", op);
     }
     nvtxRangePushA("ssmtp::linear_small");
+    if (wg) {
+        err = ssmtp_cuda_linear_wg(p, sms, pdl, s);
+        nvtxRangePop();
+        return err;
+    }
     if (tc) {
         if (p->x.dtype == SSMTP_DTYPE_BF16)
             err = dispatch_tc<__nv_bfloat16>(p, sms, pdl, s);

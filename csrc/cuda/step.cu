@@ -268,17 +268,14 @@ __global__ void __launch_bounds__(THREADS, MINB) step_vec_kernel(const StepArgs 
     };
     // The rows' slots and states before the wait when the caller allows it (state_early: the engine's decode step,
     // where nothing still running writes them): the slot -> state chain of two memory round trips then overlaps the
-    // kernel before. Only in the small-batch kernels with dt_proj fused (DTP, one row per block, where that chain
-    // is on every layer's critical path); the other kernels' code is unchanged (in the multi-row ones a second copy
-    // of these loads made ptxas spill).
-    const bool early = DTP && a.state_early != 0;
-    if constexpr (DTP) {
-        if (early) {
+    // kernel before, and at large batch the first wave's state reads (most of this kernel's bytes) overlap it too.
+    // One copy of the loads, with the wait on either side of it (a second copy made ptxas spill in the multi-row
+    // kernels).
+    const bool early = a.state_early != 0;
+    if (!early) ssm_pdl_wait();
 #pragma unroll
-            for (int i = 0; i < BPB; i++) load_state(i, b0 + i < (int)a.batch ? b0 + i : b0, b0 + i < (int)a.batch);
-        }
-    }
-    ssm_pdl_wait();
+    for (int i = 0; i < BPB; i++) load_state(i, b0 + i < (int)a.batch ? b0 + i : b0, b0 + i < (int)a.batch);
+    if (early) ssm_pdl_wait();
 
     // Phase 1: every load of the block's BPB rows is issued before anything is computed (one round trip). B and C
     // as one vector per 4 states where the layout allows (vecbc, uniform): 8 bytes per load for 16-bit types.
@@ -293,7 +290,6 @@ __global__ void __launch_bounds__(THREADS, MINB) step_vec_kernel(const StepArgs 
     for (int i = 0; i < BPB; i++) {
         const bool in = b0 + i < (int)a.batch;
         const int b = in ? b0 + i : b0;
-        if (!early) load_state(i, b, in);
         xr[i] = x_c[wide(b, a.sx0)];
         if constexpr (!DTP) dr[i] = dt_c[wide(b, a.sdt0)];
         zr[i] = z_c ? z_c[wide(b, a.sz0)] : from_f32<T>(0.f);
@@ -701,7 +697,9 @@ extern "C" ssmtp_status_t ssmtp_cuda_step_fwd(const ssmtp_step_params_t *p, void
     a.ss0 = p->state.stride[0]; a.ss1 = p->state.stride[1]; a.ss2 = p->state.stride[2];
     if (a.state_idx) a.sidx = p->state_idx.stride[0];
     a.softplus = p->dt_softplus;
-    a.state_early = p->state_early;
+    // SSMTP_STATE_EARLY=0 ignores the launch hint (comparisons)
+    const char *eenv = getenv("SSMTP_STATE_EARLY");
+    a.state_early = eenv && eenv[0] == '0' && !eenv[1] ? 0 : p->state_early;
     a.device = p->x.device;
     // B/C as one vector per 4 states: state-contiguous, vector-aligned bases and strides (the models' x_proj split).
     const int64_t al = 4 * (int64_t)ssmtp_dtype_size(p->x.dtype);

@@ -446,7 +446,8 @@ class HybridRunner(ModelRunner):
         fused_in = decode and self.decode_in_applies(B)
         # state_early (ops.selective_state_update's launch hint) holds in a decode step: its first kernel, the
         # embedding gather, is an ordinary launch, and only layer i's state update writes layer i's SSM state
-        fuse_dt = {"fuse_dt": True, "state_early": True} if decode and self.decode_dt_fused(B) else {}
+        fuse_dt = ({"fuse_dt": True, "state_early": True} if decode and self.decode_dt_fused(B)
+                   else {"state_early": True} if decode and not self.v2 else {})
         out = None  # the previous layer's output, added to h by the next layer's norm
         for i, mixer in enumerate(self.mixers):
             j = self.hybrid_index.get(i)
