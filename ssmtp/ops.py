@@ -257,7 +257,7 @@ _TC = _tc_on()
 def _wg_on() -> bool:
     v = os.environ.get("SSMTP_LINEAR_WG", "1")
     if v not in ("0", "1"):
-        raise ValueError(f"SSMTP_LINEAR_WG={v!r}: expected 1 (wide products of 3..128 rows on the warpgroup-MMA "
+        raise ValueError(f"SSMTP_LINEAR_WG={v!r}: expected 1 (the wide products wg_wins names on the warpgroup-MMA "
                          "kernel where it is built) or 0 (cuBLAS there)")
     return v == "1"
 
@@ -268,8 +268,8 @@ LINEAR_WG_MIN_M, LINEAR_WG_MAX_M, LINEAR_WG_WIDE_MAX_M, LINEAR_WG_MIN_N, LINEAR_
 
 
 def wg_wins(m: int, K: int, N: int) -> bool:
-    """The warpgroup-MMA kernel's share (C: ssmtp_linear_wg_auto): outputs wider than 512 and at most 10240, 3..32
-    rows when N <= K (out_proj-like), 3..16 when N > K (in_proj-like)."""
+    """The warpgroup-MMA kernel's share (csrc/cuda/linear.cu's auto rule is the same): outputs wider than 512 and at
+    most 10240, 3..32 rows when N <= K (out_proj-like), 3..16 when N > K (in_proj-like)."""
     return (LINEAR_WG_MIN_N < N <= LINEAR_WG_MAX_N
             and LINEAR_WG_MIN_M <= m <= (LINEAR_WG_MAX_M if N <= K else LINEAR_WG_WIDE_MAX_M))
 
@@ -288,13 +288,13 @@ def gemv_wins(m: int, K: int, N: int, tc: bool = False, wg: bool = False) -> boo
     linear-falcon-h200-d7e3016.json); larger weights (falcon-mamba-7b TP=1 8192 -> 288: 7.5-9.5 vs 7.8-8.9 us, slower
     from 32 rows), wider outputs and more rows stay on cuBLAS (out_proj 5120 -> 2560: 16-46 us vs 12).
     wg (the warpgroup-MMA kernel built, compute capability 9.0, 16-bit x): wg_wins, where it measured faster than
-    cuBLAS on H200 (2026-11-25, bf16, benchmarks/results/linear-wg-sweep-h200-*.json; us, cuBLAS in brackets):
-    out_proj-like (N <= K) up to 32 rows: mamba-2.8b 5120 -> 2560 8.2 / 8.8 / 9.7 (11.9 / 12.1 / 12.3) at 8 / 16 /
-    32 rows, TP=2 2560 -> 2560 5.5 / 5.7 / 6.5 (7.0 / 7.2 / 7.3), falcon-mamba-7b 8192 -> 4096 19.8 / 20.8 / 22.0
-    (22.2 / 22.4 / 23.1); in_proj-like (N > K) up to 16 rows and 10240 outputs: 2560 -> 10240 14.6 / 15.7 (15.4 /
-    15.8), TP=2 2560 -> 5120 8.1 / 8.9 (9.4 / 9.6), dt_proj 160 -> 5120 2.8 / 3.2 (3.5 / 3.5). Slower: 64+ rows
-    (in_proj 21-40 us vs 17), 32 rows of in_proj-like products, and falcon-mamba-7b's 4096 -> 16384 at 8-16 rows
-    (33-43 vs 34)."""
+    cuBLAS on H200 (2026-11-25, bf16, 34b7680, benchmarks/results/linear-wg-h200-34b7680.json; us at 8 / 16 / 32
+    rows, cuBLAS in brackets): out_proj-like (N <= K) up to 32 rows: mamba-2.8b 5120 -> 2560 8.0 / 8.5 / 9.4 (11.5 /
+    11.7 / 12.1), TP=2 2560 -> 2560 5.5 / 5.7 / 6.5 (7.0 / 7.1 / 7.2), falcon-mamba-7b 8192 -> 4096 19.4 / 20.7 /
+    21.9 (21.3 / 21.4 / 22.2); in_proj-like (N > K) up to 16 rows and 10240 outputs: 2560 -> 10240 14.2 / 15.2
+    (15.3 / 15.4), TP=2 2560 -> 5120 8.0 / 8.8 (9.3 / 9.4), dt_proj 160 -> 5120 2.7 / 2.9 (3.4 / 3.5). Slower: 32
+    rows of the in_proj-like ones (16.8 vs 15.6), 64+ rows (in_proj 21.4 vs 16.8, out_proj 13.2 vs 12.3), and
+    falcon-mamba-7b's 4096 -> 16384 (41-42 vs 33 at 8-16 rows)."""
     if wg and wg_wins(m, K, N):
         return True
     if N <= 512:
