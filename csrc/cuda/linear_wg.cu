@@ -23,7 +23,9 @@
 // Measured on H200 (2026-11-25, tmp sweeps kept as benchmarks/results/linear-wg-sweep-h200-*.json): waiting for each
 // stage's MMAs before the next stage (no MMA left running) cost up to 1.5x at 64-128 rows; 256 or 512 k per stage
 // (KA 4: ptxas then serializes the MMAs) and 128 weight rows per block were no faster than 64 k and 64 rows at up to
-// 32 rows of x. The shapes (MT, KA, ST) stay selectable for sweeps (SSMTP_LINEAR_WG_CFG).
+// 32 rows of x; nor were the weights in a ring of their own 4-16 stages ahead of the MMAs with x 2-4 stages ahead
+// (more weight bytes in flight per block: 8 stages made out_proj at 8 rows 11.3 vs 8.0 us). The shapes (MT, KA, ST)
+// stay selectable for sweeps (SSMTP_LINEAR_WG_CFG).
 #include "common.cuh"
 
 #include <cooperative_groups.h>
