@@ -253,13 +253,16 @@ ssmtp_status_t ssmtp_mamba_decode_in(const ssmtp_decode_in_params_t *p, void *st
  * shared-memory stages, K split over a thread-block cluster, partials summed in a fixed order) takes up to
  * SSMTP_LINEAR_WG_MAX_M rows; by default the products it measured faster than cuBLAS on: outputs wider than
  * SSMTP_LINEAR_WG_MIN_N and at most SSMTP_LINEAR_WG_MAX_N, SSMTP_LINEAR_WG_MIN_M..SSMTP_LINEAR_WG_AUTO_M rows when
- * N <= K, up to SSMTP_LINEAR_WG_AUTO_WIDE_M rows when N > K (ssmtp/ops.py: wg_wins). */
+ * N <= K, up to SSMTP_LINEAR_WG_AUTO_WIDE_M rows when N > K, and narrower outputs at
+ * SSMTP_LINEAR_WG_NARROW_MIN_M..SSMTP_LINEAR_WG_NARROW_MAX_M rows (ssmtp/ops.py: wg_wins). */
 #define SSMTP_LINEAR_WG_MAX_M 128
 #define SSMTP_LINEAR_WG_MIN_N 512
 #define SSMTP_LINEAR_WG_MAX_N 10240
 #define SSMTP_LINEAR_WG_MIN_M 3
 #define SSMTP_LINEAR_WG_AUTO_M 32
 #define SSMTP_LINEAR_WG_AUTO_WIDE_M 16
+#define SSMTP_LINEAR_WG_NARROW_MIN_M 8
+#define SSMTP_LINEAR_WG_NARROW_MAX_M 64
 typedef struct {
     ssmtp_tensor_t x, weight, bias, out;
 } ssmtp_linear_params_t;

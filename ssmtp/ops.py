@@ -265,12 +265,16 @@ def _wg_on() -> bool:
 _WG = _wg_on()
 # SSMTP_LINEAR_WG_* in csrc/ssmtp.h: where the warpgroup-MMA kernel measured faster than cuBLAS (see gemv_wins)
 LINEAR_WG_MIN_M, LINEAR_WG_MAX_M, LINEAR_WG_WIDE_MAX_M, LINEAR_WG_MIN_N, LINEAR_WG_MAX_N = 3, 32, 16, 512, 10240
+LINEAR_WG_NARROW_MIN_M, LINEAR_WG_NARROW_MAX_M = 8, 64
 
 
 def wg_wins(m: int, K: int, N: int) -> bool:
     """The warpgroup-MMA kernel's share (csrc/cuda/linear.cu's auto rule is the same): outputs wider than 512 and at
-    most 10240, 3..32 rows when N <= K (out_proj-like), 3..16 when N > K (in_proj-like)."""
-    return (LINEAR_WG_MIN_N < N <= LINEAR_WG_MAX_N
+    most 10240, 3..32 rows when N <= K (out_proj-like), 3..16 when N > K (in_proj-like); narrow outputs (x_proj)
+    at 8..64 rows."""
+    if N <= LINEAR_WG_MIN_N:
+        return LINEAR_WG_NARROW_MIN_M <= m <= LINEAR_WG_NARROW_MAX_M
+    return (N <= LINEAR_WG_MAX_N
             and LINEAR_WG_MIN_M <= m <= (LINEAR_WG_MAX_M if N <= K else LINEAR_WG_WIDE_MAX_M))
 
 
@@ -294,7 +298,11 @@ def gemv_wins(m: int, K: int, N: int, tc: bool = False, wg: bool = False) -> boo
     21.9 (21.3 / 21.4 / 22.2); in_proj-like (N > K) up to 16 rows and 10240 outputs: 2560 -> 10240 14.2 / 15.2
     (15.3 / 15.4), TP=2 2560 -> 5120 8.0 / 8.8 (9.3 / 9.4), dt_proj 160 -> 5120 2.7 / 2.9 (3.4 / 3.5). Slower: 32
     rows of the in_proj-like ones (16.8 vs 15.6), 64+ rows (in_proj 21.4 vs 16.8, out_proj 13.2 vs 12.3), and
-    falcon-mamba-7b's 4096 -> 16384 (41-42 vs 33 at 8-16 rows)."""
+    falcon-mamba-7b's 4096 -> 16384 (41-42 vs 33 at 8-16 rows). Narrow outputs (x_proj) at 8..64 rows, against the
+    GEMV at 8 and the tensor-core kernel (or cuBLAS past its weight bound) above: mamba-2.8b 5120 -> 192 3.9 / 4.1 /
+    4.8 / 6.2 (4.5 / 5.0 / 5.7 / 6.1) at 8 / 16 / 32 / 64 rows, TP=2 2560 -> 192 2.8 / 3.0 / 3.7 / 4.9 (3.1 / 4.4 /
+    5.0 / 5.5), falcon-mamba-7b 8192 -> 288 5.5 / 5.6 / 6.4 / 8.0 (GEMV 5.9, cuBLAS 7.8 / 7.8 / 9.0); the GEMV stays
+    faster at 1-4 rows (mamba-2.8b 3.1 vs 3.9 us at 4)."""
     if wg and wg_wins(m, K, N):
         return True
     if N <= 512:

@@ -97,7 +97,10 @@ def test_bad_input():
     assert not ops.gemv_wins(33, 5120, 2560, wg=True) and not ops.gemv_wins(4, 5120, 2560, tc=True)
     assert ops.gemv_wins(16, 2560, 10240, wg=True) and ops.gemv_wins(8, 160, 5120, wg=True)
     assert not ops.gemv_wins(17, 2560, 10240, wg=True) and not ops.gemv_wins(8, 4096, 16384, wg=True)
-    assert not ops.gemv_wins(2, 2560, 10240, wg=True) and not ops.gemv_wins(16, 5120, 512, wg=True)
+    assert not ops.gemv_wins(2, 2560, 10240, wg=True) and not ops.gemv_wins(65, 5120, 512, wg=True)
+    # ... and narrow outputs at 8..64 rows, past the tensor-core kernel's weight bound too
+    assert ops.gemv_wins(16, 8192, 288, wg=True) and ops.wg_wins(8, 5120, 192) and ops.wg_wins(64, 5120, 192)
+    assert not ops.wg_wins(7, 5120, 192) and not ops.wg_wins(65, 5120, 192)
     assert torch.equal(ops.linear(x, w, b), torch.nn.functional.linear(x, w, b))
 
 

@@ -436,8 +436,10 @@ extern "C" ssmtp_status_t ssmtp_cuda_linear_small(const ssmtp_linear_params_t *p
     }
     // auto: 16-bit products of the shapes the warpgroup-MMA kernel measured faster on (ssmtp.h) there where it is
     // built (linear_wg.cu), else the GEMV up to SSMTP_LINEAR_SMALL_MAX_M rows and the tensor-core kernel above
-    const bool wg_auto = N > SSMTP_LINEAR_WG_MIN_N && N <= SSMTP_LINEAR_WG_MAX_N && M >= SSMTP_LINEAR_WG_MIN_M &&
-                         M <= (N <= K ? SSMTP_LINEAR_WG_AUTO_M : SSMTP_LINEAR_WG_AUTO_WIDE_M);
+    const bool wg_auto = N <= SSMTP_LINEAR_WG_MIN_N
+                             ? M >= SSMTP_LINEAR_WG_NARROW_MIN_M && M <= SSMTP_LINEAR_WG_NARROW_MAX_M
+                             : N <= SSMTP_LINEAR_WG_MAX_N && M >= SSMTP_LINEAR_WG_MIN_M &&
+                                   M <= (N <= K ? SSMTP_LINEAR_WG_AUTO_M : SSMTP_LINEAR_WG_AUTO_WIDE_M);
     const bool wg = kind == 3 || (kind == 0 && ssmtp_linear_wg_built() && es == 2 && wg_auto);
     const bool tc = !wg && (kind == 2 || (kind == 0 && M > SSMTP_LINEAR_SMALL_MAX_M));
     if (wg) {
