@@ -233,36 +233,28 @@ LINEAR_TC_NARROW_MAX_M = 64  # the tensor-core kernel (CUDA, 16-bit, up to SSMTP
 LINEAR_TC_NARROW_MAX_KN = 1 << 21  # ... of at most this many weights (2.1M: 4 MiB in 16 bits)
 
 
-def _gemv_on() -> bool:
-    v = os.environ.get("SSMTP_GEMV", "1")
+def _switch(name: str, on: str, off: str) -> bool:
+    """An on/off environment switch, default on: "1" or "0", anything else is an error naming both meanings."""
+    v = os.environ.get(name, "1")
     if v not in ("0", "1"):
-        raise ValueError(f"SSMTP_GEMV={v!r}: expected 1 (use the small-batch kernel where it measured faster) or 0")
+        raise ValueError(f"{name}={v!r}: expected 1 ({on}) or 0 ({off})")
     return v == "1"
 
 
-_GEMV = _gemv_on()
+def _gemv_on() -> bool:
+    return _switch("SSMTP_GEMV", "use the small-batch kernel where it measured faster", "cuBLAS everywhere")
 
 
 def _tc_on() -> bool:
-    v = os.environ.get("SSMTP_LINEAR_TC", "1")
-    if v not in ("0", "1"):
-        raise ValueError(f"SSMTP_LINEAR_TC={v!r}: expected 1 (narrow products of 9..64 rows on the tensor-core "
-                         "kernel) or 0 (cuBLAS there)")
-    return v == "1"
-
-
-_TC = _tc_on()
+    return _switch("SSMTP_LINEAR_TC", "narrow products of 9..64 rows on the tensor-core kernel", "cuBLAS there")
 
 
 def _wg_on() -> bool:
-    v = os.environ.get("SSMTP_LINEAR_WG", "1")
-    if v not in ("0", "1"):
-        raise ValueError(f"SSMTP_LINEAR_WG={v!r}: expected 1 (the wide products wg_wins names on the warpgroup-MMA "
-                         "kernel where it is built) or 0 (cuBLAS there)")
-    return v == "1"
+    return _switch("SSMTP_LINEAR_WG", "the products wg_wins names on the warpgroup-MMA kernel where it is built",
+                   "cuBLAS or the other kernels there")
 
 
-_WG = _wg_on()
+_GEMV, _TC, _WG = _gemv_on(), _tc_on(), _wg_on()
 # SSMTP_LINEAR_WG_* in csrc/ssmtp.h: where the warpgroup-MMA kernel measured faster than cuBLAS (see gemv_wins)
 LINEAR_WG_MIN_M, LINEAR_WG_MAX_M, LINEAR_WG_WIDE_MAX_M, LINEAR_WG_MIN_N, LINEAR_WG_MAX_N = 3, 32, 16, 512, 10240
 LINEAR_WG_NARROW_MIN_M, LINEAR_WG_NARROW_MAX_M = 8, 64
