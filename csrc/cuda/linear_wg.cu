@@ -1,4 +1,5 @@
-// linear_wg.cu - the decode step's wide projections (in_proj, out_proj) at 3..32 rows on Hopper's warpgroup MMA:
+// linear_wg.cu - the decode step's projections at a few rows (in_proj, out_proj, dt_proj at 3..32, x_proj at 8..64;
+// ssmtp/ops.py wg_wins) on Hopper's warpgroup MMA:
 // out (M, N) = x (M, K) W (N, K)^T (+ bias), 16-bit x and W, fp32 accumulation, one rounding to x's dtype (or that
 // value widened to fp32). Compiled for sm_90a only (wgmma is an sm_90a instruction; setup.py builds this file with
 // its own -gencode); elsewhere the kernels trap and the launcher reports the product unsupported.
@@ -20,7 +21,7 @@
 // Splits of K: the S blocks of one output tile form a thread-block cluster; each leaves its fp32 partial tile in its
 // shared memory and block s sums slice s of the tile over the cluster in rank order (deterministic, no workspace,
 // graph-capturable; the same scheme as linear.cu's tensor-core kernel).
-// Measured on H200 (2026-11-25, tmp sweeps kept as benchmarks/results/linear-wg-sweep-h200-*.json): waiting for each
+// Measured on H200 (2026-11-25, benchmarks/results/linear-wg-sweeps-h200-2026-11-25.json): waiting for each
 // stage's MMAs before the next stage (no MMA left running) cost up to 1.5x at 64-128 rows; 256 or 512 k per stage
 // (KA 4: ptxas then serializes the MMAs) and 128 weight rows per block were no faster than 64 k and 64 rows at up to
 // 32 rows of x; nor were the weights in a ring of their own 4-16 stages ahead of the MMAs with x 2-4 stages ahead
@@ -287,8 +288,9 @@ ssmtp_status_t launch_cfg(const ssmtp_linear_params_t *p, const char *cfg, int S
                       "m2k1s4, m2k2s4 or m2k2s3)", cfg);
 }
 
-// BN = M rounded up to 8, 16, 32, 64 or 128; the block shape per BN below; S (K splits) from the launcher unless
-// SSMTP_LINEAR_WG_SPLITS fixes it, SSMTP_LINEAR_WG_CFG the block shape (benchmarks, tests).
+// BN = M rounded up to 8, 16, 32, 64 or 128; the block shape m1k1s8 at BN 8, m1k1s6 above (the best or within a few
+// percent of it on the decode projections in the sweeps); S (K splits) from the launcher unless SSMTP_LINEAR_WG_SPLITS
+// fixes it, SSMTP_LINEAR_WG_CFG the block shape (benchmarks, tests).
 template <typename T> ssmtp_status_t dispatch_wg(const ssmtp_linear_params_t *p, int sms, bool pdl, int device,
                                                  cudaStream_t s) {
     const int64_t M = p->x.shape[0];
