@@ -339,26 +339,17 @@ def _(y, gate, weight, group, eps):
     return torch.empty_like(y, memory_format=torch.contiguous_format)
 
 
-_TC_DEVICES: dict = {}
+_DEVICE_KERNELS: dict = {}  # device index -> (tensor-core kernel runs, warpgroup-MMA kernel runs)
 
 
-def _tc_device(device: torch.device) -> bool:
-    """Whether the tensor-core kernel runs on this device (compute capability 9.0+)."""
+def _device_kernels(device: torch.device) -> tuple:
+    """Which of linear_small's sm_90 kernels run on this device, once per device: the tensor-core kernel (compute
+    capability 9.0+) and the warpgroup-MMA kernel (built for sm_90a, compute capability exactly 9.0)."""
     i = device.index if device.index is not None else torch.cuda.current_device()
-    if i not in _TC_DEVICES:
-        _TC_DEVICES[i] = torch.cuda.get_device_capability(i)[0] >= 9
-    return _TC_DEVICES[i]
-
-
-_WG_DEVICES: dict = {}
-
-
-def _wg_device(device: torch.device) -> bool:
-    """Whether the warpgroup-MMA kernel runs on this device: built (an sm_90a target) and compute capability 9.0."""
-    i = device.index if device.index is not None else torch.cuda.current_device()
-    if i not in _WG_DEVICES:
-        _WG_DEVICES[i] = "+sm_90a" in build_info() and torch.cuda.get_device_capability(i) == (9, 0)
-    return _WG_DEVICES[i]
+    if i not in _DEVICE_KERNELS:
+        cc = tuple(torch.cuda.get_device_capability(i))
+        _DEVICE_KERNELS[i] = (cc[0] >= 9, "+sm_90a" in build_info() and cc == (9, 0))
+    return _DEVICE_KERNELS[i]
 
 
 def _gemv_takes(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -377,8 +368,9 @@ def linear_small_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     if not _gemv_takes(x, weight):
         return False
     K = x.shape[-1]
-    tc = _TC and x.element_size() == 2 and K % 32 == 0 and _tc_device(x.device)
-    wg = _WG and x.element_size() == 2 and _wg_device(x.device)
+    tc_dev, wg_dev = _device_kernels(x.device)
+    tc = _TC and x.element_size() == 2 and K % 32 == 0 and tc_dev
+    wg = _WG and x.element_size() == 2 and wg_dev
     return gemv_wins(x.numel() // K, K, weight.shape[0], tc, wg)
 
 

@@ -104,6 +104,39 @@ def test_bad_input():
     assert torch.equal(ops.linear(x, w, b), torch.nn.functional.linear(x, w, b))
 
 
+def test_device_kernels_rule_and_cache(monkeypatch):
+    """Which sm_90 kernels a device runs (no GPU needed: the capability and the build string are stand-ins): the
+    tensor-core kernel from compute capability 9.0 on, the warpgroup-MMA kernel on 9.0 with an sm_90a build only;
+    asked once per device."""
+    calls = []
+
+    def cap(i):
+        calls.append(i)
+        return {0: (9, 0), 1: (8, 0), 2: (10, 0)}[i]
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", cap)
+    monkeypatch.setattr(ops, "_DEVICE_KERNELS", {})
+    monkeypatch.setattr(ops, "build_info", lambda: "cpu+cuda archs=90 +sm_90a")
+    dev = [torch.device("cuda", i) for i in range(3)]
+    assert [ops._device_kernels(d) for d in dev] == [(True, True), (False, False), (True, False)]
+    assert ops._device_kernels(dev[0]) == (True, True) and calls == [0, 1, 2]
+    monkeypatch.setattr(ops, "_DEVICE_KERNELS", {})
+    monkeypatch.setattr(ops, "build_info", lambda: "cpu+cuda archs=80")
+    assert ops._device_kernels(dev[0]) == (True, False)
+
+
+def test_wg_rule_matches_the_c_header():
+    """ops.wg_wins and csrc/cuda/linear.cu's auto rule share their bounds through these constants."""
+    import pathlib
+    import re
+    hdr = (pathlib.Path(__file__).resolve().parents[1] / "csrc" / "ssmtp.h").read_text()
+    c = {k: int(v) for k, v in re.findall(r"#define SSMTP_LINEAR_WG_(\w+) (\d+)", hdr)}
+    assert (c["MIN_M"], c["AUTO_M"], c["AUTO_WIDE_M"], c["MIN_N"], c["MAX_N"], c["NARROW_MIN_M"],
+            c["NARROW_MAX_M"]) == (ops.LINEAR_WG_MIN_M, ops.LINEAR_WG_MAX_M, ops.LINEAR_WG_WIDE_MAX_M,
+                                   ops.LINEAR_WG_MIN_N, ops.LINEAR_WG_MAX_N, ops.LINEAR_WG_NARROW_MIN_M,
+                                   ops.LINEAR_WG_NARROW_MAX_M)
+
+
 def test_linear_wg_env_is_validated(monkeypatch):
     monkeypatch.setenv("SSMTP_LINEAR_WG", "yes")
     with pytest.raises(ValueError, match="SSMTP_LINEAR_WG"):

@@ -424,8 +424,8 @@ extern "C" ssmtp_status_t ssmtp_cuda_linear_small(const ssmtp_linear_params_t *p
     const char *op = OP;
     const int64_t M = p->x.shape[0], K = p->x.shape[1], N = p->weight.shape[0];
     const int64_t es = (int64_t)ssmtp_dtype_size(p->x.dtype);
-    // Kernel (SSMTP_LINEAR_KERNEL): auto = the GEMV up to SSMTP_LINEAR_SMALL_MAX_M rows, the tensor-core kernel
-    // above; gemv / tc force one (tests, benchmarks); anything else is an error.
+    // Kernel (SSMTP_LINEAR_KERNEL): auto (below); gemv / tc / wg force one (tests, benchmarks); anything else is an
+    // error.
     const char *kenv = getenv("SSMTP_LINEAR_KERNEL");
     int kind = 0; // 0 auto, 1 gemv, 2 tc, 3 wg
     if (kenv && *kenv && strcmp(kenv, "auto") != 0) {
