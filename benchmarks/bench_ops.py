@@ -462,7 +462,7 @@ def bench_linear(flt=""):
     the tensor-core kernel above); the models route a product to it only where gemv_wins says it measured faster
     (ssmtp/ops.py)."""
     out = []
-    wg = ESZ == 2 and "+sm_90a" in ops.build_info() and torch.cuda.get_device_capability() == (9, 0)
+    wg = ESZ == 2 and ops._device_kernels(torch.device("cuda", torch.cuda.current_device()))[1]
     for label, K, N in LINEAR_SHAPES:
         if not matches(flt, label):
             continue

@@ -288,7 +288,7 @@ WG_CASES = CASES + [("odd rows and k", 200, 1000), ("ragged stage", 4104, 136)]
 
 
 def _wg_built() -> bool:
-    return "+sm_90a" in ops.build_info() and torch.cuda.get_device_capability() == (9, 0)
+    return ops._device_kernels(torch.device("cuda", torch.cuda.current_device()))[1]
 
 
 @pytest.mark.cuda
