@@ -201,25 +201,45 @@ static inline bool ssmtp_pdl_enabled(int device) {
     return on;
 }
 
-// kernel<<<grid, block, smem, stream>>>(args...), with the programmatic-stream-serialization attribute when pdl;
-// a failed launch is reported (and cleared) as SSMTP_ERR_CUDA naming op.
+// kernel<<<grid, block, smem, stream>>>(args...), with the programmatic-stream-serialization attribute when pdl and,
+// when cluster_z > 0, the blocks grouped in thread-block clusters of (1, 1, cluster_z); a failed launch is reported
+// (and cleared) as SSMTP_ERR_CUDA naming op.
 template <typename... KArgs, typename... Args>
-static inline ssmtp_status_t ssmtp_launch(const char *op, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
-                                          cudaStream_t s, bool pdl, Args &&...args) {
+static inline ssmtp_status_t ssmtp_launch_cluster(const char *op, void (*kernel)(KArgs...), dim3 grid, dim3 block,
+                                                  size_t smem, cudaStream_t s, bool pdl, unsigned cluster_z,
+                                                  Args &&...args) {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
     cfg.blockDim = block;
     cfg.dynamicSmemBytes = smem;
     cfg.stream = s;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchAttribute attr[2];
+    unsigned n = 0;
+    if (cluster_z > 0) {
+        attr[n].id = cudaLaunchAttributeClusterDimension;
+        attr[n].val.clusterDim.x = 1;
+        attr[n].val.clusterDim.y = 1;
+        attr[n].val.clusterDim.z = cluster_z;
+        n++;
+    }
+    if (pdl) {
+        attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[n].val.programmaticStreamSerializationAllowed = 1;
+        n++;
+    }
     cfg.attrs = attr;
-    cfg.numAttrs = pdl ? 1 : 0;
+    cfg.numAttrs = n;
     const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
     (void)cudaGetLastError();
     if (e != cudaSuccess) return ssmtp_fail(SSMTP_ERR_CUDA, "%s: kernel launch: %s", op, cudaGetErrorString(e));
     return SSMTP_OK;
+}
+
+// The same without clusters.
+template <typename... KArgs, typename... Args>
+static inline ssmtp_status_t ssmtp_launch(const char *op, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                                          cudaStream_t s, bool pdl, Args &&...args) {
+    return ssmtp_launch_cluster(op, kernel, grid, block, smem, s, pdl, 0u, std::forward<Args>(args)...);
 }
 
 // The pointers every SSM op's kernel arguments carry (scan.cu, step.cu, ssd.cu: structs with these member names),

@@ -363,27 +363,12 @@ ssmtp_status_t launch_tc(const ssmtp_linear_params_t *p, int S, bool pdl, cudaSt
     const int M = (int)p->x.shape[0], N = (int)p->weight.shape[0], K = (int)p->x.shape[1];
     const auto kern = linear_tc_kernel<T, NT, WR>;
     const int smem = 8 * 16 * 8 * NT * 4;
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)((M + 8 * NT - 1) / (8 * NT)), (unsigned)((N + 16 * WR - 1) / (16 * WR)), (unsigned)S);
-    cfg.blockDim = dim3(256);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = s;
-    cudaLaunchAttribute attr[2];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = 1;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = (unsigned)S;
-    attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[1].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = pdl ? 2 : 1;
+    const dim3 grid((unsigned)((M + 8 * NT - 1) / (8 * NT)), (unsigned)((N + 16 * WR - 1) / (16 * WR)), (unsigned)S);
     const T *x = (const T *)p->x.data, *w = (const T *)p->weight.data;
     const T *b = p->bias.data ? (const T *)p->bias.data : nullptr;
-    const cudaError_t e = cudaLaunchKernelEx(&cfg, kern, x, (int64_t)p->x.stride[0], w, b, p->out.data,
-                                             (int64_t)p->out.stride[0], (int)(p->out.dtype != p->x.dtype), M, N, K);
-    (void)cudaGetLastError();
-    if (e != cudaSuccess) return ssmtp_fail(SSMTP_ERR_CUDA, OP ": tensor-core kernel launch: %s", cudaGetErrorString(e));
-    return SSMTP_OK;
+    return ssmtp_launch_cluster(OP " (tensor-core kernel)", kern, grid, dim3(256), smem, s, pdl, (unsigned)S, x,
+                                (int64_t)p->x.stride[0], w, b, p->out.data, (int64_t)p->out.stride[0],
+                                (int)(p->out.dtype != p->x.dtype), M, N, K);
 }
 
 // Shape of the launch. NT: x rows per block / 8 (2, 4 or 8). WR: weight-row groups of 16 per block, 8 for wide

@@ -266,28 +266,12 @@ ssmtp_status_t launch_wg(const ssmtp_linear_params_t *p, int S, int sms, bool pd
         S = 1;
         while (S < 8 && tiles * 2 * S <= cap && nk >= 4 * S) S *= 2;
     }
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)((N + 64 * MT - 1) / (64 * MT)), (unsigned)((M + BN - 1) / BN), (unsigned)S);
-    cfg.blockDim = dim3(WG_THREADS);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = s;
-    cudaLaunchAttribute attr[2];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = 1;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = (unsigned)S;
-    attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[1].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = pdl ? 2 : 1;
+    const dim3 grid((unsigned)((N + 64 * MT - 1) / (64 * MT)), (unsigned)((M + BN - 1) / BN), (unsigned)S);
     const T *x = (const T *)p->x.data, *w = (const T *)p->weight.data;
     const T *b = p->bias.data ? (const T *)p->bias.data : nullptr;
-    const cudaError_t e = cudaLaunchKernelEx(&cfg, kern, x, (int64_t)p->x.stride[0], w, b, p->out.data,
-                                             (int64_t)p->out.stride[0], (int)(p->out.dtype != p->x.dtype), M, N, K);
-    (void)cudaGetLastError();
-    if (e != cudaSuccess)
-        return ssmtp_fail(SSMTP_ERR_CUDA, OP ": warpgroup-MMA kernel launch: %s", cudaGetErrorString(e));
-    return SSMTP_OK;
+    return ssmtp_launch_cluster(OP " (warpgroup-MMA kernel)", kern, grid, dim3(WG_THREADS), smem, s, pdl,
+                                (unsigned)S, x, (int64_t)p->x.stride[0], w, b, p->out.data,
+                                (int64_t)p->out.stride[0], (int)(p->out.dtype != p->x.dtype), M, N, K);
 }
 
 // Block shapes: MT (weight rows / 64), KA (k per stage / 64), ST (stages), named "m<MT>k<KA>s<ST>".
