@@ -109,7 +109,7 @@ static ssmtp_status_t decode_in_cpu(const ssmtp_decode_in_params_t *p) {
     const int64_t nc = p->conv_w.shape[0], lo = p->conv_lo;
     const int64_t width = p->conv_w.shape[1], nslots = p->conv_state.shape[0];
     const int32_t ty = p->weight.dtype;
-    const ssmtp_tensor_t *res = &p->res, *add = &p->add, *ro = &p->res_out, *cs = &p->conv_state;
+    const ssmtp_tensor_t *cs = &p->conv_state;
     for (int64_t m = 0; m < M; m++) { /* all slots first: a rejected call changes nothing */
         const int64_t slot = ssmtp_slot_of(&p->state_idx, m);
         if (slot >= nslots)
@@ -119,20 +119,7 @@ static ssmtp_status_t decode_in_cpu(const ssmtp_decode_in_params_t *p) {
     float *h = malloc(sizeof(float) * (size_t)(H > 0 ? H : 1)); /* the normed row, reused by all n2 outputs */
     if (!h) return ssmtp_fail(SSMTP_ERR_NOMEM, OP ": no memory for a row of H=%lld floats", (long long)H);
     for (int64_t m = 0; m < M; m++) {
-        /* residual add in fp32, stored at res_out's precision; the norm reads it at T's (the model dtype) */
-        float ss = 0.0f;
-        for (int64_t k = 0; k < H; k++) {
-            float r = ssmtp_load(res->data, res->dtype, m * res->stride[0] + k * res->stride[1]);
-            if (ssmtp_present(add)) r += ssmtp_load(add->data, ty, m * add->stride[0] + k * add->stride[1]);
-            ssmtp_store(ro->data, ro->dtype, m * ro->stride[0] + k * ro->stride[1], r);
-            h[k] = ssmtp_round(r, ty);
-            ss += h[k] * h[k];
-        }
-        const float s = H > 0 ? 1.0f / sqrtf(ss / (float)H + p->eps) : 0.0f;
-        for (int64_t k = 0; k < H; k++) {
-            const float nw = ssmtp_load(p->norm_w.data, ty, k * p->norm_w.stride[0]);
-            h[k] = ssmtp_round(nw * ssmtp_round(h[k] * s, ty), ty);
-        }
+        ssmtp_add_norm_row(&p->res, &p->add, &p->res_out, &p->norm_w, p->eps, ty, m, h);
         const int64_t slot = ssmtp_slot_of(&p->state_idx, m);
         for (int64_t row = 0; row < n2; row++) {
             /* in_proj row j as linear.c computes it: sequential fp32 sum, then the bias, one rounding to T */

@@ -117,6 +117,13 @@ static inline float ssmtp_round(float v, int32_t dtype) {
     }
 }
 static inline float ssmtp_silu(float v) { return v / (1.0f + expf(-v)); }
+/*
+ * Row m of a block input's residual add + RMSNorm (csrc/norm.c; ssmtp_add_rms_norm and the prologue of
+ * ssmtp_mamba_decode_in): r = res + add in fp32 (add optional, of dtype ty), stored to res_out when present; h[k] =
+ * (ty)(norm_w * (ty)(v * s)), v = (ty) r, s = 1 / sqrt(mean(v^2) + eps): floats holding ty values (H of them).
+ */
+void ssmtp_add_norm_row(const ssmtp_tensor_t *res, const ssmtp_tensor_t *add, const ssmtp_tensor_t *res_out,
+                        const ssmtp_tensor_t *norm_w, float eps, int32_t ty, int64_t m, float *h);
 static inline float ssmtp_softplus(float v) { return v > 20.0f ? v : log1pf(expf(v)); }
 
 /*
@@ -150,6 +157,7 @@ ssmtp_status_t ssmtp_cuda_linear_small(const ssmtp_linear_params_t *p, void *str
 ssmtp_status_t ssmtp_cuda_linear_wg(const ssmtp_linear_params_t *p, int sms, int pdl, void *stream);
 int ssmtp_linear_wg_built(void);
 ssmtp_status_t ssmtp_cuda_gated_norm(const ssmtp_gated_norm_params_t *p, void *stream);
+ssmtp_status_t ssmtp_cuda_add_rms_norm(const ssmtp_add_norm_params_t *p, void *stream);
 ssmtp_status_t ssmtp_cuda_mamba_decode_in(const ssmtp_decode_in_params_t *p, void *stream);
 ssmtp_status_t ssmtp_cuda_decode_attention(const ssmtp_attn_params_t *p, void *stream);
 /* Custom all-reduce (csrc/cuda/allreduce.cu); csrc/allreduce.c validates arguments first. */

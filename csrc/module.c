@@ -223,6 +223,20 @@ static PyObject *py_gated_norm(PyObject *self, PyObject *args) {
     CALL_C(ssmtp_gated_norm(&p, (void *)(uintptr_t)stream));
     Py_RETURN_NONE;
 }
+static PyObject *py_add_rms_norm(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *o[5];
+    double eps = 0.0;
+    unsigned long long stream = 0;
+    if (!PyArg_ParseTuple(args, "OOOOOdK", &o[0], &o[1], &o[2], &o[3], &o[4], &eps, &stream)) return NULL;
+    ssmtp_add_norm_params_t p;
+    ssmtp_tensor_t *const t[] = {&p.res, &p.add, &p.res_out, &p.norm_w, &p.out};
+    static const char *const names[] = {"res", "add", "res_out", "norm_w", "out"};
+    if (!parse_tensors(o, t, names, 5)) return NULL;
+    p.eps = (float)eps;
+    CALL_C(ssmtp_add_rms_norm(&p, (void *)(uintptr_t)stream));
+    Py_RETURN_NONE;
+}
 static PyObject *py_mamba_decode_in(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *o[12];
@@ -528,6 +542,7 @@ static PyMethodDef methods[] = {
     {"argmax", py_argmax, METH_VARARGS, "argmax(logits, out, stream): greedy token per row"},
     {"linear_small", py_linear_small, METH_VARARGS, "linear_small(x, weight, bias, out, stream)"},
     {"gated_norm", py_gated_norm, METH_VARARGS, "gated_norm(y, gate, weight, out, group, eps, stream)"},
+    {"add_rms_norm", py_add_rms_norm, METH_VARARGS, "add_rms_norm(res, add, res_out, norm_w, out, eps, stream)"},
     {"mamba_decode_in", py_mamba_decode_in, METH_VARARGS,
      "mamba_decode_in(res, add, res_out, norm_w, weight, bias, conv_w, conv_b, conv_state, state_idx, xc, z, eps, "
      "conv_lo, stream): residual add + RMSNorm + in_proj + conv decode step, fused"},

@@ -1,8 +1,10 @@
 /*
- * norm.c - the gated RMSNorm over groups of channels: argument checks, device dispatch and the CPU reference.
- * Semantics: see ssmtp_gated_norm in ssmtp.h.
+ * norm.c - the gated RMSNorm over groups of channels and the block input's residual add + RMSNorm: argument checks,
+ * device dispatch and the CPU references. Semantics: see ssmtp_gated_norm and ssmtp_add_rms_norm in ssmtp.h.
  */
 #include "internal.h"
+
+#include <stdlib.h>
 
 #define OP "gated_norm"
 
@@ -60,6 +62,83 @@ ssmtp_status_t ssmtp_gated_norm(const ssmtp_gated_norm_params_t *p, void *stream
     }
 #ifdef SSMTP_WITH_CUDA
     return ssmtp_cuda_gated_norm(p, stream);
+#else
+    (void)stream;
+    return ssmtp_fail(SSMTP_ERR_NOT_BUILT, OP ": tensors are on cuda:%d but this build has no CUDA", (int)device);
+#endif
+}
+
+#undef OP
+#define OP "add_rms_norm"
+
+void ssmtp_add_norm_row(const ssmtp_tensor_t *res, const ssmtp_tensor_t *add, const ssmtp_tensor_t *res_out,
+                        const ssmtp_tensor_t *norm_w, float eps, int32_t ty, int64_t m, float *h) {
+    const int64_t H = norm_w->shape[0];
+    float ss = 0.0f;
+    for (int64_t k = 0; k < H; k++) { /* residual add in fp32, stored at res_out's precision; the norm reads T's */
+        float r = ssmtp_load(res->data, res->dtype, m * res->stride[0] + k * res->stride[1]);
+        if (ssmtp_present(add)) r += ssmtp_load(add->data, ty, m * add->stride[0] + k * add->stride[1]);
+        if (ssmtp_present(res_out))
+            ssmtp_store(res_out->data, res_out->dtype, m * res_out->stride[0] + k * res_out->stride[1], r);
+        h[k] = ssmtp_round(r, ty);
+        ss += h[k] * h[k];
+    }
+    const float s = H > 0 ? 1.0f / sqrtf(ss / (float)H + eps) : 0.0f;
+    for (int64_t k = 0; k < H; k++) {
+        const float nw = ssmtp_load(norm_w->data, ty, k * norm_w->stride[0]);
+        h[k] = ssmtp_round(nw * ssmtp_round(h[k] * s, ty), ty);
+    }
+}
+
+/* res and res_out hold the residual stream in fp32 or in T. */
+static ssmtp_status_t check_stream_dtype(const char *name, const ssmtp_tensor_t *t, int32_t ty) {
+    if (ssmtp_present(t) && t->dtype != SSMTP_DTYPE_F32 && t->dtype != ty)
+        return ssmtp_fail(SSMTP_ERR_INVALID, OP ": %s must be float32 or %s (the dtype of norm_w), got %s", name,
+                          ssmtp_dtype_name(ty), ssmtp_dtype_name(t->dtype));
+    return SSMTP_OK;
+}
+
+static ssmtp_status_t add_norm_check(const ssmtp_add_norm_params_t *p, int32_t *device) {
+    SSMTP_TRY(ssmtp_check_tensor(OP, "norm_w", &p->norm_w, 0, 1, -1, NULL));
+    SSMTP_TRY(ssmtp_check_float_dtype(OP, "norm_w", &p->norm_w));
+    const int32_t ty = p->norm_w.dtype;
+    const int64_t H = p->norm_w.shape[0];
+    SSMTP_TRY(ssmtp_check_tensor(OP, "res", &p->res, 0, 2, -1, (int64_t[]){-1, H}));
+    SSMTP_TRY(check_stream_dtype("res", &p->res, ty));
+    const int64_t M = p->res.shape[0];
+    SSMTP_TRY(ssmtp_check_tensor(OP, "add", &p->add, 1, 2, ty, (int64_t[]){M, H}));
+    SSMTP_TRY(ssmtp_check_tensor(OP, "res_out", &p->res_out, 1, 2, -1, (int64_t[]){M, H}));
+    SSMTP_TRY(check_stream_dtype("res_out", &p->res_out, ty));
+    SSMTP_TRY(ssmtp_check_tensor(OP, "out", &p->out, 0, 2, ty, (int64_t[]){M, H}));
+    if (!(p->eps >= 0.0f) || isinf(p->eps))
+        return ssmtp_fail(SSMTP_ERR_INVALID, OP ": eps=%g must be finite and >= 0", (double)p->eps);
+    const ssmtp_tensor_t *ts[] = {&p->res, &p->add, &p->res_out, &p->norm_w, &p->out};
+    const char *names[] = {"res", "add", "res_out", "norm_w", "out"};
+    SSMTP_TRY(ssmtp_check_devices(OP, ts, names, 5, device));
+    for (int i = 0; i < 5; i++) SSMTP_TRY(ssmtp_check_inner_contiguous(OP, names[i], ts[i]));
+    return SSMTP_OK;
+}
+
+static ssmtp_status_t add_norm_cpu(const ssmtp_add_norm_params_t *p) {
+    const int64_t M = p->res.shape[0], H = p->norm_w.shape[0];
+    const int32_t ty = p->norm_w.dtype;
+    float *h = malloc(sizeof(float) * (size_t)(H > 0 ? H : 1));
+    if (!h) return ssmtp_fail(SSMTP_ERR_NOMEM, OP ": no memory for a row of H=%lld floats", (long long)H);
+    for (int64_t m = 0; m < M; m++) { /* out written after the row's inputs are read: out may not alias them */
+        ssmtp_add_norm_row(&p->res, &p->add, &p->res_out, &p->norm_w, p->eps, ty, m, h);
+        for (int64_t k = 0; k < H; k++) ssmtp_store(p->out.data, ty, m * p->out.stride[0] + k * p->out.stride[1], h[k]);
+    }
+    free(h);
+    return SSMTP_OK;
+}
+
+ssmtp_status_t ssmtp_add_rms_norm(const ssmtp_add_norm_params_t *p, void *stream) {
+    int32_t device;
+    if (!p) return ssmtp_fail(SSMTP_ERR_INVALID, OP ": params is NULL");
+    SSMTP_TRY(add_norm_check(p, &device));
+    if (device == SSMTP_DEVICE_CPU) return add_norm_cpu(p);
+#ifdef SSMTP_WITH_CUDA
+    return ssmtp_cuda_add_rms_norm(p, stream);
 #else
     (void)stream;
     return ssmtp_fail(SSMTP_ERR_NOT_BUILT, OP ": tensors are on cuda:%d but this build has no CUDA", (int)device);

@@ -286,6 +286,24 @@ typedef struct {
 ssmtp_status_t ssmtp_gated_norm(const ssmtp_gated_norm_params_t *p, void *stream);
 
 /*
+ * Residual add + RMSNorm of a Mamba-1 block's input (HF MambaBlock with the engine's fp32 residual; the prologue of
+ * ssmtp_mamba_decode_in on its own, for the decode batches whose in_proj is a separate GEMM):
+ *   res     (M, H) f32 or T (T = the dtype of norm_w: f32/f16/bf16): the residual stream entering the block
+ *   add     (M, H) T, optional: added to res (the previous block's mixer output)
+ *   res_out (M, H) f32 or T, optional: written with r = res + add (res when add is absent); no overlap with the inputs
+ *   norm_w  (H,) T; eps >= 0
+ *   out     (M, H) T: h = (T)(norm_w * (T)(v * s)), v = (T) r, s = 1 / sqrt(mean(v^2) + eps) in fp32
+ * Rows contiguous (any row stride). CUDA: one block per row, launched with programmatic dependent launch (the GEMM
+ * after it starts streaming its weights while this runs); rows up to SSMTP_ADD_NORM_CUDA_MAX_H elements.
+ */
+#define SSMTP_ADD_NORM_CUDA_MAX_H 8192
+typedef struct {
+    ssmtp_tensor_t res, add, res_out, norm_w, out;
+    float eps;
+} ssmtp_add_norm_params_t;
+ssmtp_status_t ssmtp_add_rms_norm(const ssmtp_add_norm_params_t *p, void *stream);
+
+/*
  * Decode attention over slot-indexed K/V caches: one query token per sequence (the hybrid models' attention layers
  * in the decode step), reading each sequence's keys in place (no gather) and only as many as it has.
  *   q         (batch, nheads, head_dim)          f32/f16/bf16, head_dim <= SSMTP_MAX_HEAD_DIM

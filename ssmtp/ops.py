@@ -339,6 +339,34 @@ def _(y, gate, weight, group, eps):
     return torch.empty_like(y, memory_format=torch.contiguous_format)
 
 
+ADD_NORM_CUDA_MAX_H = 8192  # SSMTP_ADD_NORM_CUDA_MAX_H in csrc/ssmtp.h
+
+
+def _add_norm_outputs(res: torch.Tensor, norm_w: torch.Tensor, res_fp32: bool):
+    if res.dim() != 2:
+        raise ValueError(f"add_rms_norm: res must be (M, H), got shape {tuple(res.shape)}")
+    res_out = torch.empty(res.shape, dtype=torch.float32 if res_fp32 else norm_w.dtype, device=res.device)
+    return res_out, torch.empty(res.shape, dtype=norm_w.dtype, device=res.device)
+
+
+@torch.library.custom_op("ssmtp::add_rms_norm", mutates_args=())
+def add_rms_norm(res: torch.Tensor, add: Optional[torch.Tensor], norm_w: torch.Tensor, eps: float,
+                 res_fp32: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Mamba block's input (csrc/ssmtp.h: ssmtp_add_rms_norm): r = res + add in fp32 (add optional), h =
+    RMSNorm(r in norm_w's dtype) as HF's MambaRMSNorm. res (M, H) fp32 or norm_w's dtype. Returns res_out (M, H) (fp32
+    when res_fp32, else norm_w's dtype) and h (M, H). One kernel on CUDA, launched with programmatic dependent launch
+    (the decode step's norm where in_proj is a separate GEMM)."""
+    res_out, out = _add_norm_outputs(res, norm_w, res_fp32)
+    _C.add_rms_norm(desc(res, "res"), desc(add, "add"), desc(res_out, "res_out"), desc(norm_w, "norm_w"),
+                    desc(out, "out"), float(eps), stream_of(res, norm_w))
+    return res_out, out
+
+
+@add_rms_norm.register_fake
+def _(res, add, norm_w, eps, res_fp32):
+    return _add_norm_outputs(res, norm_w, res_fp32)
+
+
 _DEVICE_KERNELS: dict = {}  # device index -> (tensor-core kernel runs, warpgroup-MMA kernel runs)
 
 

@@ -213,19 +213,24 @@ def linear_small(x, weight, bias):
     return out.to(x.dtype)
 
 
+def add_rms_norm(res, add, norm_w, eps, res_fp32):
+    """A Mamba block's input, op by op: residual add in fp32 (stored as fp32 when res_fp32, else in norm_w's dtype),
+    then HF's MambaRMSNorm on the sum in the model dtype. Returns (res_out, h)."""
+    T = norm_w.dtype
+    r = res.float() if add is None else res.float() + add.float()
+    v = r.to(T).float()
+    s = 1.0 / torch.sqrt(v.pow(2).mean(-1, keepdim=True) + eps)
+    return r.to(torch.float32 if res_fp32 else T), (norm_w.float() * (v * s).to(T).float()).to(T)
+
+
 def mamba_decode_in(res, add, norm_w, weight, bias, conv_w, conv_b, conv_state, state_idx, eps, res_fp32,
                     conv_lo=0):
     """The fused decode input of a Mamba block, op by op: residual add in fp32, RMSNorm (HF MambaRMSNorm on the
     model dtype), in_proj (linear_small), the conv decode step + SiLU on the conv rows [conv_lo, conv_lo + nc)
     (causal_conv1d with seqlen 1: conv_state shifted in place, padding rows untouched and zero), z the other rows in
     order. Returns (res_out, xc, z)."""
-    T = weight.dtype
     lo, nc = conv_lo, conv_w.shape[0]
-    r = res.float() if add is None else res.float() + add.float()
-    res_out = r.to(torch.float32 if res_fp32 else T)
-    v = r.to(T).float()
-    s = 1.0 / torch.sqrt(v.pow(2).mean(-1, keepdim=True) + eps)
-    h = (norm_w.float() * (v * s).to(T).float()).to(T)
+    res_out, h = add_rms_norm(res, add, norm_w, eps, res_fp32)
     xz = linear_small(h, weight, bias)
     xc = causal_conv1d(xz[:, lo:lo + nc, None], conv_w, conv_b, conv_state, state_idx, None, True, True)[:, :, 0]
     return res_out, xc, torch.cat([xz[:, :lo], xz[:, lo + nc:]], dim=1)

@@ -1,5 +1,5 @@
-// norm.cu - the gated RMSNorm over groups of channels on the GPU. Semantics: ssmtp_gated_norm in csrc/ssmtp.h; CPU
-// reference: csrc/norm.c.
+// norm.cu - the gated RMSNorm over groups of channels, and the block input's residual add + RMSNorm, on the GPU.
+// Semantics: ssmtp_gated_norm and ssmtp_add_rms_norm in csrc/ssmtp.h; CPU references: csrc/norm.c.
 //
 // Why a kernel of its own: in Zamba2's decode step the norm sits between the state update and out_proj's GEMV, both
 // launched with programmatic dependent launch (PDL). torch.compile's two kernels there (a reduction and a pointwise
@@ -68,6 +68,54 @@ __global__ void __launch_bounds__(NORM_THREADS)
         if (t + e * nt < G) orow[t + e * nt] = from_f32<T>(wv[e] * to_f32<T>(from_f32<T>(v[e] * r)));
 }
 
+// The residual add + RMSNorm of a Mamba-1 block's input (ssmtp_add_rms_norm), one block per row, the thread layout of
+// gated_norm_kernel: thread t holds the row's elements t, t + nt, ... (E of them); norm_w before the PDL wait, every
+// load of res and add issued before any is used. Math as decode.cu's prologue (the same roundings).
+template <typename T, int E>
+__global__ void __launch_bounds__(NORM_THREADS)
+    add_norm_kernel(const void *res, int64_t sr, int res_f32, const T *add, int64_t sa, void *res_out, int64_t sro,
+                    int ro_f32, const T *__restrict__ w, T *out, int64_t so, int H, float eps) {
+    ssm_pdl_trigger();
+    const int nt = blockDim.x, t = threadIdx.x;
+    const int64_t m = blockIdx.x;
+    float wv[E];
+#pragma unroll
+    for (int e = 0; e < E; e++) wv[e] = t + e * nt < H ? to_f32<T>(w[t + e * nt]) : 0.f;
+    ssm_pdl_wait(); // res and add come from the kernels before
+    float r[E], a[E];
+#pragma unroll
+    for (int e = 0; e < E; e++) {
+        const int64_t i = t + e * nt;
+        const bool in = i < H;
+        r[e] = !in ? 0.f : res_f32 ? ((const float *)res)[m * sr + i] : to_f32<T>(((const T *)res)[m * sr + i]);
+        a[e] = in && add ? to_f32<T>(add[m * sa + i]) : 0.f;
+    }
+    float ss = 0.f;
+#pragma unroll
+    for (int e = 0; e < E; e++) {
+        r[e] = __fadd_rn(r[e], a[e]);
+        const int64_t i = t + e * nt;
+        if (res_out && i < H) {
+            if (ro_f32) ((float *)res_out)[m * sro + i] = r[e];
+            else ((T *)res_out)[m * sro + i] = from_f32<T>(r[e]);
+        }
+        r[e] = to_f32<T>(from_f32<T>(r[e])); // v = (T) r: 0 past the row
+        ss = fmaf(r[e], r[e], ss);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    __shared__ float part[NORM_THREADS / 32];
+    if (t % 32 == 0) part[t / 32] = ss;
+    __syncthreads();
+    float tot = 0.f;
+    for (int i = 0; i < nt / 32; i++) tot += part[i];
+    const float s = __fdiv_rn(1.f, __fsqrt_rn(__fadd_rn(__fdiv_rn(tot, (float)H), eps)));
+    T *orow = out + m * so;
+#pragma unroll
+    for (int e = 0; e < E; e++)
+        if (t + e * nt < H) orow[t + e * nt] = from_f32<T>(__fmul_rn(wv[e], to_f32<T>(from_f32<T>(__fmul_rn(r[e], s)))));
+}
+
 } // namespace
 
 extern "C" ssmtp_status_t ssmtp_cuda_gated_norm(const ssmtp_gated_norm_params_t *p, void *stream) {
@@ -97,5 +145,35 @@ extern "C" ssmtp_status_t ssmtp_cuda_gated_norm(const ssmtp_gated_norm_params_t 
         }
     });
 #undef GN_LAUNCH
+    return SSMTP_OK;
+}
+
+extern "C" ssmtp_status_t ssmtp_cuda_add_rms_norm(const ssmtp_add_norm_params_t *p, void *stream) {
+    const int64_t M = p->res.shape[0], H = p->norm_w.shape[0];
+    if (M == 0 || H == 0) return SSMTP_OK;
+    if (M > 0x7fffffffLL || H > SSMTP_ADD_NORM_CUDA_MAX_H)
+        return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, "add_rms_norm: %lld rows of %lld elements on CUDA (at most 2^31 - 1 "
+                          "rows of %d)", (long long)M, (long long)H, SSMTP_ADD_NORM_CUDA_MAX_H);
+    SSMTP_TRY(ssmtp_cuda_set_device(p->norm_w.device));
+    const bool pdl = ssmtp_pdl_enabled(p->norm_w.device);
+    cudaStream_t s = (cudaStream_t)stream;
+    const int64_t e = (H + NORM_THREADS - 1) / NORM_THREADS;
+    const int E = e <= 1 ? 1 : e <= 2 ? 2 : e <= 4 ? 4 : 8;
+    const int nt = (int)(((H + E - 1) / E + 31) / 32 * 32);
+    const int64_t sa = p->add.data ? p->add.stride[0] : 0, sro = p->res_out.data ? p->res_out.stride[0] : 0;
+    const int res_f32 = p->res.dtype == SSMTP_DTYPE_F32, ro_f32 = p->res_out.dtype == SSMTP_DTYPE_F32;
+#define AN_LAUNCH(E_)                                                                                               \
+    return ssmtp_launch("add_rms_norm", add_norm_kernel<T, E_>, (unsigned)M, nt, 0, s, pdl, (const void *)p->res.data, \
+                        (int64_t)p->res.stride[0], res_f32, (const T *)p->add.data, sa, p->res_out.data, sro, ro_f32,  \
+                        (const T *)p->norm_w.data, (T *)p->out.data, (int64_t)p->out.stride[0], (int)H, p->eps);
+    SSMTP_DISPATCH_FLOAT(p->norm_w.dtype, T, "add_rms_norm", {
+        switch (E) {
+        case 1: AN_LAUNCH(1)
+        case 2: AN_LAUNCH(2)
+        case 4: AN_LAUNCH(4)
+        default: AN_LAUNCH(8)
+        }
+    });
+#undef AN_LAUNCH
     return SSMTP_OK;
 }

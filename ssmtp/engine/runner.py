@@ -161,6 +161,20 @@ DECODE_FUSED_MAX_BATCH = _env_batch("SSMTP_DECODE_STEP_MAX_BATCH", 8, None, "0 t
 DECODE_IN_MAX_BATCH = _env_batch("SSMTP_DECODE_IN_MAX_BATCH", 2, 4, "rows the decode_in kernel takes")
 
 
+def _decode_norm_switch() -> str:
+    v = os.environ.get("SSMTP_DECODE_NORM", "auto")
+    if v not in ("auto", "0", "1"):
+        raise ValueError(f"SSMTP_DECODE_NORM={v!r}: expected auto (default: the decode step's residual add + block "
+                         "norm as ops.add_rms_norm on CUDA), 1 (also on a CPU) or 0 (the torch.compile'd kernel)")
+    return v
+
+
+# The decode step's residual add + block norm at the batches ops.mamba_decode_in does not take: ops.add_rms_norm (one
+# kernel launched with programmatic dependent launch, so that in_proj's GEMM after it can start streaming its weights
+# while it runs) instead of torch.compile's kernel, which takes no part in PDL.
+DECODE_NORM = _decode_norm_switch()
+
+
 def mixers_take_decode_in(runner, batch: int, cache: dict) -> bool:
     """Whether the CUDA kernel of ops.mamba_decode_in takes every one of runner.mixers' in_proj and conv at this batch
     size; decided once per batch size (decode is graph-captured per bucket) and kept in ``cache``."""
@@ -230,6 +244,7 @@ class MambaRunner(ModelRunner):
         m0 = mixers[0]
         self.d_local, self.d_state, self.conv_kernel = m0.d_local, m0.ssm_state_size, m0.conv_kernel_size
         self._fused_ok: dict = {}
+        self._decode_norm_ok: dict = {}
         self.set_fused(False)
 
     def set_fused(self, enabled: bool) -> None:
@@ -341,6 +356,25 @@ class MambaRunner(ModelRunner):
             return False
         return part == "step" or mixers_take_decode_in(self, batch, self._fused_ok)
 
+    def decode_norm_applies(self, batch: int) -> bool:
+        """Whether the decode step's residual add + block norm (at batches ops.mamba_decode_in does not take) is
+        ops.add_rms_norm, one kernel launched with PDL, rather than the torch.compile'd add_block_norm.
+        SSMTP_DECODE_NORM=auto (default): on CUDA where every in_proj of this batch runs on ssmtp's own GEMM kernels
+        (ops.linear_small_applies: launched with PDL, so that they start streaming their weights while the norm runs;
+        before cuBLAS, which does not, the compiled kernel measured as fast or faster); 1: always (a CPU too); 0: never."""
+        if DECODE_NORM == "0" or self.embed.shape[1] > ops.ADD_NORM_CUDA_MAX_H or any(
+                w.dtype != self.dtype for w in self.norms):
+            return False
+        if DECODE_NORM == "1":
+            return True
+        if not self.embed.is_cuda:
+            return False
+        ok = self._decode_norm_ok.get(batch)
+        if ok is None:
+            x = self.embed.new_empty(batch, self.embed.shape[1])
+            ok = self._decode_norm_ok[batch] = all(ops.linear_small_applies(x, mx.in_proj_weight) for mx in self.mixers)
+        return ok
+
     @torch.no_grad()
     def decode(self, ids, pos, state_idx, pool: SlotPool) -> torch.Tensor:
         # state_early (ops.selective_state_update's launch hint) holds here: the step's first kernel, the embedding
@@ -358,9 +392,17 @@ class MambaRunner(ModelRunner):
             h = self._k_add_final(res, out, self.norm_f, eps, fp32, w.dtype)
             return ops.lm_head(h, w)
         fuse_dt = self.decode_fused_applies(ids.shape[0], "step")
+        n = len(self.mixers)
+        if self.decode_norm_applies(ids.shape[0]):
+            res, x = ops.add_rms_norm(F.embedding(ids, self.embed), None, self.norms[0], eps, fp32)  # (B, H)
+            for i, mixer in enumerate(self.mixers):
+                out = mixer.mix_step(x[:, None], pool.layer("conv", i), pool.layer("ssm", i), state_idx, fuse_dt,
+                                     True)[:, 0]
+                if i + 1 < n:
+                    res, x = ops.add_rms_norm(res, out, self.norms[i + 1], eps, fp32)
+            return ops.lm_head(self._k_add_final(res, out, self.norm_f, eps, fp32, w.dtype), w)
         res = F.embedding(ids[:, None], self.embed)  # (B, 1, H)
         x = self._k_norm(res, self.norms[0], eps, dt)
-        n = len(self.mixers)
         for i, mixer in enumerate(self.mixers):
             out = mixer.mix_step(x, pool.layer("conv", i), pool.layer("ssm", i), state_idx, fuse_dt, True)
             if i + 1 < n:
