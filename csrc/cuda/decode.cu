@@ -30,6 +30,9 @@
 // ahead (warm), so the epilogue after the barrier does not wait on memory. Together with x_proj's weights loaded
 // before its wait (linear.cu) and dt_proj's whole row before the state update's (step.cu): mamba-2.8b decode graph
 // step at B=1 2.00 -> 1.86 ms on one H200 (same runs, benchmarks/results/decode-b1-h200-0019c13.json).
+// Not built: x_proj in this kernel's tail (per-block partial sums of its 192 outputs, reduced across blocks at the
+// end). A bound, the batch-1 graph with x_proj's output frozen, was only 60-75 us per step faster (H200, 2026-11-25,
+// benchmarks/results/decode-norm-h200-ad59e97.json): about 1 us per layer, what that cross-block reduction would cost.
 
 #include "common.cuh"
 #include "ssm_math.cuh"

@@ -171,7 +171,10 @@ def _decode_norm_switch() -> str:
 
 # The decode step's residual add + block norm at the batches ops.mamba_decode_in does not take: ops.add_rms_norm (one
 # kernel launched with programmatic dependent launch, so that in_proj's GEMM after it can start streaming its weights
-# while it runs) instead of torch.compile's kernel, which takes no part in PDL.
+# while it runs) instead of torch.compile's kernel, which takes no part in PDL. Measured on H200 (2026-11-25, mamba-2.8b
+# graph step, runs interleaved; benchmarks/results/decode-norm-h200-ad59e97.json): B=4 2.362-2.369 ms against
+# 2.455-2.465, B=8 2.700-2.706 vs 2.739-2.753, B=16 the same; before cuBLAS's in_proj (mamba-2.8b B >= 32,
+# falcon-mamba-7b) 1-2% slower, hence decode_norm_applies' rule.
 DECODE_NORM = _decode_norm_switch()
 
 
