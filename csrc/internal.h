@@ -158,6 +158,7 @@ ssmtp_status_t ssmtp_cuda_linear_wg(const ssmtp_linear_params_t *p, int sms, int
 int ssmtp_linear_wg_built(void);
 ssmtp_status_t ssmtp_cuda_gated_norm(const ssmtp_gated_norm_params_t *p, void *stream);
 ssmtp_status_t ssmtp_cuda_add_rms_norm(const ssmtp_add_norm_params_t *p, void *stream);
+ssmtp_status_t ssmtp_cuda_rms_segments(const ssmtp_rms_segments_params_t *p, void *stream);
 ssmtp_status_t ssmtp_cuda_mamba_decode_in(const ssmtp_decode_in_params_t *p, void *stream);
 ssmtp_status_t ssmtp_cuda_decode_attention(const ssmtp_attn_params_t *p, void *stream);
 /* Custom all-reduce (csrc/cuda/allreduce.cu); csrc/allreduce.c validates arguments first. */

@@ -237,6 +237,33 @@ static PyObject *py_add_rms_norm(PyObject *self, PyObject *args) {
     CALL_C(ssmtp_add_rms_norm(&p, (void *)(uintptr_t)stream));
     Py_RETURN_NONE;
 }
+static PyObject *py_rms_segments(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *o[2], *lens = NULL;
+    double eps = 0.0;
+    unsigned long long stream = 0;
+    if (!PyArg_ParseTuple(args, "OOOdK", &o[0], &o[1], &lens, &eps, &stream)) return NULL;
+    ssmtp_rms_segments_params_t p;
+    memset(&p, 0, sizeof(p));
+    ssmtp_tensor_t *const t[] = {&p.x, &p.out};
+    static const char *const names[] = {"x", "out"};
+    if (!parse_tensors(o, t, names, 2)) return NULL;
+    PyObject *seq = PySequence_Fast(lens, "rms_segments: lens must be a sequence of ints");
+    if (!seq) return NULL;
+    const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    p.nseg = (int64_t)n;
+    for (Py_ssize_t i = 0; i < n && i < SSMTP_RMS_MAX_SEGMENTS; i++) {
+        p.len[i] = (int64_t)PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i));
+        if (PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+    }
+    Py_DECREF(seq);
+    p.eps = (float)eps;
+    CALL_C(ssmtp_rms_segments(&p, (void *)(uintptr_t)stream));
+    Py_RETURN_NONE;
+}
 static PyObject *py_mamba_decode_in(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *o[12];
@@ -543,6 +570,7 @@ static PyMethodDef methods[] = {
     {"linear_small", py_linear_small, METH_VARARGS, "linear_small(x, weight, bias, out, stream)"},
     {"gated_norm", py_gated_norm, METH_VARARGS, "gated_norm(y, gate, weight, out, group, eps, stream)"},
     {"add_rms_norm", py_add_rms_norm, METH_VARARGS, "add_rms_norm(res, add, res_out, norm_w, out, eps, stream)"},
+    {"rms_segments", py_rms_segments, METH_VARARGS, "rms_segments(x, out, lens, eps, stream)"},
     {"mamba_decode_in", py_mamba_decode_in, METH_VARARGS,
      "mamba_decode_in(res, add, res_out, norm_w, weight, bias, conv_w, conv_b, conv_state, state_idx, xc, z, eps, "
      "conv_lo, stream): residual add + RMSNorm + in_proj + conv decode step, fused"},

@@ -1,6 +1,7 @@
 /*
- * norm.c - the gated RMSNorm over groups of channels and the block input's residual add + RMSNorm: argument checks,
- * device dispatch and the CPU references. Semantics: see ssmtp_gated_norm and ssmtp_add_rms_norm in ssmtp.h.
+ * norm.c - the gated RMSNorm over groups of channels, the block input's residual add + RMSNorm and the weightless
+ * RMS norms over segments of a row: argument checks, device dispatch and the CPU references. Semantics: see
+ * ssmtp_gated_norm, ssmtp_add_rms_norm and ssmtp_rms_segments in ssmtp.h.
  */
 #include "internal.h"
 
@@ -139,6 +140,70 @@ ssmtp_status_t ssmtp_add_rms_norm(const ssmtp_add_norm_params_t *p, void *stream
     if (device == SSMTP_DEVICE_CPU) return add_norm_cpu(p);
 #ifdef SSMTP_WITH_CUDA
     return ssmtp_cuda_add_rms_norm(p, stream);
+#else
+    (void)stream;
+    return ssmtp_fail(SSMTP_ERR_NOT_BUILT, OP ": tensors are on cuda:%d but this build has no CUDA", (int)device);
+#endif
+}
+
+#undef OP
+#define OP "rms_segments"
+
+static ssmtp_status_t rms_segments_check(const ssmtp_rms_segments_params_t *p, int32_t *device) {
+    SSMTP_TRY(ssmtp_check_tensor(OP, "x", &p->x, 0, 2, -1, NULL));
+    SSMTP_TRY(ssmtp_check_float_dtype(OP, "x", &p->x));
+    const int64_t M = p->x.shape[0], D = p->x.shape[1];
+    SSMTP_TRY(ssmtp_check_tensor(OP, "out", &p->out, 0, 2, p->x.dtype, (int64_t[]){M, D}));
+    if (p->nseg < 1 || p->nseg > SSMTP_RMS_MAX_SEGMENTS)
+        return ssmtp_fail(SSMTP_ERR_INVALID, OP ": %lld segments, supported 1..%d", (long long)p->nseg,
+                          SSMTP_RMS_MAX_SEGMENTS);
+    int64_t tot = 0;
+    for (int64_t i = 0; i < p->nseg; i++) {
+        if (p->len[i] < 1 || p->len[i] > D)
+            return ssmtp_fail(SSMTP_ERR_INVALID, OP ": segment %lld has %lld elements, expected 1..%lld (D)",
+                              (long long)i, (long long)p->len[i], (long long)D);
+        tot += p->len[i];
+    }
+    if (tot != D)
+        return ssmtp_fail(SSMTP_ERR_INVALID, OP ": the segments cover %lld elements, x has D=%lld", (long long)tot,
+                          (long long)D);
+    if (!(p->eps >= 0.0f) || isinf(p->eps))
+        return ssmtp_fail(SSMTP_ERR_INVALID, OP ": eps=%g must be finite and >= 0", (double)p->eps);
+    const ssmtp_tensor_t *ts[] = {&p->x, &p->out};
+    const char *names[] = {"x", "out"};
+    SSMTP_TRY(ssmtp_check_devices(OP, ts, names, 2, device));
+    for (int i = 0; i < 2; i++) SSMTP_TRY(ssmtp_check_inner_contiguous(OP, names[i], ts[i]));
+    return SSMTP_OK;
+}
+
+static void rms_segments_cpu(const ssmtp_rms_segments_params_t *p) {
+    const int64_t M = p->x.shape[0];
+    const int32_t ty = p->x.dtype;
+    for (int64_t m = 0; m < M; m++) {
+        const int64_t rx = m * p->x.stride[0], ro = m * p->out.stride[0];
+        for (int64_t i = 0, o = 0; i < p->nseg; o += p->len[i], i++) {
+            float ss = 0.0f;
+            for (int64_t k = o; k < o + p->len[i]; k++) {
+                const float v = ssmtp_load(p->x.data, ty, rx + k);
+                ss += v * v;
+            }
+            const float r = 1.0f / sqrtf(ss / (float)p->len[i] + p->eps);
+            for (int64_t k = o; k < o + p->len[i]; k++) /* out may be x: each element read before written */
+                ssmtp_store(p->out.data, ty, ro + k, ssmtp_load(p->x.data, ty, rx + k) * r);
+        }
+    }
+}
+
+ssmtp_status_t ssmtp_rms_segments(const ssmtp_rms_segments_params_t *p, void *stream) {
+    int32_t device;
+    if (!p) return ssmtp_fail(SSMTP_ERR_INVALID, OP ": params is NULL");
+    SSMTP_TRY(rms_segments_check(p, &device));
+    if (device == SSMTP_DEVICE_CPU) {
+        rms_segments_cpu(p);
+        return SSMTP_OK;
+    }
+#ifdef SSMTP_WITH_CUDA
+    return ssmtp_cuda_rms_segments(p, stream);
 #else
     (void)stream;
     return ssmtp_fail(SSMTP_ERR_NOT_BUILT, OP ": tensors are on cuda:%d but this build has no CUDA", (int)device);

@@ -304,6 +304,22 @@ typedef struct {
 ssmtp_status_t ssmtp_add_rms_norm(const ssmtp_add_norm_params_t *p, void *stream);
 
 /*
+ * Weightless RMS norms over consecutive segments of each row (Falcon-Mamba's norms of dt, B and C, the pieces of the
+ * x_proj output): per row m and segment [o, o + len) of x,
+ *   out = round(x * r), r = 1 / sqrt(mean(x^2 over the segment) + eps), in fp32, one rounding to the dtype of x
+ *   x, out (M, D) same float dtype, rows contiguous (any row stride; out may be x); nseg 1..SSMTP_RMS_MAX_SEGMENTS
+ *   segments of len[i] >= 1 elements that sum to D; eps >= 0.
+ * CUDA: one block per (row, segment), launched with programmatic dependent launch; segments up to 8192 elements.
+ */
+#define SSMTP_RMS_MAX_SEGMENTS 4
+typedef struct {
+    ssmtp_tensor_t x, out;
+    int64_t nseg, len[SSMTP_RMS_MAX_SEGMENTS];
+    float eps;
+} ssmtp_rms_segments_params_t;
+ssmtp_status_t ssmtp_rms_segments(const ssmtp_rms_segments_params_t *p, void *stream);
+
+/*
  * Decode attention over slot-indexed K/V caches: one query token per sequence (the hybrid models' attention layers
  * in the decode step), reading each sequence's keys in place (no gather) and only as many as it has.
  *   q         (batch, nheads, head_dim)          f32/f16/bf16, head_dim <= SSMTP_MAX_HEAD_DIM

@@ -367,6 +367,25 @@ def _(res, add, norm_w, eps, res_fp32):
     return _add_norm_outputs(res, norm_w, res_fp32)
 
 
+RMS_MAX_SEGMENTS = 4  # SSMTP_RMS_MAX_SEGMENTS in csrc/ssmtp.h
+
+
+@torch.library.custom_op("ssmtp::rms_segments", mutates_args=())
+def rms_segments(x: torch.Tensor, lens: list[int], eps: float) -> torch.Tensor:
+    """Weightless RMS norms over consecutive segments of each row (Falcon-Mamba's norms of dt, B and C, the pieces
+    of the x_proj output; csrc/ssmtp.h: ssmtp_rms_segments): x (M, D), lens summing to D -> (M, D) with each segment
+    scaled by 1 / sqrt(mean(segment^2) + eps) in fp32, one rounding to x's dtype (HF's FalconMamba rms_forward).
+    One kernel on CUDA (instead of torch's ~7 per segment), launched with programmatic dependent launch."""
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    _C.rms_segments(desc(x, "x"), desc(out, "out"), [int(n) for n in lens], float(eps), stream_of(x))
+    return out
+
+
+@rms_segments.register_fake
+def _(x, lens, eps):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
 _DEVICE_KERNELS: dict = {}  # device index -> (tensor-core kernel runs, warpgroup-MMA kernel runs)
 
 

@@ -213,6 +213,12 @@ def linear_small(x, weight, bias):
     return out.to(x.dtype)
 
 
+def rms_segments(x, lens, eps):
+    """HF FalconMamba's rms_forward on each segment of the last dimension: fp32 statistics, one rounding back."""
+    parts = torch.split(x.float(), list(lens), dim=-1)
+    return torch.cat([p * torch.rsqrt(p.pow(2).mean(-1, keepdim=True) + eps) for p in parts], dim=-1).to(x.dtype)
+
+
 def add_rms_norm(res, add, norm_w, eps, res_fp32):
     """A Mamba block's input, op by op: residual add in fp32 (stored as fp32 when res_fp32, else in norm_w's dtype),
     then HF's MambaRMSNorm on the sum in the model dtype. Returns (res_out, h)."""

@@ -1,5 +1,6 @@
-// norm.cu - the gated RMSNorm over groups of channels, and the block input's residual add + RMSNorm, on the GPU.
-// Semantics: ssmtp_gated_norm and ssmtp_add_rms_norm in csrc/ssmtp.h; CPU references: csrc/norm.c.
+// norm.cu - the gated RMSNorm over groups of channels, the block input's residual add + RMSNorm and the weightless RMS
+// norms over segments of a row, on the GPU. Semantics: ssmtp_gated_norm, ssmtp_add_rms_norm and ssmtp_rms_segments in
+// csrc/ssmtp.h; CPU references: csrc/norm.c.
 //
 // Why a kernel of its own: in Zamba2's decode step the norm sits between the state update and out_proj's GEMV, both
 // launched with programmatic dependent launch (PDL). torch.compile's two kernels there (a reduction and a pointwise
@@ -116,6 +117,43 @@ __global__ void __launch_bounds__(NORM_THREADS)
         if (t + e * nt < H) orow[t + e * nt] = from_f32<T>(__fmul_rn(wv[e], to_f32<T>(from_f32<T>(__fmul_rn(r[e], s)))));
 }
 
+struct Segs {
+    int64_t off[SSMTP_RMS_MAX_SEGMENTS];
+    int len[SSMTP_RMS_MAX_SEGMENTS];
+    int nseg;
+};
+
+// Weightless RMS norm of one (row, segment) per block (ssmtp_rms_segments: Falcon-Mamba's dt, B and C), thread t
+// holding the segment's elements t, t + nt, ... (E of them); nothing to load before the PDL wait but the launch.
+template <typename T, int E>
+__global__ void __launch_bounds__(NORM_THREADS)
+    rms_segments_kernel(const T *x, int64_t sx, T *out, int64_t so, Segs sg, float eps) {
+    ssm_pdl_trigger();
+    const int nt = blockDim.x, t = threadIdx.x, seg = (int)(blockIdx.x % sg.nseg);
+    const int64_t m = blockIdx.x / sg.nseg;
+    const int len = sg.len[seg];
+    const T *xr = x + m * sx + sg.off[seg];
+    ssm_pdl_wait(); // x comes from the kernels before
+    float v[E], ss = 0.f;
+#pragma unroll
+    for (int e = 0; e < E; e++) {
+        v[e] = t + e * nt < len ? to_f32<T>(xr[t + e * nt]) : 0.f;
+        ss = fmaf(v[e], v[e], ss);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    __shared__ float part[NORM_THREADS / 32];
+    if (t % 32 == 0) part[t / 32] = ss;
+    __syncthreads(); // out may be x: every element of the segment was read above
+    float tot = 0.f;
+    for (int i = 0; i < nt / 32; i++) tot += part[i];
+    const float r = __fdiv_rn(1.f, __fsqrt_rn(__fadd_rn(__fdiv_rn(tot, (float)len), eps)));
+    T *orow = out + m * so + sg.off[seg];
+#pragma unroll
+    for (int e = 0; e < E; e++)
+        if (t + e * nt < len) orow[t + e * nt] = from_f32<T>(__fmul_rn(v[e], r));
+}
+
 } // namespace
 
 extern "C" ssmtp_status_t ssmtp_cuda_gated_norm(const ssmtp_gated_norm_params_t *p, void *stream) {
@@ -175,5 +213,41 @@ extern "C" ssmtp_status_t ssmtp_cuda_add_rms_norm(const ssmtp_add_norm_params_t 
         }
     });
 #undef AN_LAUNCH
+    return SSMTP_OK;
+}
+
+extern "C" ssmtp_status_t ssmtp_cuda_rms_segments(const ssmtp_rms_segments_params_t *p, void *stream) {
+    const int64_t M = p->x.shape[0];
+    Segs sg = {};
+    sg.nseg = (int)p->nseg;
+    int64_t most = 0;
+    for (int i = 0, o = 0; i < sg.nseg; o += (int)p->len[i], i++) {
+        sg.off[i] = o;
+        sg.len[i] = (int)p->len[i];
+        most = p->len[i] > most ? p->len[i] : most;
+    }
+    if (M == 0) return SSMTP_OK;
+    if (M * sg.nseg > 0x7fffffffLL || most > (int64_t)NORM_THREADS * NORM_MAX_E)
+        return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, "rms_segments: %lld rows with a %lld-element segment on CUDA (at most "
+                          "2^31 - 1 blocks, segments of %d)", (long long)M, (long long)most, NORM_THREADS * NORM_MAX_E);
+    SSMTP_TRY(ssmtp_cuda_set_device(p->x.device));
+    const bool pdl = ssmtp_pdl_enabled(p->x.device);
+    cudaStream_t s = (cudaStream_t)stream;
+    const int64_t e = (most + NORM_THREADS - 1) / NORM_THREADS;
+    const int E = e <= 1 ? 1 : e <= 2 ? 2 : e <= 4 ? 4 : 8;
+    const int nt = (int)(((most + E - 1) / E + 31) / 32 * 32);
+#define RS_LAUNCH(E_)                                                                                               \
+    return ssmtp_launch("rms_segments", rms_segments_kernel<T, E_>, (unsigned)(M * sg.nseg), nt, 0, s, pdl,        \
+                        (const T *)p->x.data, (int64_t)p->x.stride[0], (T *)p->out.data, (int64_t)p->out.stride[0],  \
+                        sg, p->eps);
+    SSMTP_DISPATCH_FLOAT(p->x.dtype, T, "rms_segments", {
+        switch (E) {
+        case 1: RS_LAUNCH(1)
+        case 2: RS_LAUNCH(2)
+        case 4: RS_LAUNCH(4)
+        default: RS_LAUNCH(8)
+        }
+    });
+#undef RS_LAUNCH
     return SSMTP_OK;
 }
