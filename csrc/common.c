@@ -233,6 +233,14 @@ ssmtp_status_t ssmtp_check_inner_contiguous(const char *op, const char *name, co
     return SSMTP_OK;
 }
 
+ssmtp_status_t ssmtp_check_stream_dtype(const char *op, const char *name, const ssmtp_tensor_t *t, int32_t ty,
+                                        const char *of) {
+    if (t->data && t->dtype != SSMTP_DTYPE_F32 && t->dtype != ty)
+        return ssmtp_fail(SSMTP_ERR_INVALID, "%s: %s must be float32 or %s (the dtype of %s), got %s", op, name,
+                          ssmtp_dtype_name(ty), of, ssmtp_dtype_name(t->dtype));
+    return SSMTP_OK;
+}
+
 ssmtp_status_t ssmtp_check_float_dtype(const char *op, const char *name, const ssmtp_tensor_t *t) {
     if (!t->data) return SSMTP_OK;
     switch (t->dtype) {

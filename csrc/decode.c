@@ -13,14 +13,6 @@
 
 #define OP "mamba_decode_in"
 
-/* res and res_out hold the residual stream in fp32 or in T. */
-static ssmtp_status_t check_res_dtype(const char *name, const ssmtp_tensor_t *t, int32_t ty) {
-    if (t->dtype != SSMTP_DTYPE_F32 && t->dtype != ty)
-        return ssmtp_fail(SSMTP_ERR_INVALID, OP ": %s must be float32 or %s (the dtype of weight), got %s", name,
-                          ssmtp_dtype_name(ty), ssmtp_dtype_name(t->dtype));
-    return SSMTP_OK;
-}
-
 static ssmtp_status_t decode_in_check(const ssmtp_decode_in_params_t *p, int32_t *device) {
     SSMTP_TRY(ssmtp_check_tensor(OP, "weight", &p->weight, 0, 2, -1, NULL));
     SSMTP_TRY(ssmtp_check_float_dtype(OP, "weight", &p->weight));
@@ -39,11 +31,11 @@ static ssmtp_status_t decode_in_check(const ssmtp_decode_in_params_t *p, int32_t
     int64_t wnumel;
     SSMTP_TRY(ssmtp_check_dense(OP, "weight", &p->weight, &wnumel));
     SSMTP_TRY(ssmtp_check_tensor(OP, "res", &p->res, 0, 2, -1, (int64_t[]){-1, H}));
-    SSMTP_TRY(check_res_dtype("res", &p->res, ty));
+    SSMTP_TRY(ssmtp_check_stream_dtype(OP, "res", &p->res, ty, "weight"));
     const int64_t M = p->res.shape[0];
     SSMTP_TRY(ssmtp_check_tensor(OP, "add", &p->add, 1, 2, ty, (int64_t[]){M, H}));
     SSMTP_TRY(ssmtp_check_tensor(OP, "res_out", &p->res_out, 0, 2, -1, (int64_t[]){M, H}));
-    SSMTP_TRY(check_res_dtype("res_out", &p->res_out, ty));
+    SSMTP_TRY(ssmtp_check_stream_dtype(OP, "res_out", &p->res_out, ty, "weight"));
     SSMTP_TRY(ssmtp_check_tensor(OP, "norm_w", &p->norm_w, 0, 1, ty, (int64_t[]){H}));
     SSMTP_TRY(ssmtp_check_tensor(OP, "bias", &p->bias, 1, 1, ty, (int64_t[]){n2}));
     const int64_t width = p->conv_w.shape[1];

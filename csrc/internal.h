@@ -56,6 +56,9 @@ ssmtp_status_t ssmtp_check_devices(const char *op, const ssmtp_tensor_t *const *
 /* Last dimension contiguous (stride 1) unless size 1. */
 ssmtp_status_t ssmtp_check_inner_contiguous(const char *op, const char *name, const ssmtp_tensor_t *t);
 ssmtp_status_t ssmtp_check_float_dtype(const char *op, const char *name, const ssmtp_tensor_t *t);
+/* A residual stream tensor (when present): float32 or ty, the dtype of the tensor named `of`. */
+ssmtp_status_t ssmtp_check_stream_dtype(const char *op, const char *name, const ssmtp_tensor_t *t, int32_t ty,
+                                        const char *of);
 /* Intermediate-state saves of conv1d / scan (ssmtp.h): shapes (both or neither, (batch, nsave) int32, a state). */
 ssmtp_status_t ssmtp_check_saves(const char *op, const ssmtp_tensor_t *save_pos, const ssmtp_tensor_t *save_idx,
                                  const ssmtp_tensor_t *state, int64_t batch);

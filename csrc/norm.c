@@ -91,25 +91,17 @@ void ssmtp_add_norm_row(const ssmtp_tensor_t *res, const ssmtp_tensor_t *add, co
     }
 }
 
-/* res and res_out hold the residual stream in fp32 or in T. */
-static ssmtp_status_t check_stream_dtype(const char *name, const ssmtp_tensor_t *t, int32_t ty) {
-    if (ssmtp_present(t) && t->dtype != SSMTP_DTYPE_F32 && t->dtype != ty)
-        return ssmtp_fail(SSMTP_ERR_INVALID, OP ": %s must be float32 or %s (the dtype of norm_w), got %s", name,
-                          ssmtp_dtype_name(ty), ssmtp_dtype_name(t->dtype));
-    return SSMTP_OK;
-}
-
 static ssmtp_status_t add_norm_check(const ssmtp_add_norm_params_t *p, int32_t *device) {
     SSMTP_TRY(ssmtp_check_tensor(OP, "norm_w", &p->norm_w, 0, 1, -1, NULL));
     SSMTP_TRY(ssmtp_check_float_dtype(OP, "norm_w", &p->norm_w));
     const int32_t ty = p->norm_w.dtype;
     const int64_t H = p->norm_w.shape[0];
     SSMTP_TRY(ssmtp_check_tensor(OP, "res", &p->res, 0, 2, -1, (int64_t[]){-1, H}));
-    SSMTP_TRY(check_stream_dtype("res", &p->res, ty));
+    SSMTP_TRY(ssmtp_check_stream_dtype(OP, "res", &p->res, ty, "norm_w"));
     const int64_t M = p->res.shape[0];
     SSMTP_TRY(ssmtp_check_tensor(OP, "add", &p->add, 1, 2, ty, (int64_t[]){M, H}));
     SSMTP_TRY(ssmtp_check_tensor(OP, "res_out", &p->res_out, 1, 2, -1, (int64_t[]){M, H}));
-    SSMTP_TRY(check_stream_dtype("res_out", &p->res_out, ty));
+    SSMTP_TRY(ssmtp_check_stream_dtype(OP, "res_out", &p->res_out, ty, "norm_w"));
     SSMTP_TRY(ssmtp_check_tensor(OP, "out", &p->out, 0, 2, ty, (int64_t[]){M, H}));
     if (!(p->eps >= 0.0f) || isinf(p->eps))
         return ssmtp_fail(SSMTP_ERR_INVALID, OP ": eps=%g must be finite and >= 0", (double)p->eps);

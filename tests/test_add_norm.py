@@ -8,6 +8,7 @@ import ssmtp.engine.runner as runner
 import ssmtp.ops as ops
 import ssmtp.ref as ref
 from ssmtp.engine import LLM
+from tiny_models import same_generations
 
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 # the CPU op sums v^2 sequentially in fp32, torch by pairs: the norm may differ by one rounding of the dtype
@@ -85,9 +86,7 @@ def test_engine_decode_with_the_op_equals_without(monkeypatch):
         llm = LLM("tiny", num_slots=4, max_model_len=64, progress=False)
         assert llm.runner.decode_norm_applies(4) == (mode == "1")
         outs[mode] = llm.generate(prompts, max_new_tokens=6, ignore_eos=True, return_logits=True)
-    for a, b in zip(outs["0"], outs["1"]):
-        assert a.token_ids == b.token_ids
-        torch.testing.assert_close(torch.stack(list(b.logits)), torch.stack(list(a.logits)), rtol=1e-5, atol=1e-5)
+    same_generations(outs["0"], outs["1"], 1e-5)
 
 
 def test_bad_switch_value_is_a_clear_error(monkeypatch):
@@ -152,6 +151,4 @@ def test_cuda_engine_decode_with_the_op_equals_without(monkeypatch):
         outs[mode] = [llm.generate(prompts[:n], max_new_tokens=6, ignore_eos=True, return_logits=True)
                       for n in (4, 3)]
     for run0, run1 in zip(outs["0"], outs["1"]):
-        for a, b in zip(run0, run1):
-            assert a.token_ids == b.token_ids
-            torch.testing.assert_close(torch.stack(list(b.logits)), torch.stack(list(a.logits)), rtol=1e-4, atol=1e-4)
+        same_generations(run0, run1, 1e-4)

@@ -8,6 +8,7 @@ import ssmtp.models.mamba as mamba
 import ssmtp.ops as ops
 import ssmtp.ref as ref
 from ssmtp.engine import LLM
+from tiny_models import same_generations
 
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 TOL = {"f32": 1e-5, "bf16": 1e-2, "f16": 2e-3}  # one rounding of the dtype (sums in another order)
@@ -62,9 +63,7 @@ def test_falcon_engine_with_the_op_equals_without(monkeypatch):
         monkeypatch.setattr(mamba, "RMS_SEGMENTS", on)
         llm = LLM("tiny-falcon", num_slots=4, max_model_len=64, progress=False)
         outs[on] = llm.generate(prompts, max_new_tokens=6, ignore_eos=True, return_logits=True)
-    for a, b in zip(outs[False], outs[True]):
-        assert a.token_ids == b.token_ids
-        torch.testing.assert_close(torch.stack(list(b.logits)), torch.stack(list(a.logits)), rtol=1e-5, atol=1e-5)
+    same_generations(outs[False], outs[True], 1e-5)
 
 
 def test_bad_switch_value_is_a_clear_error(monkeypatch):
@@ -115,6 +114,4 @@ def test_cuda_falcon_engine_with_the_op_equals_without(monkeypatch):
         llm = LLM("tiny-falcon", device="cuda", dtype=torch.float32, cuda_graphs=True, max_batch=4, progress=False)
         outs[on] = [llm.generate(prompts[:n], max_new_tokens=6, ignore_eos=True, return_logits=True) for n in (1, 3, 4)]
     for run0, run1 in zip(outs[False], outs[True]):
-        for a, b in zip(run0, run1):
-            assert a.token_ids == b.token_ids
-            torch.testing.assert_close(torch.stack(list(b.logits)), torch.stack(list(a.logits)), rtol=1e-4, atol=1e-4)
+        same_generations(run0, run1, 1e-4)

@@ -125,3 +125,12 @@ def close_rel(a, b, rel: float, what: str) -> None:
     err = (a - b).abs().max().item()
     bound = rel * b.abs().max().item() + 1e-6
     assert err <= bound, f"{what}: max abs error {err:.3e} > {bound:.3e}"
+
+
+def same_generations(want, got, tol: float) -> None:
+    """Two lists of the engine's RequestOutputs (generated with return_logits=True) for the same prompts: the same
+    tokens, the logits of every step within tol."""
+    assert len(want) == len(got)
+    for a, b in zip(want, got):
+        assert a.token_ids == b.token_ids
+        torch.testing.assert_close(torch.stack(list(b.logits)), torch.stack(list(a.logits)), rtol=tol, atol=tol)
