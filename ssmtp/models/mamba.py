@@ -16,7 +16,6 @@ the engine calls with its own slot-pool states.
 from __future__ import annotations
 
 import inspect
-import os
 from typing import Callable, Optional
 
 import torch
@@ -29,11 +28,8 @@ from ..parallel.comm import Communicator
 
 
 def _rms_segments_switch() -> bool:
-    v = os.environ.get("SSMTP_RMS_SEGMENTS", "1")
-    if v not in ("0", "1"):
-        raise ValueError(f"SSMTP_RMS_SEGMENTS={v!r}: expected 1 (default: Falcon-Mamba's dt/B/C norms as one "
-                         "ops.rms_segments call) or 0 (torch ops per norm)")
-    return v == "1"
+    return ops._switch("SSMTP_RMS_SEGMENTS", "default: Falcon-Mamba's dt/B/C norms as one ops.rms_segments call",
+                       "torch ops per norm")
 
 
 # Falcon-Mamba's dt/B/C norms as one ops.rms_segments call (one kernel with PDL on CUDA) instead of ~7 torch kernels
