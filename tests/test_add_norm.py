@@ -152,3 +152,45 @@ def test_cuda_engine_decode_with_the_op_equals_without(monkeypatch):
                       for n in (4, 3)]
     for run0, run1 in zip(outs["0"], outs["1"]):
         same_generations(run0, run1, 1e-4)
+
+
+def test_auto_rule_follows_in_proj_kernels(monkeypatch):
+    """SSMTP_DECODE_NORM=auto on CUDA: the op exactly where every mixer's in_proj of that batch goes to ssmtp's own
+    GEMM kernels (ops.linear_small_applies, here a stand-in deciding by rows), decided once per batch size; never for
+    norms of another dtype or rows wider than the CUDA kernel takes. A stand-in runner with a CUDA-like embedding."""
+    from types import SimpleNamespace
+
+    class Embed:
+        is_cuda = True
+
+        def __init__(self, H):
+            self.shape = (512, H)
+
+        def new_empty(self, *shape):
+            return torch.empty(*shape)
+
+    asked = []
+
+    def takes(x, w):
+        asked.append(x.shape[0])
+        return x.shape[0] <= 16 and w.shape[0] <= 10240
+
+    monkeypatch.setattr(ops, "linear_small_applies", takes)
+    monkeypatch.setattr(runner, "DECODE_NORM", "auto")
+    mixers = [SimpleNamespace(in_proj_weight=torch.empty(10240, 8)) for _ in range(2)]
+    r = SimpleNamespace(embed=Embed(2560), norms=[torch.empty(2560, dtype=torch.bfloat16)], dtype=torch.bfloat16,
+                        mixers=mixers, _decode_norm_ok={})
+    rule = runner.MambaRunner.decode_norm_applies
+    assert [rule(r, b) for b in (3, 8, 16, 32, 64)] == [True, True, True, False, False]
+    n = len(asked)
+    assert rule(r, 8) and rule(r, 64) is False and len(asked) == n  # cached per batch size
+    wide = SimpleNamespace(**{**vars(r), "mixers": mixers + [SimpleNamespace(in_proj_weight=torch.empty(16384, 8))],
+                              "_decode_norm_ok": {}})
+    assert not rule(wide, 4)  # one in_proj on cuBLAS: the compiled kernel for all
+    assert not rule(SimpleNamespace(**{**vars(r), "embed": Embed(ops.ADD_NORM_CUDA_MAX_H + 8), "_decode_norm_ok": {}}),
+                    4)
+    assert not rule(SimpleNamespace(**{**vars(r), "norms": [torch.empty(2560)], "_decode_norm_ok": {}}), 4)
+    monkeypatch.setattr(runner, "DECODE_NORM", "0")
+    assert not rule(SimpleNamespace(**{**vars(r), "_decode_norm_ok": {}}), 4)
+    monkeypatch.setattr(runner, "DECODE_NORM", "1")
+    assert rule(SimpleNamespace(**{**vars(r), "_decode_norm_ok": {}}), 64)
