@@ -114,7 +114,8 @@ __global__ void __launch_bounds__(NORM_THREADS)
     T *orow = out + m * so;
 #pragma unroll
     for (int e = 0; e < E; e++)
-        if (t + e * nt < H) orow[t + e * nt] = from_f32<T>(__fmul_rn(wv[e], to_f32<T>(from_f32<T>(__fmul_rn(r[e], s)))));
+        if (t + e * nt < H)
+            orow[t + e * nt] = from_f32<T>(__fmul_rn(wv[e], to_f32<T>(from_f32<T>(__fmul_rn(r[e], s)))));
 }
 
 struct Segs {
