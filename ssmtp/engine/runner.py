@@ -103,13 +103,19 @@ def check_mixers_on(runner, device, dtype):
     return runner
 
 
-def _decode_fused_mode() -> str:
-    v = os.environ.get("SSMTP_DECODE_FUSED", "auto")
-    if v not in ("auto", "0", "1", "step"):
-        raise ValueError(f"SSMTP_DECODE_FUSED={v!r}: expected auto (default: 1), 1 "
-                         "(ops.mamba_decode_in at batch <= 2 and dt_proj fused into the state update at batch <= 8), "
-                         "step (the latter only) or 0 (unfused)")
+def _env_choice(name: str, default: str, words: tuple, meanings: str) -> str:
+    """An environment switch that takes one of ``words`` (``meanings`` explains them in the error message);
+    ``default`` when unset."""
+    v = os.environ.get(name, default)
+    if v not in words:
+        raise ValueError(f"{name}={v!r}: expected {meanings}")
     return v
+
+
+def _decode_fused_mode() -> str:
+    return _env_choice("SSMTP_DECODE_FUSED", "auto", ("auto", "1", "step", "0"),
+                       "auto (default: 1), 1 (ops.mamba_decode_in at batch <= 2 and dt_proj fused into the state "
+                       "update at batch <= 8), step (the latter only) or 0 (unfused)")
 
 
 _DECODE_FUSED = _decode_fused_mode()
@@ -162,11 +168,9 @@ DECODE_IN_MAX_BATCH = _env_batch("SSMTP_DECODE_IN_MAX_BATCH", 2, 4, "rows the de
 
 
 def _decode_norm_switch() -> str:
-    v = os.environ.get("SSMTP_DECODE_NORM", "auto")
-    if v not in ("auto", "0", "1"):
-        raise ValueError(f"SSMTP_DECODE_NORM={v!r}: expected auto (default: the decode step's residual add + block "
-                         "norm as ops.add_rms_norm on CUDA), 1 (also on a CPU) or 0 (the torch.compile'd kernel)")
-    return v
+    return _env_choice("SSMTP_DECODE_NORM", "auto", ("auto", "1", "0"),
+                       "auto (default: the decode step's residual add + block norm as ops.add_rms_norm on CUDA where "
+                       "it pays), 1 (always, a CPU too) or 0 (the torch.compile'd kernel)")
 
 
 # The decode step's residual add + block norm at the batches ops.mamba_decode_in does not take: ops.add_rms_norm (one
@@ -364,18 +368,16 @@ class MambaRunner(ModelRunner):
         ops.add_rms_norm, one kernel launched with PDL, rather than the torch.compile'd add_block_norm.
         SSMTP_DECODE_NORM=auto (default): on CUDA where every in_proj of this batch runs on ssmtp's own GEMM kernels
         (ops.linear_small_applies: launched with PDL, so that they start streaming their weights while the norm runs;
-        before cuBLAS, which does not, the compiled kernel measured as fast or faster); 1: always (a CPU too); 0: never."""
-        if DECODE_NORM == "0" or self.embed.shape[1] > ops.ADD_NORM_CUDA_MAX_H or any(
-                w.dtype != self.dtype for w in self.norms):
-            return False
-        if DECODE_NORM == "1":
-            return True
-        if not self.embed.is_cuda:
-            return False
-        ok = self._decode_norm_ok.get(batch)
+        before cuBLAS, which does not, the compiled kernel measured as fast or faster); 1: always (a CPU too); 0:
+        never. Decided once per mode and batch size (the decode step runs it every step when not graph-captured)."""
+        ok = self._decode_norm_ok.get((DECODE_NORM, batch))
         if ok is None:
-            x = self.embed.new_empty(batch, self.embed.shape[1])
-            ok = self._decode_norm_ok[batch] = all(ops.linear_small_applies(x, mx.in_proj_weight) for mx in self.mixers)
+            ok = (DECODE_NORM != "0" and self.embed.shape[1] <= ops.ADD_NORM_CUDA_MAX_H
+                  and all(w.dtype == self.dtype for w in self.norms))
+            if ok and DECODE_NORM == "auto":
+                x = self.embed.new_empty(batch, self.embed.shape[1]) if self.embed.is_cuda else None
+                ok = x is not None and all(ops.linear_small_applies(x, mx.in_proj_weight) for mx in self.mixers)
+            self._decode_norm_ok[(DECODE_NORM, batch)] = ok
         return ok
 
     @torch.no_grad()
