@@ -27,6 +27,33 @@ namespace {
 constexpr int NORM_THREADS = 1024; // threads per block (fewer for small groups: a multiple of 32 covering the group)
 constexpr int NORM_MAX_E = 8;      // elements per thread held in registers: groups up to 8192 channels
 
+// The block's sum of ss (warp shuffles, then one shared-memory pass; a barrier every thread passes), as the scale
+// 1 / sqrt(sum / n + eps) that every kernel here applies, with the same roundings.
+__device__ __forceinline__ float block_rms_scale(float ss, int n, float eps) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    __shared__ float part[NORM_THREADS / 32];
+    if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = ss;
+    __syncthreads();
+    float tot = 0.f;
+    for (int i = 0; i < (int)blockDim.x / 32; i++) tot += part[i];
+    return __fdiv_rn(1.f, __fsqrt_rn(__fadd_rn(__fdiv_rn(tot, (float)n), eps)));
+}
+
+// Threads per block and elements per thread (E, a power of two <= NORM_MAX_E) covering n channels; fn(tag) launches
+// the kernel instantiated for E = decltype(tag)::value.
+template <typename F> ssmtp_status_t norm_launch(int64_t n, int *nt, F &&fn) {
+    const int64_t e = (n + NORM_THREADS - 1) / NORM_THREADS;
+    const int E = e <= 1 ? 1 : e <= 2 ? 2 : e <= 4 ? 4 : 8;
+    *nt = (int)(((n + E - 1) / E + 31) / 32 * 32);
+    switch (E) {
+    case 1: return fn(std::integral_constant<int, 1>());
+    case 2: return fn(std::integral_constant<int, 2>());
+    case 4: return fn(std::integral_constant<int, 4>());
+    default: return fn(std::integral_constant<int, NORM_MAX_E>());
+    }
+}
+
 // One block per (row, group); thread t holds the group's channels t, t + nt, ... (E of them) in registers: every
 // load of y, gate (and of the weight, before the PDL wait) is issued before any is used, one memory round trip.
 template <typename T, int E>
@@ -55,14 +82,7 @@ __global__ void __launch_bounds__(NORM_THREADS)
         v[e] = to_f32<T>(yv[e]) * ssm_silu_exact(to_f32<T>(gv[e])); // 0 past the group
         ss = fmaf(v[e], v[e], ss);
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-    __shared__ float part[NORM_THREADS / 32];
-    if (t % 32 == 0) part[t / 32] = ss;
-    __syncthreads();
-    float tot = 0.f;
-    for (int i = 0; i < nt / 32; i++) tot += part[i];
-    const float r = __fdiv_rn(1.f, __fsqrt_rn(__fadd_rn(__fdiv_rn(tot, (float)G), eps)));
+    const float r = block_rms_scale(ss, G, eps);
     T *orow = out + m * so + c0;
 #pragma unroll
     for (int e = 0; e < E; e++)
@@ -103,14 +123,7 @@ __global__ void __launch_bounds__(NORM_THREADS)
         r[e] = to_f32<T>(from_f32<T>(r[e])); // v = (T) r: 0 past the row
         ss = fmaf(r[e], r[e], ss);
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-    __shared__ float part[NORM_THREADS / 32];
-    if (t % 32 == 0) part[t / 32] = ss;
-    __syncthreads();
-    float tot = 0.f;
-    for (int i = 0; i < nt / 32; i++) tot += part[i];
-    const float s = __fdiv_rn(1.f, __fsqrt_rn(__fadd_rn(__fdiv_rn(tot, (float)H), eps)));
+    const float s = block_rms_scale(ss, H, eps);
     T *orow = out + m * so;
 #pragma unroll
     for (int e = 0; e < E; e++)
@@ -141,14 +154,7 @@ __global__ void __launch_bounds__(NORM_THREADS)
         v[e] = t + e * nt < len ? to_f32<T>(xr[t + e * nt]) : 0.f;
         ss = fmaf(v[e], v[e], ss);
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-    __shared__ float part[NORM_THREADS / 32];
-    if (t % 32 == 0) part[t / 32] = ss;
-    __syncthreads(); // out may be x: every element of the segment was read above
-    float tot = 0.f;
-    for (int i = 0; i < nt / 32; i++) tot += part[i];
-    const float r = __fdiv_rn(1.f, __fsqrt_rn(__fadd_rn(__fdiv_rn(tot, (float)len), eps)));
+    const float r = block_rms_scale(ss, len, eps); // its barrier: out may be x, every element was read above
     T *orow = out + m * so + sg.off[seg];
 #pragma unroll
     for (int e = 0; e < E; e++)
@@ -168,22 +174,15 @@ extern "C" ssmtp_status_t ssmtp_cuda_gated_norm(const ssmtp_gated_norm_params_t 
     SSMTP_TRY(ssmtp_cuda_set_device(p->y.device));
     const bool pdl = ssmtp_pdl_enabled(p->y.device);
     cudaStream_t s = (cudaStream_t)stream;
-    const int64_t e = (G + NORM_THREADS - 1) / NORM_THREADS; // elements per thread, then threads to cover G
-    const int E = e <= 1 ? 1 : e <= 2 ? 2 : e <= 4 ? 4 : 8;
-    const int nt = (int)(((G + E - 1) / E + 31) / 32 * 32);
-#define GN_LAUNCH(E_)                                                                                               \
-    return ssmtp_launch(OP, gated_norm_kernel<T, E_>, (unsigned)blocks, nt, 0, s, pdl, (const T *)p->y.data,       \
-                        (int64_t)p->y.stride[0], (const T *)p->gate.data, (int64_t)p->gate.stride[0],              \
-                        (const T *)p->weight.data, (T *)p->out.data, (int64_t)p->out.stride[0], D / G, (int)G, p->eps);
+    int nt = 0;
     SSMTP_DISPATCH_FLOAT(p->y.dtype, T, OP, {
-        switch (E) {
-        case 1: GN_LAUNCH(1)
-        case 2: GN_LAUNCH(2)
-        case 4: GN_LAUNCH(4)
-        default: GN_LAUNCH(8)
-        }
+        return norm_launch(G, &nt, [&](auto E) {
+            return ssmtp_launch(OP, gated_norm_kernel<T, decltype(E)::value>, (unsigned)blocks, nt, 0, s, pdl,
+                                (const T *)p->y.data, (int64_t)p->y.stride[0], (const T *)p->gate.data,
+                                (int64_t)p->gate.stride[0], (const T *)p->weight.data, (T *)p->out.data,
+                                (int64_t)p->out.stride[0], D / G, (int)G, p->eps);
+        });
     });
-#undef GN_LAUNCH
     return SSMTP_OK;
 }
 
@@ -196,24 +195,17 @@ extern "C" ssmtp_status_t ssmtp_cuda_add_rms_norm(const ssmtp_add_norm_params_t 
     SSMTP_TRY(ssmtp_cuda_set_device(p->norm_w.device));
     const bool pdl = ssmtp_pdl_enabled(p->norm_w.device);
     cudaStream_t s = (cudaStream_t)stream;
-    const int64_t e = (H + NORM_THREADS - 1) / NORM_THREADS;
-    const int E = e <= 1 ? 1 : e <= 2 ? 2 : e <= 4 ? 4 : 8;
-    const int nt = (int)(((H + E - 1) / E + 31) / 32 * 32);
     const int64_t sa = p->add.data ? p->add.stride[0] : 0, sro = p->res_out.data ? p->res_out.stride[0] : 0;
     const int res_f32 = p->res.dtype == SSMTP_DTYPE_F32, ro_f32 = p->res_out.dtype == SSMTP_DTYPE_F32;
-#define AN_LAUNCH(E_)                                                                                               \
-    return ssmtp_launch("add_rms_norm", add_norm_kernel<T, E_>, (unsigned)M, nt, 0, s, pdl, (const void *)p->res.data, \
-                        (int64_t)p->res.stride[0], res_f32, (const T *)p->add.data, sa, p->res_out.data, sro, ro_f32,  \
-                        (const T *)p->norm_w.data, (T *)p->out.data, (int64_t)p->out.stride[0], (int)H, p->eps);
+    int nt = 0;
     SSMTP_DISPATCH_FLOAT(p->norm_w.dtype, T, "add_rms_norm", {
-        switch (E) {
-        case 1: AN_LAUNCH(1)
-        case 2: AN_LAUNCH(2)
-        case 4: AN_LAUNCH(4)
-        default: AN_LAUNCH(8)
-        }
+        return norm_launch(H, &nt, [&](auto E) {
+            return ssmtp_launch("add_rms_norm", add_norm_kernel<T, decltype(E)::value>, (unsigned)M, nt, 0, s, pdl,
+                                (const void *)p->res.data, (int64_t)p->res.stride[0], res_f32, (const T *)p->add.data,
+                                sa, p->res_out.data, sro, ro_f32, (const T *)p->norm_w.data, (T *)p->out.data,
+                                (int64_t)p->out.stride[0], (int)H, p->eps);
+        });
     });
-#undef AN_LAUNCH
     return SSMTP_OK;
 }
 
@@ -234,21 +226,13 @@ extern "C" ssmtp_status_t ssmtp_cuda_rms_segments(const ssmtp_rms_segments_param
     SSMTP_TRY(ssmtp_cuda_set_device(p->x.device));
     const bool pdl = ssmtp_pdl_enabled(p->x.device);
     cudaStream_t s = (cudaStream_t)stream;
-    const int64_t e = (most + NORM_THREADS - 1) / NORM_THREADS;
-    const int E = e <= 1 ? 1 : e <= 2 ? 2 : e <= 4 ? 4 : 8;
-    const int nt = (int)(((most + E - 1) / E + 31) / 32 * 32);
-#define RS_LAUNCH(E_)                                                                                               \
-    return ssmtp_launch("rms_segments", rms_segments_kernel<T, E_>, (unsigned)(M * sg.nseg), nt, 0, s, pdl,        \
-                        (const T *)p->x.data, (int64_t)p->x.stride[0], (T *)p->out.data, (int64_t)p->out.stride[0],  \
-                        sg, p->eps);
+    int nt = 0;
     SSMTP_DISPATCH_FLOAT(p->x.dtype, T, "rms_segments", {
-        switch (E) {
-        case 1: RS_LAUNCH(1)
-        case 2: RS_LAUNCH(2)
-        case 4: RS_LAUNCH(4)
-        default: RS_LAUNCH(8)
-        }
+        return norm_launch(most, &nt, [&](auto E) {
+            return ssmtp_launch("rms_segments", rms_segments_kernel<T, decltype(E)::value>, (unsigned)(M * sg.nseg),
+                                nt, 0, s, pdl, (const T *)p->x.data, (int64_t)p->x.stride[0], (T *)p->out.data,
+                                (int64_t)p->out.stride[0], sg, p->eps);
+        });
     });
-#undef RS_LAUNCH
     return SSMTP_OK;
 }
