@@ -164,6 +164,64 @@ def test_step_dt_proj_matches_cpu_and_unfused(case, dname):
                                                     state[~torch.isin(torch.arange(nslots), idx.long())])
 
 
+# (label, batch, dim, R): d_state 16, the shapes of the fused dt_proj kernel (SSMTP_STEP_DTP_SHAPE)
+STEP_DTP_SHAPES = [
+    ("mamba-2.8b rows, batch 8", 8, 5120, 160),
+    ("batch 11, ragged blocks", 11, 448, 64),
+    ("falcon-like rank, batch 5", 5, 512, 256),  # dt_proj rows longer than the packs loaded before the wait
+    ("batch 1", 1, 256, 32),
+]
+
+
+@pytest.mark.parametrize("case", STEP_DTP_SHAPES, ids=[c[0] for c in STEP_DTP_SHAPES])
+@pytest.mark.parametrize("shape", ["2x256", "4x256", "8x256", "4x128", "8x128", "8x64"])
+@pytest.mark.parametrize("dname", ["bf16", "f32"])
+def test_step_dt_proj_shapes_same_bits(case, shape, dname, monkeypatch):
+    """The fused dt_proj kernel's multi-row block shapes (each block reads its channels' dt_proj rows once for several
+    sequences) against the one-sequence blocks: the same sums in the same order per row, so the same bits; padding
+    rows and shuffled slots, state_early on and off."""
+    _, Bn, dim, R = case
+    N = 16
+    dt_ = DT[dname]
+    g = torch.Generator().manual_seed(hash((case[0], dname, "dtp-shape")) % 2**31)
+    c = lambda t: t.cuda()  # noqa: E731
+    x, z = (c(torch.randn(Bn, dim, generator=g).to(dt_)) for _ in range(2))
+    dtr = c((0.3 * torch.randn(Bn, R, generator=g)).to(dt_))
+    dtw = c((torch.randn(dim, R, generator=g) / R ** 0.5).to(dt_))
+    A = c(-torch.rand(dim, N, generator=g) - 0.1)
+    B, C = (c(torch.randn(Bn, 1, N, generator=g).to(dt_)) for _ in range(2))
+    D, bias = c(torch.randn(dim, generator=g)), c(0.1 * torch.randn(dim, generator=g))
+    nslots = Bn + 3
+    state = c(torch.randn(nslots, dim, N, generator=g))
+    idx = torch.randperm(nslots, generator=g)[:Bn].to(torch.int32)
+    if Bn > 2:
+        idx[2] = -1
+    idx = c(idx)
+    res = {}
+    for sh in ("1x256", shape):
+        monkeypatch.setenv("SSMTP_STEP_DTP_SHAPE", sh)
+        for early in (False, True):
+            s = state.clone()
+            out = ops.selective_state_update(x, dtr, A, B, C, D, z, bias, s, idx, True, dtw, early)
+            torch.cuda.synchronize()
+            res[sh, early] = (out, s)
+    for k, (out, s) in res.items():
+        assert not torch.isnan(out).any(), f"{k}: NaN"
+        assert torch.equal(out, res["1x256", False][0]), f"{k}: out"
+        assert torch.equal(s, res["1x256", False][1]), f"{k}: state"
+
+
+def test_step_dt_proj_shape_bad_name_raises(monkeypatch):
+    monkeypatch.setenv("SSMTP_STEP_DTP_SHAPE", "3x256")
+    c = lambda t: t.cuda()  # noqa: E731
+    x = c(torch.randn(2, 64).to(torch.bfloat16))
+    B = c(torch.randn(2, 1, 16).to(torch.bfloat16))
+    with pytest.raises(RuntimeError, match="SSMTP_STEP_DTP_SHAPE"):
+        ops.selective_state_update(x, c(torch.randn(2, 32).to(torch.bfloat16)), c(-torch.rand(64, 16)), B, B, None,
+                                   None, None, c(torch.randn(2, 64, 16)), None, True,
+                                   c(torch.randn(64, 32).to(torch.bfloat16)))
+
+
 # (label, batch, groups, channels per group, N, R): dt (batch, groups, R), Zamba's per-head low-rank time step
 STEP_GROUPED = [
     ("zamba-7b heads", 1, 2, 3712, 16, 232),

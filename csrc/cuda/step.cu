@@ -218,9 +218,11 @@ template <typename T> __device__ __forceinline__ Quad<T> quad_load(const T *p, i
 
 // SA: one A per channel (a.sA1 == 0, Mamba-2 layers): exp(delta*A) once per (row, channel), not per state.
 // BPB: sequences per block; MINB: resident blocks per SM the registers are capped for (launch bound).
-template <typename T, int TPC, int NV, bool SA = false, bool DTP = false, int BPB = bpb_of<NV, DTP>(), int MINB = 3>
-__global__ void __launch_bounds__(THREADS, MINB) step_vec_kernel(const StepArgs a) {
-    constexpr int CPB = THREADS / TPC;
+// NT: threads per block (fewer than THREADS only for the multi-row dt_proj shapes, to keep more blocks per sequence).
+template <typename T, int TPC, int NV, bool SA = false, bool DTP = false, int BPB = bpb_of<NV, DTP>(), int MINB = 3,
+          int NT = THREADS>
+__global__ void __launch_bounds__(NT, MINB) step_vec_kernel(const StepArgs a) {
+    constexpr int CPB = NT / TPC;
     const int part = threadIdx.x % TPC;
     const int lane = threadIdx.x % 32;
     // 32-bit indices and strides (the launcher checked that they fit), offsets as 32 x 32 -> 64-bit products
@@ -543,7 +545,8 @@ __global__ void __launch_bounds__(THREADS, 3) step_pipe_kernel(const StepArgs a,
     }
 }
 
-template <typename T, int TPC, int NV, bool SA = false, bool DTP = false, int BPB = bpb_of<NV, DTP>(), int MINB = 3>
+template <typename T, int TPC, int NV, bool SA = false, bool DTP = false, int BPB = bpb_of<NV, DTP>(), int MINB = 3,
+          int NT = THREADS>
 ssmtp_status_t launch_vec(const StepArgs &a, cudaStream_t s);
 
 // Block shape of the vector kernel at d_state 16, 64 and 128 (TPC 4, 16, 32) without fused dt_proj: sequences per
@@ -611,12 +614,40 @@ template <typename T, int TPC> ssmtp_status_t launch_pipe(const StepArgs &a, int
     return SSMTP_OK;
 }
 
-template <typename T, int TPC, int NV, bool SA, bool DTP, int BPB, int MINB>
+template <typename T, int TPC, int NV, bool SA, bool DTP, int BPB, int MINB, int NT>
 ssmtp_status_t launch_vec(const StepArgs &a, cudaStream_t s) {
-    constexpr int CPB = THREADS / TPC;
+    constexpr int CPB = NT / TPC;
     const dim3 grid((unsigned)((a.dim + CPB - 1) / CPB), (unsigned)((a.batch + BPB - 1) / BPB));
-    return ssmtp_launch(OP, step_vec_kernel<T, TPC, NV, SA, DTP, BPB, MINB>, grid, dim3(THREADS), 0, s,
+    return ssmtp_launch(OP, step_vec_kernel<T, TPC, NV, SA, DTP, BPB, MINB, NT>, grid, dim3(NT), 0, s,
                         ssmtp_pdl_enabled(a.device), a);
+}
+
+// Block shape with dt_proj fused at d_state 16 (TPC 4; Mamba-1 layers): sequences per block x threads per block.
+// Each block reads its channels' dt_proj rows once for all its sequences. SSMTP_STEP_DTP_SHAPE: auto (default), 1x256,
+// 2x256, 4x256, 8x256, 4x128, 8x128 or 8x64; auto = 1x256.
+static const char *const DTP_SHAPES[] = {"1x256", "2x256", "4x256", "8x256", "4x128", "8x128", "8x64"};
+
+static int dtp_shape(int64_t batch) {
+    const char *env = getenv("SSMTP_STEP_DTP_SHAPE");
+    if (!env || !*env || strcmp(env, "auto") == 0) return 0;
+    for (int i = 0; i < 7; i++)
+        if (strcmp(env, DTP_SHAPES[i]) == 0) return i;
+    return -1;
+}
+
+template <typename T> ssmtp_status_t launch_dtp(const StepArgs &a, cudaStream_t s) {
+    switch (dtp_shape(a.batch)) {
+    case 0: return launch_vec<T, 4, 1, false, true, 1, 3, 256>(a, s);
+    case 1: return launch_vec<T, 4, 1, false, true, 2, 2, 256>(a, s);
+    case 2: return launch_vec<T, 4, 1, false, true, 4, 1, 256>(a, s);
+    case 3: return launch_vec<T, 4, 1, false, true, 8, 1, 256>(a, s);
+    case 4: return launch_vec<T, 4, 1, false, true, 4, 2, 128>(a, s);
+    case 5: return launch_vec<T, 4, 1, false, true, 8, 1, 128>(a, s);
+    case 6: return launch_vec<T, 4, 1, false, true, 8, 1, 64>(a, s);
+    default:
+        return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": SSMTP_STEP_DTP_SHAPE=%s (auto, 1x256, 2x256, 4x256, 8x256, "
+                          "4x128, 8x128 or 8x64)", getenv("SSMTP_STEP_DTP_SHAPE"));
+    }
 }
 
 template <typename T, bool SA, bool DTP> ssmtp_status_t dispatch_vec(const StepArgs &a, cudaStream_t s) {
@@ -625,6 +656,7 @@ template <typename T, bool SA, bool DTP> ssmtp_status_t dispatch_vec(const StepA
     case 2: return launch_vec<T, 2, 1, SA, DTP>(a, s);
     case 4:
         if constexpr (!SA && !DTP) return launch_shape<T, 4, false>(a, s);
+        if constexpr (!SA && DTP) return launch_dtp<T>(a, s);
         return launch_vec<T, 4, 1, SA, DTP>(a, s);
     case 8: return launch_vec<T, 8, 1, SA, DTP>(a, s);
     case 16:
