@@ -226,15 +226,19 @@ def test_step_dt_proj_shape_bad_name_raises(monkeypatch):
 STEP_GROUPED = [
     ("zamba-7b heads", 1, 2, 3712, 16, 232),
     ("batch 3, 4 groups", 3, 4, 256, 16, 64),
+    ("batch 7, 2 groups", 7, 2, 1280, 16, 64),
     ("scalar path (R 12)", 2, 2, 96, 16, 12),
 ]
 
 
 @pytest.mark.parametrize("case", STEP_GROUPED, ids=[c[0] for c in STEP_GROUPED])
 @pytest.mark.parametrize("dname", list(DT))
-def test_step_grouped_dt_proj_matches_cpu(case, dname):
+@pytest.mark.parametrize("shape", ["auto", "2x256", "4x128"])
+def test_step_grouped_dt_proj_matches_cpu(case, dname, shape, monkeypatch):
     """The grouped dt taken as the Zamba mixer hands it over: the diagonal blocks of a (batch * groups, groups * R)
-    product (a strided view), on the GPU against the CPU op."""
+    product (a strided view), on the GPU against the CPU op; shape: the fused kernel's block shape
+    (SSMTP_STEP_DTP_SHAPE)."""
+    monkeypatch.setenv("SSMTP_STEP_DTP_SHAPE", shape)
     _, Bn, G, pg, N, R = case
     dt_ = DT[dname]
     dim = G * pg

@@ -623,20 +623,38 @@ ssmtp_status_t launch_vec(const StepArgs &a, cudaStream_t s) {
 }
 
 // Block shape with dt_proj fused at d_state 16 (TPC 4; Mamba-1 layers): sequences per block x threads per block.
-// Each block reads its channels' dt_proj rows once for all its sequences. SSMTP_STEP_DTP_SHAPE: auto (default), 1x256,
-// 2x256, 4x256, 8x256, 4x128, 8x128 or 8x64; auto = 1x256.
+// Each block reads its channels' dt_proj rows once for all its sequences, so more sequences per block mean fewer
+// re-reads and dot-product passes per weight pack, but fewer blocks: auto (default) takes the fewest sequences per
+// block, of 1x256, 2x256 and 4x128, whose grid fits in one wave of resident blocks (occupancy calculator), else 4x128.
+// SSMTP_STEP_DTP_SHAPE names one: 1x256, 2x256, 4x256, 8x256, 4x128, 8x128 or 8x64.
+// Measured on H200 (2026-11-25, benchmarks/results/dtp-shapes-h200-3ad7ef6.json, bf16, us per call in a CUDA graph,
+// 1x256 (the shape before) / 2x256 / 4x128 / ops.linear + the plain step): mamba-2.8b M=4 4.04 / 4.28 / 4.75 / 6.06,
+// M=8 7.22 / 7.47 / 6.12 / 6.64; its TP=2 shard M=16 7.01 / 7.38 / 5.74 / 7.13; falcon-mamba-7b M=4 9.50 / 5.81 / 7.09
+// / 6.27. 8 sequences per block (230 registers, one 256-thread block per SM) were slower at every batch.
 static const char *const DTP_SHAPES[] = {"1x256", "2x256", "4x256", "8x256", "4x128", "8x128", "8x64"};
 
-static int dtp_shape(int64_t batch) {
+template <typename T> static int dtp_shape(const StepArgs &a) {
     const char *env = getenv("SSMTP_STEP_DTP_SHAPE");
-    if (!env || !*env || strcmp(env, "auto") == 0) return 0;
-    for (int i = 0; i < 7; i++)
-        if (strcmp(env, DTP_SHAPES[i]) == 0) return i;
-    return -1;
+    if (env && *env && strcmp(env, "auto") != 0) {
+        for (int i = 0; i < 7; i++)
+            if (strcmp(env, DTP_SHAPES[i]) == 0) return i;
+        return -1;
+    }
+    int sms = 0;
+    if (ssm_sm_count(a.device, &sms) != SSMTP_OK) return 0;
+    struct Cand { int shape, bpb, threads; const void *kernel; };
+    const Cand cands[3] = {{0, 1, 256, (const void *)step_vec_kernel<T, 4, 1, false, true, 1, 3, 256>},
+                           {1, 2, 256, (const void *)step_vec_kernel<T, 4, 1, false, true, 2, 2, 256>},
+                           {4, 4, 128, (const void *)step_vec_kernel<T, 4, 1, false, true, 4, 2, 128>}};
+    for (const Cand &c : cands) {
+        const int64_t grid = (a.dim + c.threads / 4 - 1) / (c.threads / 4) * ((a.batch + c.bpb - 1) / c.bpb);
+        if (grid <= (int64_t)sms * ssm_blocks_per_sm(c.kernel, c.threads, 0)) return c.shape;
+    }
+    return 4;
 }
 
 template <typename T> ssmtp_status_t launch_dtp(const StepArgs &a, cudaStream_t s) {
-    switch (dtp_shape(a.batch)) {
+    switch (dtp_shape<T>(a)) {
     case 0: return launch_vec<T, 4, 1, false, true, 1, 3, 256>(a, s);
     case 1: return launch_vec<T, 4, 1, false, true, 2, 2, 256>(a, s);
     case 2: return launch_vec<T, 4, 1, false, true, 4, 1, 256>(a, s);
