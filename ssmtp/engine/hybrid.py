@@ -41,8 +41,8 @@ from .. import ops
 from ..models.zamba2 import gated_rms_norm
 from ..parallel import shard
 from ..parallel.comm import Communicator
-from .runner import (DECODE_FUSED_MAX_BATCH, DECODE_IN_MAX_BATCH, ModelRunner, _Fused, _rms_norm, check_mixers_on,
-                     decode_in_mode, mixers_take_decode_in)
+from .runner import (DECODE_FUSED_MAX_BATCH, DECODE_IN_MAX_BATCH, ModelRunner, _env_batch, _Fused, _rms_norm,
+                     check_mixers_on, decode_in_mode, mixers_take_decode_in)
 from .state_cache import SlotPool, StateSpec
 
 log = logging.getLogger("ssmtp")
@@ -139,7 +139,7 @@ class SharedBlock(nn.Module):
 # fused against 9.24 unfused (the same x_proj) and 9.22 at 25ac96f: the fused kernel's one-sequence blocks repeat
 # each 232-wide dt_proj row per sequence. At B = 3 / 4, fused up to 4 against up to 2 (same build, interleaved
 # twice): 8.89-8.90 / 8.91-8.92 ms against 8.95-8.97 / 8.98-8.99. Hence 4.
-ZAMBA_DT_FUSED_MAX_BATCH = 4
+ZAMBA_DT_FUSED_MAX_BATCH = _env_batch("SSMTP_ZAMBA_DT_FUSED_MAX_BATCH", 4, None, "Zamba's dt_proj fused up to this batch")
 
 
 class HybridRunner(ModelRunner):
