@@ -26,8 +26,8 @@ sweep also times the chunked kernel at 4, 8 and 16 lanes per channel (SSMTP_SCAN
 
 Also (filtered by label like the cases): the decode GEMV (ssmtp::linear_small vs cuBLAS, "mamba-2.8b tp1 out_proj
 M=1", ...), the fused Mamba-1 decode kernels against the unfused ops they replace ("mamba-2.8b tp1 decode layer
-M=1", ...) and the Mamba-2 SSD prefill kernel against the selective scan ("zamba2-2.7b tp1 ssd prefill B=8 L=2048",
-...): see bench_linear, bench_decode_fused and bench_ssd.
+M=1", ...), the fused dt_proj state update's block shapes ("mamba-2.8b tp1 dtp step M=8", ...) and the Mamba-2 SSD prefill kernel against the selective scan ("zamba2-2.7b tp1 ssd prefill B=8 L=2048",
+...): see bench_linear, bench_decode_fused, bench_dtp_shapes and bench_ssd.
 
 HF baseline: transformers' MambaMixer.slow_forward, written out inline (discrete_A = exp(A*dt), deltaB_u, a Python
 loop over time; decode: the cache path; conv: nn.Conv1d / roll-and-sum), prefill only for B*L <= 4096.
@@ -646,6 +646,64 @@ def bench_decode_fused(flt=""):
     return out
 
 
+DTP_SHAPES = ("auto", "1x256", "2x256", "4x256", "4x128", "8x128")
+
+
+def bench_dtp_shapes(flt=""):
+    """The state update with dt_proj fused at each of its block shapes (SSMTP_STEP_DTP_SHAPE: sequences per block x
+    threads; auto = the launcher's choice) against ops.linear(dt, dt_proj) + the plain state update, d_state 16:
+    mamba-2.8b TP=1 / TP=2 shards and falcon-mamba-7b, M = 1..16 rows, inside a CUDA graph rotating over weight and
+    state sets (>= 3 x L2). Every shape gives the same bits (tests/test_decode_fused_gpu.py); the fused result is
+    validated against the unfused one (one rounding of the time step apart). Floor: dt_proj's bytes + the states read
+    and written, at 4.26 TB/s."""
+    out = []
+    for name, tp in (("mamba-2.8b", 1), ("mamba-2.8b", 2), ("falcon-mamba-7b", 1)):
+        d, N, _, _, R = MODELS[name]
+        dl = d // tp
+        for M in (1, 2, 3, 4, 6, 8, 12, 16):
+            label = f"{name} tp{tp} dtp step M={M}"
+            if not matches(flt, label):
+                continue
+            g = torch.Generator(device="cuda").manual_seed(M + 10 * tp)
+            rnd = lambda *sh, sc=1.0: (torch.randn(*sh, device="cuda", generator=g) * sc).to(DTYPE)  # noqa: E731
+            per = dl * R * ESZ + 2 * M * dl * N * 4
+            nsets = int(max(1, min(64, math.ceil(3 * L2_BYTES / per))))
+            sets = [dict(dtw=rnd(dl, R, sc=R ** -0.5), st=torch.randn(M, dl, N, device="cuda")) for _ in range(nsets)]
+            A = -torch.rand(dl, N, device="cuda", generator=g) - 0.1
+            Dp, bias = torch.randn(dl, device="cuda", generator=g), torch.randn(dl, device="cuda", generator=g) * 0.1
+            x, z, dtr = rnd(M, dl), rnd(M, dl), rnd(M, R, sc=0.3)
+            Bm, Cm = rnd(M, 1, N), rnd(M, 1, N)
+
+            def fused(i):
+                t = sets[i % nsets]
+                return ops.selective_state_update(x, dtr, A, Bm, Cm, Dp, z, bias, t["st"], None, True, t["dtw"])
+
+            def plain(i):
+                t = sets[i % nsets]
+                return ops.selective_state_update(x, ops.linear(dtr, t["dtw"]), A, Bm, Cm, Dp, z, bias, t["st"],
+                                                  None, True)
+
+            st0 = sets[0]["st"].clone()
+            a = fused(0).float()
+            sets[0]["st"].copy_(st0)
+            b = plain(0).float()
+            row = dict(label=label, tp=tp, M=M, d_local=dl, R=R, floor_us=per / HBM_BPS * 1e6,
+                       valid=bool(((a - b).abs() <= 2 ** -5 * b.abs() + 2e-2).all()), us={})
+            calls = max(nsets, 64)
+            for sh in DTP_SHAPES:
+                os.environ["SSMTP_STEP_DTP_SHAPE"] = sh
+                row["us"][sh] = graph_time(fused, nsets, calls, replays=7) * 1e6
+            os.environ.pop("SSMTP_STEP_DTP_SHAPE", None)
+            row["us"]["unfused"] = graph_time(plain, nsets, calls, replays=7) * 1e6
+            out.append(row)
+            print(f"{label:<36} floor {row['floor_us']:5.2f} us; " +
+                  " ".join(f"{k} {v:6.2f}" for k, v in row["us"].items()) + (" ok" if row["valid"] else " INVALID"),
+                  flush=True)
+            sets = None
+            torch.cuda.empty_cache()
+    return out
+
+
 def git_commit():
     """The tree's commit (ssmtp.engine.bench._git_commit: SSMTP_GIT_COMMIT, else HEAD, "-dirty" when modified)."""
     from ssmtp.engine.bench import _git_commit
@@ -750,6 +808,7 @@ def main():
     sweeps = [] if args.no_sweep else chunk_sweep(args.filter)
     linear_rows = bench_linear(args.filter)
     fused_rows = bench_decode_fused(args.filter)
+    dtp_rows = bench_dtp_shapes(args.filter)
     ssd_rows = bench_ssd(args.filter)
     meta = dict(git_commit=git_commit(), date=datetime.datetime.now(datetime.timezone.utc).isoformat(),
                 device=dev_name, torch=torch.__version__, build=ops.build_info(), hbm_Bps=HBM_BPS,
@@ -757,7 +816,7 @@ def main():
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     with open(out_path, "w") as f:
         json.dump(dict(meta=meta, cases=rows, scan_chunk_sweep=sweeps, linear=linear_rows, decode_fused=fused_rows,
-                       ssd=ssd_rows),
+                       dtp_shapes=dtp_rows, ssd=ssd_rows),
                   f, indent=1)
     write_plot(rows, meta, out_path)
     print(f"\nwrote {out_path}  ({len(rows)} cases, {time.time() - t_start:.0f} s)")

@@ -568,8 +568,8 @@ def test_runner_fused_decode_branch_on_cpu(monkeypatch):
 
 
 def test_decode_fused_mode_auto_picks_decode_in_at_every_tp(monkeypatch):
-    """SSMTP_DECODE_FUSED=auto (the default): decode_in at batch <= 2 and the dt_proj step up to batch 8, at TP=1 and
-    TP>1 alike (on the CPU neither applies); step: the dt_proj step only."""
+    """SSMTP_DECODE_FUSED=auto (the default): decode_in at batch <= 2 and the dt_proj step up to batch 8 (Falcon-Mamba:
+    2), at TP=1 and TP>1 alike (on the CPU neither applies); step: the dt_proj step only."""
     import ssmtp.engine.runner as runner_mod
 
     class _Comm:
@@ -582,6 +582,11 @@ def test_decode_fused_mode_auto_picks_decode_in_at_every_tp(monkeypatch):
     r = runner_mod.MambaRunner.__new__(runner_mod.MambaRunner)
     object.__setattr__(r, "_fused_ok", {1: True, 2: True})
     object.__setattr__(r, "embed", _Emb())
+    object.__setattr__(r, "falcon", True)  # Falcon-Mamba: the dt_proj step up to batch 2 only
+    monkeypatch.setattr(runner_mod, "_DECODE_FUSED", "auto")
+    object.__setattr__(r, "comm", _Comm(1))
+    assert r.decode_fused_applies(2, "step") and not r.decode_fused_applies(3, "step")
+    object.__setattr__(r, "falcon", False)
     for tp in (1, 2, 4):
         monkeypatch.setattr(runner_mod, "_DECODE_FUSED", "auto")
         object.__setattr__(r, "comm", _Comm(tp))

@@ -140,8 +140,9 @@ class SharedBlock(nn.Module):
 # each 232-wide dt_proj row per sequence. At B = 3 / 4, fused up to 4 against up to 2 (same build, interleaved
 # twice): 8.89-8.90 / 8.91-8.92 ms against 8.95-8.97 / 8.98-8.99. Since the fused kernel takes several sequences per
 # block where one-sequence blocks would need more than one wave (csrc/cuda/step.cu, 6445fa7), up to 8 against up to 4
-# (2026-11-25, zamba-7b, one H200, one run each; benchmarks/results/dtp-engine-h200-b728485.json): B = 6 / 8 8.155 /
-# 8.208 ms against 8.492 / 8.527. Hence 8 (SSMTP_ZAMBA_DT_FUSED_MAX_BATCH overrides).
+# (2026-11-25, zamba-7b, one H200, two runs each; benchmarks/results/dtp-engine-h200-b728485.json and -7649cee.json):
+# B = 6 / 8 8.152-8.155 / 8.192-8.208 ms against 8.492-8.553 / 8.527-8.568. Hence 8 (SSMTP_ZAMBA_DT_FUSED_MAX_BATCH
+# overrides).
 ZAMBA_DT_FUSED_MAX_BATCH = _env_batch("SSMTP_ZAMBA_DT_FUSED_MAX_BATCH", 8, None, "Zamba's dt_proj fused up to this batch")
 
 

@@ -158,7 +158,18 @@ def _env_batch(name: str, default: int, most: Optional[int], what: str) -> int:
 # (2026-11-24, mamba-2.8b, bf16, graph step, two interleaved runs each; benchmarks/results/dtp-batch-h200-*.json):
 # fused up to 64 vs up to 4: B=8 2.949 / 2.947 vs 3.004 / 3.005 ms, B=16 3.426 / 3.423 vs 3.256 / 3.259, B=32 4.246
 # vs 3.66-3.67, B=64 5.76 vs 4.29-4.32 (its one-sequence blocks repeat the dt_proj rows per sequence): hence 8.
+# Since the fused kernel takes several sequences per block where one-sequence blocks would need more than one wave
+# (csrc/cuda/step.cu, 6445fa7): B = 6 / 8 2.443-2.456 / 2.463-2.470 ms against 2.629-2.654 / 2.676-2.692 with
+# one-sequence blocks (2026-11-25, benchmarks/results/dtp-engine-h200-6445fa7.json); fused up to 16 against up to 8 at
+# B = 10..16 0.6-2.2% slower (dtp-engine-h200-b728485.json): 8 stays.
 DECODE_FUSED_MAX_BATCH = _env_batch("SSMTP_DECODE_STEP_MAX_BATCH", 8, None, "0 turns the dt_proj fusion off")
+# Falcon-Mamba (dt rank 256, d_inner 8192) up to this batch (and DECODE_FUSED_MAX_BATCH). Measured on H200 (2026-11-25,
+# falcon-mamba-7b preset, bf16, graph step, interleaved twice; benchmarks/results/dtp-engine-h200-7649cee.json),
+# fused against unfused: B = 1 / 2 / 3 / 4 3.998-4.014 / 4.555-4.577 / 4.601-4.618 / 4.601-4.618 ms against
+# 4.027-4.039 / 4.565 / 4.517-4.520 / 4.522-4.524, B = 6 / 8 5.033-5.041 / 5.035-5.044 against 4.939-4.963 /
+# 4.983-4.990: hence 2.
+FALCON_DT_FUSED_MAX_BATCH = _env_batch("SSMTP_FALCON_DT_FUSED_MAX_BATCH", 2, None,
+                                       "Falcon-Mamba's dt_proj fused up to this batch")
 # The largest decode batch that takes ops.mamba_decode_in (SSMTP_DECODE_IN_MAX_BATCH overrides; at most
 # SSMTP_DECODE_IN_MAX_M = 4 in csrc/ssmtp.h). Measured on H200 (2026-11-24, graph step, two interleaved runs each,
 # benchmarks/results/decode-in-max-batch-h200-ab.json), 4 against 2: mamba-2.8b B = 3 / 4 3.61 / 3.60 ms against
@@ -354,12 +365,16 @@ class MambaRunner(ModelRunner):
 
     def decode_fused_applies(self, batch: int, part: str = "in") -> bool:
         """Whether decode at this batch size takes the fused kernels on CUDA: part "step": dt_proj fused into the
-        state update (SSMTP_DECODE_FUSED step, 1 or auto, batch <= DECODE_FUSED_MAX_BATCH: 6 kernels per layer
+        state update (SSMTP_DECODE_FUSED step, 1 or auto, batch <= DECODE_FUSED_MAX_BATCH, Falcon-Mamba also <=
+        FALCON_DT_FUSED_MAX_BATCH: 6 kernels per layer
         instead of 7); part "in": also ops.mamba_decode_in (residual add + norm + in_proj + conv step;
         SSMTP_DECODE_FUSED=1 or auto; batch <= DECODE_IN_MAX_BATCH, shapes it takes: 4 kernels per layer)."""
         mode = decode_in_mode()
+        most = DECODE_IN_MAX_BATCH
+        if part == "step":
+            most = min(DECODE_FUSED_MAX_BATCH, FALCON_DT_FUSED_MAX_BATCH) if self.falcon else DECODE_FUSED_MAX_BATCH
         if (mode == "0" or (part == "in" and mode != "1") or not self.embed.is_cuda
-                or not 1 <= batch <= (DECODE_FUSED_MAX_BATCH if part == "step" else DECODE_IN_MAX_BATCH)):
+                or not 1 <= batch <= most):
             return False
         return part == "step" or mixers_take_decode_in(self, batch, self._fused_ok)
 
