@@ -49,8 +49,9 @@ def _commit(d: dict) -> str:
     return str(m.get("commit") or m.get("git_commit") or "unknown")
 
 
-def _newest(paths: list) -> tuple:
-    """(path, data) of the file with the latest meta date; (None, None) when there is none."""
+def _newest(paths: list, need: str = "") -> tuple:
+    """(path, data) of the file with the latest meta date; (None, None) when there is none. need: a key whose value
+    must be non-empty (e.g. a bench_ops run filtered to its side benchmarks has no op cases)."""
     best = (None, None)
     for p in sorted(paths):
         try:
@@ -58,6 +59,8 @@ def _newest(paths: list) -> tuple:
         except (OSError, ValueError):
             continue
         if not isinstance(d, dict):  # an exploratory file whose name happens to match: not a results file
+            continue
+        if need and not d.get(need):
             continue
         if best[1] is None or _date(d) > _date(best[1]):
             best = (p, d)
@@ -91,7 +94,7 @@ def load_results(results: str) -> dict:
     r["engine_hf"] = engine_hf(results, r["engine"][1])
     r["throughput"] = _pairs(results, "throughput")
     r["ablation"] = _newest(glob.glob(os.path.join(results, "quant-ablation-*.json")))
-    r["ops"] = _newest(glob.glob(os.path.join(results, "ops-*.json")))
+    r["ops"] = _newest(glob.glob(os.path.join(results, "ops-*.json")), need="cases")
     r["allreduce"] = _newest(glob.glob(os.path.join(results, "allreduce-*.json")))
     r["accuracy"] = _newest(glob.glob(os.path.join(results, "accuracy-*.json")))
     r["sample"] = _newest(glob.glob(os.path.join(results, "sample-*.json")))

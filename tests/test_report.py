@@ -211,3 +211,14 @@ def test_readme_section_matches_the_committed_results(report, tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("# x\n")
     assert report.main(["--results", str(res), "--readme", str(readme)]) == 0
+
+
+def test_newest_skips_files_without_the_needed_key(report, tmp_path):
+    """A bench_ops run filtered to its side benchmarks (no op cases) is newer but is not the ops table's source."""
+    full = tmp_path / "ops-h200.json"
+    full.write_text(json.dumps(dict(meta=_meta(4), cases=[dict(label="x")])))
+    side = tmp_path / "ops-side-h200.json"
+    side.write_text(json.dumps(dict(meta=_meta(5), cases=[], dtp_shapes=[dict(label="y")])))
+    paths = [str(full), str(side)]
+    assert report._newest(paths)[0] == str(side)
+    assert report._newest(paths, need="cases")[0] == str(full)
