@@ -562,6 +562,24 @@ def bench_ssd(flt=""):
     return out
 
 
+def _dtp_step(g, rnd, M, dl, N, R):
+    """The decode state update's per-call inputs at M rows (A, D, dt_bias, x, z, the low-rank dt, B, C; drawn from g
+    and rnd) and two calls on a weight/state set t (keys "dtw", "st"): with dt_proj fused, and ops.linear(dt, dt_proj)
+    followed by the plain update."""
+    A = -torch.rand(dl, N, device="cuda", generator=g) - 0.1
+    Dp, bias = torch.randn(dl, device="cuda", generator=g), torch.randn(dl, device="cuda", generator=g) * 0.1
+    x, z, dtr = rnd(M, dl), rnd(M, dl), rnd(M, R, sc=0.3)
+    Bm, Cm = rnd(M, 1, N), rnd(M, 1, N)
+
+    def fused(t):
+        return ops.selective_state_update(x, dtr, A, Bm, Cm, Dp, z, bias, t["st"], None, True, t["dtw"])
+
+    def plain(t):
+        return ops.selective_state_update(x, ops.linear(dtr, t["dtw"]), A, Bm, Cm, Dp, z, bias, t["st"], None, True)
+
+    return fused, plain
+
+
 def bench_decode_fused(flt=""):
     """The fused Mamba-1 decode kernels vs the unfused ops the engine otherwise runs, per layer, mamba-2.8b shapes at
     TP=1 and TP=2 (per-rank d_inner), M = 1, 2, 4 rows, inside a CUDA graph rotating over weight sets (>= 3 x L2):
@@ -593,10 +611,7 @@ def bench_decode_fused(flt=""):
                     for _ in range(nsets)]
             res = torch.randn(M, H, device="cuda", generator=g)
             add = rnd(M, H)
-            A = -torch.rand(dl, N, device="cuda", generator=g) - 0.1
-            Dp, bias = torch.randn(dl, device="cuda", generator=g), torch.randn(dl, device="cuda", generator=g) * 0.1
-            x, z, dtr = rnd(M, dl), rnd(M, dl), rnd(M, R, sc=0.3)
-            Bm, Cm = rnd(M, 1, N), rnd(M, 1, N)
+            step_f, step_p = _dtp_step(g, rnd, M, dl, N, R)
 
             def fused_in(i):
                 t = sets[i % nsets]
@@ -611,13 +626,10 @@ def bench_decode_fused(flt=""):
                 return r, xc[..., 0], xz[:, dl:]
 
             def fused_step(i):
-                t = sets[i % nsets]
-                return ops.selective_state_update(x, dtr, A, Bm, Cm, Dp, z, bias, t["st"], None, True, t["dtw"])
+                return step_f(sets[i % nsets])
 
             def plain_step(i):
-                t = sets[i % nsets]
-                dt = ops.linear(dtr, t["dtw"])
-                return ops.selective_state_update(x, dt, A, Bm, Cm, Dp, z, bias, t["st"], None, True)
+                return step_p(sets[i % nsets])
 
             # validation on copies of set 0's states (the timed calls update them in place)
             cs0, st0 = sets[0]["cs"].clone(), sets[0]["st"].clone()
@@ -669,19 +681,13 @@ def bench_dtp_shapes(flt=""):
             per = dl * R * ESZ + 2 * M * dl * N * 4
             nsets = int(max(1, min(64, math.ceil(3 * L2_BYTES / per))))
             sets = [dict(dtw=rnd(dl, R, sc=R ** -0.5), st=torch.randn(M, dl, N, device="cuda")) for _ in range(nsets)]
-            A = -torch.rand(dl, N, device="cuda", generator=g) - 0.1
-            Dp, bias = torch.randn(dl, device="cuda", generator=g), torch.randn(dl, device="cuda", generator=g) * 0.1
-            x, z, dtr = rnd(M, dl), rnd(M, dl), rnd(M, R, sc=0.3)
-            Bm, Cm = rnd(M, 1, N), rnd(M, 1, N)
+            step_f, step_p = _dtp_step(g, rnd, M, dl, N, R)
 
             def fused(i):
-                t = sets[i % nsets]
-                return ops.selective_state_update(x, dtr, A, Bm, Cm, Dp, z, bias, t["st"], None, True, t["dtw"])
+                return step_f(sets[i % nsets])
 
             def plain(i):
-                t = sets[i % nsets]
-                return ops.selective_state_update(x, ops.linear(dtr, t["dtw"]), A, Bm, Cm, Dp, z, bias, t["st"],
-                                                  None, True)
+                return step_p(sets[i % nsets])
 
             st0 = sets[0]["st"].clone()
             a = fused(0).float()
