@@ -319,11 +319,12 @@ def test_cuda_warpgroup_mma_vs_cpu_op(case, M, dtype, monkeypatch):
 
 @pytest.mark.cuda
 @cuda
-@pytest.mark.parametrize("splits", ["1", "2", "4", "8"])
+@pytest.mark.parametrize("splits", ["1", "2", "4", "8", "16"])
 @pytest.mark.parametrize("cfg", WG_CFGS)
 def test_cuda_warpgroup_mma_splits_shapes(splits, cfg, monkeypatch):
-    """Every K split count (blocks of one cluster) and block shape (weight rows, k per stage, stages) gives the
-    product within the same bound; row strides of x and out other than the width; captured in a CUDA graph and
+    """Every K split count (blocks of one cluster; 16: a non-portable cluster size, or 8 where the device cannot place
+    one) and block shape (weight rows, k per stage, stages) gives the product within the same bound (splits with no
+    k stage of their own included); row strides of x and out other than the width; captured in a CUDA graph and
     replayed on fresh input."""
     if not _wg_built():
         pytest.skip("the warpgroup-MMA kernel needs an sm_90a build on a compute capability 9.0 GPU")
@@ -331,7 +332,7 @@ def test_cuda_warpgroup_mma_splits_shapes(splits, cfg, monkeypatch):
     monkeypatch.setenv("SSMTP_LINEAR_WG_SPLITS", splits)
     monkeypatch.setenv("SSMTP_LINEAR_WG_CFG", cfg)
     dev = torch.device("cuda")
-    for M, K, N in ((5, 2560, 2560), (24, 1000, 640), (64, 512, 1024)):
+    for M, K, N in ((5, 2560, 2560), (24, 1000, 640), (64, 512, 1024), (8, 5120, 192)):
         x, w, b = _inputs(M, K, N, torch.bfloat16, seed=N + M)
         big = torch.zeros(M, K + 96, dtype=torch.bfloat16, device=dev)
         xs = big[:, 32:32 + K]

@@ -248,6 +248,13 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
 #endif
 }
 
+// The most K splits the launcher picks by itself (SSMTP_LINEAR_WG_MAX_SPLITS: 8 or 16, default 16): a cluster of 16
+// blocks (a non-portable size) gives the narrow products (x_proj: 192-288 outputs, 3-5 tiles of 64 rows) twice the SMs.
+static int wg_max_splits() {
+    const char *env = getenv("SSMTP_LINEAR_WG_MAX_SPLITS");
+    return env && strcmp(env, "8") == 0 ? 8 : 16;
+}
+
 template <typename T, int BN, int MT, int KA, int ST>
 ssmtp_status_t launch_wg(const ssmtp_linear_params_t *p, int S, int sms, bool pdl, int device, cudaStream_t s) {
     const int M = (int)p->x.shape[0], N = (int)p->weight.shape[0], K = (int)p->x.shape[1];
@@ -260,13 +267,36 @@ ssmtp_status_t launch_wg(const ssmtp_linear_params_t *p, int S, int sms, bool pd
                           "memory, the device has %d per block", ST, 64 * MT, BN, 64 * KA, smem, optin);
     SSMTP_TRY(ssm_allow_smem((const void *)kern, smem, device));
     const int64_t tiles = (int64_t)((N + 64 * MT - 1) / (64 * MT)) * ((M + BN - 1) / BN);
-    if (S == 0) { // the most splits (a power of two, <= 8) whose blocks are all resident at once, >= 2 stages each
+    if (S == 0) { // the most splits (a power of two, <= wg_max_splits()) whose blocks are all resident at once with
+                  // >= 4 stages each
         const int64_t cap = (int64_t)ssm_blocks_per_sm((const void *)kern, WG_THREADS, smem) * sms;
         const int nk = (K + 64 * KA - 1) / (64 * KA);
         S = 1;
-        while (S < 8 && tiles * 2 * S <= cap && nk >= 4 * S) S *= 2;
+        while (S < wg_max_splits() && tiles * 2 * S <= cap && nk >= 4 * S) S *= 2;
     }
     const dim3 grid((unsigned)((N + 64 * MT - 1) / (64 * MT)), (unsigned)((M + BN - 1) / BN), (unsigned)S);
+    static int c16[64]; // per device: 0 not asked yet, 1 clusters of 16 placeable, -1 not (then 8)
+    const int di = device >= 0 && device < 64 ? device : 0;
+    if (S > 8 && c16[di] < 0) return launch_wg<T, BN, MT, KA, ST>(p, 8, sms, pdl, device, s);
+    if (S > 8 && c16[di] == 0) { // a non-portable cluster size, allowed per kernel
+        SSMTP_CUDA_TRY(cudaFuncSetAttribute(kern, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+        cudaLaunchConfig_t cfg = {};
+        cudaLaunchAttribute at[1];
+        at[0].id = cudaLaunchAttributeClusterDimension;
+        at[0].val.clusterDim.x = 1;
+        at[0].val.clusterDim.y = 1;
+        at[0].val.clusterDim.z = (unsigned)S;
+        cfg.gridDim = grid;
+        cfg.blockDim = dim3(WG_THREADS);
+        cfg.dynamicSmemBytes = smem;
+        cfg.attrs = at;
+        cfg.numAttrs = 1;
+        int nc = 0;
+        const bool ok = cudaOccupancyMaxActiveClusters(&nc, kern, &cfg) == cudaSuccess && nc >= 1;
+        (void)cudaGetLastError();
+        c16[di] = ok ? 1 : -1;
+        if (!ok) return launch_wg<T, BN, MT, KA, ST>(p, 8, sms, pdl, device, s);
+    }
     const T *x = (const T *)p->x.data, *w = (const T *)p->weight.data;
     const T *b = p->bias.data ? (const T *)p->bias.data : nullptr;
     return ssmtp_launch_cluster(OP " (warpgroup-MMA kernel)", kern, grid, dim3(WG_THREADS), smem, s, pdl,
@@ -299,8 +329,8 @@ template <typename T> ssmtp_status_t dispatch_wg(const ssmtp_linear_params_t *p,
     const char *env = getenv("SSMTP_LINEAR_WG_SPLITS");
     if (env && *env) {
         S = atoi(env);
-        if (S != 1 && S != 2 && S != 4 && S != 8)
-            return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": SSMTP_LINEAR_WG_SPLITS=%s (1, 2, 4 or 8)", env);
+        if (S != 1 && S != 2 && S != 4 && S != 8 && S != 16)
+            return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": SSMTP_LINEAR_WG_SPLITS=%s (1, 2, 4, 8 or 16)", env);
     }
     const char *cfg = getenv("SSMTP_LINEAR_WG_CFG");
     if (!cfg || !*cfg) cfg = bn == 8 ? "m1k1s8" : "m1k1s6";
