@@ -26,8 +26,9 @@ sweep also times the chunked kernel at 4, 8 and 16 lanes per channel (SSMTP_SCAN
 
 Also (filtered by label like the cases): the decode GEMV (ssmtp::linear_small vs cuBLAS, "mamba-2.8b tp1 out_proj
 M=1", ...), the fused Mamba-1 decode kernels against the unfused ops they replace ("mamba-2.8b tp1 decode layer
-M=1", ...), the fused dt_proj state update's block shapes ("mamba-2.8b tp1 dtp step M=8", ...) and the Mamba-2 SSD prefill kernel against the selective scan ("zamba2-2.7b tp1 ssd prefill B=8 L=2048",
-...): see bench_linear, bench_decode_fused, bench_dtp_shapes and bench_ssd.
+M=1", ...), the fused dt_proj state update's block shapes ("mamba-2.8b tp1 dtp step M=8", ...) and the Mamba-2
+SSD prefill kernel against the selective scan ("zamba2-2.7b tp1 ssd prefill B=8 L=2048", ...): see bench_linear,
+bench_decode_fused, bench_dtp_shapes and bench_ssd.
 
 HF baseline: transformers' MambaMixer.slow_forward, written out inline (discrete_A = exp(A*dt), deltaB_u, a Python
 loop over time; decode: the cache path; conv: nn.Conv1d / roll-and-sum), prefill only for B*L <= 4096.

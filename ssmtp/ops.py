@@ -294,7 +294,10 @@ def gemv_wins(m: int, K: int, N: int, tc: bool = False, wg: bool = False) -> boo
     GEMV at 8 and the tensor-core kernel (or cuBLAS past its weight bound) above: mamba-2.8b 5120 -> 192 3.9 / 4.1 /
     4.8 / 6.2 (4.5 / 5.0 / 5.7 / 6.1) at 8 / 16 / 32 / 64 rows, TP=2 2560 -> 192 2.8 / 3.0 / 3.7 / 4.9 (3.1 / 4.4 /
     5.0 / 5.5), falcon-mamba-7b 8192 -> 288 5.5 / 5.6 / 6.4 / 8.0 (GEMV 5.9, cuBLAS 7.8 / 7.8 / 9.0); the GEMV stays
-    faster at 1-4 rows (mamba-2.8b 3.1 vs 3.9 us at 4)."""
+    faster at 1-4 rows (mamba-2.8b 3.1 vs 3.9 us at 4). With up to 16 K splits (7d09732; xproj-splits-h200-7d09732.json)
+    the narrow products got faster: mamba-2.8b 3.0 / 3.2 / 3.6 / 4.5 us at 8 / 16 / 32 / 64 rows, falcon-mamba-7b
+    3.9 / 4.1 / 4.5 / 6.2; at 4 rows 3.0 against the GEMV's 3.1 (falcon-mamba-7b 3.9 vs 4.5) and at 128 rows 6.9
+    against cuBLAS's 7.9 (falcon-mamba-7b 8.5 vs 8.1): those rows stay as they were (not measured in the engine)."""
     if wg and wg_wins(m, K, N):
         return True
     if N <= 512:

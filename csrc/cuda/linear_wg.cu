@@ -20,7 +20,12 @@
 // requested before the programmatic-dependent-launch wait (no earlier kernel writes weights), x after it.
 // Splits of K: the S blocks of one output tile form a thread-block cluster; each leaves its fp32 partial tile in its
 // shared memory and block s sums slice s of the tile over the cluster in rank order (deterministic, no workspace,
-// graph-capturable; the same scheme as linear.cu's tensor-core kernel).
+// graph-capturable; the same scheme as linear.cu's tensor-core kernel). Up to 16 splits (a non-portable cluster size;
+// 8 where the device cannot place a cluster of 16): measured on H200 (2026-11-25, benchmarks/results/
+// xproj-splits-h200-7d09732.json) against at most 8, x_proj alone 5120 -> 192 at 8 / 32 / 64 rows 3.03 / 3.61 / 4.47
+// us against 3.98 / 4.82 / 6.26, falcon-mamba-7b 8192 -> 288 at 8 rows 3.93 against 5.56; the decode step mamba-2.8b
+// B = 8 / 16 / 32 / 64 2.382-2.394 / 2.815-2.825 / 3.444-3.451 / 4.303-4.310 ms against 2.472-2.476 / 2.890-2.906 /
+// 3.518-3.524 / 4.384-4.397 (the wide products have enough tiles to take 2-4 splits either way).
 // Measured on H200 (2026-11-25, benchmarks/results/linear-wg-sweeps-h200-2026-11-25.json): waiting for each
 // stage's MMAs before the next stage (no MMA left running) cost up to 1.5x at 64-128 rows; 256 or 512 k per stage
 // (KA 4: ptxas then serializes the MMAs) and 128 weight rows per block were no faster than 64 k and 64 rows at up to

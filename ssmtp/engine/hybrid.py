@@ -143,7 +143,8 @@ class SharedBlock(nn.Module):
 # (2026-11-25, zamba-7b, one H200, two runs each; benchmarks/results/dtp-engine-h200-b728485.json and -7649cee.json):
 # B = 6 / 8 8.152-8.155 / 8.192-8.208 ms against 8.492-8.553 / 8.527-8.568. Hence 8 (SSMTP_ZAMBA_DT_FUSED_MAX_BATCH
 # overrides).
-ZAMBA_DT_FUSED_MAX_BATCH = _env_batch("SSMTP_ZAMBA_DT_FUSED_MAX_BATCH", 8, None, "Zamba's dt_proj fused up to this batch")
+ZAMBA_DT_FUSED_MAX_BATCH = _env_batch("SSMTP_ZAMBA_DT_FUSED_MAX_BATCH", 8, None,
+                                      "Zamba's dt_proj fused up to this batch")
 
 
 class HybridRunner(ModelRunner):
