@@ -73,8 +73,8 @@ struct StepArgs {
 
 constexpr int THREADS = 256;
 // Sequences per block on the vector path: 4 (2 when each thread holds 8 states, N = 256, to stay unspilled at the
-// 3-blocks-per-SM register cap; 1 with dt_proj fused, whose dot products spill at 4 rows and which only runs at
-// batch <= 4, where more blocks per sequence are what fills the GPU).
+// 3-blocks-per-SM register cap; 1 by default with dt_proj fused, whose dot products spill at 4 rows under that cap:
+// at d_state 16 launch_dtp picks 1, 2 or 4 per batch, the multi-row shapes with a lower blocks-per-SM bound).
 template <int NV, bool DTP = false> constexpr int bpb_of() { return DTP ? 1 : NV >= 2 ? 2 : 4; }
 
 // i x s as a 32 x 32 -> 64-bit product (one wide multiply; the vector kernel's launcher checks that indices and
