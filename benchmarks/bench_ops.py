@@ -419,7 +419,7 @@ def chunk_sweep(flt=""):
             print(f"sweep {c['label']:<40} {desc} chunks={k or 'auto':>4} {t * 1e6:9.1f} us "
                   f"{'ok' if ok else 'INVALID'}", flush=True)
 
-        for tpc, u in ((1, 8), (1, 4), (2, 4)):
+        for tpc, u in ((1, 8), (2, 8), (1, 4), (2, 4)):
             os.environ["SSMTP_SCAN_TPC"] = str(tpc)
             os.environ["SSMTP_SCAN_U"] = str(u)
             for k in (0, 1, 2, 4, 8, 16, 32):  # 2: B=8 fills ~2.4 of 5 block slots per SM unchunked (ncu)

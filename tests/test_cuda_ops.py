@@ -363,14 +363,16 @@ def _check_scan(case, dname, kernel, monkeypatch):
 
 TPC_CASES = [c for c in SCAN_CASES if c[0] in ("mamba-like-chan", "long-chunks-lens-pad", "zamba-heads-2",
                                                  "long-B1-auto-chunks", "dstate-5-nogate", "strided-long-chunks")]
+TPC_CASES += STAGED_CASES
 
 
-@pytest.mark.parametrize("variant", ["tpc2", "tpc4", "u4"])
+@pytest.mark.parametrize("variant", ["tpc1", "tpc2", "tpc4", "u4"])
 @pytest.mark.parametrize("dname", list(DT))
 @pytest.mark.parametrize("case", TPC_CASES, ids=[c[0] for c in TPC_CASES])
 def test_scan_cuda_kernel_variants(case, dname, variant, monkeypatch):
-    """The d_state <= 16 kernel variants the benchmark sweeps: the state split over 2 or 4 threads per channel
-    (SSMTP_SCAN_TPC; d_state < 16 pads), and x/dt/z loaded 4 steps at a time instead of 8 (SSMTP_SCAN_U=4)."""
+    """The d_state <= 16 kernel variants the launcher picks from or the benchmark sweeps: the state over 1, 2 or 4
+    threads per channel (SSMTP_SCAN_TPC; d_state < 16 pads; 1 and 2 staged on the staged layouts), and x/dt/z loaded
+    4 steps at a time instead of 8 (SSMTP_SCAN_U=4)."""
     if variant.startswith("tpc"):
         monkeypatch.setenv("SSMTP_SCAN_TPC", variant[3:])
     else:
@@ -419,14 +421,17 @@ def test_scan_cuda_kernel_knob_rejects_unknown(monkeypatch):
         _scan_cuda(args, nan_like(args[0].gpu))
 
 
+@pytest.mark.parametrize("tpc", ["1", "2"])
 @pytest.mark.parametrize("tile", ["16", "32"])
 @pytest.mark.parametrize("dname", ["bf16", "f16"])
 @pytest.mark.parametrize("case", STAGED_CASES, ids=[c[0] for c in STAGED_CASES])
-def test_scan_cuda_staged_equals_direct(case, dname, tile, monkeypatch):
+def test_scan_cuda_staged_equals_direct(case, dname, tile, tpc, monkeypatch):
     """x/dt/z and B/C staged through shared memory (SSMTP_SCAN_STAGE=16 or 32: an error unless the staged kernel
     runs) give the same bits as the direct loads (SSMTP_SCAN_STAGE=0): the same arithmetic in the same order, with
-    intermediate-state saves in the same call."""
+    intermediate-state saves in the same call; with one thread per channel and with two (SSMTP_SCAN_TPC=2, where
+    each lane evaluates the softplus and gate of half the steps for both)."""
     monkeypatch.setenv("SSMTP_SCAN_KERNEL", "loop")
+    monkeypatch.setenv("SSMTP_SCAN_TPC", tpc)
     if case[-1] is not None:
         monkeypatch.setenv("SSMTP_SCAN_CHUNKS", str(case[-1]))
     else:
@@ -454,6 +459,32 @@ def test_scan_cuda_staged_equals_direct(case, dname, tile, monkeypatch):
     assert torch.equal(res[0][0], res[1][0]), "out: staged vs direct loads"
     if res[0][1] is not None:
         assert torch.equal(res[0][1], res[1][1]), "states (final and saved): staged vs direct loads"
+
+
+def test_scan_cuda_auto_threads_per_channel(monkeypatch):
+    """By default (SSMTP_SCAN_TPC unset) a staged call whose two-threads-per-channel grid fits in one wave takes two
+    threads per channel, a larger one takes one: the default's bits equal the forced choice's, and the two choices'
+    bits differ (y summed in another order), so the comparison can tell them apart."""
+    monkeypatch.setenv("SSMTP_SCAN_KERNEL", "loop")
+    monkeypatch.delenv("SSMTP_SCAN_U", raising=False)
+    small = ("auto-tpc-small", 1, 256, 100, 16, 1, "chan", "load", None, None, "zDbs", 1)
+    big = ("auto-tpc-big", 16, 8192, 40, 16, 1, "chan", "load", None, None, "zDbs", 1)
+    monkeypatch.setenv("SSMTP_SCAN_CHUNKS", "1")
+    for case, want in ((small, "2"), (big, "1")):
+        outs = {}
+        for mode in ("auto", "1", "2"):
+            monkeypatch.setenv("SSMTP_SCAN_TPC", mode)
+            args = _scan_inputs(case, "f16")
+            out = nan_like(args[0].gpu)
+            _scan_cuda(args, out)
+            torch.cuda.synchronize()
+            outs[mode] = out.cpu()
+        assert not torch.equal(outs["1"], outs["2"]), case[0]
+        assert torch.equal(outs["auto"], outs[want]), f"{case[0]}: the default is not SSMTP_SCAN_TPC={want}"
+    monkeypatch.setenv("SSMTP_SCAN_TPC", "3")
+    args = _scan_inputs(small, "f16")
+    with pytest.raises(Exception, match="SSMTP_SCAN_TPC"):
+        _scan_cuda(args, nan_like(args[0].gpu))
 
 
 def test_scan_cuda_stage_knob(monkeypatch):

@@ -276,8 +276,9 @@ ssmtp_status_t launch_wg(const ssmtp_linear_params_t *p, int S, int sms, bool pd
                   // >= 4 stages each
         const int64_t cap = (int64_t)ssm_blocks_per_sm((const void *)kern, WG_THREADS, smem) * sms;
         const int nk = (K + 64 * KA - 1) / (64 * KA);
+        const int smax = wg_max_splits();
         S = 1;
-        while (S < wg_max_splits() && tiles * 2 * S <= cap && nk >= 4 * S) S *= 2;
+        while (S < smax && tiles * 2 * S <= cap && nk >= 4 * S) S *= 2;
     }
     const dim3 grid((unsigned)((N + 64 * MT - 1) / (64 * MT)), (unsigned)((M + BN - 1) / BN), (unsigned)S);
     static int c16[64]; // per device: 0 not asked yet, 1 clusters of 16 placeable, -1 not (then 8)

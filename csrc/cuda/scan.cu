@@ -169,9 +169,10 @@ template <int NS, int TPC> struct Tile {
 };
 
 // Dynamic shared memory of the staged kernels (TS > 0): two buffers, each the x, dt (, z) rows of TS steps of the
-// block's THREADS channels and the raw B (, C) rows (16 states) of those steps; then B (, C) widened to fp32.
-template <typename T, bool FINAL, int TS> struct Stage {
-    static constexpr int ROWB = THREADS * (int)sizeof(T);      // bytes of one step of one tensor
+// block's CPB channels and the raw B (, C) rows (16 states) of those steps; then B (, C) widened to fp32.
+template <typename T, bool FINAL, int TS, int CPB = THREADS> struct Stage {
+    static constexpr int ROWB = CPB * (int)sizeof(T);          // bytes of one step of one tensor
+    static constexpr int PIECES = ROWB / 16;                   // 16-byte copies per row (TS > 0)
     static constexpr int NX = FINAL ? 3 : 2;                   // x, dt (, z)
     static constexpr int NBC = FINAL ? 2 : 1;                  // B (, C)
     static constexpr int XB = NX * TS * ROWB;                  // x/dt/z bytes per buffer
@@ -186,11 +187,17 @@ template <typename T, bool FINAL, int TS> struct Stage {
 // SA: A is the same for every state of a channel (a.sA1 == 0, Mamba-2 layers run through this op): exp(delta A) is
 // evaluated once per (channel, step) instead of once per state element (the same value, so the same results).
 // TS: staged tiles of TS steps (0: direct loads; see the header and stage_tile).
+// Resident blocks per SM the registers are capped for (launch bound): 5 for one thread per channel and for the
+// staged two (8 states per thread, 64 channels per block, 32 KB of shared memory; ptxas spilled at 6).
+template <int NS, int TPC, int TS> constexpr int scan_min_blocks() {
+    return NS > 16 ? 3 : (TPC == 1 || (TPC == 2 && TS)) ? 5 : 4;
+}
+
 template <typename T, int NS, int TPC, bool FINAL, int U = 4, bool SA = false, int TS = 0>
-__global__ void __launch_bounds__(THREADS, NS > 16 ? 3 : (TPC == 1 ? 5 : 4)) scan_kernel(const ScanArgs a) {
+__global__ void __launch_bounds__(THREADS, scan_min_blocks<NS, TPC, TS>()) scan_kernel(const ScanArgs a) {
     using G = Tile<NS, TPC>;
-    using SG = Stage<T, FINAL, TS>;
     constexpr int CPB = THREADS / TPC;
+    using SG = Stage<T, FINAL, TS, CPB>;
     __shared__ __align__(16) float smB_[TS ? 4 : G::TT * G::RS];
     __shared__ __align__(16) float smC_[(FINAL && !TS) ? G::TT * G::RS : 4];
     extern __shared__ __align__(16) unsigned char scan_dyn[];
@@ -263,14 +270,9 @@ __global__ void __launch_bounds__(THREADS, NS > 16 ? 3 : (TPC == 1 ? 5 : 4)) sca
     int64_t sv_j = 0, sv_pos = -1, sv_slot = -1;
     if (FINAL && a.sv.pos) sv_j = next_save(a, b, 0, t_beg, slot, &sv_pos, &sv_slot);
 
-    // One time step at tile row tt (absolute step t); returns y (FINAL: D x and the gate applied). FAST (a
-    // std::true_type): softplus on and no save position after this step, both known to the caller, which tests them
-    // once per load group; the step is then branch-free (the gate by selection), so the scheduler can overlap the
-    // unrolled steps of a group. Otherwise (std::false_type) both are checked here.
-    auto step = [&](auto fast, float xv, float dtv, float zv, int tt, int64_t t) -> float {
-        constexpr bool F = decltype(fast)::value;
-        float delta = dtv + bias;
-        if (F || softplus) delta = ssm_softplus_fast(delta);
+    // The state update of one step (tile row tt) for this thread's NS states; returns this thread's part of y
+    // (FINAL; 0 otherwise), before the sum over the TPC threads of the channel.
+    auto update = [&](float delta, float xv, int tt) -> float {
         const float dx = delta * xv;
         const float dAs = SA ? ssm_ex2(delta * A2[0]) : 0.f;
         const float *Bt = smB + tt * G::RS + part * G::PART;
@@ -304,7 +306,23 @@ __global__ void __launch_bounds__(THREADS, NS > 16 ? 3 : (TPC == 1 ? 5 : 4)) sca
                 if (FINAL) y = fmaf(h[j], Ct[j], y);
             }
         }
-        y += y1;
+        return y + y1;
+    };
+    // D x and the gate on a channel's y
+    auto finish = [&](float y, float xv, float zv) -> float {
+        y = fmaf(Dv, xv, y);
+        const float gate = ssm_silu_out<T>(zv);
+        return has_z ? y * gate : y;
+    };
+    // One time step at tile row tt (absolute step t); returns y (FINAL: D x and the gate applied). FAST (a
+    // std::true_type): softplus on and no save position after this step, both known to the caller, which tests them
+    // once per load group; the step is then branch-free (the gate by selection), so the scheduler can overlap the
+    // unrolled steps of a group. Otherwise (std::false_type) both are checked here.
+    auto step = [&](auto fast, float xv, float dtv, float zv, int tt, int64_t t) -> float {
+        constexpr bool F = decltype(fast)::value;
+        float delta = dtv + bias;
+        if (F || softplus) delta = ssm_softplus_fast(delta);
+        float y = update(delta, xv, tt);
         if constexpr (!FINAL) {
             sum_delta += delta;
             return 0.f;
@@ -323,9 +341,7 @@ __global__ void __launch_bounds__(THREADS, NS > 16 ? 3 : (TPC == 1 ? 5 : 4)) sca
             }
 #pragma unroll
             for (int o = TPC / 2; o > 0; o >>= 1) y += __shfl_xor_sync(0xffffffffu, y, o);
-            y = fmaf(Dv, xv, y);
-            const float gate = ssm_silu_out<T>(zv);
-            return has_z ? y * gate : y;
+            return finish(y, xv, zv);
         }
     };
     // Whether the steps [t, t + n) can take the fast path: softplus on, no save position after any of them
@@ -380,19 +396,26 @@ __global__ void __launch_bounds__(THREADS, NS > 16 ? 3 : (TPC == 1 ? 5 : 4)) sca
     } else {
         // Staged tiles: the next tile's rows are in flight (cp.async) while this one is computed, so a step reads
         // x/dt/z from shared memory instead of waiting a memory round trip per load group (Nsight Compute, B=8
-        // L=2048: a third of the unstaged kernel's warp time was that wait). y goes back into the step's x slot and
-        // leaves as 16-byte rows once the tile is done. Every lane is active (the launcher requires per_group %
-        // THREADS == 0) and every copy is 16 bytes (its layout checks).
-        static_assert(TPC == 1 && NS == 16 && sizeof(T) == 2, "staged tiles: 16-bit inputs, 16 states per thread");
+        // L=2048: a third of the unstaged kernel's warp time was that wait). y goes back into the step's dt slot and
+        // leaves as 16-byte rows once the tile is done. Every lane is active (the launcher requires per_group % CPB
+        // == 0) and every copy is 16 bytes (its layout checks).
+        // TPC = 2 (8 states per thread: twice the threads per channel, for calls with few sequences x channels):
+        // in a load group, lane `part` owns the steps of its parity: it reads their dt and z, evaluates their
+        // softplus (delta reaches the other lane by a shuffle) and their gate, and writes their y, so the per-step
+        // work outside the states is not repeated by both lanes. The same values and sums in the same order as the
+        // unstaged TPC = 2 loop (bit-equal).
+        static_assert(sizeof(T) == 2 && ((TPC == 1 && NS == 16) || (TPC == 2 && NS == 8)),
+                      "staged tiles: 16-bit inputs, 16 states per channel over 1 or 2 threads");
         const int64_t c0 = grp * a.per_group + cb * CPB; // the block's first channel
         const T *xb = (const T *)a.x + b * a.sx0 + c0;
         const T *db = (const T *)a.dt + b * a.sdt0 + c0;
         const T *zb = zp ? (const T *)a.z + b * a.sz0 + c0 : nullptr;
         T *ob = (T *)a.out + b * a.so0 + c0;
+        constexpr int PC = SG::PIECES;
         auto issue = [&](int64_t t0, int nt, int bi) { // steps [t0, t0 + nt) into buffer bi
             unsigned char *buf = scan_dyn + bi * SG::BUF;
-            for (int i = tid; i < nt * 16; i += THREADS) {
-                const int r = i >> 4, q = (i & 15) * 8; // step row, first channel of the 16-byte piece
+            for (int i = tid; i < nt * PC; i += THREADS) {
+                const int r = i / PC, q = (i % PC) * 8; // step row, first channel of the 16-byte piece
                 const int64_t t = t0 + r;
                 ssm_cp16(buf + r * SG::ROWB + q * 2, xb + t * a.sx2 + q);
                 ssm_cp16(buf + (TS + r) * SG::ROWB + q * 2, db + t * a.sdt2 + q);
@@ -423,12 +446,16 @@ __global__ void __launch_bounds__(THREADS, NS > 16 ? 3 : (TPC == 1 ? 5 : 4)) sca
                 *(float4 *)(dst + 4) = make_float4(f[4], f[5], f[6], f[7]);
             }
             __syncthreads();
-            T *xs = (T *)buf + tid; // x rows; y replaces x step by step (this thread's own slot, read first)
-            const T *ds = xs + TS * THREADS, *zs = ds + TS * THREADS;
+            // this channel's x, dt (y replaces dt step by step) and z rows
+            const T *xs = (const T *)buf + tid / TPC;
+            T *ds = (T *)buf + TS * CPB + tid / TPC;
+            const T *zs = ds + TS * CPB;
             auto one = [&](int tt) { // one step, checking for saves
-                const float y = step(CHECK, to_f32<T>(xs[tt * THREADS]), to_f32<T>(ds[tt * THREADS]),
-                                     zb ? to_f32<T>(zs[tt * THREADS]) : 0.f, tt, t0 + tt);
-                if (FINAL) xs[tt * THREADS] = from_f32<T>(y);
+                const float y = step(CHECK, to_f32<T>(xs[tt * CPB]), to_f32<T>(ds[tt * CPB]),
+                                     zb ? to_f32<T>(zs[tt * CPB]) : 0.f, tt, t0 + tt);
+                // (with TPC = 2 the other lane's read of this dt is done: its part of y, which the shuffle in
+                // step() waited for, depends on it)
+                if (FINAL && part == 0) ds[tt * CPB] = from_f32<T>(y);
             };
             int tt = 0;
             for (; tt + U <= nt; tt += U) {
@@ -437,25 +464,57 @@ __global__ void __launch_bounds__(THREADS, NS > 16 ? 3 : (TPC == 1 ? 5 : 4)) sca
                     for (int u = 0; u < U; u++) one(tt + u);
                     continue;
                 }
-                float xv[U], dv[U], zv[U];
+                float xv[U];
 #pragma unroll
-                for (int u = 0; u < U; u++) {
-                    xv[u] = to_f32<T>(xs[(tt + u) * THREADS]);
-                    dv[u] = to_f32<T>(ds[(tt + u) * THREADS]);
-                    zv[u] = zb ? to_f32<T>(zs[(tt + u) * THREADS]) : 0.f;
-                }
+                for (int u = 0; u < U; u++) xv[u] = to_f32<T>(xs[(tt + u) * CPB]);
+                if constexpr (TPC == 1) {
+                    float dv[U], zv[U];
 #pragma unroll
-                for (int u = 0; u < U; u++) {
-                    const float y = step(FAST, xv[u], dv[u], zv[u], tt + u, t0 + tt + u);
-                    if (FINAL) xs[(tt + u) * THREADS] = from_f32<T>(y);
+                    for (int u = 0; u < U; u++) {
+                        dv[u] = to_f32<T>(ds[(tt + u) * CPB]);
+                        zv[u] = zb ? to_f32<T>(zs[(tt + u) * CPB]) : 0.f;
+                    }
+#pragma unroll
+                    for (int u = 0; u < U; u++) {
+                        const float y = step(FAST, xv[u], dv[u], zv[u], tt + u, t0 + tt + u);
+                        if (FINAL) ds[(tt + u) * CPB] = from_f32<T>(y);
+                    }
+                } else {
+                    constexpr int H = U / 2; // steps owned per lane: rows tt + 2k + part
+                    const int lane = tid & 31;
+                    float dq[H], zq[H], yq[H]; // (x read again for the owned steps' D x: fewer live registers)
+#pragma unroll
+                    for (int k = 0; k < H; k++) {
+                        const int r = tt + 2 * k + part;
+                        dq[k] = ssm_softplus_fast(to_f32<T>(ds[r * CPB]) + bias);
+                        zq[k] = zb ? to_f32<T>(zs[r * CPB]) : 0.f;
+                    }
+#pragma unroll
+                    for (int u = 0; u < U; u++) {
+                        const float delta = __shfl_sync(0xffffffffu, dq[u / 2], (lane & ~1) | (u & 1));
+                        float y = update(delta, xv[u], tt + u);
+                        if constexpr (!FINAL) {
+                            sum_delta += delta;
+                        } else {
+                            y += __shfl_xor_sync(0xffffffffu, y, 1);
+                            if ((u & 1) == part) yq[u / 2] = y;
+                        }
+                    }
+                    if constexpr (FINAL) {
+#pragma unroll
+                        for (int k = 0; k < H; k++) {
+                            const int r = tt + 2 * k + part;
+                            ds[r * CPB] = from_f32<T>(finish(yq[k], to_f32<T>(xs[r * CPB]), zq[k]));
+                        }
+                    }
                 }
             }
             for (; tt < nt; tt++) one(tt);
             if (FINAL) {
                 __syncthreads(); // the tile's y complete
-                for (int i = tid; i < nt * 16; i += THREADS) {
-                    const int r = i >> 4, q = (i & 15) * 8;
-                    *(uint4 *)(ob + (t0 + r) * a.so2 + q) = *(const uint4 *)(buf + r * SG::ROWB + q * 2);
+                for (int i = tid; i < nt * PC; i += THREADS) {
+                    const int r = i / PC, q = (i % PC) * 8;
+                    *(uint4 *)(ob + (t0 + r) * a.so2 + q) = *(const uint4 *)(buf + (TS + r) * SG::ROWB + q * 2);
                 }
             }
         }
@@ -532,8 +591,9 @@ __global__ void __launch_bounds__(256, 4) scan_combine_kernel(const ScanArgs a) 
 // loads elsewhere; "0" = direct loads; "16" / "32" = that tile, and an error where the layout does not allow it
 // (tests use it to know the staged kernel ran). Staging needs 16-bit x/dt/z/out with channel stride 1 and 16-byte
 // aligned rows (every batch and step stride a multiple of 8 elements), d_state 16 with B/C states contiguous and aligned,
-// and groups of whole 128-channel blocks: the models' layouts (x and z views of in_proj's output, B and C of x_proj's).
-static ssmtp_status_t stage_tile(const ScanArgs &a, int *ts) {
+// and groups of whole blocks (cpb channels: 128, or 64 with two threads per channel): the models' layouts (x and z
+// views of in_proj's output, B and C of x_proj's).
+static ssmtp_status_t stage_tile(const ScanArgs &a, int cpb, int *ts) {
     const char *env = getenv("SSMTP_SCAN_STAGE");
     int want = -1; // auto
     if (env && *env && strcmp(env, "auto") != 0) {
@@ -547,7 +607,7 @@ static ssmtp_status_t stage_tile(const ScanArgs &a, int *ts) {
     auto al = [](const void *p) { return ((uintptr_t)p & 15) == 0; };
     auto m8 = [](int64_t s) { return s % 8 == 0; };
     const bool one = a.batch == 1;
-    const bool ok = a.N == 16 && a.per_group % THREADS == 0 && a.sx1 == 1 && a.sdt1 == 1 && al(a.x) && al(a.dt) &&
+    const bool ok = a.N == 16 && a.per_group % cpb == 0 && a.sx1 == 1 && a.sdt1 == 1 && al(a.x) && al(a.dt) &&
                     (one || (m8(a.sx0) && m8(a.sdt0))) && m8(a.sx2) && m8(a.sdt2) &&
                     (!a.z || (a.sz1 == 1 && al(a.z) && (one || m8(a.sz0)) && m8(a.sz2))) && a.sB2 == 1 &&
                     a.sC2 == 1 && al(a.B) && al(a.C) && (one || (m8(a.sB0) && m8(a.sC0))) && m8(a.sB1) &&
@@ -556,25 +616,50 @@ static ssmtp_status_t stage_tile(const ScanArgs &a, int *ts) {
     if (!ok) {
         if (want > 0)
             return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": SSMTP_SCAN_STAGE=%d but this call's layout cannot be staged "
-                              "(needs d_state 16, 16-bit channel-contiguous 16-byte aligned rows, groups of 128 "
-                              "channels)", want);
+                              "(needs d_state 16, 16-bit channel-contiguous 16-byte aligned rows, groups of %d "
+                              "channels)", want, cpb);
         return SSMTP_OK;
     }
     *ts = want > 0 ? want : 32;
     return SSMTP_OK;
 }
 
+// Time chunks of a loop-kernel call whose one pass is per_chunk blocks, with slots blocks resident on the GPU at
+// once: as many as fill one wave when one pass would fill less than a third of it, each >= 64 steps.
+static int64_t scan_chunks(const ScanArgs &a, int64_t per_chunk, int64_t slots, size_t elem) {
+    int64_t K = 1;
+    // floor, not ceil: K * per_chunk must fit in one wave (measured, B=1 d_inner 5120 L=2048: 16 chunks = 640
+    // blocks in 660 slots 177 us; 17 chunks = 680 blocks, a second wave, 218 us).
+    if (per_chunk * 3 < slots) K = slots / per_chunk;
+    const char *env = getenv("SSMTP_SCAN_CHUNKS"); // tuning override (benchmarks): exact chunk count
+    if (env && *env) K = atoll(env);
+    // Chunks hold their scratch (N+1 floats in out elements) and amortise the second pass: >= 64 steps by
+    // default; SSMTP_SCAN_MIN_CHUNK overrides (benchmarks; never below the scratch).
+    const int64_t scratch = (a.N + 1) * (int64_t)(4 / elem);
+    int64_t min_chunk = 64;
+    const char *envm = getenv("SSMTP_SCAN_MIN_CHUNK");
+    if (envm && *envm && atoll(envm) > 0) min_chunk = atoll(envm);
+    const int64_t min_len = scratch > min_chunk ? scratch : min_chunk;
+    if (K > a.len / min_len) K = a.len / min_len;
+    if (K < 1) K = 1;
+    if (K > 65535) K = 65535;
+    return K;
+}
+
 template <typename T, int NS, int TPC, int U = 4, bool SA = false> struct Launch {
-    static constexpr bool STAGEABLE = TPC == 1 && NS == 16 && !SA && sizeof(T) == 2 && U == 8;
+    static constexpr bool STAGEABLE = ((TPC == 1 && NS == 16) || (TPC == 2 && NS == 8)) && !SA && sizeof(T) == 2 &&
+                                      U == 8;
 
     static ssmtp_status_t run(ScanArgs &a, int device, cudaStream_t st) {
         if constexpr (STAGEABLE) {
             int ts = 0;
-            SSMTP_TRY(stage_tile(a, &ts));
+            SSMTP_TRY(stage_tile(a, THREADS / TPC, &ts));
             if (ts == 32) return go<32>(a, device, st);
             if (ts == 16) return go<16>(a, device, st);
         }
-        return go<0>(a, device, st);
+        // unstaged, two threads per channel load 4 steps at a time (8 spilled)
+        if constexpr (TPC == 2 && U == 8) return Launch<T, NS, TPC, 4, SA>::run(a, device, st);
+        else return go<0>(a, device, st);
     }
 
     template <int TS> static ssmtp_status_t go(ScanArgs &a, int device, cudaStream_t st) {
@@ -588,32 +673,15 @@ template <typename T, int NS, int TPC, int U = 4, bool SA = false> struct Launch
                               (long long)a.dim);
         const auto kfin = scan_kernel<T, NS, TPC, true, U, SA, TS>;
         const auto kloc = scan_kernel<T, NS, TPC, false, U, SA, TS>;
-        const int sfin = Stage<T, true, TS>::SMEM, sloc = Stage<T, false, TS>::SMEM;
+        const int sfin = Stage<T, true, TS, CPB>::SMEM, sloc = Stage<T, false, TS, CPB>::SMEM;
         SSMTP_TRY(ssm_allow_smem((const void *)kfin, sfin, device));
         SSMTP_TRY(ssm_allow_smem((const void *)kloc, sloc, device));
 
-        // Chunk count. target = blocks resident on the whole GPU at full occupancy.
-        const int occ = ssm_blocks_per_sm((const void *)kfin, THREADS, sfin);
+        // Chunk count: slots = blocks resident on the whole GPU at full occupancy.
         int sms = 132;
         SSMTP_TRY(ssm_sm_count(device, &sms));
-        const int64_t target = (int64_t)sms * occ;
-        const int64_t per_chunk = a.batch * nblk;
-        int64_t K = 1;
-        // floor, not ceil: K * per_chunk must fit in one wave (measured, B=1 d_inner 5120 L=2048: 16 chunks = 640
-        // blocks in 660 slots 177 us; 17 chunks = 680 blocks, a second wave, 218 us).
-        if (per_chunk * 3 < target) K = target / per_chunk;
-        const char *env = getenv("SSMTP_SCAN_CHUNKS"); // tuning override (benchmarks): exact chunk count
-        if (env && *env) K = atoll(env);
-        // Chunks hold their scratch (N+1 floats in out elements) and amortise the second pass: >= 64 steps by
-        // default; SSMTP_SCAN_MIN_CHUNK overrides (benchmarks; never below the scratch).
-        const int64_t scratch = (a.N + 1) * (int64_t)(4 / sizeof(T));
-        int64_t min_chunk = 64;
-        const char *envm = getenv("SSMTP_SCAN_MIN_CHUNK");
-        if (envm && *envm && atoll(envm) > 0) min_chunk = atoll(envm);
-        int64_t min_len = scratch > min_chunk ? scratch : min_chunk;
-        if (K > a.len / min_len) K = a.len / min_len;
-        if (K < 1) K = 1;
-        if (K > 65535) K = 65535;
+        const int64_t K = scan_chunks(a, a.batch * nblk, (int64_t)sms * ssm_blocks_per_sm((const void *)kfin, THREADS,
+                                                                                            sfin), sizeof(T));
         a.nchunks = (int)K;
         a.chunk = K == 1 ? a.len : a.len / K; // the last chunk takes the remainder
         (void)G::TT;
@@ -634,6 +702,52 @@ template <typename T, int NS, int TPC, int U = 4, bool SA = false> struct Launch
     }
 };
 
+// Threads per channel at d_state 9..16 when SSMTP_SCAN_TPC does not say, for calls both staged kernels can take: the
+// one with the lower estimate of the busiest SM's work, blocks per SM (ceil(grid / SMs), time chunks as the
+// launcher would pick them for that kernel's occupancy) x channels per block x steps per block, x 1.15 for two
+// threads per channel (per channel and step they issue more) and x 1.7 for a chunked call (the local pass and the
+// combine on top of the final pass); both factors fitted to the measurements below. Two win where one leaves SMs
+// with few or unevenly many blocks, or needs time chunks to fill them.
+// Measured on H200 (2026-11-25, bench_ops.py, bf16, us, one thread -> two per channel for every d_state-16 call that
+// could be staged with 64-channel blocks; benchmarks/results/scan-tpc2-h200-*.json): mamba-2.8b TP=1 B=8 L=512 / 2048
+// 170.4 -> 162.7 / 651.5 -> 629.0, B=1 L=512 56.9 -> 48.8, L=2048 143.3 -> 150.2; its TP=2 shard (2560 channels)
+// B=8 140.4 -> 103.8 / 481.6 -> 398.4, B=1 43.4 -> 34.1 / 87.1 -> 82.0; falcon-mamba-7b / zamba-7b TP=2 shards B=8
+// L=2048 469.0 -> 511.0 / 468.1 -> 513.7, B=1 L=2048 falcon-mamba-7b TP=1 214.0 -> 216.7, zamba-7b 195.5 -> 216.4.
+template <typename T> static int scan_auto_tpc(const ScanArgs &a, int device) {
+    if constexpr (sizeof(T) != 2) {
+        return 1;
+    } else {
+        int ts1 = 0, ts2 = 0, sms = 0;
+        if (stage_tile(a, THREADS / 2, &ts2) != SSMTP_OK || ts2 == 0 || ssm_sm_count(device, &sms) != SSMTP_OK) {
+            ssmtp_clear_error();
+            return 1;
+        }
+        if (stage_tile(a, THREADS, &ts1) != SSMTP_OK || ts1 == 0) { // only two threads per channel stage
+            ssmtp_clear_error();
+            return 2;
+        }
+        const int64_t ngroups = a.dim / a.per_group;
+        auto work = [&](const void *k, int smem, int tpc) -> double {
+            const int64_t cpb = THREADS / tpc, per_chunk = a.batch * ngroups * ((a.per_group + cpb - 1) / cpb);
+            if (ssm_allow_smem(k, smem, device) != SSMTP_OK) return 1e300;
+            const int64_t K = scan_chunks(a, per_chunk, (int64_t)sms * ssm_blocks_per_sm(k, THREADS, smem), 2);
+            const double per_sm = (double)((per_chunk * K + sms - 1) / sms);
+            const double steps = (double)a.len / (double)K * (K > 1 ? 1.7 : 1.0);
+            return per_sm * (double)cpb * (tpc == 2 ? 1.15 : 1.0) * steps;
+        };
+        const double w1 = ts1 == 16 ? work((const void *)scan_kernel<T, 16, 1, true, 8, false, 16>,
+                                           Stage<T, true, 16>::SMEM, 1)
+                                    : work((const void *)scan_kernel<T, 16, 1, true, 8, false, 32>,
+                                           Stage<T, true, 32>::SMEM, 1);
+        const double w2 = ts2 == 16 ? work((const void *)scan_kernel<T, 8, 2, true, 8, false, 16>,
+                                           Stage<T, true, 16, THREADS / 2>::SMEM, 2)
+                                    : work((const void *)scan_kernel<T, 8, 2, true, 8, false, 32>,
+                                           Stage<T, true, 32, THREADS / 2>::SMEM, 2);
+        ssmtp_clear_error();
+        return w2 < w1 ? 2 : 1;
+    }
+}
+
 template <typename T> ssmtp_status_t dispatch_n(ScanArgs &a, int device, cudaStream_t st) {
     const int64_t N = a.N;
     // One A per channel (state stride 0) with d_state > 8: the SA kernels (one exp per channel and step). At d_state
@@ -646,18 +760,25 @@ template <typename T> ssmtp_status_t dispatch_n(ScanArgs &a, int device, cudaStr
     if (N <= 4) return Launch<T, 4, 1>::run(a, device, st);
     if (N <= 8) return Launch<T, 8, 1>::run(a, device, st);
     if (N <= 16) {
-        // d_state 9..16 (the models'): one thread per channel by default; 2 or 4 threads per channel (8 or 4 states
-        // each) quadruple the threads when there are few sequences x channels, at the cost of repeating the
-        // per-step softplus/SiLU work per thread. SSMTP_SCAN_TPC overrides (benchmarks).
-        int tpc = 1;
-        const char *env = getenv("SSMTP_SCAN_TPC");
-        if (env && *env) tpc = atoi(env);
-        if (tpc == 2) return Launch<T, 8, 2>::run(a, device, st);
-        if (tpc == 4) return Launch<T, 4, 4>::run(a, device, st);
+        // d_state 9..16 (the models'): 1 or 2 threads per channel (scan_auto_tpc); 2 or 4 (8 or 4 states each)
+        // multiply the threads when there are few sequences x channels, at the cost of splitting or repeating the
+        // per-step softplus/SiLU work. SSMTP_SCAN_TPC = auto (default), 1, 2 or 4 (benchmarks, tests).
         // x/dt/z loads 8 steps at a time by default (measured 5-13% faster than 4 on every swept shape, same
-        // occupancy); SSMTP_SCAN_U=4 selects 4 (benchmarks, tests).
-        const char *envu = getenv("SSMTP_SCAN_U");
-        if (envu && atoi(envu) == 4) return Launch<T, 16, 1, 4>::run(a, device, st);
+        // occupancy); SSMTP_SCAN_U=4 selects 4 (benchmarks, tests; one thread per channel unless SSMTP_SCAN_TPC
+        // says otherwise).
+        const char *env = getenv("SSMTP_SCAN_TPC"), *envu = getenv("SSMTP_SCAN_U");
+        const bool u4 = envu && atoi(envu) == 4;
+        int tpc = 0;
+        if (env && *env && strcmp(env, "auto") != 0) {
+            tpc = atoi(env);
+            if (tpc != 1 && tpc != 2 && tpc != 4)
+                return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": SSMTP_SCAN_TPC=%s (auto, 1, 2 or 4)", env);
+        } else {
+            tpc = sa || u4 ? 1 : scan_auto_tpc<T>(a, device);
+        }
+        if (tpc == 2) return u4 ? Launch<T, 8, 2>::run(a, device, st) : Launch<T, 8, 2, 8>::run(a, device, st);
+        if (tpc == 4) return Launch<T, 4, 4>::run(a, device, st);
+        if (u4) return Launch<T, 16, 1, 4>::run(a, device, st);
         if (sa) return Launch<T, 16, 1, 8, true>::run(a, device, st);
         return Launch<T, 16, 1, 8>::run(a, device, st);
     }

@@ -631,42 +631,57 @@ ssmtp_status_t launch_vec(const StepArgs &a, cudaStream_t s) {
 // 1x256 (the shape before) / 2x256 / 4x128 / ops.linear + the plain step): mamba-2.8b M=4 4.04 / 4.28 / 4.75 / 6.06,
 // M=8 7.22 / 7.47 / 6.12 / 6.64; its TP=2 shard M=16 7.01 / 7.38 / 5.74 / 7.13; falcon-mamba-7b M=4 9.50 / 5.81 / 7.09
 // / 6.27. 8 sequences per block (230 registers, one 256-thread block per SM) were slower at every batch.
-static const char *const DTP_SHAPES[] = {"1x256", "2x256", "4x256", "8x256", "4x128", "8x128", "8x64"};
+// The shapes, in SSMTP_STEP_DTP_SHAPE's order: X(index, sequences per block, blocks per SM the registers are capped
+// for, threads per block); one list for the names, the auto choice's occupancy queries and the launches.
+#define STEP_DTP_SHAPES(X) X(0, 1, 3, 256) X(1, 2, 2, 256) X(2, 4, 1, 256) X(3, 8, 1, 256) X(4, 4, 2, 128) \
+    X(5, 8, 1, 128) X(6, 8, 1, 64)
+#define STEP_DTP_NAME(i, b, m, t) #b "x" #t,
+static const char *const DTP_SHAPES[] = {STEP_DTP_SHAPES(STEP_DTP_NAME)};
+#undef STEP_DTP_NAME
+constexpr int N_DTP_SHAPES = (int)(sizeof DTP_SHAPES / sizeof DTP_SHAPES[0]);
+
+// Sequences per block and threads per block of shape i, and its kernel (for the occupancy calculator).
+struct DtpGeom { int bpb, threads; };
+#define STEP_DTP_GEOM(i, b, m, t) {b, t},
+static const DtpGeom DTP_GEOM[] = {STEP_DTP_SHAPES(STEP_DTP_GEOM)};
+#undef STEP_DTP_GEOM
+template <typename T> static const void *dtp_kernel(int i) {
+    switch (i) {
+#define STEP_DTP_KERNEL(i, b, m, t) case i: return (const void *)step_vec_kernel<T, 4, 1, false, true, b, m, t>;
+        STEP_DTP_SHAPES(STEP_DTP_KERNEL)
+#undef STEP_DTP_KERNEL
+    default: return nullptr;
+    }
+}
 
 template <typename T> static int dtp_shape(const StepArgs &a) {
     const char *env = getenv("SSMTP_STEP_DTP_SHAPE");
     if (env && *env && strcmp(env, "auto") != 0) {
-        for (int i = 0; i < 7; i++)
+        for (int i = 0; i < N_DTP_SHAPES; i++)
             if (strcmp(env, DTP_SHAPES[i]) == 0) return i;
         return -1;
     }
     int sms = 0;
     if (ssm_sm_count(a.device, &sms) != SSMTP_OK) return 0;
-    struct Cand { int shape, bpb, threads; const void *kernel; };
-    const Cand cands[3] = {{0, 1, 256, (const void *)step_vec_kernel<T, 4, 1, false, true, 1, 3, 256>},
-                           {1, 2, 256, (const void *)step_vec_kernel<T, 4, 1, false, true, 2, 2, 256>},
-                           {4, 4, 128, (const void *)step_vec_kernel<T, 4, 1, false, true, 4, 2, 128>}};
-    for (const Cand &c : cands) {
-        const int64_t grid = (a.dim + c.threads / 4 - 1) / (c.threads / 4) * ((a.batch + c.bpb - 1) / c.bpb);
-        if (grid <= (int64_t)sms * ssm_blocks_per_sm(c.kernel, c.threads, 0)) return c.shape;
+    for (const int i : {0, 1, 4}) { // 1x256, 2x256, 4x128
+        const DtpGeom g = DTP_GEOM[i];
+        const int64_t grid = (a.dim + g.threads / 4 - 1) / (g.threads / 4) * ((a.batch + g.bpb - 1) / g.bpb);
+        if (grid <= (int64_t)sms * ssm_blocks_per_sm(dtp_kernel<T>(i), g.threads, 0)) return i;
     }
     return 4;
 }
 
 template <typename T> ssmtp_status_t launch_dtp(const StepArgs &a, cudaStream_t s) {
     switch (dtp_shape<T>(a)) {
-    case 0: return launch_vec<T, 4, 1, false, true, 1, 3, 256>(a, s);
-    case 1: return launch_vec<T, 4, 1, false, true, 2, 2, 256>(a, s);
-    case 2: return launch_vec<T, 4, 1, false, true, 4, 1, 256>(a, s);
-    case 3: return launch_vec<T, 4, 1, false, true, 8, 1, 256>(a, s);
-    case 4: return launch_vec<T, 4, 1, false, true, 4, 2, 128>(a, s);
-    case 5: return launch_vec<T, 4, 1, false, true, 8, 1, 128>(a, s);
-    case 6: return launch_vec<T, 4, 1, false, true, 8, 1, 64>(a, s);
+#define STEP_DTP_LAUNCH(i, b, m, t) case i: return launch_vec<T, 4, 1, false, true, b, m, t>(a, s);
+        STEP_DTP_SHAPES(STEP_DTP_LAUNCH)
+#undef STEP_DTP_LAUNCH
     default:
         return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": SSMTP_STEP_DTP_SHAPE=%s (auto, 1x256, 2x256, 4x256, 8x256, "
                           "4x128, 8x128 or 8x64)", getenv("SSMTP_STEP_DTP_SHAPE"));
     }
 }
+#undef STEP_DTP_SHAPES
 
 template <typename T, bool SA, bool DTP> ssmtp_status_t dispatch_vec(const StepArgs &a, cudaStream_t s) {
     switch (a.N / 4) {
