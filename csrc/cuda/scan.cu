@@ -41,7 +41,8 @@
 //     latency-bound at ~1200 cycles per step on its own (one warp per SM sub-partition: B=1, one pass), so the
 //     kernel lives on warps per SM, not on instruction-level parallelism. Reverted; kept: the branch-free softplus
 //     and two partial sums for y.
-//   - threads per channel 2 or 4 (SSMTP_SCAN_TPC) were slower than 1 at every shape swept (B=1..8, L=512..8192),
+//   - threads per channel 2 or 4 (SSMTP_SCAN_TPC) were slower than 1 at every shape swept (B=1..8, L=512..8192;
+//     unstaged: staged, two now win where one leaves SMs idle, see scan_auto_tpc),
 //     and chunking pays below ~1/3 occupancy (B=1 L=2048: 888 us one pass, 177 us at 16 chunks).
 //   - this loop again (commit 9332f75, benchmarks/results/ops-h200.json): B=8 L=2048 1065 us (30% of the MUFU bound),
 //     B=1 L=32768 2889 us. Its sweep then set two defaults: 8 steps per load group (B=8 L=512 275 -> 254 us, B=1
@@ -74,11 +75,12 @@
 //     and 9-18% slower at every B=1 length (mamba-2.8b L=8192 563 vs 485 us): the passes fit in 96 registers apart,
 //     not together (ptxas spills at that cap; at 128 the merged kernel barely spills but runs each step slower).
 //
-// Staged tiles (SSMTP_SCAN_STAGE, the launcher's stage_tile): per block (128 channels) and tile of TS = 32 steps, x,
-// dt, z and the raw B/C rows are copied to shared memory by cp.async, one tile ahead (two buffers, 56 KB per block
-// in the final pass: 4 blocks per SM), B/C widened to fp32 once per tile; each thread writes its y over its own x
-// slot, and the tile leaves as 16-byte rows. A load group whose steps need no save check (and softplus on, the
-// models' case) runs as one branch-free block of 8 steps.
+// Staged tiles (SSMTP_SCAN_STAGE, the launcher's stage_tile): per block (128 channels, or 64 with two threads per
+// channel) and tile of TS = 32 steps, x, dt, z and the raw B/C rows are copied to shared memory by cp.async, one tile
+// ahead (two buffers, 56 KB per 128-channel block in the final pass: 4 blocks per SM; 32 KB per 64-channel block),
+// B/C widened to fp32 once per tile; y is written over the step's dt slot, and the tile leaves as 16-byte rows. A
+// load group whose steps need no save check (and softplus on, the models' case) runs as one branch-free block of 8
+// steps.
 #include "common.cuh"
 #include "ssm_math.cuh"
 
@@ -708,11 +710,16 @@ template <typename T, int NS, int TPC, int U = 4, bool SA = false> struct Launch
 // threads per channel (per channel and step they issue more) and x 1.7 for a chunked call (the local pass and the
 // combine on top of the final pass); both factors fitted to the measurements below. Two win where one leaves SMs
 // with few or unevenly many blocks, or needs time chunks to fill them.
-// Measured on H200 (2026-11-25, bench_ops.py, bf16, us, one thread -> two per channel for every d_state-16 call that
-// could be staged with 64-channel blocks; benchmarks/results/scan-tpc2-h200-*.json): mamba-2.8b TP=1 B=8 L=512 / 2048
-// 170.4 -> 162.7 / 651.5 -> 629.0, B=1 L=512 56.9 -> 48.8, L=2048 143.3 -> 150.2; its TP=2 shard (2560 channels)
-// B=8 140.4 -> 103.8 / 481.6 -> 398.4, B=1 43.4 -> 34.1 / 87.1 -> 82.0; falcon-mamba-7b / zamba-7b TP=2 shards B=8
-// L=2048 469.0 -> 511.0 / 468.1 -> 513.7, B=1 L=2048 falcon-mamba-7b TP=1 214.0 -> 216.7, zamba-7b 195.5 -> 216.4.
+// Measured on H200 (2026-11-25, bench_ops.py, bf16, us, one thread -> two per channel wherever the 64-channel grid
+// fit one wave, the rule before this one; benchmarks/results/scan-tpc2-h200-06c1b21-{tpc1,rule1}.json): mamba-2.8b
+// TP=1 B=8 L=512 / 2048 170.4 -> 162.7 / 651.5 -> 629.0, B=1 L=512 56.9 -> 48.8, L=2048 143.3 -> 150.2; its TP=2
+// shard (2560 channels) B=8 140.4 -> 103.8 / 481.6 -> 398.4, B=1 43.4 -> 34.1 / 87.1 -> 82.0; falcon-mamba-7b /
+// zamba-7b TP=2 shards B=8 L=2048 469.0 -> 511.0 / 468.1 -> 513.7, B=1 L=2048 falcon-mamba-7b TP=1 214.0 -> 216.7,
+// zamba-7b 195.5 -> 216.4. This rule, same kinds of run (bd42ac3, scan-tpc2-h200-bd42ac3-{tpc1,auto}.json): two
+// threads at mamba-2.8b TP=1 B=1 L=512 56.8 -> 47.9, B=8 170.6 -> 162.8 / 650.9 -> 626.6, TP=2 B=1 L=512 43.3 ->
+// 34.1, B=8 140.3 -> 103.9 / 480.3 -> 397.2; one (as before) at every other falcon-mamba-7b, zamba-7b and mamba-2.8b
+// case (within 2%). In mamba-2.8b's 8x512 prefill forward the scan kernels took 11.31 ms against 11.62
+// (profile-prefill-h200-bd42ac3-*.json).
 template <typename T> static int scan_auto_tpc(const ScanArgs &a, int device) {
     if constexpr (sizeof(T) != 2) {
         return 1;
