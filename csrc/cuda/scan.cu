@@ -453,10 +453,12 @@ __global__ void __launch_bounds__(THREADS, scan_min_blocks<NS, TPC, TS>()) scan_
             T *ds = (T *)buf + TS * CPB + tid / TPC;
             const T *zs = ds + TS * CPB;
             auto one = [&](int tt) { // one step, checking for saves
-                const float y = step(CHECK, to_f32<T>(xs[tt * CPB]), to_f32<T>(ds[tt * CPB]),
-                                     zb ? to_f32<T>(zs[tt * CPB]) : 0.f, tt, t0 + tt);
-                // (with TPC = 2 the other lane's read of this dt is done: its part of y, which the shuffle in
-                // step() waited for, depends on it)
+                // the dt slot is read by the lane that then writes y there (lane 1 of a pair takes dt by a shuffle:
+                // no other lane's read to order against the write)
+                float dtv = part == 0 ? to_f32<T>(ds[tt * CPB]) : 0.f;
+                if constexpr (TPC == 2) dtv = __shfl_sync(0xffffffffu, dtv, (tid & 31) & ~1);
+                const float y = step(CHECK, to_f32<T>(xs[tt * CPB]), dtv, zb ? to_f32<T>(zs[tt * CPB]) : 0.f, tt,
+                                     t0 + tt);
                 if (FINAL && part == 0) ds[tt * CPB] = from_f32<T>(y);
             };
             int tt = 0;
