@@ -7,6 +7,16 @@
 
 #include <stdlib.h>
 
+/* What every norm here checks last: eps finite and >= 0, all tensors on one device, rows contiguous. */
+static ssmtp_status_t norm_tail_check(const char *op, float eps, const ssmtp_tensor_t *const *ts,
+                                      const char *const *names, int n, int32_t *device) {
+    if (!(eps >= 0.0f) || isinf(eps))
+        return ssmtp_fail(SSMTP_ERR_INVALID, "%s: eps=%g must be finite and >= 0", op, (double)eps);
+    SSMTP_TRY(ssmtp_check_devices(op, ts, names, n, device));
+    for (int i = 0; i < n; i++) SSMTP_TRY(ssmtp_check_inner_contiguous(op, names[i], ts[i]));
+    return SSMTP_OK;
+}
+
 #define OP "gated_norm"
 
 static ssmtp_status_t gated_norm_check(const ssmtp_gated_norm_params_t *p, int32_t *device) {
@@ -20,16 +30,9 @@ static ssmtp_status_t gated_norm_check(const ssmtp_gated_norm_params_t *p, int32
     if (p->group < 1 || D % p->group != 0)
         return ssmtp_fail(SSMTP_ERR_INVALID, OP ": group=%lld does not divide D=%lld", (long long)p->group,
                           (long long)D);
-    if (!(p->eps >= 0.0f) || isinf(p->eps))
-        return ssmtp_fail(SSMTP_ERR_INVALID, OP ": eps=%g must be finite and >= 0", (double)p->eps);
     const ssmtp_tensor_t *ts[] = {&p->y, &p->gate, &p->weight, &p->out};
     const char *names[] = {"y", "gate", "weight", "out"};
-    SSMTP_TRY(ssmtp_check_devices(OP, ts, names, 4, device));
-    SSMTP_TRY(ssmtp_check_inner_contiguous(OP, "y", &p->y));
-    SSMTP_TRY(ssmtp_check_inner_contiguous(OP, "gate", &p->gate));
-    SSMTP_TRY(ssmtp_check_inner_contiguous(OP, "weight", &p->weight));
-    SSMTP_TRY(ssmtp_check_inner_contiguous(OP, "out", &p->out));
-    return SSMTP_OK;
+    return norm_tail_check(OP, p->eps, ts, names, 4, device);
 }
 
 static void gated_norm_cpu(const ssmtp_gated_norm_params_t *p) {
@@ -103,13 +106,9 @@ static ssmtp_status_t add_norm_check(const ssmtp_add_norm_params_t *p, int32_t *
     SSMTP_TRY(ssmtp_check_tensor(OP, "res_out", &p->res_out, 1, 2, -1, (int64_t[]){M, H}));
     SSMTP_TRY(ssmtp_check_stream_dtype(OP, "res_out", &p->res_out, ty, "norm_w"));
     SSMTP_TRY(ssmtp_check_tensor(OP, "out", &p->out, 0, 2, ty, (int64_t[]){M, H}));
-    if (!(p->eps >= 0.0f) || isinf(p->eps))
-        return ssmtp_fail(SSMTP_ERR_INVALID, OP ": eps=%g must be finite and >= 0", (double)p->eps);
     const ssmtp_tensor_t *ts[] = {&p->res, &p->add, &p->res_out, &p->norm_w, &p->out};
     const char *names[] = {"res", "add", "res_out", "norm_w", "out"};
-    SSMTP_TRY(ssmtp_check_devices(OP, ts, names, 5, device));
-    for (int i = 0; i < 5; i++) SSMTP_TRY(ssmtp_check_inner_contiguous(OP, names[i], ts[i]));
-    return SSMTP_OK;
+    return norm_tail_check(OP, p->eps, ts, names, 5, device);
 }
 
 static ssmtp_status_t add_norm_cpu(const ssmtp_add_norm_params_t *p) {
@@ -159,13 +158,9 @@ static ssmtp_status_t rms_segments_check(const ssmtp_rms_segments_params_t *p, i
     if (tot != D)
         return ssmtp_fail(SSMTP_ERR_INVALID, OP ": the segments cover %lld elements, x has D=%lld", (long long)tot,
                           (long long)D);
-    if (!(p->eps >= 0.0f) || isinf(p->eps))
-        return ssmtp_fail(SSMTP_ERR_INVALID, OP ": eps=%g must be finite and >= 0", (double)p->eps);
     const ssmtp_tensor_t *ts[] = {&p->x, &p->out};
     const char *names[] = {"x", "out"};
-    SSMTP_TRY(ssmtp_check_devices(OP, ts, names, 2, device));
-    for (int i = 0; i < 2; i++) SSMTP_TRY(ssmtp_check_inner_contiguous(OP, names[i], ts[i]));
-    return SSMTP_OK;
+    return norm_tail_check(OP, p->eps, ts, names, 2, device);
 }
 
 static void rms_segments_cpu(const ssmtp_rms_segments_params_t *p) {
