@@ -201,19 +201,16 @@ static inline bool ssmtp_pdl_enabled(int device) {
     return on;
 }
 
-// kernel<<<grid, block, smem, stream>>>(args...), with the programmatic-stream-serialization attribute when pdl and,
-// when cluster_z > 0, the blocks grouped in thread-block clusters of (1, 1, cluster_z); a failed launch is reported
-// (and cleared) as SSMTP_ERR_CUDA naming op.
-template <typename... KArgs, typename... Args>
-static inline ssmtp_status_t ssmtp_launch_cluster(const char *op, void (*kernel)(KArgs...), dim3 grid, dim3 block,
-                                                  size_t smem, cudaStream_t s, bool pdl, unsigned cluster_z,
-                                                  Args &&...args) {
+// The launch configuration of grid x block with smem bytes of dynamic shared memory on stream s: the
+// programmatic-stream-serialization attribute when pdl and, when cluster_z > 0, the blocks grouped in thread-block
+// clusters of (1, 1, cluster_z); attr holds the attributes cfg points to (it must outlive cfg's use).
+static inline cudaLaunchConfig_t ssmtp_launch_config(dim3 grid, dim3 block, size_t smem, cudaStream_t s, bool pdl,
+                                                     unsigned cluster_z, cudaLaunchAttribute (&attr)[2]) {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
     cfg.blockDim = block;
     cfg.dynamicSmemBytes = smem;
     cfg.stream = s;
-    cudaLaunchAttribute attr[2];
     unsigned n = 0;
     if (cluster_z > 0) {
         attr[n].id = cudaLaunchAttributeClusterDimension;
@@ -229,6 +226,17 @@ static inline ssmtp_status_t ssmtp_launch_cluster(const char *op, void (*kernel)
     }
     cfg.attrs = attr;
     cfg.numAttrs = n;
+    return cfg;
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...) with ssmtp_launch_config's attributes; a failed launch is reported
+// (and cleared) as SSMTP_ERR_CUDA naming op.
+template <typename... KArgs, typename... Args>
+static inline ssmtp_status_t ssmtp_launch_cluster(const char *op, void (*kernel)(KArgs...), dim3 grid, dim3 block,
+                                                  size_t smem, cudaStream_t s, bool pdl, unsigned cluster_z,
+                                                  Args &&...args) {
+    cudaLaunchAttribute attr[2];
+    const cudaLaunchConfig_t cfg = ssmtp_launch_config(grid, block, smem, s, pdl, cluster_z, attr);
     const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
     (void)cudaGetLastError();
     if (e != cudaSuccess) return ssmtp_fail(SSMTP_ERR_CUDA, "%s: kernel launch: %s", op, cudaGetErrorString(e));

@@ -286,17 +286,8 @@ ssmtp_status_t launch_wg(const ssmtp_linear_params_t *p, int S, int sms, bool pd
     if (S > 8 && c16[di] < 0) return launch_wg<T, BN, MT, KA, ST>(p, 8, sms, pdl, device, s);
     if (S > 8 && c16[di] == 0) { // a non-portable cluster size, allowed per kernel
         SSMTP_CUDA_TRY(cudaFuncSetAttribute(kern, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
-        cudaLaunchConfig_t cfg = {};
-        cudaLaunchAttribute at[1];
-        at[0].id = cudaLaunchAttributeClusterDimension;
-        at[0].val.clusterDim.x = 1;
-        at[0].val.clusterDim.y = 1;
-        at[0].val.clusterDim.z = (unsigned)S;
-        cfg.gridDim = grid;
-        cfg.blockDim = dim3(WG_THREADS);
-        cfg.dynamicSmemBytes = smem;
-        cfg.attrs = at;
-        cfg.numAttrs = 1;
+        cudaLaunchAttribute at[2];
+        const cudaLaunchConfig_t cfg = ssmtp_launch_config(grid, dim3(WG_THREADS), smem, s, false, (unsigned)S, at);
         int nc = 0;
         const bool ok = cudaOccupancyMaxActiveClusters(&nc, kern, &cfg) == cudaSuccess && nc >= 1;
         (void)cudaGetLastError();

@@ -654,10 +654,10 @@ template <typename T, int NS, int TPC, int U = 4, bool SA = false> struct Launch
     static constexpr bool STAGEABLE = ((TPC == 1 && NS == 16) || (TPC == 2 && NS == 8)) && !SA && sizeof(T) == 2 &&
                                       U == 8;
 
-    static ssmtp_status_t run(ScanArgs &a, int device, cudaStream_t st) {
+    // ts: the staged tile stage_tile gave for this kernel's channels per block, when the caller has it (-1: ask)
+    static ssmtp_status_t run(ScanArgs &a, int device, cudaStream_t st, int ts = -1) {
         if constexpr (STAGEABLE) {
-            int ts = 0;
-            SSMTP_TRY(stage_tile(a, THREADS / TPC, &ts));
+            if (ts < 0) SSMTP_TRY(stage_tile(a, THREADS / TPC, &ts));
             if (ts == 32) return go<32>(a, device, st);
             if (ts == 16) return go<16>(a, device, st);
         }
@@ -722,7 +722,10 @@ template <typename T, int NS, int TPC, int U = 4, bool SA = false> struct Launch
 // 34.1, B=8 140.3 -> 103.9 / 480.3 -> 397.2; one (as before) at every other falcon-mamba-7b, zamba-7b and mamba-2.8b
 // case (within 2%). In mamba-2.8b's 8x512 prefill forward the scan kernels took 11.31 ms against 11.62
 // (profile-prefill-h200-bd42ac3-*.json).
-template <typename T> static int scan_auto_tpc(const ScanArgs &a, int device) {
+// *ts: the staged tile of the chosen count's kernel where that was worked out here (-1 otherwise), so that the
+// launcher does not ask stage_tile again.
+template <typename T> static int scan_auto_tpc(const ScanArgs &a, int device, int *ts) {
+    *ts = -1;
     if constexpr (sizeof(T) != 2) {
         return 1;
     } else {
@@ -733,6 +736,7 @@ template <typename T> static int scan_auto_tpc(const ScanArgs &a, int device) {
         }
         if (stage_tile(a, THREADS, &ts1) != SSMTP_OK || ts1 == 0) { // only two threads per channel stage
             ssmtp_clear_error();
+            *ts = ts2;
             return 2;
         }
         const int64_t ngroups = a.dim / a.per_group;
@@ -753,6 +757,7 @@ template <typename T> static int scan_auto_tpc(const ScanArgs &a, int device) {
                                     : work((const void *)scan_kernel<T, 8, 2, true, 8, false, 32>,
                                            Stage<T, true, 32, THREADS / 2>::SMEM, 2);
         ssmtp_clear_error();
+        *ts = w2 < w1 ? ts2 : ts1;
         return w2 < w1 ? 2 : 1;
     }
 }
@@ -777,19 +782,19 @@ template <typename T> ssmtp_status_t dispatch_n(ScanArgs &a, int device, cudaStr
         // says otherwise).
         const char *env = getenv("SSMTP_SCAN_TPC"), *envu = getenv("SSMTP_SCAN_U");
         const bool u4 = envu && atoi(envu) == 4;
-        int tpc = 0;
+        int tpc = 0, ts = -1;
         if (env && *env && strcmp(env, "auto") != 0) {
             tpc = atoi(env);
             if (tpc != 1 && tpc != 2 && tpc != 4)
                 return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": SSMTP_SCAN_TPC=%s (auto, 1, 2 or 4)", env);
         } else {
-            tpc = sa || u4 ? 1 : scan_auto_tpc<T>(a, device);
+            tpc = sa || u4 ? 1 : scan_auto_tpc<T>(a, device, &ts);
         }
-        if (tpc == 2) return u4 ? Launch<T, 8, 2>::run(a, device, st) : Launch<T, 8, 2, 8>::run(a, device, st);
+        if (tpc == 2) return u4 ? Launch<T, 8, 2>::run(a, device, st) : Launch<T, 8, 2, 8>::run(a, device, st, ts);
         if (tpc == 4) return Launch<T, 4, 4>::run(a, device, st);
         if (u4) return Launch<T, 16, 1, 4>::run(a, device, st);
         if (sa) return Launch<T, 16, 1, 8, true>::run(a, device, st);
-        return Launch<T, 16, 1, 8>::run(a, device, st);
+        return Launch<T, 16, 1, 8>::run(a, device, st, ts);
     }
     if (N <= 32) return sa ? Launch<T, 16, 2, 4, true>::run(a, device, st) : Launch<T, 16, 2>::run(a, device, st);
     if (N <= 64) return sa ? Launch<T, 64, 1, 4, true>::run(a, device, st) : Launch<T, 16, 4>::run(a, device, st);

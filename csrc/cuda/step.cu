@@ -572,7 +572,13 @@ ssmtp_status_t launch_vec(const StepArgs &a, cudaStream_t s);
 // batch 8, 2x6 wherever 4x4's grid fills under 0.8 of a wave or 1.0-1.4 waves. The op alone was 2-12% faster there
 // (mamba-2.8b TP=2 shard B=64 9.08 vs 9.47 us, B=12 4.40 vs 4.98), but the engine's decode step did not follow
 // (mamba-2.8b B=12 3.198-3.206 vs 3.184-3.185 ms, B=16 and 32 unchanged).
-static const char *const STEP_SHAPES[] = {"4x3", "4x4", "2x5", "2x6", "1x8"};
+// The shapes, in SSMTP_STEP_SHAPE's order: X(index, sequences per block, blocks per SM the registers are capped for);
+// one list for the names, the launches and the error message.
+#define STEP_SHAPES(X) X(0, 4, 3) X(1, 4, 4) X(2, 2, 5) X(3, 2, 6) X(4, 1, 8)
+#define STEP_SHAPE_NAME(i, b, m) #b "x" #m,
+static const char *const STEP_SHAPE_NAMES[] = {STEP_SHAPES(STEP_SHAPE_NAME)};
+#undef STEP_SHAPE_NAME
+constexpr int N_STEP_SHAPES = (int)(sizeof STEP_SHAPE_NAMES / sizeof STEP_SHAPE_NAMES[0]);
 
 static int step_shape(int64_t batch, int64_t N) {
     const char *env = getenv("SSMTP_STEP_SHAPE");
@@ -580,23 +586,24 @@ static int step_shape(int64_t batch, int64_t N) {
         if (N == 16) return batch <= 8 ? 4 : 1;
         return batch < (N == 64 ? 9 : 8) ? 2 : 1; // d_state 64 / 128 (the launcher's other sizes ignore this)
     }
-    for (int i = 0; i < 5; i++)
-        if (strcmp(env, STEP_SHAPES[i]) == 0) return i;
+    for (int i = 0; i < N_STEP_SHAPES; i++)
+        if (strcmp(env, STEP_SHAPE_NAMES[i]) == 0) return i;
     return -1;
 }
 
 template <typename T, int TPC, bool SA> ssmtp_status_t launch_shape(const StepArgs &a, cudaStream_t s) {
     switch (step_shape(a.batch, a.N)) {
-    case 0: return launch_vec<T, TPC, 1, SA, false, 4, 3>(a, s);
-    case 1: return launch_vec<T, TPC, 1, SA, false, 4, 4>(a, s);
-    case 2: return launch_vec<T, TPC, 1, SA, false, 2, 5>(a, s);
-    case 3: return launch_vec<T, TPC, 1, SA, false, 2, 6>(a, s);
-    case 4: return launch_vec<T, TPC, 1, SA, false, 1, 8>(a, s);
+#define STEP_SHAPE_LAUNCH(i, b, m) case i: return launch_vec<T, TPC, 1, SA, false, b, m>(a, s);
+        STEP_SHAPES(STEP_SHAPE_LAUNCH)
+#undef STEP_SHAPE_LAUNCH
     default:
-        return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": SSMTP_STEP_SHAPE=%s (auto, 4x3, 4x4, 2x5, 2x6 or 1x8)",
+#define STEP_SHAPE_LIST(i, b, m) ", " #b "x" #m
+        return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": SSMTP_STEP_SHAPE=%s (auto" STEP_SHAPES(STEP_SHAPE_LIST) ")",
                           getenv("SSMTP_STEP_SHAPE"));
+#undef STEP_SHAPE_LIST
     }
 }
+#undef STEP_SHAPES
 
 template <typename T, int TPC> ssmtp_status_t launch_pipe(const StepArgs &a, int device, cudaStream_t s) {
     constexpr int CPB = THREADS / TPC;
@@ -677,8 +684,10 @@ template <typename T> ssmtp_status_t launch_dtp(const StepArgs &a, cudaStream_t 
         STEP_DTP_SHAPES(STEP_DTP_LAUNCH)
 #undef STEP_DTP_LAUNCH
     default:
-        return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": SSMTP_STEP_DTP_SHAPE=%s (auto, 1x256, 2x256, 4x256, 8x256, "
-                          "4x128, 8x128 or 8x64)", getenv("SSMTP_STEP_DTP_SHAPE"));
+#define STEP_DTP_LIST(i, b, m, t) ", " #b "x" #t
+        return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": SSMTP_STEP_DTP_SHAPE=%s (auto" STEP_DTP_SHAPES(STEP_DTP_LIST) ")",
+                          getenv("SSMTP_STEP_DTP_SHAPE"));
+#undef STEP_DTP_LIST
     }
 }
 #undef STEP_DTP_SHAPES

@@ -413,22 +413,22 @@ class MambaRunner(ModelRunner):
             return ops.lm_head(h, w)
         fuse_dt = self.decode_fused_applies(ids.shape[0], "step")
         n = len(self.mixers)
+        # the residual add + block norm between mixers: ops.add_rms_norm on the (B, H) rows, or the compiled glue
         if self.decode_norm_applies(ids.shape[0]):
-            res, x = ops.add_rms_norm(F.embedding(ids, self.embed), None, self.norms[0], eps, fp32)  # (B, H)
-            for i, mixer in enumerate(self.mixers):
-                out = mixer.mix_step(x[:, None], pool.layer("conv", i), pool.layer("ssm", i), state_idx, fuse_dt,
-                                     True)[:, 0]
-                if i + 1 < n:
-                    res, x = ops.add_rms_norm(res, out, self.norms[i + 1], eps, fp32)
-            return ops.lm_head(self._k_add_final(res, out, self.norm_f, eps, fp32, w.dtype), w)
-        res = F.embedding(ids[:, None], self.embed)  # (B, 1, H)
-        x = self._k_norm(res, self.norms[0], eps, dt)
+            def add_norm(res, out, nw):
+                r, x = ops.add_rms_norm(res[:, 0], None if out is None else out[:, 0], nw, eps, fp32)
+                return r[:, None], x[:, None]
+        else:
+            def add_norm(res, out, nw):
+                if out is None:
+                    return res, self._k_norm(res, nw, eps, dt)
+                return self._k_add_norm(res, out, nw, eps, dt, fp32)
+        res, x = add_norm(F.embedding(ids[:, None], self.embed), None, self.norms[0])  # (B, 1, H)
         for i, mixer in enumerate(self.mixers):
             out = mixer.mix_step(x, pool.layer("conv", i), pool.layer("ssm", i), state_idx, fuse_dt, True)
             if i + 1 < n:
-                res, x = self._k_add_norm(res, out, self.norms[i + 1], eps, dt, fp32)
-            else:
-                h = self._k_add_final(res, out, self.norm_f, eps, fp32, w.dtype)
+                res, x = add_norm(res, out, self.norms[i + 1])
+        h = self._k_add_final(res, out, self.norm_f, eps, fp32, w.dtype)
         return ops.lm_head(h[:, 0], w)
 
 
