@@ -462,13 +462,13 @@ def test_scan_cuda_staged_equals_direct(case, dname, tile, tpc, monkeypatch):
 
 
 def test_scan_cuda_auto_threads_per_channel(monkeypatch):
-    """By default (SSMTP_SCAN_TPC unset) a staged call whose two-threads-per-channel grid fits in one wave takes two
-    threads per channel, a larger one takes one: the default's bits equal the forced choice's, and the two choices'
-    bits differ (y summed in another order), so the comparison can tell them apart."""
+    """By default (SSMTP_SCAN_TPC unset) a small staged call (few blocks per SM) takes two threads per channel, a
+    large one (16 sequences x 8192 channels, 400 steps) one: the default's bits equal the forced choice's, and the two
+    choices' bits differ (y summed in another order), so the comparison can tell them apart."""
     monkeypatch.setenv("SSMTP_SCAN_KERNEL", "loop")
     monkeypatch.delenv("SSMTP_SCAN_U", raising=False)
     small = ("auto-tpc-small", 1, 256, 100, 16, 1, "chan", "load", None, None, "zDbs", 1)
-    big = ("auto-tpc-big", 16, 8192, 40, 16, 1, "chan", "load", None, None, "zDbs", 1)
+    big = ("auto-tpc-big", 16, 8192, 400, 16, 1, "chan", "load", None, None, "zDbs", 1)
     monkeypatch.setenv("SSMTP_SCAN_CHUNKS", "1")
     for case, want in ((small, "2"), (big, "1")):
         outs = {}

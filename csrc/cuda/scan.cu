@@ -708,20 +708,25 @@ template <typename T, int NS, int TPC, int U = 4, bool SA = false> struct Launch
 
 // Threads per channel at d_state 9..16 when SSMTP_SCAN_TPC does not say, for calls both staged kernels can take: the
 // one with the lower estimate of the busiest SM's work, blocks per SM (ceil(grid / SMs), time chunks as the
-// launcher would pick them for that kernel's occupancy) x channels per block x steps per block, x 1.15 for two
-// threads per channel (per channel and step they issue more) and x 1.7 for a chunked call (the local pass and the
-// combine on top of the final pass); both factors fitted to the measurements below. Two win where one leaves SMs
-// with few or unevenly many blocks, or needs time chunks to fill them.
+// launcher would pick them for that kernel's occupancy) x channels per block x steps per block, x 1.1 for two
+// threads per channel (per channel and step they issue more) and x 1.5 for a chunked call (the local pass and the
+// combine on top of the final pass), plus 8000 for one thread per channel (a fixed cost per call in the same units,
+// the channel-steps of one SM: one thread's longer per-step chain shows as a constant that favours two on short
+// calls). The constants are fitted to the measurements below, not derived. Two win where one leaves SMs with few or
+// unevenly many blocks, or needs time chunks to fill them.
 // Measured on H200 (2026-11-25, bench_ops.py, bf16, us, one thread -> two per channel wherever the 64-channel grid
-// fit one wave, the rule before this one; benchmarks/results/scan-tpc2-h200-06c1b21-{tpc1,rule1}.json): mamba-2.8b
+// fit one wave, the first rule; benchmarks/results/scan-tpc2-h200-06c1b21-{tpc1,rule1}.json): mamba-2.8b
 // TP=1 B=8 L=512 / 2048 170.4 -> 162.7 / 651.5 -> 629.0, B=1 L=512 56.9 -> 48.8, L=2048 143.3 -> 150.2; its TP=2
 // shard (2560 channels) B=8 140.4 -> 103.8 / 481.6 -> 398.4, B=1 43.4 -> 34.1 / 87.1 -> 82.0; falcon-mamba-7b /
 // zamba-7b TP=2 shards B=8 L=2048 469.0 -> 511.0 / 468.1 -> 513.7, B=1 L=2048 falcon-mamba-7b TP=1 214.0 -> 216.7,
-// zamba-7b 195.5 -> 216.4. This rule, same kinds of run (bd42ac3, scan-tpc2-h200-bd42ac3-{tpc1,auto}.json): two
-// threads at mamba-2.8b TP=1 B=1 L=512 56.8 -> 47.9, B=8 170.6 -> 162.8 / 650.9 -> 626.6, TP=2 B=1 L=512 43.3 ->
-// 34.1, B=8 140.3 -> 103.9 / 480.3 -> 397.2; one (as before) at every other falcon-mamba-7b, zamba-7b and mamba-2.8b
-// case (within 2%). In mamba-2.8b's 8x512 prefill forward the scan kernels took 11.31 ms against 11.62
-// (profile-prefill-h200-bd42ac3-*.json).
+// zamba-7b 195.5 -> 216.4. The second rule (x 1.15 for two, x 1.7 chunked, no constant; bd42ac3,
+// scan-tpc2-h200-bd42ac3-{tpc1,auto}.json): two threads at mamba-2.8b TP=1 B=1 L=512 56.8 -> 47.9, B=8 170.6 ->
+// 162.8 / 650.9 -> 626.6, TP=2 B=1 L=512 43.3 -> 34.1, B=8 140.3 -> 103.9 / 480.3 -> 397.2. A sweep of both counts
+// over 78 shapes (three models, TP=1 and 2 shards, B = 1..8, L = 256..4096; scan-tpc-sweep-h200-882a143.json) found
+// that rule choosing one thread on 28 of them where two were 3-33% faster, nearly all short chunked calls (B = 1-2, L
+// <= 1024; mamba-2.8b TP=1 B=1 L=819, the 8192-token prompt's 10% suffix behind a prefix-cache hit: 75.3 vs 70.2 us),
+// 8484 us summed against 8319 for the faster count of every shape. These constants: 8326 us, 2 shapes over 2%
+// slower than the faster count (by 2.1 and 2.9%); the check after the change is in scan-tpc-rule-h200-*.json.
 // *ts: the staged tile of the chosen count's kernel where that was worked out here (-1 otherwise), so that the
 // launcher does not ask stage_tile again.
 template <typename T> static int scan_auto_tpc(const ScanArgs &a, int device, int *ts) {
@@ -745,8 +750,8 @@ template <typename T> static int scan_auto_tpc(const ScanArgs &a, int device, in
             if (ssm_allow_smem(k, smem, device) != SSMTP_OK) return 1e300;
             const int64_t K = scan_chunks(a, per_chunk, (int64_t)sms * ssm_blocks_per_sm(k, THREADS, smem), 2);
             const double per_sm = (double)((per_chunk * K + sms - 1) / sms);
-            const double steps = (double)a.len / (double)K * (K > 1 ? 1.7 : 1.0);
-            return per_sm * (double)cpb * (tpc == 2 ? 1.15 : 1.0) * steps;
+            const double steps = (double)a.len / (double)K * (K > 1 ? 1.5 : 1.0);
+            return per_sm * (double)cpb * (tpc == 2 ? 1.1 : 1.0) * steps + (tpc == 1 ? 8000.0 : 0.0);
         };
         const double w1 = ts1 == 16 ? work((const void *)scan_kernel<T, 16, 1, true, 8, false, 16>,
                                            Stage<T, true, 16>::SMEM, 1)
