@@ -188,6 +188,41 @@ def test_opcheck(op, args):
     torch.library.opcheck(op, args)
 
 
+def test_eager_inference_calls_skip_the_dispatcher(monkeypatch):
+    """Under no_grad an op call runs the op's body directly (no dispatcher round trip) with the dispatched call's
+    results, state mutation included; with gradients on, with SSMTP_OP_FASTPATH=0 (ops._EAGER_DIRECT) and under
+    torch.compile tracing the registered op runs (the dispatcher calls the registered kernel, not the op's
+    _init_fn attribute, so a wrapper there counts the direct calls only)."""
+    op = ops.selective_scan
+    body, direct = op._init_fn, []
+
+    def counted(*a, **k):
+        direct.append(1)
+        return body(*a, **k)
+
+    monkeypatch.setattr(op, "_init_fn", counted)
+    args = _scan_args()
+    st0 = args[8].clone()
+    with torch.no_grad():
+        out = op(*args)
+    assert len(direct) == 1
+    st_direct = args[8].clone()
+    args[8].copy_(st0)
+    ref = op(*args)  # gradients on: the dispatcher
+    assert len(direct) == 1
+    assert torch.equal(out, ref) and torch.equal(st_direct, args[8])
+    monkeypatch.setattr(ops, "_EAGER_DIRECT", False)
+    with torch.no_grad():
+        op(*args)
+    assert len(direct) == 1
+    monkeypatch.setattr(ops, "_EAGER_DIRECT", True)
+    args[8].copy_(st0)
+    with torch.no_grad():
+        comp = torch.compile(lambda *a: op(*a) + 0, fullgraph=True, backend="aot_eager")(*args)
+    assert len(direct) == 1
+    assert torch.equal(comp, ref) and torch.equal(st_direct, args[8])
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 
 def test_bad_shapes_dtypes_devices_raise_clear_errors():
