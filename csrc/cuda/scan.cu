@@ -725,8 +725,11 @@ template <typename T, int NS, int TPC, int U = 4, bool SA = false> struct Launch
 // over 78 shapes (three models, TP=1 and 2 shards, B = 1..8, L = 256..4096; scan-tpc-sweep-h200-882a143.json) found
 // that rule choosing one thread on 28 of them where two were 3-33% faster, nearly all short chunked calls (B = 1-2, L
 // <= 1024; mamba-2.8b TP=1 B=1 L=819, the 8192-token prompt's 10% suffix behind a prefix-cache hit: 75.3 vs 70.2 us),
-// 8484 us summed against 8319 for the faster count of every shape. These constants: 8326 us, 2 shapes over 2%
-// slower than the faster count (by 2.1 and 2.9%); the check after the change is in scan-tpc-rule-h200-*.json.
+// 8484 us summed against 8319 for the faster count of every shape. These constants, measured after the change
+// (4b3dca9, scan-tpc-rule-h200-4b3dca9.json): 8330 us over the same shapes, one of them more than 2% slower than its
+// faster count (falcon-mamba-7b TP=2 B=1 L=1536, 2.2%); B=1 L=8192, B=8 L=2048 and B=16 L=512 of all three models
+// also take the faster count. The engine's prefix-hit TTFT (mamba-2.8b, 8192 tokens, 90% cached) did not move
+// (hit 14.9-15.3 ms either way, ttft-scan-rule-h200-4b3dca9.json): its suffix call is not the sweep's shape.
 // *ts: the staged tile of the chosen count's kernel where that was worked out here (-1 otherwise), so that the
 // launcher does not ask stage_tile again.
 template <typename T> static int scan_auto_tpc(const ScanArgs &a, int device, int *ts) {

@@ -685,7 +685,8 @@ template <typename T> ssmtp_status_t launch_dtp(const StepArgs &a, cudaStream_t 
 #undef STEP_DTP_LAUNCH
     default:
 #define STEP_DTP_LIST(i, b, m, t) ", " #b "x" #t
-        return ssmtp_fail(SSMTP_ERR_UNSUPPORTED, OP ": SSMTP_STEP_DTP_SHAPE=%s (auto" STEP_DTP_SHAPES(STEP_DTP_LIST) ")",
+        return ssmtp_fail(SSMTP_ERR_UNSUPPORTED,
+                          OP ": SSMTP_STEP_DTP_SHAPE=%s (auto" STEP_DTP_SHAPES(STEP_DTP_LIST) ")",
                           getenv("SSMTP_STEP_DTP_SHAPE"));
 #undef STEP_DTP_LIST
     }
