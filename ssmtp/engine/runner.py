@@ -193,6 +193,26 @@ def _decode_norm_switch() -> str:
 DECODE_NORM = _decode_norm_switch()
 
 
+def _prefill_norm_switch() -> str:
+    return _env_choice("SSMTP_PREFILL_NORM", "auto", ("auto", "1", "0"),
+                       "auto (default: the prefill's residual add + block norm as ops.add_rms_norm on CUDA up to "
+                       "PREFILL_NORM_MAX_TOKENS tokens per forward), 1 (always, a CPU too) or 0 (the torch.compile'd "
+                       "kernel)")
+
+
+# The prefill's residual add + block norm: ops.add_rms_norm (one kernel, ~20 us of host time per call) instead of the
+# torch.compile'd kernel, whose guards and launcher cost ~0.3-0.45 ms of host time per call on the GPU machine's host
+# (benchmarks/results/hostprof-eager-prefill-h200-8d61016.txt): an eager prefill forward (a batch of several
+# requests; one request's chunks replay CUDA graphs) is bound by host time up to a few thousand tokens.
+PREFILL_NORM = _prefill_norm_switch()
+PREFILL_NORM_MAX_TOKENS = 4096
+
+
+def norm_op_fits(runner) -> bool:
+    """Whether ops.add_rms_norm takes runner's block norms (their width and weight dtype)."""
+    return runner.embed.shape[1] <= ops.ADD_NORM_CUDA_MAX_H and all(w.dtype == runner.dtype for w in runner.norms)
+
+
 def mixers_take_decode_in(runner, batch: int, cache: dict) -> bool:
     """Whether the CUDA kernel of ops.mamba_decode_in takes every one of runner.mixers' in_proj and conv at this batch
     size; decided once per batch size (decode is graph-captured per bucket) and kept in ``cache``."""
@@ -347,14 +367,14 @@ class MambaRunner(ModelRunner):
                 saves: Optional[tuple] = None):
         eps, dt, fp32 = self.eps, self.dtype, self.residual_in_fp32
         save_pos, save_idx = saves if saves is not None else (None, None)
-        res = F.embedding(ids, self.embed)  # (B, L, H)
-        x = self._k_norm(res, self.norms[0], eps, dt)
+        add_norm = self._add_norm(self.prefill_norm_applies(ids.numel()))
+        res, x = add_norm(F.embedding(ids, self.embed), None, self.norms[0])  # (B, L, H)
         n = len(self.mixers)
         for i, mixer in enumerate(self.mixers):
             out = mixer.mix(x, pool.layer("conv", i), pool.layer("ssm", i), state_idx, seq_lens, True,
                             save_pos=save_pos, save_idx=save_idx)
             if i + 1 < n:
-                res, x = self._k_add_norm(res, out, self.norms[i + 1], eps, dt, fp32)
+                res, x = add_norm(res, out, self.norms[i + 1])
         if logit_rows is None or logit_rows.numel() == 0:
             return None
         # the last residual add, final norm and lm_head only where logits are wanted: each row's last valid token
@@ -387,13 +407,37 @@ class MambaRunner(ModelRunner):
         never. Decided once per mode and batch size (the decode step runs it every step when not graph-captured)."""
         ok = self._decode_norm_ok.get((DECODE_NORM, batch))
         if ok is None:
-            ok = (DECODE_NORM != "0" and self.embed.shape[1] <= ops.ADD_NORM_CUDA_MAX_H
-                  and all(w.dtype == self.dtype for w in self.norms))
+            ok = DECODE_NORM != "0" and norm_op_fits(self)
             if ok and DECODE_NORM == "auto":
                 x = self.embed.new_empty(batch, self.embed.shape[1]) if self.embed.is_cuda else None
                 ok = x is not None and all(ops.linear_small_applies(x, mx.in_proj_weight) for mx in self.mixers)
             self._decode_norm_ok[(DECODE_NORM, batch)] = ok
         return ok
+
+    def prefill_norm_applies(self, tokens: int) -> bool:
+        """Whether a prefill forward of this many tokens (padding included) takes ops.add_rms_norm for its residual
+        add + block norm rather than the torch.compile'd add_block_norm. SSMTP_PREFILL_NORM=auto (default): on CUDA
+        up to PREFILL_NORM_MAX_TOKENS; 1: always (a CPU too); 0: never."""
+        if PREFILL_NORM == "0" or not norm_op_fits(self):
+            return False
+        return PREFILL_NORM == "1" or (self.embed.is_cuda and tokens <= PREFILL_NORM_MAX_TOKENS)
+
+    def _add_norm(self, op: bool):
+        """The residual add + block norm between mixers as f(res, out, norm_w) -> (res, x) on (B, L, H) tensors (out
+        None: the first block's norm alone): ops.add_rms_norm on the (B L, H) rows when op, else the compiled glue."""
+        eps, dt, fp32 = self.eps, self.dtype, self.residual_in_fp32
+        if op:
+            def add_norm(res, out, nw):
+                H = res.shape[-1]
+                r, x = ops.add_rms_norm(res.reshape(-1, H), None if out is None else out.reshape(-1, H), nw, eps,
+                                        fp32)
+                return r.view(res.shape), x.view(res.shape)
+        else:
+            def add_norm(res, out, nw):
+                if out is None:
+                    return res, self._k_norm(res, nw, eps, dt)
+                return self._k_add_norm(res, out, nw, eps, dt, fp32)
+        return add_norm
 
     @torch.no_grad()
     def decode(self, ids, pos, state_idx, pool: SlotPool) -> torch.Tensor:
@@ -413,16 +457,7 @@ class MambaRunner(ModelRunner):
             return ops.lm_head(h, w)
         fuse_dt = self.decode_fused_applies(ids.shape[0], "step")
         n = len(self.mixers)
-        # the residual add + block norm between mixers: ops.add_rms_norm on the (B, H) rows, or the compiled glue
-        if self.decode_norm_applies(ids.shape[0]):
-            def add_norm(res, out, nw):
-                r, x = ops.add_rms_norm(res[:, 0], None if out is None else out[:, 0], nw, eps, fp32)
-                return r[:, None], x[:, None]
-        else:
-            def add_norm(res, out, nw):
-                if out is None:
-                    return res, self._k_norm(res, nw, eps, dt)
-                return self._k_add_norm(res, out, nw, eps, dt, fp32)
+        add_norm = self._add_norm(self.decode_norm_applies(ids.shape[0]))
         res, x = add_norm(F.embedding(ids[:, None], self.embed), None, self.norms[0])  # (B, 1, H)
         for i, mixer in enumerate(self.mixers):
             out = mixer.mix_step(x, pool.layer("conv", i), pool.layer("ssm", i), state_idx, fuse_dt, True)
