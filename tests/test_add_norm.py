@@ -89,53 +89,10 @@ def test_engine_decode_with_the_op_equals_without(monkeypatch):
     same_generations(outs["0"], outs["1"], 1e-5)
 
 
-@pytest.mark.usefixtures("one_thread")
-def test_engine_prefill_with_the_op_equals_without(monkeypatch):
-    """The runner's prefill through ops.add_rms_norm (SSMTP_PREFILL_NORM=1 takes it on a CPU) gives the greedy tokens
-    and logits of the torch.compile'd glue: a batch of prompts of different lengths prefilled together, then decoded
-    (decode on the compiled glue in both runs)."""
-    prompts = [[5, 6, 7], list(range(10, 31)), [9] * 12, list(range(40, 45))]
-    outs = {}
-    monkeypatch.setattr(runner, "DECODE_NORM", "0")
-    for mode in ("0", "1"):
-        monkeypatch.setattr(runner, "PREFILL_NORM", mode)
-        llm = LLM("tiny", num_slots=4, max_model_len=64, progress=False)
-        assert llm.runner.prefill_norm_applies(4 * 21) == (mode == "1")
-        outs[mode] = llm.generate(prompts, max_new_tokens=6, ignore_eos=True, return_logits=True)
-    same_generations(outs["0"], outs["1"], 1e-5)
-
-
-def test_prefill_rule(monkeypatch):
-    """SSMTP_PREFILL_NORM=auto: the op on CUDA up to PREFILL_NORM_MAX_TOKENS tokens per forward, never on a CPU, for
-    norms of another dtype or rows wider than the CUDA kernel takes; 1 and 0 force it (1 within those limits)."""
-    from types import SimpleNamespace
-
-    class Embed:
-        def __init__(self, H, cuda=True):
-            self.shape, self.is_cuda = (512, H), cuda
-
-    r = SimpleNamespace(embed=Embed(2560), norms=[torch.empty(2560, dtype=torch.bfloat16)], dtype=torch.bfloat16)
-    rule = runner.MambaRunner.prefill_norm_applies
-    monkeypatch.setattr(runner, "PREFILL_NORM", "auto")
-    most = runner.PREFILL_NORM_MAX_TOKENS
-    assert rule(r, 1) and rule(r, most) and not rule(r, most + 1)
-    assert not rule(SimpleNamespace(**{**vars(r), "embed": Embed(2560, cuda=False)}), 64)
-    assert not rule(SimpleNamespace(**{**vars(r), "embed": Embed(ops.ADD_NORM_CUDA_MAX_H + 8)}), 64)
-    assert not rule(SimpleNamespace(**{**vars(r), "norms": [torch.empty(2560)]}), 64)
-    monkeypatch.setattr(runner, "PREFILL_NORM", "1")
-    assert rule(r, 10 * most) and rule(SimpleNamespace(**{**vars(r), "embed": Embed(2560, cuda=False)}), 64)
-    assert not rule(SimpleNamespace(**{**vars(r), "norms": [torch.empty(2560)]}), 64)
-    monkeypatch.setattr(runner, "PREFILL_NORM", "0")
-    assert not rule(r, 1)
-
-
 def test_bad_switch_value_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("SSMTP_DECODE_NORM", "yes")
     with pytest.raises(ValueError, match=r"SSMTP_DECODE_NORM='yes': expected auto"):
         runner._decode_norm_switch()
-    monkeypatch.setenv("SSMTP_PREFILL_NORM", "yes")
-    with pytest.raises(ValueError, match=r"SSMTP_PREFILL_NORM='yes': expected auto"):
-        runner._prefill_norm_switch()
 
 
 @pytest.mark.cuda
@@ -195,30 +152,6 @@ def test_cuda_engine_decode_with_the_op_equals_without(monkeypatch):
                       for n in (4, 3)]
     for run0, run1 in zip(outs["0"], outs["1"]):
         same_generations(run0, run1, 1e-4)
-
-
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
-def test_cuda_engine_prefill_with_the_op_equals_without(monkeypatch, dtype):
-    """Prefill with ops.add_rms_norm (SSMTP_PREFILL_NORM=1) against the compiled glue on CUDA, graphs on (one
-    request's chunks from prefill graphs, the batch eager): fp32 the same greedy tokens with logits within fp32
-    summation order; bf16 logits within a few bf16 roundings (the two kernels sum the squares in other orders)."""
-    prompts = [[5, 6, 7], list(range(10, 31)), [9] * 12, list(range(40, 45))]
-    outs = {}
-    monkeypatch.setattr(runner, "DECODE_NORM", "0")
-    for mode in ("0", "1"):
-        monkeypatch.setattr(runner, "PREFILL_NORM", mode)
-        llm = LLM("tiny", device="cuda", dtype=dtype, cuda_graphs=True, max_batch=4, progress=False)
-        outs[mode] = [llm.generate(prompts[:n], max_new_tokens=6, ignore_eos=True, return_logits=True)
-                      for n in (4, 1)]
-    for run0, run1 in zip(outs["0"], outs["1"]):
-        if dtype == torch.float32:
-            same_generations(run0, run1, 1e-4)
-        else:
-            for a, b in zip(run0, run1):
-                first0, first1 = torch.as_tensor(a.logits[0]).float(), torch.as_tensor(b.logits[0]).float()
-                assert (first0 - first1).abs().max() <= 0.05 * first0.abs().max() + 0.05
 
 
 def test_auto_rule_follows_in_proj_kernels(monkeypatch):

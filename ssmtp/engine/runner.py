@@ -193,21 +193,6 @@ def _decode_norm_switch() -> str:
 DECODE_NORM = _decode_norm_switch()
 
 
-def _prefill_norm_switch() -> str:
-    return _env_choice("SSMTP_PREFILL_NORM", "auto", ("auto", "1", "0"),
-                       "auto (default: the prefill's residual add + block norm as ops.add_rms_norm on CUDA up to "
-                       "PREFILL_NORM_MAX_TOKENS tokens per forward), 1 (always, a CPU too) or 0 (the torch.compile'd "
-                       "kernel)")
-
-
-# The prefill's residual add + block norm: ops.add_rms_norm (one kernel, ~20 us of host time per call) instead of the
-# torch.compile'd kernel, whose guards and launcher cost ~0.3-0.45 ms of host time per call on the GPU machine's host
-# (benchmarks/results/hostprof-eager-prefill-h200-8d61016.txt): an eager prefill forward (a batch of several
-# requests; one request's chunks replay CUDA graphs) is bound by host time up to a few thousand tokens.
-PREFILL_NORM = _prefill_norm_switch()
-PREFILL_NORM_MAX_TOKENS = 4096
-
-
 def norm_op_fits(runner) -> bool:
     """Whether ops.add_rms_norm takes runner's block norms (their width and weight dtype)."""
     return runner.embed.shape[1] <= ops.ADD_NORM_CUDA_MAX_H and all(w.dtype == runner.dtype for w in runner.norms)
@@ -367,14 +352,17 @@ class MambaRunner(ModelRunner):
                 saves: Optional[tuple] = None):
         eps, dt, fp32 = self.eps, self.dtype, self.residual_in_fp32
         save_pos, save_idx = saves if saves is not None else (None, None)
-        add_norm = self._add_norm(self.prefill_norm_applies(ids.numel()))
-        res, x = add_norm(F.embedding(ids, self.embed), None, self.norms[0])  # (B, L, H)
+        # The residual add + block norm stay torch.compile's kernel here: ops.add_rms_norm (decode's choice at some
+        # batch sizes) took more GPU time at prefill sizes and its host-time saving did not show above the noise
+        # (H200, 2026-11-25, benchmarks/results/prefill-norm-h200-f787b75-not-kept.json: 8x512 kernels 48.6 vs 46.4 ms)
+        res = F.embedding(ids, self.embed)  # (B, L, H)
+        x = self._k_norm(res, self.norms[0], eps, dt)
         n = len(self.mixers)
         for i, mixer in enumerate(self.mixers):
             out = mixer.mix(x, pool.layer("conv", i), pool.layer("ssm", i), state_idx, seq_lens, True,
                             save_pos=save_pos, save_idx=save_idx)
             if i + 1 < n:
-                res, x = add_norm(res, out, self.norms[i + 1])
+                res, x = self._k_add_norm(res, out, self.norms[i + 1], eps, dt, fp32)
         if logit_rows is None or logit_rows.numel() == 0:
             return None
         # the last residual add, final norm and lm_head only where logits are wanted: each row's last valid token
@@ -414,17 +402,10 @@ class MambaRunner(ModelRunner):
             self._decode_norm_ok[(DECODE_NORM, batch)] = ok
         return ok
 
-    def prefill_norm_applies(self, tokens: int) -> bool:
-        """Whether a prefill forward of this many tokens (padding included) takes ops.add_rms_norm for its residual
-        add + block norm rather than the torch.compile'd add_block_norm. SSMTP_PREFILL_NORM=auto (default): on CUDA
-        up to PREFILL_NORM_MAX_TOKENS; 1: always (a CPU too); 0: never."""
-        if PREFILL_NORM == "0" or not norm_op_fits(self):
-            return False
-        return PREFILL_NORM == "1" or (self.embed.is_cuda and tokens <= PREFILL_NORM_MAX_TOKENS)
-
     def _add_norm(self, op: bool):
-        """The residual add + block norm between mixers as f(res, out, norm_w) -> (res, x) on (B, L, H) tensors (out
-        None: the first block's norm alone): ops.add_rms_norm on the (B L, H) rows when op, else the compiled glue."""
+        """The decode step's residual add + block norm between mixers as f(res, out, norm_w) -> (res, x) on (B, 1, H)
+        tensors (out None: the first block's norm alone): ops.add_rms_norm on the (B, H) rows when op, else the
+        compiled glue."""
         eps, dt, fp32 = self.eps, self.dtype, self.residual_in_fp32
         if op:
             def add_norm(res, out, nw):
