@@ -582,9 +582,10 @@ def _(x, dt, A, B, C, D, z, dt_bias, state, state_idx, dt_softplus, dt_min, dt_m
 _EAGER_DIRECT = _switch("SSMTP_OP_FASTPATH", "eager inference calls run the ops' bodies directly",
                         "every call goes through torch's dispatcher")
 _dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", None)
+_CustomOpDef = getattr(getattr(torch._library, "custom_ops", None), "CustomOpDef", None)
 
 
-class _EagerDirect(torch._library.custom_ops.CustomOpDef):
+class _EagerDirect(_CustomOpDef or object):
     """The ops above, called in eager inference (gradients off, no torch.compile tracing, no torch dispatch mode such
     as FakeTensorMode active), run their own Python bodies directly instead of going through torch's dispatcher,
     which costs ~70-90 us per call on a host CPU (its argument handling in Python): with two to four ops per layer,
@@ -598,9 +599,14 @@ class _EagerDirect(torch._library.custom_ops.CustomOpDef):
         return self._opoverload(*args, **kwargs)
 
 
-for _op in (causal_conv1d, selective_scan, selective_state_update, quantize_blocks, dequantize_blocks, sample, argmax,
-            linear_small, gated_norm, add_rms_norm, rms_segments, mamba_decode_in, decode_attention, ssd_scan,
-            ssd_step):
-    if hasattr(_op, "_init_fn"):
-        _op.__class__ = _EagerDirect
-del _op
+def _direct_eager_calls(names: dict) -> None:
+    """Every ssmtp:: op among names takes _EagerDirect's calls (a torch without these internals keeps the dispatcher
+    for all)."""
+    if _CustomOpDef is None:
+        return
+    for v in list(names.values()):
+        if type(v) is _CustomOpDef and getattr(v, "_qualname", "").startswith("ssmtp::") and hasattr(v, "_init_fn"):
+            v.__class__ = _EagerDirect
+
+
+_direct_eager_calls(globals())
