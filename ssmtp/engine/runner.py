@@ -193,11 +193,6 @@ def _decode_norm_switch() -> str:
 DECODE_NORM = _decode_norm_switch()
 
 
-def norm_op_fits(runner) -> bool:
-    """Whether ops.add_rms_norm takes runner's block norms (their width and weight dtype)."""
-    return runner.embed.shape[1] <= ops.ADD_NORM_CUDA_MAX_H and all(w.dtype == runner.dtype for w in runner.norms)
-
-
 def mixers_take_decode_in(runner, batch: int, cache: dict) -> bool:
     """Whether the CUDA kernel of ops.mamba_decode_in takes every one of runner.mixers' in_proj and conv at this batch
     size; decided once per batch size (decode is graph-captured per bucket) and kept in ``cache``."""
@@ -395,30 +390,13 @@ class MambaRunner(ModelRunner):
         never. Decided once per mode and batch size (the decode step runs it every step when not graph-captured)."""
         ok = self._decode_norm_ok.get((DECODE_NORM, batch))
         if ok is None:
-            ok = DECODE_NORM != "0" and norm_op_fits(self)
+            ok = (DECODE_NORM != "0" and self.embed.shape[1] <= ops.ADD_NORM_CUDA_MAX_H
+                  and all(w.dtype == self.dtype for w in self.norms))
             if ok and DECODE_NORM == "auto":
                 x = self.embed.new_empty(batch, self.embed.shape[1]) if self.embed.is_cuda else None
                 ok = x is not None and all(ops.linear_small_applies(x, mx.in_proj_weight) for mx in self.mixers)
             self._decode_norm_ok[(DECODE_NORM, batch)] = ok
         return ok
-
-    def _add_norm(self, op: bool):
-        """The decode step's residual add + block norm between mixers as f(res, out, norm_w) -> (res, x) on (B, 1, H)
-        tensors (out None: the first block's norm alone): ops.add_rms_norm on the (B, H) rows when op, else the
-        compiled glue."""
-        eps, dt, fp32 = self.eps, self.dtype, self.residual_in_fp32
-        if op:
-            def add_norm(res, out, nw):
-                H = res.shape[-1]
-                r, x = ops.add_rms_norm(res.reshape(-1, H), None if out is None else out.reshape(-1, H), nw, eps,
-                                        fp32)
-                return r.view(res.shape), x.view(res.shape)
-        else:
-            def add_norm(res, out, nw):
-                if out is None:
-                    return res, self._k_norm(res, nw, eps, dt)
-                return self._k_add_norm(res, out, nw, eps, dt, fp32)
-        return add_norm
 
     @torch.no_grad()
     def decode(self, ids, pos, state_idx, pool: SlotPool) -> torch.Tensor:
@@ -438,7 +416,16 @@ class MambaRunner(ModelRunner):
             return ops.lm_head(h, w)
         fuse_dt = self.decode_fused_applies(ids.shape[0], "step")
         n = len(self.mixers)
-        add_norm = self._add_norm(self.decode_norm_applies(ids.shape[0]))
+        # the residual add + block norm between mixers: ops.add_rms_norm on the (B, H) rows, or the compiled glue
+        if self.decode_norm_applies(ids.shape[0]):
+            def add_norm(res, out, nw):
+                r, x = ops.add_rms_norm(res[:, 0], None if out is None else out[:, 0], nw, eps, fp32)
+                return r[:, None], x[:, None]
+        else:
+            def add_norm(res, out, nw):
+                if out is None:
+                    return res, self._k_norm(res, nw, eps, dt)
+                return self._k_add_norm(res, out, nw, eps, dt, fp32)
         res, x = add_norm(F.embedding(ids[:, None], self.embed), None, self.norms[0])  # (B, 1, H)
         for i, mixer in enumerate(self.mixers):
             out = mixer.mix_step(x, pool.layer("conv", i), pool.layer("ssm", i), state_idx, fuse_dt, True)
