@@ -203,6 +203,60 @@ def _padding_check(llm):
             assert same == (s not in (1, 2)), f"{k} slot {s}: {'unchanged' if same else 'changed'}"
 
 
+def test_staged_prefill_inputs_equal_separate_prefills():
+    """The inputs a prefill graph replays (stage_prefill's layout read by prefill_staged; the graphs themselves need
+    CUDA): three chunks of different lengths with in-pass saves in a 4 x 16 bucket (the ending row's index staged
+    after them) == each chunk prefilled alone, each save == the state after its prefix, the padding row touches no
+    slot."""
+    from ssmtp.engine.graphs import prefill_staged, stage_prefill
+
+    llm = LLM(build("mamba", "odd"), device="cpu", max_batch=4, progress=False)
+    r, pool = llm.runner, llm.pool
+    S = llm.inner_saves
+    assert S > 0
+    for t in pool.tensors.values():
+        t.copy_(torch.randn(t.shape, generator=torch.Generator().manual_seed(6)).to(t.dtype))
+    toks = [_rand(11, 1), _rand(16, 2), _rand(3, 3)]
+    slots, spare = pool.allocate(3), pool.allocate(2)
+    chunks = [(toks[0], 0, slots[0], [(4, spare[0])]), (toks[1], 0, slots[1], []),
+              (toks[2], 0, slots[2], [(2, spare[1])])]
+    B, L = 4, 16
+    a = np.full(3 * B + 2 * B * S + B * L + 1, 77, dtype=np.int64)
+    assert stage_prefill(a, B, L, S, chunks, ends=[2]) == len(a) and a[-1] == 2
+    before = {k: v.clone() for k, v in pool.tensors.items()}
+    logits = prefill_staged(r, pool, torch.from_numpy(a), B, L, S, torch.arange(B))
+    for k, v in pool.tensors.items():
+        for s in range(pool.num_slots):
+            if s not in slots + spare:
+                assert torch.equal(v[:, s], before[k][:, s]), f"{k} slot {s} changed (a padding row wrote it?)"
+
+    def alone(ids):
+        ref = pool.allocate(1)
+        out = r.prefill(torch.tensor([ids]), torch.tensor([len(ids)], dtype=torch.int32),
+                        torch.zeros(1, dtype=torch.long), torch.tensor(ref, dtype=torch.int32), pool, torch.tensor([0]))
+        return out[0], ref[0]
+
+    for i, (ids, _, slot, saves) in enumerate(chunks):
+        ref, ref_slot = alone(ids)
+        close_rel(logits[i], ref, 1e-5, f"row {i}: staged vs alone logits")
+        for q, sp in [(len(ids), slot)] + saves:
+            want = alone(ids[:q])[1]
+            for k, v in pool.tensors.items():
+                close_rel(v[:, sp], v[:, want], 1e-5, f"row {i}: {k} after {q} tokens")
+
+
+def test_prefill_graph_shape_rule():
+    from ssmtp.engine.graphs import DEFAULT_PREFILL_BATCHES as BS, DEFAULT_PREFILL_BUCKETS as LS, prefill_graph_shape
+
+    cases = {(1, 1000): (1, 1024), (1, 1025): None, (3, 100): (4, 128), (2, 1024): (2, 1024), (4, 1024): (4, 1024),
+             (8, 500): (8, 512), (5, 512): None, (7, 510): None, (16, 300): None, (64, 16): (64, 16),
+             (65, 16): None, (0, 16): None, (33, 60): None, (33, 30): (64, 32)}
+    for (b, n), want in cases.items():
+        assert prefill_graph_shape(BS, LS, 4096, b, n) == want, (b, n)
+    assert prefill_graph_shape(BS, LS, 1024, 4, 512) is None  # a smaller token bound
+    assert prefill_graph_shape(BS, LS, 1024, 1, 1000) == (1, 1024)  # one request: any chunk bucket
+
+
 def _load_check(rank, world, model, family, config, tmpdir, prompts, a):
     # 6. loading from an HF directory (sharded safetensors; each rank reads its slices) == the in-memory model
     path = os.path.join(tmpdir, f"{family}-{config}")

@@ -1,7 +1,7 @@
 """The engine on CUDA: CUDA-graph decode == eager decode token for token (TP=1; TP=2 over NCCL, graphs capturing the
-all-reduces), == HF greedy on the same GPU; single-request prefill chunks replayed from graphs == eager prefill;
-padding rows of a graph bucket leave the other slots untouched; a prefix hit == a cold prefill on the GPU; async
-decode == sync decode with graphs. Skipped without CUDA (marker `cuda`; `multigpu` needs 2 GPUs)."""
+all-reduces), == HF greedy on the same GPU; prefill chunks replayed from graphs (one request's, several requests')
+== eager prefill; padding rows of a graph bucket leave the other slots untouched; a prefix hit == a cold prefill on
+the GPU; async decode == sync decode with graphs. Skipped without CUDA (marker `cuda`; `multigpu` needs 2 GPUs)."""
 import pytest
 import torch
 
@@ -29,6 +29,7 @@ def _graph_vs_eager(device, family, config, dtype, hf_check):
     og = g.generate(prompts, **kw)
     oe = e.generate(prompts, **kw)
     assert g.graphs.captured, "no decode graph was captured"
+    assert (8, 32) in g.prefill_graphs.captured, "the 5 prompts' prefill (bucket 8 x 32) was not a graph replay"
     rel = 1e-4 if dtype == torch.float32 else 2e-2  # bucket padding changes GEMM shapes -> rounding, not results
     for i, (x, y) in enumerate(zip(og, oe)):
         assert x.token_ids == y.token_ids, f"prompt {i}: graph {x.token_ids} != eager {y.token_ids}"
@@ -43,22 +44,20 @@ def _graph_vs_eager(device, family, config, dtype, hf_check):
         assert x.token_ids == y.token_ids, f"single prompt {i}: graph prefill {x.token_ids} != eager {y.token_ids}"
         close_rel(torch.stack(x.logits), torch.stack(y.logits), rel, f"single prompt {i} graph vs eager prefill")
     assert g.prefill_graphs.captured, "no prefill graph was captured"
-    if hf_check:
-        with torch.no_grad():
-            for i, p in enumerate(prompts):
-                ref = model.generate(torch.tensor([p], device=device), max_new_tokens=NEW, do_sample=False)
-                assert og[i].token_ids == ref[0, len(p):].tolist(), f"prompt {i}: graph engine != HF greedy"
-
-    # padding rows of a bucket touch no slot: 3 live rows in bucket 4, every other slot keeps its bytes
+    # padding rows of a bucket touch no slot: 3 live rows in bucket 4, every other slot keeps its bytes (decode and
+    # batched prefill graphs)
     pool = g.pool
-    for t in pool.tensors.values():
-        t.normal_()
-    before = {k: v.clone() for k, v in pool.tensors.items()}
-    g.graphs.run([5, 6, 7], [0, 1, 2])
-    torch.cuda.synchronize()
-    for k, v in pool.tensors.items():
-        for s in range(pool.num_slots):
-            assert torch.equal(v[:, s], before[k][:, s]) == (s > 2), f"{k} slot {s}"
+    steps = (lambda: g.graphs.run([5, 6, 7], [0, 1, 2]),
+             lambda: g.prefill_graphs.run([([5, 6], 0, 0, []), ([7], 0, 1, []), ([8, 9, 10], 0, 2, [])]))
+    for step in steps:
+        for t in pool.tensors.values():
+            t.normal_()
+        before = {k: v.clone() for k, v in pool.tensors.items()}
+        step()
+        torch.cuda.synchronize()
+        for k, v in pool.tensors.items():
+            for s in range(pool.num_slots):
+                assert torch.equal(v[:, s], before[k][:, s]) == (s > 2), f"{k} slot {s}"
 
     # a prefix hit resumes on the GPU exactly like a cold prefill
     shared = _prompts()[2]
@@ -81,7 +80,7 @@ def _graph_vs_eager(device, family, config, dtype, hf_check):
         eng.generate([P], max_new_tokens=1)
         assert eng.steps["prefill"] == 1, eng.steps
         if graphs:
-            assert 320 in eng.prefill_graphs.captured, eng.prefill_graphs.captured
+            assert (1, 320) in eng.prefill_graphs.captured, eng.prefill_graphs.captured
         hits.append(eng.generate([q], **kw)[0])
         cold = eng.generate([q], use_prefix_cache=False, **kw)[0]
         assert hits[-1].cached_tokens == 192, hits[-1].cached_tokens
@@ -89,6 +88,22 @@ def _graph_vs_eager(device, family, config, dtype, hf_check):
         close_rel(torch.stack(hits[-1].logits), torch.stack(cold.logits), rel, f"graphs={graphs}: in-pass save resume")
         eng.close()
     assert hits[0].token_ids == hits[1].token_ids
+
+    # several requests in one graph-replayed prefill step, not all ending there: a 300-token prompt's chunk ends at its
+    # 17th save point (K = 16, 16 in-pass saves) beside a short prompt that ends and one cut at its first save point
+    # (no spare slot left): bucket 4 x 320, the ending row's logits picked out of the bucket's == the eager engine's
+    P2 = torch.randint(3, 99, (300,), generator=torch.Generator().manual_seed(4)).tolist()
+    batch = [P2, prompts[0], prompts[2]]
+    outs = []
+    for graphs in (True, False):
+        eng = LLM(model, device=device, cuda_graphs=graphs, max_batch=4, prefix_interval=16, progress=False)
+        outs.append(eng.generate(batch, **kw))
+        if graphs:
+            assert (4, 320) in eng.prefill_graphs.captured, eng.prefill_graphs.captured
+        eng.close()
+    for i, (x, y) in enumerate(zip(*outs)):
+        assert x.token_ids == y.token_ids, f"batched prompt {i}: graph prefill {x.token_ids} != eager {y.token_ids}"
+        close_rel(torch.stack(x.logits), torch.stack(y.logits), rel, f"batched prompt {i} graph vs eager prefill")
 
 
 @pytest.mark.cuda

@@ -581,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--prefix-interval", type=int, default=512, help="prefix-cache checkpoint interval K")
     ap.add_argument("--prefix-cache-gib", type=float, default=4.0, help="prefix cache budget per rank, GiB")
     ap.add_argument("--no-graphs", action="store_true", help="eager decode and prefill (no CUDA graphs)")
-    ap.add_argument("--no-prefill-graphs", action="store_true", help="eager single-request prefill chunks")
+    ap.add_argument("--no-prefill-graphs", action="store_true", help="eager prefill chunks (no prefill graphs)")
     ap.add_argument("--no-compile", action="store_true", help="no torch.compile fusion of the norm/residual glue")
     ap.add_argument("--no-hf", action="store_true", help="skip the HF transformers comparison")
     ap.add_argument("--quick", action="store_true", help="one repetition of everything (smoke runs)")

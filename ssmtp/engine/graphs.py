@@ -16,8 +16,10 @@ All-reduces are captured inside the graphs (torch.distributed NCCL collectives a
 are capturable). Every rank captures the same buckets in the same order (decided from the batch size alone), so the
 collectives line up. Graphs share one memory pool; the larger buckets are captured first when pre-capturing.
 
-GraphPrefill does the same for single-request prefill chunks (time to first token): one graph per chunk-length bucket
-(16 ... 1024 tokens), the chunk right-padded to its bucket and masked by seq_lens (the ops ignore positions past it).
+GraphPrefill does the same for prefill chunks (time to first token): for one request one graph per chunk-length bucket
+(16 ... 1024 tokens), the chunk right-padded to its bucket and masked by seq_lens (the ops ignore positions past it);
+for several requests prefilled in one step, one graph per (batch bucket, chunk-length bucket) of at most
+PREFILL_GRAPH_MAX_TOKENS padded tokens, the batch padded with rows of slot -1.
 Eager, one prefill forward of mamba-2.8b costs ~40 ms of host time (Python + op dispatch for 64 layers, measured on
 the H200 machine: B=1 L=512 took 44 ms for ~10 ms of GPU work), which would make every prefix-cache checkpoint
 boundary, and every short resumed prefill, cost 40 ms; replayed, a chunk costs its GPU time.
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import os
 from typing import Optional, Sequence
 
 import torch
@@ -204,15 +207,87 @@ DEFAULT_PREFILL_BUCKETS = (16, 32, 64, 128, 192, 256, 320, 384, 448, 512, 640, 7
 INNER_SAVES = 16
 
 
+# Batch buckets of the multi-request prefill graphs (rows padded with slot -1, which touch no slot), and the most
+# padded tokens (batch bucket x chunk bucket) one of them takes. Below ~2k tokens an eager prefill forward is
+# host-bound (~35-45 ms of Python and op dispatch for mamba-2.8b's 64 layers against ~24 ms of kernels at 4x512, H200,
+# benchmarks/results/hostprof-eager-prefill-h200-8d61016.txt), so a replay wins even when the bucket pads the work up
+# to twice; up to PREFILL_GRAPH_MAX_TOKENS (env SSMTP_PREFILL_GRAPH_TOKENS; 0: one request's chunks only) a replay is
+# taken when the bucket pads by at most PREFILL_GRAPH_PAD.
+DEFAULT_PREFILL_BATCHES = (1, 2, 4, 8, 16, 32, 64)
+PREFILL_GRAPH_HOST_BOUND_TOKENS = 2048
+_v = os.environ.get("SSMTP_PREFILL_GRAPH_TOKENS", "4096")
+if not _v.isdigit():
+    raise ValueError(f"SSMTP_PREFILL_GRAPH_TOKENS={_v!r}: expected a number of tokens (0: no multi-request prefill "
+                     "graphs; default 4096)")
+PREFILL_GRAPH_MAX_TOKENS = int(_v)
+PREFILL_GRAPH_PAD = 1.1
+
+
+def stage_prefill(a, B: int, L: int, S: int, chunks: Sequence, ends: Sequence[int] = ()) -> int:
+    """Fill the int64 array ``a`` with the inputs of a prefill graph of B rows of L tokens and S in-pass saves per
+    row: [valid lengths (B), start positions (B), slots (B), save positions (B, S), save slots (B, S), ids (B, L),
+    rows whose logits are wanted (len(ends))]. chunks: up to B (tokens, start, slot, saves) with saves up to S
+    (position in the chunk, spare slot); rows past them are padding (1 token, slot -1, no saves). Returns the
+    number of elements written."""
+    n = len(chunks)
+    o = 3 * B + 2 * B * S
+    a[0:B], a[B:2 * B], a[2 * B:3 * B] = 1, 0, -1  # padding rows: one token, no slot
+    sv = a[3 * B:o].reshape(2, B, S) if S else None
+    if S:
+        sv[0], sv[1] = 0, -1
+    ids = a[o:o + B * L].reshape(B, L)
+    ids[:] = 0
+    for i, (tokens, start, slot, saves) in enumerate(chunks):
+        a[i], a[B + i], a[2 * B + i] = len(tokens), start, slot
+        ids[i, :len(tokens)] = tokens
+        for j, (q, s) in enumerate(saves):
+            sv[0, i, j], sv[1, i, j] = q, s
+    e = o + B * L
+    a[e:e + len(ends)] = ends
+    return e + len(ends)
+
+
+def prefill_staged(runner, pool: SlotPool, buf: torch.Tensor, B: int, L: int, S: int, rows: torch.Tensor):
+    """runner.prefill on the inputs stage_prefill(B, L, S) put in the int64 tensor buf (on the pool's device), the
+    logits of ``rows`` (every row, in a graph); what a prefill graph runs."""
+    o = 3 * B + 2 * B * S
+    ids = buf[o:o + B * L].view(B, L)
+    seq_lens = buf[0:B].to(torch.int32)
+    idx = buf[2 * B:3 * B].to(torch.int32)
+    saves = buf[3 * B:o].view(2, B, S).to(torch.int32).unbind(0) if S else None
+    return runner.prefill(ids, seq_lens, buf[B:2 * B], idx, pool, rows, saves)
+
+
+def prefill_graph_shape(batches: Sequence[int], sizes: Sequence[int], max_tokens: int, B: int,
+                        lmax: int) -> Optional[tuple]:
+    """The prefill graph (batch bucket, chunk bucket), from the sorted batches and sizes, that takes B chunks of at
+    most lmax tokens; None where an eager forward is the better choice (see PREFILL_GRAPH_*) or no bucket holds
+    them. One chunk: any chunk bucket."""
+    i = bisect.bisect_left(batches, B)
+    j = bisect.bisect_left(sizes, lmax)
+    if B < 1 or i == len(batches) or j == len(sizes):
+        return None
+    Bb, L = batches[i], sizes[j]
+    padded = Bb * L
+    if Bb == 1 or padded <= min(PREFILL_GRAPH_HOST_BOUND_TOKENS, max_tokens):
+        return (Bb, L)
+    if padded <= max_tokens and padded <= PREFILL_GRAPH_PAD * B * lmax:
+        return (Bb, L)
+    return None
+
+
 class GraphPrefill:
-    """CUDA graphs of runner.prefill for ONE request's chunk, per chunk-length bucket (see the module docstring).
+    """CUDA graphs of runner.prefill for prefill chunks, per (batch bucket, chunk-length bucket) (see the module
+    docstring and PREFILL_GRAPH_* above): one request's chunk of up to max_len tokens, or several requests' chunks
+    right-padded to the longest one's bucket, the batch padded with rows of slot -1.
 
-    Static input buffer (3 + 2 S + max_len,) int64 = [valid length, start position, slot, S in-pass save positions,
-    S save slots (-1 = none), ids ...] (one host-to-device copy per chunk; S = INNER_SAVES when the runner has inner
-    saves, else 0), and the logits of the chunk's last valid position (1, V) fp32 (computed every time: one lm_head
-    row)."""
+    One static int64 input buffer (stage_prefill's layout for the bucket; S = INNER_SAVES when the runner has inner
+    saves, else 0), filled by one host-to-device copy per chunk; the output is the logits (B, V) fp32 of every row's
+    last valid position (one lm_head row each). Graphs of one request are captured by capture_all() (warm-up), the
+    batched ones on first use."""
 
-    def __init__(self, runner, pool: SlotPool, sizes: Optional[Sequence[int]] = None):
+    def __init__(self, runner, pool: SlotPool, sizes: Optional[Sequence[int]] = None,
+                 batches: Optional[Sequence[int]] = None, max_tokens: int = PREFILL_GRAPH_MAX_TOKENS):
         if pool.device.type != "cuda":
             raise ValueError("CUDA graphs need the model and the slot pool on a CUDA device")
         self.runner = runner
@@ -220,77 +295,93 @@ class GraphPrefill:
         self.device = pool.device
         self.sizes = sorted({int(s) for s in (sizes or DEFAULT_PREFILL_BUCKETS) if int(s) > 0})
         self.max_len = self.sizes[-1]
+        self.max_tokens = int(max_tokens)
+        bs = {int(b) for b in (DEFAULT_PREFILL_BATCHES if batches is None else batches) if int(b) > 0}
+        self.batches = sorted(b for b in bs | {1} if b == 1 or b * self.sizes[0] <= self.max_tokens)
         self.S = INNER_SAVES if getattr(runner, "inner_saves", False) else 0
-        self._o = 3 + 2 * self.S  # offset of the ids
-        self._buf = torch.zeros(self._o + self.max_len, dtype=torch.int64, device=self.device)
-        self._rows = torch.zeros(1, dtype=torch.long, device=self.device)
-        self._graphs: dict[int, tuple] = {}
+        # the largest staged input: the header, the ids and the ends rows of a bucket
+        most = max(b * (4 + 2 * self.S + self._longest(b)) for b in self.batches)
+        self._buf = torch.zeros(most, dtype=torch.int64, device=self.device)
+        self._rows: dict[int, torch.Tensor] = {}  # batch bucket -> arange(B) (the logits rows)
+        self._graphs: dict[tuple, tuple] = {}  # (B, L) -> (graph, logits)
         self._mempool = torch.cuda.graph_pool_handle()
+
+    def _longest(self, B: int) -> int:
+        """The longest chunk bucket of a B-row graph."""
+        if B == 1:
+            return self.max_len
+        fit = [s for s in self.sizes if B * s <= self.max_tokens]
+        return fit[-1] if fit else 0
 
     def bucket(self, n: int) -> Optional[int]:
         i = bisect.bisect_left(self.sizes, n)
         return self.sizes[i] if i < len(self.sizes) else None
 
+    def shape(self, B: int, lmax: int) -> Optional[tuple]:
+        """The graph (batch bucket, chunk bucket) that takes B chunks of at most lmax tokens (prefill_graph_shape)."""
+        return prefill_graph_shape(self.batches, self.sizes, self.max_tokens, B, lmax)
+
     @property
-    def captured(self) -> list[int]:
+    def captured(self) -> list[tuple]:
+        """(batch bucket, chunk bucket) of every captured graph."""
         return sorted(self._graphs)
 
-    def _body(self, L: int):
-        ids = self._buf[self._o:self._o + L].view(1, L)
-        seq_lens = self._buf[0:1].to(torch.int32)
-        start = self._buf[1:2]
-        idx = self._buf[2:3].to(torch.int32)
-        if not self.S:
-            return self.runner.prefill(ids, seq_lens, start, idx, self.pool, self._rows)
-        saves = self._buf[3:self._o].view(2, 1, self.S).to(torch.int32).unbind(0)
-        return self.runner.prefill(ids, seq_lens, start, idx, self.pool, self._rows, saves)
+    def _body(self, B: int, L: int):
+        return prefill_staged(self.runner, self.pool, self._buf, B, L, self.S, self._rows[B])
 
     @torch.no_grad()
-    def capture(self, L: int) -> None:
-        if L in self._graphs:
+    def capture(self, B: int, L: int) -> None:
+        if (B, L) in self._graphs:
             return
-        self._buf.zero_()
-        self._buf[0] = L
-        self._buf[2] = -1  # warm-up: the row is padding, no slot is touched
-        self._buf[3 + self.S:self._o] = -1  # and saves nothing
+        if B not in self._rows:
+            self._rows[B] = torch.arange(B, dtype=torch.long, device=self.device)
+        st = torch.empty(3 * B + 2 * B * self.S + B * L, dtype=torch.int64)
+        stage_prefill(st.numpy(), B, L, self.S, [])  # warm-up: every row is padding, no slot is touched
+        self._buf[:st.numel()].copy_(st)
         s = torch.cuda.Stream(self.device)
         s.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(s):
             for _ in range(2):
-                self._body(L)
+                self._body(B, L)
         torch.cuda.current_stream(self.device).wait_stream(s)
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g, pool=self._mempool):
-            logits = self._body(L)
-        self._graphs[L] = (g, logits)
-        log.info("ssmtp: captured the prefill graph for chunks of up to %d tokens", L)
+            logits = self._body(B, L)
+        self._graphs[(B, L)] = (g, logits)
+        log.info("ssmtp: captured the prefill graph for %d chunk(s) of up to %d tokens", B, L)
 
     def capture_all(self) -> None:
+        """Capture the graphs of one request's chunks (every chunk bucket, the largest first)."""
         for L in sorted(self.sizes, reverse=True):
-            self.capture(L)
+            self.capture(1, L)
 
-    def run(self, tokens, start: int, slot: int, saves: Sequence = ()) -> torch.Tensor:
-        """Prefill one chunk (tokens: a 1-D int sequence of n <= max_len ids) for the request in ``slot`` that has
-        ``start`` tokens in its state already; saves: up to S (position in the chunk, spare slot) in-pass saves.
-        Returns the logits (1, V) fp32 of its last token - a view of the graph's output buffer, valid until the next
-        run."""
-        n = len(tokens)
-        L = self.bucket(n)
-        if len(saves) > self.S:
-            raise ValueError(f"{len(saves)} in-pass saves, this runner's prefill graphs take {self.S}")
-        if L not in self._graphs:
-            self.capture(L)
-        o = self._o
-        st = torch.empty(o + L, dtype=torch.int64, pin_memory=True)
-        a = st.numpy()  # filled through numpy (torch indexing took ~0.18 ms here for the 896-token bucket, H200)
-        a[0], a[1], a[2] = n, start, slot
-        a[3:3 + self.S] = 0
-        a[3 + self.S:o] = -1
-        for j, (q, sv) in enumerate(saves):
-            a[3 + j], a[3 + self.S + j] = q, sv
-        a[o:o + n] = tokens
-        a[o + n:] = 0
-        self._buf[:o + L].copy_(st, non_blocking=True)
-        g, logits = self._graphs[L]
+    def run(self, chunks: Sequence, ends: Optional[Sequence[int]] = None) -> torch.Tensor:
+        """Prefill one chunk for each of B requests. chunks: (tokens, start, slot, saves) per request - tokens a 1-D
+        int sequence, start the tokens in the slot's state already, saves up to S (position in the chunk, spare
+        slot) in-pass saves; shape(B, longest chunk) must not be None. Returns the logits (len(ends), V) fp32 of the
+        last token of the rows in ``ends`` (default: every row): a view of the graph's output buffer when they are
+        the leading rows in order, valid until the next run."""
+        B = len(chunks)
+        ends = list(range(B)) if ends is None else list(ends)
+        lmax = max(len(c[0]) for c in chunks)
+        shape = self.shape(B, lmax)
+        if shape is None:
+            raise ValueError(f"no prefill graph takes {B} chunk(s) of up to {lmax} tokens")
+        if any(len(c[3]) > self.S for c in chunks):
+            raise ValueError(f"{max(len(c[3]) for c in chunks)} in-pass saves in a chunk, this runner's prefill "
+                             f"graphs take {self.S}")
+        if shape not in self._graphs:
+            self.capture(*shape)
+        Bb, L = shape
+        lead = ends == list(range(len(ends)))
+        st = torch.empty(3 * Bb + 2 * Bb * self.S + Bb * L + (0 if lead else len(ends)), dtype=torch.int64,
+                         pin_memory=True)
+        # filled through numpy (torch indexing took ~0.18 ms here for the 896-token bucket, H200)
+        n = stage_prefill(st.numpy(), Bb, L, self.S, chunks, () if lead else ends)
+        self._buf[:n].copy_(st, non_blocking=True)
+        g, logits = self._graphs[shape]
         g.replay()
-        return logits
+        if lead:
+            return logits[:len(ends)]
+        e = n - len(ends)
+        return logits.index_select(0, self._buf[e:n])

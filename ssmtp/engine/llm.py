@@ -201,9 +201,10 @@ class LLM:
                         and at most prefix_cache_entries entries
     cache_generated     also save the state at the end of each finished request (multi-turn prompts then hit)
     cuda_graphs         capture decode graphs per batch bucket (default: on for CUDA); graph_batch_sizes
-    prefill_graphs      replay single-request prefill chunks (<= 1024 tokens, padded to a bucket of
-                        prefill_graph_sizes) from CUDA graphs: cuts ~40 ms of host time per chunk off TTFT
-                        (default: as cuda_graphs, unless SSMTP_PREFILL_GRAPHS=0)
+    prefill_graphs      replay prefill chunks from CUDA graphs: one request's chunk (<= 1024 tokens, padded to a
+                        bucket of prefill_graph_sizes), or several requests' chunks padded to a (batch, length)
+                        bucket of at most 4096 tokens (graphs.PREFILL_GRAPH_*; captured on first use): cuts ~40 ms
+                        of host time per chunk off TTFT (default: as cuda_graphs, unless SSMTP_PREFILL_GRAPHS=0)
     max_prefill_tokens  padded tokens per prefill step (batch x longest chunk); also the longest chunk
     fused_decode        torch.compile the norm/residual glue (decode and prefill; hybrids: decode and prefills of
                         >= 4096 tokens) into one kernel each (default: on for CUDA unless SSMTP_ENGINE_COMPILE=0;
@@ -675,12 +676,12 @@ class LLM:
         tmp = self.pool.allocate(sum(map(len, inner)), zero=False) if any(inner) else []
         it = iter(tmp)
         inner = [[(q, next(it), key) for q, _, key in row] for row in inner]
-        graph = B == 1 and self.prefill_graphs is not None and self.prefill_graphs.bucket(lmax) is not None
+        graph = self.prefill_graphs is not None and self.prefill_graphs.shape(B, lmax) is not None
         if graph:
-            r = sel[0]
+            chunks = [(r.prompt[r.progress:r.progress + s], r.progress, r.slot, [(q, slot) for q, slot, _ in row])
+                      for r, s, row in zip(sel, segs, inner)]
             try:
-                logits = self.prefill_graphs.run(r.prompt[r.progress:r.progress + lmax], r.progress, r.slot,
-                                                 [(q, slot) for q, slot, _ in inner[0]])
+                logits = self.prefill_graphs.run(chunks, ends)
             except Exception as e:  # a failed capture: say so once and prefill eagerly from now on
                 if torch.cuda.is_current_stream_capturing():
                     raise
