@@ -1,8 +1,9 @@
 """Zamba and Zamba2 on CUDA: the TP modules (ssmtp.parallelize) at TP=1 and TP=2 over NCCL against HF on the same
 GPU (fp32 logits, left padding, greedy tokens); the engine's CUDA-graph decode == eager decode for the hybrid models
-(K/V written in place by the graph, attention over max_model_len keys with a length mask), == HF greedy; padding rows
-of a graph bucket leave every slot untouched; a prefix hit (K/V restored) == a cold prefill on the GPU. Skipped
-without CUDA (marker `cuda`; `multigpu` needs 2 GPUs)."""
+(K/V written in place by the graph, attention over max_model_len keys with a length mask) and prefill from graphs
+(per batch, chunk and key bucket) == eager, == HF greedy; padding rows of a decode or prefill graph bucket leave every
+slot untouched; a prefix hit (K/V restored) == a cold prefill on the GPU. Skipped without CUDA (marker `cuda`;
+`multigpu` needs 2 GPUs)."""
 import pytest
 import torch
 
@@ -83,10 +84,12 @@ def _graph_vs_eager(device, family, config, hf_check):
     common = dict(device=device, max_batch=8, max_model_len=MAX_LEN, prefix_interval=8, progress=False)
     g = LLM(model, cuda_graphs=True, graph_batch_sizes=(1, 2, 4, 8), **common)
     e = LLM(model, cuda_graphs=False, **common)
-    assert g.prefill_graphs is None, "hybrid prefill is eager (logged), decode is graphed"
     og = g.generate(prompts, **kw)
     oe = e.generate(prompts, **kw)
     assert g.graphs.captured, "no decode graph was captured"
+    # prefill from graphs too: the 5 prompts' first chunks (cut at the first save point, K = 8) as one bucket of 8 x 16
+    # tokens over 96 keys (max_model_len)
+    assert (8, 16, MAX_LEN) in g.prefill_graphs.captured, g.prefill_graphs.captured
     for i, (x, y) in enumerate(zip(og, oe)):
         assert x.token_ids == y.token_ids, f"prompt {i}: graph {x.token_ids} != eager {y.token_ids}"
         close_rel(torch.stack(x.logits), torch.stack(y.logits), 1e-4, f"prompt {i} graph vs eager logits")
@@ -96,20 +99,25 @@ def _graph_vs_eager(device, family, config, hf_check):
                 ref = model.generate(torch.tensor([p], device=device), max_new_tokens=NEW, do_sample=False)
                 assert og[i].token_ids == ref[0, len(p):].tolist(), f"prompt {i}: graph engine != HF greedy"
 
-    # padding rows of a bucket touch no slot: 3 live rows in bucket 4 (K/V compared without the scratch column)
+    # padding rows of a bucket touch no slot: 3 live rows in bucket 4 (K/V compared without the scratch column), in a
+    # decode graph and in a prefill graph (slots holding 0 / 3 / 6 tokens take 2 / 1 / 3 more)
     pool, M = g.pool, g.runner.max_len
-    for t in pool.tensors.values():
-        if t.dtype.is_floating_point:
-            t.normal_()
-    pool.tensors["len"].copy_(torch.arange(pool.num_slots, device=device).view(1, -1) * 3)
-    before = {k: v.clone() for k, v in pool.tensors.items()}
-    g.graphs.run([5, 6, 7], [0, 1, 2])
-    torch.cuda.synchronize(device)
-    for k, v in pool.tensors.items():
-        for s in range(pool.num_slots):
-            a, b = (v[:, s, :M], before[k][:, s, :M]) if k in ("k", "v") else (v[:, s], before[k][:, s])
-            assert torch.equal(a, b) == (s > 2), f"{k} slot {s}"
-    assert pool.tensors["len"][0, :3].tolist() == [1, 4, 7]
+    steps = ((lambda: g.graphs.run([5, 6, 7], [0, 1, 2]), [1, 4, 7]),
+             (lambda: g.prefill_graphs.run([([5, 6], 0, 0, []), ([7], 3, 1, []), ([8, 9, 10], 6, 2, [])], kv_len=9),
+              [2, 4, 9]))
+    for step, lens in steps:
+        for t in pool.tensors.values():
+            if t.dtype.is_floating_point:
+                t.normal_()
+        pool.tensors["len"].copy_(torch.arange(pool.num_slots, device=device).view(1, -1) * 3)
+        before = {k: v.clone() for k, v in pool.tensors.items()}
+        step()
+        torch.cuda.synchronize(device)
+        for k, v in pool.tensors.items():
+            for s in range(pool.num_slots):
+                a, b = (v[:, s, :M], before[k][:, s, :M]) if k in ("k", "v") else (v[:, s], before[k][:, s])
+                assert torch.equal(a, b) == (s > 2), f"{k} slot {s}"
+        assert pool.tensors["len"][0, :3].tolist() == lens
     for t in pool.tensors.values():
         t.zero_()
 
@@ -148,6 +156,7 @@ def test_hybrid_graph_decode_key_buckets(attn_op, monkeypatch):
     e = LLM(model, cuda_graphs=False, **common)
     x = g.generate([p], max_new_tokens=12, return_logits=True)[0]
     y = e.generate([p], max_new_tokens=12, return_logits=True)[0]
+    assert (1, 256, 256) in g.prefill_graphs.captured, g.prefill_graphs.captured  # 250 tokens over <= 256 keys
     if attn_op:
         assert g.graphs.captured_kv == [], g.graphs.captured_kv
     else:

@@ -247,15 +247,17 @@ def stage_prefill(a, B: int, L: int, S: int, chunks: Sequence, ends: Sequence[in
     return e + len(ends)
 
 
-def prefill_staged(runner, pool: SlotPool, buf: torch.Tensor, B: int, L: int, S: int, rows: torch.Tensor):
+def prefill_staged(runner, pool: SlotPool, buf: torch.Tensor, B: int, L: int, S: int, rows: torch.Tensor,
+                   kv_len: Optional[int] = None):
     """runner.prefill on the inputs stage_prefill(B, L, S) put in the int64 tensor buf (on the pool's device), the
-    logits of ``rows`` (every row, in a graph); what a prefill graph runs."""
+    logits of ``rows`` (every row, in a graph); kv_len: the keys attended (runners with attention). What a prefill
+    graph runs."""
     o = 3 * B + 2 * B * S
     ids = buf[o:o + B * L].view(B, L)
     seq_lens = buf[0:B].to(torch.int32)
     idx = buf[2 * B:3 * B].to(torch.int32)
     saves = buf[3 * B:o].view(2, B, S).to(torch.int32).unbind(0) if S else None
-    return runner.prefill(ids, seq_lens, buf[B:2 * B], idx, pool, rows, saves)
+    return runner.prefill(ids, seq_lens, buf[B:2 * B], idx, pool, rows, saves, kv_len)
 
 
 def prefill_graph_shape(batches: Sequence[int], sizes: Sequence[int], max_tokens: int, B: int,
@@ -303,7 +305,9 @@ class GraphPrefill:
         most = max(b * (4 + 2 * self.S + self._longest(b)) for b in self.batches)
         self._buf = torch.zeros(most, dtype=torch.int64, device=self.device)
         self._rows: dict[int, torch.Tensor] = {}  # batch bucket -> arange(B) (the logits rows)
-        self._graphs: dict[tuple, tuple] = {}  # (B, L) -> (graph, logits)
+        # runners with attention: one graph per bucket of the keys attended too (runner.prefill_kv_buckets)
+        self.kv_buckets = sorted(int(t) for t in runner.prefill_kv_buckets)
+        self._graphs: dict[tuple, tuple] = {}  # (B, L) or (B, L, keys) -> (graph, logits)
         self._mempool = torch.cuda.graph_pool_handle()
 
     def _longest(self, B: int) -> int:
@@ -321,17 +325,28 @@ class GraphPrefill:
         """The graph (batch bucket, chunk bucket) that takes B chunks of at most lmax tokens (prefill_graph_shape)."""
         return prefill_graph_shape(self.batches, self.sizes, self.max_tokens, B, lmax)
 
+    def kv_bucket(self, kv_len: Optional[int]) -> Optional[int]:
+        """The key-length bucket holding kv_len keys (None for runners without attention)."""
+        if not self.kv_buckets:
+            return None
+        if kv_len is None:
+            raise ValueError("this runner's prefill graphs need kv_len (the keys in use after the chunk)")
+        i = bisect.bisect_left(self.kv_buckets, kv_len)
+        return self.kv_buckets[min(i, len(self.kv_buckets) - 1)]
+
     @property
     def captured(self) -> list[tuple]:
-        """(batch bucket, chunk bucket) of every captured graph."""
+        """(batch bucket, chunk bucket) of every captured graph (+ the key bucket, runners with attention)."""
         return sorted(self._graphs)
 
-    def _body(self, B: int, L: int):
-        return prefill_staged(self.runner, self.pool, self._buf, B, L, self.S, self._rows[B])
+    def _body(self, key: tuple):
+        B, L = key[:2]
+        return prefill_staged(self.runner, self.pool, self._buf, B, L, self.S, self._rows[B], *key[2:])
 
     @torch.no_grad()
-    def capture(self, B: int, L: int) -> None:
-        if (B, L) in self._graphs:
+    def capture(self, B: int, L: int, kv_len: Optional[int] = None) -> None:
+        key = (B, L) if not self.kv_buckets else (B, L, self.kv_bucket(kv_len))
+        if key in self._graphs:
             return
         if B not in self._rows:
             self._rows[B] = torch.arange(B, dtype=torch.long, device=self.device)
@@ -342,23 +357,26 @@ class GraphPrefill:
         s.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(s):
             for _ in range(2):
-                self._body(B, L)
+                self._body(key)
         torch.cuda.current_stream(self.device).wait_stream(s)
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g, pool=self._mempool):
-            logits = self._body(B, L)
-        self._graphs[(B, L)] = (g, logits)
-        log.info("ssmtp: captured the prefill graph for %d chunk(s) of up to %d tokens", B, L)
+            logits = self._body(key)
+        self._graphs[key] = (g, logits)
+        log.info("ssmtp: captured the prefill graph for %d chunk(s) of up to %d tokens%s", B, L,
+                 f" over {key[2]} keys" if len(key) > 2 else "")
 
     def capture_all(self) -> None:
-        """Capture the graphs of one request's chunks (every chunk bucket, the largest first)."""
+        """Capture the graphs of one request's chunks (every chunk bucket, the largest first; runners with attention:
+        those of a prompt's first chunk, over the key bucket holding it, the others on first use)."""
         for L in sorted(self.sizes, reverse=True):
-            self.capture(1, L)
+            self.capture(1, L, L)
 
-    def run(self, chunks: Sequence, ends: Optional[Sequence[int]] = None) -> torch.Tensor:
+    def run(self, chunks: Sequence, ends: Optional[Sequence[int]] = None, kv_len: Optional[int] = None) -> torch.Tensor:
         """Prefill one chunk for each of B requests. chunks: (tokens, start, slot, saves) per request - tokens a 1-D
         int sequence, start the tokens in the slot's state already, saves up to S (position in the chunk, spare
-        slot) in-pass saves; shape(B, longest chunk) must not be None. Returns the logits (len(ends), V) fp32 of the
+        slot) in-pass saves; shape(B, longest chunk) must not be None; kv_len (runners with attention): the keys in
+        use after the chunk (the longest row's start + length). Returns the logits (len(ends), V) fp32 of the
         last token of the rows in ``ends`` (default: every row): a view of the graph's output buffer when they are
         the leading rows in order, valid until the next run."""
         B = len(chunks)
@@ -370,8 +388,9 @@ class GraphPrefill:
         if any(len(c[3]) > self.S for c in chunks):
             raise ValueError(f"{max(len(c[3]) for c in chunks)} in-pass saves in a chunk, this runner's prefill "
                              f"graphs take {self.S}")
-        if shape not in self._graphs:
-            self.capture(*shape)
+        key = shape if not self.kv_buckets else shape + (self.kv_bucket(kv_len),)
+        if key not in self._graphs:
+            self.capture(*shape, kv_len)
         Bb, L = shape
         lead = ends == list(range(len(ends)))
         st = torch.empty(3 * Bb + 2 * Bb * self.S + Bb * L + (0 if lead else len(ends)), dtype=torch.int64,
@@ -379,7 +398,7 @@ class GraphPrefill:
         # filled through numpy (torch indexing took ~0.18 ms here for the 896-token bucket, H200)
         n = stage_prefill(st.numpy(), Bb, L, self.S, chunks, () if lead else ends)
         self._buf[:n].copy_(st, non_blocking=True)
-        g, logits = self._graphs[shape]
+        g, logits = self._graphs[key]
         g.replay()
         if lead:
             return logits[:len(ends)]

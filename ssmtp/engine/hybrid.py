@@ -24,8 +24,9 @@ static buffers only (CUDA-graph capturable). Decode attention is ssmtp::decode_a
 slot's first len + 1 keys in place (no gather, no padding to a common length), so one graph per batch bucket serves
 every length. SSMTP_DECODE_ATTN=0 selects the previous path instead (for comparison): gather the rows' K/V up to a
 static key length T with a length mask, the engine passing the longest live row's length, rounded up by the graph
-decoder to a bucket of kv_buckets. Prefill reads the longest row's length back to the host once per call to attend
-over only the keys in use (prefill is eager).
+decoder to a bucket of kv_buckets. Prefill attends over the keys the engine says
+are in use (kv_len: the longest row's tokens after the chunk, rounded up to a bucket of prefill_kv_buckets when the
+chunk replays from a prefill graph), or reads the longest row's length back to the host once per call without it.
 """
 from __future__ import annotations
 
@@ -57,8 +58,8 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-b, a), dim=-1)
 
 
-# Prefill (eager for hybrids: no prefill graphs) takes the compiled glue only from this many tokens per call: a short
-# eager prefill is host-bound (and noisy: zamba2-2.7b 1x512 51-69 ms plain within one run), and each compiled call
+# Prefill takes the compiled glue only from this many tokens per call (measured eager, before the hybrids' prefill
+# graphs; a replayed graph runs the plain ops below it): a short eager prefill is host-bound (and noisy: zamba2-2.7b 1x512 51-69 ms plain within one run), and each compiled call
 # costs host time. Measured on H200 (2026-11-24, zamba2-2.7b, compiled vs plain, benchmarks/results/
 # hybrid-fused-h200-ab.json): 8x512 90-94 vs 121-125 ms; with the glue compiled in every prefill 1x512 72-81 vs
 # 43-47 and 1x2048 84 vs 73 (single runs); with this limit short prefills and TTFT equal within that noise.
@@ -150,7 +151,6 @@ ZAMBA_DT_FUSED_MAX_BATCH = _env_batch("SSMTP_ZAMBA_DT_FUSED_MAX_BATCH", 8, None,
 class HybridRunner(ModelRunner):
     """Zamba / Zamba2 over the slot pool (see the module docstring)."""
 
-    prefill_graphable = False  # prefill syncs once per call (the longest key range); decode is graph-safe
 
     def __init__(self, config, comm: Communicator, family: str, embed, norms: list, mixers: list, linears: list,
                  blocks: list, norm_f, lm_head: Optional[torch.Tensor], inv_freq: Optional[torch.Tensor] = None,
@@ -232,6 +232,17 @@ class HybridRunner(ModelRunner):
         with the decode attention op (it reads each row's own length)."""
         if self.attn_op:
             return []
+        out, b = [], 256
+        while b < self.max_len:
+            out.append(b)
+            b *= 2
+        return out + [self.max_len]
+
+    @property
+    def prefill_kv_buckets(self) -> list[int]:
+        """Key lengths prefill graphs are captured for (the engine passes the chunk's longest row's tokens after
+        it as kv_len; a graph attends over the smallest of these holding it): powers of two from 256, then
+        max_len."""
         out, b = [], 256
         while b < self.max_len:
             out.append(b)
@@ -413,7 +424,8 @@ class HybridRunner(ModelRunner):
 
     def _forward(self, ids, seq_lens, state_idx, pool: SlotPool, decode: bool, kv_len: Optional[int] = None):
         """ids (B, L). Returns the final hidden states (B, L, H) before the final norm; updates every state.
-        kv_len (decode): keys attended, >= every live row's position + 1 (default max_len)."""
+        kv_len: keys attended, >= every live row's position + 1 (decode: default max_len; prefill: default the
+        longest row's, read from the device)."""
         B, L = ids.shape
         dev = ids.device
         eps = self.eps
@@ -434,7 +446,8 @@ class HybridRunner(ModelRunner):
             sl = seq_lens.to(torch.long)
             ok = (t[None, :] < sl[:, None]) & valid[:, None]
             new = torch.where(valid, sl, torch.zeros_like(sl))
-            T = max(1, int((start + new).max()))  # one host sync per prefill call
+            # the caller's bound (static: graph-capturable), else the longest row's (one host sync)
+            T = min(int(kv_len), self.max_len) if kv_len else max(1, int((start + new).max()))
         # padding (and, defensively, a position past max_len, which the engine's length check rules out) -> the
         # scratch column: an index past the K/V would be a device-side error inside a graph
         wpos = torch.where(ok & (pos < self.max_len), pos, torch.full_like(pos, self.max_len))
@@ -503,8 +516,8 @@ class HybridRunner(ModelRunner):
 
     @torch.no_grad()
     def prefill(self, ids, seq_lens, start, state_idx, pool: SlotPool, logit_rows: Optional[torch.Tensor],
-                saves: Optional[tuple] = None):
-        h = self._forward(ids, seq_lens, state_idx, pool, decode=False)
+                saves: Optional[tuple] = None, kv_len: Optional[int] = None):
+        h = self._forward(ids, seq_lens, state_idx, pool, decode=False, kv_len=kv_len)
         if logit_rows is None or logit_rows.numel() == 0:
             return None
         last = (seq_lens.to(torch.long) - 1).index_select(0, logit_rows)

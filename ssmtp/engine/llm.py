@@ -203,8 +203,9 @@ class LLM:
     cuda_graphs         capture decode graphs per batch bucket (default: on for CUDA); graph_batch_sizes
     prefill_graphs      replay prefill chunks from CUDA graphs: one request's chunk (<= 1024 tokens, padded to a
                         bucket of prefill_graph_sizes), or several requests' chunks padded to a (batch, length)
-                        bucket of at most 4096 tokens (graphs.PREFILL_GRAPH_*; captured on first use): cuts ~40 ms
-                        of host time per chunk off TTFT (default: as cuda_graphs, unless SSMTP_PREFILL_GRAPHS=0)
+                        bucket of at most 4096 tokens (graphs.PREFILL_GRAPH_*; captured on first use); Zamba /
+                        Zamba2 also per bucket of the keys attended: cuts ~40 ms of host time per chunk off TTFT
+                        (default: as cuda_graphs, unless SSMTP_PREFILL_GRAPHS=0)
     max_prefill_tokens  padded tokens per prefill step (batch x longest chunk); also the longest chunk
     fused_decode        torch.compile the norm/residual glue (decode and prefill; hybrids: decode and prefills of
                         >= 4096 tokens) into one kernel each (default: on for CUDA unless SSMTP_ENGINE_COMPILE=0;
@@ -344,10 +345,6 @@ class LLM:
             prefill_graphs = bool(cuda_graphs) and os.environ.get("SSMTP_PREFILL_GRAPHS", "1") != "0"
         if prefill_graphs and device.type != "cuda":
             raise ValueError("prefill_graphs=True needs a CUDA device")
-        if prefill_graphs and not getattr(self.runner, "prefill_graphable", True):
-            log.info("ssmtp.LLM: prefill graphs off for %s (its prefill reads the longest key range back to the host "
-                     "once per chunk); decode graphs stay on", source.family)
-            prefill_graphs = False
         self.prefill_graphs = GraphPrefill(self.runner, self.pool, prefill_graph_sizes) if prefill_graphs else None
 
         self._src = dist.get_global_rank(self.comm.group, 0) if (self.tp > 1 and self.comm.group is not None) else 0
@@ -676,12 +673,14 @@ class LLM:
         tmp = self.pool.allocate(sum(map(len, inner)), zero=False) if any(inner) else []
         it = iter(tmp)
         inner = [[(q, next(it), key) for q, _, key in row] for row in inner]
+        # runners with attention: the keys in use after this chunk (no host sync in the forward)
+        kv = max(r.progress + s for r, s in zip(sel, segs)) if self.runner.prefill_kv_buckets else None
         graph = self.prefill_graphs is not None and self.prefill_graphs.shape(B, lmax) is not None
         if graph:
             chunks = [(r.prompt[r.progress:r.progress + s], r.progress, r.slot, [(q, slot) for q, slot, _ in row])
                       for r, s, row in zip(sel, segs, inner)]
             try:
-                logits = self.prefill_graphs.run(chunks, ends)
+                logits = self.prefill_graphs.run(chunks, ends, kv)
             except Exception as e:  # a failed capture: say so once and prefill eagerly from now on
                 if torch.cuda.is_current_stream_capturing():
                     raise
@@ -689,7 +688,7 @@ class LLM:
                 self.prefill_graphs = None
                 graph = False
         if not graph:
-            logits = self._prefill_eager(sel, segs, lmax, ends, inner)
+            logits = self._prefill_eager(sel, segs, lmax, ends, inner, kv)
         self.steps["prefill"] += 1
         row_of = {i: j for j, i in enumerate(ends)}
         saves = []
@@ -712,7 +711,7 @@ class LLM:
                 self.prefix.drop_promises(r)
                 self._accept(r, toks[j], logits[j])
 
-    def _prefill_eager(self, sel: list, segs: list, lmax: int, ends: list, inner: list):
+    def _prefill_eager(self, sel: list, segs: list, lmax: int, ends: list, inner: list, kv_len: Optional[int]):
         """One right-padded prefill forward; inputs go over in one host-to-device copy (pinned on CUDA)."""
         B = len(sel)
         S = max(map(len, inner))  # in-pass saves: (B, S) positions and slots, -1 = none
@@ -739,7 +738,7 @@ class LLM:
         rows = dev[3 * B:3 * B + len(ends)]
         saves = dev[3 * B + len(ends):o].view(2, B, S).to(torch.int32).unbind(0) if S else None
         ids_t = dev[o:].view(B, lmax)
-        return self.runner.prefill(ids_t, seq_lens, dev[B:2 * B], state_idx, self.pool, rows, saves)
+        return self.runner.prefill(ids_t, seq_lens, dev[B:2 * B], state_idx, self.pool, rows, saves, kv_len)
 
     def warmup(self) -> float:
         """Capture every decode and prefill graph now (otherwise each is captured on first use); returns seconds."""

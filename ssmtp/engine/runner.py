@@ -4,14 +4,16 @@ A runner is built from a weight source (ssmtp/loading.py: a safetensors director
 model, or a random-weight preset) and owns this rank's shard of the model. The engine needs four things of it:
 
     state_specs()                                  name -> StateSpec: what one sequence's state is (per layer)
-    prefill(ids, seq_lens, start, state_idx, pool, logit_rows, saves=None) -> logits (len(logit_rows), V) fp32 or None
+    prefill(ids, seq_lens, start, state_idx, pool, logit_rows, saves=None, kv_len=None)
+        -> logits (len(logit_rows), V) fp32 or None
         ids (B, L) int64 right-padded, seq_lens (B,) int32 valid lengths, start (B,) int64 tokens already in the
         state (positions; Mamba ignores them, attention needs them), state_idx (B,) int32 slots (-1 = padding row).
         Continues every row from its slot (the engine zeroes a slot when it hands it out, which equals a cold start)
         and writes the final states back. Only the rows in logit_rows get the final norm + lm_head, at their last
         valid position. saves (runners with inner_saves only): (save_pos, save_idx) (B, S) int32 - the states after
         save_pos[b][j] tokens of the chunk are also written to slot save_idx[b][j] (-1 = none), so prefix-cache
-        save points need not end a chunk.
+        save points need not end a chunk. kv_len (runners with prefill_kv_buckets, the hybrids): keys attended,
+        >= every row's tokens after the chunk; None: read from the device (one host sync; no graph capture).
     decode(ids, pos, state_idx, pool) -> logits (B, V) fp32
         one token per row, in place on the slots; no host sync, no data-dependent Python: CUDA-graph capturable.
     vocab_size, device, dtype
@@ -211,12 +213,13 @@ class ModelRunner(nn.Module):
     vocab_size: int
     family: str
     inner_saves = False  # prefill(..., saves=) supported: intermediate states saved inside one chunk
+    prefill_kv_buckets: list = []  # key lengths prefill graphs are captured for (runners with attention)
 
     def state_specs(self) -> dict:
         raise NotImplementedError
 
     def prefill(self, ids, seq_lens, start, state_idx, pool: SlotPool, logit_rows: Optional[torch.Tensor],
-                saves: Optional[tuple] = None):
+                saves: Optional[tuple] = None, kv_len: Optional[int] = None):
         raise NotImplementedError
 
     def decode(self, ids, pos, state_idx, pool: SlotPool) -> torch.Tensor:
@@ -344,7 +347,7 @@ class MambaRunner(ModelRunner):
 
     @torch.no_grad()
     def prefill(self, ids, seq_lens, start, state_idx, pool: SlotPool, logit_rows: Optional[torch.Tensor],
-                saves: Optional[tuple] = None):
+                saves: Optional[tuple] = None, kv_len: Optional[int] = None):
         eps, dt, fp32 = self.eps, self.dtype, self.residual_in_fp32
         save_pos, save_idx = saves if saves is not None else (None, None)
         # The residual add + block norm stay torch.compile's kernel here: ops.add_rms_norm (decode's choice at some
