@@ -17,7 +17,7 @@ are capturable). Every rank captures the same buckets in the same order (decided
 collectives line up. Graphs share one memory pool; the larger buckets are captured first when pre-capturing.
 
 GraphPrefill does the same for prefill chunks (time to first token): for one request one graph per chunk-length bucket
-(16 ... 1024 tokens), the chunk right-padded to its bucket and masked by seq_lens (the ops ignore positions past it);
+(16 ... 2048 tokens), the chunk right-padded to its bucket and masked by seq_lens (the ops ignore positions past it);
 for several requests prefilled in one step, one graph per (batch bucket, chunk-length bucket) of at most
 PREFILL_GRAPH_MAX_TOKENS padded tokens, the batch padded with rows of slot -1.
 Eager, one prefill forward of mamba-2.8b costs ~40 ms of host time (Python + op dispatch for 64 layers, measured on
@@ -200,7 +200,9 @@ class GraphDecoder:
 # prefix hit's time did not change.
 # 128-token steps above 512: 64-token steps measured slower on H200 (TTFT of a resumed 819-token prefill: 17.5 ms
 # padded to 896, 19.3-21.0 ms padded to 832; profiled, the projections' GEMMs at M = 832 took as long as at 1024)
-DEFAULT_PREFILL_BUCKETS = (16, 32, 64, 128, 192, 256, 320, 384, 448, 512, 640, 768, 896, 1024)
+# 256-token steps above 1024, up to 2048: a one-request chunk up to there is host-bound eager (~25 ms of mamba-2.8b
+# kernels at 2048 tokens against ~35-45 ms of host time), so a replay wins even when padded by a quarter.
+DEFAULT_PREFILL_BUCKETS = (16, 32, 64, 128, 192, 256, 320, 384, 448, 512, 640, 768, 896, 1024, 1280, 1536, 1792, 2048)
 # prefix-cache save points one prefill chunk saves in-pass (each into a spare slot, copied to the cache after the
 # forward; ssmtp/engine/llm.py); the slot pool holds this many slots beyond num_slots for it when the prefix cache is
 # on. A prompt with more save points inside one chunk ends the chunk at the first one past these.

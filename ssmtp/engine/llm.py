@@ -201,7 +201,7 @@ class LLM:
                         and at most prefix_cache_entries entries
     cache_generated     also save the state at the end of each finished request (multi-turn prompts then hit)
     cuda_graphs         capture decode graphs per batch bucket (default: on for CUDA); graph_batch_sizes
-    prefill_graphs      replay prefill chunks from CUDA graphs: one request's chunk (<= 1024 tokens, padded to a
+    prefill_graphs      replay prefill chunks from CUDA graphs: one request's chunk (<= 2048 tokens, padded to a
                         bucket of prefill_graph_sizes), or several requests' chunks padded to a (batch, length)
                         bucket of at most 4096 tokens (graphs.PREFILL_GRAPH_*; captured on first use); Zamba /
                         Zamba2 also per bucket of the keys attended: cuts ~40 ms of host time per chunk off TTFT
