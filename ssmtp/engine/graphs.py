@@ -357,13 +357,14 @@ class GraphPrefill:
         self._buf[:st.numel()].copy_(st)
         s = torch.cuda.Stream(self.device)
         s.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(s):
-            for _ in range(2):
-                self._body(key)
-        torch.cuda.current_stream(self.device).wait_stream(s)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g, pool=self._mempool):
-            logits = self._body(key)
+        with self.runner.graphing():
+            with torch.cuda.stream(s):
+                for _ in range(2):
+                    self._body(key)
+            torch.cuda.current_stream(self.device).wait_stream(s)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, pool=self._mempool):
+                logits = self._body(key)
         self._graphs[key] = (g, logits)
         log.info("ssmtp: captured the prefill graph for %d chunk(s) of up to %d tokens%s", B, L,
                  f" over {key[2]} keys" if len(key) > 2 else "")

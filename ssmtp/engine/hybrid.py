@@ -30,6 +30,7 @@ chunk replays from a prefill graph), or reads the longest row's length back to t
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Optional
@@ -58,8 +59,8 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-b, a), dim=-1)
 
 
-# Prefill takes the compiled glue only from this many tokens per call (measured eager, before the hybrids' prefill
-# graphs; a replayed graph runs the plain ops below it): a short eager prefill is host-bound (and noisy: zamba2-2.7b 1x512 51-69 ms plain within one run), and each compiled call
+# An eager prefill takes the compiled glue only from this many tokens per call (prefill graphs take it at every size:
+# HybridRunner.graphing): a short eager prefill is host-bound (and noisy: zamba2-2.7b 1x512 51-69 ms plain within one run), and each compiled call
 # costs host time. Measured on H200 (2026-11-24, zamba2-2.7b, compiled vs plain, benchmarks/results/
 # hybrid-fused-h200-ab.json): 8x512 90-94 vs 121-125 ms; with the glue compiled in every prefill 1x512 72-81 vs
 # 43-47 and 1x2048 84 vs 73 (single runs); with this limit short prefills and TTFT equal within that noise.
@@ -173,6 +174,7 @@ class HybridRunner(ModelRunner):
         self.tied = lm_head is None
         self.lm_head = None if lm_head is None else nn.Parameter(lm_head, requires_grad=False)
         self.eps = float(config.rms_norm_eps)
+        self._graphing = False  # inside graphing(): a prefill graph's warm-up or capture
         self.n_layers = len(mixers)
         self.hybrid = hybrid_ids(config)
         self.hybrid_index = {lid: j for j, lid in enumerate(self.hybrid)}
@@ -216,6 +218,22 @@ class HybridRunner(ModelRunner):
         for m in self.mixers:
             if hasattr(m, "gated_fn"):  # Zamba2's gated norm
                 m.gated_fn, m.fused_min_tokens = _Fused(gated_rms_norm, enabled), FUSED_PREFILL_MIN_TOKENS
+
+    @contextlib.contextmanager
+    def graphing(self):
+        """Prefill graphs take the compiled glue at every size (below FUSED_PREFILL_MIN_TOKENS an eager prefill takes
+        the plain ops for their host time, which a replay does not pay)."""
+        gated = [m for m in self.mixers if hasattr(m, "gated_fn")]
+        saved = [m.fused_min_tokens for m in gated]
+        self._graphing = True
+        for m in gated:
+            m.fused_min_tokens = 0
+        try:
+            yield
+        finally:
+            self._graphing = False
+            for m, v in zip(gated, saved):
+                m.fused_min_tokens = v
 
     def set_max_len(self, n: int) -> int:
         """Tokens of K/V per slot (prompt + generated - 1 at most); the engine sets it from max_model_len."""
@@ -460,7 +478,7 @@ class HybridRunner(ModelRunner):
             cos = (e.cos() * self.rope_scale).to(h.dtype)[:, :, None, :]
             sin = (e.sin() * self.rope_scale).to(h.dtype)[:, :, None, :]
         sdpa = (not decode) and h.is_cuda and h.dtype != torch.float32
-        kf = self._k if decode or B * L >= FUSED_PREFILL_MIN_TOKENS else self._plain
+        kf = self._k if decode or self._graphing or B * L >= FUSED_PREFILL_MIN_TOKENS else self._plain
         fused_in = decode and self.decode_in_applies(B)
         # state_early (ops.selective_state_update's launch hint) holds in a decode step: its first kernel, the
         # embedding gather, is an ordinary launch, and only layer i's state update writes layer i's SSM state

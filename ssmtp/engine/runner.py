@@ -24,6 +24,7 @@ and the prefix cache carry them unchanged. runner_class maps HF model_type -> ru
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Optional
@@ -224,6 +225,12 @@ class ModelRunner(nn.Module):
 
     def decode(self, ids, pos, state_idx, pool: SlotPool) -> torch.Tensor:
         raise NotImplementedError
+
+    @contextlib.contextmanager
+    def graphing(self):
+        """The calls made under it are a prefill graph's warm-up runs and capture (ssmtp/engine/graphs.py): a runner
+        may choose its kernels there by GPU time alone, since a replay pays no host time."""
+        yield
 
     # every runner keeps its embedding as `embed` and, unless tied to it, its lm_head as `lm_head`
     @property
