@@ -69,10 +69,27 @@ def add_final_norm(res, out, w, eps: float, fp32: bool, head_dtype: torch.dtype)
     return _rms_norm(res, w, eps).to(head_dtype)
 
 
+# The most compiled variants dynamo keeps of one glue function (torch's default is 8) while ssmtp calls it. The
+# glue functions are shared by every runner of the process, so a process holding several models, dtypes and decode /
+# prefill graph shapes (the test suite; a server with two models) can pass 8, and with fullgraph=True dynamo then
+# raises instead of compiling (H200, 2026-11-25: the hybrids' prefill graphs with compiled glue made one test see its
+# glue switch from compiled to plain between two identical steps). Raised for ssmtp's calls only.
+GLUE_RECOMPILE_LIMIT = 64
+
+
+def _glue_limit():
+    import torch._dynamo.config as dc
+
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dc, name):
+            return dc.patch(**{name: max(int(getattr(dc, name)), GLUE_RECOMPILE_LIMIT)})
+    return contextlib.nullcontext()
+
+
 class _Fused:
     """torch.compile'd version of a glue function, with the plain function as the fallback (logged once) when
     compilation is off, unavailable or fails. Compiled on first call - outside graph capture, since the graph
-    decoder warms every bucket up eagerly first."""
+    decoder warms every bucket up eagerly first. Called under GLUE_RECOMPILE_LIMIT."""
 
     def __init__(self, fn, enabled: bool):
         self.fn = fn
@@ -86,7 +103,8 @@ class _Fused:
     def __call__(self, *args):
         if self.compiled is not None:
             try:
-                return self.compiled(*args)
+                with _glue_limit():
+                    return self.compiled(*args)
             except Exception as e:  # pragma: no cover - GPU-only path
                 if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
                     raise
