@@ -172,13 +172,16 @@ def test_hybrid_graph_decode_key_buckets(attn_op, monkeypatch):
 @pytest.mark.cuda
 @pytest.mark.parametrize("name", ["tiny-zamba", "tiny-zamba2"])
 def test_hybrid_graph_decode_equals_eager_tp1_bf16_preset(name):
-    """bf16 presets: 4 prompts fill bucket 4 exactly (the same GEMM shapes eager and graphed)."""
+    """bf16 presets: 4 prompts fill bucket 4 exactly (the same GEMM shapes eager and graphed), greedy tokens equal.
+    Decode graphs only: a prefill graph takes the compiled glue at every size and pads the chunk to its bucket, an
+    eager prefill of a few tokens the plain ops, and in bf16 those roundings move later tokens (prefill graphs
+    against eager prefill: the fp32 tests above)."""
     from ssmtp.engine import LLM
 
     dev = torch.device("cuda", 0)
     kw = dict(max_new_tokens=24, ignore_eos=True)
     p = [[5, 6, 7, 8], [9, 10], [11, 12, 13, 14, 15, 16, 17], [18]]
-    a = LLM(name, device=dev, cuda_graphs=True, max_batch=4, max_model_len=128, progress=False)
+    a = LLM(name, device=dev, cuda_graphs=True, prefill_graphs=False, max_batch=4, max_model_len=128, progress=False)
     b = LLM(name, device=dev, cuda_graphs=False, max_batch=4, max_model_len=128, progress=False)
     assert a.dtype == torch.bfloat16
     assert [o.token_ids for o in a.generate(p, **kw)] == [o.token_ids for o in b.generate(p, **kw)]

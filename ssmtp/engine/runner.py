@@ -69,31 +69,27 @@ def add_final_norm(res, out, w, eps: float, fp32: bool, head_dtype: torch.dtype)
     return _rms_norm(res, w, eps).to(head_dtype)
 
 
-# The most compiled variants dynamo keeps of one glue function (torch's default is 8) while ssmtp calls it. The
-# glue functions are shared by every runner of the process, so a process holding several models, dtypes and decode /
-# prefill graph shapes (the test suite; a server with two models) can pass 8, and with fullgraph=True dynamo then
-# raises instead of compiling (H200, 2026-11-25: the hybrids' prefill graphs with compiled glue made one test see its
-# glue switch from compiled to plain between two identical steps). Raised for ssmtp's calls only.
-GLUE_RECOMPILE_LIMIT = 64
-
-
-def _glue_limit():
-    import torch._dynamo.config as dc
-
-    for name in ("recompile_limit", "cache_size_limit"):
-        if hasattr(dc, name):
-            return dc.patch(**{name: max(int(getattr(dc, name)), GLUE_RECOMPILE_LIMIT)})
-    return contextlib.nullcontext()
+def _recompile_limit_hit(e: BaseException) -> bool:
+    """dynamo declining to compile one more variant of a function (its recompile limit, 8 by default, per function;
+    with fullgraph=True it raises before running anything)."""
+    return type(e).__name__ in ("FailOnRecompileLimitHit", "FailOnCacheLimitHit")
 
 
 class _Fused:
     """torch.compile'd version of a glue function, with the plain function as the fallback (logged once) when
     compilation is off, unavailable or fails. Compiled on first call - outside graph capture, since the graph
-    decoder warms every bucket up eagerly first. Called under GLUE_RECOMPILE_LIMIT."""
+    decoder warms every bucket up eagerly first.
+
+    dynamo keeps a few compiled variants per function (shapes it specialises on, dtypes), and the glue functions are
+    shared by every runner of the process: a process with several models and graph shapes (the test suite) can run
+    out. A call whose variant is one too many runs the plain function, that call only: the variants compiled before
+    go on running compiled, so no call changes its numerics mid-run (falling back for good did: two identical decode
+    steps differed, H200, 2026-11-25)."""
 
     def __init__(self, fn, enabled: bool):
         self.fn = fn
         self.compiled = None
+        self.limit_hit = False
         if enabled:
             try:
                 self.compiled = torch.compile(fn, dynamic=True, fullgraph=True)
@@ -103,10 +99,15 @@ class _Fused:
     def __call__(self, *args):
         if self.compiled is not None:
             try:
-                with _glue_limit():
-                    return self.compiled(*args)
-            except Exception as e:  # pragma: no cover - GPU-only path
-                if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+                return self.compiled(*args)
+            except Exception as e:
+                if _recompile_limit_hit(e):  # nothing ran: this call runs plain (also inside a graph capture)
+                    if not self.limit_hit:
+                        log.info("ssmtp: dynamo's recompile limit reached for %s; new variants of it run unfused",
+                                 self.fn.__name__)
+                        self.limit_hit = True
+                    return self.fn(*args)
+                if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():  # pragma: no cover
                     raise
                 log.warning("ssmtp: compiled %s failed (%s: %s); decode runs unfused", self.fn.__name__,
                             type(e).__name__, e)
