@@ -199,7 +199,7 @@ def run(args) -> dict:
         chunked = llm.generate([second], max_new_tokens=4, ignore_eos=True, return_logits=True,
                                use_prefix_cache=False)[0]
         llm.max_prefill_tokens = split
-        if llm.prefill_graphs is not None:  # single-request chunks replayed from graphs vs eager forwards
+        if llm.prefill_graphs is not None:  # prefill chunks replayed from graphs vs eager forwards
             pg, llm.prefill_graphs = llm.prefill_graphs, None
             llm.max_prefill_tokens = args.prefix_interval
             eager_chunked = llm.generate([second], max_new_tokens=4, ignore_eos=True, return_logits=True,

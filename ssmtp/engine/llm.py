@@ -14,7 +14,8 @@ One engine step (``step()``):
      the max_prefill_tokens limit). A request whose shared prefix another running prefill is about to save waits one
      step for it instead of recomputing it.
   2. one prefill chunk for the prefilling requests (right-padded batch, seq_lens, state_idx; every row continues from
-     its slot); save states at save points; requests whose prompt is done sample their first token. Runners with
+     its slot; replayed from a CUDA graph of its (batch, chunk length) bucket where GraphPrefill has one, else
+     eager); save states at save points; requests whose prompt is done sample their first token. Runners with
      inner saves (Mamba / Falcon-Mamba) write the states of up to INNER_SAVES save points inside the chunk to spare
      slots in the same forward, so save points do not cut the prefill into K-token chunks; the hybrid runners end a
      chunk at each save point.
