@@ -249,7 +249,8 @@ def test_prefill_graph_shape_rule():
     from ssmtp.engine.graphs import DEFAULT_PREFILL_BATCHES as BS, DEFAULT_PREFILL_BUCKETS as LS, prefill_graph_shape
 
     cases = {(1, 1000): (1, 1024), (1, 1025): (1, 1280), (1, 2049): None, (2, 2000): (2, 2048), (3, 1100): None,
-             (3, 100): (4, 128), (2, 1024): (2, 1024), (4, 1024): (4, 1024), (8, 500): (8, 512), (5, 512): None, (7, 510): None, (16, 300): None, (64, 16): (64, 16),
+             (3, 100): (4, 128), (2, 1024): (2, 1024), (4, 1024): (4, 1024), (8, 500): (8, 512), (5, 512): None,
+             (7, 510): None, (16, 300): None, (64, 16): (64, 16),
              (65, 16): None, (0, 16): None, (33, 60): None, (33, 30): (64, 32)}
     for (b, n), want in cases.items():
         assert prefill_graph_shape(BS, LS, 4096, b, n) == want, (b, n)

@@ -217,12 +217,18 @@ INNER_SAVES = 16
 # taken when the bucket pads by at most PREFILL_GRAPH_PAD.
 DEFAULT_PREFILL_BATCHES = (1, 2, 4, 8, 16, 32, 64)
 PREFILL_GRAPH_HOST_BOUND_TOKENS = 2048
-_v = os.environ.get("SSMTP_PREFILL_GRAPH_TOKENS", "4096")
-if not _v.isdigit():
-    raise ValueError(f"SSMTP_PREFILL_GRAPH_TOKENS={_v!r}: expected a number of tokens (0: no multi-request prefill "
-                     "graphs; default 4096)")
-PREFILL_GRAPH_MAX_TOKENS = int(_v)
 PREFILL_GRAPH_PAD = 1.1
+
+
+def _env_graph_tokens() -> int:
+    v = os.environ.get("SSMTP_PREFILL_GRAPH_TOKENS", "4096")
+    if not v.isdigit():
+        raise ValueError(f"SSMTP_PREFILL_GRAPH_TOKENS={v!r}: expected a number of tokens (0: no multi-request prefill "
+                         "graphs; default 4096)")
+    return int(v)
+
+
+PREFILL_GRAPH_MAX_TOKENS = _env_graph_tokens()
 
 
 def stage_prefill(a, B: int, L: int, S: int, chunks: Sequence, ends: Sequence[int] = ()) -> int:

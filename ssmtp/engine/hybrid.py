@@ -60,10 +60,11 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 # An eager prefill takes the compiled glue only from this many tokens per call (prefill graphs take it at every size:
-# HybridRunner.graphing): a short eager prefill is host-bound (and noisy: zamba2-2.7b 1x512 51-69 ms plain within one run), and each compiled call
-# costs host time. Measured on H200 (2026-11-24, zamba2-2.7b, compiled vs plain, benchmarks/results/
-# hybrid-fused-h200-ab.json): 8x512 90-94 vs 121-125 ms; with the glue compiled in every prefill 1x512 72-81 vs
-# 43-47 and 1x2048 84 vs 73 (single runs); with this limit short prefills and TTFT equal within that noise.
+# HybridRunner.graphing): a short eager prefill is host-bound (and noisy: zamba2-2.7b 1x512 51-69 ms plain within one
+# run), and each compiled call costs host time. Measured on H200 (2026-11-24, zamba2-2.7b, compiled vs plain,
+# benchmarks/results/hybrid-fused-h200-ab.json): 8x512 90-94 vs 121-125 ms; with the glue compiled in every prefill
+# 1x512 72-81 vs 43-47 and 1x2048 84 vs 73 (single runs); with this limit short prefills and TTFT equal within that
+# noise.
 FUSED_PREFILL_MIN_TOKENS = 4096
 
 
@@ -151,7 +152,6 @@ ZAMBA_DT_FUSED_MAX_BATCH = _env_batch("SSMTP_ZAMBA_DT_FUSED_MAX_BATCH", 8, None,
 
 class HybridRunner(ModelRunner):
     """Zamba / Zamba2 over the slot pool (see the module docstring)."""
-
 
     def __init__(self, config, comm: Communicator, family: str, embed, norms: list, mixers: list, linears: list,
                  blocks: list, norm_f, lm_head: Optional[torch.Tensor], inv_freq: Optional[torch.Tensor] = None,
@@ -245,11 +245,10 @@ class HybridRunner(ModelRunner):
     attn_op = os.environ.get("SSMTP_DECODE_ATTN", "1") != "0"  # decode attention by ssmtp::decode_attention
 
     @property
-    def kv_buckets(self) -> list[int]:
-        """Key lengths decode graphs are captured for: powers of two from 256, then max_len (the last one); none
-        with the decode attention op (it reads each row's own length)."""
-        if self.attn_op:
-            return []
+    def prefill_kv_buckets(self) -> list[int]:
+        """Key lengths prefill graphs are captured for (the engine passes the chunk's longest row's tokens after it
+        as kv_len; a graph attends over the smallest of these holding it): powers of two from 256, then max_len (the
+        last one)."""
         out, b = [], 256
         while b < self.max_len:
             out.append(b)
@@ -257,15 +256,10 @@ class HybridRunner(ModelRunner):
         return out + [self.max_len]
 
     @property
-    def prefill_kv_buckets(self) -> list[int]:
-        """Key lengths prefill graphs are captured for (the engine passes the chunk's longest row's tokens after
-        it as kv_len; a graph attends over the smallest of these holding it): powers of two from 256, then
-        max_len."""
-        out, b = [], 256
-        while b < self.max_len:
-            out.append(b)
-            b *= 2
-        return out + [self.max_len]
+    def kv_buckets(self) -> list[int]:
+        """Key lengths decode graphs are captured for: prefill_kv_buckets; none with the decode attention op (it
+        reads each row's own length)."""
+        return [] if self.attn_op else self.prefill_kv_buckets
 
     def kv_bucket(self, n: int) -> int:
         """The smallest of kv_buckets >= n keys (eager decode uses it too: the same shapes, so the same rounding, as
