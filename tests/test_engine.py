@@ -258,6 +258,27 @@ def test_prefill_graph_shape_rule():
     assert prefill_graph_shape(BS, LS, 1024, 1, 1000) == (1, 1024)  # one request: any chunk bucket
 
 
+def test_prefill_graph_warmup_buckets():
+    """LLM.warmup's prefill graphs (GraphPrefill.capture_all, its captures recorded here: graphs need CUDA): every
+    one-request chunk bucket, the largest first; with attention (a hybrid runner's key buckets), none past the bucket
+    holding the longest sequence, each over the key bucket holding its chunk."""
+    from ssmtp.engine.graphs import DEFAULT_PREFILL_BUCKETS, GraphPrefill
+
+    def warmup(kv_buckets):
+        g = GraphPrefill.__new__(GraphPrefill)
+        g.sizes, g.kv_buckets, calls = list(DEFAULT_PREFILL_BUCKETS), kv_buckets, []
+        g.capture = lambda B, L, kv=None: calls.append((B, L, g.kv_bucket(kv)))
+        g.capture_all()
+        return calls
+
+    assert warmup([]) == [(1, L, None) for L in sorted(DEFAULT_PREFILL_BUCKETS, reverse=True)]
+    assert warmup([96]) == [(1, 128, 96), (1, 64, 96), (1, 32, 96), (1, 16, 96)]
+    kv = [256, 512, 1024, 2048, 2560]
+    assert warmup(kv)[:3] == [(1, 2048, 2048), (1, 1792, 2048), (1, 1536, 2048)]
+    assert warmup(kv)[-2:] == [(1, 32, 256), (1, 16, 256)]
+    assert len(warmup(kv)) == len(DEFAULT_PREFILL_BUCKETS)
+
+
 def _load_check(rank, world, model, family, config, tmpdir, prompts, a):
     # 6. loading from an HF directory (sharded safetensors; each rank reads its slices) == the in-memory model
     path = os.path.join(tmpdir, f"{family}-{config}")

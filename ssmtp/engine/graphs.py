@@ -377,9 +377,12 @@ class GraphPrefill:
 
     def capture_all(self) -> None:
         """Capture the graphs of one request's chunks (every chunk bucket, the largest first; runners with attention:
-        those of a prompt's first chunk, over the key bucket holding it, the others on first use)."""
+        those of a prompt's first chunk, over the key bucket holding it, the others on first use, and none past the
+        bucket holding their longest sequence)."""
+        top = self.bucket(self.kv_buckets[-1]) if self.kv_buckets else None
         for L in sorted(self.sizes, reverse=True):
-            self.capture(1, L, L)
+            if top is None or L <= top:
+                self.capture(1, L, L)
 
     def run(self, chunks: Sequence, ends: Optional[Sequence[int]] = None, kv_len: Optional[int] = None) -> torch.Tensor:
         """Prefill one chunk for each of B requests. chunks: (tokens, start, slot, saves) per request - tokens a 1-D
