@@ -232,11 +232,11 @@ PREFILL_GRAPH_MAX_TOKENS = _env_graph_tokens()
 
 
 def stage_prefill(a, B: int, L: int, S: int, chunks: Sequence, ends: Sequence[int] = ()) -> int:
-    """Fill the int64 array ``a`` with the inputs of a prefill graph of B rows of L tokens and S in-pass saves per
-    row: [valid lengths (B), start positions (B), slots (B), save positions (B, S), save slots (B, S), ids (B, L),
-    rows whose logits are wanted (len(ends))]. chunks: up to B (tokens, start, slot, saves) with saves up to S
-    (position in the chunk, spare slot); rows past them are padding (1 token, slot -1, no saves). Returns the
-    number of elements written."""
+    """Fill the int64 array ``a`` with the inputs of a prefill forward (a graph's, or LLM's eager one) of B rows of L
+    tokens and S in-pass saves per row: [valid lengths (B), start positions (B), slots (B), save positions (B, S),
+    save slots (B, S), ids (B, L), rows whose logits are wanted (len(ends))]. chunks: up to B (tokens, start, slot,
+    saves) with saves up to S (position in the chunk, spare slot); rows past them are padding (1 token, slot -1, no
+    saves). Returns the number of elements written."""
     n = len(chunks)
     o = 3 * B + 2 * B * S
     a[0:B], a[B:2 * B], a[2 * B:3 * B] = 1, 0, -1  # padding rows: one token, no slot
@@ -259,7 +259,7 @@ def prefill_staged(runner, pool: SlotPool, buf: torch.Tensor, B: int, L: int, S:
                    kv_len: Optional[int] = None):
     """runner.prefill on the inputs stage_prefill(B, L, S) put in the int64 tensor buf (on the pool's device), the
     logits of ``rows`` (every row, in a graph); kv_len: the keys attended (runners with attention). What a prefill
-    graph runs."""
+    graph runs, and LLM's eager prefill."""
     o = 3 * B + 2 * B * S
     ids = buf[o:o + B * L].view(B, L)
     seq_lens = buf[0:B].to(torch.int32)

@@ -38,7 +38,7 @@ import torch.distributed as dist
 
 from .. import _C, ops
 from ..parallel.comm import Communicator, get_communicator
-from .graphs import INNER_SAVES, GraphDecoder, GraphPrefill
+from .graphs import INNER_SAVES, GraphDecoder, GraphPrefill, prefill_staged, stage_prefill
 from .prefix_cache import BranchIndex, PrefixCache, as_tokens, chain_hashes
 from .runner import runner_class
 from .sampling import SamplingParams, sample
@@ -676,10 +676,11 @@ class LLM:
         inner = [[(q, next(it), key) for q, _, key in row] for row in inner]
         # runners with attention: the keys in use after this chunk (no host sync in the forward)
         kv = max(r.progress + s for r, s in zip(sel, segs)) if self.runner.prefill_kv_buckets else None
+        # per request: (its chunk's ids, tokens in its slot already, slot, in-pass saves (position, spare slot))
+        chunks = [(r.prompt[r.progress:r.progress + s], r.progress, r.slot, [(q, slot) for q, slot, _ in row])
+                  for r, s, row in zip(sel, segs, inner)]
         graph = self.prefill_graphs is not None and self.prefill_graphs.shape(B, lmax) is not None
         if graph:
-            chunks = [(r.prompt[r.progress:r.progress + s], r.progress, r.slot, [(q, slot) for q, slot, _ in row])
-                      for r, s, row in zip(sel, segs, inner)]
             try:
                 logits = self.prefill_graphs.run(chunks, ends, kv)
             except Exception as e:  # a failed capture: say so once and prefill eagerly from now on
@@ -689,7 +690,7 @@ class LLM:
                 self.prefill_graphs = None
                 graph = False
         if not graph:
-            logits = self._prefill_eager(sel, segs, lmax, ends, inner, kv)
+            logits = self._prefill_eager(chunks, lmax, ends, kv)
         self.steps["prefill"] += 1
         row_of = {i: j for j, i in enumerate(ends)}
         saves = []
@@ -712,34 +713,15 @@ class LLM:
                 self.prefix.drop_promises(r)
                 self._accept(r, toks[j], logits[j])
 
-    def _prefill_eager(self, sel: list, segs: list, lmax: int, ends: list, inner: list, kv_len: Optional[int]):
-        """One right-padded prefill forward; inputs go over in one host-to-device copy (pinned on CUDA)."""
-        B = len(sel)
-        S = max(map(len, inner))  # in-pass saves: (B, S) positions and slots, -1 = none
+    def _prefill_eager(self, chunks: list, lmax: int, ends: list, kv_len: Optional[int]):
+        """One right-padded prefill forward of the chunks (_prefill_step's), the inputs laid out as a prefill graph's
+        (graphs.stage_prefill, no padding rows) and sent in one host-to-device copy (pinned on CUDA)."""
+        B, S = len(chunks), max(len(c[3]) for c in chunks)  # S: in-pass saves per row, -1 slots = none
         pin = self.device.type == "cuda"
-        o = 3 * B + len(ends) + 2 * B * S
-        st = torch.empty(o + B * lmax, dtype=torch.int64, pin_memory=pin)
-        a = st.numpy()
-        a[0:B] = segs
-        a[B:2 * B] = [r.progress for r in sel]
-        a[2 * B:3 * B] = [r.slot for r in sel]
-        a[3 * B:3 * B + len(ends)] = ends
-        sv = a[3 * B + len(ends):o].reshape(2, B, S)
-        sv[0], sv[1] = 0, -1
-        for i, row in enumerate(inner):
-            for j, (q, slot, _) in enumerate(row):
-                sv[0, i, j], sv[1, i, j] = q, slot
-        ids = a[o:].reshape(B, lmax)
-        ids[:] = 0
-        for i, (r, s) in enumerate(zip(sel, segs)):
-            ids[i, :s] = r.prompt[r.progress:r.progress + s]
+        st = torch.empty(3 * B + 2 * B * S + B * lmax + len(ends), dtype=torch.int64, pin_memory=pin)
+        n = stage_prefill(st.numpy(), B, lmax, S, chunks, ends)
         dev = st.to(self.device, non_blocking=True) if pin else st
-        seq_lens = dev[0:B].to(torch.int32)
-        state_idx = dev[2 * B:3 * B].to(torch.int32)
-        rows = dev[3 * B:3 * B + len(ends)]
-        saves = dev[3 * B + len(ends):o].view(2, B, S).to(torch.int32).unbind(0) if S else None
-        ids_t = dev[o:].view(B, lmax)
-        return self.runner.prefill(ids_t, seq_lens, dev[B:2 * B], state_idx, self.pool, rows, saves, kv_len)
+        return prefill_staged(self.runner, self.pool, dev, B, lmax, S, dev[n - len(ends):n], kv_len)
 
     def warmup(self) -> float:
         """Capture every decode and prefill graph now (otherwise each is captured on first use); returns seconds."""

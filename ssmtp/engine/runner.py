@@ -233,7 +233,7 @@ class ModelRunner(nn.Module):
     vocab_size: int
     family: str
     inner_saves = False  # prefill(..., saves=) supported: intermediate states saved inside one chunk
-    prefill_kv_buckets: list = []  # key lengths prefill graphs are captured for (runners with attention)
+    prefill_kv_buckets: tuple = ()  # key lengths prefill graphs are captured for (runners with attention)
 
     def state_specs(self) -> dict:
         raise NotImplementedError
